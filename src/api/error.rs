@@ -1,0 +1,85 @@
+//! API errors as JSON `{ "error": "..." }` with the matching status code.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+
+use crate::storage::StorageError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    TooLarge(String),
+    #[error("missing or invalid bearer token")]
+    Unauthorized,
+    #[error("storage unavailable: {0}")]
+    Storage(String),
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        match e {
+            StorageError::DeviceTaken(..) => ApiError::Conflict(e.to_string()),
+            StorageError::Invalid(m) => ApiError::BadRequest(m),
+            other => ApiError::Storage(other.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = match &self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        metrics::counter!("fleetgate_api_errors_total", "status" => status.as_str().to_string())
+            .increment(1);
+        let mut resp = (
+            status,
+            Json(serde_json::json!({ "error": self.to_string() })),
+        )
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            resp.headers_mut()
+                .insert("www-authenticate", "Bearer".parse().expect("static header"));
+        }
+        resp
+    }
+}
+
+/// Decode a JSON request body that must be an object. serde's derived `Deserialize` would
+/// also take an array as a struct's fields in order (`[null, null]`), which no client means.
+/// An empty body gives `T::default()` when `empty_ok`.
+pub fn object_body<T: serde::de::DeserializeOwned + Default>(
+    body: &[u8],
+    empty_ok: bool,
+) -> Result<T, ApiError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return if empty_ok {
+            Ok(T::default())
+        } else {
+            Err(ApiError::BadRequest(
+                "a JSON object body is required".into(),
+            ))
+        };
+    }
+    let value: serde_json::Value = serde_json::from_slice(body)
+        .map_err(|e| ApiError::BadRequest(format!("body is not valid JSON: {e}")))?;
+    if !value.is_object() {
+        return Err(ApiError::BadRequest("body must be a JSON object".into()));
+    }
+    serde_json::from_value(value).map_err(|e| ApiError::BadRequest(format!("body: {e}")))
+}

@@ -1,0 +1,102 @@
+//! The control API the CRM core and operators call (axum, JSON). `/api/v1/*` requires a
+//! bearer token when tokens are configured; `/healthz`, `/readyz` and `/metrics` stay open.
+
+mod auth;
+mod error;
+mod geofences;
+mod immobiliser;
+pub mod map;
+mod meta;
+pub mod status;
+mod vehicles;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+
+use crate::config::Config;
+use crate::ingest::Admission;
+use crate::pipeline::Pipeline;
+use crate::storage::Store;
+
+pub use auth::Actor;
+pub use error::{object_body, ApiError};
+pub use geofences::reload as reload_zones;
+pub use meta::OPENAPI_JSON;
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub store: Arc<dyn Store>,
+    pub pipeline: Pipeline,
+    pub admission: Arc<Admission>,
+    /// Set once every listener is bound and storage is open.
+    pub ready: Arc<AtomicBool>,
+    pub metrics: metrics_exporter_prometheus::PrometheusHandle,
+    pub zones: crate::geofence::stage::ZonesHandle,
+    pub crm: crate::crm::CrmHandle,
+    /// Zone outlines the status page draws (replaced on reload).
+    pub map: map::MapLayers,
+    /// Engine block: reasons in, state and commands out.
+    pub immobiliser: crate::immobiliser::ImmobiliserHandle,
+}
+
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/vehicles", get(vehicles::list))
+        .route("/vehicles/{id}", get(vehicles::get_one).put(vehicles::put))
+        .route("/vehicles/{id}/track", get(vehicles::track))
+        .route("/vehicles/{id}/track/summary", get(vehicles::summary))
+        .route("/geofences", get(geofences::list))
+        .route(
+            "/geofences/{name}",
+            get(geofences::get_one)
+                .put(geofences::put)
+                .delete(geofences::delete),
+        )
+        .route("/events", get(geofences::events))
+        .merge(crate::crm::api::routes())
+        .route("/map", get(status::zones))
+        .route("/map/vehicles", get(status::vehicles))
+        .merge(immobiliser::routes())
+        .route("/whoami", get(meta::whoami))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_token,
+        ));
+    Router::new()
+        .nest("/api/v1", api)
+        .route("/", get(status::page))
+        .route("/api/v1/openapi.json", get(meta::openapi))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            state.config.api.max_body_bytes,
+        ))
+        .layer(axum::middleware::from_fn(meta::count_refusals))
+        .with_state(state)
+}
+
+async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
+    if !s.ready.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "starting");
+    }
+    match s.store.ping().await {
+        Ok(()) => (StatusCode::OK, "ready"),
+        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable"),
+    }
+}
+
+async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
+    (
+        [("content-type", "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+}

@@ -1,0 +1,280 @@
+//! `/api/v1/vehicles…`: the fleet, one car, its track and track summary, registration.
+
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use chrono::{DateTime, Duration, Utc};
+use serde::{Deserialize, Serialize};
+
+use super::{ApiError, AppState};
+use crate::model::{DeviceId, VehicleId};
+use crate::pipeline::filter::haversine_m;
+use crate::protocols::Protocol;
+use crate::storage::{DeviceState, StoredPosition, Vehicle, VehicleUpdate};
+
+/// Most positions one track request returns.
+const MAX_TRACK_LIMIT: u32 = 100_000;
+
+/// The latest fix as the API shows it.
+#[derive(Debug, Serialize)]
+pub struct LatestPosition {
+    pub time: DateTime<Utc>,
+    pub lat: f64,
+    pub lon: f64,
+    pub speed_kmh: f64,
+    pub course: f64,
+    pub altitude: f64,
+    pub satellites: Option<u16>,
+    pub valid: bool,
+    pub ignition: Option<bool>,
+    pub outputs: Option<u32>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct VehicleView {
+    #[serde(flatten)]
+    pub vehicle: Vehicle,
+    pub online: bool,
+    pub last_seen: Option<DateTime<Utc>>,
+    pub position: Option<LatestPosition>,
+    pub odometer_km: Option<f64>,
+    /// `{inside_service_area, zones}`: debounced zone membership.
+    pub zone: crate::geofence::stage::Membership,
+    /// `{state, reasons, since}` of the engine block.
+    pub immobiliser: Option<crate::immobiliser::actor::ImmobView>,
+}
+
+fn view(
+    state: &AppState,
+    vehicle: Vehicle,
+    live: Option<DeviceState>,
+    zone: Option<crate::geofence::stage::Membership>,
+) -> VehicleView {
+    let offline_after = Duration::seconds(state.config.devices.offline_after_s as i64);
+    let last_seen = live.as_ref().map(|s| s.last_seen);
+    let online = last_seen
+        .map(|t| Utc::now() - t < offline_after)
+        .unwrap_or(false);
+    let odometer_km = live.as_ref().map(|s| {
+        let device = s.position.as_ref().and_then(|p| p.odometer_m);
+        device.unwrap_or(s.gps_odometer_m) / 1000.0
+    });
+    let position = live
+        .and_then(|s| s.position)
+        .map(|p: StoredPosition| LatestPosition {
+            time: p.time,
+            lat: p.lat,
+            lon: p.lon,
+            speed_kmh: p.speed_kmh,
+            course: p.course,
+            altitude: p.altitude,
+            satellites: p.satellites,
+            valid: p.valid,
+            ignition: p.ignition,
+            outputs: p.outputs,
+        });
+    VehicleView {
+        vehicle,
+        online,
+        last_seen,
+        position,
+        odometer_km,
+        zone: zone.unwrap_or_default(),
+        immobiliser: None,
+    }
+}
+
+async fn zone_of(
+    state: &AppState,
+    device: Option<&DeviceId>,
+) -> Option<crate::geofence::stage::Membership> {
+    state.zones.membership(device?).await
+}
+
+async fn live_state(
+    state: &AppState,
+    device: Option<&DeviceId>,
+) -> Result<Option<DeviceState>, ApiError> {
+    let Some(device) = device else {
+        return Ok(None);
+    };
+    if let Some(s) = state.pipeline.state(device).await {
+        return Ok(Some(s));
+    }
+    Ok(state.store.device_state(device).await?)
+}
+
+pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<VehicleView>>, ApiError> {
+    let vehicles = state.store.vehicles().await?;
+    let live: std::collections::HashMap<_, _> = state
+        .pipeline
+        .states()
+        .await
+        .into_iter()
+        .map(|s| (s.device_id.clone(), s))
+        .collect();
+    let stored: std::collections::HashMap<_, _> = state
+        .store
+        .device_states()
+        .await?
+        .into_iter()
+        .map(|s| (s.device_id.clone(), s))
+        .collect();
+    let zones: std::collections::HashMap<_, _> =
+        state.zones.memberships().await.into_iter().collect();
+    let immob = state.immobiliser.views().await.unwrap_or_default();
+    let views = vehicles
+        .into_iter()
+        .map(|v| {
+            let s = v
+                .device_id
+                .as_ref()
+                .and_then(|d| live.get(d).or_else(|| stored.get(d)).cloned());
+            let z = v.device_id.as_ref().and_then(|d| zones.get(d).cloned());
+            let im = immob.get(&v.id).cloned();
+            let mut out = view(&state, v, s, z);
+            out.immobiliser =
+                Some(im.unwrap_or_else(crate::immobiliser::actor::ImmobView::running));
+            out
+        })
+        .collect();
+    Ok(Json(views))
+}
+
+async fn find(state: &AppState, id: &str) -> Result<Vehicle, ApiError> {
+    state
+        .store
+        .vehicle(&VehicleId(id.to_string()))
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("vehicle '{id}' not found")))
+}
+
+pub async fn get_one(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<VehicleView>, ApiError> {
+    let v = find(&state, &id).await?;
+    let live = live_state(&state, v.device_id.as_ref()).await?;
+    let zone = zone_of(&state, v.device_id.as_ref()).await;
+    let im = state.immobiliser.view(&v.id).await.ok();
+    let mut out = view(&state, v, live, zone);
+    out.immobiliser = im;
+    Ok(Json(out))
+}
+
+pub async fn put(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Json<VehicleUpdate>, JsonRejection>,
+) -> Result<Json<VehicleView>, ApiError> {
+    let Json(update) = body.map_err(|e| {
+        if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::TooLarge(e.body_text())
+        } else {
+            ApiError::BadRequest(e.body_text())
+        }
+    })?;
+    if id.is_empty() || id.len() > 128 {
+        return Err(ApiError::BadRequest(
+            "vehicle id must be 1 to 128 characters".into(),
+        ));
+    }
+    if let Some(p) = &update.protocol {
+        if Protocol::from_name(p).is_none() {
+            return Err(ApiError::BadRequest(format!(
+                "protocol: unknown protocol '{p}'"
+            )));
+        }
+    }
+    if let Some(s) = &update.status {
+        if !crate::storage::row::VEHICLE_STATUSES.contains(&s.as_str()) {
+            return Err(ApiError::BadRequest(format!(
+                "status: '{s}' is not one of {}",
+                crate::storage::row::VEHICLE_STATUSES.join(", ")
+            )));
+        }
+    }
+    if let Some(d) = &update.device_id {
+        if d.is_empty() || d.len() > 64 {
+            return Err(ApiError::BadRequest(
+                "device_id must be 1 to 64 characters".into(),
+            ));
+        }
+    }
+    let v = state.store.upsert_vehicle(&VehicleId(id), &update).await?;
+    state.admission.invalidate();
+    let live = live_state(&state, v.device_id.as_ref()).await?;
+    let zone = zone_of(&state, v.device_id.as_ref()).await;
+    let im = state.immobiliser.view(&v.id).await.ok();
+    let mut out = view(&state, v, live, zone);
+    out.immobiliser = im;
+    Ok(Json(out))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct TrackQuery {
+    pub from: Option<DateTime<Utc>>,
+    pub to: Option<DateTime<Utc>>,
+    pub limit: Option<u32>,
+}
+
+fn range(q: &TrackQuery) -> Result<(DateTime<Utc>, DateTime<Utc>), ApiError> {
+    let to = q.to.unwrap_or_else(|| Utc::now() + Duration::minutes(10));
+    let from = q.from.unwrap_or(to - Duration::hours(24));
+    if from > to {
+        return Err(ApiError::BadRequest("from must not be after to".into()));
+    }
+    Ok((from, to))
+}
+
+pub async fn track(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    q: Result<Query<TrackQuery>, QueryRejection>,
+) -> Result<Json<Vec<StoredPosition>>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let (from, to) = range(&q)?;
+    let limit = q.limit.unwrap_or(10_000).clamp(1, MAX_TRACK_LIMIT);
+    let v = find(&state, &id).await?;
+    let Some(device) = v.device_id else {
+        return Ok(Json(Vec::new()));
+    };
+    Ok(Json(state.store.track(&device, from, to, limit).await?))
+}
+
+#[derive(Debug, Serialize)]
+pub struct TrackSummary {
+    pub count: usize,
+    pub distance_km: f64,
+    pub first: Option<StoredPosition>,
+    pub last: Option<StoredPosition>,
+}
+
+pub async fn summary(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    q: Result<Query<TrackQuery>, QueryRejection>,
+) -> Result<Json<TrackSummary>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let (from, to) = range(&q)?;
+    let v = find(&state, &id).await?;
+    let Some(device) = v.device_id else {
+        return Ok(Json(TrackSummary {
+            count: 0,
+            distance_km: 0.0,
+            first: None,
+            last: None,
+        }));
+    };
+    let track = state.store.track(&device, from, to, u32::MAX).await?;
+    let distance_m: f64 = track
+        .windows(2)
+        .map(|w| haversine_m(w[0].lat, w[0].lon, w[1].lat, w[1].lon))
+        .sum();
+    Ok(Json(TrackSummary {
+        count: track.len(),
+        distance_km: distance_m / 1000.0,
+        first: track.first().cloned(),
+        last: track.last().cloned(),
+    }))
+}

@@ -1,0 +1,45 @@
+//! The periodic balance check: every `[rules] balance_check_interval`, the balance of every
+//! driver whose car is on line is pulled from the CRM and handed to the rules actor, which
+//! treats it exactly like a pushed `PUT /api/v1/drivers/{id}/balance`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
+
+use super::connector::{Connector, ConnectorError};
+use super::engine::CrmHandle;
+
+pub async fn run(
+    handle: CrmHandle,
+    connector: Arc<dyn Connector>,
+    every: Duration,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => break,
+            _ = tick.tick() => {}
+        }
+        let drivers = handle.on_line_drivers().await;
+        metrics::counter!("fleetgate_crm_balance_checks_total").increment(1);
+        for q in drivers {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            match connector.balance(&q).await {
+                Ok(rub) => handle.pulled_balance(&q.driver_id, rub).await,
+                Err(ConnectorError::NoBalance) => {
+                    tracing::debug!("crm: balance pull not configured");
+                    break;
+                }
+                Err(e) => {
+                    metrics::counter!("fleetgate_crm_balance_check_errors_total").increment(1);
+                    tracing::warn!(driver = q.driver_id, error = %e, "crm: balance check failed");
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,370 @@
+//! `[crm]`, `[crm.stages]` and `[rules]`: where CRM events go and how the business rules
+//! (on line, wants to return, balance, inspection) are tuned.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::ConfigError;
+
+fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+/// A stage of an amoCRM pipeline, or a Bitrix24 `STAGE_ID`.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Stage {
+    /// amoCRM pipeline id (always sent: statuses 142/143 exist in every pipeline).
+    pub pipeline_id: u64,
+    /// amoCRM status id.
+    pub status_id: u64,
+    /// Bitrix24 `STAGE_ID` (e.g. `C2:EXECUTING`).
+    pub stage_id: String,
+}
+
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Stages {
+    pub on_line: Stage,
+    pub wants_to_return: Stage,
+}
+
+/// Custom fields of the deal that fleetgate writes (amoCRM field ids; Bitrix24 `UF_CRM_*`
+/// names go in the `*_code` keys). 0 / empty = not written.
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Fields {
+    pub mileage_field_id: u64,
+    pub blocked_field_id: u64,
+    pub location_field_id: u64,
+    /// Read by the balance check (amoCRM numeric field of the deal).
+    pub balance_field_id: u64,
+    pub mileage_field_code: String,
+    pub blocked_field_code: String,
+    pub location_field_code: String,
+    pub balance_field_code: String,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CrmConfig {
+    /// `off`, `webhook`, `amocrm` or `bitrix24`.
+    pub kind: String,
+    /// webhook: where events are POSTed.
+    pub url: String,
+    /// webhook: HMAC-SHA256 key of the `X-Fleetgate-Signature` header.
+    pub secret: String,
+    /// webhook: balance endpoint (`GET {balance_url}?driver_id=…&vehicle_id=…&deal_id=…`).
+    pub balance_url: String,
+    /// amocrm: `https://<subdomain>.amocrm.ru`.
+    pub base_url: String,
+    /// amocrm: long-lived token of a private integration, sent as Bearer.
+    pub token: String,
+    /// bitrix24: incoming-webhook base, `https://<portal>/rest/<user>/<secret>/`.
+    pub webhook_url: String,
+    /// Requests per second to the CRM (0 = the kind's default: amoCRM 7, Bitrix24 2, webhook 20).
+    pub rate_per_s: f64,
+    /// Requests allowed in a burst (0 = default: amoCRM 7, Bitrix24 50, webhook 20).
+    pub burst: u32,
+    /// Most deals in one amoCRM bulk PATCH (≤ 50).
+    pub batch_max: usize,
+    /// An event not delivered within this many seconds goes to the dead-letter list.
+    pub event_ttl_s: u64,
+    /// Backoff after the first failure, seconds; doubles per attempt up to `backoff_max_s`.
+    pub backoff_initial_s: f64,
+    pub backoff_max_s: f64,
+    /// Per-request timeout, seconds.
+    pub timeout_s: u64,
+    /// How often the worker looks for due events when idle, milliseconds.
+    pub poll_ms: u64,
+    /// Delivered events are kept this many days for the API, then purged.
+    pub keep_delivered_days: u64,
+    pub stages: Stages,
+    pub fields: Fields,
+}
+
+impl Default for CrmConfig {
+    fn default() -> Self {
+        CrmConfig {
+            kind: "off".into(),
+            url: String::new(),
+            secret: String::new(),
+            balance_url: String::new(),
+            base_url: String::new(),
+            token: String::new(),
+            webhook_url: String::new(),
+            rate_per_s: 0.0,
+            burst: 0,
+            batch_max: 50,
+            event_ttl_s: 7 * 24 * 3600,
+            backoff_initial_s: 1.0,
+            backoff_max_s: 300.0,
+            timeout_s: 15,
+            poll_ms: 500,
+            keep_delivered_days: 7,
+            stages: Stages::default(),
+            fields: Fields::default(),
+        }
+    }
+}
+
+impl CrmConfig {
+    /// Requests per second and burst for the configured kind.
+    pub fn rate(&self) -> (f64, u32) {
+        let (r, b) = match self.kind.as_str() {
+            "amocrm" => (7.0, 7),
+            "bitrix24" => (2.0, 50),
+            _ => (20.0, 20),
+        };
+        (
+            if self.rate_per_s > 0.0 {
+                self.rate_per_s
+            } else {
+                r
+            },
+            if self.burst > 0 { self.burst } else { b },
+        )
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let need = |key: &str, v: &str| {
+            if v.is_empty() {
+                Err(invalid(
+                    key,
+                    format!("required when crm.kind = \"{}\"", self.kind),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        let url = |key: &str, v: &str| {
+            if !(v.is_empty() || v.starts_with("http://") || v.starts_with("https://")) {
+                Err(invalid(key, format!("'{v}' is not an http(s) URL")))
+            } else {
+                Ok(())
+            }
+        };
+        match self.kind.as_str() {
+            "off" => {}
+            "webhook" => {
+                need("crm.url", &self.url)?;
+                need("crm.secret", &self.secret)?;
+            }
+            "amocrm" => {
+                need("crm.base_url", &self.base_url)?;
+                need("crm.token", &self.token)?;
+                for (key, s) in [
+                    ("crm.stages.on_line", &self.stages.on_line),
+                    ("crm.stages.wants_to_return", &self.stages.wants_to_return),
+                ] {
+                    if s.pipeline_id == 0 || s.status_id == 0 {
+                        return Err(invalid(key, "needs pipeline_id and status_id"));
+                    }
+                }
+            }
+            "bitrix24" => {
+                need("crm.webhook_url", &self.webhook_url)?;
+                for (key, s) in [
+                    ("crm.stages.on_line", &self.stages.on_line),
+                    ("crm.stages.wants_to_return", &self.stages.wants_to_return),
+                ] {
+                    if s.stage_id.is_empty() {
+                        return Err(invalid(key, "needs stage_id"));
+                    }
+                }
+            }
+            other => {
+                return Err(invalid(
+                    "crm.kind",
+                    format!("'{other}' is not one of off, webhook, amocrm, bitrix24"),
+                ))
+            }
+        }
+        url("crm.url", &self.url)?;
+        url("crm.balance_url", &self.balance_url)?;
+        url("crm.base_url", &self.base_url)?;
+        url("crm.webhook_url", &self.webhook_url)?;
+        if self.rate_per_s < 0.0 || !self.rate_per_s.is_finite() {
+            return Err(invalid("crm.rate_per_s", "must be a positive number"));
+        }
+        if !(1..=50).contains(&self.batch_max) {
+            return Err(invalid("crm.batch_max", "must be 1 to 50"));
+        }
+        if self.event_ttl_s == 0 {
+            return Err(invalid("crm.event_ttl_s", "must be at least 1"));
+        }
+        if !(self.backoff_initial_s > 0.0 && self.backoff_max_s >= self.backoff_initial_s) {
+            return Err(invalid(
+                "crm.backoff_max_s",
+                "needs 0 < backoff_initial_s <= backoff_max_s",
+            ));
+        }
+        if self.poll_ms == 0 || self.timeout_s == 0 {
+            return Err(invalid("crm.poll_ms", "poll_ms and timeout_s must be > 0"));
+        }
+        Ok(())
+    }
+}
+
+/// A tracker signal meaning "the driver wants to return the car", per device profile
+/// (protocol): a digital input (1-based, Teltonika DIN2 = 2) or an alarm name (`sos`).
+#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ReturnSignal {
+    pub input: Option<u8>,
+    pub alarm: Option<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RulesConfig {
+    /// Seconds of driving (ignition on, > 5 km/h, inside the service area) before "on line".
+    pub on_line_after: u64,
+    /// Speed above which the car counts as moving, km/h.
+    pub moving_kmh: f64,
+    /// Seconds without driving after which a new shift can start.
+    pub shift_gap: u64,
+    /// Seconds between balance checks of drivers on line.
+    pub balance_check_interval: u64,
+    pub balance_min_rub: f64,
+    pub inspection_max_postponements: u32,
+    /// Days past `due_date` before an overdue inspection blocks.
+    pub inspection_grace_days: i64,
+    /// Kilometres past `due_odometer_km` before an overdue inspection blocks.
+    pub inspection_grace_km: f64,
+    /// Days before a document (diagnostic card, OSAGO) expires that a warning is sent.
+    pub document_warn_days: i64,
+    /// Return signals per protocol name: `teltonika = { input = 2 }`, `gt06 = { alarm = "sos" }`.
+    pub return_signals: BTreeMap<String, ReturnSignal>,
+}
+
+impl Default for RulesConfig {
+    fn default() -> Self {
+        RulesConfig {
+            on_line_after: 120,
+            moving_kmh: 5.0,
+            shift_gap: 8 * 3600,
+            balance_check_interval: 20 * 60,
+            balance_min_rub: 5000.0,
+            inspection_max_postponements: 2,
+            inspection_grace_days: 3,
+            inspection_grace_km: 1000.0,
+            document_warn_days: 14,
+            return_signals: BTreeMap::new(),
+        }
+    }
+}
+
+impl RulesConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.on_line_after == 0 {
+            return Err(invalid("rules.on_line_after", "must be at least 1 second"));
+        }
+        if self.shift_gap <= self.on_line_after {
+            return Err(invalid(
+                "rules.shift_gap",
+                "must exceed rules.on_line_after",
+            ));
+        }
+        if self.balance_check_interval < 10 {
+            return Err(invalid(
+                "rules.balance_check_interval",
+                "must be at least 10 seconds",
+            ));
+        }
+        if !self.balance_min_rub.is_finite() {
+            return Err(invalid("rules.balance_min_rub", "must be a number"));
+        }
+        if self.inspection_grace_days < 0 || self.document_warn_days < 0 {
+            return Err(invalid(
+                "rules.inspection_grace_days",
+                "grace and warning days must not be negative",
+            ));
+        }
+        for (name, s) in &self.return_signals {
+            if crate::protocols::Protocol::from_name(name).is_none() {
+                return Err(invalid(
+                    &format!("rules.return_signals.{name}"),
+                    "unknown protocol",
+                ));
+            }
+            if s.input.is_none() && s.alarm.is_none() {
+                return Err(invalid(
+                    &format!("rules.return_signals.{name}"),
+                    "needs input or alarm",
+                ));
+            }
+            if matches!(s.input, Some(0) | Some(33..)) {
+                return Err(invalid(
+                    &format!("rules.return_signals.{name}.input"),
+                    "inputs are numbered 1 to 32",
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::Config;
+
+    fn load(text: &str) -> Result<Config, String> {
+        Config::from_toml_with_env(text, "t", Vec::new()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_are_the_issue_s() {
+        let c = load("").unwrap();
+        assert_eq!(c.crm.kind, "off");
+        assert_eq!(c.rules.on_line_after, 120);
+        assert_eq!(c.rules.shift_gap, 8 * 3600);
+        assert_eq!(c.rules.balance_check_interval, 1200);
+        assert_eq!(c.rules.balance_min_rub, 5000.0);
+        assert_eq!(c.rules.inspection_max_postponements, 2);
+    }
+
+    #[test]
+    fn amocrm_stages_and_signals_parse() {
+        let c = load(
+            r#"
+            [crm]
+            kind = "amocrm"
+            base_url = "https://fleet.amocrm.ru"
+            token = "t"
+            [crm.stages]
+            on_line = { pipeline_id = 1, status_id = 2 }
+            wants_to_return = { pipeline_id = 1, status_id = 3 }
+            [rules.return_signals]
+            teltonika = { input = 2 }
+            gt06 = { alarm = "sos" }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.crm.stages.wants_to_return.status_id, 3);
+        assert_eq!(c.crm.rate(), (7.0, 7));
+        assert_eq!(c.rules.return_signals["gt06"].alarm.as_deref(), Some("sos"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e =
+            load("[crm]\nkind = \"amocrm\"\nbase_url = \"https://x\"\ntoken = \"t\"").unwrap_err();
+        assert!(e.starts_with("crm.stages.on_line:"), "{e}");
+        let e = load("[crm]\nkind = \"webhook\"\nurl = \"https://x\"").unwrap_err();
+        assert!(e.starts_with("crm.secret:"), "{e}");
+        let e = load("[crm]\nkind = \"sap\"").unwrap_err();
+        assert!(e.starts_with("crm.kind:"), "{e}");
+        let e = load("[rules.return_signals]\nteltonika = { input = 0 }").unwrap_err();
+        assert!(
+            e.starts_with("rules.return_signals.teltonika.input:"),
+            "{e}"
+        );
+        let e = load("[rules]\nshift_gap = 60").unwrap_err();
+        assert!(e.starts_with("rules.shift_gap:"), "{e}");
+    }
+}

@@ -1,0 +1,354 @@
+//! `kind = "amocrm"`: amoCRM API v4 with a private integration's long-lived token.
+//! Stage moves and custom fields are lead PATCHes (`PATCH /api/v4/leads/{id}` for one,
+//! bulk `PATCH /api/v4/leads` for several, ≤ 50 per call); driver messages and document
+//! warnings become lead notes (`POST /api/v4/leads/notes`). A 200 is checked against the
+//! returned entities: a lead missing from the answer, or with another status, is an error.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{json, Value};
+
+use super::{as_rub, classify, retry_after, BalanceQuery, Connector, ConnectorError, Outcome};
+use crate::crm::config::CrmConfig;
+use crate::crm::event::{OutboxEvent, Payload, StageName};
+use crate::crm::ratelimit::RateLimiter;
+
+pub struct AmoCrm {
+    cfg: CrmConfig,
+    http: reqwest::Client,
+    limiter: Arc<RateLimiter>,
+}
+
+/// What one event asks of amoCRM.
+enum Call {
+    Lead(Value),
+    Note(Value),
+    Nothing,
+}
+
+fn field(id: u64, value: Value) -> Option<Value> {
+    (id != 0).then(|| json!({ "field_id": id, "values": [{ "value": value }] }))
+}
+
+impl AmoCrm {
+    pub fn new(cfg: CrmConfig, http: reqwest::Client, limiter: Arc<RateLimiter>) -> Self {
+        AmoCrm { cfg, http, limiter }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.cfg.base_url.trim_end_matches('/'))
+    }
+
+    fn call(&self, e: &OutboxEvent) -> Result<Call, String> {
+        let deal: u64 = e
+            .deal_id
+            .as_deref()
+            .ok_or("the vehicle has no crm_deal_id")?
+            .parse()
+            .map_err(|_| {
+                format!(
+                    "crm_deal_id '{}' is not an amoCRM lead id",
+                    e.deal_id.as_deref().unwrap_or("")
+                )
+            })?;
+        let f = &self.cfg.fields;
+        let lead = |mut body: serde_json::Map<String, Value>, fields: Vec<Option<Value>>| {
+            body.insert("id".into(), deal.into());
+            let fields: Vec<Value> = fields.into_iter().flatten().collect();
+            if !fields.is_empty() {
+                body.insert("custom_fields_values".into(), Value::Array(fields));
+            }
+            if body.len() == 1 {
+                Call::Nothing
+            } else {
+                Call::Lead(Value::Object(body))
+            }
+        };
+        let note = |text: String| {
+            Call::Note(
+                json!({ "entity_id": deal, "note_type": "common", "params": { "text": text } }),
+            )
+        };
+        Ok(match &e.payload {
+            Payload::StageChanged {
+                stage,
+                lat,
+                lon,
+                odometer_km,
+                ..
+            } => {
+                let s = match stage {
+                    StageName::OnLine => &self.cfg.stages.on_line,
+                    StageName::WantsToReturn => &self.cfg.stages.wants_to_return,
+                };
+                let mut body = serde_json::Map::new();
+                body.insert("status_id".into(), s.status_id.into());
+                body.insert("pipeline_id".into(), s.pipeline_id.into());
+                let loc = match (lat, lon) {
+                    (Some(a), Some(o)) => {
+                        field(f.location_field_id, format!("{a:.6},{o:.6}").into())
+                    }
+                    _ => None,
+                };
+                let km =
+                    odometer_km.and_then(|k| field(f.mileage_field_id, (k.round() as i64).into()));
+                lead(body, vec![loc, km])
+            }
+            Payload::Mileage { odometer_km, .. } => lead(
+                serde_json::Map::new(),
+                vec![field(
+                    f.mileage_field_id,
+                    (odometer_km.round() as i64).into(),
+                )],
+            ),
+            Payload::BlockState { blocked, .. } => lead(
+                serde_json::Map::new(),
+                vec![field(f.blocked_field_id, (*blocked).into())],
+            ),
+            Payload::DriverMessage { text, .. } => note(text.clone()),
+            Payload::DocumentExpiring {
+                document,
+                expires_on,
+                days_left,
+            } => note(if *days_left < 0 {
+                format!("Документ {document} истёк {expires_on}")
+            } else {
+                format!("Документ {document} истекает {expires_on} (осталось дней: {days_left})")
+            }),
+        })
+    }
+
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: &Value,
+    ) -> Result<Value, Outcome> {
+        let _permit = self.limiter.acquire().await;
+        let mut req = self
+            .http
+            .request(method.clone(), self.url(path))
+            .bearer_auth(&self.cfg.token);
+        if !body.is_null() {
+            req = req.json(body);
+        }
+        let resp = req.send().await.map_err(|e| Outcome::Retry {
+            error: format!("{method} {path}: {e}"),
+            after: None,
+        })?;
+        let status = resp.status();
+        if status.as_u16() == 429 {
+            let after = retry_after(resp.headers()).unwrap_or(Duration::from_secs(1));
+            self.limiter.pause(after).await;
+            return Err(Outcome::Retry {
+                error: format!("{method} {path}: 429 Too Many Requests"),
+                after: Some(after),
+            });
+        }
+        let text = resp.text().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(match classify(status, &text) {
+                // A bad or expired token is not the event's fault: keep it until fixed or TTL.
+                Outcome::Failed(error) if matches!(status.as_u16(), 401 | 403) => {
+                    Outcome::Retry { error, after: None }
+                }
+                o => o,
+            });
+        }
+        serde_json::from_str(&text).map_err(|e| Outcome::Retry {
+            error: format!("{method} {path}: 200 with a body that is not JSON: {e}"),
+            after: None,
+        })
+    }
+
+    /// Check that the answer carries every lead we sent, with the status we asked for.
+    fn verify_leads(sent: &[&Value], answer: &[Value]) -> Vec<Outcome> {
+        sent.iter()
+            .map(|s| {
+                let id = s["id"].as_u64();
+                match answer.iter().find(|a| a["id"].as_u64() == id) {
+                    None => Outcome::Retry {
+                        error: format!("amoCRM answered 200 but did not return lead {id:?}: nothing changed"),
+                        after: None,
+                    },
+                    Some(a) if a.get("updated_at").is_none() => Outcome::Retry {
+                        error: format!("amoCRM answered 200 without updated_at for lead {id:?}"),
+                        after: None,
+                    },
+                    Some(a) => {
+                        for k in ["status_id", "pipeline_id"] {
+                            if let (Some(want), Some(got)) = (s.get(k), a.get(k)) {
+                                if want != got {
+                                    return Outcome::Retry {
+                                        error: format!("amoCRM answered 200 but lead {id:?} has {k} {got}, not {want}"),
+                                        after: None,
+                                    };
+                                }
+                            }
+                        }
+                        Outcome::Delivered
+                    }
+                }
+            })
+            .collect()
+    }
+
+    async fn patch_leads(&self, leads: &[&Value]) -> Vec<Outcome> {
+        if let [one] = leads {
+            let id = one["id"].as_u64().unwrap_or(0);
+            return match self
+                .send(reqwest::Method::PATCH, &format!("/api/v4/leads/{id}"), one)
+                .await
+            {
+                Ok(a) => Self::verify_leads(leads, std::slice::from_ref(&a)),
+                Err(o) => vec![o],
+            };
+        }
+        let body = Value::Array(leads.iter().map(|v| (*v).clone()).collect());
+        match self
+            .send(reqwest::Method::PATCH, "/api/v4/leads", &body)
+            .await
+        {
+            Ok(a) => {
+                let answer = a["_embedded"]["leads"]
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_default();
+                Self::verify_leads(leads, &answer)
+            }
+            // One bad lead fails a whole bulk call: find it by sending them one by one.
+            Err(Outcome::Failed(_)) => {
+                let mut out = Vec::with_capacity(leads.len());
+                for l in leads {
+                    out.extend(Box::pin(self.patch_leads(std::slice::from_ref(l))).await);
+                }
+                out
+            }
+            Err(o) => vec![o; leads.len()],
+        }
+    }
+
+    async fn add_notes(&self, notes: &[&Value]) -> Vec<Outcome> {
+        let body = Value::Array(notes.iter().map(|v| (*v).clone()).collect());
+        match self
+            .send(reqwest::Method::POST, "/api/v4/leads/notes", &body)
+            .await
+        {
+            Ok(a) => {
+                let n = a["_embedded"]["notes"].as_array().map_or(0, Vec::len);
+                if n == notes.len() {
+                    vec![Outcome::Delivered; notes.len()]
+                } else {
+                    vec![
+                        Outcome::Retry {
+                            error: format!("amoCRM created {n} of {} notes", notes.len()),
+                            after: None,
+                        };
+                        notes.len()
+                    ]
+                }
+            }
+            Err(o) => vec![o; notes.len()],
+        }
+    }
+}
+
+#[async_trait]
+impl Connector for AmoCrm {
+    fn name(&self) -> &'static str {
+        "amocrm"
+    }
+
+    async fn deliver(&self, events: &[OutboxEvent]) -> Vec<Outcome> {
+        let mut out: Vec<Option<Outcome>> = vec![None; events.len()];
+        let mut leads = Vec::new();
+        let mut notes = Vec::new();
+        let calls: Vec<_> = events.iter().map(|e| self.call(e)).collect();
+        for (i, c) in calls.iter().enumerate() {
+            match c {
+                Err(e) => out[i] = Some(Outcome::Failed(e.clone())),
+                Ok(Call::Nothing) => out[i] = Some(Outcome::Delivered),
+                Ok(Call::Lead(v)) => leads.push((i, v)),
+                Ok(Call::Note(v)) => notes.push((i, v)),
+            }
+        }
+        for chunk in leads.chunks(self.cfg.batch_max.max(1)) {
+            let bodies: Vec<&Value> = chunk.iter().map(|(_, v)| *v).collect();
+            for ((i, _), o) in chunk.iter().zip(self.patch_leads(&bodies).await) {
+                out[*i] = Some(o);
+            }
+        }
+        for chunk in notes.chunks(self.cfg.batch_max.max(1)) {
+            let bodies: Vec<&Value> = chunk.iter().map(|(_, v)| *v).collect();
+            for ((i, _), o) in chunk.iter().zip(self.add_notes(&bodies).await) {
+                out[*i] = Some(o);
+            }
+        }
+        out.into_iter()
+            .map(|o| {
+                o.unwrap_or(Outcome::Retry {
+                    error: "no answer for this event".into(),
+                    after: None,
+                })
+            })
+            .collect()
+    }
+
+    async fn balance(&self, q: &BalanceQuery) -> Result<f64, ConnectorError> {
+        let field = self.cfg.fields.balance_field_id;
+        if field == 0 {
+            return Err(ConnectorError::NoBalance);
+        }
+        let deal = q
+            .deal_id
+            .as_deref()
+            .ok_or_else(|| ConnectorError::Response("the vehicle has no crm_deal_id".into()))?;
+        let lead = self
+            .send(
+                reqwest::Method::GET,
+                &format!("/api/v4/leads/{deal}"),
+                &Value::Null,
+            )
+            .await
+            .map_err(|o| ConnectorError::Response(format!("GET lead {deal}: {o:?}")))?;
+        lead["custom_fields_values"]
+            .as_array()
+            .and_then(|fs| fs.iter().find(|f| f["field_id"].as_u64() == Some(field)))
+            .and_then(|f| as_rub(&f["values"][0]["value"]))
+            .ok_or_else(|| {
+                ConnectorError::Response(format!("lead {deal} has no numeric field {field}"))
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_200_that_changed_nothing_is_not_delivered() {
+        let sent = json!({ "id": 42, "status_id": 142001, "pipeline_id": 7001 });
+        let ok = json!({ "id": 42, "status_id": 142001, "pipeline_id": 7001, "updated_at": 1 });
+        assert_eq!(
+            AmoCrm::verify_leads(&[&sent], &[ok]),
+            vec![Outcome::Delivered]
+        );
+        let unchanged = json!({ "id": 42, "status_id": 143, "pipeline_id": 7001, "updated_at": 1 });
+        assert!(matches!(
+            &AmoCrm::verify_leads(&[&sent], &[unchanged])[0],
+            Outcome::Retry { error, .. } if error.contains("status_id")
+        ));
+        let other = json!({ "id": 43, "updated_at": 1 });
+        assert!(matches!(
+            &AmoCrm::verify_leads(&[&sent], &[other])[0],
+            Outcome::Retry { error, .. } if error.contains("did not return lead")
+        ));
+        let no_stamp = json!({ "id": 42 });
+        assert!(matches!(
+            AmoCrm::verify_leads(&[&sent], &[no_stamp])[0],
+            Outcome::Retry { .. }
+        ));
+    }
+}

@@ -1,0 +1,185 @@
+//! `kind = "bitrix24"`: REST calls through an incoming webhook
+//! (`https://<portal>/rest/<user>/<secret>/<method>`). Stage moves and fields are
+//! `crm.deal.update` with `fields[STAGE_ID]` / `UF_CRM_*`; driver messages and document
+//! warnings are timeline comments (`crm.timeline.comment.add`). Over the portal's leaky
+//! bucket Bitrix24 answers `503 QUERY_LIMIT_EXCEEDED`: the whole connector backs off.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde_json::{json, Value};
+
+use super::{as_rub, classify, retry_after, BalanceQuery, Connector, ConnectorError, Outcome};
+use crate::crm::config::CrmConfig;
+use crate::crm::event::{OutboxEvent, Payload, StageName};
+use crate::crm::ratelimit::RateLimiter;
+
+pub struct Bitrix24 {
+    cfg: CrmConfig,
+    http: reqwest::Client,
+    limiter: Arc<RateLimiter>,
+}
+
+impl Bitrix24 {
+    pub fn new(cfg: CrmConfig, http: reqwest::Client, limiter: Arc<RateLimiter>) -> Self {
+        Bitrix24 { cfg, http, limiter }
+    }
+
+    fn url(&self, method: &str) -> String {
+        format!("{}/{method}", self.cfg.webhook_url.trim_end_matches('/'))
+    }
+
+    /// The REST method and its parameters for one event; `None` when nothing is configured.
+    fn call(&self, e: &OutboxEvent) -> Result<Option<(&'static str, Value)>, String> {
+        let deal = e
+            .deal_id
+            .as_deref()
+            .ok_or("the vehicle has no crm_deal_id")?
+            .to_string();
+        let f = &self.cfg.fields;
+        let update = |fields: serde_json::Map<String, Value>| {
+            (!fields.is_empty())
+                .then(|| ("crm.deal.update", json!({ "id": deal, "fields": fields })))
+        };
+        let comment = |text: String| {
+            Some((
+                "crm.timeline.comment.add",
+                json!({ "fields": { "ENTITY_ID": deal, "ENTITY_TYPE": "deal", "COMMENT": text } }),
+            ))
+        };
+        let mut fields = serde_json::Map::new();
+        let mut put = |code: &str, v: Value| {
+            if !code.is_empty() {
+                fields.insert(code.to_string(), v);
+            }
+        };
+        Ok(match &e.payload {
+            Payload::StageChanged {
+                stage,
+                lat,
+                lon,
+                odometer_km,
+                ..
+            } => {
+                let s = match stage {
+                    StageName::OnLine => &self.cfg.stages.on_line,
+                    StageName::WantsToReturn => &self.cfg.stages.wants_to_return,
+                };
+                put("STAGE_ID", s.stage_id.clone().into());
+                if let (Some(a), Some(o)) = (lat, lon) {
+                    put(&f.location_field_code, format!("{a:.6},{o:.6}").into());
+                }
+                if let Some(k) = odometer_km {
+                    put(&f.mileage_field_code, (k.round() as i64).into());
+                }
+                update(fields)
+            }
+            Payload::Mileage { odometer_km, .. } => {
+                put(&f.mileage_field_code, (odometer_km.round() as i64).into());
+                update(fields)
+            }
+            Payload::BlockState { blocked, .. } => {
+                put(
+                    &f.blocked_field_code,
+                    (if *blocked { "Y" } else { "N" }).into(),
+                );
+                update(fields)
+            }
+            Payload::DriverMessage { text, .. } => comment(text.clone()),
+            Payload::DocumentExpiring {
+                document,
+                expires_on,
+                days_left,
+            } => comment(format!(
+                "Документ {document}: срок {expires_on}, осталось дней: {days_left}"
+            )),
+        })
+    }
+
+    async fn rest(&self, method: &str, params: &Value) -> Result<Value, Outcome> {
+        let _permit = self.limiter.acquire().await;
+        let resp = self
+            .http
+            .post(self.url(method))
+            .json(params)
+            .send()
+            .await
+            .map_err(|e| Outcome::Retry {
+                error: format!("{method}: {e}"),
+                after: None,
+            })?;
+        let status = resp.status();
+        let after = retry_after(resp.headers());
+        let text = resp.text().await.unwrap_or_default();
+        let body: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        let code = body["error"].as_str().unwrap_or("");
+        if code == "QUERY_LIMIT_EXCEEDED" || status.as_u16() == 429 {
+            let d = after.unwrap_or(Duration::from_secs(1));
+            self.limiter.pause(d).await;
+            return Err(Outcome::Retry {
+                error: format!("{method}: {status} QUERY_LIMIT_EXCEEDED"),
+                after: Some(d),
+            });
+        }
+        if !status.is_success() || !code.is_empty() {
+            let desc = body["error_description"].as_str().unwrap_or("");
+            return Err(match classify(status, &text) {
+                Outcome::Failed(_) if code == "expired_token" || code == "INVALID_CREDENTIALS" => {
+                    Outcome::Retry {
+                        error: format!("{method}: {code} {desc}"),
+                        after: None,
+                    }
+                }
+                Outcome::Failed(_) => Outcome::Failed(format!("{method}: {status} {code} {desc}")),
+                o => o,
+            });
+        }
+        Ok(body["result"].clone())
+    }
+}
+
+#[async_trait]
+impl Connector for Bitrix24 {
+    fn name(&self) -> &'static str {
+        "bitrix24"
+    }
+
+    async fn deliver(&self, events: &[OutboxEvent]) -> Vec<Outcome> {
+        let mut out = Vec::with_capacity(events.len());
+        for e in events {
+            out.push(match self.call(e) {
+                Err(err) => Outcome::Failed(err),
+                Ok(None) => Outcome::Delivered,
+                Ok(Some((method, params))) => match self.rest(method, &params).await {
+                    Ok(Value::Bool(false)) | Ok(Value::Null) => Outcome::Retry {
+                        error: format!(
+                            "{method}: Bitrix24 answered result = false: nothing changed"
+                        ),
+                        after: None,
+                    },
+                    Ok(_) => Outcome::Delivered,
+                    Err(o) => o,
+                },
+            });
+        }
+        out
+    }
+
+    async fn balance(&self, q: &BalanceQuery) -> Result<f64, ConnectorError> {
+        let code = &self.cfg.fields.balance_field_code;
+        if code.is_empty() {
+            return Err(ConnectorError::NoBalance);
+        }
+        let deal = q
+            .deal_id
+            .as_deref()
+            .ok_or_else(|| ConnectorError::Response("the vehicle has no crm_deal_id".into()))?;
+        let deal_json = self
+            .rest("crm.deal.get", &json!({ "id": deal }))
+            .await
+            .map_err(|o| ConnectorError::Response(format!("crm.deal.get {deal}: {o:?}")))?;
+        as_rub(&deal_json[code.as_str()])
+            .ok_or_else(|| ConnectorError::Response(format!("deal {deal} has no numeric {code}")))
+    }
+}

@@ -1,0 +1,119 @@
+//! Connectors turn outbox events into calls of one CRM (`[crm] kind`): a signed webhook,
+//! amoCRM API v4, or a Bitrix24 incoming webhook. Each paces itself with a [`RateLimiter`]
+//! and reports per event whether it was delivered, should be retried, or can never succeed.
+
+pub mod amocrm;
+pub mod bitrix24;
+pub mod webhook;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use super::config::CrmConfig;
+use super::event::OutboxEvent;
+use super::ratelimit::RateLimiter;
+
+/// The fate of one delivery attempt.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    Delivered,
+    /// Try again later; `after` is the CRM's own Retry-After, when it gave one.
+    Retry {
+        error: String,
+        after: Option<Duration>,
+    },
+    /// The CRM refused the event itself (bad deal id, validation): dead-lettered at once.
+    Failed(String),
+}
+
+/// Who a balance check is about.
+#[derive(Clone, Debug, PartialEq)]
+pub struct BalanceQuery {
+    pub driver_id: String,
+    pub vehicle_id: String,
+    pub deal_id: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectorError {
+    #[error("http: {0}")]
+    Http(String),
+    #[error("{0}")]
+    Response(String),
+    #[error("balance is not configured for this CRM")]
+    NoBalance,
+}
+
+#[async_trait]
+pub trait Connector: Send + Sync + 'static {
+    fn name(&self) -> &'static str;
+    /// Deliver events (at most one per vehicle, oldest first); one outcome per event, in order.
+    async fn deliver(&self, events: &[OutboxEvent]) -> Vec<Outcome>;
+    /// The driver's balance as the CRM knows it, in roubles.
+    async fn balance(&self, q: &BalanceQuery) -> Result<f64, ConnectorError>;
+}
+
+/// Build the configured connector; `None` when `kind = "off"`.
+pub fn build(cfg: &CrmConfig) -> Result<Option<Arc<dyn Connector>>, ConnectorError> {
+    let (rate, burst) = cfg.rate();
+    let mut limiter = RateLimiter::new(rate, burst);
+    if cfg.kind == "amocrm" {
+        // amoCRM counts requests per second: never 8 within one (20 ms of clock slack).
+        limiter = limiter.with_window(rate.floor().max(1.0) as usize, Duration::from_millis(1020));
+    }
+    let limiter = Arc::new(limiter);
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(cfg.timeout_s))
+        .user_agent(concat!("fleetgate/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| ConnectorError::Http(e.to_string()))?;
+    Ok(match cfg.kind.as_str() {
+        "webhook" => Some(Arc::new(webhook::Webhook::new(cfg.clone(), http, limiter))),
+        "amocrm" => Some(Arc::new(amocrm::AmoCrm::new(cfg.clone(), http, limiter))),
+        "bitrix24" => Some(Arc::new(bitrix24::Bitrix24::new(
+            cfg.clone(),
+            http,
+            limiter,
+        ))),
+        _ => None,
+    })
+}
+
+/// `Retry-After` in seconds (HTTP dates are rare from these APIs and are treated as absent).
+pub(crate) fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
+    h.get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map(|s| Duration::from_secs_f64(s.min(3600.0)))
+}
+
+/// The outcome of a non-2xx status that needs no body to classify.
+pub(crate) fn classify(status: reqwest::StatusCode, body: &str) -> Outcome {
+    let short: String = body.chars().take(300).collect();
+    let error = format!("HTTP {status}: {short}");
+    if status.as_u16() == 429 || status.is_server_error() || status.as_u16() == 408 {
+        Outcome::Retry { error, after: None }
+    } else {
+        Outcome::Failed(error)
+    }
+}
+
+/// A number that may arrive as a JSON number or a string (`"4 500,50"` too).
+pub(crate) fn as_rub(v: &serde_json::Value) -> Option<f64> {
+    match v {
+        serde_json::Value::Number(n) => n.as_f64(),
+        serde_json::Value::String(s) => {
+            let cleaned: String = s
+                .chars()
+                .filter(|c| !c.is_whitespace())
+                .map(|c| if c == ',' { '.' } else { c })
+                .collect();
+            cleaned.parse().ok()
+        }
+        _ => None,
+    }
+    .filter(|f: &f64| f.is_finite())
+}

@@ -1,0 +1,835 @@
+//! The CRM rules actor: the one owner of shift, balance and inspection state. It reads
+//! committed fixes and API commands, runs the pure state machines, writes each state change
+//! together with the events it causes (one transaction), and only then adds or lifts block
+//! reasons through [`BlockReasons`](super::BlockReasons).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{NaiveDate, Utc};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot, Notify};
+
+use super::connector::BalanceQuery;
+use super::event::{NewEvent, Payload, StageName};
+use super::rules::{BalanceState, InspectionRules, InspectionState};
+use super::shift::{FixInput, ShiftEvent, ShiftRules, ShiftState};
+use super::{RulesConfig, Wiring, REASON_INSPECTION, REASON_LOW_BALANCE};
+use crate::model::{DeviceId, VehicleId};
+use crate::pipeline::Committed;
+use crate::storage::crm::{CrmStore, StateWrite};
+use crate::storage::{StorageError, Vehicle};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CrmError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("storage: {0}")]
+    Storage(#[from] StorageError),
+    #[error("the CRM rules are shutting down")]
+    Closed,
+}
+
+/// Which events the rules write to the outbox.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Emit {
+    /// A CRM is configured (`[crm] kind` is not `off`).
+    pub on: bool,
+    /// Events for vehicles without `crm_deal_id` are still sent (webhook mode).
+    pub without_deal: bool,
+}
+
+/// An inspection command from the API.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum InspectionOp {
+    Schedule {
+        due_date: Option<NaiveDate>,
+        due_odometer_km: Option<f64>,
+    },
+    Postpone {
+        due_date: Option<NaiveDate>,
+        due_odometer_km: Option<f64>,
+    },
+    Complete {
+        odometer_km: f64,
+    },
+    Documents {
+        documents: BTreeMap<String, Option<NaiveDate>>,
+    },
+    Get,
+}
+
+/// Result of a return request.
+#[derive(Clone, Debug, Serialize)]
+pub struct ReturnOutcome {
+    pub vehicle_id: VehicleId,
+    pub wants_to_return: bool,
+    /// False when the deal was already moved this shift.
+    pub moved: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BalanceView {
+    pub driver_id: String,
+    pub balance_rub: Option<f64>,
+    pub low: bool,
+    pub vehicles: Vec<VehicleId>,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, CrmError>>;
+
+pub enum Cmd {
+    ReturnRequest {
+        vehicle: VehicleId,
+        actor: String,
+        reply: Reply<ReturnOutcome>,
+    },
+    Balance {
+        driver: String,
+        balance_rub: f64,
+        actor: String,
+        reply: Option<Reply<BalanceView>>,
+    },
+    Inspection {
+        vehicle: VehicleId,
+        op: InspectionOp,
+        actor: String,
+        reply: Reply<InspectionState>,
+    },
+    Shifts {
+        reply: oneshot::Sender<HashMap<VehicleId, ShiftState>>,
+    },
+    /// Drivers of vehicles on line, for the periodic balance check.
+    OnLineDrivers {
+        reply: oneshot::Sender<Vec<BalanceQuery>>,
+    },
+    /// Re-read the vehicle list now (a status or driver changed).
+    Refresh,
+}
+
+/// Handle to the rules actor; cheap to clone.
+#[derive(Clone)]
+pub struct CrmHandle {
+    tx: mpsc::Sender<Cmd>,
+    pub store: Arc<dyn CrmStore>,
+    pub wiring: Wiring,
+}
+
+impl CrmHandle {
+    async fn ask<T>(&self, f: impl FnOnce(Reply<T>) -> Cmd) -> Result<T, CrmError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(f(tx)).await.map_err(|_| CrmError::Closed)?;
+        rx.await.unwrap_or(Err(CrmError::Closed))
+    }
+
+    pub async fn return_request(
+        &self,
+        vehicle: VehicleId,
+        actor: &str,
+    ) -> Result<ReturnOutcome, CrmError> {
+        let actor = actor.to_string();
+        self.ask(|reply| Cmd::ReturnRequest {
+            vehicle,
+            actor,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn set_balance(
+        &self,
+        driver: &str,
+        balance_rub: f64,
+        actor: &str,
+    ) -> Result<BalanceView, CrmError> {
+        let (driver, actor) = (driver.to_string(), actor.to_string());
+        self.ask(|reply| Cmd::Balance {
+            driver,
+            balance_rub,
+            actor,
+            reply: Some(reply),
+        })
+        .await
+    }
+
+    /// A pulled balance: no answer awaited.
+    pub async fn pulled_balance(&self, driver: &str, balance_rub: f64) {
+        let _ = self
+            .tx
+            .send(Cmd::Balance {
+                driver: driver.to_string(),
+                balance_rub,
+                actor: "crm-balance-check".into(),
+                reply: None,
+            })
+            .await;
+    }
+
+    pub async fn inspection(
+        &self,
+        vehicle: VehicleId,
+        op: InspectionOp,
+        actor: &str,
+    ) -> Result<InspectionState, CrmError> {
+        let actor = actor.to_string();
+        self.ask(|reply| Cmd::Inspection {
+            vehicle,
+            op,
+            actor,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn shifts(&self) -> HashMap<VehicleId, ShiftState> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Shifts { reply }).await.is_err() {
+            return HashMap::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    pub async fn on_line_drivers(&self) -> Vec<BalanceQuery> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Cmd::OnLineDrivers { reply }).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    pub async fn refresh(&self) {
+        let _ = self.tx.send(Cmd::Refresh).await;
+    }
+}
+
+pub struct Engine {
+    store: Arc<dyn CrmStore>,
+    wiring: Wiring,
+    rules: RulesConfig,
+    emit: Emit,
+    ttl: chrono::Duration,
+    wake: Arc<Notify>,
+    shifts: HashMap<VehicleId, ShiftState>,
+    balances: HashMap<String, BalanceState>,
+    inspections: HashMap<VehicleId, InspectionState>,
+    odometer_km: HashMap<VehicleId, f64>,
+    last_pos: HashMap<VehicleId, (f64, f64)>,
+    by_device: HashMap<DeviceId, VehicleId>,
+    vehicles: HashMap<VehicleId, Vehicle>,
+    misses: HashMap<DeviceId, tokio::time::Instant>,
+}
+
+/// How often the vehicle list is re-read, and date rules (inspection, documents) re-checked.
+const REFRESH_EVERY: Duration = Duration::from_secs(30);
+const DATES_EVERY: Duration = Duration::from_secs(3600);
+
+/// Build the actor and its handle; run it with [`Engine::run`].
+pub fn new(
+    store: Arc<dyn CrmStore>,
+    wiring: Wiring,
+    rules: RulesConfig,
+    emit: Emit,
+    ttl: chrono::Duration,
+    wake: Arc<Notify>,
+) -> (Engine, CrmHandle, mpsc::Receiver<Cmd>) {
+    let (tx, rx) = mpsc::channel(256);
+    let handle = CrmHandle {
+        tx,
+        store: store.clone(),
+        wiring: wiring.clone(),
+    };
+    let engine = Engine {
+        store,
+        wiring,
+        rules,
+        emit,
+        ttl,
+        wake,
+        shifts: HashMap::new(),
+        balances: HashMap::new(),
+        inspections: HashMap::new(),
+        odometer_km: HashMap::new(),
+        last_pos: HashMap::new(),
+        by_device: HashMap::new(),
+        vehicles: HashMap::new(),
+        misses: HashMap::new(),
+    };
+    (engine, handle, rx)
+}
+
+fn load<T: serde::de::DeserializeOwned>(rows: Vec<(String, String)>) -> HashMap<String, T> {
+    rows.into_iter()
+        .filter_map(|(id, json)| match serde_json::from_str(&json) {
+            Ok(v) => Some((id, v)),
+            Err(e) => {
+                tracing::warn!(id, error = %e, "crm: unreadable rule state ignored");
+                None
+            }
+        })
+        .collect()
+}
+
+fn state<T: Serialize>(scope: &'static str, id: &str, v: &T) -> StateWrite {
+    StateWrite {
+        scope,
+        id: id.to_string(),
+        state: serde_json::to_string(v).unwrap_or_else(|_| "{}".into()),
+    }
+}
+
+impl Engine {
+    fn shift_rules(&self) -> ShiftRules {
+        ShiftRules {
+            on_line_after: chrono::Duration::seconds(self.rules.on_line_after as i64),
+            moving_kmh: self.rules.moving_kmh,
+            shift_gap: chrono::Duration::seconds(self.rules.shift_gap as i64),
+        }
+    }
+
+    fn inspection_rules(&self) -> InspectionRules {
+        InspectionRules {
+            max_postponements: self.rules.inspection_max_postponements,
+            grace_days: self.rules.inspection_grace_days,
+            grace_km: self.rules.inspection_grace_km,
+            warn_days: self.rules.document_warn_days,
+        }
+    }
+
+    /// Run until the committed-fixes channel closes (the pipeline's writer has finished).
+    pub async fn run(
+        mut self,
+        mut fixes: mpsc::Receiver<Arc<Committed>>,
+        mut cmds: mpsc::Receiver<Cmd>,
+    ) {
+        if let Err(e) = self.startup().await {
+            tracing::error!(error = %e, "crm rules: cannot load state; starting empty");
+        }
+        let mut refresh = tokio::time::interval(REFRESH_EVERY);
+        let mut dates = tokio::time::interval(DATES_EVERY);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        dates.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                c = fixes.recv() => match c {
+                    Some(c) => self.on_committed(&c).await,
+                    None => break,
+                },
+                Some(m) = cmds.recv() => self.on_cmd(m).await,
+                _ = refresh.tick() => self.refresh().await,
+                _ = dates.tick() => self.check_dates().await,
+            }
+        }
+        tracing::info!("crm rules stopped");
+    }
+
+    async fn startup(&mut self) -> Result<(), StorageError> {
+        self.shifts = load::<ShiftState>(self.store.crm_states("shift").await?)
+            .into_iter()
+            .map(|(k, v)| (VehicleId(k), v))
+            .collect();
+        self.balances = load(self.store.crm_states("balance").await?);
+        self.inspections = load::<InspectionState>(self.store.crm_states("inspection").await?)
+            .into_iter()
+            .map(|(k, v)| (VehicleId(k), v))
+            .collect();
+        self.refresh().await;
+        // The immobiliser may have restarted too: re-assert every reason the rules hold.
+        let mut assert = Vec::new();
+        for v in self.vehicles.values() {
+            if self.driver_low(v) {
+                assert.push((v.id.clone(), REASON_LOW_BALANCE));
+            }
+            if self.inspections.get(&v.id).is_some_and(|i| i.blocked) {
+                assert.push((v.id.clone(), REASON_INSPECTION));
+            }
+        }
+        for (v, r) in assert {
+            self.reason(&v, r, true, "crm-rules", "re-asserted at start")
+                .await;
+        }
+        Ok(())
+    }
+
+    async fn refresh(&mut self) {
+        let list = match self.store.crm_vehicles().await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "crm rules: cannot read vehicles");
+                return;
+            }
+        };
+        let mut returned = Vec::new();
+        for v in &list {
+            if let Some(old) = self.vehicles.get(&v.id) {
+                if old.status == "issued" && v.status != "issued" {
+                    returned.push(v.id.clone());
+                }
+            }
+        }
+        self.misses.clear();
+        self.by_device = list
+            .iter()
+            .filter_map(|v| v.device_id.clone().map(|d| (d, v.id.clone())))
+            .collect();
+        self.vehicles = list.into_iter().map(|v| (v.id.clone(), v)).collect();
+        for id in returned {
+            // Back from the driver: a new shift may start.
+            let Some(mut st) = self.shifts.get(&id).cloned() else {
+                continue;
+            };
+            st.end_shift();
+            if self
+                .commit(vec![state("shift", &id.0, &st)], Vec::new())
+                .await
+                .is_ok()
+            {
+                self.shifts.insert(id, st);
+            }
+        }
+    }
+
+    /// A vehicle for an API command: re-read, so a deal or driver set just before counts.
+    async fn vehicle(&mut self, id: &VehicleId) -> Result<Vehicle, CrmError> {
+        self.refresh().await;
+        self.vehicles
+            .get(id)
+            .cloned()
+            .ok_or_else(|| CrmError::NotFound(format!("vehicle '{id}' not found")))
+    }
+
+    async fn vehicle_by_device(&mut self, d: &DeviceId) -> Option<Vehicle> {
+        if !self.by_device.contains_key(d) {
+            // A device without a vehicle re-reads the list at most every few seconds.
+            let recent = self
+                .misses
+                .get(d)
+                .is_some_and(|t| t.elapsed() < Duration::from_secs(5));
+            if !recent {
+                self.refresh().await;
+                if !self.by_device.contains_key(d) {
+                    self.misses.insert(d.clone(), tokio::time::Instant::now());
+                }
+            }
+        }
+        self.by_device
+            .get(d)
+            .and_then(|id| self.vehicles.get(id))
+            .cloned()
+    }
+
+    fn driver_low(&self, v: &Vehicle) -> bool {
+        v.driver_id
+            .as_ref()
+            .and_then(|d| self.balances.get(d))
+            .is_some_and(|b| b.low)
+    }
+
+    /// The CRM-rule reasons active on a vehicle.
+    fn rule_reasons(&self, v: &Vehicle) -> Vec<String> {
+        let mut r = Vec::new();
+        if self.driver_low(v) {
+            r.push(REASON_LOW_BALANCE.to_string());
+        }
+        if self.inspections.get(&v.id).is_some_and(|i| i.blocked) {
+            r.push(REASON_INSPECTION.to_string());
+        }
+        r
+    }
+
+    fn event(&self, v: &Vehicle, payload: Payload) -> Option<NewEvent> {
+        if !self.emit.on {
+            return None;
+        }
+        if v.crm_deal_id.is_none() && !self.emit.without_deal {
+            metrics::counter!("fleetgate_crm_events_skipped_total", "kind" => payload.kind())
+                .increment(1);
+            tracing::debug!(vehicle = %v.id, kind = payload.kind(), "no crm_deal_id: event not sent");
+            return None;
+        }
+        Some(NewEvent {
+            vehicle_id: v.id.clone(),
+            deal_id: v.crm_deal_id.clone(),
+            payload,
+        })
+    }
+
+    async fn commit(&self, states: Vec<StateWrite>, events: Vec<NewEvent>) -> Result<(), CrmError> {
+        self.store
+            .crm_commit(&states, &events, Utc::now(), self.ttl)
+            .await?;
+        for e in &events {
+            metrics::counter!("fleetgate_crm_events_total", "kind" => e.payload.kind())
+                .increment(1);
+        }
+        if !events.is_empty() {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    async fn reason(&self, v: &VehicleId, reason: &str, active: bool, actor: &str, comment: &str) {
+        if let Err(e) = self
+            .wiring
+            .reasons
+            .set_reason(v, reason, active, actor, comment)
+            .await
+        {
+            metrics::counter!("fleetgate_crm_reason_errors_total").increment(1);
+            tracing::error!(vehicle = %v, reason, active, error = %e, "crm rules: cannot set block reason");
+        }
+    }
+
+    async fn on_committed(&mut self, c: &Committed) {
+        let item = &c.item;
+        let Some(v) = self.vehicle_by_device(&item.device).await else {
+            return;
+        };
+        if let Some(p) = &item.state.position {
+            let km = p.odometer_m.unwrap_or(item.state.gps_odometer_m) / 1000.0;
+            self.odometer_km.insert(v.id.clone(), km);
+            self.last_pos.insert(v.id.clone(), (p.lat, p.lon));
+        }
+        let signal = self.rules.return_signals.get(item.protocol.name()).cloned();
+        let rules = self.shift_rules();
+        let before = self.shifts.get(&v.id).cloned().unwrap_or_default();
+        let mut st = before.clone();
+        let mut payloads = Vec::new();
+        for np in &item.positions {
+            let p = &np.position;
+            let return_signal = signal.as_ref().is_some_and(|s| {
+                s.input
+                    .is_some_and(|n| p.inputs.is_some_and(|m| m & (1u32 << (n - 1)) != 0))
+                    || s.alarm.as_deref().is_some_and(|a| p.alarm == Some(a))
+            });
+            let fix = FixInput {
+                time: p.fix_time,
+                ignition: p.ignition,
+                speed_kmh: p.speed_kmh,
+                inside_service_area: self
+                    .wiring
+                    .zones
+                    .inside_service_area(&v.id, p.lat, p.lon)
+                    .await,
+                return_signal,
+            };
+            for ev in st.on_fix(&fix, &rules) {
+                let (stage, at) = match ev {
+                    ShiftEvent::OnLine { at } => (StageName::OnLine, at),
+                    ShiftEvent::WantsToReturn { at } => (StageName::WantsToReturn, at),
+                };
+                tracing::info!(vehicle = %v.id, ?stage, %at, "crm: stage reached");
+                payloads.push(Payload::StageChanged {
+                    stage,
+                    at,
+                    source: "tracker".into(),
+                    lat: Some(p.lat),
+                    lon: Some(p.lon),
+                    odometer_km: Some(p.odometer_m.unwrap_or(np.gps_odometer_m) / 1000.0),
+                });
+            }
+        }
+        if !payloads.is_empty() || st.durable_differs(&before) {
+            let events = payloads
+                .into_iter()
+                .filter_map(|p| self.event(&v, p))
+                .collect();
+            if let Err(e) = self
+                .commit(vec![state("shift", &v.id.0, &st)], events)
+                .await
+            {
+                tracing::error!(vehicle = %v.id, error = %e, "crm rules: cannot store shift state");
+                return;
+            }
+        }
+        self.shifts.insert(v.id.clone(), st);
+        if self
+            .inspections
+            .get(&v.id)
+            .is_some_and(|i| i.due_odometer_km.is_some())
+        {
+            if let Err(e) = self.inspection_step(&v, None, "crm-rules").await {
+                tracing::error!(vehicle = %v.id, error = %e, "crm rules: inspection check failed");
+            }
+        }
+    }
+
+    async fn on_cmd(&mut self, m: Cmd) {
+        match m {
+            Cmd::ReturnRequest {
+                vehicle,
+                actor,
+                reply,
+            } => {
+                let _ = reply.send(self.return_request(&vehicle, &actor).await);
+            }
+            Cmd::Balance {
+                driver,
+                balance_rub,
+                actor,
+                reply,
+            } => {
+                let r = self.balance(&driver, balance_rub, &actor).await;
+                if let Err(e) = &r {
+                    tracing::error!(driver, error = %e, "crm rules: balance not applied");
+                }
+                if let Some(reply) = reply {
+                    let _ = reply.send(r);
+                }
+            }
+            Cmd::Inspection {
+                vehicle,
+                op,
+                actor,
+                reply,
+            } => {
+                let r = match self.vehicle(&vehicle).await {
+                    Ok(v) => self.inspection_step(&v, Some(op), &actor).await,
+                    Err(e) => Err(e),
+                };
+                let _ = reply.send(r);
+            }
+            Cmd::Shifts { reply } => {
+                let _ = reply.send(self.shifts.clone());
+            }
+            Cmd::OnLineDrivers { reply } => {
+                let mut seen = std::collections::BTreeSet::new();
+                let out = self
+                    .shifts
+                    .iter()
+                    .filter(|(_, s)| s.on_line)
+                    .filter_map(|(id, _)| self.vehicles.get(id))
+                    .filter_map(|v| {
+                        let d = v.driver_id.clone()?;
+                        seen.insert(d.clone()).then(|| BalanceQuery {
+                            driver_id: d,
+                            vehicle_id: v.id.0.clone(),
+                            deal_id: v.crm_deal_id.clone(),
+                        })
+                    })
+                    .collect();
+                let _ = reply.send(out);
+            }
+            Cmd::Refresh => self.refresh().await,
+        }
+    }
+
+    async fn return_request(
+        &mut self,
+        id: &VehicleId,
+        actor: &str,
+    ) -> Result<ReturnOutcome, CrmError> {
+        let v = self.vehicle(id).await?;
+        let mut st = self.shifts.get(id).cloned().unwrap_or_default();
+        let now = Utc::now();
+        let moved = st.request_return(now).is_some();
+        if moved {
+            let (lat, lon) = self.last_pos.get(id).copied().unzip();
+            let payload = Payload::StageChanged {
+                stage: StageName::WantsToReturn,
+                at: now,
+                source: "api".into(),
+                lat,
+                lon,
+                odometer_km: self.odometer_km.get(id).copied(),
+            };
+            let events = self.event(&v, payload).into_iter().collect();
+            self.commit(vec![state("shift", &id.0, &st)], events)
+                .await?;
+            tracing::info!(vehicle = %id, actor, "crm: return requested");
+            self.shifts.insert(id.clone(), st);
+        }
+        Ok(ReturnOutcome {
+            vehicle_id: id.clone(),
+            wants_to_return: true,
+            moved,
+        })
+    }
+
+    async fn balance(
+        &mut self,
+        driver: &str,
+        rub: f64,
+        actor: &str,
+    ) -> Result<BalanceView, CrmError> {
+        if !rub.is_finite() {
+            return Err(CrmError::BadRequest("balance_rub must be a number".into()));
+        }
+        self.refresh().await;
+        let min = self.rules.balance_min_rub;
+        let old = self.balances.get(driver).cloned().unwrap_or_default();
+        let mut st = old.clone();
+        let flip = st.update(rub, Utc::now(), min);
+        let cars: Vec<Vehicle> = self
+            .vehicles
+            .values()
+            .filter(|v| v.driver_id.as_deref() == Some(driver))
+            .cloned()
+            .collect();
+        self.balances.insert(driver.to_string(), st.clone());
+        let mut events = Vec::new();
+        if let Some(low) = flip {
+            for v in &cars {
+                events.extend(self.event(
+                    v,
+                    Payload::BlockState {
+                        reason: REASON_LOW_BALANCE.into(),
+                        active: low,
+                        blocked: !self.rule_reasons(v).is_empty(),
+                        reasons: self.rule_reasons(v),
+                    },
+                ));
+                if low {
+                    events.extend(self.event(
+                        v,
+                        Payload::DriverMessage {
+                            driver_id: Some(driver.to_string()),
+                            reason: REASON_LOW_BALANCE.into(),
+                            text: format!(
+                                "Баланс {rub:.0} ₽ ниже минимума {min:.0} ₽. Пополните баланс: \
+                                 после остановки автомобиль не заведётся."
+                            ),
+                        },
+                    ));
+                }
+            }
+        }
+        if let Err(e) = self
+            .commit(vec![state("balance", driver, &st)], events)
+            .await
+        {
+            self.balances.insert(driver.to_string(), old);
+            return Err(e);
+        }
+        let comment = format!("balance {rub:.2} RUB, minimum {min:.2}");
+        for v in &cars {
+            // A low balance is re-asserted on every update: a car handed over since is covered.
+            if st.low || flip == Some(false) {
+                self.reason(&v.id, REASON_LOW_BALANCE, st.low, actor, &comment)
+                    .await;
+            }
+        }
+        Ok(BalanceView {
+            driver_id: driver.to_string(),
+            balance_rub: st.balance_rub,
+            low: st.low,
+            vehicles: cars.into_iter().map(|v| v.id).collect(),
+        })
+    }
+
+    /// Apply an inspection command (or none: re-check), then the block rule and documents.
+    async fn inspection_step(
+        &mut self,
+        v: &Vehicle,
+        op: Option<InspectionOp>,
+        actor: &str,
+    ) -> Result<InspectionState, CrmError> {
+        let old = self.inspections.get(&v.id).cloned().unwrap_or_default();
+        let mut st = old.clone();
+        let mut payloads = Vec::new();
+        let now = Utc::now();
+        match op {
+            None | Some(InspectionOp::Get) => {}
+            Some(InspectionOp::Schedule {
+                due_date,
+                due_odometer_km,
+            }) => {
+                if due_date.is_none() && due_odometer_km.is_none() {
+                    return Err(CrmError::BadRequest(
+                        "give due_date and/or due_odometer_km".into(),
+                    ));
+                }
+                st.schedule(due_date, due_odometer_km);
+            }
+            Some(InspectionOp::Postpone {
+                due_date,
+                due_odometer_km,
+            }) => st.postpone(due_date, due_odometer_km),
+            Some(InspectionOp::Complete { odometer_km }) => {
+                if !odometer_km.is_finite() || odometer_km < 0.0 {
+                    return Err(CrmError::BadRequest(
+                        "odometer_km must be a positive number".into(),
+                    ));
+                }
+                st.complete(now, odometer_km);
+                payloads.push(Payload::Mileage {
+                    odometer_km,
+                    at: now,
+                });
+            }
+            Some(InspectionOp::Documents { documents }) => {
+                for (name, date) in documents {
+                    if name.is_empty() || name.len() > 64 {
+                        return Err(CrmError::BadRequest(
+                            "document names are 1 to 64 characters".into(),
+                        ));
+                    }
+                    st.set_document(&name, date);
+                }
+            }
+        }
+        let r = self.inspection_rules();
+        let today = now.date_naive();
+        let flip = st.evaluate(today, self.odometer_km.get(&v.id).copied(), &r);
+        for n in st.document_notices(today, &r) {
+            payloads.push(Payload::DocumentExpiring {
+                document: n.document,
+                expires_on: n.expires_on,
+                days_left: n.days_left,
+            });
+        }
+        if st == old && payloads.is_empty() {
+            return Ok(st);
+        }
+        self.inspections.insert(v.id.clone(), st.clone());
+        if let Some((active, cause)) = &flip {
+            payloads.push(Payload::BlockState {
+                reason: REASON_INSPECTION.into(),
+                active: *active,
+                blocked: !self.rule_reasons(v).is_empty(),
+                reasons: self.rule_reasons(v),
+            });
+            if *active {
+                payloads.push(Payload::DriverMessage {
+                    driver_id: v.driver_id.clone(),
+                    reason: REASON_INSPECTION.into(),
+                    text: format!(
+                        "Требуется техосмотр ({cause}). Пройдите ТО: после остановки автомобиль \
+                         не заведётся."
+                    ),
+                });
+            }
+        }
+        let events = payloads
+            .into_iter()
+            .filter_map(|p| self.event(v, p))
+            .collect();
+        if let Err(e) = self
+            .commit(vec![state("inspection", &v.id.0, &st)], events)
+            .await
+        {
+            self.inspections.insert(v.id.clone(), old);
+            return Err(e);
+        }
+        if let Some((active, cause)) = flip {
+            self.reason(&v.id, REASON_INSPECTION, active, actor, &cause)
+                .await;
+        }
+        Ok(st)
+    }
+
+    async fn check_dates(&mut self) {
+        let ids: Vec<VehicleId> = self.inspections.keys().cloned().collect();
+        for id in ids {
+            let Some(v) = self.vehicles.get(&id).cloned() else {
+                continue;
+            };
+            if let Err(e) = self.inspection_step(&v, None, "crm-rules").await {
+                tracing::error!(vehicle = %id, error = %e, "crm rules: date check failed");
+            }
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! CRM integration: business rules on the fleet's cars and a durable outbox toward the CRM.
+//!
+//! Committed fixes (`Pipeline::start(.., subscribers)`) and API calls feed one rules actor
+//! ([`engine`]): "on line" / "wants to return" ([`shift`]), driver balances and inspections
+//! ([`rules`]). Its state changes and the events they cause are written in one transaction;
+//! the [`outbox`] worker delivers them through a [`connector`] (webhook, amoCRM, Bitrix24).
+//! Blocking is not done here: the rules add and lift reasons through [`BlockReasons`] (the
+//! immobiliser), and "inside the service area" comes from [`FleetZones`] (the geofences).
+
+pub mod api;
+pub mod checker;
+pub mod config;
+pub mod connector;
+pub mod engine;
+pub mod event;
+pub mod memory;
+pub mod outbox;
+pub mod ratelimit;
+pub mod rules;
+pub mod shift;
+pub mod zones;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::model::VehicleId;
+
+pub use config::{CrmConfig, RulesConfig};
+pub use engine::{CrmError, CrmHandle};
+
+/// Block reasons the CRM rules own.
+pub const REASON_LOW_BALANCE: &str = "low_balance";
+pub const REASON_INSPECTION: &str = "inspection";
+
+/// How one vehicle stands with the immobiliser, for the fleet summary.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct BlockView {
+    /// Active reasons (any source: CRM rules, operator, zones).
+    pub reasons: Vec<String>,
+    /// A block was decided but not yet confirmed by the car (waiting for it to stop, offline…).
+    pub pending: bool,
+}
+
+/// The immobiliser as the CRM rules see it. `set_reason` must be idempotent: the rules
+/// re-assert their active reasons after every restart.
+#[async_trait]
+pub trait BlockReasons: Send + Sync + 'static {
+    async fn set_reason(
+        &self,
+        vehicle: &VehicleId,
+        reason: &str,
+        active: bool,
+        actor: &str,
+        comment: &str,
+    ) -> Result<(), String>;
+    /// Every vehicle with a reason or a pending block.
+    async fn snapshot(&self) -> HashMap<VehicleId, BlockView>;
+}
+
+/// Zone membership as the CRM rules need it.
+#[async_trait]
+pub trait FleetZones: Send + Sync + 'static {
+    /// Is this fix inside the fleet's service area?
+    async fn inside_service_area(&self, vehicle: &VehicleId, lat: f64, lon: f64) -> bool;
+    /// The parking lot (depot) the car stands in, if any.
+    async fn parking_lot(&self, _vehicle: &VehicleId, _lat: f64, _lon: f64) -> Option<String> {
+        None
+    }
+}
+
+/// What the CRM rules act through.
+#[derive(Clone)]
+pub struct Wiring {
+    pub reasons: Arc<dyn BlockReasons>,
+    pub zones: Arc<dyn FleetZones>,
+}
+
+/// What a caller of `app::start_with` may plug in; `None` takes the daemon's default: block
+/// reasons kept in memory (visible in the summary, no relay switched) until the immobiliser
+/// is wired, and the geofence stage's zones.
+#[derive(Clone, Default)]
+pub struct Seams {
+    pub reasons: Option<Arc<dyn BlockReasons>>,
+    pub zones: Option<Arc<dyn FleetZones>>,
+}
+
+/// The running CRM side, to be stopped after the pipeline's writer (see [`start`]).
+pub struct CrmTasks {
+    /// Ends by itself once the committed-fixes channel closes.
+    pub engine: tokio::task::JoinHandle<()>,
+    /// Outbox worker and balance checker: stopped by `stop`.
+    pub workers: Vec<tokio::task::JoinHandle<()>>,
+    pub stop: tokio_util::sync::CancellationToken,
+}
+
+impl CrmTasks {
+    /// Wait for the rules to finish the last commits, then stop the workers.
+    pub async fn shutdown(self) {
+        let _ = self.engine.await;
+        self.stop.cancel();
+        for w in self.workers {
+            let _ = w.await;
+        }
+    }
+}
+
+/// Start the rules actor, the outbox worker and the balance checker. Returns the handle for
+/// the API, the sender to pass to `Pipeline::start` as a subscriber, and the tasks.
+pub fn start(
+    config: &crate::config::Config,
+    store: Arc<dyn crate::storage::Store>,
+    seams: Seams,
+    geofences: Arc<dyn FleetZones>,
+) -> Result<
+    (
+        CrmHandle,
+        tokio::sync::mpsc::Sender<Arc<crate::pipeline::Committed>>,
+        CrmTasks,
+    ),
+    connector::ConnectorError,
+> {
+    let wiring = Wiring {
+        reasons: seams
+            .reasons
+            .unwrap_or_else(|| Arc::new(memory::MemoryBlockReasons::default())),
+        zones: seams.zones.unwrap_or(geofences),
+    };
+    let crm_store: Arc<dyn crate::storage::CrmStore> = Arc::new(store);
+    let connector = connector::build(&config.crm)?;
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let emit = engine::Emit {
+        on: connector.is_some(),
+        without_deal: config.crm.kind == "webhook",
+    };
+    let ttl = chrono::Duration::seconds(config.crm.event_ttl_s as i64);
+    let (eng, handle, cmds) = engine::new(
+        crm_store.clone(),
+        wiring,
+        config.rules.clone(),
+        emit,
+        ttl,
+        wake.clone(),
+    );
+    let (tx, rx) = tokio::sync::mpsc::channel(config.pipeline.queue.max(64));
+    let engine = tokio::spawn(eng.run(rx, cmds));
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut workers = Vec::new();
+    if let Some(c) = connector {
+        tracing::info!(kind = c.name(), "crm connector ready");
+        let worker = outbox::OutboxWorker {
+            store: crm_store,
+            connector: c.clone(),
+            cfg: config.crm.clone(),
+            wake,
+        };
+        workers.push(tokio::spawn(worker.run(stop.clone())));
+        workers.push(tokio::spawn(checker::run(
+            handle.clone(),
+            c,
+            std::time::Duration::from_secs(config.rules.balance_check_interval),
+            stop.clone(),
+        )));
+    }
+    Ok((
+        handle,
+        tx,
+        CrmTasks {
+            engine,
+            workers,
+            stop,
+        },
+    ))
+}

@@ -1,0 +1,160 @@
+//! The outbox worker: delivers stored CRM events at least once, oldest first per vehicle
+//! (only a vehicle's oldest pending event is ever in flight), with exponential backoff and
+//! jitter per event, the CRM's Retry-After honoured, a TTL after which an event is
+//! dead-lettered, and metrics. Events live in storage until delivered, so a CRM down for hours
+//! or a restart of fleetgate loses nothing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+
+use super::config::CrmConfig;
+use super::connector::{Connector, Outcome};
+use super::event::{OutboxEvent, Status};
+use super::ratelimit::backoff;
+use crate::storage::CrmStore;
+
+/// Most events fetched per round (head events of distinct vehicles).
+const ROUND_MAX: u32 = 200;
+
+pub struct OutboxWorker {
+    pub store: Arc<dyn CrmStore>,
+    pub connector: Arc<dyn Connector>,
+    pub cfg: CrmConfig,
+    /// Signalled when new events were committed, so they go out without waiting a poll.
+    pub wake: Arc<Notify>,
+}
+
+impl OutboxWorker {
+    pub async fn run(self, shutdown: CancellationToken) {
+        let poll = Duration::from_millis(self.cfg.poll_ms);
+        let mut last_gauges = tokio::time::Instant::now() - Duration::from_secs(60);
+        let mut last_purge = tokio::time::Instant::now();
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            if last_gauges.elapsed() >= Duration::from_secs(5) {
+                self.gauges().await;
+                last_gauges = tokio::time::Instant::now();
+            }
+            if last_purge.elapsed() >= Duration::from_secs(3600) {
+                let before =
+                    Utc::now() - chrono::Duration::days(self.cfg.keep_delivered_days as i64);
+                if let Err(e) = self.store.outbox_purge(before).await {
+                    tracing::warn!(error = %e, "crm outbox purge failed");
+                }
+                last_purge = tokio::time::Instant::now();
+            }
+            let sent = match self.round().await {
+                Ok(n) => n,
+                Err(e) => {
+                    tracing::warn!(error = %e, "crm outbox: storage error");
+                    0
+                }
+            };
+            if sent > 0 {
+                continue;
+            }
+            let wait = match self.store.outbox_next_due().await {
+                Ok(Some(t)) => (t - Utc::now()).to_std().unwrap_or_default().min(poll),
+                _ => poll,
+            };
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = self.wake.notified() => {}
+                _ = tokio::time::sleep(wait.max(Duration::from_millis(10))) => {}
+            }
+        }
+        self.gauges().await;
+    }
+
+    /// Deliver what is due; returns how many events were attempted.
+    pub async fn round(&self) -> Result<usize, crate::storage::StorageError> {
+        let now = Utc::now();
+        let due = self.store.outbox_due(now, ROUND_MAX).await?;
+        if due.is_empty() {
+            return Ok(0);
+        }
+        let mut live: Vec<OutboxEvent> = Vec::with_capacity(due.len());
+        for e in due {
+            if e.expires_at <= now {
+                let err = format!(
+                    "TTL expired after {} attempts; last error: {}",
+                    e.attempts,
+                    e.last_error.as_deref().unwrap_or("none")
+                );
+                self.dead(&e, e.attempts, &err).await?;
+            } else {
+                live.push(e);
+            }
+        }
+        let n = live.len();
+        if n == 0 {
+            return Ok(1);
+        }
+        let outcomes = self.connector.deliver(&live).await;
+        let at = Utc::now();
+        for (e, o) in live.iter().zip(outcomes) {
+            let kind = e.payload.kind();
+            match o {
+                Outcome::Delivered => {
+                    self.store.outbox_delivered(e.id, at).await?;
+                    metrics::counter!("fleetgate_crm_outbox_delivered_total", "kind" => kind)
+                        .increment(1);
+                    metrics::histogram!("fleetgate_crm_outbox_latency_seconds")
+                        .record((at - e.created_at).num_milliseconds() as f64 / 1000.0);
+                    tracing::debug!(id = e.id, key = %e.key, vehicle = %e.vehicle_id, kind, "crm event delivered");
+                }
+                Outcome::Retry { error, after } => {
+                    let attempts = e.attempts + 1;
+                    let mut delay =
+                        backoff(attempts, self.cfg.backoff_initial_s, self.cfg.backoff_max_s);
+                    if let Some(a) = after {
+                        metrics::counter!("fleetgate_crm_outbox_throttled_total").increment(1);
+                        delay = delay.max(a);
+                    }
+                    let next = at + chrono::Duration::from_std(delay).unwrap_or_default();
+                    if next >= e.expires_at {
+                        self.dead(e, attempts, &format!("TTL expired; last error: {error}"))
+                            .await?;
+                    } else {
+                        metrics::counter!("fleetgate_crm_outbox_retries_total", "kind" => kind)
+                            .increment(1);
+                        tracing::info!(id = e.id, vehicle = %e.vehicle_id, kind, attempts, retry_in = ?delay, %error, "crm event not delivered; will retry");
+                        self.store
+                            .outbox_retry(e.id, attempts, next, &error)
+                            .await?;
+                    }
+                }
+                Outcome::Failed(error) => self.dead(e, e.attempts + 1, &error).await?,
+            }
+        }
+        Ok(n)
+    }
+
+    async fn dead(
+        &self,
+        e: &OutboxEvent,
+        attempts: u32,
+        error: &str,
+    ) -> Result<(), crate::storage::StorageError> {
+        metrics::counter!("fleetgate_crm_outbox_dead_total", "kind" => e.payload.kind())
+            .increment(1);
+        tracing::warn!(id = e.id, key = %e.key, vehicle = %e.vehicle_id, kind = e.payload.kind(), %error, "crm event dead-lettered");
+        self.store.outbox_dead(e.id, attempts, error).await
+    }
+
+    async fn gauges(&self) {
+        if let Ok(counts) = self.store.outbox_counts().await {
+            for s in [Status::Pending, Status::Delivered, Status::Dead] {
+                let n = counts.iter().find(|(c, _)| *c == s).map_or(0, |(_, n)| *n);
+                metrics::gauge!("fleetgate_crm_outbox_events", "status" => s.as_str())
+                    .set(n as f64);
+            }
+        }
+    }
+}

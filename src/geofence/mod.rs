@@ -1,0 +1,32 @@
+//! Geofences: zone model, index, exact point-in-polygon, debounced per-vehicle state.
+//!
+//! - [`zone`]: a [`Zone`] is one GeoJSON Feature (`name`, `kind`, optional `buffer_m` and
+//!   debounce overrides; Polygon, MultiPolygon or Point + `radius_m`). Shipped zones live in
+//!   `geofences/*.geojson` (OSM data, ODbL: see `geofences/NOTICE.md`).
+//! - [`index`]: [`ZoneSet`], immutable per load (swap an `Arc` on reload): an R-tree of zone
+//!   envelopes, then an exact grid-accelerated point-in-polygon per candidate (`pip`), and
+//!   boundary distances from a lazily built edge R-tree (`distance`).
+//! - [`tracker`]: [`VehicleZones`], the pure debounce state machine (fix time injected), and
+//!   [`JumpDetector`].
+//!
+//! Coordinates are WGS84 degrees; the API takes `(lat, lon)`, geometry stores `x = lon`.
+//! A point on a boundary is inside (as `geo::Intersects`).
+//!
+//! ```text
+//! let set = Arc::new(ZoneSet::load_dir("geofences")?);
+//! let events = vehicle_zones.observe(&set, &fix);          // per fix, in the shard worker
+//! let api = (vehicle_zones.inside_service_area(), vehicle_zones.zones().collect::<Vec<_>>());
+//! ```
+
+mod distance;
+pub mod index;
+mod pip;
+pub mod stage;
+pub mod tracker;
+pub mod zone;
+
+pub use index::{zones_from_dir, ZoneSet};
+pub use tracker::{
+    Debounce, DebounceConfig, Fix, JumpDetector, VehicleZones, ZoneEvent, ZoneEventKind,
+};
+pub use zone::{zones_from_geojson, DebounceOverride, Shape, Zone, ZoneError, ZoneKind};

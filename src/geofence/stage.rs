@@ -1,0 +1,355 @@
+//! The zone stage: an actor fed with every committed batch. It owns each device's debounced
+//! membership ([`VehicleZones`]), evaluates every fix against the current [`ZoneSet`],
+//! persists membership changes with their events in one transaction, and tells its
+//! listeners (the immobiliser, the CRM rules) about confirmed enter/exit events.
+//!
+//! Membership is stored, so a restart resumes from what was confirmed: a car that left the
+//! service area while fleetgate was down still produces its `exit`.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{
+    zones_from_geojson, DebounceConfig, Fix, VehicleZones, Zone, ZoneError, ZoneEvent, ZoneKind,
+    ZoneSet,
+};
+use crate::model::{DeviceId, VehicleId};
+use crate::pipeline::Committed;
+use crate::storage::zones::{StoredMembership, StoredZoneEvent};
+use crate::storage::{StorageError, Store};
+
+/// What the vehicle API shows: `zone: {inside_service_area, zones: [names]}`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Membership {
+    /// `None` until the first valid fix.
+    pub inside_service_area: Option<bool>,
+    pub zones: Vec<String>,
+}
+
+/// A confirmed event, as the rule stages receive it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ZoneNotice {
+    pub vehicle: Option<VehicleId>,
+    pub device: DeviceId,
+    pub event: ZoneEvent,
+}
+
+enum Msg {
+    Query {
+        device: DeviceId,
+        reply: oneshot::Sender<Option<Membership>>,
+    },
+    QueryAll {
+        reply: oneshot::Sender<Vec<(DeviceId, Membership)>>,
+    },
+    Reload {
+        set: Arc<ZoneSet>,
+        done: oneshot::Sender<()>,
+    },
+}
+
+/// Handle to the zone stage; cheap to clone.
+#[derive(Clone)]
+pub struct ZonesHandle {
+    tx: mpsc::Sender<Msg>,
+    current: Arc<RwLock<Arc<ZoneSet>>>,
+    files: Arc<RwLock<HashSet<String>>>,
+}
+
+impl ZonesHandle {
+    /// The zone set in force.
+    pub fn current(&self) -> Arc<ZoneSet> {
+        self.current.read().expect("not poisoned").clone()
+    }
+
+    /// Whether a zone of that name comes from a file under the geofences directory.
+    pub fn is_file_zone(&self, name: &str) -> bool {
+        self.files.read().expect("not poisoned").contains(name)
+    }
+
+    pub async fn membership(&self, device: &DeviceId) -> Option<Membership> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Query {
+                device: device.clone(),
+                reply,
+            })
+            .await
+            .ok()?;
+        rx.await.ok().flatten()
+    }
+
+    pub async fn memberships(&self) -> Vec<(DeviceId, Membership)> {
+        let (reply, rx) = oneshot::channel();
+        if self.tx.send(Msg::QueryAll { reply }).await.is_err() {
+            return Vec::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Swap in a new zone set (API change, SIGHUP) and wait until the stage uses it.
+    pub async fn install(&self, set: ZoneSet, files: HashSet<String>) {
+        let set = Arc::new(set);
+        *self.current.write().expect("not poisoned") = set.clone();
+        *self.files.write().expect("not poisoned") = files;
+        let (done, rx) = oneshot::channel();
+        if self.tx.send(Msg::Reload { set, done }).await.is_ok() {
+            let _ = rx.await;
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("geofences.dir: {0}")]
+    Zones(#[from] ZoneError),
+    #[error("geofences: {0}")]
+    Storage(#[from] StorageError),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Zones from `dir` (every `*.geojson`) with the stored (API-managed) zones replacing files'
+/// zones of the same name. Returns the set and the names that came from files.
+pub async fn load(
+    dir: &Path,
+    store: &dyn Store,
+    debounce: &DebounceConfig,
+) -> Result<(ZoneSet, HashSet<String>), LoadError> {
+    let mut by_name: std::collections::BTreeMap<String, Zone> = std::collections::BTreeMap::new();
+    let mut files = HashSet::new();
+    if dir.is_dir() {
+        let mut paths: Vec<_> = std::fs::read_dir(dir)
+            .map_err(|e| {
+                LoadError::Invalid(format!("geofences.dir: cannot read {}: {e}", dir.display()))
+            })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("geojson"))
+            .collect();
+        paths.sort();
+        for path in paths {
+            let text = std::fs::read_to_string(&path).map_err(|e| {
+                LoadError::Invalid(format!(
+                    "geofences.dir: cannot read {}: {e}",
+                    path.display()
+                ))
+            })?;
+            let doc: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                LoadError::Invalid(format!("{}: invalid JSON: {e}", path.display()))
+            })?;
+            for z in zones_from_geojson(&doc, &path.display().to_string())? {
+                if by_name.contains_key(&z.name) {
+                    return Err(LoadError::Invalid(format!(
+                        "{}: zone name '{}' is used twice",
+                        path.display(),
+                        z.name
+                    )));
+                }
+                files.insert(z.name.clone());
+                by_name.insert(z.name.clone(), z);
+            }
+        }
+    } else {
+        tracing::warn!(dir = %dir.display(), "geofences directory not found: no file zones (no service area!)");
+    }
+    for stored in store.zones().await? {
+        let zone = Zone::from_feature(&stored.feature)?;
+        by_name.insert(zone.name.clone(), zone);
+    }
+    let set = ZoneSet::from_zones_with(by_name.into_values().collect(), debounce)?;
+    if !set.zones().iter().any(|z| z.kind == ZoneKind::ServiceArea) {
+        tracing::warn!(
+            "no zone of kind service_area is loaded: zone rules cannot see a car leave the area"
+        );
+    }
+    Ok((set, files))
+}
+
+struct Entry {
+    zones: VehicleZones,
+    vehicle: Option<VehicleId>,
+}
+
+struct Stage {
+    set: Arc<ZoneSet>,
+    store: Arc<dyn Store>,
+    devices: HashMap<DeviceId, Entry>,
+    restored: HashMap<DeviceId, StoredMembership>,
+    listeners: Vec<mpsc::Sender<ZoneNotice>>,
+}
+
+/// Start the stage: `committed` is its subscription to the writer; `listeners` receive every
+/// confirmed event.
+pub async fn start(
+    set: ZoneSet,
+    files: HashSet<String>,
+    store: Arc<dyn Store>,
+    committed: mpsc::Receiver<Arc<Committed>>,
+    listeners: Vec<mpsc::Sender<ZoneNotice>>,
+) -> Result<(ZonesHandle, tokio::task::JoinHandle<()>), StorageError> {
+    let restored = store
+        .memberships()
+        .await?
+        .into_iter()
+        .map(|m| (m.device_id.clone(), m))
+        .collect();
+    let set = Arc::new(set);
+    let (tx, rx) = mpsc::channel(256);
+    let handle = ZonesHandle {
+        tx,
+        current: Arc::new(RwLock::new(set.clone())),
+        files: Arc::new(RwLock::new(files)),
+    };
+    let stage = Stage {
+        set,
+        store,
+        devices: HashMap::new(),
+        restored,
+        listeners,
+    };
+    Ok((handle, tokio::spawn(stage.run(committed, rx))))
+}
+
+fn membership(z: &VehicleZones) -> Membership {
+    let mut zones: Vec<String> = z.zones().map(str::to_string).collect();
+    zones.sort();
+    Membership {
+        inside_service_area: z.inside_service_area(),
+        zones,
+    }
+}
+
+impl Stage {
+    async fn run(
+        mut self,
+        mut committed: mpsc::Receiver<Arc<Committed>>,
+        mut rx: mpsc::Receiver<Msg>,
+    ) {
+        loop {
+            tokio::select! {
+                c = committed.recv() => match c {
+                    Some(c) => self.on_committed(&c).await,
+                    None => break,
+                },
+                Some(m) = rx.recv() => self.on_msg(m),
+            }
+        }
+        self.publish_gauge();
+    }
+
+    fn on_msg(&mut self, m: Msg) {
+        match m {
+            Msg::Query { device, reply } => {
+                let _ = reply.send(self.devices.get(&device).map(|e| membership(&e.zones)));
+            }
+            Msg::QueryAll { reply } => {
+                let _ = reply.send(
+                    self.devices
+                        .iter()
+                        .map(|(d, e)| (d.clone(), membership(&e.zones)))
+                        .collect(),
+                );
+            }
+            Msg::Reload { set, done } => {
+                self.set = set;
+                let _ = done.send(());
+            }
+        }
+    }
+
+    async fn entry(&mut self, device: &DeviceId) -> &mut Entry {
+        if !self.devices.contains_key(device) {
+            let vehicle = self
+                .store
+                .vehicle_by_device(device)
+                .await
+                .ok()
+                .flatten()
+                .map(|v| v.id);
+            let zones = match self.restored.remove(device) {
+                Some(m) => VehicleZones::restore(&self.set, m.last_fix, &m.zones),
+                None => VehicleZones::new(),
+            };
+            self.devices
+                .insert(device.clone(), Entry { zones, vehicle });
+        }
+        self.devices.get_mut(device).expect("inserted above")
+    }
+
+    async fn on_committed(&mut self, c: &Committed) {
+        let device = c.item.device.clone();
+        let set = self.set.clone();
+        let started = Instant::now();
+        let entry = self.entry(&device).await;
+        let before = (entry.zones.last_fix_time(), membership(&entry.zones));
+        let mut events = Vec::new();
+        for np in &c.item.positions {
+            events.extend(entry.zones.observe(&set, &Fix::from_position(&np.position)));
+        }
+        let n = c.item.positions.len() as u64;
+        metrics::counter!("fleetgate_zone_evaluations_total").increment(n);
+        metrics::histogram!("fleetgate_zone_evaluation_seconds")
+            .record(started.elapsed().as_secs_f64() / n.max(1) as f64);
+        let after = membership(&entry.zones);
+        let vehicle = entry.vehicle.clone();
+        let first = before.0.is_none() && entry.zones.last_fix_time().is_some();
+        if after != before.1 || first || !events.is_empty() {
+            let Some(last_fix) = entry.zones.last_fix_time() else {
+                return;
+            };
+            let m = StoredMembership {
+                device_id: device.clone(),
+                last_fix,
+                zones: after.zones.clone(),
+            };
+            let stored: Vec<_> = events
+                .iter()
+                .map(|e| StoredZoneEvent {
+                    id: 0,
+                    vehicle: vehicle.clone(),
+                    device_id: device.clone(),
+                    kind: match e.kind {
+                        super::ZoneEventKind::Enter => "enter".into(),
+                        super::ZoneEventKind::Exit => "exit".into(),
+                    },
+                    zone: e.zone.clone(),
+                    zone_kind: e.zone_kind.as_str().into(),
+                    time: e.time,
+                    lat: e.lat,
+                    lon: e.lon,
+                })
+                .collect();
+            if let Err(e) = self.store.save_zone_change(&m, &stored).await {
+                metrics::counter!("fleetgate_zone_store_errors_total").increment(1);
+                tracing::error!(%device, error = %e, "cannot store zone change");
+            }
+            for (e, s) in events.iter().zip(&stored) {
+                metrics::counter!("fleetgate_zone_events_total", "type" => s.kind.clone(), "zone_kind" => s.zone_kind.clone()).increment(1);
+                tracing::info!(%device, zone = %e.zone, kind = %s.kind, time = %e.time, "zone event");
+                let notice = ZoneNotice {
+                    vehicle: vehicle.clone(),
+                    device: device.clone(),
+                    event: e.clone(),
+                };
+                for l in &self.listeners {
+                    let _ = l.send(notice.clone()).await;
+                }
+            }
+            self.publish_gauge();
+        }
+    }
+
+    fn publish_gauge(&self) {
+        let outside = self
+            .devices
+            .values()
+            .filter(|e| e.zones.inside_service_area() == Some(false))
+            .count();
+        metrics::gauge!("fleetgate_zone_vehicles_outside_service_area").set(outside as f64);
+    }
+}

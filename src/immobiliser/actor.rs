@@ -1,0 +1,892 @@
+//! The immobiliser actor: the one owner of every vehicle's [`Machine`] and open [`Command`].
+//! It is fed by committed batches (speed, ignition, outputs — never a fix that could still be
+//! lost), by session events (device online/offline, command written, command answered), by
+//! [`ImmobiliserHandle`] requests and by a clock tick (retries, expiry). Each decision is
+//! persisted in one transaction before any command goes to a device.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::command::NewCommand;
+use super::config::ImmobiliserConfig;
+use super::handle::Request;
+pub use super::handle::{ImmobView, ImmobiliserHandle, ReasonChange, ReasonView};
+use super::machine::{FixSnapshot, ReasonEntry, Step};
+use super::{
+    Command, CommandStatus, ImmobError, ImmobState, Intent, Machine, RetryPolicy, SafetyRules,
+    SafetyTracker,
+};
+use crate::ingest::sessions::{Outbound, SessionEvent, Sessions};
+use crate::model::{DeviceId, Position, VehicleId};
+use crate::pipeline::Committed;
+use crate::protocols::{CommandBody, CommandResponse, DeviceCommand};
+use crate::storage::immobiliser::{AuditEntry, AuditPosition, ImmobChanges, VehicleImmobRow};
+use crate::storage::{DeviceState, StorageError, Store};
+
+/// Requests a handle can queue before callers wait.
+const REQUEST_QUEUE: usize = 256;
+/// The actor's name in the audit when a fix (not a person) moved the state.
+const SYSTEM: &str = "immobiliser";
+
+/// The running actor; stop it after the pipeline has drained.
+pub struct ImmobiliserTask {
+    shutdown: CancellationToken,
+    join: JoinHandle<()>,
+}
+
+impl ImmobiliserTask {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let _ = self.join.await;
+    }
+}
+
+/// Load the stored state and start the actor. `states` seeds each device's safety tracker
+/// with its last stored fix.
+pub async fn start(
+    config: &ImmobiliserConfig,
+    store: Arc<dyn Store>,
+    sessions: Arc<Sessions>,
+    states: &[DeviceState],
+    events: mpsc::Receiver<SessionEvent>,
+    committed: mpsc::Receiver<Arc<Committed>>,
+) -> Result<(ImmobiliserHandle, ImmobiliserTask), StorageError> {
+    describe_metrics();
+    let snapshot = store.immobiliser_load().await?;
+    let rules = config.safety();
+    let mut actor = Actor {
+        cfg: config.clone(),
+        rules,
+        policy: config.retry(),
+        store: store.clone(),
+        sessions,
+        machines: HashMap::new(),
+        device_vehicle: HashMap::new(),
+        vehicle_device: HashMap::new(),
+        vehicle_protocol: HashMap::new(),
+        safety: HashMap::new(),
+        commands: BTreeMap::new(),
+        in_flight: HashMap::new(),
+        awaiting: HashMap::new(),
+        triggers: HashMap::new(),
+        fresh: HashSet::new(),
+        next_command_id: snapshot.max_command_id + 1,
+        next_audit_id: snapshot.max_audit_id + 1,
+        changes: ImmobChanges::default(),
+        dirty_vehicles: BTreeSet::new(),
+        gauges_dirty: true,
+        reported_reasons: HashSet::new(),
+    };
+    for s in states {
+        if let Some(p) = &s.position {
+            let fix = FixSnapshot {
+                time: p.time,
+                lat: p.lat,
+                lon: p.lon,
+                speed_kmh: p.speed_kmh,
+                ignition: p.ignition,
+                outputs: p.outputs,
+            };
+            actor.safety.insert(
+                s.device_id.clone(),
+                SafetyTracker::seeded(Some(fix), &rules),
+            );
+        }
+    }
+    for v in snapshot.vehicles {
+        let row = store.vehicle(&v.vehicle_id).await?;
+        let (device, protocol) = row.map(|x| (x.device_id, x.protocol)).unwrap_or_default();
+        actor.bind(&v.vehicle_id, device, protocol);
+        actor.machines.insert(
+            v.vehicle_id,
+            Machine {
+                state: v.state,
+                since: v.since,
+                reasons: v.reasons,
+            },
+        );
+    }
+    let now = Utc::now();
+    for mut c in snapshot.open_commands {
+        // Written before the restart and never answered: write again on the next connection.
+        if c.connection_lost(&actor.policy, now).is_some() {
+            actor.changes.commands.push(c.clone());
+        }
+        actor.commands.insert(c.id, c);
+    }
+    actor.flush().await?;
+    let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
+    let shutdown = CancellationToken::new();
+    let join = tokio::spawn(actor.run(rx, events, committed, shutdown.clone()));
+    Ok((ImmobiliserHandle { tx }, ImmobiliserTask { shutdown, join }))
+}
+
+struct Actor {
+    cfg: ImmobiliserConfig,
+    rules: SafetyRules,
+    policy: RetryPolicy,
+    store: Arc<dyn Store>,
+    sessions: Arc<Sessions>,
+    machines: HashMap<VehicleId, Machine>,
+    device_vehicle: HashMap<DeviceId, VehicleId>,
+    vehicle_device: HashMap<VehicleId, DeviceId>,
+    /// The protocol each vehicle's tracker speaks, for per-protocol command profiles.
+    vehicle_protocol: HashMap<VehicleId, String>,
+    safety: HashMap<DeviceId, SafetyTracker>,
+    /// Open commands: queued, sent, or acknowledged and awaiting confirmation.
+    commands: BTreeMap<i64, Command>,
+    /// Handed to a connection (by id), not yet reported written; the flag withdraws it.
+    in_flight: HashMap<i64, (u64, Arc<AtomicBool>)>,
+    /// Per device, commands written and not yet answered, in write order (answers without
+    /// a sequence number are matched first in, first out).
+    awaiting: HashMap<DeviceId, VecDeque<i64>>,
+    /// Devices that reported fixes on their current connection: a block (not forced) goes
+    /// only to a device whose fresh fixes show the car still safe.
+    fresh: HashSet<DeviceId>,
+    /// When the fix that triggered a block reached the gateway (latency metric).
+    triggers: HashMap<i64, DateTime<Utc>>,
+    next_command_id: i64,
+    next_audit_id: i64,
+    changes: ImmobChanges,
+    dirty_vehicles: BTreeSet<VehicleId>,
+    gauges_dirty: bool,
+    reported_reasons: HashSet<String>,
+}
+
+impl Actor {
+    async fn run(
+        mut self,
+        mut requests: mpsc::Receiver<Request>,
+        mut events: mpsc::Receiver<SessionEvent>,
+        mut committed: mpsc::Receiver<Arc<Committed>>,
+        shutdown: CancellationToken,
+    ) {
+        let mut tick = tokio::time::interval(self.cfg.tick());
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            // Committed fixes first: a request then sees every fix acked before it was made.
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break,
+                Some(c) = committed.recv() => self.on_committed(&c),
+                Some(ev) = events.recv() => self.on_event(ev),
+                Some(req) = requests.recv() => {
+                    self.on_request(req).await;
+                    continue;
+                }
+                _ = tick.tick() => self.on_tick(),
+            }
+            if let Err(e) = self.flush().await {
+                tracing::error!(error = %e, "immobiliser state not persisted; commands held back");
+                continue;
+            }
+            self.dispatch();
+        }
+        if let Err(e) = self.flush().await {
+            tracing::error!(error = %e, "immobiliser state not persisted at shutdown");
+        }
+        tracing::debug!("immobiliser stopped");
+    }
+
+    async fn on_request(&mut self, req: Request) {
+        match req {
+            Request::Change { change, reply } => {
+                let result = self.change(change).await;
+                let result = match self.flush().await {
+                    Ok(()) => {
+                        self.dispatch();
+                        result
+                    }
+                    // Kept in memory and retried; nothing goes to a device until stored.
+                    Err(e) => Err(ImmobError::Storage(e.to_string())),
+                };
+                let _ = reply.send(result);
+            }
+            Request::View { vehicle, reply } => {
+                let _ = reply.send(ImmobView::of(self.machines.get(&vehicle)));
+            }
+            Request::Views { reply } => {
+                let all = self
+                    .machines
+                    .iter()
+                    .map(|(v, m)| (v.clone(), ImmobView::of(Some(m))))
+                    .collect();
+                let _ = reply.send(all);
+            }
+        }
+    }
+
+    fn bind(&mut self, vehicle: &VehicleId, device: Option<DeviceId>, protocol: Option<String>) {
+        if let Some(old) = self.vehicle_device.remove(vehicle) {
+            self.device_vehicle.remove(&old);
+        }
+        match protocol {
+            Some(p) => self.vehicle_protocol.insert(vehicle.clone(), p),
+            None => self.vehicle_protocol.remove(vehicle),
+        };
+        if let Some(d) = device {
+            self.device_vehicle.insert(d.clone(), vehicle.clone());
+            self.vehicle_device.insert(vehicle.clone(), d);
+        }
+    }
+
+    async fn change(&mut self, ch: ReasonChange) -> Result<ImmobView, ImmobError> {
+        let row = self
+            .store
+            .vehicle(&ch.vehicle)
+            .await
+            .map_err(|e| ImmobError::Storage(e.to_string()))?
+            .ok_or_else(|| ImmobError::UnknownVehicle(ch.vehicle.0.clone()))?;
+        self.bind(&ch.vehicle, row.device_id.clone(), row.protocol.clone());
+        let now = Utc::now();
+        let safety = self.safety_of(&ch.vehicle);
+        let vehicle = ch.vehicle.clone();
+        let machine = self
+            .machines
+            .entry(vehicle.clone())
+            .or_insert_with(|| Machine::new(now));
+        if ch.active {
+            let Some(reason) = ch.reason.clone() else {
+                return Err(ImmobError::BadReason("all".into()));
+            };
+            let entry = ReasonEntry {
+                since: now,
+                actor: ch.actor.clone(),
+                comment: ch.comment.clone(),
+            };
+            let result = machine.add_reason(
+                reason.clone(),
+                entry,
+                ch.force,
+                self.cfg.allow_force,
+                &safety,
+                &self.rules,
+            );
+            match result {
+                Err(e) => {
+                    self.audit(&vehicle, "force_refused", &ch.actor, |a| {
+                        a.reason = Some(reason.to_string());
+                        a.comment = ch.comment.clone();
+                        a.forced = true;
+                    });
+                    metrics::counter!("fleetgate_immobiliser_force_refused_total").increment(1);
+                    return Err(e);
+                }
+                Ok((added, step)) => {
+                    if added {
+                        self.dirty_vehicles.insert(vehicle.clone());
+                        self.audit(&vehicle, "reason_added", &ch.actor, |a| {
+                            a.reason = Some(reason.to_string());
+                            a.comment = ch.comment.clone();
+                            a.forced = ch.force;
+                        });
+                    }
+                    self.apply(&vehicle, step, &ch.actor, ch.comment.as_deref(), None);
+                }
+            }
+        } else {
+            let (lifted, step) = match &ch.reason {
+                Some(r) => {
+                    let (was, step) = machine.lift_reason(r, &safety, &self.rules, now);
+                    (if was { vec![r.clone()] } else { Vec::new() }, step)
+                }
+                None => {
+                    let (lifted, mut step) = machine.lift_all(&safety, &self.rules, now);
+                    if lifted.is_empty()
+                        && step.command.is_none()
+                        && machine.state != ImmobState::Running
+                    {
+                        // Nothing stood but the car is not known free (a failed unblock): an
+                        // operator's unblock sends the unblock again.
+                        step = machine.reissue_unblock(now);
+                    }
+                    (lifted, step)
+                }
+            };
+            for r in &lifted {
+                self.dirty_vehicles.insert(vehicle.clone());
+                self.audit(&vehicle, "reason_lifted", &ch.actor, |a| {
+                    a.reason = Some(r.to_string());
+                    a.comment = ch.comment.clone();
+                });
+            }
+            self.apply(&vehicle, step, &ch.actor, ch.comment.as_deref(), None);
+        }
+        self.gauges_dirty = true;
+        Ok(ImmobView::of(self.machines.get(&vehicle)))
+    }
+
+    fn machine(&mut self, vehicle: &VehicleId) -> &mut Machine {
+        let now = Utc::now();
+        self.machines
+            .entry(vehicle.clone())
+            .or_insert_with(|| Machine::new(now))
+    }
+
+    fn safety_of(&self, vehicle: &VehicleId) -> SafetyTracker {
+        self.vehicle_device
+            .get(vehicle)
+            .and_then(|d| self.safety.get(d))
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    fn position_of(&self, vehicle: &VehicleId) -> Option<AuditPosition> {
+        let d = self.vehicle_device.get(vehicle)?;
+        let last = self.safety.get(d)?.last.as_ref()?;
+        Some(AuditPosition {
+            time: last.time,
+            lat: last.lat,
+            lon: last.lon,
+            speed_kmh: last.speed_kmh,
+            ignition: last.ignition,
+        })
+    }
+
+    fn audit(
+        &mut self,
+        vehicle: &VehicleId,
+        event: &str,
+        actor: &str,
+        fill: impl FnOnce(&mut AuditEntry),
+    ) {
+        let mut a = AuditEntry {
+            id: self.next_audit_id,
+            time: Utc::now(),
+            vehicle_id: vehicle.clone(),
+            event: event.to_string(),
+            reason: None,
+            actor: actor.to_string(),
+            comment: None,
+            state_from: None,
+            state_to: None,
+            command_id: None,
+            forced: false,
+            position: self.position_of(vehicle),
+        };
+        self.next_audit_id += 1;
+        fill(&mut a);
+        tracing::info!(vehicle = %vehicle, event, actor, reason = ?a.reason, from = ?a.state_from, to = ?a.state_to, command = ?a.command_id, "immobiliser");
+        self.changes.audit.push(a);
+    }
+
+    fn reasons_text(&self, vehicle: &VehicleId) -> String {
+        self.machines
+            .get(vehicle)
+            .map(|m| {
+                m.reasons
+                    .keys()
+                    .map(|r| r.as_str())
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
+            .unwrap_or_default()
+    }
+
+    /// Record a machine step: audit its transitions, issue its command.
+    fn apply(
+        &mut self,
+        vehicle: &VehicleId,
+        step: Step,
+        actor: &str,
+        comment: Option<&str>,
+        trigger: Option<DateTime<Utc>>,
+    ) {
+        if step.transitions.is_empty() && step.command.is_none() {
+            return;
+        }
+        self.dirty_vehicles.insert(vehicle.clone());
+        self.gauges_dirty = true;
+        let reasons = self.reasons_text(vehicle);
+        for (from, to) in &step.transitions {
+            self.audit(vehicle, "state_changed", actor, |a| {
+                a.state_from = Some(from.to_string());
+                a.state_to = Some(to.to_string());
+                a.reason = (!reasons.is_empty()).then(|| reasons.clone());
+                a.comment = comment.map(str::to_string);
+                a.forced = step.forced && *to == ImmobState::Blocking;
+            });
+        }
+        if let Some(intent) = step.command {
+            self.issue(vehicle, intent, step.forced, actor, trigger);
+        }
+    }
+
+    /// Create a command, superseding every unfinished one of the vehicle (last intent wins).
+    fn issue(
+        &mut self,
+        vehicle: &VehicleId,
+        intent: Intent,
+        forced: bool,
+        actor: &str,
+        trigger: Option<DateTime<Utc>>,
+    ) {
+        let now = Utc::now();
+        let older: Vec<i64> = self
+            .commands
+            .values()
+            .filter(|c| &c.vehicle_id == vehicle)
+            .map(|c| c.id)
+            .collect();
+        for id in older {
+            self.retire(id, now, actor);
+        }
+        let device = self.vehicle_device.get(vehicle).cloned();
+        let protocol = self.vehicle_protocol.get(vehicle).cloned();
+        let profile = self.cfg.profile_for(
+            &vehicle.0,
+            device.as_ref().map(|d| d.as_str()),
+            protocol.as_deref(),
+        );
+        let text = profile.and_then(|p| match intent {
+            Intent::Block => p.block.clone(),
+            Intent::Unblock => p.unblock.clone(),
+        });
+        let output = profile.and_then(|p| p.output).unwrap_or(1);
+        let id = self.next_command_id;
+        self.next_command_id += 1;
+        let cmd = Command::new(
+            id,
+            NewCommand {
+                vehicle_id: vehicle.clone(),
+                device_id: device,
+                intent,
+                text,
+                output,
+                forced,
+                reasons: self.reasons_text(vehicle),
+                actor: actor.to_string(),
+            },
+            &self.policy,
+            now,
+        );
+        self.audit(vehicle, "command_queued", actor, |a| {
+            a.command_id = Some(id);
+            a.forced = forced;
+            a.reason = (!cmd.reasons.is_empty()).then(|| cmd.reasons.clone());
+            a.comment = Some(intent.as_str().to_string());
+        });
+        if let Some(t) = trigger {
+            self.triggers.insert(id, t);
+        }
+        self.changes.commands.push(cmd.clone());
+        self.commands.insert(id, cmd);
+    }
+
+    /// A newer intent replaces command `id`: a pending one is superseded (and withdrawn from
+    /// its connection's queue); an acknowledged one stops waiting for confirmation.
+    fn retire(&mut self, id: i64, now: DateTime<Utc>, actor: &str) {
+        let Some(mut c) = self.commands.remove(&id) else {
+            return;
+        };
+        self.triggers.remove(&id);
+        if let Some((_, flag)) = self.in_flight.remove(&id) {
+            flag.store(false, Ordering::Release);
+        }
+        if c.status.is_pending() {
+            c.supersede(now);
+            count_outcome(&c);
+            let vehicle = c.vehicle_id.clone();
+            self.audit(&vehicle, "command_superseded", actor, |a| {
+                a.command_id = Some(id);
+                a.comment = Some(c.intent.as_str().to_string());
+            });
+            self.changes.commands.push(c);
+        }
+    }
+
+    fn on_committed(&mut self, c: &Committed) {
+        let device = &c.item.device;
+        if !self.fresh.contains(device) {
+            self.fresh.insert(device.clone());
+        }
+        let tracker = self.safety.entry(device.clone()).or_default();
+        for p in &c.item.positions {
+            tracker.observe(snapshot(&p.position), &self.rules);
+        }
+        let Some(vehicle) = self.device_vehicle.get(device).cloned() else {
+            return;
+        };
+        let Some(machine) = self.machines.get_mut(&vehicle) else {
+            return;
+        };
+        let tracker = self.safety.get(device).cloned().unwrap_or_default();
+        let now = Utc::now();
+        let step = machine.on_fix(&tracker, &self.rules, now);
+        self.apply(&vehicle, step, SYSTEM, None, Some(c.item.server_time));
+
+        // A block still queued (tracker offline, or back online with fixes showing the car
+        // no longer safe) goes back to waiting for safe conditions.
+        if self.machines.get(&vehicle).map(|m| m.state) == Some(ImmobState::Blocking)
+            && !tracker.is_safe(&self.rules)
+        {
+            let queued: Vec<i64> = self
+                .commands
+                .values()
+                .filter(|c| {
+                    c.vehicle_id == vehicle
+                        && c.intent == Intent::Block
+                        && c.status == CommandStatus::Queued
+                        && !c.forced
+                })
+                .map(|c| c.id)
+                .collect();
+            if !queued.is_empty() {
+                for id in queued {
+                    self.retire(id, now, SYSTEM);
+                }
+                let step = self.machine(&vehicle).hold(now);
+                self.apply(
+                    &vehicle,
+                    step,
+                    SYSTEM,
+                    Some("car moving before delivery"),
+                    None,
+                );
+            }
+        }
+
+        // Telemetry confirms the newest command when it shows the output as commanded.
+        let newest = self
+            .commands
+            .values()
+            .rev()
+            .find(|c| c.vehicle_id == vehicle)
+            .map(|c| c.id);
+        if let Some(id) = newest {
+            let confirmed = c.item.positions.iter().any(|p| match p.position.outputs {
+                Some(bits) => self
+                    .commands
+                    .get(&id)
+                    .is_some_and(|cmd| cmd.confirms(bits, p.position.fix_time)),
+                None => false,
+            });
+            if confirmed {
+                self.finish_command(id, |cmd, now| cmd.confirm(now), true);
+            }
+        }
+    }
+
+    /// Move a command to a final or acknowledged status and tell its vehicle's machine.
+    fn finish_command(
+        &mut self,
+        id: i64,
+        change: impl FnOnce(&mut Command, DateTime<Utc>),
+        done: bool,
+    ) {
+        let now = Utc::now();
+        let Some(cmd) = self.commands.get_mut(&id) else {
+            return;
+        };
+        change(cmd, now);
+        let cmd = cmd.clone();
+        count_outcome(&cmd);
+        let vehicle = cmd.vehicle_id.clone();
+        self.audit(
+            &vehicle,
+            &format!("command_{}", cmd.status.as_str()),
+            SYSTEM,
+            |a| {
+                a.command_id = Some(id);
+                a.comment = Some(match (&cmd.response, &cmd.error) {
+                    (_, Some(e)) if !done => format!("{}: {e}", cmd.intent.as_str()),
+                    (Some(r), _) => format!("{}: {r}", cmd.intent.as_str()),
+                    _ => cmd.intent.as_str().to_string(),
+                });
+            },
+        );
+        if !matches!(cmd.status, CommandStatus::Acknowledged) {
+            self.commands.remove(&id);
+            self.in_flight.remove(&id);
+            if let Some(dev) = &cmd.device_id {
+                if let Some(q) = self.awaiting.get_mut(dev) {
+                    q.retain(|x| *x != id);
+                }
+            }
+        }
+        self.changes.commands.push(cmd.clone());
+        let step = self.machine(&vehicle).on_command(cmd.intent, done, now);
+        self.apply(&vehicle, step, SYSTEM, None, None);
+    }
+
+    /// The device's connection changed: commands handed to connections before `keep_from`
+    /// died with them, and commands written there will not be answered on a later one, so
+    /// they are written again. (A connection's events arrive in order, Online first, so
+    /// nothing was written on a new connection yet.)
+    fn connection_changed(&mut self, device: DeviceId, keep_from: u64) {
+        let now = Utc::now();
+        self.awaiting.remove(&device);
+        let ids: Vec<i64> = self
+            .commands
+            .values()
+            .filter(|c| c.device_id.as_ref() == Some(&device))
+            .map(|c| c.id)
+            .collect();
+        self.in_flight.retain(|id, (c, flag)| {
+            let keep = !ids.contains(id) || *c >= keep_from;
+            if !keep {
+                // Still in an old connection's queue: it must not write it late.
+                flag.store(false, Ordering::Release);
+            }
+            keep
+        });
+        for id in ids {
+            let changed = self.commands.get_mut(&id).and_then(|c| {
+                c.connection_lost(&self.policy, now)
+                    .map(|st| (st, c.clone()))
+            });
+            match changed {
+                Some((CommandStatus::Failed, _)) => self.finish_command(id, |_, _| {}, false),
+                Some((_, c)) => self.changes.commands.push(c),
+                None => {}
+            }
+        }
+    }
+
+    fn on_event(&mut self, ev: SessionEvent) {
+        match ev {
+            SessionEvent::Online { device, conn, .. } => {
+                self.fresh.remove(&device);
+                self.connection_changed(device, conn)
+            }
+            SessionEvent::Offline { device, conn } => self.connection_changed(device, conn + 1),
+            SessionEvent::Written { device, id, at } => {
+                self.in_flight.remove(&id);
+                let Some(c) = self.commands.get_mut(&id) else {
+                    tracing::warn!(command = id, "a retired command was written");
+                    return;
+                };
+                c.sent(at);
+                let c = c.clone();
+                self.awaiting.entry(device).or_default().push_back(id);
+                if let Some(t) = self.triggers.remove(&id) {
+                    let secs = (at - t).num_microseconds().unwrap_or(0).max(0) as f64 / 1e6;
+                    metrics::histogram!("fleetgate_immobiliser_fix_to_command_seconds")
+                        .record(secs);
+                }
+                metrics::counter!("fleetgate_immobiliser_commands_sent_total", "intent" => c.intent.as_str())
+                    .increment(1);
+                self.audit(&c.vehicle_id, "command_sent", SYSTEM, |a| {
+                    a.command_id = Some(id);
+                    a.forced = c.forced;
+                    a.comment = Some(format!("{} (attempt {})", c.intent.as_str(), c.attempts));
+                });
+                self.changes.commands.push(c);
+            }
+            SessionEvent::NotWritten { id, error, io, .. } => {
+                self.in_flight.remove(&id);
+                if !io {
+                    self.finish_command(id, |c, now| c.unsendable(error, now), false);
+                }
+            }
+            SessionEvent::Answer { device, response } => self.on_answer(device, response),
+        }
+    }
+
+    fn on_answer(&mut self, device: DeviceId, response: CommandResponse) {
+        let q = self.awaiting.entry(device.clone()).or_default();
+        // By the echoed sequence number when it is one of ours, else first in, first out.
+        let by_seq = response
+            .seq
+            .and_then(|seq| q.iter().position(|id| *id as u32 == seq));
+        let id = match by_seq {
+            Some(i) => q.remove(i),
+            None => q.pop_front(),
+        };
+        let Some(id) = id else {
+            tracing::info!(%device, text = %response.text, "answer to no command of ours");
+            return;
+        };
+        let refused = response.success == Some(false);
+        let text = response.text.clone();
+        self.finish_command(
+            id,
+            move |c, now| {
+                c.answered(&text, response.success, now);
+            },
+            !refused,
+        );
+    }
+
+    fn on_tick(&mut self) {
+        let now = Utc::now();
+        let ids: Vec<i64> = self.commands.keys().copied().collect();
+        for id in ids {
+            let Some(c) = self.commands.get_mut(&id) else {
+                continue;
+            };
+            if c.status == CommandStatus::Acknowledged && now >= c.expires_at {
+                // Answered but never seen in telemetry: stays acknowledged.
+                self.commands.remove(&id);
+                continue;
+            }
+            let changed = c.tick(&self.policy, now).map(|st| (st, c.clone()));
+            match changed {
+                Some((CommandStatus::Queued, c)) => {
+                    if let Some(q) = c.device_id.as_ref().and_then(|d| self.awaiting.get_mut(d)) {
+                        q.retain(|x| *x != id);
+                    }
+                    self.changes.commands.push(c);
+                }
+                Some(_) => self.finish_command(id, |_, _| {}, false),
+                None => {}
+            }
+        }
+    }
+
+    /// Hand every due command to its device's live connection.
+    fn dispatch(&mut self) {
+        let now = Utc::now();
+        let mut handed = Vec::new();
+        for c in self.commands.values() {
+            if !c.is_due(now) || self.in_flight.contains_key(&c.id) {
+                continue;
+            }
+            let Some(device) = &c.device_id else {
+                continue;
+            };
+            if c.intent == Intent::Block && !c.forced {
+                // Judge the car on fixes from this connection, not on what it did before it
+                // went offline.
+                let safe = self
+                    .safety
+                    .get(device)
+                    .is_some_and(|t| t.is_safe(&self.rules));
+                if !self.fresh.contains(device) || !safe {
+                    continue;
+                }
+            }
+            let body = match (&c.text, c.intent) {
+                (Some(t), _) => CommandBody::Text(t.clone()),
+                (None, Intent::Block) => CommandBody::EngineStop,
+                (None, Intent::Unblock) => CommandBody::EngineResume,
+            };
+            let out = Outbound::new(
+                c.id,
+                DeviceCommand {
+                    seq: c.id as u32,
+                    body,
+                },
+            );
+            let flag = out.live.clone();
+            if let Ok(conn) = self.sessions.send(device, out) {
+                handed.push((c.id, (conn, flag)));
+            }
+        }
+        self.in_flight.extend(handed);
+    }
+
+    /// Persist everything changed since the last flush, in one transaction.
+    async fn flush(&mut self) -> Result<(), StorageError> {
+        for v in std::mem::take(&mut self.dirty_vehicles) {
+            if let Some(m) = self.machines.get(&v) {
+                self.changes.vehicles.push(VehicleImmobRow {
+                    vehicle_id: v.clone(),
+                    state: m.state,
+                    since: m.since,
+                    reasons: m.reasons.clone(),
+                });
+            }
+        }
+        if self.gauges_dirty {
+            self.update_gauges();
+        }
+        if self.changes.is_empty() {
+            return Ok(());
+        }
+        let mut changes = std::mem::take(&mut self.changes);
+        // Keep each command's last version only.
+        let mut seen = HashSet::new();
+        changes.commands.reverse();
+        changes.commands.retain(|c| seen.insert(c.id));
+        changes.commands.reverse();
+        match self.store.immobiliser_apply(&changes).await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // Keep them for the next flush; nothing is dispatched until they are stored.
+                self.changes = changes;
+                Err(e)
+            }
+        }
+    }
+
+    fn update_gauges(&mut self) {
+        self.gauges_dirty = false;
+        let mut blocked: HashMap<String, usize> = HashMap::new();
+        let mut pending = 0usize;
+        for m in self.machines.values() {
+            match m.state {
+                ImmobState::Blocked => {
+                    for r in m.reasons.keys() {
+                        *blocked.entry(r.to_string()).or_default() += 1;
+                    }
+                }
+                ImmobState::BlockPending => pending += 1,
+                _ => {}
+            }
+        }
+        for r in self.reported_reasons.iter() {
+            if !blocked.contains_key(r) {
+                metrics::gauge!("fleetgate_immobiliser_blocked_vehicles", "reason" => r.clone())
+                    .set(0.0);
+            }
+        }
+        for (r, n) in blocked {
+            metrics::gauge!("fleetgate_immobiliser_blocked_vehicles", "reason" => r.clone())
+                .set(n as f64);
+            self.reported_reasons.insert(r);
+        }
+        metrics::gauge!("fleetgate_immobiliser_pending_blocks").set(pending as f64);
+    }
+}
+
+fn count_outcome(c: &Command) {
+    metrics::counter!("fleetgate_immobiliser_commands_total", "intent" => c.intent.as_str(), "outcome" => c.status.as_str())
+        .increment(1);
+}
+
+fn snapshot(p: &Position) -> FixSnapshot {
+    FixSnapshot {
+        time: p.fix_time,
+        lat: p.lat,
+        lon: p.lon,
+        speed_kmh: p.speed_kmh,
+        ignition: p.ignition,
+        outputs: p.outputs,
+    }
+}
+
+fn describe_metrics() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!(
+        "fleetgate_immobiliser_blocked_vehicles",
+        "Vehicles blocked, by standing reason"
+    );
+    describe_gauge!(
+        "fleetgate_immobiliser_pending_blocks",
+        "Vehicles waiting for safe conditions to be blocked"
+    );
+    describe_counter!(
+        "fleetgate_immobiliser_commands_total",
+        "Immobiliser commands reaching a status, by intent and outcome"
+    );
+    describe_counter!(
+        "fleetgate_immobiliser_commands_sent_total",
+        "Immobiliser commands written to devices (every attempt)"
+    );
+    describe_counter!(
+        "fleetgate_immobiliser_force_refused_total",
+        "Forced blocks refused because allow_force is off"
+    );
+    describe_histogram!(
+        "fleetgate_immobiliser_fix_to_command_seconds",
+        Unit::Seconds,
+        "From the fix that made a block safe reaching the gateway to the command on the wire"
+    );
+}

@@ -1,0 +1,42 @@
+//! The CRM rules (`low_balance`, `inspection`) reach the engine block through the same
+//! [`ImmobiliserHandle::set_reason`] path as every other rule.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+
+use super::{BlockReason, ImmobState, ImmobiliserHandle};
+use crate::crm::{BlockReasons, BlockView};
+use crate::model::VehicleId;
+
+#[async_trait]
+impl BlockReasons for ImmobiliserHandle {
+    async fn set_reason(
+        &self,
+        vehicle: &VehicleId,
+        reason: &str,
+        active: bool,
+        actor: &str,
+        comment: &str,
+    ) -> Result<(), String> {
+        let reason = BlockReason::parse(reason).map_err(|e| e.to_string())?;
+        let comment = (!comment.is_empty()).then(|| comment.to_string());
+        ImmobiliserHandle::set_reason(self, vehicle, reason, active, actor, comment)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    async fn snapshot(&self) -> HashMap<VehicleId, BlockView> {
+        let views = self.views().await.unwrap_or_default();
+        views
+            .into_iter()
+            .filter(|(_, v)| !v.reasons.is_empty() || v.state != ImmobState::Running)
+            .map(|(id, v)| {
+                let pending = matches!(v.state, ImmobState::BlockPending | ImmobState::Blocking);
+                let reasons = v.reasons.iter().map(|r| r.as_str().to_string()).collect();
+                (id, BlockView { reasons, pending })
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,151 @@
+//! The handle every rule and the API use to add and lift reasons, and the view of one
+//! vehicle's immobiliser they get back. Requests go to the actor over a bounded channel.
+
+use std::collections::HashMap;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+
+use super::{BlockReason, ImmobError, ImmobState, Machine};
+use crate::model::VehicleId;
+
+/// `immobiliser` in the vehicle view: `{state, reasons, since}`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ImmobView {
+    pub state: ImmobState,
+    pub reasons: Vec<BlockReason>,
+    /// When `state` was entered; `null` for a vehicle never blocked.
+    pub since: Option<DateTime<Utc>>,
+    /// Who added each reason, when and why.
+    pub reason_details: Vec<ReasonView>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ReasonView {
+    pub reason: BlockReason,
+    pub since: DateTime<Utc>,
+    pub actor: String,
+    pub comment: Option<String>,
+}
+
+impl ImmobView {
+    /// A vehicle never blocked.
+    pub fn running() -> ImmobView {
+        ImmobView::of(None)
+    }
+
+    pub(super) fn of(m: Option<&Machine>) -> ImmobView {
+        match m {
+            None => ImmobView {
+                state: ImmobState::Running,
+                reasons: Vec::new(),
+                since: None,
+                reason_details: Vec::new(),
+            },
+            Some(m) => ImmobView {
+                state: m.state,
+                reasons: m.reasons.keys().cloned().collect(),
+                since: Some(m.since),
+                reason_details: m
+                    .reasons
+                    .iter()
+                    .map(|(r, e)| ReasonView {
+                        reason: r.clone(),
+                        since: e.since,
+                        actor: e.actor.clone(),
+                        comment: e.comment.clone(),
+                    })
+                    .collect(),
+            },
+        }
+    }
+}
+
+/// A change to one vehicle's reason set.
+#[derive(Clone, Debug)]
+pub struct ReasonChange {
+    pub vehicle: VehicleId,
+    /// `None` with `active: false`: lift every reason (`unblock {reason: "all"}`).
+    pub reason: Option<BlockReason>,
+    pub active: bool,
+    /// Skip the safety wait (refused unless `[immobiliser] allow_force`).
+    pub force: bool,
+    /// Rule name or API token name.
+    pub actor: String,
+    pub comment: Option<String>,
+}
+
+pub(super) enum Request {
+    Change {
+        change: ReasonChange,
+        reply: oneshot::Sender<Result<ImmobView, ImmobError>>,
+    },
+    View {
+        vehicle: VehicleId,
+        reply: oneshot::Sender<ImmobView>,
+    },
+    Views {
+        reply: oneshot::Sender<HashMap<VehicleId, ImmobView>>,
+    },
+}
+
+/// The one path by which every rule and the API add and lift reasons. Cheap to clone.
+#[derive(Clone)]
+pub struct ImmobiliserHandle {
+    pub(super) tx: mpsc::Sender<Request>,
+}
+
+impl ImmobiliserHandle {
+    /// Add (`active`) or lift a reason; returns the vehicle's immobiliser afterwards.
+    pub async fn set_reason(
+        &self,
+        vehicle: &VehicleId,
+        reason: BlockReason,
+        active: bool,
+        actor: &str,
+        comment: Option<String>,
+    ) -> Result<ImmobView, ImmobError> {
+        self.change(ReasonChange {
+            vehicle: vehicle.clone(),
+            reason: Some(reason),
+            active,
+            force: false,
+            actor: actor.to_string(),
+            comment,
+        })
+        .await
+    }
+
+    /// The general form of [`Self::set_reason`] (forced blocks, lifting every reason).
+    pub async fn change(&self, change: ReasonChange) -> Result<ImmobView, ImmobError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Change { change, reply })
+            .await
+            .map_err(|_| ImmobError::Closed)?;
+        rx.await.map_err(|_| ImmobError::Closed)?
+    }
+
+    pub async fn view(&self, vehicle: &VehicleId) -> Result<ImmobView, ImmobError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::View {
+                vehicle: vehicle.clone(),
+                reply,
+            })
+            .await
+            .map_err(|_| ImmobError::Closed)?;
+        rx.await.map_err(|_| ImmobError::Closed)
+    }
+
+    /// Every vehicle the immobiliser has a state for (others are `running`).
+    pub async fn views(&self) -> Result<HashMap<VehicleId, ImmobView>, ImmobError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Views { reply })
+            .await
+            .map_err(|_| ImmobError::Closed)?;
+        rx.await.map_err(|_| ImmobError::Closed)
+    }
+}

@@ -1,0 +1,143 @@
+//! Sources: TCP and UDP listeners per protocol. A connection task owns its socket and buffer,
+//! hands bytes to the protocol codec, sends positions into the pipeline, and writes the
+//! protocol's reply only once those positions are committed.
+
+pub mod admission;
+pub mod codec;
+pub mod limits;
+pub mod mqtt;
+pub mod sessions;
+pub mod tcp;
+pub mod udp;
+pub mod violation;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::model::DeviceId;
+use crate::pipeline::Pipeline;
+use crate::protocols::{Decoded, Protocol};
+
+pub use admission::Admission;
+pub use limits::ConnLimits;
+pub use sessions::{SessionEvent, Sessions};
+
+/// What every connection task shares.
+pub struct IngestCtx {
+    pub pipeline: Pipeline,
+    pub admission: Admission,
+    pub limits: Arc<ConnLimits>,
+    pub handshake_timeout: Duration,
+    pub idle_timeout: Duration,
+    /// Live sessions: commands out, command answers back.
+    pub sessions: Arc<Sessions>,
+}
+
+/// What the connection must do after one frame.
+#[derive(Debug, Default, PartialEq)]
+pub struct Step {
+    /// Bytes to write back (already safe to send: positions are committed).
+    pub reply: Option<Bytes>,
+    /// Close the connection after writing the reply.
+    pub close: bool,
+}
+
+/// Act on one decoded frame: identify the device, commit positions, choose the reply.
+/// `device` is the connection's current identity; `reject` the protocol's refusal reply.
+pub async fn process(
+    ctx: &IngestCtx,
+    protocol: Protocol,
+    device: &mut Option<DeviceId>,
+    reject: Option<Bytes>,
+    mut d: Decoded,
+) -> Step {
+    let started = Instant::now();
+    let proto = protocol.name();
+    metrics::counter!("fleetgate_ingest_messages_total", "protocol" => proto, "kind" => d.kind)
+        .increment(1);
+    if d.kind == "other" {
+        tracing::info!(protocol = proto, device = ?device.as_ref().or(d.device.as_ref()), acked = d.reply.is_some(), "message of a type fleetgate does not use: counted, acked where the protocol requires");
+    }
+    if let Some(id) = d.device {
+        if device.as_ref() != Some(&id) {
+            match ctx.admission.admit(&id, protocol).await {
+                Ok(Some(_vehicle)) => {
+                    tracing::debug!(device = %id, "device identified");
+                    *device = Some(id);
+                }
+                Ok(None) => {
+                    tracing::info!(device = %id, protocol = proto, "unknown device refused (devices.register_unknown = false)");
+                    metrics::counter!("fleetgate_ingest_devices_refused_total", "protocol" => proto).increment(1);
+                    return Step {
+                        reply: reject,
+                        close: true,
+                    };
+                }
+                Err(e) => {
+                    tracing::error!(device = %id, error = %e, "cannot look up device; closing");
+                    return Step {
+                        reply: None,
+                        close: true,
+                    };
+                }
+            }
+        }
+    }
+    if let (Some(response), Some(dev)) = (d.command_response.take(), device.as_ref()) {
+        ctx.sessions
+            .event(SessionEvent::Answer {
+                device: dev.clone(),
+                response,
+            })
+            .await;
+    }
+    if !d.positions.is_empty() {
+        let Some(dev) = device.as_ref() else {
+            metrics::counter!("fleetgate_ingest_unidentified_total", "protocol" => proto)
+                .increment(1);
+            tracing::warn!(
+                protocol = proto,
+                "positions before the device identified itself; closing"
+            );
+            return Step {
+                reply: None,
+                close: true,
+            };
+        };
+        let n = d.positions.len();
+        metrics::counter!("fleetgate_ingest_records_total", "protocol" => proto)
+            .increment(n as u64);
+        return match ctx.pipeline.ingest(dev, protocol, d.positions).await {
+            Ok(_) => {
+                metrics::histogram!("fleetgate_ingest_ack_seconds", "protocol" => proto)
+                    .record(started.elapsed().as_secs_f64());
+                Step {
+                    reply: d.reply,
+                    close: false,
+                }
+            }
+            Err(e) => {
+                tracing::warn!(device = %dev, error = %e, "positions not committed; not acking");
+                Step {
+                    reply: None,
+                    close: true,
+                }
+            }
+        };
+    }
+    if let Some(dev) = device.as_ref() {
+        ctx.pipeline.seen(dev, protocol).await;
+    }
+    Step {
+        reply: d.reply,
+        close: false,
+    }
+}
+
+/// Count and log a frame the codec could not decode.
+pub fn count_decode_error(protocol: Protocol, e: &crate::protocols::DecodeError) {
+    metrics::counter!("fleetgate_ingest_decode_errors_total", "protocol" => protocol.name(), "reason" => e.reason)
+        .increment(1);
+}

@@ -1,0 +1,257 @@
+//! TCP listener and per-connection task. The task holds no read buffer while the device is
+//! idle (thousands of mostly-silent trackers stay cheap) and handles one frame at a time:
+//! the device waits for its ack anyway.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::Decoder;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::codec::{FrameError, SessionCodec};
+use super::sessions::{Outbound, Registration, SessionEvent};
+use super::{count_decode_error, process, IngestCtx};
+use crate::model::DeviceId;
+use crate::protocols::{Protocol, Transport};
+
+/// Bytes read per wakeup; the buffer grows for larger frames and is freed when drained.
+const READ_CHUNK: usize = 4096;
+
+/// Accept connections until `shutdown`; every connection task is tracked by `tasks`.
+pub async fn serve(
+    listener: TcpListener,
+    protocol: Protocol,
+    ctx: Arc<IngestCtx>,
+    shutdown: CancellationToken,
+    tasks: TaskTracker,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            a = listener.accept() => a,
+        };
+        let (stream, peer) = match accepted {
+            Ok(x) => x,
+            Err(e) => {
+                // EMFILE and friends: back off instead of spinning.
+                tracing::warn!(error = %e, protocol = protocol.name(), "accept failed");
+                metrics::counter!("fleetgate_ingest_accept_errors_total", "protocol" => protocol.name()).increment(1);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let slot = match ctx.limits.acquire(peer.ip()) {
+            Ok(s) => s,
+            Err(limit) => {
+                metrics::counter!("fleetgate_ingest_connections_refused_total", "protocol" => protocol.name(), "limit" => limit)
+                    .increment(1);
+                super::violation::record(protocol, limit, peer);
+                continue;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let ctx = ctx.clone();
+        let shutdown = shutdown.clone();
+        let span = tracing::info_span!("conn", protocol = protocol.name(), %peer, device = tracing::field::Empty);
+        tasks.spawn(
+            async move {
+                metrics::gauge!("fleetgate_ingest_connections", "protocol" => protocol.name())
+                    .increment(1.0);
+                let reason = connection(stream, peer, protocol, &ctx, shutdown).await;
+                metrics::gauge!("fleetgate_ingest_connections", "protocol" => protocol.name())
+                    .decrement(1.0);
+                tracing::debug!(reason, "connection closed");
+                drop(slot);
+            }
+            .instrument(span),
+        );
+    }
+}
+
+/// Serve one tracker connection; returns why it ended.
+async fn connection(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    protocol: Protocol,
+    ctx: &IngestCtx,
+    shutdown: CancellationToken,
+) -> &'static str {
+    let mut codec = SessionCodec::new(protocol.session(Transport::Tcp), protocol.max_frame());
+    let mut buf = BytesMut::new();
+    let mut device: Option<DeviceId> = None;
+    let mut registration: Option<Registration> = None;
+    let opened = tokio::time::Instant::now();
+    loop {
+        // Handle every whole frame already buffered.
+        loop {
+            match codec.decode(&mut buf) {
+                Ok(Some(Ok(decoded))) => {
+                    let had = device.clone();
+                    let reject = codec.session().reject_reply();
+                    let step = process(ctx, protocol, &mut device, reject, decoded).await;
+                    if device != had {
+                        if let Some(d) = &device {
+                            tracing::Span::current().record("device", tracing::field::display(d));
+                            registration = Some(ctx.sessions.register(d.clone(), protocol).await);
+                        }
+                    }
+                    if let Some(reply) = step.reply {
+                        if stream.write_all(&reply).await.is_err() {
+                            return "write failed";
+                        }
+                    }
+                    if step.close {
+                        return "closed by protocol";
+                    }
+                }
+                Ok(Some(Err(e))) => {
+                    count_decode_error(protocol, &e);
+                    super::violation::warn_limited(
+                        protocol,
+                        "decode",
+                        &e,
+                        "frame dropped, not acked",
+                    );
+                }
+                Ok(None) => break,
+                Err(FrameError::Decode(e)) => {
+                    count_decode_error(protocol, &e);
+                    if e.reason == "too_large" {
+                        super::violation::record(protocol, super::violation::MAX_FRAME, peer);
+                        return "max_frame";
+                    }
+                    super::violation::warn_limited(
+                        protocol,
+                        "framing",
+                        &e,
+                        "unframeable input; closing",
+                    );
+                    return "framing error";
+                }
+                Err(FrameError::Io(_)) => return "io error",
+            }
+        }
+        if buf.is_empty() && buf.capacity() > 0 {
+            buf = BytesMut::new();
+        }
+        let limit = if device.is_none() {
+            ctx.handshake_timeout.saturating_sub(opened.elapsed())
+        } else {
+            ctx.idle_timeout
+        };
+        let ready = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return "shutdown",
+            Some(out) = next_command(&mut registration) => {
+                if let Some(reg) = &registration {
+                    if !write_command(&mut stream, &mut codec, reg, out).await {
+                        return "write failed";
+                    }
+                }
+                continue;
+            }
+            r = tokio::time::timeout(limit, stream.readable()) => r,
+        };
+        match ready {
+            Err(_) => {
+                let which = if device.is_none() {
+                    "handshake_timeout"
+                } else {
+                    "idle_timeout"
+                };
+                metrics::counter!("fleetgate_ingest_timeouts_total", "protocol" => protocol.name(), "kind" => which)
+                    .increment(1);
+                super::violation::record(protocol, which, peer);
+                return which;
+            }
+            Ok(Err(_)) => return "io error",
+            Ok(Ok(())) => {}
+        }
+        buf.reserve(READ_CHUNK);
+        match stream.try_read_buf(&mut buf) {
+            Ok(0) => return "eof",
+            Ok(n) => {
+                metrics::counter!("fleetgate_ingest_bytes_total", "protocol" => protocol.name())
+                    .increment(n as u64);
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return "io error",
+        }
+    }
+}
+
+/// The next command for this connection; never resolves before the device identified itself.
+async fn next_command(reg: &mut Option<Registration>) -> Option<Outbound> {
+    match reg {
+        Some(r) => r.commands.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Encode a command with this connection's session and write it; false when the socket failed.
+async fn write_command(
+    stream: &mut TcpStream,
+    codec: &mut SessionCodec,
+    reg: &Registration,
+    out: Outbound,
+) -> bool {
+    let device = reg.device().clone();
+    if !out.is_live() {
+        tracing::debug!(
+            command = out.id,
+            "command superseded before it was written; dropped"
+        );
+        return true;
+    }
+    let bytes = match codec.session_mut().encode_command(&out.command) {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(command = out.id, error = %e, "command not encodable");
+            reg_event(
+                reg,
+                SessionEvent::NotWritten {
+                    device,
+                    id: out.id,
+                    error: e.to_string(),
+                    io: false,
+                },
+            )
+            .await;
+            return true;
+        }
+    };
+    if let Err(e) = stream.write_all(&bytes).await {
+        reg_event(
+            reg,
+            SessionEvent::NotWritten {
+                device,
+                id: out.id,
+                error: e.to_string(),
+                io: true,
+            },
+        )
+        .await;
+        return false;
+    }
+    tracing::info!(command = out.id, bytes = bytes.len(), "command written");
+    reg_event(
+        reg,
+        SessionEvent::Written {
+            device,
+            id: out.id,
+            at: chrono::Utc::now(),
+        },
+    )
+    .await;
+    true
+}
+
+async fn reg_event(reg: &Registration, ev: SessionEvent) {
+    reg.sessions().event(ev).await;
+}

@@ -1,0 +1,195 @@
+//! Domain types shared by every stage: device identity, positions and their attributes.
+//!
+//! Units are fixed here and converted at the edge (the codecs): degrees as `f64`, speed in
+//! km/h, course in degrees, altitude in metres, distances in metres, times as UTC.
+
+use std::fmt;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+/// A tracker's own identity as it reports it (IMEI for most devices, a terminal id for EGTS).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct DeviceId(pub String);
+
+impl DeviceId {
+    pub fn new(id: impl Into<String>) -> Self {
+        DeviceId(id.into())
+    }
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for DeviceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// The fleet's own name for a car (registered through the API; the IMEI when auto-registered).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct VehicleId(pub String);
+
+impl fmt::Display for VehicleId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// Key of a protocol-specific attribute. IO element ids stay numeric so decoding does not
+/// format strings on the hot path; they are rendered as `io<N>` when stored.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum AttrKey {
+    /// A numbered IO element / parameter of the device (Teltonika AVL ids, Galileosky tags…).
+    Io(u32),
+    /// A well-known name chosen by the codec (`"rssi"`, `"alarm"`, `"battery_v"`…).
+    Name(&'static str),
+    /// A name the device itself sent (Wialon IPS params, Queclink fields).
+    Dyn(Box<str>),
+}
+
+impl AttrKey {
+    /// The stored form of the key.
+    pub fn render(&self) -> std::borrow::Cow<'_, str> {
+        match self {
+            AttrKey::Io(id) => std::borrow::Cow::Owned(format!("io{id}")),
+            AttrKey::Name(n) => std::borrow::Cow::Borrowed(n),
+            AttrKey::Dyn(n) => std::borrow::Cow::Borrowed(n),
+        }
+    }
+}
+
+/// Value of an attribute.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AttrValue {
+    Int(i64),
+    Float(f64),
+    Bool(bool),
+    Text(Box<str>),
+    Bytes(Box<[u8]>),
+}
+
+impl AttrValue {
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            AttrValue::Int(v) => serde_json::Value::from(*v),
+            AttrValue::Float(v) => serde_json::Number::from_f64(*v)
+                .map(serde_json::Value::Number)
+                .unwrap_or(serde_json::Value::Null),
+            AttrValue::Bool(v) => serde_json::Value::Bool(*v),
+            AttrValue::Text(s) => serde_json::Value::String(s.to_string()),
+            AttrValue::Bytes(b) => serde_json::Value::String(hex::encode(b)),
+        }
+    }
+}
+
+/// Ordered protocol-specific attributes of one record. A `Vec`, not a map: records carry a
+/// dozen entries at most and are written once.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Attributes(pub Vec<(AttrKey, AttrValue)>);
+
+impl Attributes {
+    pub fn with_capacity(n: usize) -> Self {
+        Attributes(Vec::with_capacity(n))
+    }
+    pub fn push(&mut self, key: AttrKey, value: AttrValue) {
+        self.0.push((key, value));
+    }
+    pub fn int(&mut self, key: &'static str, v: i64) {
+        self.0.push((AttrKey::Name(key), AttrValue::Int(v)));
+    }
+    pub fn float(&mut self, key: &'static str, v: f64) {
+        self.0.push((AttrKey::Name(key), AttrValue::Float(v)));
+    }
+    pub fn text(&mut self, key: &'static str, v: impl Into<Box<str>>) {
+        self.0.push((AttrKey::Name(key), AttrValue::Text(v.into())));
+    }
+    pub fn flag(&mut self, key: &'static str, v: bool) {
+        self.0.push((AttrKey::Name(key), AttrValue::Bool(v)));
+    }
+    pub fn get(&self, key: &AttrKey) -> Option<&AttrValue> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
+    }
+    pub fn get_name(&self, name: &str) -> Option<&AttrValue> {
+        self.0
+            .iter()
+            .find(|(k, _)| k.render() == name)
+            .map(|(_, v)| v)
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+    /// JSON object form, as stored and served by the API.
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut map = serde_json::Map::with_capacity(self.0.len());
+        for (k, v) in &self.0 {
+            map.insert(k.render().into_owned(), v.to_json());
+        }
+        serde_json::Value::Object(map)
+    }
+}
+
+/// One fix as a tracker reported it. Fields every fleet rule needs are typed; the rest of a
+/// device's report is kept in `attrs`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Position {
+    /// When the fix was taken (device clock, UTC).
+    pub fix_time: DateTime<Utc>,
+    /// The device considers the fix valid (GPS lock).
+    pub valid: bool,
+    pub lat: f64,
+    pub lon: f64,
+    pub speed_kmh: f64,
+    /// Heading in degrees, 0 = north.
+    pub course: f64,
+    /// Metres above sea level.
+    pub altitude: f64,
+    pub satellites: Option<u16>,
+    pub ignition: Option<bool>,
+    /// The device's own movement sensor (Teltonika IO 240).
+    pub motion: Option<bool>,
+    /// The device's total odometer in metres, when it reports one.
+    pub odometer_m: Option<f64>,
+    /// Digital inputs as a bit mask, bit 0 = input 1.
+    pub inputs: Option<u32>,
+    /// Digital outputs as a bit mask, bit 0 = output 1 (the immobiliser relay on most installs).
+    pub outputs: Option<u32>,
+    /// External (vehicle) supply voltage in volts.
+    pub power_v: Option<f64>,
+    /// An alarm the device raised with this record (`"sos"`, `"power_cut"`…).
+    pub alarm: Option<&'static str>,
+    pub attrs: Attributes,
+}
+
+impl Position {
+    /// A position with the given fix and every optional field empty.
+    pub fn new(fix_time: DateTime<Utc>, valid: bool, lat: f64, lon: f64) -> Self {
+        Position {
+            fix_time,
+            valid,
+            lat,
+            lon,
+            speed_kmh: 0.0,
+            course: 0.0,
+            altitude: 0.0,
+            satellites: None,
+            ignition: None,
+            motion: None,
+            odometer_m: None,
+            inputs: None,
+            outputs: None,
+            power_v: None,
+            alarm: None,
+            attrs: Attributes::default(),
+        }
+    }
+}
+
+/// Knots to km/h, for codecs whose devices report knots.
+pub const KNOTS_TO_KMH: f64 = 1.852;

@@ -1,0 +1,269 @@
+//! The Prometheus recorder, installed once per process; `/metrics` renders it.
+
+use std::sync::OnceLock;
+
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+const SECONDS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+/// Sub-microsecond work (one fix against the zone index takes ~100 ns).
+const FAST_SECONDS: &[f64] = &[
+    5e-8, 1e-7, 2e-7, 5e-7, 1e-6, 2e-6, 5e-6, 1e-5, 2e-5, 5e-5, 1e-4, 1e-3,
+];
+const ROWS: &[f64] = &[
+    1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0,
+];
+
+/// The process-wide handle (installs the recorder on first use).
+pub fn handle() -> PrometheusHandle {
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                // Full names are matched before suffixes.
+                .set_buckets_for_metric(
+                    Matcher::Full("fleetgate_zone_evaluation_seconds".into()),
+                    FAST_SECONDS,
+                )
+                .expect("static buckets")
+                .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), SECONDS)
+                .expect("static buckets")
+                .set_buckets_for_metric(Matcher::Suffix("_rows".into()), ROWS)
+                .expect("static buckets")
+                .build_recorder();
+            let handle = recorder.handle();
+            // A second daemon in the same process (tests) shares the first recorder.
+            let _ = metrics::set_global_recorder(recorder);
+            describe();
+            handle
+        })
+        .clone()
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_gauge!(
+        "fleetgate_immobiliser_blocked_vehicles",
+        "Vehicles blocked, by standing reason"
+    );
+    describe_gauge!(
+        "fleetgate_immobiliser_pending_blocks",
+        "Blocks waiting for safe conditions or on their way"
+    );
+    describe_counter!(
+        "fleetgate_immobiliser_commands_total",
+        "Engine commands finished, by intent and outcome"
+    );
+    describe_counter!(
+        "fleetgate_immobiliser_commands_sent_total",
+        "Engine commands written to a device"
+    );
+    describe_counter!(
+        "fleetgate_immobiliser_force_refused_total",
+        "Forced blocks refused (allow_force off)"
+    );
+    describe_histogram!(
+        "fleetgate_immobiliser_fix_to_command_seconds",
+        Unit::Seconds,
+        "Fix received to command on the wire"
+    );
+    describe_gauge!("fleetgate_crm_outbox_events", "CRM outbox events by status");
+    describe_counter!(
+        "fleetgate_crm_outbox_delivered_total",
+        "CRM events delivered, by kind"
+    );
+    describe_counter!(
+        "fleetgate_crm_outbox_retries_total",
+        "CRM delivery attempts that failed and will be retried"
+    );
+    describe_counter!(
+        "fleetgate_crm_outbox_throttled_total",
+        "CRM answers that asked us to slow down"
+    );
+    describe_counter!(
+        "fleetgate_crm_outbox_dead_total",
+        "CRM events moved to the dead-letter list"
+    );
+    describe_histogram!(
+        "fleetgate_crm_outbox_latency_seconds",
+        Unit::Seconds,
+        "CRM event creation to delivery"
+    );
+    describe_counter!(
+        "fleetgate_crm_events_total",
+        "Events written to the CRM outbox, by kind"
+    );
+    describe_counter!(
+        "fleetgate_crm_events_skipped_total",
+        "CRM events not written, by kind"
+    );
+    describe_counter!(
+        "fleetgate_crm_balance_checks_total",
+        "Periodic balance pulls from the CRM"
+    );
+    describe_counter!(
+        "fleetgate_crm_balance_check_errors_total",
+        "Balance pulls that failed"
+    );
+    describe_counter!(
+        "fleetgate_crm_reason_errors_total",
+        "Block reasons the CRM rules could not hand to the immobiliser"
+    );
+    describe_gauge!(
+        "fleetgate_ingest_connections",
+        "Open tracker connections by protocol"
+    );
+    describe_counter!(
+        "fleetgate_ingest_messages_total",
+        "Frames decoded, by protocol and message kind"
+    );
+    describe_counter!(
+        "fleetgate_ingest_records_total",
+        "Positions decoded, by protocol"
+    );
+    describe_counter!(
+        "fleetgate_ingest_bytes_total",
+        Unit::Bytes,
+        "Bytes received from trackers"
+    );
+    describe_counter!(
+        "fleetgate_ingest_decode_errors_total",
+        "Frames that failed to decode, by protocol and reason"
+    );
+    describe_counter!(
+        "fleetgate_ingest_accept_errors_total",
+        "accept() failures on a tracker listener (e.g. out of file descriptors)"
+    );
+    describe_counter!(
+        "fleetgate_ingest_connections_refused_total",
+        "Connections refused by a limit"
+    );
+    describe_counter!(
+        "fleetgate_ingest_timeouts_total",
+        "Connections closed by handshake or idle timeout"
+    );
+    describe_counter!(
+        "fleetgate_ingest_devices_refused_total",
+        "Unknown devices refused (register_unknown = false)"
+    );
+    describe_counter!(
+        "fleetgate_ingest_unidentified_total",
+        "Positions sent before the device identified itself"
+    );
+    describe_histogram!(
+        "fleetgate_ingest_ack_seconds",
+        Unit::Seconds,
+        "Frame decoded to ack sendable (commit included)"
+    );
+    describe_counter!(
+        "fleetgate_pipeline_rejects_total",
+        "Fixes dropped by the filters, by reason"
+    );
+    describe_counter!(
+        "fleetgate_pipeline_records_total",
+        "Fixes accepted by the pipeline"
+    );
+    describe_histogram!(
+        "fleetgate_storage_commit_seconds",
+        Unit::Seconds,
+        "Duration of one group commit"
+    );
+    describe_histogram!(
+        "fleetgate_storage_batch_rows",
+        Unit::Count,
+        "Positions per group commit"
+    );
+    describe_counter!(
+        "fleetgate_storage_rows_written_total",
+        "Positions committed"
+    );
+    describe_counter!(
+        "fleetgate_storage_commit_errors_total",
+        "Failed group commits"
+    );
+    describe_counter!(
+        "fleetgate_storage_commit_retries_total",
+        "Group commits retried after a transient storage error"
+    );
+    describe_counter!(
+        "fleetgate_ingest_limit_violations_total",
+        "Tracker connections closed or refused by a limit, by protocol and limit"
+    );
+    describe_counter!(
+        "fleetgate_api_limit_violations_total",
+        "API requests refused by a limit (max_body_bytes)"
+    );
+    describe_counter!(
+        "fleetgate_devices_registered_total",
+        "Unknown devices auto-registered"
+    );
+    describe_counter!(
+        "fleetgate_api_errors_total",
+        "API error responses by status"
+    );
+    describe_gauge!(
+        "fleetgate_mqtt_connected",
+        "1 while the MQTT source is connected to the broker"
+    );
+    describe_counter!(
+        "fleetgate_mqtt_connection_errors_total",
+        "MQTT broker connection errors (each followed by a reconnect with backoff)"
+    );
+    describe_counter!(
+        "fleetgate_mqtt_messages_total",
+        "MQTT messages decoded, by message kind"
+    );
+    describe_counter!(
+        "fleetgate_mqtt_dropped_total",
+        "MQTT messages acknowledged without storing, by reason"
+    );
+    describe_histogram!(
+        "fleetgate_mqtt_ack_seconds",
+        Unit::Seconds,
+        "MQTT message received to PUBACK sendable (commit and retries included)"
+    );
+    describe_counter!(
+        "fleetgate_mqtt_commands_sent_total",
+        "Device commands published over MQTT"
+    );
+    describe_counter!(
+        "fleetgate_mqtt_responses_dropped_total",
+        "MQTT command responses dropped because their queue was full"
+    );
+    describe_gauge!(
+        "fleetgate_zone_vehicles_outside_service_area",
+        "Vehicles whose debounced state is outside the service area"
+    );
+    describe_counter!(
+        "fleetgate_zone_evaluations_total",
+        "Fixes evaluated against the zone index"
+    );
+    describe_histogram!(
+        "fleetgate_zone_evaluation_seconds",
+        Unit::Seconds,
+        "Zone evaluation time per fix (batch time / fixes)"
+    );
+    describe_counter!(
+        "fleetgate_zone_events_total",
+        "Confirmed zone events by type (enter, exit) and zone kind"
+    );
+    describe_counter!(
+        "fleetgate_zone_store_errors_total",
+        "Zone membership changes or events that could not be stored"
+    );
+    describe_histogram!(
+        "fleetgate_ops_pipeline_probe_seconds",
+        Unit::Seconds,
+        "Watchdog liveness probe: round trip through every shard and the writer"
+    );
+    describe_counter!(
+        "fleetgate_ops_pipeline_probe_failures_total",
+        "Liveness probes that timed out (the systemd watchdog ping is withheld)"
+    );
+    describe_counter!(
+        "fleetgate_ops_reloads_total",
+        "Configuration reloads (SIGHUP) by result"
+    );
+}

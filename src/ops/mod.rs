@@ -1,0 +1,9 @@
+//! Operations: metrics recorder, logging set-up, systemd integration (notify, watchdog,
+//! reload).
+
+pub mod logging;
+pub mod metrics;
+pub mod ratelimit;
+pub mod reload;
+pub mod service;
+pub mod systemd;

@@ -1,0 +1,98 @@
+//! Rate-limited warnings. A hostile or broken tracker can hit a limit thousands of times a
+//! second; the log must say so once per window (with how many were suppressed), not flood the
+//! journal. Pure: the caller passes the time, so the window logic is unit-tested.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+/// How often the same warning may be logged.
+pub const WINDOW: Duration = Duration::from_secs(60);
+
+/// Remembers, per key, when it was last logged and how many times it was held back since.
+pub struct LogLimiter {
+    window: Duration,
+    seen: Mutex<HashMap<String, (Instant, u64)>>,
+}
+
+/// Most distinct keys remembered; past this the oldest are forgotten (keys are bounded by
+/// protocol × limit in practice, this only guards against a bug that makes them unbounded).
+const MAX_KEYS: usize = 4096;
+
+impl LogLimiter {
+    pub fn new(window: Duration) -> Self {
+        LogLimiter {
+            window,
+            seen: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// `Some(suppressed)` when `key` may be logged at `now` (with the number of occurrences
+    /// held back since it was last logged), `None` when it must stay quiet.
+    pub fn check(&self, key: &str, now: Instant) -> Option<u64> {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((last, suppressed)) = seen.get_mut(key) {
+            if now.saturating_duration_since(*last) < self.window {
+                *suppressed += 1;
+                return None;
+            }
+            let held = *suppressed;
+            *last = now;
+            *suppressed = 0;
+            return Some(held);
+        }
+        if seen.len() >= MAX_KEYS {
+            let window = self.window;
+            seen.retain(|_, (last, _)| now.saturating_duration_since(*last) < window);
+        }
+        seen.insert(key.to_string(), (now, 0));
+        Some(0)
+    }
+}
+
+/// The process-wide limiter for limit-violation warnings.
+pub fn warnings() -> &'static LogLimiter {
+    static L: OnceLock<LogLimiter> = OnceLock::new();
+    L.get_or_init(|| LogLimiter::new(WINDOW))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn logs_once_per_window_and_reports_what_it_held_back() {
+        let l = LogLimiter::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        assert_eq!(l.check("teltonika/max_frame", t0), Some(0));
+        for i in 1..=5 {
+            assert_eq!(
+                l.check("teltonika/max_frame", t0 + Duration::from_secs(i)),
+                None
+            );
+        }
+        assert_eq!(
+            l.check("wialon/max_frame", t0 + Duration::from_secs(1)),
+            Some(0),
+            "keys are independent"
+        );
+        assert_eq!(
+            l.check("teltonika/max_frame", t0 + Duration::from_secs(61)),
+            Some(5)
+        );
+        assert_eq!(
+            l.check("teltonika/max_frame", t0 + Duration::from_secs(62)),
+            None
+        );
+    }
+
+    #[test]
+    fn key_count_stays_bounded() {
+        let l = LogLimiter::new(Duration::from_millis(1));
+        let t0 = Instant::now();
+        for i in 0..(MAX_KEYS * 3) {
+            l.check(&format!("k{i}"), t0 + Duration::from_millis(i as u64 * 2));
+        }
+        assert!(l.seen.lock().unwrap().len() <= MAX_KEYS);
+    }
+}

@@ -1,0 +1,134 @@
+//! The group-commit writer: one task owns the write side of storage and commits whatever
+//! the shards have queued — up to `batch_max_rows` rows, waiting at most `batch_max_wait_ms`
+//! for company — in one transaction. Every waiting connection learns the outcome only after
+//! the commit returned, so an ack always follows durability.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::{Accepted, PipelineError};
+use crate::storage::{Store, WriteItem};
+
+pub struct WriteReq {
+    pub item: WriteItem,
+    pub accepted: Accepted,
+    pub done: oneshot::Sender<Result<Accepted, PipelineError>>,
+}
+
+/// What the shards send the writer: rows to commit, or a liveness probe answered once every
+/// commit queued before it has returned (the systemd watchdog's round trip).
+// Not boxed: `Write` is the hot path and the channel's slots were this size before.
+#[allow(clippy::large_enum_variant)]
+pub enum WriterMsg {
+    Write(WriteReq),
+    Probe(oneshot::Sender<()>),
+}
+
+pub struct WriterConfig {
+    pub max_rows: usize,
+    pub max_wait: Duration,
+    /// Receivers of every committed batch (zones, immobiliser, CRM rules), in commit order.
+    pub subscribers: Vec<mpsc::Sender<Arc<Committed>>>,
+}
+
+/// One device's positions as committed, for the stages that act on stored data. Sent after
+/// the commit, so a rule never acts on a fix that could still be lost.
+#[derive(Debug)]
+pub struct Committed {
+    pub item: WriteItem,
+}
+
+/// Run until every sender is gone, committing what arrives.
+pub async fn run(store: Arc<dyn Store>, cfg: WriterConfig, mut rx: mpsc::Receiver<WriterMsg>) {
+    let mut batch: Vec<WriteReq> = Vec::with_capacity(256);
+    let mut probes: Vec<oneshot::Sender<()>> = Vec::new();
+    while let Some(first) = rx.recv().await {
+        let first = match first {
+            WriterMsg::Write(r) => r,
+            WriterMsg::Probe(p) => {
+                let _ = p.send(());
+                continue;
+            }
+        };
+        let mut rows = first.item.rows();
+        batch.push(first);
+        let deadline = tokio::time::Instant::now() + cfg.max_wait;
+        while rows < cfg.max_rows {
+            match rx.try_recv() {
+                Ok(WriterMsg::Write(r)) => {
+                    rows += r.item.rows();
+                    batch.push(r);
+                    continue;
+                }
+                Ok(WriterMsg::Probe(p)) => {
+                    probes.push(p);
+                    continue;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Err(mpsc::error::TryRecvError::Empty) => {}
+            }
+            if cfg.max_wait.is_zero() {
+                break;
+            }
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(WriterMsg::Write(r))) => {
+                    rows += r.item.rows();
+                    batch.push(r);
+                }
+                Ok(Some(WriterMsg::Probe(p))) => probes.push(p),
+                _ => break,
+            }
+        }
+        commit(store.as_ref(), &mut batch, rows, &cfg.subscribers).await;
+        for p in probes.drain(..) {
+            let _ = p.send(());
+        }
+    }
+}
+
+async fn commit(
+    store: &dyn Store,
+    batch: &mut Vec<WriteReq>,
+    rows: usize,
+    subscribers: &[mpsc::Sender<Arc<Committed>>],
+) {
+    let (items, waiters): (Vec<_>, Vec<_>) = batch
+        .drain(..)
+        .map(|r| (r.item, (r.accepted, r.done)))
+        .unzip();
+    let started = Instant::now();
+    let (result, _attempts) = super::retry::RetryPolicy::default()
+        .run(|| store.write_batch(&items))
+        .await;
+    let elapsed = started.elapsed().as_secs_f64();
+    metrics::histogram!("fleetgate_storage_commit_seconds").record(elapsed);
+    metrics::histogram!("fleetgate_storage_batch_rows").record(rows as f64);
+    match result {
+        Ok(()) => {
+            metrics::counter!("fleetgate_storage_rows_written_total").increment(rows as u64);
+            // The rule stages get the batch before any tracker gets its ack: whatever happens
+            // after an ack (an API request, the next packet) finds the fix already queued
+            // for the zones, the immobiliser and the CRM rules.
+            for item in items {
+                let c = Arc::new(Committed { item });
+                for s in subscribers {
+                    // Bounded: a slow rule engine slows ingest rather than losing events.
+                    let _ = s.send(c.clone()).await;
+                }
+            }
+            for (accepted, done) in waiters {
+                let _ = done.send(Ok(accepted));
+            }
+        }
+        Err(e) => {
+            metrics::counter!("fleetgate_storage_commit_errors_total").increment(1);
+            tracing::error!(error = %e, rows, "commit failed; trackers will not be acked and will resend");
+            let e = PipelineError::Storage(e.to_string());
+            for (_, done) in waiters {
+                let _ = done.send(Err(e.clone()));
+            }
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! Tracker protocols: one module per protocol, each a pure codec (bytes in, messages and
+//! replies out) that never sees a socket. The listeners in `crate::ingest` drive them.
+//!
+//! A protocol is used through a [`Session`]: per-connection state (for TCP) or per-peer state
+//! (for UDP) that first cuts frames out of a byte stream ([`Session::next_frame`]) and then
+//! decodes one frame ([`Session::decode`]). Replies are computed by the codec but sent by the
+//! connection only after the frame's positions are committed to storage.
+
+pub mod corpus;
+pub mod fuzz;
+pub mod util;
+
+pub mod adm;
+pub mod arnavi;
+pub mod egts;
+pub mod galileo;
+pub mod gl200;
+pub mod gt06;
+pub mod h02;
+pub mod jt808;
+pub mod meitrack;
+pub mod mqtt_json;
+pub mod osmand;
+pub mod ruptela;
+pub mod teltonika;
+pub mod wialon;
+
+use std::fmt;
+
+use bytes::Bytes;
+use chrono::{DateTime, Utc};
+
+use crate::model::{Attributes, DeviceId, Position};
+
+/// The network transport a session runs over; some protocols frame differently on each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Transport {
+    Tcp,
+    Udp,
+}
+
+/// What the framer found at the start of the buffer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FrameCut {
+    /// The buffer does not yet hold a whole frame.
+    NeedMore,
+    /// Drop this many leading bytes (noise before a frame marker) and try again.
+    Skip(usize),
+    /// A whole frame: the first `len` bytes of the buffer.
+    Frame(usize),
+}
+
+/// Context the decoder may need that does not come from the bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct DecodeCtx {
+    /// Server receive time: used where a protocol omits the fix time (Wialon `NA`) and to
+    /// resolve partial dates. Injected so that tests and replays are deterministic.
+    pub now: DateTime<Utc>,
+}
+
+impl DecodeCtx {
+    pub fn now() -> Self {
+        DecodeCtx { now: Utc::now() }
+    }
+}
+
+/// A device's answer to a command we sent.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CommandResponse {
+    /// The text (or hex of a binary answer) as the device sent it.
+    pub text: String,
+    /// The device said the command failed (when the protocol tells); `None` when it does not say.
+    pub success: Option<bool>,
+    /// The sequence/serial number the device echoed, for protocols that carry one.
+    pub seq: Option<u32>,
+}
+
+/// Everything one frame carried.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Decoded {
+    /// The device this frame identifies (login/handshake, or an id carried in every message).
+    pub device: Option<DeviceId>,
+    /// Fixes, in the order the device sent them.
+    pub positions: Vec<Position>,
+    /// Device state without a fix (heartbeat battery level, alarm without GPS…).
+    pub status: Option<Attributes>,
+    /// Bytes to send back: after the positions are committed, or at once when there are none.
+    pub reply: Option<Bytes>,
+    /// The answer to a command we sent.
+    pub command_response: Option<CommandResponse>,
+    /// Message type label for metrics and logs (`"login"`, `"data"`, `"heartbeat"`…).
+    pub kind: &'static str,
+}
+
+impl Decoded {
+    pub fn kind(kind: &'static str) -> Self {
+        Decoded {
+            kind,
+            ..Decoded::default()
+        }
+    }
+}
+
+/// A decode failure: which protocol, which field, where, and what was found.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{protocol}: {what} at offset {offset}")]
+pub struct DecodeError {
+    pub protocol: &'static str,
+    pub offset: usize,
+    pub what: String,
+    /// Short stable label for the rejects metric (`"crc"`, `"truncated"`, `"too_large"`…).
+    pub reason: &'static str,
+}
+
+impl DecodeError {
+    pub fn new(
+        protocol: &'static str,
+        reason: &'static str,
+        offset: usize,
+        what: impl Into<String>,
+    ) -> Self {
+        DecodeError {
+            protocol,
+            offset,
+            what: what.into(),
+            reason,
+        }
+    }
+}
+
+/// A command to put on the wire. Which text or bytes an engine stop becomes is the codec's
+/// knowledge (or a per-model override sent as `Text`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CommandBody {
+    /// Cut the engine (set the immobiliser output).
+    EngineStop,
+    /// Allow the engine to start again (clear the immobiliser output).
+    EngineResume,
+    /// A raw command text in the device's own command language (`setdigout 1`, `Relay,1#`…).
+    Text(String),
+}
+
+/// One command, with a sequence number the protocol may carry to match the answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeviceCommand {
+    pub seq: u32,
+    pub body: CommandBody,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CommandError {
+    #[error("{0}: this protocol has no encoding for that command")]
+    Unsupported(&'static str),
+    #[error("{0}: command cannot be sent before the device has identified itself")]
+    NotIdentified(&'static str),
+}
+
+/// Per-connection (TCP) or per-peer (UDP) protocol state.
+pub trait Session: Send + 'static {
+    /// Find the next frame at the start of `buf`. Must not panic on any input; a frame that
+    /// can never become valid (bad marker, declared length over the protocol's maximum) is an
+    /// error, after which the connection is closed.
+    fn next_frame(&mut self, buf: &[u8]) -> Result<FrameCut, DecodeError>;
+
+    /// Decode one whole frame as cut by [`Session::next_frame`].
+    fn decode(&mut self, frame: &[u8], ctx: &DecodeCtx) -> Result<Decoded, DecodeError>;
+
+    /// The reply that refuses the device identified by the last frame (Teltonika answers
+    /// `0x00` to an unknown IMEI). `None`: the connection is just closed.
+    fn reject_reply(&self) -> Option<Bytes> {
+        None
+    }
+
+    /// Encode a command for this device in its own command format.
+    fn encode_command(&mut self, cmd: &DeviceCommand) -> Result<Bytes, CommandError> {
+        let _ = cmd;
+        Err(CommandError::Unsupported(self.protocol().name()))
+    }
+
+    fn protocol(&self) -> Protocol;
+}
+
+/// What the rest of fleetgate needs to know about one protocol; each module exports one.
+pub struct ProtocolSpec {
+    /// Lower-case name: the `[listeners]` key, the corpus directory, the metrics label.
+    pub name: &'static str,
+    /// Traccar's port numbering, which installers already configure trackers for.
+    pub port: u16,
+    /// Transports the devices use; a UDP listener shares the TCP port number.
+    pub transports: &'static [Transport],
+    /// Largest frame a device of this protocol can legitimately send; more is hostile.
+    pub max_frame: usize,
+    /// A fresh session for one connection (TCP) or one peer (UDP).
+    pub session: fn(Transport) -> Box<dyn Session>,
+}
+
+/// Every protocol fleetgate speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Protocol {
+    Teltonika,
+    Gt06,
+    Wialon,
+    Egts,
+    Galileo,
+    Adm,
+    Ruptela,
+    H02,
+    Arnavi,
+    Gl200,
+    Meitrack,
+    Jt808,
+    OsmAnd,
+    /// fleetgate's JSON position over MQTT (no socket listener of its own).
+    Mqtt,
+}
+
+impl Protocol {
+    pub const ALL: &'static [Protocol] = &[
+        Protocol::Teltonika,
+        Protocol::Gt06,
+        Protocol::Wialon,
+        Protocol::Egts,
+        Protocol::Galileo,
+        Protocol::Adm,
+        Protocol::Ruptela,
+        Protocol::H02,
+        Protocol::Arnavi,
+        Protocol::Gl200,
+        Protocol::Meitrack,
+        Protocol::Jt808,
+        Protocol::OsmAnd,
+        Protocol::Mqtt,
+    ];
+
+    pub fn spec(self) -> &'static ProtocolSpec {
+        match self {
+            Protocol::Teltonika => &teltonika::SPEC,
+            Protocol::Gt06 => &gt06::SPEC,
+            Protocol::Wialon => &wialon::SPEC,
+            Protocol::Egts => &egts::SPEC,
+            Protocol::Galileo => &galileo::SPEC,
+            Protocol::Adm => &adm::SPEC,
+            Protocol::Ruptela => &ruptela::SPEC,
+            Protocol::H02 => &h02::SPEC,
+            Protocol::Arnavi => &arnavi::SPEC,
+            Protocol::Gl200 => &gl200::SPEC,
+            Protocol::Meitrack => &meitrack::SPEC,
+            Protocol::Jt808 => &jt808::SPEC,
+            Protocol::OsmAnd => &osmand::SPEC,
+            Protocol::Mqtt => &mqtt_json::SPEC,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        self.spec().name
+    }
+
+    pub fn default_port(self) -> u16 {
+        self.spec().port
+    }
+
+    pub fn transports(self) -> &'static [Transport] {
+        self.spec().transports
+    }
+
+    pub fn max_frame(self) -> usize {
+        self.spec().max_frame
+    }
+
+    pub fn from_name(name: &str) -> Option<Protocol> {
+        let name = name.to_ascii_lowercase();
+        Protocol::ALL.iter().copied().find(|p| p.name() == name)
+    }
+
+    pub fn session(self, transport: Transport) -> Box<dyn Session> {
+        (self.spec().session)(transport)
+    }
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}

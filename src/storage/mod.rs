@@ -1,0 +1,123 @@
+//! Storage behind one small trait, so SQLite (the embedded default) and PostgreSQL are two
+//! implementations of the same behaviour. Writes come in batches from the group-commit writer
+//! (`crate::pipeline::writer`); a batch is one transaction, and its positions count as
+//! acknowledged only once `write_batch` has returned.
+
+pub mod crm;
+pub mod immobiliser;
+pub mod postgres;
+pub mod row;
+pub mod sqlite;
+pub mod zones;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use crate::model::{DeviceId, Position, VehicleId};
+use crate::protocols::Protocol;
+
+pub use crm::CrmStore;
+pub use immobiliser::ImmobiliserStore;
+pub use row::{StoredPosition, Vehicle, VehicleUpdate};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("device {0} is already fitted to vehicle {1}")]
+    DeviceTaken(String, String),
+}
+
+/// A position with what the pipeline computed for it.
+#[derive(Clone, Debug)]
+pub struct NewPosition {
+    pub position: Position,
+    /// Cumulative distance between accepted fixes, metres.
+    pub gps_odometer_m: f64,
+}
+
+/// The latest state of one device after a batch.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DeviceState {
+    pub device_id: DeviceId,
+    pub protocol: String,
+    pub last_seen: DateTime<Utc>,
+    pub position: Option<StoredPosition>,
+    pub gps_odometer_m: f64,
+}
+
+/// One device's share of a group commit.
+#[derive(Clone, Debug)]
+pub struct WriteItem {
+    pub device: DeviceId,
+    pub protocol: Protocol,
+    pub server_time: DateTime<Utc>,
+    pub positions: Vec<NewPosition>,
+    /// The device's latest state after these positions.
+    pub state: DeviceState,
+}
+
+impl WriteItem {
+    pub fn rows(&self) -> usize {
+        self.positions.len()
+    }
+}
+
+#[async_trait]
+pub trait Store: zones::ZoneStore + CrmStore + ImmobiliserStore + Send + Sync + 'static {
+    /// Write every item in one transaction: positions (ignoring ones already stored) and states.
+    async fn write_batch(&self, items: &[WriteItem]) -> Result<(), StorageError>;
+    /// Latest state of every device, for the pipeline to start from after a restart.
+    async fn device_states(&self) -> Result<Vec<DeviceState>, StorageError>;
+    async fn device_state(&self, device: &DeviceId) -> Result<Option<DeviceState>, StorageError>;
+    /// Positions of `device` with `from <= fix_time < to`, in fix-time order.
+    async fn track(
+        &self,
+        device: &DeviceId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<StoredPosition>, StorageError>;
+    async fn vehicles(&self) -> Result<Vec<Vehicle>, StorageError>;
+    async fn vehicle(&self, id: &VehicleId) -> Result<Option<Vehicle>, StorageError>;
+    async fn vehicle_by_device(&self, device: &DeviceId) -> Result<Option<Vehicle>, StorageError>;
+    /// Create or update a vehicle; returns it as stored.
+    async fn upsert_vehicle(
+        &self,
+        id: &VehicleId,
+        update: &VehicleUpdate,
+    ) -> Result<Vehicle, StorageError>;
+    /// Readiness probe.
+    async fn ping(&self) -> Result<(), StorageError>;
+    /// Backend name for logs and metrics.
+    fn backend(&self) -> &'static str;
+}
+
+/// Open the store named by `[storage] url` and run its migrations.
+pub async fn open(cfg: &crate::config::StorageConfig) -> Result<Arc<dyn Store>, StorageError> {
+    if cfg.url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::open(cfg).await?))
+    } else if cfg.url.starts_with("postgres://") || cfg.url.starts_with("postgresql://") {
+        Ok(Arc::new(postgres::PostgresStore::open(cfg).await?))
+    } else {
+        Err(StorageError::Invalid(format!(
+            "storage.url: unsupported backend in '{}'",
+            cfg.url
+        )))
+    }
+}
+
+pub(crate) fn millis(t: DateTime<Utc>) -> i64 {
+    t.timestamp_millis()
+}
+
+pub(crate) fn from_millis(ms: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_millis(ms).unwrap_or_default()
+}

@@ -1,0 +1,390 @@
+//! PostgreSQL backend, for production fleets and for several fleetgate instances sharing one
+//! database. A group commit is one transaction: every position of the batch in ONE
+//! `INSERT … SELECT FROM UNNEST(arrays)` statement (a round trip per batch, not per row;
+//! duplicates skipped by `ON CONFLICT DO NOTHING`), then every device state in one UNNEST
+//! upsert. Migrations live in `migrations/postgres` and are numbered like the SQLite ones.
+//!
+//! Other stores (commands, CRM outbox, zones) add their own trait implementations for
+//! [`PostgresStore`] in files under `src/storage/postgres/`, using `self.pool`.
+
+mod arrays;
+mod crm;
+mod immobiliser;
+mod zones;
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
+use sqlx::Row;
+
+use super::{
+    from_millis, millis, DeviceState, StorageError, Store, StoredPosition, Vehicle, VehicleUpdate,
+    WriteItem,
+};
+use crate::config::StorageConfig;
+use crate::model::{DeviceId, VehicleId};
+use arrays::{latest_states, PositionArrays, StateArrays};
+
+pub struct PostgresStore {
+    /// Shared by every trait implementation of this backend.
+    pub(crate) pool: PgPool,
+}
+
+impl PostgresStore {
+    /// Connect with `[storage] url` (libpq-style options such as
+    /// `?options=-c%20search_path%3Dfleet` pass through) and apply the migrations. Several
+    /// instances may start at once: sqlx serialises migrations with an advisory lock.
+    pub async fn open(cfg: &StorageConfig) -> Result<Self, StorageError> {
+        let opts = PgConnectOptions::from_str(&cfg.url)?.application_name("fleetgate");
+        let pool = PgPoolOptions::new()
+            .max_connections(cfg.max_connections.max(2))
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts)
+            .await?;
+        sqlx::migrate!("./migrations/postgres").run(&pool).await?;
+        Ok(PostgresStore { pool })
+    }
+
+    /// A store on an existing pool (migrations applied by the caller).
+    pub fn from_pool(pool: PgPool) -> Self {
+        PostgresStore { pool }
+    }
+}
+
+const POSITION_COLUMNS: &str =
+    "fix_time, server_time, valid, lat, lon, speed_kmh, course, altitude, satellites, \
+     ignition, motion, odometer_m, gps_odometer_m, inputs, outputs, power_v, alarm, attributes::text";
+
+const INSERT_POSITIONS: &str = "INSERT INTO positions (device_id, fix_time, server_time, valid, lat, lon, speed_kmh, \
+     course, altitude, satellites, ignition, motion, odometer_m, gps_odometer_m, inputs, outputs, power_v, alarm, \
+     attributes) \
+     SELECT d, f, s, v, la, lo, sp, co, al, sa, ig, mo, od, go, i, o, pw, ar, at::jsonb FROM UNNEST(\
+     $1::text[], $2::int8[], $3::int8[], $4::bool[], $5::float8[], $6::float8[], $7::float8[], $8::float8[], \
+     $9::float8[], $10::int4[], $11::bool[], $12::bool[], $13::float8[], $14::float8[], $15::int8[], $16::int8[], \
+     $17::float8[], $18::text[], $19::text[]) \
+     AS t(d, f, s, v, la, lo, sp, co, al, sa, ig, mo, od, go, i, o, pw, ar, at) \
+     ON CONFLICT DO NOTHING";
+
+const UPSERT_STATES: &str = "INSERT INTO device_state AS ds (device_id, protocol, last_seen, fix_time, valid, lat, lon, \
+     speed_kmh, course, altitude, satellites, ignition, motion, odometer_m, gps_odometer_m, inputs, outputs, power_v, \
+     attributes) \
+     SELECT d, p, ls, f, v, la, lo, sp, co, al, sa, ig, mo, od, go, i, o, pw, at::jsonb FROM UNNEST(\
+     $1::text[], $2::text[], $3::int8[], $4::int8[], $5::bool[], $6::float8[], $7::float8[], $8::float8[], \
+     $9::float8[], $10::float8[], $11::int4[], $12::bool[], $13::bool[], $14::float8[], $15::float8[], $16::int8[], \
+     $17::int8[], $18::float8[], $19::text[]) \
+     AS t(d, p, ls, f, v, la, lo, sp, co, al, sa, ig, mo, od, go, i, o, pw, at) \
+     ON CONFLICT (device_id) DO UPDATE SET protocol = excluded.protocol, last_seen = excluded.last_seen, \
+     fix_time = excluded.fix_time, valid = excluded.valid, lat = excluded.lat, lon = excluded.lon, \
+     speed_kmh = excluded.speed_kmh, course = excluded.course, altitude = excluded.altitude, \
+     satellites = excluded.satellites, ignition = excluded.ignition, motion = excluded.motion, \
+     odometer_m = excluded.odometer_m, gps_odometer_m = excluded.gps_odometer_m, inputs = excluded.inputs, \
+     outputs = excluded.outputs, power_v = excluded.power_v, attributes = excluded.attributes \
+     WHERE excluded.last_seen >= ds.last_seen";
+
+fn position_from_row(r: &PgRow) -> Result<StoredPosition, sqlx::Error> {
+    let attrs: String = r.try_get(17)?;
+    Ok(StoredPosition {
+        time: from_millis(r.try_get(0)?),
+        server_time: from_millis(r.try_get(1)?),
+        valid: r.try_get(2)?,
+        lat: r.try_get(3)?,
+        lon: r.try_get(4)?,
+        speed_kmh: r.try_get(5)?,
+        course: r.try_get(6)?,
+        altitude: r.try_get(7)?,
+        satellites: r.try_get::<Option<i32>, _>(8)?.map(|v| v as u16),
+        ignition: r.try_get(9)?,
+        motion: r.try_get(10)?,
+        odometer_m: r.try_get(11)?,
+        gps_odometer_m: r.try_get(12)?,
+        inputs: r.try_get::<Option<i64>, _>(13)?.map(|v| v as u32),
+        outputs: r.try_get::<Option<i64>, _>(14)?.map(|v| v as u32),
+        power_v: r.try_get(15)?,
+        alarm: r.try_get(16)?,
+        attributes: serde_json::from_str(&attrs).unwrap_or(serde_json::Value::Null),
+    })
+}
+
+const STATE_SELECT: &str = "SELECT device_id, protocol, last_seen, fix_time, valid, lat, lon, speed_kmh, course, altitude, \
+     satellites, ignition, motion, odometer_m, gps_odometer_m, inputs, outputs, attributes::text, power_v FROM device_state";
+
+fn state_from_row(r: &PgRow) -> Result<DeviceState, sqlx::Error> {
+    let fix: Option<i64> = r.try_get(3)?;
+    let position = match fix {
+        Some(fix) => {
+            // device_state has no server_time/alarm columns: reuse last_seen and none.
+            let attrs: Option<String> = r.try_get(17)?;
+            Some(StoredPosition {
+                time: from_millis(fix),
+                server_time: from_millis(r.try_get(2)?),
+                valid: r.try_get::<Option<bool>, _>(4)?.unwrap_or(false),
+                lat: r.try_get::<Option<f64>, _>(5)?.unwrap_or_default(),
+                lon: r.try_get::<Option<f64>, _>(6)?.unwrap_or_default(),
+                speed_kmh: r.try_get::<Option<f64>, _>(7)?.unwrap_or_default(),
+                course: r.try_get::<Option<f64>, _>(8)?.unwrap_or_default(),
+                altitude: r.try_get::<Option<f64>, _>(9)?.unwrap_or_default(),
+                satellites: r.try_get::<Option<i32>, _>(10)?.map(|v| v as u16),
+                ignition: r.try_get(11)?,
+                motion: r.try_get(12)?,
+                odometer_m: r.try_get(13)?,
+                gps_odometer_m: r.try_get(14)?,
+                inputs: r.try_get::<Option<i64>, _>(15)?.map(|v| v as u32),
+                outputs: r.try_get::<Option<i64>, _>(16)?.map(|v| v as u32),
+                power_v: r.try_get(18)?,
+                alarm: None,
+                attributes: attrs
+                    .and_then(|a| serde_json::from_str(&a).ok())
+                    .unwrap_or(serde_json::Value::Null),
+            })
+        }
+        None => None,
+    };
+    Ok(DeviceState {
+        device_id: DeviceId(r.try_get(0)?),
+        protocol: r.try_get(1)?,
+        last_seen: from_millis(r.try_get(2)?),
+        position,
+        gps_odometer_m: r.try_get(14)?,
+    })
+}
+
+fn vehicle_from_row(r: &PgRow) -> Result<Vehicle, sqlx::Error> {
+    Ok(Vehicle {
+        id: VehicleId(r.try_get(0)?),
+        device_id: r.try_get::<Option<String>, _>(1)?.map(DeviceId),
+        protocol: r.try_get(2)?,
+        plate: r.try_get(3)?,
+        driver_id: r.try_get(4)?,
+        crm_deal_id: r.try_get(5)?,
+        status: r.try_get(6)?,
+        created_at: from_millis(r.try_get(7)?),
+        updated_at: from_millis(r.try_get(8)?),
+    })
+}
+
+const VEHICLE_SELECT: &str =
+    "SELECT id, device_id, protocol, plate, driver_id, crm_deal_id, status, created_at, updated_at FROM vehicles";
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn write_batch(&self, items: &[WriteItem]) -> Result<(), StorageError> {
+        let a = PositionArrays::from_items(items);
+        let states = latest_states(items);
+        let mut tx = self.pool.begin().await?;
+        if !a.device.is_empty() {
+            sqlx::query(INSERT_POSITIONS)
+                .bind(&a.device)
+                .bind(&a.fix)
+                .bind(&a.server)
+                .bind(&a.valid)
+                .bind(&a.lat)
+                .bind(&a.lon)
+                .bind(&a.speed)
+                .bind(&a.course)
+                .bind(&a.altitude)
+                .bind(&a.satellites)
+                .bind(&a.ignition)
+                .bind(&a.motion)
+                .bind(&a.odometer)
+                .bind(&a.gps_odometer)
+                .bind(&a.inputs)
+                .bind(&a.outputs)
+                .bind(&a.power)
+                .bind(&a.alarm)
+                .bind(&a.attributes)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if !states.is_empty() {
+            let s = StateArrays::from_states(&states);
+            sqlx::query(UPSERT_STATES)
+                .bind(&s.device)
+                .bind(&s.protocol)
+                .bind(&s.last_seen)
+                .bind(&s.fix)
+                .bind(&s.valid)
+                .bind(&s.lat)
+                .bind(&s.lon)
+                .bind(&s.speed)
+                .bind(&s.course)
+                .bind(&s.altitude)
+                .bind(&s.satellites)
+                .bind(&s.ignition)
+                .bind(&s.motion)
+                .bind(&s.odometer)
+                .bind(&s.gps_odometer)
+                .bind(&s.inputs)
+                .bind(&s.outputs)
+                .bind(&s.power)
+                .bind(&s.attributes)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn device_states(&self) -> Result<Vec<DeviceState>, StorageError> {
+        let rows = sqlx::query(STATE_SELECT).fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(state_from_row).collect::<Result<_, _>>()?)
+    }
+
+    async fn device_state(&self, device: &DeviceId) -> Result<Option<DeviceState>, StorageError> {
+        let row = sqlx::query(&format!("{STATE_SELECT} WHERE device_id = $1"))
+            .bind(device.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(state_from_row).transpose()?)
+    }
+
+    async fn track(
+        &self,
+        device: &DeviceId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<StoredPosition>, StorageError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {POSITION_COLUMNS} FROM positions WHERE device_id = $1 AND fix_time >= $2 AND fix_time < $3 \
+             ORDER BY fix_time LIMIT $4"
+        ))
+        .bind(device.as_str())
+        .bind(millis(from))
+        .bind(millis(to))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(position_from_row)
+            .collect::<Result<_, _>>()?)
+    }
+
+    async fn vehicles(&self) -> Result<Vec<Vehicle>, StorageError> {
+        let rows = sqlx::query(&format!("{VEHICLE_SELECT} ORDER BY id"))
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows
+            .iter()
+            .map(vehicle_from_row)
+            .collect::<Result<_, _>>()?)
+    }
+
+    async fn vehicle(&self, id: &VehicleId) -> Result<Option<Vehicle>, StorageError> {
+        let row = sqlx::query(&format!("{VEHICLE_SELECT} WHERE id = $1"))
+            .bind(&id.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(vehicle_from_row).transpose()?)
+    }
+
+    async fn vehicle_by_device(&self, device: &DeviceId) -> Result<Option<Vehicle>, StorageError> {
+        let row = sqlx::query(&format!("{VEHICLE_SELECT} WHERE device_id = $1"))
+            .bind(device.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(vehicle_from_row).transpose()?)
+    }
+
+    async fn upsert_vehicle(
+        &self,
+        id: &VehicleId,
+        u: &VehicleUpdate,
+    ) -> Result<Vehicle, StorageError> {
+        let now = millis(Utc::now());
+        let mut tx = self.pool.begin().await?;
+        if let Some(dev) = &u.device_id {
+            if let Some(owner) = device_owner(&mut tx, dev, &id.0).await? {
+                return Err(StorageError::DeviceTaken(dev.clone(), owner));
+            }
+        }
+        let upserted = sqlx::query(
+            "INSERT INTO vehicles (id, device_id, protocol, plate, driver_id, crm_deal_id, status, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, COALESCE($7, 'available'), $8, $8) \
+             ON CONFLICT (id) DO UPDATE SET device_id = COALESCE(excluded.device_id, vehicles.device_id), \
+             protocol = COALESCE(excluded.protocol, vehicles.protocol), plate = COALESCE(excluded.plate, vehicles.plate), \
+             driver_id = COALESCE(excluded.driver_id, vehicles.driver_id), \
+             crm_deal_id = COALESCE(excluded.crm_deal_id, vehicles.crm_deal_id), \
+             status = COALESCE($7, vehicles.status), updated_at = excluded.updated_at",
+        )
+        .bind(&id.0)
+        .bind(&u.device_id)
+        .bind(&u.protocol)
+        .bind(&u.plate)
+        .bind(&u.driver_id)
+        .bind(&u.crm_deal_id)
+        .bind(&u.status)
+        .bind(now)
+        .execute(&mut *tx)
+        .await;
+        if let Err(e) = upserted {
+            // Another instance fitted the device between our check and our insert.
+            let unique =
+                matches!(&e, sqlx::Error::Database(d) if d.code().as_deref() == Some("23505"));
+            drop(tx);
+            if let (true, Some(dev)) = (unique, &u.device_id) {
+                let mut tx = self.pool.begin().await?;
+                if let Some(owner) = device_owner(&mut tx, dev, &id.0).await? {
+                    return Err(StorageError::DeviceTaken(dev.clone(), owner));
+                }
+            }
+            return Err(e.into());
+        }
+        let row = sqlx::query(&format!("{VEHICLE_SELECT} WHERE id = $1"))
+            .bind(&id.0)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(vehicle_from_row(&row)?)
+    }
+
+    async fn ping(&self) -> Result<(), StorageError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+}
+
+async fn device_owner(
+    tx: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    device: &str,
+    except: &str,
+) -> Result<Option<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT id FROM vehicles WHERE device_id = $1 AND id <> $2")
+        .bind(device)
+        .bind(except)
+        .fetch_optional(&mut **tx)
+        .await
+}
+
+/// `url` with its password replaced by `***`, for logs.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => match url[s + 3..at].find(':') {
+            Some(c) => format!("{}:***{}", &url[..s + 3 + c], &url[at..]),
+            None => url.to_string(),
+        },
+        _ => url.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_stay_out_of_logs() {
+        assert_eq!(
+            redact("postgres://fg:s3cret@db:5432/fleet"),
+            "postgres://fg:***@db:5432/fleet"
+        );
+        assert_eq!(redact("postgres://fg@db/fleet"), "postgres://fg@db/fleet");
+        assert_eq!(redact("sqlite://data/x.db"), "sqlite://data/x.db");
+    }
+}

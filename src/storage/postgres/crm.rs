@@ -1,0 +1,220 @@
+//! [`CrmStore`] on PostgreSQL: the SQLite implementation's statements with `$n` parameters.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::PgRow;
+use sqlx::Row;
+
+use super::PostgresStore;
+use crate::crm::event::{NewEvent, OutboxEvent, Payload, Status};
+use crate::model::VehicleId;
+use crate::storage::crm::{new_key, CrmStore, StateWrite, OUTBOX_COLUMNS};
+use crate::storage::{from_millis, millis, StorageError, Store, Vehicle};
+
+fn event_from_row(r: &PgRow) -> Result<OutboxEvent, StorageError> {
+    let payload: String = r.try_get(4)?;
+    let payload: Payload = serde_json::from_str(&payload)
+        .map_err(|e| StorageError::Invalid(format!("crm_outbox.payload: {e}")))?;
+    let status: String = r.try_get(5)?;
+    Ok(OutboxEvent {
+        id: r.try_get(0)?,
+        key: r.try_get(1)?,
+        vehicle_id: VehicleId(r.try_get(2)?),
+        deal_id: r.try_get(3)?,
+        payload,
+        status: Status::parse(&status).unwrap_or(Status::Pending),
+        attempts: r.try_get::<i32, _>(6)? as u32,
+        created_at: from_millis(r.try_get(7)?),
+        expires_at: from_millis(r.try_get(8)?),
+        next_attempt_at: from_millis(r.try_get(9)?),
+        last_error: r.try_get(10)?,
+        delivered_at: r.try_get::<Option<i64>, _>(11)?.map(from_millis),
+    })
+}
+
+const HEADS: &str = "status = 'pending' AND id = (SELECT MIN(id) FROM crm_outbox p \
+     WHERE p.status = 'pending' AND p.vehicle_id = o.vehicle_id)";
+
+#[async_trait]
+impl CrmStore for PostgresStore {
+    async fn crm_commit(
+        &self,
+        states: &[StateWrite],
+        events: &[NewEvent],
+        now: DateTime<Utc>,
+        ttl: chrono::Duration,
+    ) -> Result<(), StorageError> {
+        let mut tx = self.pool.begin().await?;
+        for s in states {
+            sqlx::query(
+                "INSERT INTO crm_state (scope, id, state, updated_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (scope, id) DO UPDATE SET state = excluded.state, \
+                 updated_at = excluded.updated_at",
+            )
+            .bind(s.scope)
+            .bind(&s.id)
+            .bind(&s.state)
+            .bind(millis(now))
+            .execute(&mut *tx)
+            .await?;
+        }
+        for e in events {
+            let payload = serde_json::to_string(&e.payload)
+                .map_err(|err| StorageError::Invalid(format!("crm event: {err}")))?;
+            sqlx::query(
+                "INSERT INTO crm_outbox (idem_key, vehicle_id, deal_id, kind, payload, status, \
+                 attempts, created_at, expires_at, next_attempt_at) \
+                 VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $7, $6)",
+            )
+            .bind(new_key(&e.vehicle_id, now))
+            .bind(&e.vehicle_id.0)
+            .bind(&e.deal_id)
+            .bind(e.payload.kind())
+            .bind(payload)
+            .bind(millis(now))
+            .bind(millis(now + ttl))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn crm_states(&self, scope: &str) -> Result<Vec<(String, String)>, StorageError> {
+        let rows = sqlx::query("SELECT id, state FROM crm_state WHERE scope = $1 ORDER BY id")
+            .bind(scope)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    async fn outbox_due(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<OutboxEvent>, StorageError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {OUTBOX_COLUMNS} FROM crm_outbox o WHERE {HEADS} \
+             AND next_attempt_at <= $1 ORDER BY id LIMIT $2"
+        ))
+        .bind(millis(now))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn outbox_next_due(&self) -> Result<Option<DateTime<Utc>>, StorageError> {
+        let next: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT MIN(next_attempt_at) FROM crm_outbox o WHERE {HEADS}"
+        ))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(next.map(from_millis))
+    }
+
+    async fn outbox_delivered(&self, id: i64, at: DateTime<Utc>) -> Result<(), StorageError> {
+        sqlx::query(
+            "UPDATE crm_outbox SET status = 'delivered', delivered_at = $1, \
+             attempts = attempts + 1, last_error = NULL WHERE id = $2",
+        )
+        .bind(millis(at))
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn outbox_retry(
+        &self,
+        id: i64,
+        attempts: u32,
+        next: DateTime<Utc>,
+        error: &str,
+    ) -> Result<(), StorageError> {
+        sqlx::query(
+            "UPDATE crm_outbox SET attempts = $1, next_attempt_at = $2, last_error = $3 \
+             WHERE id = $4 AND status = 'pending'",
+        )
+        .bind(attempts as i32)
+        .bind(millis(next))
+        .bind(error)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn outbox_dead(&self, id: i64, attempts: u32, error: &str) -> Result<(), StorageError> {
+        sqlx::query(
+            "UPDATE crm_outbox SET status = 'dead', attempts = $1, last_error = $2 \
+             WHERE id = $3 AND status = 'pending'",
+        )
+        .bind(attempts as i32)
+        .bind(error)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    async fn outbox_requeue(&self, id: i64, now: DateTime<Utc>) -> Result<bool, StorageError> {
+        let r = sqlx::query(
+            "UPDATE crm_outbox SET status = 'pending', next_attempt_at = $1, \
+             expires_at = GREATEST(expires_at, $2) WHERE id = $3 AND status = 'dead'",
+        )
+        .bind(millis(now))
+        .bind(millis(now + chrono::Duration::days(1)))
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn outbox_list(
+        &self,
+        status: Option<Status>,
+        vehicle: Option<&VehicleId>,
+        limit: u32,
+    ) -> Result<Vec<OutboxEvent>, StorageError> {
+        let rows = sqlx::query(&format!(
+            "SELECT {OUTBOX_COLUMNS} FROM crm_outbox WHERE ($1::text IS NULL OR status = $1) \
+             AND ($2::text IS NULL OR vehicle_id = $2) ORDER BY id DESC LIMIT $3"
+        ))
+        .bind(status.map(Status::as_str))
+        .bind(vehicle.map(|v| v.0.as_str()))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(event_from_row).collect()
+    }
+
+    async fn outbox_counts(&self) -> Result<Vec<(Status, u64)>, StorageError> {
+        let rows = sqlx::query("SELECT status, COUNT(*) FROM crm_outbox GROUP BY status")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut out = Vec::new();
+        for r in rows {
+            let s: String = r.try_get(0)?;
+            if let Some(s) = Status::parse(&s) {
+                out.push((s, r.try_get::<i64, _>(1)? as u64));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn outbox_purge(&self, before: DateTime<Utc>) -> Result<u64, StorageError> {
+        let r =
+            sqlx::query("DELETE FROM crm_outbox WHERE status = 'delivered' AND delivered_at < $1")
+                .bind(millis(before))
+                .execute(&self.pool)
+                .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn crm_vehicles(&self) -> Result<Vec<Vehicle>, StorageError> {
+        Store::vehicles(self).await
+    }
+}

@@ -1,0 +1,326 @@
+//! [`ImmobiliserStore`] on PostgreSQL: the SQLite implementation's statements with `$n`
+//! parameters and native types (BOOLEAN flags, DOUBLE PRECISION coordinates). One decision is
+//! one transaction, as on SQLite; a vehicle's reasons and a decision's audit records go in one
+//! UNNEST statement each. Command and audit ids come from the immobiliser (it continues from
+//! the maxima [`ImmobiliserStore::immobiliser_load`] returns), not from the database.
+
+use std::collections::BTreeMap;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::postgres::PgRow;
+use sqlx::Row;
+
+use super::PostgresStore;
+use crate::immobiliser::machine::ReasonEntry;
+use crate::immobiliser::{BlockReason, Command, CommandStatus, ImmobState, Intent};
+use crate::model::{DeviceId, VehicleId};
+use crate::storage::immobiliser::{
+    AuditEntry, AuditPosition, AuditQuery, ImmobChanges, ImmobSnapshot, ImmobiliserStore,
+    VehicleImmobRow, AUDIT_SELECT, COMMAND_SELECT,
+};
+use crate::storage::{from_millis, millis, StorageError};
+
+fn opt_time(r: &PgRow, i: usize) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
+    Ok(r.try_get::<Option<i64>, _>(i)?.map(from_millis))
+}
+
+fn bad(what: &str, v: &str) -> sqlx::Error {
+    sqlx::Error::Decode(format!("unknown {what} '{v}'").into())
+}
+
+fn command_from_row(r: &PgRow) -> Result<Command, sqlx::Error> {
+    let intent: String = r.try_get(3)?;
+    let status: String = r.try_get(6)?;
+    Ok(Command {
+        id: r.try_get(0)?,
+        vehicle_id: VehicleId(r.try_get(1)?),
+        device_id: r.try_get::<Option<String>, _>(2)?.map(DeviceId),
+        intent: Intent::parse(&intent).ok_or_else(|| bad("intent", &intent))?,
+        text: r.try_get(4)?,
+        output: r.try_get::<i32, _>(5)?.clamp(1, 32) as u8,
+        status: CommandStatus::parse(&status).ok_or_else(|| bad("status", &status))?,
+        forced: r.try_get(7)?,
+        reasons: r.try_get(8)?,
+        actor: r.try_get(9)?,
+        attempts: r.try_get::<i64, _>(10)?.clamp(0, i64::from(u32::MAX)) as u32,
+        created_at: from_millis(r.try_get(11)?),
+        next_attempt_at: from_millis(r.try_get(12)?),
+        sent_at: opt_time(r, 13)?,
+        acknowledged_at: opt_time(r, 14)?,
+        confirmed_at: opt_time(r, 15)?,
+        finished_at: opt_time(r, 16)?,
+        expires_at: from_millis(r.try_get(17)?),
+        response: r.try_get(18)?,
+        error: r.try_get(19)?,
+    })
+}
+
+fn audit_from_row(r: &PgRow) -> Result<AuditEntry, sqlx::Error> {
+    let fix: Option<i64> = r.try_get(11)?;
+    let position = match fix {
+        Some(t) => Some(AuditPosition {
+            time: from_millis(t),
+            lat: r.try_get::<Option<f64>, _>(12)?.unwrap_or_default(),
+            lon: r.try_get::<Option<f64>, _>(13)?.unwrap_or_default(),
+            speed_kmh: r.try_get::<Option<f64>, _>(14)?.unwrap_or_default(),
+            ignition: r.try_get(15)?,
+        }),
+        None => None,
+    };
+    Ok(AuditEntry {
+        id: r.try_get(0)?,
+        time: from_millis(r.try_get(1)?),
+        vehicle_id: VehicleId(r.try_get(2)?),
+        event: r.try_get(3)?,
+        reason: r.try_get(4)?,
+        actor: r.try_get(5)?,
+        comment: r.try_get(6)?,
+        state_from: r.try_get(7)?,
+        state_to: r.try_get(8)?,
+        command_id: r.try_get(9)?,
+        forced: r.try_get(10)?,
+        position,
+    })
+}
+
+#[async_trait]
+impl ImmobiliserStore for PostgresStore {
+    async fn immobiliser_load(&self) -> Result<ImmobSnapshot, StorageError> {
+        let mut vehicles: BTreeMap<String, VehicleImmobRow> = BTreeMap::new();
+        let rows = sqlx::query("SELECT vehicle_id, state, since FROM immobiliser_state")
+            .fetch_all(&self.pool)
+            .await?;
+        for r in rows {
+            let id: String = r.try_get(0)?;
+            let state: String = r.try_get(1)?;
+            let state = ImmobState::parse(&state).ok_or_else(|| bad("state", &state))?;
+            vehicles.insert(
+                id.clone(),
+                VehicleImmobRow {
+                    vehicle_id: VehicleId(id),
+                    state,
+                    since: from_millis(r.try_get(2)?),
+                    reasons: BTreeMap::new(),
+                },
+            );
+        }
+        let rows = sqlx::query(
+            "SELECT vehicle_id, reason, since, actor, comment FROM immobiliser_reasons",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        for r in rows {
+            let id: String = r.try_get(0)?;
+            let reason: String = r.try_get(1)?;
+            let Ok(reason) = BlockReason::parse(&reason) else {
+                continue;
+            };
+            let v = vehicles
+                .entry(id.clone())
+                .or_insert_with(|| VehicleImmobRow {
+                    vehicle_id: VehicleId(id),
+                    state: ImmobState::Running,
+                    since: DateTime::<Utc>::default(),
+                    reasons: BTreeMap::new(),
+                });
+            v.reasons.insert(
+                reason,
+                ReasonEntry {
+                    since: from_millis(r.try_get(2)?),
+                    actor: r.try_get(3)?,
+                    comment: r.try_get(4)?,
+                },
+            );
+        }
+        let rows = sqlx::query(&format!(
+            "{COMMAND_SELECT} WHERE status IN ('queued', 'sent') \
+             OR (status = 'acknowledged' AND expires_at > $1) ORDER BY id"
+        ))
+        .bind(millis(Utc::now()))
+        .fetch_all(&self.pool)
+        .await?;
+        let open_commands = rows
+            .iter()
+            .map(command_from_row)
+            .collect::<Result<_, _>>()?;
+        let max_command_id: Option<i64> =
+            sqlx::query_scalar("SELECT MAX(id) FROM immobiliser_commands")
+                .fetch_one(&self.pool)
+                .await?;
+        let max_audit_id: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM audit_log")
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(ImmobSnapshot {
+            vehicles: vehicles.into_values().collect(),
+            open_commands,
+            max_command_id: max_command_id.unwrap_or(0),
+            max_audit_id: max_audit_id.unwrap_or(0),
+        })
+    }
+
+    async fn immobiliser_apply(&self, ch: &ImmobChanges) -> Result<(), StorageError> {
+        if ch.is_empty() {
+            return Ok(());
+        }
+        let now = millis(Utc::now());
+        let mut tx = self.pool.begin().await?;
+        for v in &ch.vehicles {
+            sqlx::query(
+                "INSERT INTO immobiliser_state (vehicle_id, state, since, updated_at) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (vehicle_id) DO UPDATE SET state = excluded.state, since = excluded.since, \
+                 updated_at = excluded.updated_at",
+            )
+            .bind(&v.vehicle_id.0)
+            .bind(v.state.as_str())
+            .bind(millis(v.since))
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("DELETE FROM immobiliser_reasons WHERE vehicle_id = $1")
+                .bind(&v.vehicle_id.0)
+                .execute(&mut *tx)
+                .await?;
+            if !v.reasons.is_empty() {
+                let reasons = &v.reasons;
+                sqlx::query(
+                    "INSERT INTO immobiliser_reasons (vehicle_id, reason, since, actor, comment) \
+                     SELECT $1, r, s, a, c FROM UNNEST($2::text[], $3::int8[], $4::text[], $5::text[]) \
+                     AS t(r, s, a, c)",
+                )
+                .bind(&v.vehicle_id.0)
+                .bind(reasons.keys().map(|r| r.as_str()).collect::<Vec<_>>())
+                .bind(reasons.values().map(|e| millis(e.since)).collect::<Vec<_>>())
+                .bind(reasons.values().map(|e| e.actor.as_str()).collect::<Vec<_>>())
+                .bind(
+                    reasons
+                        .values()
+                        .map(|e| e.comment.as_deref())
+                        .collect::<Vec<_>>(),
+                )
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        // One statement per command, in order, as on SQLite: should a decision carry the same
+        // id twice, the last version wins (one UNNEST upsert would fail on it instead).
+        for c in &ch.commands {
+            sqlx::query(
+                "INSERT INTO immobiliser_commands (id, vehicle_id, device_id, intent, text, output, status, forced, \
+                 reasons, actor, attempts, created_at, next_attempt_at, sent_at, acknowledged_at, confirmed_at, \
+                 finished_at, expires_at, response, error) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) \
+                 ON CONFLICT (id) DO UPDATE SET status = excluded.status, attempts = excluded.attempts, \
+                 next_attempt_at = excluded.next_attempt_at, sent_at = excluded.sent_at, \
+                 acknowledged_at = excluded.acknowledged_at, confirmed_at = excluded.confirmed_at, \
+                 finished_at = excluded.finished_at, response = excluded.response, error = excluded.error",
+            )
+            .bind(c.id)
+            .bind(&c.vehicle_id.0)
+            .bind(c.device_id.as_ref().map(|d| d.as_str()))
+            .bind(c.intent.as_str())
+            .bind(&c.text)
+            .bind(i32::from(c.output))
+            .bind(c.status.as_str())
+            .bind(c.forced)
+            .bind(&c.reasons)
+            .bind(&c.actor)
+            .bind(i64::from(c.attempts))
+            .bind(millis(c.created_at))
+            .bind(millis(c.next_attempt_at))
+            .bind(c.sent_at.map(millis))
+            .bind(c.acknowledged_at.map(millis))
+            .bind(c.confirmed_at.map(millis))
+            .bind(c.finished_at.map(millis))
+            .bind(millis(c.expires_at))
+            .bind(&c.response)
+            .bind(&c.error)
+            .execute(&mut *tx)
+            .await?;
+        }
+        if !ch.audit.is_empty() {
+            // ON CONFLICT DO NOTHING keeps the first of equal ids, as row-by-row inserts would.
+            let a = &ch.audit;
+            let pos = |f: fn(&AuditPosition) -> Option<f64>| -> Vec<Option<f64>> {
+                a.iter().map(|e| e.position.as_ref().and_then(f)).collect()
+            };
+            sqlx::query(
+                "INSERT INTO audit_log (id, time, vehicle_id, event, reason, actor, comment, state_from, state_to, \
+                 command_id, forced, fix_time, lat, lon, speed_kmh, ignition) \
+                 SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], \
+                 $7::text[], $8::text[], $9::text[], $10::int8[], $11::bool[], $12::int8[], $13::float8[], \
+                 $14::float8[], $15::float8[], $16::bool[]) \
+                 ON CONFLICT (id) DO NOTHING",
+            )
+            .bind(a.iter().map(|e| e.id).collect::<Vec<_>>())
+            .bind(a.iter().map(|e| millis(e.time)).collect::<Vec<_>>())
+            .bind(a.iter().map(|e| e.vehicle_id.0.as_str()).collect::<Vec<_>>())
+            .bind(a.iter().map(|e| e.event.as_str()).collect::<Vec<_>>())
+            .bind(a.iter().map(|e| e.reason.as_deref()).collect::<Vec<_>>())
+            .bind(a.iter().map(|e| e.actor.as_str()).collect::<Vec<_>>())
+            .bind(a.iter().map(|e| e.comment.as_deref()).collect::<Vec<_>>())
+            .bind(a.iter().map(|e| e.state_from.as_deref()).collect::<Vec<_>>())
+            .bind(a.iter().map(|e| e.state_to.as_deref()).collect::<Vec<_>>())
+            .bind(a.iter().map(|e| e.command_id).collect::<Vec<_>>())
+            .bind(a.iter().map(|e| e.forced).collect::<Vec<_>>())
+            .bind(
+                a.iter()
+                    .map(|e| e.position.as_ref().map(|p| millis(p.time)))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(pos(|p| Some(p.lat)))
+            .bind(pos(|p| Some(p.lon)))
+            .bind(pos(|p| Some(p.speed_kmh)))
+            .bind(
+                a.iter()
+                    .map(|e| e.position.as_ref().and_then(|p| p.ignition))
+                    .collect::<Vec<_>>(),
+            )
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn commands(
+        &self,
+        vehicle: &VehicleId,
+        limit: u32,
+    ) -> Result<Vec<Command>, StorageError> {
+        let rows = sqlx::query(&format!(
+            "{COMMAND_SELECT} WHERE vehicle_id = $1 ORDER BY id DESC LIMIT $2"
+        ))
+        .bind(&vehicle.0)
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(command_from_row)
+            .collect::<Result<_, _>>()?)
+    }
+
+    async fn command(&self, id: i64) -> Result<Option<Command>, StorageError> {
+        let row = sqlx::query(&format!("{COMMAND_SELECT} WHERE id = $1"))
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(command_from_row).transpose()?)
+    }
+
+    async fn audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, StorageError> {
+        let mut b = sqlx::QueryBuilder::<sqlx::Postgres>::new(AUDIT_SELECT);
+        b.push(" WHERE time >= ")
+            .push_bind(millis(q.from))
+            .push(" AND time < ")
+            .push_bind(millis(q.to));
+        if let Some(v) = &q.vehicle {
+            b.push(" AND vehicle_id = ").push_bind(v.0.clone());
+        }
+        b.push(" ORDER BY time, id LIMIT ")
+            .push_bind(i64::from(q.limit));
+        let rows = b.build().fetch_all(&self.pool).await?;
+        Ok(rows.iter().map(audit_from_row).collect::<Result<_, _>>()?)
+    }
+}

@@ -1,0 +1,172 @@
+//! Shared test harness: a daemon on ephemeral ports with its own SQLite file, a tracker-side
+//! TCP client, and an API client.
+#![allow(dead_code)]
+
+pub mod pg;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use fleetgate::app::Running;
+use fleetgate::config::Config;
+use fleetgate::protocols::Protocol;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+/// A config with every protocol on an ephemeral loopback port and storage in `dir`.
+pub fn config(dir: &std::path::Path, extra: &str) -> Config {
+    let mut text = String::from("[api]\nlisten = \"127.0.0.1:0\"\n[listeners]\n");
+    for p in Protocol::ALL {
+        text.push_str(&format!("{} = \"127.0.0.1:0\"\n", p.name()));
+    }
+    text.push_str(&format!(
+        "[storage]\nurl = \"sqlite://{}/fleetgate.db\"\n",
+        dir.display()
+    ));
+    text.push_str(extra);
+    Config::from_toml_with_env(&text, "test", Vec::new()).expect("test config")
+}
+
+pub async fn start(dir: &std::path::Path, extra: &str) -> Running {
+    fleetgate::app::start(config(dir, extra))
+        .await
+        .expect("daemon starts")
+}
+
+/// Like [`config`], with `[storage] url` given (a PostgreSQL schema from [`pg::PgSchema`]).
+pub fn config_with_storage(url: &str, extra: &str) -> Config {
+    let mut text = String::from("[api]\nlisten = \"127.0.0.1:0\"\n[listeners]\n");
+    for p in Protocol::ALL {
+        text.push_str(&format!("{} = \"127.0.0.1:0\"\n", p.name()));
+    }
+    text.push_str(&format!("[storage]\nurl = \"{url}\"\n"));
+    text.push_str(extra);
+    Config::from_toml_with_env(&text, "test", Vec::new()).expect("test config")
+}
+
+pub async fn start_with_storage(url: &str, extra: &str) -> Running {
+    fleetgate::app::start(config_with_storage(url, extra))
+        .await
+        .expect("daemon starts")
+}
+
+/// A tracker's side of a TCP session.
+pub struct Tracker {
+    pub stream: TcpStream,
+}
+
+impl Tracker {
+    pub async fn connect(addr: SocketAddr) -> Tracker {
+        Tracker {
+            stream: TcpStream::connect(addr).await.expect("connect"),
+        }
+    }
+
+    pub async fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).await.expect("send");
+    }
+
+    /// Read exactly `n` bytes within 5 s.
+    pub async fn read(&mut self, n: usize) -> Vec<u8> {
+        let mut buf = vec![0; n];
+        tokio::time::timeout(Duration::from_secs(5), self.stream.read_exact(&mut buf))
+            .await
+            .expect("reply within 5 s")
+            .expect("reply bytes");
+        buf
+    }
+
+    /// Whatever arrives within `ms`; empty when nothing does.
+    pub async fn read_for(&mut self, ms: u64) -> Vec<u8> {
+        let mut buf = vec![0; 4096];
+        match tokio::time::timeout(Duration::from_millis(ms), self.stream.read(&mut buf)).await {
+            Ok(Ok(n)) => buf[..n].to_vec(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// True when the server closed the connection within 5 s.
+    pub async fn closed(&mut self) -> bool {
+        let mut buf = [0u8; 64];
+        matches!(
+            tokio::time::timeout(Duration::from_secs(5), self.stream.read(&mut buf)).await,
+            Ok(Ok(0)) | Ok(Err(_))
+        )
+    }
+}
+
+pub struct Api {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub token: Option<String>,
+}
+
+impl Api {
+    pub fn new(addr: SocketAddr) -> Api {
+        Api {
+            base: format!("http://{addr}"),
+            client: reqwest::Client::new(),
+            token: None,
+        }
+    }
+
+    fn auth(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => rb.bearer_auth(t),
+            None => rb,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let r = self
+            .auth(self.client.get(format!("{}{path}", self.base)))
+            .send()
+            .await
+            .expect("GET");
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        )
+    }
+
+    pub async fn put(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        let r = self
+            .auth(self.client.put(format!("{}{path}", self.base)))
+            .json(&body)
+            .send()
+            .await
+            .expect("PUT");
+        let status = r.status().as_u16();
+        let text = r.text().await.unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
+        )
+    }
+
+    pub async fn text(&self, path: &str) -> (u16, String) {
+        let r = self
+            .auth(self.client.get(format!("{}{path}", self.base)))
+            .send()
+            .await
+            .expect("GET");
+        (r.status().as_u16(), r.text().await.unwrap_or_default())
+    }
+}
+
+/// The value of the first sample of `name` whose labels contain every `labels` pair
+/// (`key="value"`), 0 when absent. Reads the process-wide recorder through `/metrics`.
+pub async fn metric(api: &Api, name: &str, labels: &[(&str, &str)]) -> f64 {
+    let (_, text) = api.text("/metrics").await;
+    text.lines()
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}

@@ -1,0 +1,339 @@
+//! In-test CRM servers that record every call: one following amoCRM's API v4 contract
+//! (Bearer auth, lead PATCH single and bulk, notes, 7 requests/s → 429), one Bitrix24
+//! incoming webhook (`crm.deal.update`, `503 QUERY_LIMIT_EXCEEDED`), one plain webhook
+//! receiver (signature and idempotency key headers).
+#![allow(dead_code)]
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
+use axum::response::{IntoResponse, Response};
+use serde_json::{json, Value};
+
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub method: String,
+    pub path: String,
+    pub headers: HeaderMap,
+    pub body: Value,
+    pub status: u16,
+    pub at: Instant,
+}
+
+#[derive(Default)]
+pub struct Fake {
+    pub calls: Mutex<Vec<Call>>,
+    /// amoCRM leads by id: status_id, pipeline_id, custom fields by id.
+    pub leads: Mutex<HashMap<u64, Value>>,
+    /// Statuses to answer the next requests with, before serving normally.
+    pub fail: Mutex<VecDeque<u16>>,
+    recent: Mutex<VecDeque<Instant>>,
+    pub token: String,
+    pub secret: String,
+}
+
+pub struct Server {
+    pub fake: Arc<Fake>,
+    pub addr: SocketAddr,
+    pub url: String,
+}
+
+impl Fake {
+    pub fn calls(&self) -> Vec<Call> {
+        self.calls.lock().unwrap().clone()
+    }
+    /// Successful (2xx) calls with this method.
+    pub fn ok(&self, method: &str) -> Vec<Call> {
+        self.calls()
+            .into_iter()
+            .filter(|c| c.method == method && (200..300).contains(&c.status))
+            .collect()
+    }
+    pub fn fail_next(&self, statuses: &[u16]) {
+        self.fail.lock().unwrap().extend(statuses);
+    }
+    fn record(&self, method: &Method, uri: &Uri, headers: &HeaderMap, body: &Value, status: u16) {
+        self.calls.lock().unwrap().push(Call {
+            method: method.to_string(),
+            path: uri.path().to_string(),
+            headers: headers.clone(),
+            body: body.clone(),
+            status,
+            at: Instant::now(),
+        });
+    }
+    /// True when this request is the 8th or later within one second (amoCRM: 7 req/s).
+    fn over_rate(&self, per_s: usize) -> bool {
+        let mut r = self.recent.lock().unwrap();
+        let now = Instant::now();
+        while r.front().is_some_and(|t| now - *t > Duration::from_secs(1)) {
+            r.pop_front();
+        }
+        r.push_back(now);
+        r.len() > per_s
+    }
+    pub fn set_field(&self, lead: u64, field: u64, value: Value) {
+        let mut leads = self.leads.lock().unwrap();
+        let l = leads
+            .entry(lead)
+            .or_insert_with(|| json!({ "id": lead, "fields": {} }));
+        l["fields"][field.to_string()] = value;
+    }
+}
+
+fn json_resp(status: u16, v: Value) -> Response {
+    (StatusCode::from_u16(status).unwrap(), axum::Json(v)).into_response()
+}
+
+fn apply_lead(fake: &Fake, patch: &Value) -> Value {
+    let id = patch["id"].as_u64().unwrap_or(0);
+    let mut leads = fake.leads.lock().unwrap();
+    let l = leads
+        .entry(id)
+        .or_insert_with(|| json!({ "id": id, "status_id": 1, "pipeline_id": 1, "fields": {} }));
+    for k in ["status_id", "pipeline_id"] {
+        if let Some(v) = patch.get(k) {
+            l[k] = v.clone();
+        }
+    }
+    if let Some(fs) = patch["custom_fields_values"].as_array() {
+        for f in fs {
+            l["fields"][f["field_id"].to_string()] = f["values"][0]["value"].clone();
+        }
+    }
+    let updated = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    l["updated_at"] = updated.into();
+    l.clone()
+}
+
+async fn amo(
+    fake: Arc<Fake>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let reply = |status: u16, v: Value| {
+        fake.record(&method, &uri, &headers, &body, status);
+        json_resp(status, v)
+    };
+    if fake.over_rate(7) {
+        let mut r = reply(429, json!({ "title": "Too Many Requests" }));
+        r.headers_mut().insert("retry-after", "1".parse().unwrap());
+        return r;
+    }
+    if let Some(s) = fake.fail.lock().unwrap().pop_front() {
+        let mut r = reply(s, json!({ "title": "injected failure" }));
+        if s == 429 {
+            r.headers_mut().insert("retry-after", "1".parse().unwrap());
+        }
+        return r;
+    }
+    let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
+    if auth != Some(&format!("Bearer {}", fake.token)) {
+        return reply(401, json!({ "title": "Unauthorized" }));
+    }
+    let path = uri.path().to_string();
+    let lead_id = path
+        .strip_prefix("/api/v4/leads/")
+        .and_then(|s| s.parse::<u64>().ok());
+    match (method.as_str(), path.as_str(), lead_id) {
+        ("PATCH", _, Some(id)) => {
+            let mut p = body.clone();
+            p["id"] = id.into();
+            let l = apply_lead(&fake, &p);
+            reply(
+                200,
+                json!({ "id": id, "status_id": l["status_id"], "pipeline_id": l["pipeline_id"],
+                        "updated_at": l["updated_at"], "_links": {} }),
+            )
+        }
+        ("PATCH", "/api/v4/leads", None) => {
+            let Some(arr) = body.as_array() else {
+                return reply(400, json!({ "title": "Bad Request" }));
+            };
+            let leads: Vec<Value> = arr
+                .iter()
+                .map(|p| {
+                    let l = apply_lead(&fake, p);
+                    json!({ "id": l["id"], "updated_at": l["updated_at"] })
+                })
+                .collect();
+            reply(200, json!({ "_embedded": { "leads": leads } }))
+        }
+        ("POST", "/api/v4/leads/notes", None) => {
+            let n = body.as_array().map_or(0, Vec::len);
+            let notes: Vec<Value> = (0..n).map(|i| json!({ "id": 1000 + i })).collect();
+            reply(200, json!({ "_embedded": { "notes": notes } }))
+        }
+        ("GET", _, Some(id)) => {
+            let l = fake.leads.lock().unwrap().get(&id).cloned();
+            match l {
+                None => reply(204, Value::Null),
+                Some(l) => {
+                    let cf: Vec<Value> = l["fields"]
+                        .as_object()
+                        .map(|m| {
+                            m.iter()
+                                .map(|(k, v)| json!({ "field_id": k.parse::<u64>().unwrap(), "values": [{ "value": v }] }))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    reply(
+                        200,
+                        json!({ "id": id, "status_id": l["status_id"], "custom_fields_values": cf }),
+                    )
+                }
+            }
+        }
+        _ => reply(404, json!({ "title": "Not Found" })),
+    }
+}
+
+async fn bitrix(
+    fake: Arc<Fake>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let reply = |status: u16, v: Value| {
+        fake.record(&method, &uri, &headers, &body, status);
+        json_resp(status, v)
+    };
+    if fake.over_rate(50) {
+        return reply(
+            503,
+            json!({ "error": "QUERY_LIMIT_EXCEEDED", "error_description": "Too many requests" }),
+        );
+    }
+    if let Some(s) = fake.fail.lock().unwrap().pop_front() {
+        return reply(
+            s,
+            json!({ "error": "QUERY_LIMIT_EXCEEDED", "error_description": "Too many requests" }),
+        );
+    }
+    match uri.path() {
+        "/rest/1/s3cr3t/crm.deal.update" if body["id"].is_string() => {
+            reply(200, json!({ "result": true }))
+        }
+        "/rest/1/s3cr3t/crm.timeline.comment.add" => reply(200, json!({ "result": 7 })),
+        _ => reply(400, json!({ "error": "ERROR_METHOD_NOT_FOUND" })),
+    }
+}
+
+async fn webhook(
+    fake: Arc<Fake>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let raw = body.clone();
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let reply = |status: u16| {
+        fake.record(&method, &uri, &headers, &body, status);
+        json_resp(status, json!({}))
+    };
+    if let Some(s) = fake.fail.lock().unwrap().pop_front() {
+        let mut r = reply(s);
+        if s == 429 {
+            r.headers_mut().insert("retry-after", "1".parse().unwrap());
+        }
+        return r;
+    }
+    let sig = headers
+        .get("x-fleetgate-signature")
+        .and_then(|v| v.to_str().ok());
+    if sig != Some(fleetgate::crm::connector::webhook::sign(&fake.secret, &raw).as_str()) {
+        return reply(401);
+    }
+    // Idempotent receiver: a key seen before is acknowledged and not applied again.
+    let key = headers
+        .get("idempotency-key")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_string();
+    let seen = fake.calls().iter().any(|c| {
+        c.status == 200
+            && c.headers
+                .get("idempotency-key")
+                .and_then(|v| v.to_str().ok())
+                == Some(&key)
+    });
+    reply(if seen { 208 } else { 200 })
+}
+
+/// Start one of the fakes (`amocrm`, `bitrix24`, `webhook`) on an ephemeral port.
+pub async fn start(kind: &'static str) -> Server {
+    start_on(kind, "127.0.0.1:0".parse().unwrap()).await
+}
+
+pub async fn start_on(kind: &'static str, addr: SocketAddr) -> Server {
+    let fake = Arc::new(Fake {
+        token: "amo-long-lived-token".into(),
+        secret: "webhook-secret-123".into(),
+        ..Default::default()
+    });
+    let f = fake.clone();
+    let app = axum::Router::new().fallback(
+        move |method: Method, uri: Uri, headers: HeaderMap, body: Bytes| {
+            let f = f.clone();
+            async move {
+                match kind {
+                    "amocrm" => amo(f, method, uri, headers, body).await,
+                    "bitrix24" => bitrix(f, method, uri, headers, body).await,
+                    _ => webhook(f, method, uri, headers, body).await,
+                }
+            }
+        },
+    );
+    let l = tokio::net::TcpListener::bind(addr).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let _ = axum::serve(l, app).await;
+    });
+    Server {
+        fake,
+        addr,
+        url: format!("http://{addr}"),
+    }
+}
+
+/// Poll `f` every 50 ms until it is true or `secs` pass.
+pub async fn wait_for(secs: u64, mut f: impl FnMut() -> bool) -> bool {
+    let until = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < until {
+        if f() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    f()
+}
+
+/// POST JSON through the daemon's API (the shared `Api` helper has no POST).
+pub async fn post(api: &super::common::Api, path: &str, body: Value) -> (u16, Value) {
+    let r = api
+        .client
+        .post(format!("{}{path}", api.base))
+        .json(&body)
+        .send()
+        .await
+        .expect("POST");
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
