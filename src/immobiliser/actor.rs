@@ -75,7 +75,8 @@ pub async fn start(
         in_flight: HashMap::new(),
         awaiting: HashMap::new(),
         triggers: HashMap::new(),
-        fresh: HashSet::new(),
+        logins: HashMap::new(),
+        last_received: HashMap::new(),
         next_command_id: snapshot.max_command_id + 1,
         next_audit_id: snapshot.max_audit_id + 1,
         changes: ImmobChanges::default(),
@@ -146,9 +147,10 @@ struct Actor {
     /// Per device, commands written and not yet answered, in write order (answers without
     /// a sequence number are matched first in, first out).
     awaiting: HashMap<DeviceId, VecDeque<i64>>,
-    /// Devices that reported fixes on their current connection: a block (not forced) goes
-    /// only to a device whose fresh fixes show the car still safe.
-    fresh: HashSet<DeviceId>,
+    /// Per device, its newest connection as the actor has seen it: (id, login time).
+    logins: HashMap<DeviceId, (u64, DateTime<Utc>)>,
+    /// Per device, when its newest committed records reached the gateway.
+    last_received: HashMap<DeviceId, DateTime<Utc>>,
     /// When the fix that triggered a block reached the gateway (latency metric).
     triggers: HashMap<i64, DateTime<Utc>>,
     next_command_id: i64,
@@ -503,9 +505,11 @@ impl Actor {
 
     fn on_committed(&mut self, c: &Committed) {
         let device = &c.item.device;
-        if !self.fresh.contains(device) {
-            self.fresh.insert(device.clone());
-        }
+        let received = self
+            .last_received
+            .entry(device.clone())
+            .or_insert(c.item.server_time);
+        *received = (*received).max(c.item.server_time);
         let tracker = self.safety.entry(device.clone()).or_default();
         for p in &c.item.positions {
             tracker.observe(snapshot(&p.position), &self.rules);
@@ -651,8 +655,13 @@ impl Actor {
 
     fn on_event(&mut self, ev: SessionEvent) {
         match ev {
-            SessionEvent::Online { device, conn, .. } => {
-                self.fresh.remove(&device);
+            SessionEvent::Online {
+                device, conn, at, ..
+            } => {
+                let newer = self.logins.get(&device).map_or(true, |(c, _)| conn > *c);
+                if newer {
+                    self.logins.insert(device.clone(), (conn, at));
+                }
                 self.connection_changed(device, conn)
             }
             SessionEvent::Offline { device, conn } => self.connection_changed(device, conn + 1),
@@ -740,6 +749,16 @@ impl Actor {
         }
     }
 
+    /// The device's current connection, if records received since it logged in have been
+    /// committed: only such records say what the car does now (not what it did before it
+    /// went offline). Login and records come through different queues, so the check is on
+    /// times, in whichever order they arrived.
+    fn fresh_connection(&self, device: &DeviceId) -> Option<u64> {
+        let (conn, login) = self.logins.get(device)?;
+        let received = self.last_received.get(device)?;
+        (received >= login).then_some(*conn)
+    }
+
     /// Hand every due command to its device's live connection.
     fn dispatch(&mut self) {
         let now = Utc::now();
@@ -751,6 +770,7 @@ impl Actor {
             let Some(device) = &c.device_id else {
                 continue;
             };
+            let mut live_conn = None;
             if c.intent == Intent::Block && !c.forced {
                 // Judge the car on fixes from this connection, not on what it did before it
                 // went offline.
@@ -758,9 +778,13 @@ impl Actor {
                     .safety
                     .get(device)
                     .is_some_and(|t| t.is_safe(&self.rules));
-                if !self.fresh.contains(device) || !safe {
+                let Some(conn) = self.fresh_connection(device) else {
+                    continue;
+                };
+                if !safe {
                     continue;
                 }
+                live_conn = Some(conn);
             }
             let body = match (&c.text, c.intent) {
                 (Some(t), _) => CommandBody::Text(t.clone()),
@@ -775,7 +799,12 @@ impl Actor {
                 },
             );
             let flag = out.live.clone();
-            if let Ok(conn) = self.sessions.send(device, out) {
+            // A safety-judged block goes only to the connection the evidence came on.
+            let sent = match live_conn {
+                Some(conn) => self.sessions.send_to(device, conn, out),
+                None => self.sessions.send(device, out),
+            };
+            if let Ok(conn) = sent {
                 handed.push((c.id, (conn, flag)));
             }
         }

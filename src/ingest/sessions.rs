@@ -51,6 +51,9 @@ pub enum SessionEvent {
         protocol: Protocol,
         /// Connection ids grow: a higher one is a later connection.
         conn: u64,
+        /// When the connection identified itself: records received from then on are
+        /// evidence of what the car does now.
+        at: DateTime<Utc>,
     },
     /// The device's connection closed; commands written on it will not be answered there.
     Offline { device: DeviceId, conn: u64 },
@@ -80,6 +83,8 @@ pub enum SendError {
     Offline,
     #[error("device's command queue is full")]
     Busy,
+    #[error("device reconnected on a newer connection")]
+    Replaced,
 }
 
 struct Live {
@@ -115,6 +120,7 @@ impl Sessions {
     /// replaces the older one (whose command channel then closes).
     pub async fn register(self: &Arc<Self>, device: DeviceId, protocol: Protocol) -> Registration {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
+        let at = Utc::now();
         let (tx, rx) = mpsc::channel(PER_CONNECTION);
         self.live
             .write()
@@ -124,6 +130,7 @@ impl Sessions {
             device: device.clone(),
             protocol,
             conn,
+            at,
         })
         .await;
         Registration {
@@ -138,6 +145,21 @@ impl Sessions {
     pub fn send(&self, device: &DeviceId, cmd: Outbound) -> Result<u64, SendError> {
         let live = self.live.read().expect("not poisoned");
         let l = live.get(device).ok_or(SendError::Offline)?;
+        l.tx.try_send(cmd).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => SendError::Busy,
+            mpsc::error::TrySendError::Closed(_) => SendError::Offline,
+        })?;
+        Ok(l.conn)
+    }
+
+    /// Like [`Sessions::send`], but only to connection `conn`: a command judged safe on one
+    /// connection's evidence is never written on a newer one the caller has not seen yet.
+    pub fn send_to(&self, device: &DeviceId, conn: u64, cmd: Outbound) -> Result<u64, SendError> {
+        let live = self.live.read().expect("not poisoned");
+        let l = live.get(device).ok_or(SendError::Offline)?;
+        if l.conn != conn {
+            return Err(SendError::Replaced);
+        }
         l.tx.try_send(cmd).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => SendError::Busy,
             mpsc::error::TrySendError::Closed(_) => SendError::Offline,
@@ -245,5 +267,36 @@ mod tests {
             erx.recv().await,
             Some(SessionEvent::Offline { .. })
         ));
+    }
+
+    #[tokio::test]
+    async fn send_to_refuses_a_connection_the_caller_has_not_seen() {
+        let (etx, mut erx) = mpsc::channel(16);
+        let s = Sessions::new(etx);
+        let d = DeviceId::new("dev");
+        let _first = s.register(d.clone(), Protocol::Teltonika).await;
+        let Some(SessionEvent::Online {
+            conn: first, at, ..
+        }) = erx.recv().await
+        else {
+            panic!("online event");
+        };
+        assert!(at <= Utc::now());
+        let mut second = s.register(d.clone(), Protocol::Teltonika).await;
+        let Some(SessionEvent::Online { conn: newer, .. }) = erx.recv().await else {
+            panic!("online event");
+        };
+        assert!(newer > first);
+        assert_eq!(
+            s.send_to(&d, first, cmd(1)).unwrap_err(),
+            SendError::Replaced
+        );
+        assert_eq!(s.send_to(&d, newer, cmd(2)).unwrap(), newer);
+        assert_eq!(second.commands.recv().await.unwrap().id, 2);
+        assert_eq!(
+            s.send_to(&DeviceId::new("other"), newer, cmd(3))
+                .unwrap_err(),
+            SendError::Offline
+        );
     }
 }
