@@ -1,0 +1,243 @@
+//! The CRM rules through the real immobiliser, over a real Teltonika session and SQLite, with
+//! an in-test amoCRM: a balance under the minimum blocks the car once it stands still (never
+//! while it drives), an inspection postponed three times adds a second reason, a top-up lifts
+//! one reason and leaves the car blocked, completing the inspection lifts the last one and
+//! `setdigout 0` goes out. The CRM hears of every step.
+
+mod common;
+mod crm_fake;
+
+use std::time::Duration;
+
+use common::teltonika::{login, read_command, rec, send_records};
+use common::Api;
+use fleetgate::protocols::teltonika::encode_codec12_response;
+use fleetgate::protocols::{Protocol, Transport};
+use serde_json::{json, Value};
+
+fn config(amo_url: &str) -> String {
+    format!(
+        r#"
+[immobiliser]
+safe_for = 10
+max_block_speed_kmh = 5
+[crm]
+kind = "amocrm"
+base_url = "{amo_url}"
+token = "amo-long-lived-token"
+backoff_initial_s = 0.05
+backoff_max_s = 0.5
+poll_ms = 50
+[crm.stages]
+on_line = {{ pipeline_id = 7001, status_id = 142001 }}
+wants_to_return = {{ pipeline_id = 7001, status_id = 142002 }}
+[crm.fields]
+mileage_field_id = 501
+blocked_field_id = 502
+"#
+    )
+}
+
+/// Poll the vehicle view until `state` (20 s at most: CI machines are slow).
+async fn wait_state(api: &Api, id: &str, state: &str) -> Value {
+    let mut last = Value::Null;
+    for _ in 0..400 {
+        let (_, v) = api.get(&format!("/api/v1/vehicles/{id}")).await;
+        if v["immobiliser"]["state"] == state {
+            return v;
+        }
+        last = v;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("vehicle {id} never {state}: {last}");
+}
+
+async fn set_balance(api: &Api, driver: &str, rub: f64) -> Value {
+    let (s, v) = api
+        .put(
+            &format!("/api/v1/drivers/{driver}/balance"),
+            json!({ "balance_rub": rub }),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    v
+}
+
+/// Values written to the deal's "blocked" custom field, in call order.
+fn blocked_writes(amo: &crm_fake::Fake) -> Vec<Value> {
+    amo.ok("PATCH")
+        .iter()
+        .flat_map(|c| {
+            let items = c
+                .body
+                .as_array()
+                .cloned()
+                .unwrap_or_else(|| vec![c.body.clone()]);
+            items
+                .into_iter()
+                .filter_map(|i| {
+                    i["custom_fields_values"]
+                        .as_array()?
+                        .iter()
+                        .find(|f| f["field_id"] == 502)
+                        .map(|f| f["values"][0]["value"].clone())
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn low_balance_and_inspection_block_through_the_immobiliser_and_lift_in_turn() {
+    let amo = crm_fake::start("amocrm").await;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = common::start(dir.path(), &config(&amo.url)).await;
+    let api = Api::new(daemon.api_addr);
+    let imei = "356307042441201";
+    let (s, v) = api
+        .put(
+            "/api/v1/vehicles/car-21",
+            json!({ "device_id": imei, "protocol": "teltonika", "crm_deal_id": "2100",
+                    "driver_id": "drv-21", "status": "issued" }),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let mut t = login(
+        daemon.addr(Protocol::Teltonika, Transport::Tcp).unwrap(),
+        imei,
+    )
+    .await;
+    send_records(&mut t, &[rec(40, 55, true, Some(false))]).await;
+
+    // The balance falls under 5,000 RUB while the car drives: pending, nothing on the wire.
+    set_balance(&api, "drv-21", 3_200.0).await;
+    let v = wait_state(&api, "car-21", "block_pending").await;
+    assert_eq!(v["immobiliser"]["reasons"], json!(["low_balance"]), "{v}");
+    send_records(&mut t, &[rec(35, 48, true, Some(false))]).await;
+    assert!(
+        t.read_for(600).await.is_empty(),
+        "no command while the car moves"
+    );
+    // It stands still for 12 s by fix time: the block goes out and the tracker answers.
+    send_records(&mut t, &[rec(30, 0, true, Some(false))]).await;
+    send_records(&mut t, &[rec(18, 0, true, Some(false))]).await;
+    assert_eq!(read_command(&mut t).await, "setdigout 1");
+    t.send(&encode_codec12_response(
+        b"DOUT1:1 DOUT2:IGNORED DOUT3:IGNORED",
+    ))
+    .await;
+    wait_state(&api, "car-21", "blocked").await;
+    // The driver is told why (a note on the deal), and the deal shows the car blocked.
+    assert!(
+        crm_fake::wait_for(20, || amo
+            .fake
+            .ok("POST")
+            .iter()
+            .any(|c| c.path == "/api/v4/leads/notes" && c.body[0]["entity_id"] == 2100))
+        .await,
+        "driver message for the low balance: {:?}",
+        amo.fake.calls()
+    );
+    assert!(
+        crm_fake::wait_for(20, || blocked_writes(&amo.fake) == vec![json!(true)]).await,
+        "{:?}",
+        amo.fake.calls()
+    );
+
+    // Inspection postponed three times: a second reason on an already blocked car.
+    let due = (chrono::Utc::now() + chrono::Duration::days(10)).date_naive();
+    let (s, v) = crm_fake::post(
+        &api,
+        "/api/v1/vehicles/car-21/inspection",
+        json!({ "due_date": due, "due_odometer_km": 150000 }),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    for _ in 0..3 {
+        let (s, v) = crm_fake::post(
+            &api,
+            "/api/v1/vehicles/car-21/inspection/postpone",
+            json!({}),
+        )
+        .await;
+        assert_eq!(s, 200, "{v}");
+    }
+    let (_, v) = api.get("/api/v1/vehicles/car-21").await;
+    assert_eq!(
+        v["immobiliser"]["reasons"],
+        json!(["inspection", "low_balance"]),
+        "{v}"
+    );
+
+    // A top-up lifts low_balance only: the car stays blocked, nothing goes out.
+    set_balance(&api, "drv-21", 12_000.0).await;
+    let (_, v) = api.get("/api/v1/vehicles/car-21").await;
+    assert_eq!(v["immobiliser"]["state"], "blocked", "{v}");
+    assert_eq!(v["immobiliser"]["reasons"], json!(["inspection"]), "{v}");
+    assert!(
+        t.read_for(600).await.is_empty(),
+        "another reason stands: no unblock"
+    );
+
+    // Completing the inspection lifts the last reason: unblocked at once.
+    let (s, v) = crm_fake::post(
+        &api,
+        "/api/v1/vehicles/car-21/inspection/complete",
+        json!({ "odometer_km": 151_002.0 }),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(read_command(&mut t).await, "setdigout 0");
+    t.send(&encode_codec12_response(
+        b"DOUT1:0 DOUT2:IGNORED DOUT3:IGNORED",
+    ))
+    .await;
+    let v = wait_state(&api, "car-21", "running").await;
+    assert_eq!(v["immobiliser"]["reasons"], json!([]), "{v}");
+
+    // Exactly two commands, and the audit names the rule behind each reason.
+    let (_, cmds) = api.get("/api/v1/vehicles/car-21/commands").await;
+    let intents: Vec<_> = cmds
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["intent"].clone())
+        .collect();
+    assert_eq!(intents, vec![json!("unblock"), json!("block")], "{cmds}");
+    let (_, audit) = api.get("/api/v1/audit?vehicle=car-21").await;
+    let reasons: Vec<_> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["event"] == "reason_added" || a["event"] == "reason_lifted")
+        .map(|a| (a["event"].clone(), a["reason"].clone()))
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![
+            (json!("reason_added"), json!("low_balance")),
+            (json!("reason_added"), json!("inspection")),
+            (json!("reason_lifted"), json!("low_balance")),
+            (json!("reason_lifted"), json!("inspection")),
+        ],
+        "{audit}"
+    );
+    // The CRM saw blocked → unblocked and the mileage from the completed inspection.
+    assert!(
+        crm_fake::wait_for(20, || {
+            let l = amo.fake.leads.lock().unwrap().get(&2100).cloned();
+            l.is_some_and(|l| {
+                l["fields"]["501"] == json!(151002) && l["fields"]["502"] == json!(false)
+            })
+        })
+        .await,
+        "{:?}",
+        amo.fake.calls()
+    );
+    // One write per reason change: added, added, lifted (one still stands), lifted (none).
+    assert_eq!(
+        blocked_writes(&amo.fake),
+        vec![json!(true), json!(true), json!(true), json!(false)]
+    );
+    daemon.stop().await;
+}
