@@ -270,11 +270,12 @@ pub async fn start_with(
     }
 
     // The MQTT source stops with the listeners: its in-flight messages commit before the
-    // pipeline drains. Its `responses` feed the command lifecycle once that is wired.
+    // pipeline drains. Its devices get command sessions in the same registry as TCP ones.
     let mqtt = ingest::mqtt::start(
         &config.mqtt,
         store.clone(),
         pipeline.clone(),
+        ctx.sessions.clone(),
         config.devices.register_unknown,
         shutdown.clone(),
     )?;

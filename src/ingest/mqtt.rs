@@ -15,6 +15,7 @@
 
 pub mod commands;
 pub mod config;
+pub mod link;
 pub mod topic;
 
 use std::sync::Arc;
@@ -26,14 +27,16 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::sessions::Sessions;
 use super::Admission;
 use crate::model::DeviceId;
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::protocols::{mqtt_json, DecodeCtx, DecodeError, Decoded, FrameCut, Protocol, Transport};
 use crate::storage::Store;
 
-pub use commands::{MqttCommandError, MqttCommands, MqttResponse};
+pub use commands::{MqttCommandError, MqttCommands};
 pub use config::MqttConfig;
+pub use link::Links;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MqttError {
@@ -47,10 +50,8 @@ pub enum MqttError {
 pub struct MqttIngest {
     /// Ends after a graceful stop: in-flight messages committed and acked, then DISCONNECT.
     pub task: JoinHandle<()>,
-    /// Publish commands to MQTT devices.
+    /// Publish commands to MQTT devices (the command lifecycle goes through their sessions).
     pub commands: MqttCommands,
-    /// Devices' answers to commands (bounded; answers are dropped and counted when full).
-    pub responses: mpsc::Receiver<MqttResponse>,
 }
 
 /// Queue between the driver and the processor; the broker's in-flight window bounds it too.
@@ -63,6 +64,7 @@ struct Ctx {
     pipeline: Pipeline,
     admission: Admission,
     commands: MqttCommands,
+    links: Links,
     response_filter: String,
 }
 
@@ -71,6 +73,7 @@ pub fn start(
     cfg: &MqttConfig,
     store: Arc<dyn Store>,
     pipeline: Pipeline,
+    sessions: Arc<Sessions>,
     register_unknown: bool,
     shutdown: CancellationToken,
 ) -> Result<Option<MqttIngest>, MqttError> {
@@ -79,13 +82,18 @@ pub fn start(
     }
     let options = options(cfg)?;
     let (client, eventloop) = AsyncClient::new(options, QUEUE);
-    let (resp_tx, responses) = mpsc::channel(QUEUE);
-    let commands = MqttCommands::new(client.clone(), cfg.command_topic.clone(), resp_tx);
+    let commands = MqttCommands::new(client.clone(), cfg.command_topic.clone());
+    let links = Links::new(
+        sessions,
+        commands.clone(),
+        Duration::from_secs(cfg.session_idle_s),
+    );
     let ctx = Arc::new(Ctx {
         cfg: cfg.clone(),
         pipeline,
         admission: Admission::new(store, register_unknown),
         commands: commands.clone(),
+        links,
         response_filter: topic::template_filter(&cfg.response_topic),
     });
     let (tx, rx) = mpsc::channel(QUEUE);
@@ -111,11 +119,7 @@ pub fn start(
         let _ = driver.await;
         tracing::info!("MQTT source stopped");
     });
-    Ok(Some(MqttIngest {
-        task,
-        commands,
-        responses,
-    }))
+    Ok(Some(MqttIngest { task, commands }))
 }
 
 fn options(cfg: &MqttConfig) -> Result<MqttOptions, MqttError> {
@@ -295,8 +299,9 @@ async fn handle_once(ctx: &Ctx, p: &Publish) -> Outcome {
     let topic = p.topic.as_str();
     if let Some(dev) = topic::device_level(&ctx.response_filter, topic) {
         metrics::counter!("fleetgate_mqtt_messages_total", "kind" => "response").increment(1);
-        ctx.commands
-            .deliver(DeviceId::new(dev), mqtt_json::decode_response(&p.payload));
+        ctx.links
+            .answer(DeviceId::new(dev), mqtt_json::decode_response(&p.payload))
+            .await;
         return Outcome::Done;
     }
     let Some(filter) = ctx.cfg.topics.iter().find(|f| topic::matches(f, topic)) else {
@@ -332,8 +337,9 @@ async fn handle_once(ctx: &Ctx, p: &Publish) -> Outcome {
         Err(e) => return Outcome::Retry(e.to_string()),
     }
     ctx.commands.saw(&device, protocol);
+    ctx.links.touch(&device, protocol).await;
     if let Some(r) = decoded.command_response {
-        ctx.commands.deliver(device.clone(), r);
+        ctx.links.answer(device.clone(), r).await;
     }
     if decoded.positions.is_empty() {
         ctx.pipeline.seen(&device, protocol).await;

@@ -228,9 +228,9 @@ fn describe() {
         "fleetgate_mqtt_commands_sent_total",
         "Device commands published over MQTT"
     );
-    describe_counter!(
-        "fleetgate_mqtt_responses_dropped_total",
-        "MQTT command responses dropped because their queue was full"
+    describe_gauge!(
+        "fleetgate_mqtt_device_sessions",
+        "MQTT devices with a live command session (published within mqtt.session_idle_s)"
     );
     describe_gauge!(
         "fleetgate_zone_vehicles_outside_service_area",

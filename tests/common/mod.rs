@@ -2,6 +2,7 @@
 //! TCP client, and an API client.
 #![allow(dead_code)]
 
+pub mod mqtt;
 pub mod pg;
 pub mod teltonika;
 

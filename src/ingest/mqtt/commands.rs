@@ -1,25 +1,16 @@
-//! Commands to MQTT devices and their answers: the plumbing the command lifecycle (the
-//! immobiliser's `DeviceCommand`s) uses for devices that are not on a TCP connection.
-//! Commands are published with QoS 1 on `[mqtt] command_topic`; answers arrive on
-//! `[mqtt] response_topic` (or, for Teltonika devices, as Codec 12 on their telemetry topic)
-//! and come out of the receiver returned by `mqtt::start` as [`MqttResponse`]s.
+//! Commands to MQTT devices: published with QoS 1 on `[mqtt] command_topic`, encoded for the
+//! device's protocol. The command lifecycle reaches them through the device's session
+//! ([`super::link`]); answers arrive on `[mqtt] response_topic` (or, for Teltonika devices,
+//! as Codec 12 on their telemetry topic) and go back as session events.
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 use rumqttc::{AsyncClient, QoS};
-use tokio::sync::mpsc;
 
 use super::topic;
 use crate::model::DeviceId;
-use crate::protocols::{mqtt_json, CommandResponse, DeviceCommand, Protocol, Transport};
-
-/// A device's answer to a command, as read from MQTT.
-#[derive(Clone, Debug, PartialEq)]
-pub struct MqttResponse {
-    pub device: DeviceId,
-    pub response: CommandResponse,
-}
+use crate::protocols::{mqtt_json, DeviceCommand, Protocol, Transport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MqttCommandError {
@@ -39,20 +30,14 @@ pub struct MqttCommands {
     /// The payload format each device last used (its commands are encoded the same way).
     /// Written on a device's first message, read when a command is sent.
     seen: Arc<RwLock<HashMap<DeviceId, Protocol>>>,
-    responses: mpsc::Sender<MqttResponse>,
 }
 
 impl MqttCommands {
-    pub(super) fn new(
-        client: AsyncClient,
-        command_topic: String,
-        responses: mpsc::Sender<MqttResponse>,
-    ) -> Self {
+    pub(super) fn new(client: AsyncClient, command_topic: String) -> Self {
         MqttCommands {
             client,
             command_topic,
             seen: Arc::new(RwLock::new(HashMap::new())),
-            responses,
         }
     }
 
@@ -98,19 +83,6 @@ impl MqttCommands {
             .await?;
         metrics::counter!("fleetgate_mqtt_commands_sent_total").increment(1);
         Ok(())
-    }
-
-    /// Hand an answer to whoever consumes responses; dropped (and counted) when nobody does
-    /// or the consumer is behind.
-    pub(super) fn deliver(&self, device: DeviceId, response: CommandResponse) {
-        tracing::info!(%device, text = %response.text, "command response over MQTT");
-        if self
-            .responses
-            .try_send(MqttResponse { device, response })
-            .is_err()
-        {
-            metrics::counter!("fleetgate_mqtt_responses_dropped_total").increment(1);
-        }
     }
 }
 

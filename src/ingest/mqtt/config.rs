@@ -29,6 +29,9 @@ pub struct MqttConfig {
     pub command_topic: String,
     /// Where devices answer commands (subscribed with `{device}` as `+`).
     pub response_topic: String,
+    /// A device that published has a command session (like a TCP connection) until it has
+    /// been silent this long; commands for it wait meanwhile.
+    pub session_idle_s: u64,
     pub reconnect_min_ms: u64,
     pub reconnect_max_ms: u64,
 }
@@ -47,6 +50,7 @@ impl Default for MqttConfig {
             max_inflight: 64,
             command_topic: "fleet/{device}/commands".into(),
             response_topic: "fleet/{device}/responses".into(),
+            session_idle_s: 900,
             reconnect_min_ms: 500,
             reconnect_max_ms: 30_000,
         }
@@ -152,6 +156,9 @@ impl MqttConfig {
         }
         if self.keep_alive_s < 5 {
             return Err(invalid("keep_alive_s", "must be at least 5"));
+        }
+        if self.session_idle_s == 0 {
+            return Err(invalid("session_idle_s", "must be at least 1"));
         }
         if self.reconnect_min_ms == 0 || self.reconnect_min_ms > self.reconnect_max_ms {
             return Err(invalid(
