@@ -203,6 +203,53 @@ fn check_framer(session: &mut dyn Session, protocol: Protocol, bytes: &[u8]) {
     }
 }
 
+/// The real packets of `protocol` (`protocols/<name>/corpus.jsonl`, every transport).
+pub fn corpus_packets(protocol: Protocol) -> Vec<Vec<u8>> {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("protocols")
+        .join(protocol.name())
+        .join("corpus.jsonl");
+    super::corpus::load(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+        .iter()
+        .filter_map(|e| e.bytes().ok())
+        .collect()
+}
+
+/// Every prefix of `packet`, then `rounds` copies with one to four bytes replaced at random
+/// (xorshift from `seed`, so a failure replays): the inputs of the per-protocol "never panics"
+/// unit tests, which reach decoder states the codec-level fuzzer rarely does (a protocol's
+/// own constructors, checksums fixed up after mutation).
+pub fn truncations_and_mutations(packet: &[u8], rounds: usize, seed: &mut u64) -> Vec<Vec<u8>> {
+    let mut rnd = || {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 7;
+        *seed ^= *seed << 17;
+        *seed
+    };
+    let mut out: Vec<Vec<u8>> = (0..=packet.len()).map(|n| packet[..n].to_vec()).collect();
+    if packet.is_empty() {
+        return out;
+    }
+    for _ in 0..rounds {
+        let mut m = packet.to_vec();
+        for _ in 0..1 + rnd() % 4 {
+            let i = (rnd() as usize) % m.len();
+            m[i] = (rnd() >> 24) as u8;
+        }
+        out.push(m);
+    }
+    out
+}
+
+/// Cut `bytes` with a fresh session's framer and decode each frame (every cut must lie inside
+/// the buffer), then decode the whole buffer as one frame with another fresh session: none
+/// of it may panic.
+pub fn exercise(protocol: Protocol, new: impl Fn() -> Box<dyn Session>, bytes: &[u8]) {
+    check_framer(new().as_mut(), protocol, bytes);
+    let _ = new().decode(bytes, &ctx());
+}
+
 /// The command path: log in, encode every kind of command (text from the input), then take
 /// the rest of the input as the device's answer. `data[0]` picks the protocol.
 pub fn run_command(seeds: &Seeds, data: &[u8]) {

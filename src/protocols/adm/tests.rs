@@ -188,29 +188,11 @@ fn encoded_auth_and_data_decode_to_the_same_record() {
 }
 
 #[test]
-fn no_panic_on_truncated_or_mutated_corpus_packets() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("protocols/adm/corpus.jsonl");
-    let entries = crate::protocols::corpus::load(&path).unwrap();
-    let mut seed = 0x1234_5678_u32;
-    for e in entries {
-        let pkt = e.bytes().unwrap();
-        for cut in 0..=pkt.len() {
-            let mut s = AdmSession::new();
-            let _ = s.next_frame(&pkt[..cut]);
-            let _ = s.decode(&pkt[..cut], &DecodeCtx::now());
-        }
-        for _ in 0..300 {
-            let mut m = pkt.clone();
-            for _ in 0..3 {
-                seed ^= seed << 13;
-                seed ^= seed >> 17;
-                seed ^= seed << 5;
-                let i = seed as usize % m.len();
-                m[i] = (seed >> 8) as u8;
-            }
-            let mut s = AdmSession::new();
-            let _ = s.next_frame(&m);
-            let _ = s.decode(&m, &DecodeCtx::now());
+fn no_panic_on_truncations_and_mutations_of_corpus_packets() {
+    let mut seed = 0x1234_5678_9abc_def0;
+    for p in crate::protocols::fuzz::corpus_packets(Protocol::Adm) {
+        for m in crate::protocols::fuzz::truncations_and_mutations(&p, 300, &mut seed) {
+            crate::protocols::fuzz::exercise(Protocol::Adm, || Box::new(AdmSession::new()), &m);
         }
     }
 }

@@ -286,47 +286,15 @@ fn encoded_header_and_package_decode_to_the_same_values() {
 }
 
 #[test]
-fn truncations_and_mutations_of_real_packets_never_panic() {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/protocols/arnavi/corpus.jsonl");
-    let packets: Vec<Vec<u8>> = crate::protocols::corpus::load(std::path::Path::new(path))
-        .unwrap()
-        .iter()
-        .map(|e| e.bytes().unwrap())
-        .collect();
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let mut rnd = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
-    let run = |bytes: &[u8]| {
-        let mut s = ArnaviSession::new();
-        let mut buf = bytes;
-        while !buf.is_empty() {
-            match s.next_frame(buf) {
-                Ok(FrameCut::Frame(n)) => {
-                    let n = n.clamp(1, buf.len());
-                    let _ = s.decode(&buf[..n], &ctx());
-                    buf = &buf[n..];
-                }
-                Ok(FrameCut::Skip(n)) => buf = &buf[n.clamp(1, buf.len())..],
-                Ok(FrameCut::NeedMore) | Err(_) => break,
-            }
-        }
-        let _ = ArnaviSession::new().decode(bytes, &ctx());
-    };
-    for p in &packets {
-        for len in 0..=p.len() {
-            run(&p[..len]);
-        }
-        for _ in 0..200 {
-            let mut m = p.clone();
-            for _ in 0..1 + rnd() % 4 {
-                let i = (rnd() as usize) % m.len();
-                m[i] = rnd() as u8;
-            }
-            run(&m);
+fn no_panic_on_truncations_and_mutations_of_corpus_packets() {
+    let mut seed = 0x9e37_79b9_7f4a_7c15;
+    for p in crate::protocols::fuzz::corpus_packets(Protocol::Arnavi) {
+        for m in crate::protocols::fuzz::truncations_and_mutations(&p, 200, &mut seed) {
+            crate::protocols::fuzz::exercise(
+                Protocol::Arnavi,
+                || Box::new(ArnaviSession::new()),
+                &m,
+            );
         }
     }
 }

@@ -393,36 +393,11 @@ fn command_confirmation_becomes_a_command_response_and_is_acked() {
 }
 
 #[test]
-fn no_panic_on_truncated_or_mutated_corpus_packets() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("protocols/egts/corpus.jsonl");
-    let entries = crate::protocols::corpus::load(&path).unwrap();
-    let mut seed = 0x2545_f491_u32;
-    for e in entries {
-        let pkt = e.bytes().unwrap();
-        for cut in 0..=pkt.len() {
-            let mut s = EgtsSession::new();
-            let _ = s.next_frame(&pkt[..cut]);
-            let _ = s.decode(&pkt[..cut], &DecodeCtx::now());
-        }
-        for _ in 0..200 {
-            let mut m = pkt.clone();
-            for _ in 0..3 {
-                seed ^= seed << 13;
-                seed ^= seed >> 17;
-                seed ^= seed << 5;
-                let i = seed as usize % m.len();
-                m[i] = (seed >> 8) as u8;
-            }
-            let mut s = EgtsSession::new();
-            let _ = s.next_frame(&m);
-            let _ = s.decode(&m, &DecodeCtx::now());
-            // With valid checksums, so that the record and subrecord parsers see the garbage.
-            if m.len() > 13 {
-                let hl = 11.min(m.len());
-                let body = &m[hl..m.len() - 2];
-                let fixed = encode_packet(PT_APPDATA, 1, body);
-                let _ = s.decode(&fixed, &DecodeCtx::now());
-            }
+fn no_panic_on_truncations_and_mutations_of_corpus_packets() {
+    let mut seed = 0x2545_f491_4f6c_dd1d;
+    for p in crate::protocols::fuzz::corpus_packets(Protocol::Egts) {
+        for m in crate::protocols::fuzz::truncations_and_mutations(&p, 200, &mut seed) {
+            crate::protocols::fuzz::exercise(Protocol::Egts, || Box::new(EgtsSession::new()), &m);
         }
     }
 }

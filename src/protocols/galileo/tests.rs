@@ -443,47 +443,18 @@ fn truncations_and_mutations_of_real_packets_never_panic() {
         }])
         .to_vec(),
     );
-    let mut seed = 0x2545_f491_4f6c_dd1du64;
-    let mut rnd = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
-    let run = |bytes: &[u8]| {
-        let mut s = GalileoSession::new();
-        let mut buf = bytes;
-        while !buf.is_empty() {
-            match s.next_frame(buf) {
-                Ok(FrameCut::Frame(n)) => {
-                    let n = n.clamp(1, buf.len());
-                    let _ = s.decode(&buf[..n], &ctx());
-                    buf = &buf[n..];
-                }
-                Ok(FrameCut::Skip(n)) => buf = &buf[n.clamp(1, buf.len())..],
-                Ok(FrameCut::NeedMore) | Err(_) => break,
-            }
-        }
-        // Decoding a prefix as if it were a whole frame must not panic either.
-        let _ = GalileoSession::new().decode(bytes, &ctx());
-    };
+    let mut seed = 0x2545_f491_4f6c_dd1d;
+    let new = || -> Box<dyn Session> { Box::new(GalileoSession::new()) };
     for p in &packets {
-        for len in 0..=p.len() {
-            run(&p[..len]);
-        }
-        for _ in 0..200 {
-            let mut m = p.clone();
-            for _ in 0..1 + rnd() % 4 {
-                let i = (rnd() as usize) % m.len();
-                m[i] = rnd() as u8;
-            }
-            // Fix the CRC half of the time so mutations reach the tag parser.
-            if rnd() % 2 == 0 && m.len() >= 5 && !is_iridium(&m) {
+        let inputs = crate::protocols::fuzz::truncations_and_mutations(p, 200, &mut seed);
+        for (k, mut m) in inputs.into_iter().enumerate() {
+            // Fix the CRC of every other input so mutations reach the tag parser.
+            if k % 2 == 0 && m.len() >= 5 && !is_iridium(&m) {
                 let n = m.len() - 2;
                 let crc = CRC16_MODBUS.checksum(&m[..n]).to_le_bytes();
                 m[n..].copy_from_slice(&crc);
             }
-            run(&m);
+            crate::protocols::fuzz::exercise(Protocol::Galileo, new, &m);
         }
     }
 }

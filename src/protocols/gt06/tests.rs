@@ -403,37 +403,15 @@ fn encoded_login_and_gps_decode_back() {
 }
 
 #[test]
-fn no_input_prefix_or_mutation_panics() {
-    let entries = crate::protocols::corpus::load(std::path::Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/protocols/gt06/corpus.jsonl"
-    )))
-    .unwrap();
-    let ctx = ctx();
-    let mut seed = 0x2545_f491_u32;
-    for e in &entries {
-        let pkt = e.bytes().unwrap();
-        for n in 0..=pkt.len() {
-            let mut s = Gt06Session::without_crc_check();
-            let _ = s.next_frame(&pkt[..n]);
-            let _ = s.decode(&pkt[..n], &ctx);
-        }
-        for _ in 0..20 {
-            let mut m = pkt.clone();
-            for _ in 0..3 {
-                seed ^= seed << 13;
-                seed ^= seed >> 17;
-                seed ^= seed << 5;
-                let i = seed as usize % m.len().max(1);
-                if let Some(b) = m.get_mut(i) {
-                    *b = (seed >> 8) as u8;
-                }
-            }
-            let mut s = Gt06Session::without_crc_check();
-            if let Ok(FrameCut::Frame(n)) = s.next_frame(&m) {
-                let _ = s.decode(&m[..n.min(m.len())], &ctx);
-            }
-            let _ = s.decode(&m, &ctx);
+fn no_panic_on_truncations_and_mutations_of_corpus_packets() {
+    let mut seed = 0x2545_f491_4f6c_dd1d;
+    for p in crate::protocols::fuzz::corpus_packets(Protocol::Gt06) {
+        for m in crate::protocols::fuzz::truncations_and_mutations(&p, 50, &mut seed) {
+            crate::protocols::fuzz::exercise(
+                Protocol::Gt06,
+                || Box::new(Gt06Session::without_crc_check()),
+                &m,
+            );
         }
     }
 }

@@ -424,49 +424,17 @@ fn encoded_binary_record_decodes_to_the_same_fix() {
 }
 
 #[test]
-fn no_panic_on_truncated_or_mutated_corpus_packets() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("protocols/h02/corpus.jsonl");
-    let entries = crate::protocols::corpus::load(&path).unwrap();
-    let mut seed = 0x2545_F491_4F6C_DD1Du64;
-    let mut rnd = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
-    let run = |bytes: &[u8]| {
-        for t in [Transport::Tcp, Transport::Udp] {
-            let mut s = H02Session::new(t);
-            let mut buf = bytes;
-            while !buf.is_empty() {
-                match s.next_frame(buf) {
-                    Ok(FrameCut::Frame(n)) => {
-                        let n = n.clamp(1, buf.len());
-                        let _ = s.decode(&buf[..n], &ctx());
-                        buf = &buf[n..];
-                    }
-                    Ok(FrameCut::Skip(n)) => buf = &buf[n.clamp(1, buf.len())..],
-                    Ok(FrameCut::NeedMore) | Err(_) => break,
-                }
+fn no_panic_on_truncations_and_mutations_of_corpus_packets() {
+    let mut seed = 0x2545_f491_4f6c_dd1d;
+    for p in crate::protocols::fuzz::corpus_packets(Protocol::H02) {
+        for m in crate::protocols::fuzz::truncations_and_mutations(&p, 50, &mut seed) {
+            for t in [Transport::Tcp, Transport::Udp] {
+                crate::protocols::fuzz::exercise(
+                    Protocol::H02,
+                    || Box::new(H02Session::new(t)),
+                    &m,
+                );
             }
-            let _ = s.decode(bytes, &ctx());
-        }
-    };
-    for e in &entries {
-        let bytes = e.bytes().unwrap();
-        for n in 0..=bytes.len() {
-            run(&bytes[..n]);
-        }
-        for _ in 0..50 {
-            let mut m = bytes.clone();
-            for _ in 0..3 {
-                if m.is_empty() {
-                    break;
-                }
-                let i = (rnd() as usize) % m.len();
-                m[i] = rnd() as u8;
-            }
-            run(&m);
         }
     }
 }

@@ -504,36 +504,12 @@ fn no_panic_on_truncated_or_mutated_corpus_packets() {
         seed ^= seed << 17;
         seed
     };
-    let run = |bytes: &[u8]| {
-        let mut s = Jt808Session::new();
-        let mut buf = bytes;
-        while !buf.is_empty() {
-            match s.next_frame(buf) {
-                Ok(FrameCut::Frame(n)) => {
-                    let n = n.clamp(1, buf.len());
-                    let _ = s.decode(&buf[..n], &ctx());
-                    buf = &buf[n..];
-                }
-                Ok(FrameCut::Skip(n)) => buf = &buf[n.clamp(1, buf.len())..],
-                Ok(FrameCut::NeedMore) | Err(_) => break,
-            }
-        }
-        let _ = s.decode(bytes, &ctx());
-    };
+    let new = || -> Box<dyn Session> { Box::new(Jt808Session::new()) };
+    let run = |bytes: &[u8]| crate::protocols::fuzz::exercise(Protocol::Jt808, new, bytes);
+    let mut generic = 0x2545_f491_4f6c_dd1d;
     for e in &entries {
         let bytes = e.bytes().unwrap();
-        for n in 0..=bytes.len() {
-            run(&bytes[..n]);
-        }
-        for _ in 0..50 {
-            let mut m = bytes.clone();
-            for _ in 0..3 {
-                if m.is_empty() {
-                    break;
-                }
-                let i = (rnd() as usize) % m.len();
-                m[i] = rnd() as u8;
-            }
+        for m in crate::protocols::fuzz::truncations_and_mutations(&bytes, 50, &mut generic) {
             run(&m);
         }
     }

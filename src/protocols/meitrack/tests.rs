@@ -278,43 +278,14 @@ fn noise_before_the_marker_is_skipped() {
 
 #[test]
 fn no_panic_on_truncations_and_mutations_of_corpus_packets() {
-    let corpus = include_str!("../../../protocols/meitrack/corpus.jsonl");
-    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    for line in corpus.lines().filter(|l| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        let Some(payload) = v["payload"].as_str() else {
-            continue;
-        };
-        let bytes = if v["encoding"] == "hex" {
-            hex::decode(payload).unwrap()
-        } else {
-            payload.as_bytes().to_vec()
-        };
-        for n in 0..=bytes.len() {
-            let mut s = MeitrackSession::new(Transport::Tcp);
-            let _ = s.next_frame(&bytes[..n]);
-            let _ = s.decode(&bytes[..n], &ctx());
-        }
-        for _ in 0..32 {
-            let mut m = bytes.clone();
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            let i = (seed as usize) % m.len().max(1);
-            if let Some(b) = m.get_mut(i) {
-                *b ^= (seed >> 32) as u8 | 1;
-            }
-            let mut s = MeitrackSession::new(Transport::Tcp);
-            let _ = s.next_frame(&m);
-            let _ = s.decode(&m, &ctx());
-            // With a fixed-up checksum, so the body parsers see the mutation too.
-            if let Some(star) = m.iter().rposition(|&c| c == b'*') {
-                if star + 3 <= m.len() {
-                    let sum = format!("{:02X}", checksum(&m[..=star]));
-                    m[star + 1..star + 3].copy_from_slice(sum.as_bytes());
-                    let _ = s.decode(&m, &ctx());
-                }
-            }
+    let mut seed = 0x9e37_79b9_7f4a_7c15;
+    for p in crate::protocols::fuzz::corpus_packets(Protocol::Meitrack) {
+        for m in crate::protocols::fuzz::truncations_and_mutations(&p, 32, &mut seed) {
+            crate::protocols::fuzz::exercise(
+                Protocol::Meitrack,
+                || Box::new(MeitrackSession::new(Transport::Tcp)),
+                &m,
+            );
         }
     }
 }

@@ -309,41 +309,15 @@ fn encoded_requests_decode_to_the_same_report() {
 }
 
 #[test]
-fn truncations_and_mutations_of_corpus_requests_never_panic() {
-    let corpus = include_str!("../../../protocols/osmand/corpus.jsonl");
-    let mut seed = 0x9E37_79B9_7F4A_7C15u64;
-    for l in corpus.lines().filter(|l| !l.trim().is_empty()) {
-        let e: crate::protocols::corpus::Entry = serde_json::from_str(l).unwrap();
-        let pkt = e.bytes().unwrap();
-        let mut inputs: Vec<Vec<u8>> = (0..=pkt.len()).map(|n| pkt[..n].to_vec()).collect();
-        for _ in 0..50 {
-            let mut m = pkt.clone();
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            let i = (seed as usize) % m.len();
-            m[i] = (seed >> 32) as u8;
-            inputs.push(m);
-        }
-        for input in inputs {
-            let mut s = OsmAndSession::new();
-            let mut buf = &input[..];
-            for _ in 0..input.len() + 1 {
-                match s.next_frame(buf) {
-                    Ok(FrameCut::Frame(n)) => {
-                        let n = n.min(buf.len());
-                        let _ = s.decode(&buf[..n], &ctx());
-                        buf = &buf[n..];
-                    }
-                    Ok(FrameCut::Skip(n)) => buf = &buf[n.min(buf.len())..],
-                    _ => break,
-                }
-                if buf.is_empty() {
-                    break;
-                }
-            }
-            // Decoding any prefix as if it were whole must not panic either.
-            let _ = OsmAndSession::new().decode(&input, &ctx());
+fn no_panic_on_truncations_and_mutations_of_corpus_packets() {
+    let mut seed = 0x9e37_79b9_7f4a_7c15;
+    for p in crate::protocols::fuzz::corpus_packets(Protocol::OsmAnd) {
+        for m in crate::protocols::fuzz::truncations_and_mutations(&p, 50, &mut seed) {
+            crate::protocols::fuzz::exercise(
+                Protocol::OsmAnd,
+                || Box::new(OsmAndSession::new()),
+                &m,
+            );
         }
     }
 }

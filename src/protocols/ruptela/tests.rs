@@ -233,37 +233,18 @@ fn set_io_answer_reports_success() {
 
 #[test]
 fn no_panic_on_truncations_and_mutations_of_corpus_packets() {
-    let corpus = include_str!("../../../protocols/ruptela/corpus.jsonl");
-    let mut seed = 0x2545_f491_4f6c_dd1du64;
-    for line in corpus.lines().filter(|l| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        let Some(bytes) = v["payload"].as_str().and_then(|h| hex::decode(h).ok()) else {
-            continue;
-        };
-        for n in 0..=bytes.len() {
-            let mut s = RuptelaSession::new();
-            let _ = s.next_frame(&bytes[..n]);
-            let _ = s.decode(&bytes[..n], &DecodeCtx::now());
-        }
-        for _ in 0..32 {
-            let mut m = bytes.clone();
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            let i = (seed as usize) % m.len().max(1);
-            if let Some(b) = m.get_mut(i) {
-                *b ^= (seed >> 32) as u8 | 1;
-            }
-            let mut s = RuptelaSession::new();
-            let _ = s.next_frame(&m);
-            let _ = s.decode(&m, &DecodeCtx::now());
-            // Same mutation with a valid CRC, so that the body parser sees it too.
+    let mut seed = 0x2545_f491_4f6c_dd1d;
+    let new = || -> Box<dyn Session> { Box::new(RuptelaSession::new()) };
+    for p in crate::protocols::fuzz::corpus_packets(Protocol::Ruptela) {
+        for mut m in crate::protocols::fuzz::truncations_and_mutations(&p, 32, &mut seed) {
+            crate::protocols::fuzz::exercise(Protocol::Ruptela, new, &m);
+            // Same mutation with a valid length and CRC, so that the body parser sees it too.
             if m.len() >= 4 {
                 let n = m.len();
                 let crc = CRC16_KERMIT.checksum(&m[2..n - 2]);
                 m[n - 2..].copy_from_slice(&crc.to_be_bytes());
                 m[..2].copy_from_slice(&((n - 4) as u16).to_be_bytes());
-                let _ = s.decode(&m, &DecodeCtx::now());
+                crate::protocols::fuzz::exercise(Protocol::Ruptela, new, &m);
             }
         }
     }

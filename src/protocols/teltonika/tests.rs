@@ -293,38 +293,21 @@ fn handshake_and_data_split_and_concatenated_are_cut_in_order() {
 
 #[test]
 fn no_panic_on_truncations_and_mutations_of_corpus_packets() {
-    let corpus = include_str!("../../../protocols/teltonika/corpus.jsonl");
-    let mut seed = 0x2545_f491_4f6c_dd1du64;
-    for line in corpus.lines().filter(|l| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(line).unwrap();
-        let Some(bytes) = v["payload"].as_str().and_then(|h| hex::decode(h).ok()) else {
-            continue;
-        };
-        for transport in [Transport::Tcp, Transport::Udp] {
-            for n in 0..=bytes.len() {
-                let mut s = TeltonikaSession::new(transport);
-                let _ = s.next_frame(&bytes[..n]);
-                let _ = s.decode(&bytes[..n], &DecodeCtx::now());
+    let mut seed = 0x2545_f491_4f6c_dd1d;
+    for p in crate::protocols::fuzz::corpus_packets(Protocol::Teltonika) {
+        for mut m in crate::protocols::fuzz::truncations_and_mutations(&p, 32, &mut seed) {
+            for t in [Transport::Tcp, Transport::Udp] {
+                let new = || -> Box<dyn Session> { Box::new(TeltonikaSession::new(t)) };
+                crate::protocols::fuzz::exercise(Protocol::Teltonika, new, &m);
             }
-            for _ in 0..32 {
-                let mut m = bytes.clone();
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                let i = (seed as usize) % m.len().max(1);
-                if let Some(b) = m.get_mut(i) {
-                    *b ^= (seed >> 32) as u8 | 1;
-                }
-                let mut s = TeltonikaSession::new(transport);
-                let _ = s.next_frame(&m);
-                let _ = s.decode(&m, &DecodeCtx::now());
-                // With the CRC fixed up, so that the record parser sees the mutation too.
-                if m.len() >= 12 && m[..4] == [0, 0, 0, 0] {
-                    let n = m.len();
-                    let crc = u32::from(CRC16_IBM.checksum(&m[8..n - 4]));
-                    m[n - 4..].copy_from_slice(&crc.to_be_bytes());
-                    let _ = s.decode(&m, &DecodeCtx::now());
-                }
+            // With the CRC fixed up, so that the record parser sees the mutation too.
+            if m.len() >= 12 && m[..4] == [0, 0, 0, 0] {
+                let n = m.len();
+                let crc = u32::from(CRC16_IBM.checksum(&m[8..n - 4]));
+                m[n - 4..].copy_from_slice(&crc.to_be_bytes());
+                let new =
+                    || -> Box<dyn Session> { Box::new(TeltonikaSession::new(Transport::Tcp)) };
+                crate::protocols::fuzz::exercise(Protocol::Teltonika, new, &m);
             }
         }
     }

@@ -555,42 +555,18 @@ fn black_box_2_0_with_a_wrong_crc_is_answered_with_an_empty_count() {
 }
 
 #[test]
-fn truncations_and_mutations_of_corpus_packets_never_panic() {
-    let corpus = include_str!("../../../protocols/wialon/corpus.jsonl");
-    let mut seed = 0x2545_F491_4F6C_DD1Du64;
-    for l in corpus.lines().filter(|l| !l.trim().is_empty()) {
-        let v: serde_json::Value = serde_json::from_str(l).unwrap();
-        let mut pkt = v["payload"].as_str().unwrap().as_bytes().to_vec();
-        pkt.extend_from_slice(b"\r\n");
-        let mut inputs: Vec<Vec<u8>> = (0..=pkt.len()).map(|n| pkt[..n].to_vec()).collect();
-        for _ in 0..50 {
-            let mut m = pkt.clone();
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            let i = (seed as usize) % m.len();
-            m[i] = (seed >> 32) as u8;
-            inputs.push(m);
-        }
-        for input in inputs {
+fn no_panic_on_truncations_and_mutations_of_corpus_packets() {
+    let mut seed = 0x2545_f491_4f6c_dd1d;
+    for p in crate::protocols::fuzz::corpus_packets(Protocol::Wialon) {
+        let mut p = p;
+        p.extend_from_slice(b"\r\n");
+        for m in crate::protocols::fuzz::truncations_and_mutations(&p, 50, &mut seed) {
             for t in [Transport::Tcp, Transport::Udp] {
-                let _ = WialonSession::new(t).decode(&input, &ctx());
-                let mut s = WialonSession::new(t);
-                let mut buf = &input[..];
-                for _ in 0..input.len() + 1 {
-                    match s.next_frame(buf) {
-                        Ok(FrameCut::Frame(n)) => {
-                            let n = n.min(buf.len());
-                            let _ = s.decode(&buf[..n], &ctx());
-                            buf = &buf[n..];
-                        }
-                        Ok(FrameCut::Skip(n)) => buf = &buf[n.min(buf.len())..],
-                        _ => break,
-                    }
-                    if buf.is_empty() {
-                        break;
-                    }
-                }
+                crate::protocols::fuzz::exercise(
+                    Protocol::Wialon,
+                    || Box::new(WialonSession::new(t)),
+                    &m,
+                );
             }
         }
     }
