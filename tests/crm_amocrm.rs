@@ -285,28 +285,7 @@ async fn inspection_postponed_three_times_blocks_and_completion_lifts() {
         "{:?}",
         amo.fake.calls()
     );
-    let blocked_writes: Vec<_> = amo
-        .fake
-        .ok("PATCH")
-        .iter()
-        .flat_map(|c| {
-            let items = c
-                .body
-                .as_array()
-                .cloned()
-                .unwrap_or_else(|| vec![c.body.clone()]);
-            items
-                .into_iter()
-                .filter_map(|i| {
-                    i["custom_fields_values"]
-                        .as_array()?
-                        .iter()
-                        .find(|f| f["field_id"] == 502)
-                        .map(|f| f["values"][0]["value"].clone())
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect();
+    let blocked_writes = amo.fake.field_writes(502);
     assert_eq!(blocked_writes, vec![json!(true), json!(false)]);
     daemon.stop().await;
 }

@@ -63,30 +63,6 @@ async fn set_balance(api: &Api, driver: &str, rub: f64) -> Value {
     v
 }
 
-/// Values written to the deal's "blocked" custom field, in call order.
-fn blocked_writes(amo: &crm_fake::Fake) -> Vec<Value> {
-    amo.ok("PATCH")
-        .iter()
-        .flat_map(|c| {
-            let items = c
-                .body
-                .as_array()
-                .cloned()
-                .unwrap_or_else(|| vec![c.body.clone()]);
-            items
-                .into_iter()
-                .filter_map(|i| {
-                    i["custom_fields_values"]
-                        .as_array()?
-                        .iter()
-                        .find(|f| f["field_id"] == 502)
-                        .map(|f| f["values"][0]["value"].clone())
-                })
-                .collect::<Vec<_>>()
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn low_balance_and_inspection_block_through_the_immobiliser_and_lift_in_turn() {
     let amo = crm_fake::start("amocrm").await;
@@ -139,7 +115,7 @@ async fn low_balance_and_inspection_block_through_the_immobiliser_and_lift_in_tu
         amo.fake.calls()
     );
     assert!(
-        crm_fake::wait_for(20, || blocked_writes(&amo.fake) == vec![json!(true)]).await,
+        crm_fake::wait_for(20, || amo.fake.field_writes(502) == vec![json!(true)]).await,
         "{:?}",
         amo.fake.calls()
     );
@@ -236,7 +212,7 @@ async fn low_balance_and_inspection_block_through_the_immobiliser_and_lift_in_tu
     );
     // One write per reason change: added, added, lifted (one still stands), lifted (none).
     assert_eq!(
-        blocked_writes(&amo.fake),
+        amo.fake.field_writes(502),
         vec![json!(true), json!(true), json!(true), json!(false)]
     );
     daemon.stop().await;

@@ -53,6 +53,30 @@ impl Fake {
             .filter(|c| c.method == method && (200..300).contains(&c.status))
             .collect()
     }
+    /// Values written to custom field `field_id` by accepted lead PATCHes (single or bulk),
+    /// in call order.
+    pub fn field_writes(&self, field_id: u64) -> Vec<Value> {
+        self.ok("PATCH")
+            .iter()
+            .flat_map(|c| {
+                let items = c
+                    .body
+                    .as_array()
+                    .cloned()
+                    .unwrap_or_else(|| vec![c.body.clone()]);
+                items
+                    .into_iter()
+                    .filter_map(|i| {
+                        i["custom_fields_values"]
+                            .as_array()?
+                            .iter()
+                            .find(|f| f["field_id"] == field_id)
+                            .map(|f| f["values"][0]["value"].clone())
+                    })
+                    .collect::<Vec<_>>()
+            })
+            .collect()
+    }
     pub fn fail_next(&self, statuses: &[u16]) {
         self.fail.lock().unwrap().extend(statuses);
     }
