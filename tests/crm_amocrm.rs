@@ -184,6 +184,25 @@ async fn replayed_shift_moves_the_deal_on_line_then_wants_to_return() {
     let (_, ob) = api.get("/api/v1/crm/outbox?status=pending").await;
     assert_eq!(ob["counts"]["pending"], 0, "{ob}");
     assert_eq!(ob["counts"]["dead"], 0, "{ob}");
+
+    // The car is returned to the fleet and issued again: its next drive is a new shift and goes
+    // on line at once, not only after `shift_gap` (8 h) of idling.
+    for status in ["available", "issued"] {
+        register(&api, "car-7", json!({ "status": status })).await;
+    }
+    let drive: Vec<_> = (40..70).map(|i| record(i * 10, 30, false)).collect();
+    for chunk in drive.chunks(6) {
+        t.send(&encode_avl_packet(CODEC_8E, chunk)).await;
+        assert_eq!(t.read(4).await, (chunk.len() as u32).to_be_bytes());
+    }
+    assert!(
+        crm_fake::wait_for(10, || stage_patches(&amo.fake).len() == 4).await,
+        "on line again: {:?}",
+        stage_patches(&amo.fake)
+    );
+    let again = &stage_patches(&amo.fake)[3];
+    assert_eq!(again.path, "/api/v4/leads/4242");
+    assert_eq!(again.body["status_id"], ON_LINE.1);
     daemon.stop().await;
 }
 

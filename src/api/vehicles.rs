@@ -203,6 +203,9 @@ pub async fn put(
     }
     let v = state.store.upsert_vehicle(&VehicleId(id), &update).await?;
     state.admission.invalidate();
+    // The CRM rules see a status, driver or deal change at once (a returned car starts a
+    // new shift), not at their next periodic re-read.
+    state.crm.refresh().await;
     let live = live_state(&state, v.device_id.as_ref()).await?;
     let zone = zone_of(&state, v.device_id.as_ref()).await;
     let im = state.immobiliser.view(&v.id).await.ok();

@@ -107,8 +107,8 @@ pub enum Cmd {
     OnLineDrivers {
         reply: oneshot::Sender<Vec<BalanceQuery>>,
     },
-    /// Re-read the vehicle list now (a status or driver changed).
-    Refresh,
+    /// Re-read the vehicle list now (a status or driver changed); answers when done.
+    Refresh { done: oneshot::Sender<()> },
 }
 
 /// Handle to the rules actor; cheap to clone.
@@ -201,8 +201,13 @@ impl CrmHandle {
         rx.await.unwrap_or_default()
     }
 
+    /// Re-read the vehicle list now, and wait until the rules have: a vehicle returned to the
+    /// fleet (`status` no longer `issued`) ends its shift before the next change is read.
     pub async fn refresh(&self) {
-        let _ = self.tx.send(Cmd::Refresh).await;
+        let (done, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Refresh { done }).await.is_ok() {
+            let _ = rx.await;
+        }
     }
 }
 
@@ -613,7 +618,10 @@ impl Engine {
                     .collect();
                 let _ = reply.send(out);
             }
-            Cmd::Refresh => self.refresh().await,
+            Cmd::Refresh { done } => {
+                self.refresh().await;
+                let _ = done.send(());
+            }
         }
     }
 
