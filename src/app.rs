@@ -203,6 +203,7 @@ pub async fn start_with(
         handshake_timeout: Duration::from_secs(config.limits.handshake_timeout_s),
         idle_timeout: Duration::from_secs(config.limits.idle_timeout_s),
         sessions,
+        protocols: config.protocols.clone(),
     });
 
     let shutdown = CancellationToken::new();

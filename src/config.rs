@@ -49,6 +49,8 @@ pub struct Config {
     pub rules: crate::crm::RulesConfig,
     pub status: crate::api::status::StatusConfig,
     pub immobiliser: crate::immobiliser::ImmobiliserConfig,
+    /// Per-protocol session settings (`[protocols.gl200]`, `[protocols.gt06]`).
+    pub protocols: crate::protocols::options::ProtocolOptions,
 }
 
 /// An API bearer token. Written either as a bare string or as `{ name, token }` so the audit
@@ -394,6 +396,7 @@ impl Config {
         self.rules.validate()?;
         self.status.validate()?;
         self.immobiliser.validate()?;
+        self.protocols.validate()?;
         Ok(())
     }
 

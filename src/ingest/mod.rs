@@ -33,6 +33,8 @@ pub struct IngestCtx {
     pub idle_timeout: Duration,
     /// Live sessions: commands out, command answers back.
     pub sessions: Arc<Sessions>,
+    /// How each connection's protocol session is built (`[protocols.*]`).
+    pub protocols: crate::protocols::options::ProtocolOptions,
 }
 
 /// What the connection must do after one frame.

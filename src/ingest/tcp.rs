@@ -82,7 +82,10 @@ async fn connection(
     ctx: &IngestCtx,
     shutdown: CancellationToken,
 ) -> &'static str {
-    let mut codec = SessionCodec::new(protocol.session(Transport::Tcp), protocol.max_frame());
+    let mut codec = SessionCodec::new(
+        ctx.protocols.session(protocol, Transport::Tcp),
+        protocol.max_frame(),
+    );
     let mut buf = BytesMut::new();
     let mut device: Option<DeviceId> = None;
     let mut registration: Option<Registration> = None;

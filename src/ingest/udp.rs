@@ -45,9 +45,12 @@ pub async fn serve(
             peers.retain(|_, (_, seen)| seen.elapsed() < PEER_TTL);
             last_sweep = Instant::now();
         }
-        let (session, seen) = peers
-            .entry(peer)
-            .or_insert_with(|| (protocol.session(Transport::Udp), Instant::now()));
+        let (session, seen) = peers.entry(peer).or_insert_with(|| {
+            (
+                ctx.protocols.session(protocol, Transport::Udp),
+                Instant::now(),
+            )
+        });
         *seen = Instant::now();
         let mut data = &buf[..n];
         while !data.is_empty() {

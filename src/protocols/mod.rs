@@ -8,6 +8,7 @@
 
 pub mod corpus;
 pub mod fuzz;
+pub mod options;
 pub mod util;
 
 pub mod adm;

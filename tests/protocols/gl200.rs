@@ -94,6 +94,31 @@ async fn gl200_tcp_reports_are_stored_and_heartbeat_answered() {
     d.stop().await;
 }
 
+/// `[protocols.gl200] report_acks = true`: each report is answered `+SACK:<count>$` once its
+/// fixes are stored (for devices configured to wait for the server's acknowledgement).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gl200_reports_are_acked_when_report_acks_is_on() {
+    let d = Daemon::start_with("[protocols.gl200]\nreport_acks = true\n").await;
+    let imei = "862170010123457";
+    let mut dev = d.tcp(Protocol::Gl200).await;
+    let fixes = vec![fix(0, 55.75, 30.0), fix(10, 55.751, 31.0)];
+    let report = encode_fri(
+        VERSION,
+        imei,
+        13_800,
+        &fixes,
+        123.4,
+        "210100",
+        t(15),
+        0x01C2,
+    );
+    dev.send(report.as_bytes()).await;
+    assert_eq!(String::from_utf8_lossy(&dev.read(11).await), "+SACK:01C2$");
+    let want: Vec<_> = fixes.iter().map(expect).collect();
+    assert_track(&d.track(imei).await, &want, 1e-6, 1e-6);
+    d.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gl200_udp_reports_are_stored_and_heartbeat_answered() {
     let d = Daemon::start().await;

@@ -30,8 +30,13 @@ pub struct Daemon {
 
 impl Daemon {
     pub async fn start() -> Daemon {
+        Daemon::start_with("").await
+    }
+
+    /// A daemon with `extra` appended to the test config (e.g. `[protocols.gl200]`).
+    pub async fn start_with(extra: &str) -> Daemon {
         let dir = tempfile::tempdir().expect("temp dir");
-        let running = crate::common::start(dir.path(), "").await;
+        let running = crate::common::start(dir.path(), extra).await;
         let api = Api::new(running.api_addr);
         Daemon {
             running,
