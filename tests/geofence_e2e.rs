@@ -126,7 +126,7 @@ async fn noisy_drive_out_of_the_oblast_gives_exactly_one_exit_at_the_right_fix()
     }
 
     let mut events = serde_json::Value::Null;
-    for _ in 0..100 {
+    for _ in 0..400 {
         let (_, e) = api
             .get(&format!("/api/v1/events?vehicle={imei}&type=exit"))
             .await;
@@ -224,7 +224,7 @@ async fn zones_through_the_api(daemon: fleetgate::app::Running) {
     t.send(&encode_avl_packet(CODEC_8E, &recs)).await;
     assert_eq!(t.read(4).await, [0, 0, 0, 6]);
     let mut zones = serde_json::Value::Null;
-    for _ in 0..100 {
+    for _ in 0..400 {
         let (_, v) = api.get("/api/v1/vehicles/359632101230000").await;
         zones = v["zone"]["zones"].clone();
         if zones

@@ -80,7 +80,7 @@ async fn handshake_timeout_closes_only_the_silent_connection() {
     );
     let took = opened.elapsed();
     assert!(
-        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        took >= Duration::from_millis(900) && took < Duration::from_secs(10),
         "closed after {took:?}"
     );
     acks(&mut good, 1).await;
