@@ -49,6 +49,11 @@ struct Device {
     state: DeviceState,
     last: Option<LastFix>,
     recent: Recent,
+    /// Fix times handed to the writer whose commit has not returned yet (how many writes
+    /// carry each). A resend of one of these is not a duplicate to ack at once: the first
+    /// write may still fail, so the resend is written (idempotently) and acked after its own
+    /// commit.
+    pending: HashMap<i64, u32>,
 }
 
 impl Device {
@@ -63,6 +68,7 @@ impl Device {
             },
             last: None,
             recent: Recent::default(),
+            pending: HashMap::new(),
         }
     }
 
@@ -80,6 +86,7 @@ impl Device {
             state,
             last,
             recent,
+            pending: HashMap::new(),
         }
     }
 }
@@ -88,6 +95,8 @@ pub struct Shard {
     filters: FiltersConfig,
     devices: HashMap<DeviceId, Device>,
     writer: mpsc::Sender<WriterMsg>,
+    /// This shard's own queue, to learn how each write ended ([`ShardMsg::Settled`]).
+    me: Option<mpsc::WeakSender<ShardMsg>>,
 }
 
 impl Shard {
@@ -104,6 +113,33 @@ impl Shard {
             filters,
             devices,
             writer,
+            me: None,
+        }
+    }
+
+    /// Let the shard hear how its writes ended (needed to tell a resend of a fix still being
+    /// committed from one already stored).
+    pub(crate) fn with_queue(mut self, me: mpsc::WeakSender<ShardMsg>) -> Self {
+        self.me = Some(me);
+        self
+    }
+
+    /// A write ended: its fix times are no longer pending; when it failed they are forgotten,
+    /// so that a resend is written again rather than taken for a duplicate.
+    fn settle(&mut self, device: &DeviceId, times: &[i64], ok: bool) {
+        let Some(d) = self.devices.get_mut(device) else {
+            return;
+        };
+        for t in times {
+            if let Some(n) = d.pending.get_mut(t) {
+                *n -= 1;
+                if *n == 0 {
+                    d.pending.remove(t);
+                }
+            }
+            if !ok {
+                d.recent.remove(*t);
+            }
         }
     }
 
@@ -120,6 +156,33 @@ impl Shard {
                     let (item, accepted) = self.accept(device, protocol, positions, received);
                     match item {
                         Some(item) => {
+                            // Learn the outcome before the connection does, so the shard has
+                            // settled the fix times by the time a device acts on its ack.
+                            let done = match self.me.as_ref().and_then(|m| m.upgrade()) {
+                                Some(me) => {
+                                    let times: Vec<i64> = item
+                                        .positions
+                                        .iter()
+                                        .map(|p| p.position.fix_time.timestamp_millis())
+                                        .collect();
+                                    let device = item.device.clone();
+                                    let (tx, rx) = tokio::sync::oneshot::channel();
+                                    tokio::spawn(async move {
+                                        let r =
+                                            rx.await.unwrap_or(Err(super::PipelineError::Closed));
+                                        let _ = me
+                                            .send(ShardMsg::Settled {
+                                                device,
+                                                times,
+                                                ok: r.is_ok(),
+                                            })
+                                            .await;
+                                        let _ = done.send(r);
+                                    });
+                                    tx
+                                }
+                                None => done,
+                            };
                             if let Err(e) = self
                                 .writer
                                 .send(WriterMsg::Write(WriteReq {
@@ -150,6 +213,7 @@ impl Shard {
                         .or_insert_with(|| Device::new(device, protocol, at));
                     d.state.last_seen = d.state.last_seen.max(at);
                 }
+                ShardMsg::Settled { device, times, ok } => self.settle(&device, &times, ok),
                 ShardMsg::Forget { device, times } => {
                     if let Some(d) = self.devices.get_mut(&device) {
                         for t in times {
@@ -194,6 +258,19 @@ impl Shard {
         positions.sort_by_key(|p| p.fix_time);
         for p in positions {
             let t = p.fix_time.timestamp_millis();
+            if d.recent.contains(t) && d.pending.contains_key(&t) {
+                // Resent while its first write is still in flight (the device gave up
+                // waiting): acking it now would ack before durability, and the first write
+                // may yet fail. Write it again (storage ignores a row already stored) and ack
+                // after that commit. The state has already advanced for it.
+                *d.pending.entry(t).or_default() += 1;
+                accepted.stored += 1;
+                out.push(NewPosition {
+                    gps_odometer_m: d.state.gps_odometer_m,
+                    position: p,
+                });
+                continue;
+            }
             let verdict = if d.recent.contains(t) {
                 Err(Reject::Duplicate)
             } else {
@@ -211,6 +288,7 @@ impl Shard {
                 continue;
             }
             d.recent.insert(t);
+            *d.pending.entry(t).or_default() += 1;
             let newer = d.last.map(|l| p.fix_time > l.time).unwrap_or(true);
             if newer {
                 if let Some(l) = d.last {
@@ -275,7 +353,8 @@ mod tests {
             vec![fix(0, 55.0), fix(10, 55.001)],
             now,
         );
-        assert_eq!(item.unwrap().positions.len(), 2);
+        let item = item.unwrap();
+        assert_eq!(item.positions.len(), 2);
         assert_eq!(
             acc,
             Accepted {
@@ -283,6 +362,7 @@ mod tests {
                 rejected: 0
             }
         );
+        s.settle(&dev, &times(&item), true);
         let (item, acc) = s.accept(
             dev,
             Protocol::Teltonika,
@@ -297,6 +377,41 @@ mod tests {
                 rejected: 0
             }
         );
+    }
+
+    fn times(item: &WriteItem) -> Vec<i64> {
+        item.positions
+            .iter()
+            .map(|p| p.position.fix_time.timestamp_millis())
+            .collect()
+    }
+
+    #[test]
+    fn a_resend_while_the_first_write_is_pending_is_written_again_not_acked_at_once() {
+        let mut s = shard();
+        let now = Utc.with_ymd_and_hms(2026, 3, 1, 11, 0, 0).unwrap();
+        let dev = DeviceId::new("1");
+        let batch = vec![fix(0, 55.0), fix(10, 55.001)];
+        let (first, _) = s.accept(dev.clone(), Protocol::Teltonika, batch.clone(), now);
+        let first = first.unwrap();
+        // The device gave up waiting and resends while the first commit is in flight.
+        let (again, acc) = s.accept(dev.clone(), Protocol::Teltonika, batch.clone(), now);
+        let again = again.expect("written again, to be acked after its own commit");
+        assert_eq!(times(&again), times(&first));
+        assert_eq!(acc.stored, 2);
+        // The state does not advance twice.
+        assert_eq!(again.state.gps_odometer_m, first.state.gps_odometer_m);
+        // The first write fails, the second succeeds: from then on a resend is a duplicate.
+        s.settle(&dev, &times(&first), false);
+        s.settle(&dev, &times(&again), true);
+        let (third, acc) = s.accept(dev.clone(), Protocol::Teltonika, batch.clone(), now);
+        // Forgotten by the failure, so written once more (idempotent in storage).
+        let third = third.expect("the failed write's times were forgotten");
+        s.settle(&dev, &times(&third), true);
+        assert_eq!(acc.stored, 2);
+        let (fourth, acc) = s.accept(dev, Protocol::Teltonika, batch, now);
+        assert!(fourth.is_none(), "committed: a plain duplicate");
+        assert_eq!(acc.stored, 2);
     }
 
     #[test]
