@@ -18,6 +18,22 @@ use crate::storage::{DeviceState, NewPosition, StoredPosition, WriteItem};
 /// catches anything older.
 const RECENT_FIXES: usize = 2048;
 
+/// Fixes rejected as jumps that agree with one another (each plausible from the one before)
+/// and span at least [`REANCHOR_SPAN_S`] prove the anchor wrong, not them: the last accepted
+/// fix was itself the outlier (a bad first fix after power-up, a reflection taken after a
+/// long gap). Without this a device would have every true fix rejected for as long as it
+/// stays out of "reach" of that one bad fix — its track frozen, its zone exits missed.
+const REANCHOR_FIXES: u32 = 3;
+const REANCHOR_SPAN_S: i64 = 30;
+
+/// Consecutive jump-rejected fixes that agree with one another.
+#[derive(Clone, Copy, Debug)]
+struct JumpChain {
+    first: LastFix,
+    latest: LastFix,
+    count: u32,
+}
+
 #[derive(Default)]
 struct Recent {
     order: VecDeque<i64>,
@@ -48,6 +64,8 @@ impl Recent {
 struct Device {
     state: DeviceState,
     last: Option<LastFix>,
+    /// Jump-rejected fixes agreeing with one another, since the last accepted fix.
+    chain: Option<JumpChain>,
     recent: Recent,
     /// Fix times handed to the writer whose commit has not returned yet (how many writes
     /// carry each). A resend of one of these is not a duplicate to ack at once: the first
@@ -67,6 +85,7 @@ impl Device {
                 gps_odometer_m: 0.0,
             },
             last: None,
+            chain: None,
             recent: Recent::default(),
             pending: HashMap::new(),
         }
@@ -85,6 +104,7 @@ impl Device {
         Device {
             state,
             last,
+            chain: None,
             recent,
             pending: HashMap::new(),
         }
@@ -271,11 +291,47 @@ impl Shard {
                 });
                 continue;
             }
-            let verdict = if d.recent.contains(t) {
+            let mut verdict = if d.recent.contains(t) {
                 Err(Reject::Duplicate)
             } else {
                 filter::check(&p, d.last.as_ref(), now, filters)
             };
+            let mut reanchored = false;
+            match verdict {
+                Err(Reject::Jump) => {
+                    let fix = LastFix {
+                        time: p.fix_time,
+                        lat: p.lat,
+                        lon: p.lon,
+                    };
+                    let agrees = d.chain.as_ref().is_some_and(|c| {
+                        p.fix_time > c.latest.time
+                            && filter::check(&p, Some(&c.latest), now, filters).is_ok()
+                    });
+                    let c = match d.chain.as_mut() {
+                        Some(c) if agrees => {
+                            c.count += 1;
+                            c.latest = fix;
+                            *c
+                        }
+                        _ => *d.chain.insert(JumpChain {
+                            first: fix,
+                            latest: fix,
+                            count: 1,
+                        }),
+                    };
+                    if c.count >= REANCHOR_FIXES
+                        && (c.latest.time - c.first.time).num_seconds() >= REANCHOR_SPAN_S
+                    {
+                        tracing::info!(device = %id, fixes = c.count, "jump filter re-anchored: the previous fix was the outlier");
+                        d.chain = None;
+                        reanchored = true;
+                        verdict = Ok(());
+                    }
+                }
+                Ok(()) => d.chain = None,
+                Err(_) => {}
+            }
             if let Err(reason) = verdict {
                 metrics::counter!("fleetgate_pipeline_rejects_total", "reason" => reason.label())
                     .increment(1);
@@ -289,9 +345,10 @@ impl Shard {
             }
             d.recent.insert(t);
             *d.pending.entry(t).or_default() += 1;
-            let newer = d.last.map(|l| p.fix_time > l.time).unwrap_or(true);
+            let newer = d.last.map(|l| p.fix_time > l.time).unwrap_or(true) || reanchored;
             if newer {
-                if let Some(l) = d.last {
+                if let (Some(l), false) = (d.last, reanchored) {
+                    // Not across a re-anchoring: that distance was never driven.
                     d.state.gps_odometer_m += haversine_m(l.lat, l.lon, p.lat, p.lon);
                 }
                 d.last = Some(LastFix {
@@ -412,6 +469,42 @@ mod tests {
         let (fourth, acc) = s.accept(dev, Protocol::Teltonika, batch, now);
         assert!(fourth.is_none(), "committed: a plain duplicate");
         assert_eq!(acc.stored, 2);
+    }
+
+    #[test]
+    fn a_bad_first_fix_does_not_freeze_the_device_but_a_short_burst_of_jumps_is_dropped() {
+        let mut s = shard();
+        let now = Utc.with_ymd_and_hms(2026, 3, 1, 11, 0, 0).unwrap();
+        let dev = DeviceId::new("1");
+        // The first fix ever is 40 km off (cold start), the true track follows every 10 s.
+        let mut batch = vec![fix(0, 55.36)];
+        batch.extend((1..=8).map(|i| fix(i * 10, 55.0 + i as f64 * 0.001)));
+        let (item, acc) = s.accept(dev.clone(), Protocol::Teltonika, batch, now);
+        let item = item.unwrap();
+        // Fixes at 10, 20, 30 are rejected; the one at 40 completes 3 agreeing fixes over
+        // 30 s and re-anchors; the rest follow it.
+        assert_eq!(acc.rejected, 3, "{acc:?}");
+        let kept: Vec<f64> = item.positions.iter().map(|p| p.position.lat).collect();
+        assert_eq!(kept.len(), 6, "{kept:?}");
+        assert_eq!(item.state.position.as_ref().unwrap().lat, 55.008);
+        // The odometer does not count the 40 km back from the bad fix.
+        assert!(
+            item.state.gps_odometer_m < 1000.0,
+            "{}",
+            item.state.gps_odometer_m
+        );
+        s.settle(&dev, &times(&item), true);
+
+        // A reflection: three identical fixes 30 km off within 4 s are all dropped.
+        let burst = vec![
+            fix(92, 55.3),
+            fix(94, 55.3),
+            fix(96, 55.3),
+            fix(100, 55.0092),
+        ];
+        let (item, acc) = s.accept(dev, Protocol::Teltonika, burst, now);
+        assert_eq!(acc.rejected, 3, "{acc:?}");
+        assert_eq!(item.unwrap().state.position.unwrap().lat, 55.0092);
     }
 
     #[test]
