@@ -1,8 +1,10 @@
 //! PostgreSQL unreachable for 30 s under tracker traffic, without touching the shared server:
 //! the daemon (the real binary) reaches PostgreSQL through an in-test TCP proxy
-//! (`tests/common/proxy.rs`), and the proxy is cut — every open connection closed, new ones
-//! black-holed for the first half (accepted, never answered: a partition) and refused for
-//! the second. Meanwhile:
+//! (`tests/common/proxy.rs`), and the proxy is cut while commits are in flight. First half:
+//! every open connection goes silent for good (no FIN, no RST: a path that died — the hard
+//! case, only a client-side timeout notices; `FLEETGATE_OUTAGE_CLOSE=1` closes them instead)
+//! and new connections are black-holed (accepted, never answered); second half: new
+//! connections are refused. Meanwhile:
 //!
 //! - no tracker is acked (once the commits in flight at the cut have returned),
 //! - the daemon stays up (`/healthz` 200, `/readyz` 503), counts the failed commits,
@@ -225,19 +227,21 @@ async fn postgres_unreachable_for_30_s_acks_nothing_then_loses_nothing() {
     let errors_before = common::metric(&api, "fleetgate_storage_commit_errors_total", &[]).await;
     let before = rss_kib(&child);
 
-    // The outage: black hole, then refusal.
-    proxy.set(Mode::BlackHole);
-    let down = Instant::now();
+    // The flooders start first, so that commits are in flight when the path dies.
     let flooders: Vec<_> = flood_imeis
         .iter()
-        .map(|imei| {
-            tokio::spawn(flood(
-                tport,
-                imei.clone(),
-                down + OUTAGE - Duration::from_secs(2),
-            ))
-        })
+        .map(|imei| tokio::spawn(flood(tport, imei.clone(), Instant::now() + OUTAGE)))
         .collect();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // The outage: the open connections go silent for good (or, with
+    // FLEETGATE_OUTAGE_CLOSE set, are closed), new ones are black-holed; then refused.
+    let first = if std::env::var("FLEETGATE_OUTAGE_CLOSE").is_ok() {
+        Mode::BlackHole
+    } else {
+        Mode::Freeze
+    };
+    proxy.set(first);
+    let down = Instant::now();
     tokio::time::sleep(OUTAGE / 2).await;
     proxy.set(Mode::Refuse);
     let (status, _) = api.text("/healthz").await;
@@ -301,7 +305,7 @@ async fn postgres_unreachable_for_30_s_acks_nothing_then_loses_nothing() {
     }
     let acked_total: usize = log.acked.values().map(|s| s.len()).sum();
     println!(
-        "outage {}s: proxy held {} and refused {} connection attempts; {} commit errors; \
+        "outage {}s ({first:?}, then refused): proxy held {} and refused {} connection attempts; {} commit errors; \
          acks before the cut {acks_at_cut}, during {during_acks}, total {}; {} unacked sends resent; \
          {acked_total} records acked, {} rows stored; flooders wrote {} KiB; \
          RSS {before} KiB before, {during} KiB during, {after} KiB after",

@@ -5,6 +5,9 @@
 //! - [`Mode::BlackHole`]: existing relays are closed; new connections are accepted and held
 //!   without an answer (a partition: the client only learns by its own timeout).
 //! - [`Mode::Refuse`]: existing relays are closed; new connections are closed at once.
+//! - [`Mode::Freeze`]: existing relays go silent for good — nothing is forwarded or closed
+//!   ever again, even after the proxy is back up (a path that died without FIN or RST); new
+//!   connections are held as in a black hole.
 //!
 //! Held connections are closed when the mode changes again.
 
@@ -20,6 +23,7 @@ pub enum Mode {
     Up,
     BlackHole,
     Refuse,
+    Freeze,
 }
 
 pub struct Proxy {
@@ -56,7 +60,7 @@ impl Proxy {
                         f.fetch_add(1, Ordering::Relaxed);
                         drop(client);
                     }
-                    Mode::BlackHole => {
+                    Mode::BlackHole | Mode::Freeze => {
                         h.fetch_add(1, Ordering::Relaxed);
                         tokio::spawn(async move {
                             let _ = rx.changed().await;
@@ -95,9 +99,13 @@ async fn relay(mut client: TcpStream, upstream: SocketAddr, mut rx: watch::Recei
     let Ok(mut server) = TcpStream::connect(upstream).await else {
         return;
     };
-    tokio::select! {
-        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
-        // Cut: both sides are dropped, so both see the connection end.
-        _ = rx.wait_for(|m| *m != Mode::Up) => {}
+    let cut = tokio::select! {
+        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => None,
+        m = rx.wait_for(|m| *m != Mode::Up) => m.ok().map(|m| *m),
+    };
+    if cut == Some(Mode::Freeze) {
+        // Keep both sockets open and unread until the test process ends.
+        std::future::pending::<()>().await;
     }
+    // Otherwise both sides are dropped, so both see the connection end.
 }
