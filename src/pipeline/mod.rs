@@ -54,6 +54,12 @@ pub(crate) enum ShardMsg {
         protocol: Protocol,
         at: DateTime<Utc>,
     },
+    /// How a write the shard sent ended (sent by the shard to itself, before the ack).
+    Settled {
+        device: DeviceId,
+        times: Vec<i64>,
+        ok: bool,
+    },
     /// A batch was not committed: its fix times must not count as duplicates when re-sent.
     Forget {
         device: DeviceId,
@@ -109,7 +115,8 @@ impl Pipeline {
         let mut shards = Vec::with_capacity(n);
         for seed in seeds {
             let (tx, rx) = mpsc::channel(config.pipeline.queue);
-            let shard = Shard::new(config.filters.clone(), seed, wtx.clone());
+            let shard =
+                Shard::new(config.filters.clone(), seed, wtx.clone()).with_queue(tx.downgrade());
             shards.push(tokio::spawn(shard.run(rx)));
             senders.push(tx);
         }

@@ -18,6 +18,22 @@ use crate::storage::{DeviceState, NewPosition, StoredPosition, WriteItem};
 /// catches anything older.
 const RECENT_FIXES: usize = 2048;
 
+/// Fixes rejected as jumps that agree with one another (each plausible from the one before)
+/// and span at least [`REANCHOR_SPAN_S`] prove the anchor wrong, not them: the last accepted
+/// fix was itself the outlier (a bad first fix after power-up, a reflection taken after a
+/// long gap). Without this a device would have every true fix rejected for as long as it
+/// stays out of "reach" of that one bad fix — its track frozen, its zone exits missed.
+const REANCHOR_FIXES: u32 = 3;
+const REANCHOR_SPAN_S: i64 = 30;
+
+/// Consecutive jump-rejected fixes that agree with one another.
+#[derive(Clone, Copy, Debug)]
+struct JumpChain {
+    first: LastFix,
+    latest: LastFix,
+    count: u32,
+}
+
 #[derive(Default)]
 struct Recent {
     order: VecDeque<i64>,
@@ -48,7 +64,14 @@ impl Recent {
 struct Device {
     state: DeviceState,
     last: Option<LastFix>,
+    /// Jump-rejected fixes agreeing with one another, since the last accepted fix.
+    chain: Option<JumpChain>,
     recent: Recent,
+    /// Fix times handed to the writer whose commit has not returned yet (how many writes
+    /// carry each). A resend of one of these is not a duplicate to ack at once: the first
+    /// write may still fail, so the resend is written (idempotently) and acked after its own
+    /// commit.
+    pending: HashMap<i64, u32>,
 }
 
 impl Device {
@@ -62,7 +85,9 @@ impl Device {
                 gps_odometer_m: 0.0,
             },
             last: None,
+            chain: None,
             recent: Recent::default(),
+            pending: HashMap::new(),
         }
     }
 
@@ -79,7 +104,9 @@ impl Device {
         Device {
             state,
             last,
+            chain: None,
             recent,
+            pending: HashMap::new(),
         }
     }
 }
@@ -88,6 +115,8 @@ pub struct Shard {
     filters: FiltersConfig,
     devices: HashMap<DeviceId, Device>,
     writer: mpsc::Sender<WriterMsg>,
+    /// This shard's own queue, to learn how each write ended ([`ShardMsg::Settled`]).
+    me: Option<mpsc::WeakSender<ShardMsg>>,
 }
 
 impl Shard {
@@ -104,6 +133,33 @@ impl Shard {
             filters,
             devices,
             writer,
+            me: None,
+        }
+    }
+
+    /// Let the shard hear how its writes ended (needed to tell a resend of a fix still being
+    /// committed from one already stored).
+    pub(crate) fn with_queue(mut self, me: mpsc::WeakSender<ShardMsg>) -> Self {
+        self.me = Some(me);
+        self
+    }
+
+    /// A write ended: its fix times are no longer pending; when it failed they are forgotten,
+    /// so that a resend is written again rather than taken for a duplicate.
+    fn settle(&mut self, device: &DeviceId, times: &[i64], ok: bool) {
+        let Some(d) = self.devices.get_mut(device) else {
+            return;
+        };
+        for t in times {
+            if let Some(n) = d.pending.get_mut(t) {
+                *n -= 1;
+                if *n == 0 {
+                    d.pending.remove(t);
+                }
+            }
+            if !ok {
+                d.recent.remove(*t);
+            }
         }
     }
 
@@ -120,6 +176,33 @@ impl Shard {
                     let (item, accepted) = self.accept(device, protocol, positions, received);
                     match item {
                         Some(item) => {
+                            // Learn the outcome before the connection does, so the shard has
+                            // settled the fix times by the time a device acts on its ack.
+                            let done = match self.me.as_ref().and_then(|m| m.upgrade()) {
+                                Some(me) => {
+                                    let times: Vec<i64> = item
+                                        .positions
+                                        .iter()
+                                        .map(|p| p.position.fix_time.timestamp_millis())
+                                        .collect();
+                                    let device = item.device.clone();
+                                    let (tx, rx) = tokio::sync::oneshot::channel();
+                                    tokio::spawn(async move {
+                                        let r =
+                                            rx.await.unwrap_or(Err(super::PipelineError::Closed));
+                                        let _ = me
+                                            .send(ShardMsg::Settled {
+                                                device,
+                                                times,
+                                                ok: r.is_ok(),
+                                            })
+                                            .await;
+                                        let _ = done.send(r);
+                                    });
+                                    tx
+                                }
+                                None => done,
+                            };
                             if let Err(e) = self
                                 .writer
                                 .send(WriterMsg::Write(WriteReq {
@@ -150,6 +233,7 @@ impl Shard {
                         .or_insert_with(|| Device::new(device, protocol, at));
                     d.state.last_seen = d.state.last_seen.max(at);
                 }
+                ShardMsg::Settled { device, times, ok } => self.settle(&device, &times, ok),
                 ShardMsg::Forget { device, times } => {
                     if let Some(d) = self.devices.get_mut(&device) {
                         for t in times {
@@ -194,11 +278,60 @@ impl Shard {
         positions.sort_by_key(|p| p.fix_time);
         for p in positions {
             let t = p.fix_time.timestamp_millis();
-            let verdict = if d.recent.contains(t) {
+            if d.recent.contains(t) && d.pending.contains_key(&t) {
+                // Resent while its first write is still in flight (the device gave up
+                // waiting): acking it now would ack before durability, and the first write
+                // may yet fail. Write it again (storage ignores a row already stored) and ack
+                // after that commit. The state has already advanced for it.
+                *d.pending.entry(t).or_default() += 1;
+                accepted.stored += 1;
+                out.push(NewPosition {
+                    gps_odometer_m: d.state.gps_odometer_m,
+                    position: p,
+                });
+                continue;
+            }
+            let mut verdict = if d.recent.contains(t) {
                 Err(Reject::Duplicate)
             } else {
                 filter::check(&p, d.last.as_ref(), now, filters)
             };
+            let mut reanchored = false;
+            match verdict {
+                Err(Reject::Jump) => {
+                    let fix = LastFix {
+                        time: p.fix_time,
+                        lat: p.lat,
+                        lon: p.lon,
+                    };
+                    let agrees = d.chain.as_ref().is_some_and(|c| {
+                        p.fix_time > c.latest.time
+                            && filter::check(&p, Some(&c.latest), now, filters).is_ok()
+                    });
+                    let c = match d.chain.as_mut() {
+                        Some(c) if agrees => {
+                            c.count += 1;
+                            c.latest = fix;
+                            *c
+                        }
+                        _ => *d.chain.insert(JumpChain {
+                            first: fix,
+                            latest: fix,
+                            count: 1,
+                        }),
+                    };
+                    if c.count >= REANCHOR_FIXES
+                        && (c.latest.time - c.first.time).num_seconds() >= REANCHOR_SPAN_S
+                    {
+                        tracing::info!(device = %id, fixes = c.count, "jump filter re-anchored: the previous fix was the outlier");
+                        d.chain = None;
+                        reanchored = true;
+                        verdict = Ok(());
+                    }
+                }
+                Ok(()) => d.chain = None,
+                Err(_) => {}
+            }
             if let Err(reason) = verdict {
                 metrics::counter!("fleetgate_pipeline_rejects_total", "reason" => reason.label())
                     .increment(1);
@@ -211,9 +344,11 @@ impl Shard {
                 continue;
             }
             d.recent.insert(t);
-            let newer = d.last.map(|l| p.fix_time > l.time).unwrap_or(true);
+            *d.pending.entry(t).or_default() += 1;
+            let newer = d.last.map(|l| p.fix_time > l.time).unwrap_or(true) || reanchored;
             if newer {
-                if let Some(l) = d.last {
+                if let (Some(l), false) = (d.last, reanchored) {
+                    // Not across a re-anchoring: that distance was never driven.
                     d.state.gps_odometer_m += haversine_m(l.lat, l.lon, p.lat, p.lon);
                 }
                 d.last = Some(LastFix {
@@ -275,7 +410,8 @@ mod tests {
             vec![fix(0, 55.0), fix(10, 55.001)],
             now,
         );
-        assert_eq!(item.unwrap().positions.len(), 2);
+        let item = item.unwrap();
+        assert_eq!(item.positions.len(), 2);
         assert_eq!(
             acc,
             Accepted {
@@ -283,6 +419,7 @@ mod tests {
                 rejected: 0
             }
         );
+        s.settle(&dev, &times(&item), true);
         let (item, acc) = s.accept(
             dev,
             Protocol::Teltonika,
@@ -297,6 +434,77 @@ mod tests {
                 rejected: 0
             }
         );
+    }
+
+    fn times(item: &WriteItem) -> Vec<i64> {
+        item.positions
+            .iter()
+            .map(|p| p.position.fix_time.timestamp_millis())
+            .collect()
+    }
+
+    #[test]
+    fn a_resend_while_the_first_write_is_pending_is_written_again_not_acked_at_once() {
+        let mut s = shard();
+        let now = Utc.with_ymd_and_hms(2026, 3, 1, 11, 0, 0).unwrap();
+        let dev = DeviceId::new("1");
+        let batch = vec![fix(0, 55.0), fix(10, 55.001)];
+        let (first, _) = s.accept(dev.clone(), Protocol::Teltonika, batch.clone(), now);
+        let first = first.unwrap();
+        // The device gave up waiting and resends while the first commit is in flight.
+        let (again, acc) = s.accept(dev.clone(), Protocol::Teltonika, batch.clone(), now);
+        let again = again.expect("written again, to be acked after its own commit");
+        assert_eq!(times(&again), times(&first));
+        assert_eq!(acc.stored, 2);
+        // The state does not advance twice.
+        assert_eq!(again.state.gps_odometer_m, first.state.gps_odometer_m);
+        // The first write fails, the second succeeds: from then on a resend is a duplicate.
+        s.settle(&dev, &times(&first), false);
+        s.settle(&dev, &times(&again), true);
+        let (third, acc) = s.accept(dev.clone(), Protocol::Teltonika, batch.clone(), now);
+        // Forgotten by the failure, so written once more (idempotent in storage).
+        let third = third.expect("the failed write's times were forgotten");
+        s.settle(&dev, &times(&third), true);
+        assert_eq!(acc.stored, 2);
+        let (fourth, acc) = s.accept(dev, Protocol::Teltonika, batch, now);
+        assert!(fourth.is_none(), "committed: a plain duplicate");
+        assert_eq!(acc.stored, 2);
+    }
+
+    #[test]
+    fn a_bad_first_fix_does_not_freeze_the_device_but_a_short_burst_of_jumps_is_dropped() {
+        let mut s = shard();
+        let now = Utc.with_ymd_and_hms(2026, 3, 1, 11, 0, 0).unwrap();
+        let dev = DeviceId::new("1");
+        // The first fix ever is 40 km off (cold start), the true track follows every 10 s.
+        let mut batch = vec![fix(0, 55.36)];
+        batch.extend((1..=8).map(|i| fix(i * 10, 55.0 + i as f64 * 0.001)));
+        let (item, acc) = s.accept(dev.clone(), Protocol::Teltonika, batch, now);
+        let item = item.unwrap();
+        // Fixes at 10, 20, 30 are rejected; the one at 40 completes 3 agreeing fixes over
+        // 30 s and re-anchors; the rest follow it.
+        assert_eq!(acc.rejected, 3, "{acc:?}");
+        let kept: Vec<f64> = item.positions.iter().map(|p| p.position.lat).collect();
+        assert_eq!(kept.len(), 6, "{kept:?}");
+        assert_eq!(item.state.position.as_ref().unwrap().lat, 55.008);
+        // The odometer does not count the 40 km back from the bad fix.
+        assert!(
+            item.state.gps_odometer_m < 1000.0,
+            "{}",
+            item.state.gps_odometer_m
+        );
+        s.settle(&dev, &times(&item), true);
+
+        // A reflection: three identical fixes 30 km off within 4 s are all dropped.
+        let burst = vec![
+            fix(92, 55.3),
+            fix(94, 55.3),
+            fix(96, 55.3),
+            fix(100, 55.0092),
+        ];
+        let (item, acc) = s.accept(dev, Protocol::Teltonika, burst, now);
+        assert_eq!(acc.rejected, 3, "{acc:?}");
+        assert_eq!(item.unwrap().state.position.unwrap().lat, 55.0092);
     }
 
     #[test]

@@ -9,7 +9,16 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Accepted, PipelineError};
-use crate::storage::{Store, WriteItem};
+use crate::storage::{StorageError, Store, WriteItem};
+
+/// Longest one commit attempt may take. The databases time out what they can see (SQLite's
+/// busy timeout, the pool's acquire timeout), but not a connection whose network path died
+/// silently mid-query (no FIN, no RST): that would wait for the kernel's TCP retransmission
+/// timeout, ~15 minutes, with every tracker's ack queued behind it long after the database
+/// is back. Past this the attempt is abandoned as a transient I/O error (retried within the
+/// budget, then failed unacked); the batch is idempotent, so an attempt that did commit
+/// after all costs nothing but the resend.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub struct WriteReq {
     pub item: WriteItem,
@@ -100,7 +109,15 @@ async fn commit(
         .unzip();
     let started = Instant::now();
     let (result, _attempts) = super::retry::RetryPolicy::default()
-        .run(|| store.write_batch(&items))
+        .run(|| async {
+            match tokio::time::timeout(ATTEMPT_TIMEOUT, store.write_batch(&items)).await {
+                Ok(r) => r,
+                Err(_) => Err(StorageError::Db(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("commit attempt took over {}s", ATTEMPT_TIMEOUT.as_secs()),
+                )))),
+            }
+        })
         .await;
     let elapsed = started.elapsed().as_secs_f64();
     metrics::histogram!("fleetgate_storage_commit_seconds").record(elapsed);

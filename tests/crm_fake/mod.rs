@@ -34,6 +34,9 @@ pub struct Fake {
     recent: Mutex<VecDeque<Instant>>,
     pub token: String,
     pub secret: String,
+    /// Webhook: wait this long after applying (recording) a call before answering it, so a
+    /// client killed meanwhile never learns that the call was applied.
+    pub delay_ms: std::sync::atomic::AtomicU64,
 }
 
 pub struct Server {
@@ -294,7 +297,12 @@ async fn webhook(
                 .and_then(|v| v.to_str().ok())
                 == Some(&key)
     });
-    reply(if seen { 208 } else { 200 })
+    let r = reply(if seen { 208 } else { 200 });
+    let delay = fake.delay_ms.load(std::sync::atomic::Ordering::Relaxed);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    r
 }
 
 /// Start one of the fakes (`amocrm`, `bitrix24`, `webhook`) on an ephemeral port.
