@@ -33,6 +33,11 @@ use crate::storage::{DeviceState, StorageError, Store};
 const REQUEST_QUEUE: usize = 256;
 /// The actor's name in the audit when a fix (not a person) moved the state.
 const SYSTEM: &str = "immobiliser";
+/// Command ids are reserved from the database this many at a time, and topped up before an
+/// event is handled whenever fewer than [`ID_LOW`] are left. One event issues at most two
+/// commands (a change or a fix of one vehicle), so the pool never runs dry between top-ups.
+const ID_BLOCK: u32 = 32;
+const ID_LOW: usize = 8;
 
 /// The running actor; stop it after the pipeline has drained.
 pub struct ImmobiliserTask {
@@ -76,8 +81,7 @@ pub async fn start(
         awaiting: HashMap::new(),
         triggers: HashMap::new(),
         fresh: HashSet::new(),
-        next_command_id: snapshot.max_command_id + 1,
-        next_audit_id: snapshot.max_audit_id + 1,
+        ids: VecDeque::new(),
         changes: ImmobChanges::default(),
         dirty_vehicles: BTreeSet::new(),
         gauges_dirty: true,
@@ -112,6 +116,7 @@ pub async fn start(
             },
         );
     }
+    actor.top_up_ids().await?;
     let now = Utc::now();
     for mut c in snapshot.open_commands {
         // Written before the restart and never answered: write again on the next connection.
@@ -151,8 +156,8 @@ struct Actor {
     fresh: HashSet<DeviceId>,
     /// When the fix that triggered a block reached the gateway (latency metric).
     triggers: HashMap<i64, DateTime<Utc>>,
-    next_command_id: i64,
-    next_audit_id: i64,
+    /// Command ids reserved from the database (unique across instances sharing it).
+    ids: VecDeque<i64>,
     changes: ImmobChanges,
     dirty_vehicles: BTreeSet<VehicleId>,
     gauges_dirty: bool,
@@ -170,6 +175,9 @@ impl Actor {
         let mut tick = tokio::time::interval(self.cfg.tick());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            if let Err(e) = self.top_up_ids().await {
+                tracing::error!(error = %e, "immobiliser: command ids not reserved");
+            }
             // Committed fixes first: a request then sees every fix acked before it was made.
             tokio::select! {
                 biased;
@@ -192,6 +200,15 @@ impl Actor {
             tracing::error!(error = %e, "immobiliser state not persisted at shutdown");
         }
         tracing::debug!("immobiliser stopped");
+    }
+
+    /// Keep a few command ids in hand: `issue` is synchronous and takes one from the pool.
+    async fn top_up_ids(&mut self) -> Result<(), StorageError> {
+        if self.ids.len() < ID_LOW {
+            let ids = self.store.reserve_command_ids(ID_BLOCK).await?;
+            self.ids.extend(ids);
+        }
+        Ok(())
     }
 
     async fn on_request(&mut self, req: Request) {
@@ -357,7 +374,8 @@ impl Actor {
         fill: impl FnOnce(&mut AuditEntry),
     ) {
         let mut a = AuditEntry {
-            id: self.next_audit_id,
+            // Allocated by the database when stored.
+            id: 0,
             time: Utc::now(),
             vehicle_id: vehicle.clone(),
             event: event.to_string(),
@@ -370,7 +388,6 @@ impl Actor {
             forced: false,
             position: self.position_of(vehicle),
         };
-        self.next_audit_id += 1;
         fill(&mut a);
         tracing::info!(vehicle = %vehicle, event, actor, reason = ?a.reason, from = ?a.state_from, to = ?a.state_to, command = ?a.command_id, "immobiliser");
         self.changes.audit.push(a);
@@ -449,8 +466,11 @@ impl Actor {
             Intent::Unblock => p.unblock.clone(),
         });
         let output = profile.and_then(|p| p.output).unwrap_or(1);
-        let id = self.next_command_id;
-        self.next_command_id += 1;
+        let Some(id) = self.ids.pop_front() else {
+            // Only when the database refused every top-up since the pool was last filled.
+            tracing::error!(vehicle = %vehicle, intent = intent.as_str(), "no command id reserved (storage unavailable); command not issued");
+            return;
+        };
         let cmd = Command::new(
             id,
             NewCommand {
