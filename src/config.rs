@@ -49,6 +49,7 @@ pub struct Config {
     pub rules: crate::crm::RulesConfig,
     pub status: crate::api::status::StatusConfig,
     pub immobiliser: crate::immobiliser::ImmobiliserConfig,
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 /// An API bearer token. Written either as a bare string or as `{ name, token }` so the audit
@@ -394,6 +395,7 @@ impl Config {
         self.rules.validate()?;
         self.status.validate()?;
         self.immobiliser.validate()?;
+        self.cluster.validate()?;
         Ok(())
     }
 

@@ -588,6 +588,74 @@ async fn crm_outbox_heads_retries_and_dead_letters(c: Ctx) {
     );
 }
 
+/// PostgreSQL only (instances share it): a claimed head is skipped by other claimers until
+/// delivered, retried or its lease runs out; a vehicle's next event waits behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_claims_split_events_between_instances_and_leases_expire() {
+    on_postgres(|c: Ctx| async move {
+        use fleetgate::crm::event::{NewEvent, Payload};
+        let now = Utc::now();
+        let ev = |car: &str, odometer_km: f64| NewEvent {
+            vehicle_id: VehicleId(car.into()),
+            deal_id: None,
+            payload: Payload::Mileage {
+                odometer_km,
+                at: now,
+            },
+        };
+        let evs = [ev("car-a", 1.0), ev("car-a", 2.0), ev("car-b", 3.0)];
+        c.store
+            .crm_commit(&[], &evs, now, Duration::hours(1))
+            .await
+            .unwrap();
+        let lease = Duration::seconds(60);
+        let km = |es: &[fleetgate::crm::event::OutboxEvent]| {
+            es.iter()
+                .map(|e| match e.payload {
+                    Payload::Mileage { odometer_km, .. } => odometer_km,
+                    _ => -1.0,
+                })
+                .collect::<Vec<_>>()
+        };
+        let a = c.store.outbox_claim(now, 1, "fg-a", lease).await.unwrap();
+        assert_eq!(km(&a), [1.0], "one head, the oldest");
+        let b = c.store.outbox_claim(now, 10, "fg-b", lease).await.unwrap();
+        assert_eq!(km(&b), [3.0], "car-a's head is fg-a's; its 2nd event waits");
+        assert!(c
+            .store
+            .outbox_claim(now, 10, "fg-b", lease)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            c.store.outbox_next_due().await.unwrap(),
+            Some(storage_ms(now + lease)),
+            "claimed heads are due again when their lease ends"
+        );
+        // fg-a dies: past the lease fg-b takes car-a's head over.
+        let later = now + lease + Duration::seconds(1);
+        let b2 = c
+            .store
+            .outbox_claim(later, 10, "fg-b", lease)
+            .await
+            .unwrap();
+        assert_eq!(km(&b2), [1.0, 3.0]);
+        c.store.outbox_delivered(b2[0].id, later).await.unwrap();
+        c.store
+            .outbox_retry(b2[1].id, 1, later, "HTTP 500")
+            .await
+            .unwrap();
+        // Delivered: car-a's next event is the head; a retried event is free to claim at once.
+        let a2 = c
+            .store
+            .outbox_claim(later, 10, "fg-a", lease)
+            .await
+            .unwrap();
+        assert_eq!(km(&a2), [2.0, 3.0]);
+    })
+    .await;
+}
+
 /// A time as storage keeps it (Unix milliseconds).
 fn storage_ms(t: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap()

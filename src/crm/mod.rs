@@ -151,6 +151,8 @@ pub fn start(
         tracing::info!(kind = c.name(), "crm connector ready");
         let worker = outbox::OutboxWorker {
             store: crm_store,
+            claimer: config.cluster.instance(),
+            lease: std::time::Duration::from_secs(config.cluster.outbox_lease_s),
             connector: c.clone(),
             cfg: config.crm.clone(),
             wake,

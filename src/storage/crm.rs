@@ -38,6 +38,19 @@ pub trait CrmStore: Send + Sync + 'static {
         now: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<OutboxEvent>, StorageError>;
+    /// Claim the due head events for `claimer` for `lease` and return them (several
+    /// instances on one database then deliver each event once, see docs/scaling.md). A
+    /// backend for one instance only (SQLite) has nothing to claim against: `outbox_due`.
+    async fn outbox_claim(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        claimer: &str,
+        lease: chrono::Duration,
+    ) -> Result<Vec<OutboxEvent>, StorageError> {
+        let _ = (claimer, lease);
+        self.outbox_due(now, limit).await
+    }
     /// When the next pending head event falls due (None: nothing pending).
     async fn outbox_next_due(&self) -> Result<Option<DateTime<Utc>>, StorageError>;
     async fn outbox_delivered(&self, id: i64, at: DateTime<Utc>) -> Result<(), StorageError>;
@@ -83,6 +96,15 @@ impl CrmStore for std::sync::Arc<dyn Store> {
     }
     async fn outbox_due(&self, n: DateTime<Utc>, l: u32) -> Result<Vec<OutboxEvent>, StorageError> {
         (**self).outbox_due(n, l).await
+    }
+    async fn outbox_claim(
+        &self,
+        n: DateTime<Utc>,
+        l: u32,
+        claimer: &str,
+        lease: chrono::Duration,
+    ) -> Result<Vec<OutboxEvent>, StorageError> {
+        (**self).outbox_claim(n, l, claimer, lease).await
     }
     async fn outbox_next_due(&self) -> Result<Option<DateTime<Utc>>, StorageError> {
         (**self).outbox_next_due().await
