@@ -8,10 +8,17 @@ mod crm_fake;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use chrono::Utc;
 use common::pg::PgSchema;
-use common::Api;
+use common::{Api, Tracker};
 use fleetgate::app::Running;
+use fleetgate::protocols::teltonika::{
+    encode_avl_packet, encode_codec12_response, encode_imei, io, AvlRecord, CODEC_8E,
+};
+use fleetgate::protocols::{Protocol, Transport};
 use serde_json::{json, Value};
+use sqlx::Connection;
+use tokio::io::AsyncReadExt;
 
 async fn instance(schema: &PgSchema, name: &str, extra: &str) -> Running {
     common::start_with_storage(
@@ -183,6 +190,230 @@ async fn two_instances_deliver_each_crm_event_once_and_in_order_per_vehicle() {
         sorted.sort();
         assert_eq!(ids, sorted, "{car}: events in outbox order");
     }
+    a.stop().await;
+    b.stop().await;
+}
+
+// ---- cross-instance block ----------------------------------------------------------------
+
+const IMMOB: &str = "[immobiliser]\nsafe_for = 10\nmax_block_speed_kmh = 5\nallow_force = true\n";
+
+/// A Teltonika record `ago_s` seconds ago.
+fn rec(ago_s: i64, speed: u16, ignition: bool) -> AvlRecord {
+    AvlRecord {
+        time: Utc::now() - chrono::Duration::seconds(ago_s),
+        lat: 55.75,
+        lon: 37.62,
+        speed_kmh: speed,
+        course: 90,
+        altitude: 150,
+        satellites: 10,
+        io: vec![(io::IGNITION, 1, u64::from(ignition)), (io::DOUT1, 1, 0)],
+    }
+}
+
+/// Exactly `n` bytes from the server, within 30 s (a loaded CI machine is slow).
+async fn read_n(t: &mut Tracker, n: usize) -> Vec<u8> {
+    let mut buf = vec![0; n];
+    tokio::time::timeout(Duration::from_secs(30), t.stream.read_exact(&mut buf))
+        .await
+        .expect("bytes from the server within 30 s")
+        .expect("connection open");
+    buf
+}
+
+async fn login(addr: std::net::SocketAddr, imei: &str) -> Tracker {
+    let mut t = Tracker::connect(addr).await;
+    t.send(&encode_imei(imei)).await;
+    assert_eq!(read_n(&mut t, 1).await, [1], "IMEI accepted");
+    t
+}
+
+async fn send_records(t: &mut Tracker, recs: &[AvlRecord]) {
+    t.send(&encode_avl_packet(CODEC_8E, recs)).await;
+    assert_eq!(read_n(t, 4).await, (recs.len() as u32).to_be_bytes());
+}
+
+/// One Codec 12 command from the server; its text.
+async fn read_command(t: &mut Tracker) -> String {
+    let head = read_n(t, 8).await;
+    assert_eq!(&head[..4], [0, 0, 0, 0], "preamble");
+    let len = u32::from_be_bytes([head[4], head[5], head[6], head[7]]) as usize;
+    let rest = read_n(t, len + 4).await;
+    assert_eq!((rest[0], rest[2]), (0x0C, 0x05), "Codec 12 command");
+    let n = u32::from_be_bytes([rest[3], rest[4], rest[5], rest[6]]) as usize;
+    String::from_utf8(rest[7..7 + n].to_vec()).expect("text command")
+}
+
+/// The instance `device_sessions` says holds the device's connection.
+async fn holder(schema: &PgSchema, device: &str) -> Option<String> {
+    let mut c = sqlx::PgConnection::connect(&schema.url).await.ok()?;
+    let h: Option<String> =
+        sqlx::query_scalar("SELECT instance_id FROM device_sessions WHERE device_id = $1")
+            .bind(device)
+            .fetch_optional(&mut c)
+            .await
+            .ok()?;
+    let _ = c.close().await;
+    h
+}
+
+async fn wait_state(api: &Api, id: &str, state: &str) -> Value {
+    wait_until(60, &format!("{id} {state}"), || async move {
+        let (_, v) = api.get(&format!("/api/v1/vehicles/{id}")).await;
+        (v["immobiliser"]["state"] == state).then_some(v)
+    })
+    .await
+}
+
+async fn wait_command(api: &Api, id: i64, status: &str) -> Value {
+    wait_until(60, &format!("command {id} {status}"), || async move {
+        let (_, c) = api.get(&format!("/api/v1/commands/{id}")).await;
+        (c["status"] == status).then_some(c)
+    })
+    .await
+}
+
+async fn commands(api: &Api, id: &str) -> Vec<Value> {
+    let (s, c) = api.get(&format!("/api/v1/vehicles/{id}/commands")).await;
+    assert_eq!(s, 200, "{c}");
+    c.as_array().cloned().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracker_on_b_is_blocked_and_unblocked_through_the_api_of_a() {
+    let schema = PgSchema::create().await;
+    let a = instance(&schema, "fg-a", IMMOB).await;
+    let b = instance(&schema, "fg-b", IMMOB).await;
+    let (api_a, api_b) = (Api::new(a.api_addr), Api::new(b.api_addr));
+    let imei = "356307042441201";
+    let mut t = login(b.addr(Protocol::Teltonika, Transport::Tcp).unwrap(), imei).await;
+    // Parked: ignition off, standing still — safe to block at once.
+    send_records(&mut t, &[rec(30, 0, false), rec(20, 0, false)]).await;
+    wait_until(60, "B recorded as holding the tracker", || {
+        let schema = &schema;
+        async move { (holder(schema, imei).await.as_deref() == Some("fg-b")).then_some(()) }
+    })
+    .await;
+
+    let (s, v) = crm_fake::post(
+        &api_a,
+        &format!("/api/v1/vehicles/{imei}/block"),
+        json!({"reason": "manual", "comment": "debt"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(
+        v["immobiliser"]["state"], "blocking",
+        "B ran the machine: {v}"
+    );
+    assert_eq!(read_command(&mut t).await, "setdigout 1", "on B's socket");
+    t.send(&encode_codec12_response(
+        b"DOUT1:1 DOUT2:IGNORED DOUT3:IGNORED",
+    ))
+    .await;
+
+    let v = wait_state(&api_a, imei, "blocked").await;
+    assert_eq!(v["immobiliser"]["reasons"], json!(["manual"]), "{v}");
+    let cmds = commands(&api_a, imei).await;
+    assert_eq!(cmds.len(), 1, "{cmds:?}");
+    assert_eq!(cmds[0]["intent"], "block");
+    let id = cmds[0]["id"].as_i64().unwrap();
+    let c = wait_command(&api_a, id, "acknowledged").await;
+    assert_eq!(c["response"], "DOUT1:1 DOUT2:IGNORED DOUT3:IGNORED", "{c}");
+    // B's API agrees, and the audit (one table) explains it from either side.
+    wait_state(&api_b, imei, "blocked").await;
+    let (s, audit) = api_a.get(&format!("/api/v1/audit?vehicle={imei}")).await;
+    assert_eq!(s, 200, "{audit}");
+    let events: Vec<&str> = audit
+        .as_array()
+        .or_else(|| audit["entries"].as_array())
+        .map(|a| a.iter().filter_map(|e| e["event"].as_str()).collect())
+        .unwrap_or_default();
+    for e in [
+        "reason_added",
+        "command_queued",
+        "command_sent",
+        "command_acknowledged",
+    ] {
+        assert!(events.contains(&e), "{e} in the audit: {audit}");
+    }
+
+    // Telemetry on B confirms; the unblock through A goes out on B's socket too.
+    let mut on = rec(1, 0, false);
+    on.io = vec![(io::IGNITION, 1, 0), (io::DOUT1, 1, 1)];
+    send_records(&mut t, &[on]).await;
+    wait_command(&api_a, id, "confirmed").await;
+    let (s, v) = crm_fake::post(
+        &api_a,
+        &format!("/api/v1/vehicles/{imei}/unblock"),
+        json!({"reason": "manual"}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["immobiliser"]["state"], "unblocking", "{v}");
+    assert_eq!(read_command(&mut t).await, "setdigout 0");
+    t.send(&encode_codec12_response(
+        b"DOUT1:0 DOUT2:IGNORED DOUT3:IGNORED",
+    ))
+    .await;
+    wait_state(&api_a, imei, "running").await;
+    let cmds = commands(&api_a, imei).await;
+    assert_eq!(cmds.len(), 2, "{cmds:?}");
+    assert_ne!(cmds[0]["id"], cmds[1]["id"]);
+    assert_eq!(cmds[0]["intent"], "unblock");
+
+    // The tracker leaves B: its session is cleared.
+    drop(t);
+    wait_until(60, "session cleared", || {
+        let schema = &schema;
+        async move { holder(schema, imei).await.is_none().then_some(()) }
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A vehicle whose tracker is connected nowhere is decided where the request arrives and
+/// stored; the instance the tracker then connects to takes it over and sends the command.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forced_block_requested_while_offline_is_sent_by_the_instance_the_tracker_joins() {
+    let schema = PgSchema::create().await;
+    let a = instance(&schema, "fg-a", IMMOB).await;
+    let b = instance(&schema, "fg-b", IMMOB).await;
+    let (api_a, api_b) = (Api::new(a.api_addr), Api::new(b.api_addr));
+    let imei = "356307042441202";
+    let (s, v) = api_a
+        .put(
+            &format!("/api/v1/vehicles/{imei}"),
+            json!({"device_id": imei, "protocol": "teltonika"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, v) = crm_fake::post(
+        &api_a,
+        &format!("/api/v1/vehicles/{imei}/block"),
+        json!({"reason": "manual", "force": true}),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["immobiliser"]["state"], "blocking", "{v}");
+    let cmds = commands(&api_b, imei).await;
+    assert_eq!(cmds.len(), 1, "{cmds:?}");
+    assert_eq!(cmds[0]["status"], "queued");
+    let id = cmds[0]["id"].as_i64().unwrap();
+
+    // The tracker turns up on B (moving: the block was forced).
+    let mut t = login(b.addr(Protocol::Teltonika, Transport::Tcp).unwrap(), imei).await;
+    send_records(&mut t, &[rec(5, 40, true)]).await;
+    assert_eq!(read_command(&mut t).await, "setdigout 1");
+    t.send(&encode_codec12_response(
+        b"DOUT1:1 DOUT2:IGNORED DOUT3:IGNORED",
+    ))
+    .await;
+    wait_command(&api_a, id, "acknowledged").await;
+    wait_state(&api_a, imei, "blocked").await;
+    drop(t);
     a.stop().await;
     b.stop().await;
 }

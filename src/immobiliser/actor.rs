@@ -3,6 +3,11 @@
 //! lost), by session events (device online/offline, command written, command answered), by
 //! [`ImmobiliserHandle`] requests and by a clock tick (retries, expiry). Each decision is
 //! persisted in one transaction before any command goes to a device.
+//!
+//! With several instances on one PostgreSQL (`Some(cluster)`), an actor keeps in memory only
+//! the vehicles whose tracker is connected to its instance: it takes a vehicle over from the
+//! database when the tracker connects (or a request for a vehicle connected nowhere arrives)
+//! and lets it go once the tracker is gone and the decision is stored. See `crate::cluster`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,13 +20,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::command::NewCommand;
 use super::config::ImmobiliserConfig;
-use super::handle::Request;
+use super::handle::{machine_of, Request, Routing};
 pub use super::handle::{ImmobView, ImmobiliserHandle, ReasonChange, ReasonView};
 use super::machine::{FixSnapshot, ReasonEntry, Step};
 use super::{
     Command, CommandStatus, ImmobError, ImmobState, Intent, Machine, RetryPolicy, SafetyRules,
     SafetyTracker,
 };
+use crate::cluster::{Cluster, Forwarded};
 use crate::ingest::sessions::{Outbound, SessionEvent, Sessions};
 use crate::model::{DeviceId, Position, VehicleId};
 use crate::pipeline::Committed;
@@ -61,9 +67,14 @@ pub async fn start(
     states: &[DeviceState],
     events: mpsc::Receiver<SessionEvent>,
     committed: mpsc::Receiver<Arc<Committed>>,
+    cluster: Option<Arc<Cluster>>,
 ) -> Result<(ImmobiliserHandle, ImmobiliserTask), StorageError> {
     describe_metrics();
-    let snapshot = store.immobiliser_load().await?;
+    // In a cluster nothing is held at start: vehicles are taken over as trackers connect.
+    let snapshot = match cluster {
+        None => store.immobiliser_load().await?,
+        Some(_) => Default::default(),
+    };
     let rules = config.safety();
     let mut actor = Actor {
         cfg: config.clone(),
@@ -82,6 +93,8 @@ pub async fn start(
         triggers: HashMap::new(),
         fresh: HashSet::new(),
         ids: VecDeque::new(),
+        cluster: cluster.clone(),
+        release: BTreeSet::new(),
         changes: ImmobChanges::default(),
         dirty_vehicles: BTreeSet::new(),
         gauges_dirty: true,
@@ -129,7 +142,11 @@ pub async fn start(
     let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
     let shutdown = CancellationToken::new();
     let join = tokio::spawn(actor.run(rx, events, committed, shutdown.clone()));
-    Ok((ImmobiliserHandle { tx }, ImmobiliserTask { shutdown, join }))
+    let routing = cluster.map(|cluster| Routing { cluster, store });
+    Ok((
+        ImmobiliserHandle { tx, routing },
+        ImmobiliserTask { shutdown, join },
+    ))
 }
 
 struct Actor {
@@ -158,6 +175,10 @@ struct Actor {
     triggers: HashMap<i64, DateTime<Utc>>,
     /// Command ids reserved from the database (unique across instances sharing it).
     ids: VecDeque<i64>,
+    /// Several instances share the database: hold only vehicles whose tracker is here.
+    cluster: Option<Arc<Cluster>>,
+    /// Vehicles to let go after the next successful flush, unless their tracker is here.
+    release: BTreeSet<VehicleId>,
     changes: ImmobChanges,
     dirty_vehicles: BTreeSet<VehicleId>,
     gauges_dirty: bool,
@@ -183,7 +204,10 @@ impl Actor {
                 biased;
                 _ = shutdown.cancelled() => break,
                 Some(c) = committed.recv() => self.on_committed(&c),
-                Some(ev) = events.recv() => self.on_event(ev),
+                Some(ev) = events.recv() => {
+                    self.on_session(&ev).await;
+                    self.on_event(ev)
+                }
                 Some(req) = requests.recv() => {
                     self.on_request(req).await;
                     continue;
@@ -195,6 +219,7 @@ impl Actor {
                 continue;
             }
             self.dispatch();
+            self.release_unheld();
         }
         if let Err(e) = self.flush().await {
             tracing::error!(error = %e, "immobiliser state not persisted at shutdown");
@@ -214,15 +239,42 @@ impl Actor {
     async fn on_request(&mut self, req: Request) {
         match req {
             Request::Change { change, reply } => {
+                let vehicle = change.vehicle.clone();
+                // Not held here (cluster): start from what the database says now.
+                let foreign = self.cluster.is_some() && !self.holds(&vehicle);
+                if foreign {
+                    if let Err(e) = self.adopt(&vehicle).await {
+                        let _ = reply.send(Err(ImmobError::Storage(e.to_string())));
+                        return;
+                    }
+                    self.release.insert(vehicle.clone());
+                }
                 let result = self.change(change).await;
                 let result = match self.flush().await {
                     Ok(()) => {
                         self.dispatch();
+                        self.release_unheld();
                         result
                     }
                     // Kept in memory and retried; nothing goes to a device until stored.
                     Err(e) => Err(ImmobError::Storage(e.to_string())),
                 };
+                let _ = reply.send(result);
+                if foreign {
+                    self.hand_over(&vehicle).await;
+                }
+            }
+            Request::Adopt { vehicle, reply } => {
+                let result = if self.holds(&vehicle) {
+                    self.adopt(&vehicle)
+                        .await
+                        .map_err(|e| ImmobError::Storage(e.to_string()))
+                } else {
+                    Ok(())
+                };
+                if result.is_ok() {
+                    self.dispatch();
+                }
                 let _ = reply.send(result);
             }
             Request::View { vehicle, reply } => {
@@ -236,6 +288,121 @@ impl Actor {
                     .collect();
                 let _ = reply.send(all);
             }
+        }
+    }
+
+    /// Whether this instance holds the vehicle's tracker connection.
+    fn holds(&self, vehicle: &VehicleId) -> bool {
+        self.vehicle_device
+            .get(vehicle)
+            .is_some_and(|d| self.sessions.is_online(d))
+    }
+
+    /// Cluster bookkeeping for a session event, before the event itself is handled: record
+    /// where the device is connected and take its vehicle over from the database.
+    async fn on_session(&mut self, ev: &SessionEvent) {
+        let Some(cluster) = self.cluster.clone() else {
+            return;
+        };
+        match ev {
+            SessionEvent::Online { device, conn, .. } => {
+                if let Err(e) = cluster.session_online(device, *conn).await {
+                    tracing::warn!(%device, error = %e, "cluster: session not recorded");
+                }
+                match self.store.vehicle_by_device(device).await {
+                    Ok(Some(v)) => {
+                        if let Err(e) = self.adopt(&v.id).await {
+                            tracing::error!(vehicle = %v.id, error = %e, "immobiliser: vehicle not taken over");
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::error!(%device, error = %e, "immobiliser: vehicle not read"),
+                }
+            }
+            SessionEvent::Offline { device, conn } => {
+                if let Err(e) = cluster.session_offline(device, *conn).await {
+                    tracing::warn!(%device, error = %e, "cluster: session not cleared");
+                }
+                if let Some(v) = self.device_vehicle.get(device) {
+                    self.release.insert(v.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Replace what is held about a vehicle with what the database says (another instance
+    /// may have changed it). Commands still in a connection's queue stay there only if the
+    /// database still has them open.
+    async fn adopt(&mut self, vehicle: &VehicleId) -> Result<(), StorageError> {
+        let row = self.store.vehicle(vehicle).await?;
+        let (device, protocol) = row.map(|x| (x.device_id, x.protocol)).unwrap_or_default();
+        let (state, open) = self.store.immobiliser_vehicle(vehicle).await?;
+        self.bind(vehicle, device, protocol);
+        self.forget(vehicle);
+        if let Some(v) = state {
+            self.machines.insert(vehicle.clone(), machine_of(v));
+        }
+        for c in open {
+            self.commands.insert(c.id, c);
+        }
+        self.withdraw_retired();
+        self.gauges_dirty = true;
+        Ok(())
+    }
+
+    /// Drop a vehicle's machine and commands from memory (they are stored).
+    fn forget(&mut self, vehicle: &VehicleId) {
+        self.machines.remove(vehicle);
+        self.commands.retain(|_, c| &c.vehicle_id != vehicle);
+    }
+
+    /// Withdraw hand-offs and forget awaited answers of commands no longer held.
+    fn withdraw_retired(&mut self) {
+        let commands = &self.commands;
+        self.in_flight.retain(|id, (_, flag)| {
+            let keep = commands.contains_key(id);
+            if !keep {
+                flag.store(false, Ordering::Release);
+            }
+            keep
+        });
+        for q in self.awaiting.values_mut() {
+            q.retain(|id| commands.contains_key(id));
+        }
+    }
+
+    /// Let go of vehicles whose tracker is not here (cluster), now that they are stored.
+    fn release_unheld(&mut self) {
+        if !self.changes.is_empty() {
+            return;
+        }
+        for v in std::mem::take(&mut self.release) {
+            if !self.holds(&v) {
+                self.forget(&v);
+                self.gauges_dirty = true;
+            }
+        }
+        self.withdraw_retired();
+    }
+
+    /// After changing a vehicle whose tracker is not here: if it connected to another
+    /// instance meanwhile, that instance must reload what was just stored.
+    async fn hand_over(&mut self, vehicle: &VehicleId) {
+        let Some(cluster) = self.cluster.clone() else {
+            return;
+        };
+        match cluster.owner_of(vehicle).await {
+            Ok(Some(owner)) if owner != cluster.instance() => {
+                let msg = Forwarded::Adopt {
+                    vehicle: vehicle.clone(),
+                };
+                if let Err(e) = cluster.send(&owner, &msg).await {
+                    tracing::warn!(%vehicle, %owner, error = %e, "cluster: hand-over not sent");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(%vehicle, error = %e, "cluster: owner not read"),
         }
     }
 

@@ -167,7 +167,8 @@ impl Intent {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Serializable: an instance forwards it to another that asked on an operator's behalf.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum ImmobError {
     #[error("reason: '{0}' is not a reason name (lower-case a-z, 0-9, _; at most 64; not 'all')")]
     BadReason(String),

@@ -89,6 +89,22 @@ pub trait ImmobiliserStore: Send + Sync {
     /// Write one decision in one transaction. Audit records get their ids from the database
     /// (the `id` given is ignored); commands keep theirs (see [`Self::reserve_command_ids`]).
     async fn immobiliser_apply(&self, changes: &ImmobChanges) -> Result<(), StorageError>;
+    /// One vehicle's stored immobiliser and its open commands (as [`Self::immobiliser_load`]
+    /// returns them), for an instance taking the vehicle over from another.
+    async fn immobiliser_vehicle(
+        &self,
+        vehicle: &VehicleId,
+    ) -> Result<(Option<VehicleImmobRow>, Vec<Command>), StorageError> {
+        // Backends for one instance need no take-over; this is correct, just not minimal.
+        let snap = self.immobiliser_load().await?;
+        Ok((
+            snap.vehicles.into_iter().find(|v| &v.vehicle_id == vehicle),
+            snap.open_commands
+                .into_iter()
+                .filter(|c| &c.vehicle_id == vehicle)
+                .collect(),
+        ))
+    }
     /// Reserve `n` command ids no other process sharing the database will ever get.
     async fn reserve_command_ids(&self, n: u32) -> Result<Vec<i64>, StorageError>;
     /// A vehicle's commands, newest first.

@@ -150,6 +150,69 @@ impl ImmobiliserStore for PostgresStore {
         })
     }
 
+    async fn immobiliser_vehicle(
+        &self,
+        vehicle: &VehicleId,
+    ) -> Result<(Option<VehicleImmobRow>, Vec<Command>), StorageError> {
+        let state = sqlx::query("SELECT state, since FROM immobiliser_state WHERE vehicle_id = $1")
+            .bind(&vehicle.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        let reasons = sqlx::query(
+            "SELECT reason, since, actor, comment FROM immobiliser_reasons WHERE vehicle_id = $1",
+        )
+        .bind(&vehicle.0)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut row = match state {
+            Some(r) => {
+                let state: String = r.try_get(0)?;
+                Some(VehicleImmobRow {
+                    vehicle_id: vehicle.clone(),
+                    state: ImmobState::parse(&state).ok_or_else(|| bad("state", &state))?,
+                    since: from_millis(r.try_get(1)?),
+                    reasons: BTreeMap::new(),
+                })
+            }
+            None if reasons.is_empty() => None,
+            None => Some(VehicleImmobRow {
+                vehicle_id: vehicle.clone(),
+                state: ImmobState::Running,
+                since: DateTime::<Utc>::default(),
+                reasons: BTreeMap::new(),
+            }),
+        };
+        if let Some(v) = row.as_mut() {
+            for r in reasons {
+                let reason: String = r.try_get(0)?;
+                let Ok(reason) = BlockReason::parse(&reason) else {
+                    continue;
+                };
+                v.reasons.insert(
+                    reason,
+                    ReasonEntry {
+                        since: from_millis(r.try_get(1)?),
+                        actor: r.try_get(2)?,
+                        comment: r.try_get(3)?,
+                    },
+                );
+            }
+        }
+        let rows = sqlx::query(&format!(
+            "{COMMAND_SELECT} WHERE vehicle_id = $1 AND (status IN ('queued', 'sent') \
+             OR (status = 'acknowledged' AND expires_at > $2)) ORDER BY id"
+        ))
+        .bind(&vehicle.0)
+        .bind(millis(Utc::now()))
+        .fetch_all(&self.pool)
+        .await?;
+        let commands = rows
+            .iter()
+            .map(command_from_row)
+            .collect::<Result<_, _>>()?;
+        Ok((row, commands))
+    }
+
     async fn reserve_command_ids(&self, n: u32) -> Result<Vec<i64>, StorageError> {
         Ok(sqlx::query_scalar(
             "SELECT nextval('immobiliser_command_ids') FROM generate_series(1, $1)",
