@@ -309,6 +309,27 @@ impl Actor {
                 if let Err(e) = cluster.session_online(device, *conn).await {
                     tracing::warn!(%device, error = %e, "cluster: session not recorded");
                 }
+                // The device may come from another instance: start from its stored last fix,
+                // not from what this instance saw of it before.
+                if let Ok(Some(p)) = self
+                    .store
+                    .device_state(device)
+                    .await
+                    .map(|s| s.and_then(|s| s.position))
+                {
+                    let fix = FixSnapshot {
+                        time: p.time,
+                        lat: p.lat,
+                        lon: p.lon,
+                        speed_kmh: p.speed_kmh,
+                        ignition: p.ignition,
+                        outputs: p.outputs,
+                    };
+                    self.safety.insert(
+                        device.clone(),
+                        SafetyTracker::seeded(Some(fix), &self.rules),
+                    );
+                }
                 match self.store.vehicle_by_device(device).await {
                     Ok(Some(v)) => {
                         if let Err(e) = self.adopt(&v.id).await {
