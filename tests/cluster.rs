@@ -417,3 +417,92 @@ async fn forced_block_requested_while_offline_is_sent_by_the_instance_the_tracke
     a.stop().await;
     b.stop().await;
 }
+
+/// A session row of an instance that stopped renewing it is ignored (the request is decided
+/// locally); a live-looking owner that never answers makes the API fail clearly, not hang.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_owner_is_ignored_and_a_silent_owner_times_out() {
+    let schema = PgSchema::create().await;
+    let a = common::start_with_storage(
+        &schema.url,
+        &format!("{IMMOB}[cluster]\ninstance_id = \"fg-a\"\nforward_timeout_s = 2\n"),
+    )
+    .await;
+    let api = Api::new(a.api_addr);
+    let mut db = sqlx::PgConnection::connect(&schema.url).await.unwrap();
+    for (car, owner, age_ms) in [
+        ("car-dead", "fg-dead", 120_000i64),
+        ("car-silent", "fg-silent", 0),
+    ] {
+        let (s, v) = api
+            .put(
+                &format!("/api/v1/vehicles/{car}"),
+                json!({"device_id": format!("dev-{car}")}),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        sqlx::query(
+            "INSERT INTO device_sessions (device_id, instance_id, conn, connected_at, heartbeat_at) \
+             VALUES ($1, $2, 1, $3, $3)",
+        )
+        .bind(format!("dev-{car}"))
+        .bind(owner)
+        .bind(Utc::now().timestamp_millis() - age_ms)
+        .execute(&mut db)
+        .await
+        .unwrap();
+    }
+    let (s, v) = crm_fake::post(
+        &api,
+        "/api/v1/vehicles/car-dead/block",
+        json!({"reason": "manual", "force": true}),
+    )
+    .await;
+    assert_eq!(s, 200, "decided here: {v}");
+    assert_eq!(v["immobiliser"]["state"], "blocking", "{v}");
+
+    // fg-silent keeps a fresh heartbeat but serves nothing.
+    let keep_alive = {
+        let url = schema.url.clone();
+        tokio::spawn(async move {
+            let mut db = sqlx::PgConnection::connect(&url).await.unwrap();
+            loop {
+                let _ = sqlx::query(
+                    "UPDATE device_sessions SET heartbeat_at = $1 WHERE instance_id = 'fg-silent'",
+                )
+                .bind(Utc::now().timestamp_millis())
+                .execute(&mut db)
+                .await;
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        })
+    };
+    let started = Instant::now();
+    let (s, v) = crm_fake::post(
+        &api,
+        "/api/v1/vehicles/car-silent/block",
+        json!({"reason": "manual", "force": true}),
+    )
+    .await;
+    keep_alive.abort();
+    assert_eq!(s, 503, "{v}");
+    assert!(
+        v.to_string().contains("fg-silent"),
+        "names the instance: {v}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(2),
+        "waited forward_timeout_s"
+    );
+    let req: Option<i64> =
+        sqlx::query_scalar("SELECT done_at FROM cluster_requests WHERE instance_id = 'fg-silent'")
+            .fetch_one(&mut db)
+            .await
+            .unwrap();
+    assert!(
+        req.is_some(),
+        "the abandoned request is closed, fg-silent will not act on it"
+    );
+    let _ = db.close().await;
+    a.stop().await;
+}

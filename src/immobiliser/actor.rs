@@ -378,7 +378,8 @@ impl Actor {
         self.commands.retain(|_, c| &c.vehicle_id != vehicle);
     }
 
-    /// Withdraw hand-offs and forget awaited answers of commands no longer held.
+    /// Withdraw hand-offs to connections of commands no longer held. (Awaited answers stay:
+    /// an answer to a retired command must still be matched to it, not to a newer one.)
     fn withdraw_retired(&mut self) {
         let commands = &self.commands;
         self.in_flight.retain(|id, (_, flag)| {
@@ -388,14 +389,11 @@ impl Actor {
             }
             keep
         });
-        for q in self.awaiting.values_mut() {
-            q.retain(|id| commands.contains_key(id));
-        }
     }
 
     /// Let go of vehicles whose tracker is not here (cluster), now that they are stored.
     fn release_unheld(&mut self) {
-        if !self.changes.is_empty() {
+        if self.release.is_empty() || !self.changes.is_empty() {
             return;
         }
         for v in std::mem::take(&mut self.release) {
