@@ -503,6 +503,16 @@ async fn dead_owner_is_ignored_and_a_silent_owner_times_out() {
         req.is_some(),
         "the abandoned request is closed, fg-silent will not act on it"
     );
+    assert!(
+        common::metric(
+            &api,
+            "fleetgate_cluster_forwarded_total",
+            &[("outcome", "timeout")]
+        )
+        .await
+            >= 1.0,
+        "the timeout is counted"
+    );
     let _ = db.close().await;
     a.stop().await;
 }

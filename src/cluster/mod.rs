@@ -183,6 +183,23 @@ impl Cluster {
         to: &str,
         change: ReasonChange,
     ) -> Result<ImmobView, ImmobError> {
+        let result = self.forward_and_wait(to, change).await;
+        let outcome = match &result {
+            Ok(_) => "answered",
+            Err(ImmobError::OwnerSilent(..)) => "timeout",
+            Err(ImmobError::Storage(_)) => "error",
+            // The owner's own verdict (force refused, unknown vehicle…).
+            Err(_) => "answered",
+        };
+        metrics::counter!("fleetgate_cluster_forwarded_total", "outcome" => outcome).increment(1);
+        result
+    }
+
+    async fn forward_and_wait(
+        &self,
+        to: &str,
+        change: ReasonChange,
+    ) -> Result<ImmobView, ImmobError> {
         let vehicle = change.vehicle.clone();
         let storage = |e: StorageError| ImmobError::Storage(e.to_string());
         let id = self
@@ -228,10 +245,7 @@ impl Cluster {
     }
 
     fn gave_up(&self, to: &str) -> ImmobError {
-        ImmobError::Storage(format!(
-            "instance '{to}' holding the vehicle's tracker did not answer within {} s",
-            self.cfg.forward_timeout_s
-        ))
+        ImmobError::OwnerSilent(to.to_string(), self.cfg.forward_timeout_s)
     }
 
     /// Claim the requests addressed to this instance.

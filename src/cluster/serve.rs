@@ -83,6 +83,12 @@ async fn serve(cluster: &Cluster, local: &ImmobiliserHandle) {
         }
     };
     for (id, body) in requests {
+        let kind = match serde_json::from_str::<Forwarded>(&body) {
+            Ok(Forwarded::Change { .. }) => "change",
+            Ok(Forwarded::Adopt { .. }) => "adopt",
+            Err(_) => "invalid",
+        };
+        metrics::counter!("fleetgate_cluster_served_total", "type" => kind).increment(1);
         let answer = match serde_json::from_str::<Forwarded>(&body) {
             Ok(Forwarded::Change { change }) => {
                 let result = local.change(change).await;

@@ -180,4 +180,7 @@ pub enum ImmobError {
     Storage(String),
     #[error("the immobiliser is shutting down")]
     Closed,
+    /// Several instances: the one holding the vehicle's tracker did not answer in time.
+    #[error("instance '{0}' holding the vehicle's tracker did not answer within {1} s")]
+    OwnerSilent(String, u64),
 }
