@@ -277,3 +277,56 @@ impl Cluster {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::immobiliser::{BlockReason, ImmobState};
+
+    #[test]
+    fn requests_and_answers_survive_the_trip_through_the_database() {
+        let change = ReasonChange {
+            vehicle: VehicleId("car-7".into()),
+            reason: Some(BlockReason::manual()),
+            active: true,
+            force: true,
+            actor: "ops-ivanova".into(),
+            comment: Some("долг".into()),
+        };
+        let text = serde_json::to_string(&Forwarded::Change { change }).unwrap();
+        assert!(text.contains(r#""type":"change""#), "{text}");
+        match serde_json::from_str::<Forwarded>(&text).unwrap() {
+            Forwarded::Change { change } => {
+                assert_eq!(change.vehicle.0, "car-7");
+                assert_eq!(change.reason, Some(BlockReason::manual()));
+                assert!(change.active && change.force);
+                assert_eq!(change.comment.as_deref(), Some("долг"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let ok: Result<ImmobView, ImmobError> = Ok(ImmobView {
+            state: ImmobState::Blocking,
+            reasons: vec![BlockReason::manual()],
+            since: Some(chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap()),
+            reason_details: Vec::new(),
+        });
+        let back: Result<ImmobView, ImmobError> =
+            serde_json::from_str(&serde_json::to_string(&ok).unwrap()).unwrap();
+        assert_eq!(back, ok);
+        for e in [
+            ImmobError::ForceNotAllowed,
+            ImmobError::UnknownVehicle("car-9".into()),
+            ImmobError::OwnerSilent("fg-b".into(), 15),
+        ] {
+            let r: Result<ImmobView, ImmobError> = Err(e.clone());
+            let back: Result<ImmobView, ImmobError> =
+                serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+            assert_eq!(
+                back,
+                Err(e),
+                "the owner's verdict reaches the API unchanged"
+            );
+        }
+        assert!(serde_json::from_str::<Forwarded>(r#"{"type":"reboot"}"#).is_err());
+    }
+}
