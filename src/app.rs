@@ -165,9 +165,14 @@ pub async fn start_with(
     )
     .await?;
     let cluster_stop = CancellationToken::new();
-    let cluster_task = cluster
-        .clone()
-        .map(|c| crate::cluster::spawn(c, immobiliser.local(), cluster_stop.clone()));
+    let cluster_task = cluster.clone().map(|c| {
+        crate::cluster::spawn(
+            c,
+            immobiliser.local(),
+            sessions.clone(),
+            cluster_stop.clone(),
+        )
+    });
     let (zones_tx, zones_rx) = tokio::sync::mpsc::channel(config.pipeline.queue);
     let (zone_notice_tx, zone_notice_rx) = tokio::sync::mpsc::channel(1024);
     let (zones, zone_task) = crate::geofence::stage::start(

@@ -296,6 +296,19 @@ async fn tracker_on_b_is_blocked_and_unblocked_through_the_api_of_a() {
     })
     .await;
 
+    // A lost row (a write that failed) comes back with B's next heartbeat.
+    let mut db = sqlx::PgConnection::connect(&schema.url).await.unwrap();
+    sqlx::query("DELETE FROM device_sessions")
+        .execute(&mut db)
+        .await
+        .unwrap();
+    let _ = db.close().await;
+    wait_until(60, "B's heartbeat restoring the session", || {
+        let schema = &schema;
+        async move { (holder(schema, imei).await.as_deref() == Some("fg-b")).then_some(()) }
+    })
+    .await;
+
     let (s, v) = crm_fake::post(
         &api_a,
         &format!("/api/v1/vehicles/{imei}/block"),

@@ -127,14 +127,37 @@ impl Cluster {
         (self.cfg.session_ttl_s * 1000) as i64
     }
 
-    /// Renew this instance's sessions; drop long-dead instances' sessions and old requests.
-    async fn heartbeat(&self) -> Result<(), StorageError> {
+    /// Renew this instance's sessions from its live connections (`live`: device, connection
+    /// id) — which also restores a row whose write failed, and drops one whose delete failed —
+    /// without taking a device from another live instance; drop long-dead instances' sessions
+    /// and old requests.
+    async fn heartbeat(&self, live: &[(DeviceId, u64)]) -> Result<(), StorageError> {
+        let devices: Vec<&str> = live.iter().map(|(d, _)| d.as_str()).collect();
+        let conns: Vec<i64> = live.iter().map(|(_, c)| *c as i64).collect();
+        let mut tx = self.pool.begin().await?;
         sqlx::query(&format!(
-            "UPDATE device_sessions SET heartbeat_at = {NOW_MS} WHERE instance_id = $1"
+            "INSERT INTO device_sessions AS s (device_id, instance_id, conn, connected_at, heartbeat_at) \
+             SELECT d, $3, c, {NOW_MS}, {NOW_MS} FROM UNNEST($1::text[], $2::int8[]) AS t(d, c) \
+             ON CONFLICT (device_id) DO UPDATE SET instance_id = excluded.instance_id, \
+             conn = excluded.conn, heartbeat_at = excluded.heartbeat_at, \
+             connected_at = CASE WHEN s.instance_id = excluded.instance_id AND s.conn = excluded.conn \
+             THEN s.connected_at ELSE excluded.connected_at END \
+             WHERE s.instance_id = excluded.instance_id OR s.heartbeat_at < {NOW_MS} - $4"
         ))
+        .bind(&devices)
+        .bind(&conns)
         .bind(&self.instance)
-        .execute(&self.pool)
+        .bind(self.ttl_ms())
+        .execute(&mut *tx)
         .await?;
+        sqlx::query(
+            "DELETE FROM device_sessions WHERE instance_id = $1 AND NOT (device_id = ANY($2::text[]))",
+        )
+        .bind(&self.instance)
+        .bind(&devices)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
         sqlx::query(&format!(
             "DELETE FROM device_sessions WHERE heartbeat_at < {NOW_MS} - 2 * $1"
         ))

@@ -12,11 +12,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Cluster, Forwarded, CHANNEL};
 use crate::immobiliser::ImmobiliserHandle;
+use crate::ingest::Sessions;
 
-/// Start serving; `local` must be the immobiliser's handle that never forwards.
+/// Start serving; `local` must be the immobiliser's handle that never forwards, `sessions`
+/// the registry of this instance's live connections (renewed in `device_sessions`).
 pub fn spawn(
     cluster: Arc<Cluster>,
     local: ImmobiliserHandle,
+    sessions: Arc<Sessions>,
     shutdown: CancellationToken,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
@@ -39,7 +42,7 @@ pub fn spawn(
                 },
                 _ = poll.tick() => serve(&cluster, &local).await,
                 _ = beat.tick() => {
-                    if let Err(e) = cluster.heartbeat().await {
+                    if let Err(e) = cluster.heartbeat(&sessions.live()).await {
                         tracing::warn!(error = %e, "cluster: heartbeat failed");
                     }
                 }
