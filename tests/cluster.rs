@@ -529,3 +529,37 @@ async fn dead_owner_is_ignored_and_a_silent_owner_times_out() {
     let _ = db.close().await;
     a.stop().await;
 }
+
+/// The CRM rules on each instance re-read a vehicle's stored state before deciding: a
+/// return requested through A is known to B, which does not move the deal a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_return_requested_through_one_instance_is_known_to_the_other() {
+    let schema = PgSchema::create().await;
+    let hook = crm_fake::start("webhook").await;
+    let toml = webhook_toml(&hook.url);
+    let a = instance(&schema, "fg-a", &toml).await;
+    let b = instance(&schema, "fg-b", &toml).await;
+    let (api_a, api_b) = (Api::new(a.api_addr), Api::new(b.api_addr));
+    let (st, v) = api_a
+        .put(
+            "/api/v1/vehicles/car-r",
+            json!({ "crm_deal_id": "deal-r", "driver_id": "drv-r", "status": "issued" }),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let path = "/api/v1/vehicles/car-r/return-request";
+    let (st, first) = crm_fake::post(&api_a, path, json!({})).await;
+    assert_eq!(st, 202, "{first}");
+    assert_eq!(first["moved"], true, "{first}");
+    let (st, second) = crm_fake::post(&api_b, path, json!({})).await;
+    assert_eq!(st, 202, "{second}");
+    assert_eq!(second["moved"], false, "B knows the return: {second}");
+    let returns: Vec<Value> = outbox_events(&api_b)
+        .await
+        .into_iter()
+        .filter(|e| e["payload"]["stage"] == "wants_to_return")
+        .collect();
+    assert_eq!(returns.len(), 1, "one stage change: {returns:?}");
+    a.stop().await;
+    b.stop().await;
+}

@@ -32,6 +32,15 @@ pub trait CrmStore: Send + Sync + 'static {
     ) -> Result<(), StorageError>;
     /// Every rule state of a scope: (id, JSON).
     async fn crm_states(&self, scope: &str) -> Result<Vec<(String, String)>, StorageError>;
+    /// One rule state (JSON), for an instance re-reading what another one decided.
+    async fn crm_state(&self, scope: &str, id: &str) -> Result<Option<String>, StorageError> {
+        Ok(self
+            .crm_states(scope)
+            .await?
+            .into_iter()
+            .find(|(k, _)| k == id)
+            .map(|(_, s)| s))
+    }
     /// The oldest pending event of each vehicle, if due by `now`; at most `limit`.
     async fn outbox_due(
         &self,
@@ -93,6 +102,9 @@ impl CrmStore for std::sync::Arc<dyn Store> {
     }
     async fn crm_states(&self, scope: &str) -> Result<Vec<(String, String)>, StorageError> {
         (**self).crm_states(scope).await
+    }
+    async fn crm_state(&self, scope: &str, id: &str) -> Result<Option<String>, StorageError> {
+        (**self).crm_state(scope, id).await
     }
     async fn outbox_due(&self, n: DateTime<Utc>, l: u32) -> Result<Vec<OutboxEvent>, StorageError> {
         (**self).outbox_due(n, l).await

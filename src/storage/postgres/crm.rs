@@ -92,6 +92,16 @@ impl CrmStore for PostgresStore {
             .collect()
     }
 
+    async fn crm_state(&self, scope: &str, id: &str) -> Result<Option<String>, StorageError> {
+        Ok(
+            sqlx::query_scalar("SELECT state FROM crm_state WHERE scope = $1 AND id = $2")
+                .bind(scope)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
     async fn outbox_due(
         &self,
         now: DateTime<Utc>,
