@@ -563,3 +563,52 @@ async fn a_return_requested_through_one_instance_is_known_to_the_other() {
     a.stop().await;
     b.stop().await;
 }
+
+/// On a shared database the rules re-read the stored state before each batch (merging the
+/// drive in progress, which is not stored on every fix): a car driving for three minutes in
+/// several packets goes on line exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_line_detection_spans_packets_on_a_shared_database() {
+    let schema = PgSchema::create().await;
+    let hook = crm_fake::start("webhook").await;
+    let toml = webhook_toml(&hook.url);
+    let a = instance(&schema, "fg-a", &toml).await;
+    let b = instance(&schema, "fg-b", &toml).await;
+    let api_a = Api::new(a.api_addr);
+    let imei = "356307042441203";
+    let (st, v) = api_a
+        .put(
+            &format!("/api/v1/vehicles/{imei}"),
+            json!({ "device_id": imei, "protocol": "teltonika", "crm_deal_id": "deal-d",
+                    "driver_id": "drv-d", "status": "issued" }),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let mut t = login(b.addr(Protocol::Teltonika, Transport::Tcp).unwrap(), imei).await;
+    // 0 … 180 s of driving at 40 km/h, ignition on, six packets of three fixes.
+    for packet in 0..6 {
+        let recs: Vec<AvlRecord> = (0..3)
+            .map(|i| {
+                let s = packet * 30 + i * 10;
+                rec(200 - s, 40, true)
+            })
+            .collect();
+        send_records(&mut t, &recs).await;
+    }
+    let on_line = wait_until(60, "on line", || {
+        let api = &api_a;
+        async move {
+            let evs: Vec<Value> = outbox_events(api)
+                .await
+                .into_iter()
+                .filter(|e| e["payload"]["stage"] == "on_line")
+                .collect();
+            (!evs.is_empty()).then_some(evs)
+        }
+    })
+    .await;
+    assert_eq!(on_line.len(), 1, "{on_line:?}");
+    drop(t);
+    a.stop().await;
+    b.stop().await;
+}

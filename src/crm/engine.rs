@@ -319,8 +319,17 @@ impl Engine {
             }
         }
         if let Some(v) = vehicle {
+            // The shift's progress on the fix stream is not stored on every fix: merge.
+            let mut stored = HashMap::new();
             let row = self.store.crm_state("shift", &v.0).await;
-            put(&mut self.shifts, v.clone(), row);
+            put(&mut stored, v.clone(), row);
+            match (stored.remove(v), self.shifts.get_mut(v)) {
+                (Some(s), Some(mine)) => mine.adopt_durable(&s),
+                (Some(s), None) => {
+                    self.shifts.insert(v.clone(), s);
+                }
+                (None, _) => {}
+            }
             let row = self.store.crm_state("inspection", &v.0).await;
             put(&mut self.inspections, v.clone(), row);
         }
