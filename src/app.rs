@@ -148,6 +148,12 @@ pub async fn start_with(
     let (session_tx, session_rx) = tokio::sync::mpsc::channel(4096);
     let sessions = Sessions::new(session_tx);
     let (immob_tx, immob_rx) = tokio::sync::mpsc::channel(config.pipeline.queue.max(16));
+    // Several instances may share a PostgreSQL database; SQLite is one instance.
+    let cluster = if store.backend() == "postgres" {
+        Some(crate::cluster::Cluster::connect(&config.storage, &config.cluster).await?)
+    } else {
+        None
+    };
     let (immobiliser, immobiliser_task) = crate::immobiliser::start(
         &config.immobiliser,
         store.clone(),
@@ -155,8 +161,18 @@ pub async fn start_with(
         &states,
         session_rx,
         immob_rx,
+        cluster.clone(),
     )
     .await?;
+    let cluster_stop = CancellationToken::new();
+    let cluster_task = cluster.clone().map(|c| {
+        crate::cluster::spawn(
+            c,
+            immobiliser.local(),
+            sessions.clone(),
+            cluster_stop.clone(),
+        )
+    });
     let (zones_tx, zones_rx) = tokio::sync::mpsc::channel(config.pipeline.queue);
     let (zone_notice_tx, zone_notice_rx) = tokio::sync::mpsc::channel(1024);
     let (zones, zone_task) = crate::geofence::stage::start(
@@ -363,7 +379,16 @@ pub async fn start_with(
         let _ = tasks.writer.await;
         let _ = zone_task.await;
         crm_tasks.shutdown().await;
+        cluster_stop.cancel();
+        if let Some(t) = cluster_task {
+            let _ = t.await;
+        }
         immobiliser_task.stop().await;
+        if let Some(c) = &cluster {
+            if let Err(e) = c.leave().await {
+                tracing::warn!(error = %e, "cluster: sessions not cleared at shutdown");
+            }
+        }
         tracing::info!("shutdown complete");
     });
     Ok(Running {

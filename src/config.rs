@@ -51,6 +51,7 @@ pub struct Config {
     pub immobiliser: crate::immobiliser::ImmobiliserConfig,
     /// Per-protocol session settings (`[protocols.gl200]`, `[protocols.gt06]`).
     pub protocols: crate::protocols::options::ProtocolOptions,
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 /// An API bearer token. Written either as a bare string or as `{ name, token }` so the audit
@@ -397,6 +398,7 @@ impl Config {
         self.status.validate()?;
         self.immobiliser.validate()?;
         self.protocols.validate()?;
+        self.cluster.validate()?;
         Ok(())
     }
 

@@ -588,6 +588,74 @@ async fn crm_outbox_heads_retries_and_dead_letters(c: Ctx) {
     );
 }
 
+/// PostgreSQL only (instances share it): a claimed head is skipped by other claimers until
+/// delivered, retried or its lease runs out; a vehicle's next event waits behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outbox_claims_split_events_between_instances_and_leases_expire() {
+    on_postgres(|c: Ctx| async move {
+        use fleetgate::crm::event::{NewEvent, Payload};
+        let now = Utc::now();
+        let ev = |car: &str, odometer_km: f64| NewEvent {
+            vehicle_id: VehicleId(car.into()),
+            deal_id: None,
+            payload: Payload::Mileage {
+                odometer_km,
+                at: now,
+            },
+        };
+        let evs = [ev("car-a", 1.0), ev("car-a", 2.0), ev("car-b", 3.0)];
+        c.store
+            .crm_commit(&[], &evs, now, Duration::hours(1))
+            .await
+            .unwrap();
+        let lease = Duration::seconds(60);
+        let km = |es: &[fleetgate::crm::event::OutboxEvent]| {
+            es.iter()
+                .map(|e| match e.payload {
+                    Payload::Mileage { odometer_km, .. } => odometer_km,
+                    _ => -1.0,
+                })
+                .collect::<Vec<_>>()
+        };
+        let a = c.store.outbox_claim(now, 1, "fg-a", lease).await.unwrap();
+        assert_eq!(km(&a), [1.0], "one head, the oldest");
+        let b = c.store.outbox_claim(now, 10, "fg-b", lease).await.unwrap();
+        assert_eq!(km(&b), [3.0], "car-a's head is fg-a's; its 2nd event waits");
+        assert!(c
+            .store
+            .outbox_claim(now, 10, "fg-b", lease)
+            .await
+            .unwrap()
+            .is_empty());
+        assert_eq!(
+            c.store.outbox_next_due().await.unwrap(),
+            Some(storage_ms(now + lease)),
+            "claimed heads are due again when their lease ends"
+        );
+        // fg-a dies: past the lease fg-b takes car-a's head over.
+        let later = now + lease + Duration::seconds(1);
+        let b2 = c
+            .store
+            .outbox_claim(later, 10, "fg-b", lease)
+            .await
+            .unwrap();
+        assert_eq!(km(&b2), [1.0, 3.0]);
+        c.store.outbox_delivered(b2[0].id, later).await.unwrap();
+        c.store
+            .outbox_retry(b2[1].id, 1, later, "HTTP 500")
+            .await
+            .unwrap();
+        // Delivered: car-a's next event is the head; a retried event is free to claim at once.
+        let a2 = c
+            .store
+            .outbox_claim(later, 10, "fg-a", lease)
+            .await
+            .unwrap();
+        assert_eq!(km(&a2), [2.0, 3.0]);
+    })
+    .await;
+}
+
 /// A time as storage keeps it (Unix milliseconds).
 fn storage_ms(t: DateTime<Utc>) -> DateTime<Utc> {
     DateTime::from_timestamp_millis(t.timestamp_millis()).unwrap()
@@ -638,7 +706,18 @@ fn audit_entry(id: i64, time: DateTime<Utc>, vehicle: &str, event: &str) -> Audi
 async fn immobiliser_states_commands_and_audit_round_trip(c: Ctx) {
     let empty = c.store.immobiliser_load().await.unwrap();
     assert!(empty.vehicles.is_empty() && empty.open_commands.is_empty());
-    assert_eq!((empty.max_command_id, empty.max_audit_id), (0, 0));
+    // Command ids are reserved from the database: never handed out twice.
+    let first_ids = c.store.reserve_command_ids(4).await.unwrap();
+    let more_ids = c.store.reserve_command_ids(3).await.unwrap();
+    assert_eq!((first_ids.len(), more_ids.len()), (4, 3));
+    let mut reserved: Vec<i64> = first_ids.iter().chain(&more_ids).copied().collect();
+    reserved.sort();
+    reserved.dedup();
+    assert_eq!(
+        reserved.len(),
+        7,
+        "distinct ids: {first_ids:?} {more_ids:?}"
+    );
 
     // Whole seconds: stored times are milliseconds.
     let now = DateTime::from_timestamp(Utc::now().timestamp(), 0).unwrap();
@@ -738,9 +817,8 @@ async fn immobiliser_states_commands_and_audit_round_trip(c: Ctx) {
         vec![block.clone(), acked.clone()],
         "queued/sent and unexpired acknowledged, by id"
     );
-    assert_eq!((snap.max_command_id, snap.max_audit_id), (4, 11));
 
-    // A later decision: the block is sent, one reason lifted, a replayed audit id ignored.
+    // A later decision: the block is sent, one reason lifted, more audit records.
     let mut sent = block.clone();
     sent.status = CommandStatus::Sent;
     sent.attempts = 1;
@@ -752,13 +830,13 @@ async fn immobiliser_states_commands_and_audit_round_trip(c: Ctx) {
     let mut lifted = v1.clone();
     lifted.reasons.remove(&BlockReason::manual());
     lifted.state = ImmobState::Blocked;
-    let mut replayed = audit_entry(10, minute(9), "v-1", "replayed");
-    replayed.actor = "nobody".into();
+    let mut later = audit_entry(10, minute(9), "v-1", "reason_lifted");
+    later.actor = "ops-petrov".into();
     c.store
         .immobiliser_apply(&ImmobChanges {
             vehicles: vec![lifted.clone()],
             commands: vec![sent.clone()],
-            audit: vec![replayed, audit_entry(12, minute(5), "v-1", "command_sent")],
+            audit: vec![later, audit_entry(12, minute(5), "v-1", "command_sent")],
         })
         .await
         .unwrap();
@@ -798,16 +876,25 @@ async fn immobiliser_states_commands_and_audit_round_trip(c: Ctx) {
         .audit(&q(None, minute(0), minute(60), 100))
         .await
         .unwrap();
+    // Audit ids come from the database in insertion order (the ids given are ignored):
+    // with_fix 1, no_ignition 2, "9" 3, "8" 4, later 5, "12" 6.
     assert_eq!(
         all.iter().map(|a| a.id).collect::<Vec<_>>(),
-        vec![8, 10, 11, 9, 12],
+        vec![4, 1, 2, 3, 6, 5],
         "by time, then id"
     );
     assert_eq!(
-        all[1], with_fix,
-        "first write of an id wins, every field intact"
+        all[1],
+        AuditEntry { id: 1, ..with_fix },
+        "every field intact"
     );
-    assert_eq!(all[2], no_ignition);
+    assert_eq!(
+        all[2],
+        AuditEntry {
+            id: 2,
+            ..no_ignition
+        }
+    );
     let v1_audit = c
         .store
         .audit(&q(Some("v-1"), minute(1), minute(5), 100))
@@ -815,7 +902,7 @@ async fn immobiliser_states_commands_and_audit_round_trip(c: Ctx) {
         .unwrap();
     assert_eq!(
         v1_audit.iter().map(|a| a.id).collect::<Vec<_>>(),
-        vec![8, 10, 11],
+        vec![4, 1, 2],
         "one vehicle, from <= time < to"
     );
     let limited = c
@@ -823,10 +910,7 @@ async fn immobiliser_states_commands_and_audit_round_trip(c: Ctx) {
         .audit(&q(Some("v-1"), minute(0), minute(60), 2))
         .await
         .unwrap();
-    assert_eq!(
-        limited.iter().map(|a| a.id).collect::<Vec<_>>(),
-        vec![8, 10]
-    );
+    assert_eq!(limited.iter().map(|a| a.id).collect::<Vec<_>>(), vec![4, 1]);
 
     // Everything survives reopening the database.
     drop(c.store);
@@ -834,5 +918,9 @@ async fn immobiliser_states_commands_and_audit_round_trip(c: Ctx) {
     let snap = store.immobiliser_load().await.unwrap();
     assert_eq!(snap.vehicles, vec![v2, lifted]);
     assert_eq!(snap.open_commands, vec![expect_sent, acked]);
-    assert_eq!((snap.max_command_id, snap.max_audit_id), (4, 12));
+    let after = store.reserve_command_ids(2).await.unwrap();
+    assert!(
+        after.iter().all(|id| !reserved.contains(id)),
+        "reservations survive reopening: {after:?} vs {reserved:?}"
+    );
 }

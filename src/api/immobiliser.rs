@@ -33,7 +33,9 @@ impl From<ImmobError> for ApiError {
             ImmobError::BadReason(_) => ApiError::BadRequest(e.to_string()),
             ImmobError::ForceNotAllowed => ApiError::Forbidden(e.to_string()),
             ImmobError::UnknownVehicle(_) => ApiError::NotFound(e.to_string()),
-            ImmobError::Storage(_) | ImmobError::Closed => ApiError::Storage(e.to_string()),
+            ImmobError::Storage(_) | ImmobError::Closed | ImmobError::OwnerSilent(..) => {
+                ApiError::Storage(e.to_string())
+            }
         }
     }
 }

@@ -226,6 +226,9 @@ pub struct Engine {
     by_device: HashMap<DeviceId, VehicleId>,
     vehicles: HashMap<VehicleId, Vehicle>,
     misses: HashMap<DeviceId, tokio::time::Instant>,
+    /// Other instances write the same rule state (several instances on one PostgreSQL):
+    /// re-read a vehicle's and its driver's state before deciding for them.
+    shared: bool,
 }
 
 /// How often the vehicle list is re-read, and date rules (inspection, documents) re-checked.
@@ -262,6 +265,7 @@ pub fn new(
         by_device: HashMap::new(),
         vehicles: HashMap::new(),
         misses: HashMap::new(),
+        shared: false,
     };
     (engine, handle, rx)
 }
@@ -287,6 +291,59 @@ fn state<T: Serialize>(scope: &'static str, id: &str, v: &T) -> StateWrite {
 }
 
 impl Engine {
+    /// The database is shared with other instances (PostgreSQL): see [`Engine::reload`].
+    pub fn shared_database(mut self, shared: bool) -> Engine {
+        self.shared = shared;
+        self
+    }
+
+    /// Re-read the stored rule state of a vehicle and/or a driver (shared database only):
+    /// another instance may have decided for them since this one last did (a return request
+    /// made through its API, a balance pushed there), and every decision is stored with its
+    /// events, so the stored state is the latest.
+    async fn reload(&mut self, vehicle: Option<&VehicleId>, driver: Option<&str>) {
+        if !self.shared {
+            return;
+        }
+        fn put<K: std::hash::Hash + Eq, T: serde::de::DeserializeOwned>(
+            map: &mut HashMap<K, T>,
+            key: K,
+            row: Result<Option<String>, StorageError>,
+        ) {
+            match row {
+                Ok(Some(s)) => match serde_json::from_str(&s) {
+                    Ok(v) => {
+                        map.insert(key, v);
+                    }
+                    Err(e) => tracing::warn!(error = %e, "crm rules: unreadable stored state"),
+                },
+                Ok(None) => {
+                    map.remove(&key);
+                }
+                Err(e) => tracing::warn!(error = %e, "crm rules: state not re-read"),
+            }
+        }
+        if let Some(v) = vehicle {
+            // The shift's progress on the fix stream is not stored on every fix: merge.
+            let mut stored = HashMap::new();
+            let row = self.store.crm_state("shift", &v.0).await;
+            put(&mut stored, v.clone(), row);
+            match (stored.remove(v), self.shifts.get_mut(v)) {
+                (Some(s), Some(mine)) => mine.adopt_durable(&s),
+                (Some(s), None) => {
+                    self.shifts.insert(v.clone(), s);
+                }
+                (None, _) => {}
+            }
+            let row = self.store.crm_state("inspection", &v.0).await;
+            put(&mut self.inspections, v.clone(), row);
+        }
+        if let Some(d) = driver {
+            let row = self.store.crm_state("balance", d).await;
+            put(&mut self.balances, d.to_string(), row);
+        }
+    }
+
     fn shift_rules(&self) -> ShiftRules {
         ShiftRules {
             on_line_after: chrono::Duration::seconds(self.rules.on_line_after as i64),
@@ -493,6 +550,7 @@ impl Engine {
         let Some(v) = self.vehicle_by_device(&item.device).await else {
             return;
         };
+        self.reload(Some(&v.id), v.driver_id.as_deref()).await;
         if let Some(p) = &item.state.position {
             let km = p.odometer_m.unwrap_or(item.state.gps_odometer_m) / 1000.0;
             self.odometer_km.insert(v.id.clone(), km);
@@ -569,6 +627,8 @@ impl Engine {
                 actor,
                 reply,
             } => {
+                let driver = self.driver_of(&vehicle);
+                self.reload(Some(&vehicle), driver.as_deref()).await;
                 let _ = reply.send(self.return_request(&vehicle, &actor).await);
             }
             Cmd::Balance {
@@ -577,6 +637,16 @@ impl Engine {
                 actor,
                 reply,
             } => {
+                let cars: Vec<VehicleId> = self
+                    .vehicles
+                    .values()
+                    .filter(|v| v.driver_id.as_deref() == Some(driver.as_str()))
+                    .map(|v| v.id.clone())
+                    .collect();
+                self.reload(None, Some(&driver)).await;
+                for c in &cars {
+                    self.reload(Some(c), None).await;
+                }
                 let r = self.balance(&driver, balance_rub, &actor).await;
                 if let Err(e) = &r {
                     tracing::error!(driver, error = %e, "crm rules: balance not applied");
@@ -592,7 +662,10 @@ impl Engine {
                 reply,
             } => {
                 let r = match self.vehicle(&vehicle).await {
-                    Ok(v) => self.inspection_step(&v, Some(op), &actor).await,
+                    Ok(v) => {
+                        self.reload(Some(&v.id), v.driver_id.as_deref()).await;
+                        self.inspection_step(&v, Some(op), &actor).await
+                    }
                     Err(e) => Err(e),
                 };
                 let _ = reply.send(r);
@@ -623,6 +696,10 @@ impl Engine {
                 let _ = done.send(());
             }
         }
+    }
+
+    fn driver_of(&self, vehicle: &VehicleId) -> Option<String> {
+        self.vehicles.get(vehicle).and_then(|v| v.driver_id.clone())
     }
 
     async fn return_request(
@@ -835,6 +912,10 @@ impl Engine {
             let Some(v) = self.vehicles.get(&id).cloned() else {
                 continue;
             };
+            self.reload(Some(&v.id), v.driver_id.as_deref()).await;
+            if !self.inspections.contains_key(&v.id) {
+                continue;
+            }
             if let Err(e) = self.inspection_step(&v, None, "crm-rules").await {
                 tracing::error!(vehicle = %id, error = %e, "crm rules: date check failed");
             }

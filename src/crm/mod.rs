@@ -143,6 +143,11 @@ pub fn start(
         ttl,
         wake.clone(),
     );
+    // Other instances may share a PostgreSQL database and decide for the same vehicles.
+    let eng = eng.shared_database(
+        config.storage.url.starts_with("postgres://")
+            || config.storage.url.starts_with("postgresql://"),
+    );
     let (tx, rx) = tokio::sync::mpsc::channel(config.pipeline.queue.max(64));
     let engine = tokio::spawn(eng.run(rx, cmds));
     let stop = tokio_util::sync::CancellationToken::new();
@@ -151,6 +156,8 @@ pub fn start(
         tracing::info!(kind = c.name(), "crm connector ready");
         let worker = outbox::OutboxWorker {
             store: crm_store,
+            claimer: config.cluster.instance(),
+            lease: std::time::Duration::from_secs(config.cluster.outbox_lease_s),
             connector: c.clone(),
             cfg: config.crm.clone(),
             wake,

@@ -22,6 +22,11 @@ const ROUND_MAX: u32 = 200;
 
 pub struct OutboxWorker {
     pub store: Arc<dyn CrmStore>,
+    /// This instance's name: events are claimed under it (PostgreSQL), so instances sharing
+    /// the database deliver each event once.
+    pub claimer: String,
+    /// How long a claim holds before another instance may take the event over.
+    pub lease: Duration,
     pub connector: Arc<dyn Connector>,
     pub cfg: CrmConfig,
     /// Signalled when new events were committed, so they go out without waiting a poll.
@@ -75,7 +80,11 @@ impl OutboxWorker {
     /// Deliver what is due; returns how many events were attempted.
     pub async fn round(&self) -> Result<usize, crate::storage::StorageError> {
         let now = Utc::now();
-        let due = self.store.outbox_due(now, ROUND_MAX).await?;
+        let lease = chrono::Duration::from_std(self.lease).unwrap_or(chrono::Duration::MAX);
+        let due = self
+            .store
+            .outbox_claim(now, ROUND_MAX, &self.claimer, lease)
+            .await?;
         if due.is_empty() {
             return Ok(0);
         }

@@ -108,6 +108,19 @@ impl ShiftState {
         self.run_start = None;
     }
 
+    /// Take the durable part (what [`Self::durable_differs`] compares, stored with every change
+    /// of it) from `stored`, written by another instance, and keep this instance's progress on
+    /// the fix stream (the current drive, the newest fix, the return input) that is not stored
+    /// on every fix.
+    pub fn adopt_durable(&mut self, stored: &ShiftState) {
+        self.on_line = stored.on_line;
+        self.on_line_at = stored.on_line_at;
+        self.wants_to_return = stored.wants_to_return;
+        self.wants_to_return_at = stored.wants_to_return_at;
+        self.last_active = self.last_active.max(stored.last_active);
+        self.last_fix = self.last_fix.max(stored.last_fix);
+    }
+
     /// The flags that must survive a restart changed (the rest is cheap to rebuild).
     pub fn durable_differs(&self, other: &ShiftState) -> bool {
         self.on_line != other.on_line
@@ -227,5 +240,34 @@ mod tests {
         assert!(st.request_return(f.time).is_none());
         // driving back to the park does not put it on line again
         assert!(drive(&mut st, 400, 1000, 30.0, true).is_empty());
+    }
+
+    #[test]
+    fn adopting_another_instances_state_keeps_the_drive_in_progress() {
+        let mut mine = ShiftState::default();
+        assert!(
+            drive(&mut mine, 0, 60, 40.0, true).is_empty(),
+            "a minute: not yet"
+        );
+        // Another instance stored what it knows of the car (nothing durable yet).
+        mine.adopt_durable(&ShiftState::default());
+        assert!(mine.run_start.is_some(), "the drive in progress is kept");
+        let ev = drive(&mut mine, 70, 130, 40.0, true);
+        assert!(
+            ev.iter().any(|e| matches!(e, ShiftEvent::OnLine { .. })),
+            "two minutes from the drive's start: {ev:?}"
+        );
+        // It then takes a return request and stores it: the stored flags win.
+        let mut stored = mine.clone();
+        assert!(stored
+            .request_return(fix(140, 0.0, true, true).time)
+            .is_some());
+        mine.adopt_durable(&stored);
+        assert!(mine.wants_to_return && mine.on_line);
+        assert!(
+            mine.request_return(fix(150, 0.0, true, true).time)
+                .is_none(),
+            "not moved a second time"
+        );
     }
 }

@@ -3,6 +3,11 @@
 //! lost), by session events (device online/offline, command written, command answered), by
 //! [`ImmobiliserHandle`] requests and by a clock tick (retries, expiry). Each decision is
 //! persisted in one transaction before any command goes to a device.
+//!
+//! With several instances on one PostgreSQL (`Some(cluster)`), an actor keeps in memory only
+//! the vehicles whose tracker is connected to its instance: it takes a vehicle over from the
+//! database when the tracker connects (or a request for a vehicle connected nowhere arrives)
+//! and lets it go once the tracker is gone and the decision is stored. See `crate::cluster`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -15,13 +20,14 @@ use tokio_util::sync::CancellationToken;
 
 use super::command::NewCommand;
 use super::config::ImmobiliserConfig;
-use super::handle::Request;
+use super::handle::{machine_of, Request, Routing};
 pub use super::handle::{ImmobView, ImmobiliserHandle, ReasonChange, ReasonView};
 use super::machine::{FixSnapshot, ReasonEntry, Step};
 use super::{
     Command, CommandStatus, ImmobError, ImmobState, Intent, Machine, RetryPolicy, SafetyRules,
     SafetyTracker,
 };
+use crate::cluster::{Cluster, Forwarded};
 use crate::ingest::sessions::{Outbound, SessionEvent, Sessions};
 use crate::model::{DeviceId, Position, VehicleId};
 use crate::pipeline::Committed;
@@ -33,6 +39,11 @@ use crate::storage::{DeviceState, StorageError, Store};
 const REQUEST_QUEUE: usize = 256;
 /// The actor's name in the audit when a fix (not a person) moved the state.
 const SYSTEM: &str = "immobiliser";
+/// Command ids are reserved from the database this many at a time, and topped up before an
+/// event is handled whenever fewer than [`ID_LOW`] are left. One event issues at most two
+/// commands (a change or a fix of one vehicle), so the pool never runs dry between top-ups.
+const ID_BLOCK: u32 = 32;
+const ID_LOW: usize = 8;
 
 /// The running actor; stop it after the pipeline has drained.
 pub struct ImmobiliserTask {
@@ -56,9 +67,14 @@ pub async fn start(
     states: &[DeviceState],
     events: mpsc::Receiver<SessionEvent>,
     committed: mpsc::Receiver<Arc<Committed>>,
+    cluster: Option<Arc<Cluster>>,
 ) -> Result<(ImmobiliserHandle, ImmobiliserTask), StorageError> {
     describe_metrics();
-    let snapshot = store.immobiliser_load().await?;
+    // In a cluster nothing is held at start: vehicles are taken over as trackers connect.
+    let snapshot = match cluster {
+        None => store.immobiliser_load().await?,
+        Some(_) => Default::default(),
+    };
     let rules = config.safety();
     let mut actor = Actor {
         cfg: config.clone(),
@@ -77,8 +93,9 @@ pub async fn start(
         triggers: HashMap::new(),
         logins: HashMap::new(),
         last_received: HashMap::new(),
-        next_command_id: snapshot.max_command_id + 1,
-        next_audit_id: snapshot.max_audit_id + 1,
+        ids: VecDeque::new(),
+        cluster: cluster.clone(),
+        release: BTreeSet::new(),
         changes: ImmobChanges::default(),
         dirty_vehicles: BTreeSet::new(),
         gauges_dirty: true,
@@ -113,6 +130,7 @@ pub async fn start(
             },
         );
     }
+    actor.top_up_ids().await?;
     let now = Utc::now();
     for mut c in snapshot.open_commands {
         // Written before the restart and never answered: write again on the next connection.
@@ -125,7 +143,11 @@ pub async fn start(
     let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
     let shutdown = CancellationToken::new();
     let join = tokio::spawn(actor.run(rx, events, committed, shutdown.clone()));
-    Ok((ImmobiliserHandle { tx }, ImmobiliserTask { shutdown, join }))
+    let routing = cluster.map(|cluster| Routing { cluster, store });
+    Ok((
+        ImmobiliserHandle { tx, routing },
+        ImmobiliserTask { shutdown, join },
+    ))
 }
 
 struct Actor {
@@ -153,8 +175,12 @@ struct Actor {
     last_received: HashMap<DeviceId, DateTime<Utc>>,
     /// When the fix that triggered a block reached the gateway (latency metric).
     triggers: HashMap<i64, DateTime<Utc>>,
-    next_command_id: i64,
-    next_audit_id: i64,
+    /// Command ids reserved from the database (unique across instances sharing it).
+    ids: VecDeque<i64>,
+    /// Several instances share the database: hold only vehicles whose tracker is here.
+    cluster: Option<Arc<Cluster>>,
+    /// Vehicles to let go after the next successful flush, unless their tracker is here.
+    release: BTreeSet<VehicleId>,
     changes: ImmobChanges,
     dirty_vehicles: BTreeSet<VehicleId>,
     gauges_dirty: bool,
@@ -172,12 +198,18 @@ impl Actor {
         let mut tick = tokio::time::interval(self.cfg.tick());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            if let Err(e) = self.top_up_ids().await {
+                tracing::error!(error = %e, "immobiliser: command ids not reserved");
+            }
             // Committed fixes first: a request then sees every fix acked before it was made.
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => break,
                 Some(c) = committed.recv() => self.on_committed(&c),
-                Some(ev) = events.recv() => self.on_event(ev),
+                Some(ev) = events.recv() => {
+                    self.on_session(&ev).await;
+                    self.on_event(ev)
+                }
                 Some(req) = requests.recv() => {
                     self.on_request(req).await;
                     continue;
@@ -189,6 +221,7 @@ impl Actor {
                 continue;
             }
             self.dispatch();
+            self.release_unheld();
         }
         if let Err(e) = self.flush().await {
             tracing::error!(error = %e, "immobiliser state not persisted at shutdown");
@@ -196,18 +229,54 @@ impl Actor {
         tracing::debug!("immobiliser stopped");
     }
 
+    /// Keep a few command ids in hand: `issue` is synchronous and takes one from the pool.
+    async fn top_up_ids(&mut self) -> Result<(), StorageError> {
+        if self.ids.len() < ID_LOW {
+            let ids = self.store.reserve_command_ids(ID_BLOCK).await?;
+            self.ids.extend(ids);
+        }
+        Ok(())
+    }
+
     async fn on_request(&mut self, req: Request) {
         match req {
             Request::Change { change, reply } => {
+                let vehicle = change.vehicle.clone();
+                // Not held here (cluster): start from what the database says now.
+                let foreign = self.cluster.is_some() && !self.holds(&vehicle);
+                if foreign {
+                    if let Err(e) = self.adopt(&vehicle).await {
+                        let _ = reply.send(Err(ImmobError::Storage(e.to_string())));
+                        return;
+                    }
+                    self.release.insert(vehicle.clone());
+                }
                 let result = self.change(change).await;
                 let result = match self.flush().await {
                     Ok(()) => {
                         self.dispatch();
+                        self.release_unheld();
                         result
                     }
                     // Kept in memory and retried; nothing goes to a device until stored.
                     Err(e) => Err(ImmobError::Storage(e.to_string())),
                 };
+                let _ = reply.send(result);
+                if foreign {
+                    self.hand_over(&vehicle).await;
+                }
+            }
+            Request::Adopt { vehicle, reply } => {
+                let result = if self.holds(&vehicle) {
+                    self.adopt(&vehicle)
+                        .await
+                        .map_err(|e| ImmobError::Storage(e.to_string()))
+                } else {
+                    Ok(())
+                };
+                if result.is_ok() {
+                    self.dispatch();
+                }
                 let _ = reply.send(result);
             }
             Request::View { vehicle, reply } => {
@@ -221,6 +290,140 @@ impl Actor {
                     .collect();
                 let _ = reply.send(all);
             }
+        }
+    }
+
+    /// Whether this instance holds the vehicle's tracker connection.
+    fn holds(&self, vehicle: &VehicleId) -> bool {
+        self.vehicle_device
+            .get(vehicle)
+            .is_some_and(|d| self.sessions.is_online(d))
+    }
+
+    /// Cluster bookkeeping for a session event, before the event itself is handled: record
+    /// where the device is connected and take its vehicle over from the database.
+    async fn on_session(&mut self, ev: &SessionEvent) {
+        let Some(cluster) = self.cluster.clone() else {
+            return;
+        };
+        match ev {
+            SessionEvent::Online { device, conn, .. } => {
+                if let Err(e) = cluster.session_online(device, *conn).await {
+                    tracing::warn!(%device, error = %e, "cluster: session not recorded");
+                }
+                // The device may come from another instance: start from its stored last fix,
+                // not from what this instance saw of it before.
+                if let Ok(Some(p)) = self
+                    .store
+                    .device_state(device)
+                    .await
+                    .map(|s| s.and_then(|s| s.position))
+                {
+                    let fix = FixSnapshot {
+                        time: p.time,
+                        lat: p.lat,
+                        lon: p.lon,
+                        speed_kmh: p.speed_kmh,
+                        ignition: p.ignition,
+                        outputs: p.outputs,
+                    };
+                    self.safety.insert(
+                        device.clone(),
+                        SafetyTracker::seeded(Some(fix), &self.rules),
+                    );
+                }
+                match self.store.vehicle_by_device(device).await {
+                    Ok(Some(v)) => {
+                        if let Err(e) = self.adopt(&v.id).await {
+                            tracing::error!(vehicle = %v.id, error = %e, "immobiliser: vehicle not taken over");
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => tracing::error!(%device, error = %e, "immobiliser: vehicle not read"),
+                }
+            }
+            SessionEvent::Offline { device, conn } => {
+                if let Err(e) = cluster.session_offline(device, *conn).await {
+                    tracing::warn!(%device, error = %e, "cluster: session not cleared");
+                }
+                if let Some(v) = self.device_vehicle.get(device) {
+                    self.release.insert(v.clone());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Replace what is held about a vehicle with what the database says (another instance
+    /// may have changed it). Commands still in a connection's queue stay there only if the
+    /// database still has them open.
+    async fn adopt(&mut self, vehicle: &VehicleId) -> Result<(), StorageError> {
+        let row = self.store.vehicle(vehicle).await?;
+        let (device, protocol) = row.map(|x| (x.device_id, x.protocol)).unwrap_or_default();
+        let (state, open) = self.store.immobiliser_vehicle(vehicle).await?;
+        self.bind(vehicle, device, protocol);
+        self.forget(vehicle);
+        if let Some(v) = state {
+            self.machines.insert(vehicle.clone(), machine_of(v));
+        }
+        for c in open {
+            self.commands.insert(c.id, c);
+        }
+        self.withdraw_retired();
+        self.gauges_dirty = true;
+        Ok(())
+    }
+
+    /// Drop a vehicle's machine and commands from memory (they are stored).
+    fn forget(&mut self, vehicle: &VehicleId) {
+        self.machines.remove(vehicle);
+        self.commands.retain(|_, c| &c.vehicle_id != vehicle);
+    }
+
+    /// Withdraw hand-offs to connections of commands no longer held. (Awaited answers stay:
+    /// an answer to a retired command must still be matched to it, not to a newer one.)
+    fn withdraw_retired(&mut self) {
+        let commands = &self.commands;
+        self.in_flight.retain(|id, (_, flag)| {
+            let keep = commands.contains_key(id);
+            if !keep {
+                flag.store(false, Ordering::Release);
+            }
+            keep
+        });
+    }
+
+    /// Let go of vehicles whose tracker is not here (cluster), now that they are stored.
+    fn release_unheld(&mut self) {
+        if self.release.is_empty() || !self.changes.is_empty() {
+            return;
+        }
+        for v in std::mem::take(&mut self.release) {
+            if !self.holds(&v) {
+                self.forget(&v);
+                self.gauges_dirty = true;
+            }
+        }
+        self.withdraw_retired();
+    }
+
+    /// After changing a vehicle whose tracker is not here: if it connected to another
+    /// instance meanwhile, that instance must reload what was just stored.
+    async fn hand_over(&mut self, vehicle: &VehicleId) {
+        let Some(cluster) = self.cluster.clone() else {
+            return;
+        };
+        match cluster.owner_of(vehicle).await {
+            Ok(Some(owner)) if owner != cluster.instance() => {
+                let msg = Forwarded::Adopt {
+                    vehicle: vehicle.clone(),
+                };
+                if let Err(e) = cluster.send(&owner, &msg).await {
+                    tracing::warn!(%vehicle, %owner, error = %e, "cluster: hand-over not sent");
+                }
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(%vehicle, error = %e, "cluster: owner not read"),
         }
     }
 
@@ -359,7 +562,8 @@ impl Actor {
         fill: impl FnOnce(&mut AuditEntry),
     ) {
         let mut a = AuditEntry {
-            id: self.next_audit_id,
+            // Allocated by the database when stored.
+            id: 0,
             time: Utc::now(),
             vehicle_id: vehicle.clone(),
             event: event.to_string(),
@@ -372,7 +576,6 @@ impl Actor {
             forced: false,
             position: self.position_of(vehicle),
         };
-        self.next_audit_id += 1;
         fill(&mut a);
         tracing::info!(vehicle = %vehicle, event, actor, reason = ?a.reason, from = ?a.state_from, to = ?a.state_to, command = ?a.command_id, "immobiliser");
         self.changes.audit.push(a);
@@ -451,8 +654,11 @@ impl Actor {
             Intent::Unblock => p.unblock.clone(),
         });
         let output = profile.and_then(|p| p.output).unwrap_or(1);
-        let id = self.next_command_id;
-        self.next_command_id += 1;
+        let Some(id) = self.ids.pop_front() else {
+            // Only when the database refused every top-up since the pool was last filled.
+            tracing::error!(vehicle = %vehicle, intent = intent.as_str(), "no command id reserved (storage unavailable); command not issued");
+            return;
+        };
         let cmd = Command::new(
             id,
             NewCommand {

@@ -167,7 +167,8 @@ impl Intent {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Serializable: an instance forwards it to another that asked on an operator's behalf.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, Serialize, Deserialize)]
 pub enum ImmobError {
     #[error("reason: '{0}' is not a reason name (lower-case a-z, 0-9, _; at most 64; not 'all')")]
     BadReason(String),
@@ -179,4 +180,7 @@ pub enum ImmobError {
     Storage(String),
     #[error("the immobiliser is shutting down")]
     Closed,
+    /// Several instances: the one holding the vehicle's tracker did not answer in time.
+    #[error("instance '{0}' holding the vehicle's tracker did not answer within {1} s")]
+    OwnerSilent(String, u64),
 }

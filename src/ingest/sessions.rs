@@ -167,6 +167,16 @@ impl Sessions {
         Ok(l.conn)
     }
 
+    /// Every device with a live connection, with that connection's id.
+    pub fn live(&self) -> Vec<(DeviceId, u64)> {
+        self.live
+            .read()
+            .expect("not poisoned")
+            .iter()
+            .map(|(d, l)| (d.clone(), l.conn))
+            .collect()
+    }
+
     pub fn is_online(&self, device: &DeviceId) -> bool {
         self.live.read().expect("not poisoned").contains_key(device)
     }

@@ -69,6 +69,14 @@ fn describe() {
         Unit::Seconds,
         "Fix received to command on the wire"
     );
+    describe_counter!(
+        "fleetgate_cluster_forwarded_total",
+        "Immobiliser requests forwarded to the instance holding the tracker, by outcome"
+    );
+    describe_counter!(
+        "fleetgate_cluster_served_total",
+        "Requests forwarded to this instance by others, by type"
+    );
     describe_gauge!("fleetgate_crm_outbox_events", "CRM outbox events by status");
     describe_counter!(
         "fleetgate_crm_outbox_delivered_total",

@@ -32,12 +32,34 @@ pub trait CrmStore: Send + Sync + 'static {
     ) -> Result<(), StorageError>;
     /// Every rule state of a scope: (id, JSON).
     async fn crm_states(&self, scope: &str) -> Result<Vec<(String, String)>, StorageError>;
+    /// One rule state (JSON), for an instance re-reading what another one decided.
+    async fn crm_state(&self, scope: &str, id: &str) -> Result<Option<String>, StorageError> {
+        Ok(self
+            .crm_states(scope)
+            .await?
+            .into_iter()
+            .find(|(k, _)| k == id)
+            .map(|(_, s)| s))
+    }
     /// The oldest pending event of each vehicle, if due by `now`; at most `limit`.
     async fn outbox_due(
         &self,
         now: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<OutboxEvent>, StorageError>;
+    /// Claim the due head events for `claimer` for `lease` and return them (several
+    /// instances on one database then deliver each event once, see docs/scaling.md). A
+    /// backend for one instance only (SQLite) has nothing to claim against: `outbox_due`.
+    async fn outbox_claim(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        claimer: &str,
+        lease: chrono::Duration,
+    ) -> Result<Vec<OutboxEvent>, StorageError> {
+        let _ = (claimer, lease);
+        self.outbox_due(now, limit).await
+    }
     /// When the next pending head event falls due (None: nothing pending).
     async fn outbox_next_due(&self) -> Result<Option<DateTime<Utc>>, StorageError>;
     async fn outbox_delivered(&self, id: i64, at: DateTime<Utc>) -> Result<(), StorageError>;
@@ -81,8 +103,20 @@ impl CrmStore for std::sync::Arc<dyn Store> {
     async fn crm_states(&self, scope: &str) -> Result<Vec<(String, String)>, StorageError> {
         (**self).crm_states(scope).await
     }
+    async fn crm_state(&self, scope: &str, id: &str) -> Result<Option<String>, StorageError> {
+        (**self).crm_state(scope, id).await
+    }
     async fn outbox_due(&self, n: DateTime<Utc>, l: u32) -> Result<Vec<OutboxEvent>, StorageError> {
         (**self).outbox_due(n, l).await
+    }
+    async fn outbox_claim(
+        &self,
+        n: DateTime<Utc>,
+        l: u32,
+        claimer: &str,
+        lease: chrono::Duration,
+    ) -> Result<Vec<OutboxEvent>, StorageError> {
+        (**self).outbox_claim(n, l, claimer, lease).await
     }
     async fn outbox_next_due(&self) -> Result<Option<DateTime<Utc>>, StorageError> {
         (**self).outbox_next_due().await

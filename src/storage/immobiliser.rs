@@ -73,8 +73,6 @@ pub struct ImmobSnapshot {
     pub vehicles: Vec<VehicleImmobRow>,
     /// Commands not finished (queued, sent) or acknowledged and awaiting confirmation.
     pub open_commands: Vec<Command>,
-    pub max_command_id: i64,
-    pub max_audit_id: i64,
 }
 
 #[derive(Clone, Debug)]
@@ -88,7 +86,27 @@ pub struct AuditQuery {
 #[async_trait]
 pub trait ImmobiliserStore: Send + Sync {
     async fn immobiliser_load(&self) -> Result<ImmobSnapshot, StorageError>;
+    /// Write one decision in one transaction. Audit records get their ids from the database
+    /// (the `id` given is ignored); commands keep theirs (see [`Self::reserve_command_ids`]).
     async fn immobiliser_apply(&self, changes: &ImmobChanges) -> Result<(), StorageError>;
+    /// One vehicle's stored immobiliser and its open commands (as [`Self::immobiliser_load`]
+    /// returns them), for an instance taking the vehicle over from another.
+    async fn immobiliser_vehicle(
+        &self,
+        vehicle: &VehicleId,
+    ) -> Result<(Option<VehicleImmobRow>, Vec<Command>), StorageError> {
+        // Backends for one instance need no take-over; this is correct, just not minimal.
+        let snap = self.immobiliser_load().await?;
+        Ok((
+            snap.vehicles.into_iter().find(|v| &v.vehicle_id == vehicle),
+            snap.open_commands
+                .into_iter()
+                .filter(|c| &c.vehicle_id == vehicle)
+                .collect(),
+        ))
+    }
+    /// Reserve `n` command ids no other process sharing the database will ever get.
+    async fn reserve_command_ids(&self, n: u32) -> Result<Vec<i64>, StorageError>;
     /// A vehicle's commands, newest first.
     async fn commands(&self, vehicle: &VehicleId, limit: u32)
         -> Result<Vec<Command>, StorageError>;
@@ -227,19 +245,21 @@ impl ImmobiliserStore for SqliteStore {
             .iter()
             .map(command_from_row)
             .collect::<Result<_, _>>()?;
-        let max_command_id: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(id) FROM immobiliser_commands")
-                .fetch_one(&self.writer)
-                .await?;
-        let max_audit_id: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM audit_log")
-            .fetch_one(&self.writer)
-            .await?;
         Ok(ImmobSnapshot {
             vehicles: vehicles.into_values().collect(),
             open_commands,
-            max_command_id: max_command_id.unwrap_or(0),
-            max_audit_id: max_audit_id.unwrap_or(0),
         })
+    }
+
+    async fn reserve_command_ids(&self, n: u32) -> Result<Vec<i64>, StorageError> {
+        let n = i64::from(n.max(1));
+        let end: i64 = sqlx::query_scalar(
+            "UPDATE id_counters SET next = next + ? WHERE name = 'immobiliser_commands' RETURNING next",
+        )
+        .bind(n)
+        .fetch_one(&self.writer)
+        .await?;
+        Ok((end - n..end).collect())
     }
 
     async fn immobiliser_apply(&self, ch: &ImmobChanges) -> Result<(), StorageError> {
@@ -314,11 +334,10 @@ impl ImmobiliserStore for SqliteStore {
         for a in &ch.audit {
             let p = a.position.as_ref();
             sqlx::query(
-                "INSERT INTO audit_log (id, time, vehicle_id, event, reason, actor, comment, state_from, state_to, \
+                "INSERT INTO audit_log (time, vehicle_id, event, reason, actor, comment, state_from, state_to, \
                  command_id, forced, fix_time, lat, lon, speed_kmh, ignition) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO NOTHING",
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
-            .bind(a.id)
             .bind(millis(a.time))
             .bind(&a.vehicle_id.0)
             .bind(&a.event)

@@ -1,4 +1,6 @@
-//! [`CrmStore`] on PostgreSQL: the SQLite implementation's statements with `$n` parameters.
+//! [`CrmStore`] on PostgreSQL: the SQLite implementation's statements with `$n` parameters,
+//! plus claims (`locked_by`, `locked_until`, `0006_outbox_lease.sql`) so that instances
+//! sharing the database deliver each event once and a vehicle's events in order.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -90,6 +92,16 @@ impl CrmStore for PostgresStore {
             .collect()
     }
 
+    async fn crm_state(&self, scope: &str, id: &str) -> Result<Option<String>, StorageError> {
+        Ok(
+            sqlx::query_scalar("SELECT state FROM crm_state WHERE scope = $1 AND id = $2")
+                .bind(scope)
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
     async fn outbox_due(
         &self,
         now: DateTime<Utc>,
@@ -106,9 +118,48 @@ impl CrmStore for PostgresStore {
         rows.iter().map(event_from_row).collect()
     }
 
+    /// Only a vehicle's oldest pending event is ever claimable, and it stays pending while
+    /// claimed, so a later event of that vehicle waits wherever it would be delivered.
+    /// `SKIP LOCKED` lets instances claiming at the same moment take disjoint rows; one that
+    /// read the row before another's claim committed re-checks the lease on the new version.
+    async fn outbox_claim(
+        &self,
+        now: DateTime<Utc>,
+        limit: u32,
+        claimer: &str,
+        lease: chrono::Duration,
+    ) -> Result<Vec<OutboxEvent>, StorageError> {
+        let columns = OUTBOX_COLUMNS
+            .split(',')
+            .map(|c| format!("o.{}", c.trim()))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let rows = sqlx::query(&format!(
+            "WITH heads AS (SELECT o.id FROM crm_outbox o WHERE {HEADS} \
+             AND o.next_attempt_at <= $1 AND (o.locked_until IS NULL OR o.locked_until <= $1) \
+             ORDER BY o.id LIMIT $2 FOR UPDATE SKIP LOCKED) \
+             UPDATE crm_outbox o SET locked_by = $3, locked_until = $4 \
+             FROM heads WHERE o.id = heads.id RETURNING {columns}"
+        ))
+        .bind(millis(now))
+        .bind(i64::from(limit))
+        .bind(claimer)
+        .bind(millis(now + lease))
+        .fetch_all(&self.pool)
+        .await?;
+        let mut events = rows
+            .iter()
+            .map(event_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        events.sort_by_key(|e| e.id);
+        Ok(events)
+    }
+
     async fn outbox_next_due(&self) -> Result<Option<DateTime<Utc>>, StorageError> {
+        // A head claimed by another instance is due again when its lease runs out.
         let next: Option<i64> = sqlx::query_scalar(&format!(
-            "SELECT MIN(next_attempt_at) FROM crm_outbox o WHERE {HEADS}"
+            "SELECT MIN(GREATEST(next_attempt_at, COALESCE(locked_until, 0))) FROM crm_outbox o \
+             WHERE {HEADS}"
         ))
         .fetch_one(&self.pool)
         .await?;
@@ -118,7 +169,8 @@ impl CrmStore for PostgresStore {
     async fn outbox_delivered(&self, id: i64, at: DateTime<Utc>) -> Result<(), StorageError> {
         sqlx::query(
             "UPDATE crm_outbox SET status = 'delivered', delivered_at = $1, \
-             attempts = attempts + 1, last_error = NULL WHERE id = $2",
+             attempts = attempts + 1, last_error = NULL, locked_by = NULL, locked_until = NULL \
+             WHERE id = $2",
         )
         .bind(millis(at))
         .bind(id)
@@ -135,8 +187,8 @@ impl CrmStore for PostgresStore {
         error: &str,
     ) -> Result<(), StorageError> {
         sqlx::query(
-            "UPDATE crm_outbox SET attempts = $1, next_attempt_at = $2, last_error = $3 \
-             WHERE id = $4 AND status = 'pending'",
+            "UPDATE crm_outbox SET attempts = $1, next_attempt_at = $2, last_error = $3, \
+             locked_by = NULL, locked_until = NULL WHERE id = $4 AND status = 'pending'",
         )
         .bind(attempts as i32)
         .bind(millis(next))
@@ -149,8 +201,8 @@ impl CrmStore for PostgresStore {
 
     async fn outbox_dead(&self, id: i64, attempts: u32, error: &str) -> Result<(), StorageError> {
         sqlx::query(
-            "UPDATE crm_outbox SET status = 'dead', attempts = $1, last_error = $2 \
-             WHERE id = $3 AND status = 'pending'",
+            "UPDATE crm_outbox SET status = 'dead', attempts = $1, last_error = $2, \
+             locked_by = NULL, locked_until = NULL WHERE id = $3 AND status = 'pending'",
         )
         .bind(attempts as i32)
         .bind(error)
@@ -163,7 +215,8 @@ impl CrmStore for PostgresStore {
     async fn outbox_requeue(&self, id: i64, now: DateTime<Utc>) -> Result<bool, StorageError> {
         let r = sqlx::query(
             "UPDATE crm_outbox SET status = 'pending', next_attempt_at = $1, \
-             expires_at = GREATEST(expires_at, $2) WHERE id = $3 AND status = 'dead'",
+             expires_at = GREATEST(expires_at, $2), locked_by = NULL, locked_until = NULL \
+             WHERE id = $3 AND status = 'dead'",
         )
         .bind(millis(now))
         .bind(millis(now + chrono::Duration::days(1)))

@@ -1,8 +1,8 @@
 //! [`ImmobiliserStore`] on PostgreSQL: the SQLite implementation's statements with `$n`
 //! parameters and native types (BOOLEAN flags, DOUBLE PRECISION coordinates). One decision is
 //! one transaction, as on SQLite; a vehicle's reasons and a decision's audit records go in one
-//! UNNEST statement each. Command and audit ids come from the immobiliser (it continues from
-//! the maxima [`ImmobiliserStore::immobiliser_load`] returns), not from the database.
+//! UNNEST statement each. Ids come from sequences (`0005_ids.sql`), so instances sharing the
+//! database never collide: audit ids on insert, command ids reserved ahead by the immobiliser.
 
 use std::collections::BTreeMap;
 
@@ -144,19 +144,82 @@ impl ImmobiliserStore for PostgresStore {
             .iter()
             .map(command_from_row)
             .collect::<Result<_, _>>()?;
-        let max_command_id: Option<i64> =
-            sqlx::query_scalar("SELECT MAX(id) FROM immobiliser_commands")
-                .fetch_one(&self.pool)
-                .await?;
-        let max_audit_id: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM audit_log")
-            .fetch_one(&self.pool)
-            .await?;
         Ok(ImmobSnapshot {
             vehicles: vehicles.into_values().collect(),
             open_commands,
-            max_command_id: max_command_id.unwrap_or(0),
-            max_audit_id: max_audit_id.unwrap_or(0),
         })
+    }
+
+    async fn immobiliser_vehicle(
+        &self,
+        vehicle: &VehicleId,
+    ) -> Result<(Option<VehicleImmobRow>, Vec<Command>), StorageError> {
+        let state = sqlx::query("SELECT state, since FROM immobiliser_state WHERE vehicle_id = $1")
+            .bind(&vehicle.0)
+            .fetch_optional(&self.pool)
+            .await?;
+        let reasons = sqlx::query(
+            "SELECT reason, since, actor, comment FROM immobiliser_reasons WHERE vehicle_id = $1",
+        )
+        .bind(&vehicle.0)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut row = match state {
+            Some(r) => {
+                let state: String = r.try_get(0)?;
+                Some(VehicleImmobRow {
+                    vehicle_id: vehicle.clone(),
+                    state: ImmobState::parse(&state).ok_or_else(|| bad("state", &state))?,
+                    since: from_millis(r.try_get(1)?),
+                    reasons: BTreeMap::new(),
+                })
+            }
+            None if reasons.is_empty() => None,
+            None => Some(VehicleImmobRow {
+                vehicle_id: vehicle.clone(),
+                state: ImmobState::Running,
+                since: DateTime::<Utc>::default(),
+                reasons: BTreeMap::new(),
+            }),
+        };
+        if let Some(v) = row.as_mut() {
+            for r in reasons {
+                let reason: String = r.try_get(0)?;
+                let Ok(reason) = BlockReason::parse(&reason) else {
+                    continue;
+                };
+                v.reasons.insert(
+                    reason,
+                    ReasonEntry {
+                        since: from_millis(r.try_get(1)?),
+                        actor: r.try_get(2)?,
+                        comment: r.try_get(3)?,
+                    },
+                );
+            }
+        }
+        let rows = sqlx::query(&format!(
+            "{COMMAND_SELECT} WHERE vehicle_id = $1 AND (status IN ('queued', 'sent') \
+             OR (status = 'acknowledged' AND expires_at > $2)) ORDER BY id"
+        ))
+        .bind(&vehicle.0)
+        .bind(millis(Utc::now()))
+        .fetch_all(&self.pool)
+        .await?;
+        let commands = rows
+            .iter()
+            .map(command_from_row)
+            .collect::<Result<_, _>>()?;
+        Ok((row, commands))
+    }
+
+    async fn reserve_command_ids(&self, n: u32) -> Result<Vec<i64>, StorageError> {
+        Ok(sqlx::query_scalar(
+            "SELECT nextval('immobiliser_command_ids') FROM generate_series(1, $1)",
+        )
+        .bind(i32::try_from(n.max(1)).unwrap_or(i32::MAX))
+        .fetch_all(&self.pool)
+        .await?)
     }
 
     async fn immobiliser_apply(&self, ch: &ImmobChanges) -> Result<(), StorageError> {
@@ -239,20 +302,20 @@ impl ImmobiliserStore for PostgresStore {
             .await?;
         }
         if !ch.audit.is_empty() {
-            // ON CONFLICT DO NOTHING keeps the first of equal ids, as row-by-row inserts would.
+            // Ids from the sequence, in the order given (WITH ORDINALITY).
             let a = &ch.audit;
             let pos = |f: fn(&AuditPosition) -> Option<f64>| -> Vec<Option<f64>> {
                 a.iter().map(|e| e.position.as_ref().and_then(f)).collect()
             };
             sqlx::query(
-                "INSERT INTO audit_log (id, time, vehicle_id, event, reason, actor, comment, state_from, state_to, \
+                "INSERT INTO audit_log (time, vehicle_id, event, reason, actor, comment, state_from, state_to, \
                  command_id, forced, fix_time, lat, lon, speed_kmh, ignition) \
-                 SELECT * FROM UNNEST($1::int8[], $2::int8[], $3::text[], $4::text[], $5::text[], $6::text[], \
-                 $7::text[], $8::text[], $9::text[], $10::int8[], $11::bool[], $12::int8[], $13::float8[], \
-                 $14::float8[], $15::float8[], $16::bool[]) \
-                 ON CONFLICT (id) DO NOTHING",
+                 SELECT t, v, e, r, a, c, sf, st, ci, f, ft, la, lo, sp, ig FROM UNNEST($1::int8[], \
+                 $2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[], $8::text[], \
+                 $9::int8[], $10::bool[], $11::int8[], $12::float8[], $13::float8[], $14::float8[], \
+                 $15::bool[]) WITH ORDINALITY AS u(t, v, e, r, a, c, sf, st, ci, f, ft, la, lo, sp, ig, n) \
+                 ORDER BY n",
             )
-            .bind(a.iter().map(|e| e.id).collect::<Vec<_>>())
             .bind(a.iter().map(|e| millis(e.time)).collect::<Vec<_>>())
             .bind(a.iter().map(|e| e.vehicle_id.0.as_str()).collect::<Vec<_>>())
             .bind(a.iter().map(|e| e.event.as_str()).collect::<Vec<_>>())

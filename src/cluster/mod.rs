@@ -1,0 +1,355 @@
+//! Several fleetgate instances on one PostgreSQL (docs/scaling.md).
+//!
+//! - Each instance has a name (`[cluster] instance_id`) and records the devices whose TCP
+//!   connection it holds in `device_sessions`, renewed by a heartbeat; a row of an instance
+//!   that died stops counting after `session_ttl_s`.
+//! - **One owner per vehicle's immobiliser:** the instance holding the vehicle's tracker
+//!   connection runs its state machine (it sees the fixes that make a block safe and the
+//!   device's answers). A block or unblock arriving at another instance is forwarded to it
+//!   ([`Cluster::forward_change`]: a `cluster_requests` row, `NOTIFY fleetgate_requests`, a
+//!   poll as fallback) and answered with the vehicle's view. A vehicle whose tracker is
+//!   connected nowhere is handled where the request arrives, from and back to the database;
+//!   whichever instance the tracker then connects to takes the vehicle over from the database.
+//!
+//! SQLite is one instance: there is no cluster and none of this runs.
+
+pub mod config;
+mod serve;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::Row;
+
+pub use config::ClusterConfig;
+pub use serve::spawn;
+
+use crate::config::StorageConfig;
+use crate::immobiliser::handle::{ImmobView, ReasonChange};
+use crate::immobiliser::ImmobError;
+use crate::model::{DeviceId, VehicleId};
+use crate::storage::StorageError;
+
+/// The channel instances LISTEN on; the payload is the name of the instance to wake.
+pub(crate) const CHANNEL: &str = "fleetgate_requests";
+/// The database's clock in Unix milliseconds: instances' clocks may differ, its does not.
+const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+
+/// What one instance asks of another.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Forwarded {
+    /// Add or lift a reason; answered with the vehicle's view.
+    Change { change: ReasonChange },
+    /// The vehicle's stored immobiliser changed elsewhere: reload it (no answer awaited).
+    Adopt { vehicle: VehicleId },
+}
+
+/// This instance's seat in the cluster.
+pub struct Cluster {
+    instance: String,
+    cfg: ClusterConfig,
+    pool: PgPool,
+}
+
+impl Cluster {
+    /// Connect a small pool of its own (the LISTEN connection must not sit behind a
+    /// transaction pooler) and drop the sessions a previous run of this instance left.
+    pub async fn connect(
+        storage: &StorageConfig,
+        cfg: &ClusterConfig,
+    ) -> Result<Arc<Cluster>, StorageError> {
+        let opts = PgConnectOptions::from_str(&storage.url)?.application_name("fleetgate-cluster");
+        let pool = PgPoolOptions::new()
+            .max_connections(4)
+            .acquire_timeout(Duration::from_secs(10))
+            .connect_with(opts)
+            .await?;
+        let c = Cluster {
+            instance: cfg.instance(),
+            cfg: cfg.clone(),
+            pool,
+        };
+        c.leave().await?;
+        tracing::info!(instance = %c.instance, "cluster: joined");
+        Ok(Arc::new(c))
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// The device identified itself on connection `conn` of this instance.
+    pub async fn session_online(&self, device: &DeviceId, conn: u64) -> Result<(), StorageError> {
+        sqlx::query(&format!(
+            "INSERT INTO device_sessions (device_id, instance_id, conn, connected_at, heartbeat_at) \
+             VALUES ($1, $2, $3, {NOW_MS}, {NOW_MS}) ON CONFLICT (device_id) DO UPDATE SET \
+             instance_id = excluded.instance_id, conn = excluded.conn, \
+             connected_at = excluded.connected_at, heartbeat_at = excluded.heartbeat_at"
+        ))
+        .bind(device.as_str())
+        .bind(&self.instance)
+        .bind(conn as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Connection `conn` of the device closed (a newer one, here or elsewhere, stays).
+    pub async fn session_offline(&self, device: &DeviceId, conn: u64) -> Result<(), StorageError> {
+        sqlx::query(
+            "DELETE FROM device_sessions WHERE device_id = $1 AND instance_id = $2 AND conn = $3",
+        )
+        .bind(device.as_str())
+        .bind(&self.instance)
+        .bind(conn as i64)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// The live instance holding the vehicle's tracker connection, if any.
+    pub async fn owner_of(&self, vehicle: &VehicleId) -> Result<Option<String>, StorageError> {
+        Ok(sqlx::query_scalar(&format!(
+            "SELECT s.instance_id FROM vehicles v JOIN device_sessions s ON s.device_id = v.device_id \
+             WHERE v.id = $1 AND s.heartbeat_at > {NOW_MS} - $2"
+        ))
+        .bind(&vehicle.0)
+        .bind(self.ttl_ms())
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
+    fn ttl_ms(&self) -> i64 {
+        (self.cfg.session_ttl_s * 1000) as i64
+    }
+
+    /// Renew this instance's sessions from its live connections (`live`: device, connection
+    /// id) — which also restores a row whose write failed, and drops one whose delete failed —
+    /// without taking a device from another live instance; drop long-dead instances' sessions
+    /// and old requests.
+    async fn heartbeat(&self, live: &[(DeviceId, u64)]) -> Result<(), StorageError> {
+        let devices: Vec<&str> = live.iter().map(|(d, _)| d.as_str()).collect();
+        let conns: Vec<i64> = live.iter().map(|(_, c)| *c as i64).collect();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(&format!(
+            "INSERT INTO device_sessions AS s (device_id, instance_id, conn, connected_at, heartbeat_at) \
+             SELECT d, $3, c, {NOW_MS}, {NOW_MS} FROM UNNEST($1::text[], $2::int8[]) AS t(d, c) \
+             ON CONFLICT (device_id) DO UPDATE SET instance_id = excluded.instance_id, \
+             conn = excluded.conn, heartbeat_at = excluded.heartbeat_at, \
+             connected_at = CASE WHEN s.instance_id = excluded.instance_id AND s.conn = excluded.conn \
+             THEN s.connected_at ELSE excluded.connected_at END \
+             WHERE s.instance_id = excluded.instance_id OR s.heartbeat_at < {NOW_MS} - $4"
+        ))
+        .bind(&devices)
+        .bind(&conns)
+        .bind(&self.instance)
+        .bind(self.ttl_ms())
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "DELETE FROM device_sessions WHERE instance_id = $1 AND NOT (device_id = ANY($2::text[]))",
+        )
+        .bind(&self.instance)
+        .bind(&devices)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        sqlx::query(&format!(
+            "DELETE FROM device_sessions WHERE heartbeat_at < {NOW_MS} - 2 * $1"
+        ))
+        .bind(self.ttl_ms())
+        .execute(&self.pool)
+        .await?;
+        sqlx::query(&format!(
+            "DELETE FROM cluster_requests WHERE created_at < {NOW_MS} - 3600000"
+        ))
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Forget every session of this instance (start, clean shutdown).
+    pub async fn leave(&self) -> Result<(), StorageError> {
+        sqlx::query("DELETE FROM device_sessions WHERE instance_id = $1")
+            .bind(&self.instance)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Queue a request for instance `to` and wake it; returns the request's id.
+    pub async fn send(&self, to: &str, msg: &Forwarded) -> Result<i64, StorageError> {
+        let body = serde_json::to_string(msg)
+            .map_err(|e| StorageError::Invalid(format!("cluster request: {e}")))?;
+        let row = sqlx::query(&format!(
+            "WITH r AS (INSERT INTO cluster_requests (instance_id, sender, body, created_at) \
+             VALUES ($1, $2, $3, {NOW_MS}) RETURNING id) \
+             SELECT r.id, pg_notify($4, $1) FROM r"
+        ))
+        .bind(to)
+        .bind(&self.instance)
+        .bind(body)
+        .bind(CHANNEL)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(row.try_get(0)?)
+    }
+
+    /// Have the instance holding the vehicle's tracker make the change; wait for its answer
+    /// (at most `[cluster] forward_timeout_s`).
+    pub async fn forward_change(
+        &self,
+        to: &str,
+        change: ReasonChange,
+    ) -> Result<ImmobView, ImmobError> {
+        let result = self.forward_and_wait(to, change).await;
+        let outcome = match &result {
+            Ok(_) => "answered",
+            Err(ImmobError::OwnerSilent(..)) => "timeout",
+            Err(ImmobError::Storage(_)) => "error",
+            // The owner's own verdict (force refused, unknown vehicle…).
+            Err(_) => "answered",
+        };
+        metrics::counter!("fleetgate_cluster_forwarded_total", "outcome" => outcome).increment(1);
+        result
+    }
+
+    async fn forward_and_wait(
+        &self,
+        to: &str,
+        change: ReasonChange,
+    ) -> Result<ImmobView, ImmobError> {
+        let vehicle = change.vehicle.clone();
+        let storage = |e: StorageError| ImmobError::Storage(e.to_string());
+        let id = self
+            .send(to, &Forwarded::Change { change })
+            .await
+            .map_err(storage)?;
+        tracing::debug!(%vehicle, to, request = id, "immobiliser request forwarded");
+        let until = Instant::now() + Duration::from_secs(self.cfg.forward_timeout_s);
+        let mut delay = Duration::from_millis(5);
+        loop {
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(100));
+            let row = sqlx::query(
+                "SELECT answer FROM cluster_requests WHERE id = $1 AND done_at IS NOT NULL",
+            )
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(|e| storage(e.into()))?;
+            if let Some(row) = row {
+                let answer: Option<String> = row.try_get(0).map_err(|e| storage(e.into()))?;
+                return match answer {
+                    Some(a) => serde_json::from_str::<Result<ImmobView, ImmobError>>(&a)
+                        .map_err(|e| ImmobError::Storage(format!("answer from {to}: {e}")))?,
+                    None => Err(self.gave_up(to)),
+                };
+            }
+            if Instant::now() >= until {
+                // Give up unless the answer is being written right now.
+                let r = sqlx::query(&format!(
+                    "UPDATE cluster_requests SET done_at = {NOW_MS} WHERE id = $1 AND done_at IS NULL"
+                ))
+                .bind(id)
+                .execute(&self.pool)
+                .await
+                .map_err(|e| storage(e.into()))?;
+                if r.rows_affected() == 1 {
+                    tracing::warn!(%vehicle, to, request = id, "instance holding the tracker did not answer");
+                    return Err(self.gave_up(to));
+                }
+            }
+        }
+    }
+
+    fn gave_up(&self, to: &str) -> ImmobError {
+        ImmobError::OwnerSilent(to.to_string(), self.cfg.forward_timeout_s)
+    }
+
+    /// Claim the requests addressed to this instance.
+    async fn claim(&self) -> Result<Vec<(i64, String)>, StorageError> {
+        let rows = sqlx::query(&format!(
+            "UPDATE cluster_requests SET claimed_at = {NOW_MS} WHERE id IN (\
+             SELECT id FROM cluster_requests WHERE instance_id = $1 AND claimed_at IS NULL \
+             AND done_at IS NULL ORDER BY id LIMIT 100 FOR UPDATE SKIP LOCKED) RETURNING id, body"
+        ))
+        .bind(&self.instance)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = rows
+            .iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect::<Result<Vec<(i64, String)>, sqlx::Error>>()?;
+        out.sort_by_key(|(id, _)| *id);
+        Ok(out)
+    }
+
+    async fn answer(&self, id: i64, answer: &str) -> Result<(), StorageError> {
+        sqlx::query(&format!(
+            "UPDATE cluster_requests SET answer = $1, done_at = {NOW_MS} WHERE id = $2 AND done_at IS NULL"
+        ))
+        .bind(answer)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::immobiliser::{BlockReason, ImmobState};
+
+    #[test]
+    fn requests_and_answers_survive_the_trip_through_the_database() {
+        let change = ReasonChange {
+            vehicle: VehicleId("car-7".into()),
+            reason: Some(BlockReason::manual()),
+            active: true,
+            force: true,
+            actor: "ops-ivanova".into(),
+            comment: Some("долг".into()),
+        };
+        let text = serde_json::to_string(&Forwarded::Change { change }).unwrap();
+        assert!(text.contains(r#""type":"change""#), "{text}");
+        match serde_json::from_str::<Forwarded>(&text).unwrap() {
+            Forwarded::Change { change } => {
+                assert_eq!(change.vehicle.0, "car-7");
+                assert_eq!(change.reason, Some(BlockReason::manual()));
+                assert!(change.active && change.force);
+                assert_eq!(change.comment.as_deref(), Some("долг"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let ok: Result<ImmobView, ImmobError> = Ok(ImmobView {
+            state: ImmobState::Blocking,
+            reasons: vec![BlockReason::manual()],
+            since: Some(chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap()),
+            reason_details: Vec::new(),
+        });
+        let back: Result<ImmobView, ImmobError> =
+            serde_json::from_str(&serde_json::to_string(&ok).unwrap()).unwrap();
+        assert_eq!(back, ok);
+        for e in [
+            ImmobError::ForceNotAllowed,
+            ImmobError::UnknownVehicle("car-9".into()),
+            ImmobError::OwnerSilent("fg-b".into(), 15),
+        ] {
+            let r: Result<ImmobView, ImmobError> = Err(e.clone());
+            let back: Result<ImmobView, ImmobError> =
+                serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+            assert_eq!(
+                back,
+                Err(e),
+                "the owner's verdict reaches the API unchanged"
+            );
+        }
+        assert!(serde_json::from_str::<Forwarded>(r#"{"type":"reboot"}"#).is_err());
+    }
+}
