@@ -4,9 +4,8 @@
 
 mod common;
 
+use common::process::{free_port, spawn, wait_ready};
 use std::collections::BTreeSet;
-use std::net::TcpListener as StdListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -16,37 +15,6 @@ use fleetgate::protocols::teltonika::{encode_avl_packet, encode_imei, AvlRecord,
 use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn spawn(config: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_fleetgate"))
-        .args(["run", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn fleetgate")
-}
-
-async fn wait_ready(api: &Api) {
-    for _ in 0..200 {
-        if let Ok(r) = api.client.get(format!("{}/readyz", api.base)).send().await {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("daemon not ready");
-}
 
 /// Send batches until the connection breaks; record each batch's fix times once acked.
 async fn tracker(

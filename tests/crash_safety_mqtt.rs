@@ -11,12 +11,12 @@
 
 mod common;
 
+use common::process::{free_port, spawn, wait_ready};
 use std::collections::{BTreeSet, HashMap};
-use std::net::TcpListener as StdListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::mqtt::{forget_sessions, unique};
 use common::Api;
 use rand::{Rng, SeedableRng};
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
@@ -27,22 +27,6 @@ use tokio::net::{TcpListener, TcpStream};
 const BROKER: &str = "127.0.0.1:1883";
 /// Fix times start here (Unix ms); message `i` carries `T0 + i * 1000`.
 const T0: i64 = 1_790_000_000_000;
-
-fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}{}x{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    )
-}
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// One complete MQTT packet at the start of `buf`: (first byte, body range, total length).
 fn packet(buf: &[u8]) -> Option<(u8, std::ops::Range<usize>, usize)> {
@@ -142,30 +126,6 @@ async fn proxy(seen: Arc<Mutex<Seen>>) -> u16 {
     port
 }
 
-fn spawn(config: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_fleetgate"))
-        .args(["run", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn fleetgate")
-}
-
-async fn wait_ready(api: &Api) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if let Ok(r) = api.client.get(format!("{}/readyz", api.base)).send().await {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("daemon not ready");
-}
-
 /// Fix times stored for `device`, read from the SQLite file (the daemon may be dead).
 async fn stored(db: &std::path::Path, device: &str) -> Vec<i64> {
     let mut c = SqliteConnection::connect(&format!("sqlite://{}", db.display()))
@@ -222,25 +182,6 @@ impl Publisher {
             .await
             .expect("broker PUBACK within 30 s");
     }
-}
-
-/// Remove the persistent session this test left at the shared broker.
-async fn forget_session(id: &str) {
-    let mut o = MqttOptions::new(id, "127.0.0.1", 1883);
-    o.set_clean_session(true);
-    let (client, mut el) = AsyncClient::new(o, 4);
-    let _ = tokio::time::timeout(Duration::from_secs(3), async {
-        loop {
-            match el.poll().await {
-                Ok(Event::Incoming(Incoming::ConnAck(_))) => {
-                    let _ = client.disconnect().await;
-                }
-                Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -347,7 +288,7 @@ async fn sigkill_mid_stream_loses_no_pubacked_mqtt_message() {
     };
     gw.kill().unwrap();
     gw.wait().unwrap();
-    forget_session(&gw_id).await;
+    forget_sessions(std::slice::from_ref(&gw_id)).await;
     let set: BTreeSet<i64> = times.iter().copied().collect();
     let s = seen.lock().unwrap();
     println!(

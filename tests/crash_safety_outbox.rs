@@ -11,9 +11,8 @@
 mod common;
 mod crm_fake;
 
+use common::process::{free_port, spawn, wait_ready};
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::TcpListener as StdListener;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -21,38 +20,6 @@ use std::time::{Duration, Instant};
 use common::Api;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn spawn(config: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_fleetgate"))
-        .args(["run", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn fleetgate")
-}
-
-async fn wait_ready(api: &Api) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if let Ok(r) = api.client.get(format!("{}/readyz", api.base)).send().await {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("daemon not ready");
-}
 
 /// Complete inspections of `car` with increasing odometers until the daemon goes away; each
 /// answered call is one `mileage` event with that odometer.

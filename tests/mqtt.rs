@@ -3,83 +3,19 @@
 
 mod common;
 
+use common::process::{free_port, spawn, wait_ready};
 use std::collections::BTreeSet;
-use std::net::TcpListener as StdListener;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
+use common::mqtt::{forget_sessions, section as mqtt_section, unique, Device};
 use common::Api;
 use fleetgate::model::DeviceId;
 use fleetgate::protocols::teltonika::{encode_avl_packet, io, AvlRecord, CODEC_8E};
 use fleetgate::protocols::{CommandBody, DeviceCommand, Protocol};
-use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
-use tokio::sync::mpsc;
-
-const BROKER: &str = "mqtt://127.0.0.1:1883";
-
-fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}{}x{:08x}",
-        std::process::id(),
-        rand::random::<u32>()
-    )
-}
-
-/// A device-side MQTT client: QoS 1 publishes that return once the broker has PUBACKed.
-struct Device {
-    client: AsyncClient,
-    acks: mpsc::Receiver<()>,
-    received: mpsc::Receiver<rumqttc::Publish>,
-}
-
-impl Device {
-    async fn connect(id: &str) -> Device {
-        Device::connect_to(id, 1883).await
-    }
-
-    async fn connect_to(id: &str, port: u16) -> Device {
-        let mut o = MqttOptions::new(id, "127.0.0.1", port);
-        o.set_keep_alive(Duration::from_secs(10));
-        let (client, mut el) = AsyncClient::new(o, 64);
-        let (ack_tx, acks) = mpsc::channel(1024);
-        let (pub_tx, received) = mpsc::channel(64);
-        tokio::spawn(async move {
-            loop {
-                match el.poll().await {
-                    Ok(Event::Incoming(Incoming::PubAck(_))) => {
-                        let _ = ack_tx.send(()).await;
-                    }
-                    Ok(Event::Incoming(Incoming::Publish(p))) => {
-                        let _ = pub_tx.send(p).await;
-                    }
-                    Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-                }
-            }
-        });
-        Device {
-            client,
-            acks,
-            received,
-        }
-    }
-
-    async fn publish(&mut self, topic: &str, payload: impl Into<Vec<u8>>) {
-        self.client
-            .publish(topic, QoS::AtLeastOnce, false, payload.into())
-            .await
-            .expect("publish queued");
-        tokio::time::timeout(Duration::from_secs(10), self.acks.recv())
-            .await
-            .expect("broker PUBACK within 10 s");
-    }
-}
-
-fn mqtt_section(client_id: &str, prefix: &str) -> String {
-    mqtt_section_at(BROKER, client_id, prefix)
-}
+use rumqttc::QoS;
 
 fn mqtt_section_at(broker: &str, client_id: &str, prefix: &str) -> String {
     format!(
@@ -284,37 +220,6 @@ async fn json_and_codec8e_publishes_land_in_storage_and_the_api() {
     assert!(m.lines().any(|l| l.starts_with("fleetgate_mqtt_dropped_total") && l.contains("device_mismatch")), "{m}");
     daemon.stop().await;
     forget_sessions(&[format!("{prefix}-gw")]).await;
-}
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn spawn(config: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_fleetgate"))
-        .args(["run", "--config"])
-        .arg(config)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn fleetgate")
-}
-
-async fn wait_ready(api: &Api) {
-    for _ in 0..200 {
-        if let Ok(r) = api.client.get(format!("{}/readyz", api.base)).send().await {
-            if r.status() == 200 {
-                return;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("daemon not ready");
 }
 
 /// The real binary is SIGKILLed while a device keeps publishing, then started again with the
@@ -654,28 +559,6 @@ async fn broker_restart_reconnects_and_loses_nothing() {
         "every accepted fix stored after the broker restart"
     );
     daemon.stop().await;
-}
-
-/// Remove the persistent sessions a test left at the shared broker: connecting with a clean
-/// session discards the old one.
-async fn forget_sessions(ids: &[String]) {
-    for id in ids {
-        let mut o = MqttOptions::new(id.clone(), "127.0.0.1", 1883);
-        o.set_clean_session(true);
-        let (client, mut el) = AsyncClient::new(o, 4);
-        let _ = tokio::time::timeout(Duration::from_secs(2), async {
-            loop {
-                match el.poll().await {
-                    Ok(Event::Incoming(Incoming::ConnAck(_))) => {
-                        let _ = client.disconnect().await;
-                    }
-                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) | Err(_) => break,
-                    Ok(_) => {}
-                }
-            }
-        })
-        .await;
-    }
 }
 
 /// PUBACK only after commit: while PostgreSQL refuses the write, the message is retried and

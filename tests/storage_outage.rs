@@ -6,8 +6,8 @@
 
 mod common;
 
-use std::net::TcpListener as StdListener;
-use std::process::{Child, Command, Stdio};
+use common::process::{free_port, rss_kib};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
@@ -150,24 +150,6 @@ async fn a_lock_past_the_busy_timeout_fails_unacked_and_the_resend_is_stored() {
     assert_eq!(t.read(4).await, [0, 0, 0, 5]);
     assert_eq!(stored(&api, imei).await, 6);
     d.stop().await;
-}
-
-fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn rss_kib(child: &Child) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .expect("VmRSS")
 }
 
 /// A logged-in tracker connection.

@@ -233,6 +233,7 @@ pub struct Engine {
 
 /// How often the vehicle list is re-read, and date rules (inspection, documents) re-checked.
 const REFRESH_EVERY: Duration = Duration::from_secs(30);
+const STEP: Duration = crate::pipeline::writer::SUBSCRIBER_STEP_TIMEOUT;
 const DATES_EVERY: Duration = Duration::from_secs(3600);
 
 /// Build the actor and its handle; run it with [`Engine::run`].
@@ -375,14 +376,21 @@ impl Engine {
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         dates.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            tokio::select! {
+            // Every step is bounded (`SUBSCRIBER_STEP_TIMEOUT`): one abandoned on a silent
+            // database connection counts like a failed commit, and the fixes keep flowing.
+            let step = STEP;
+            let done = tokio::select! {
                 c = fixes.recv() => match c {
-                    Some(c) => self.on_committed(&c).await,
+                    Some(c) => tokio::time::timeout(step, self.on_committed(&c)).await,
                     None => break,
                 },
-                Some(m) = cmds.recv() => self.on_cmd(m).await,
-                _ = refresh.tick() => self.refresh().await,
-                _ = dates.tick() => self.check_dates().await,
+                Some(m) = cmds.recv() => tokio::time::timeout(step, self.on_cmd(m)).await,
+                _ = refresh.tick() => tokio::time::timeout(step, self.refresh()).await,
+                _ = dates.tick() => tokio::time::timeout(step, self.check_dates()).await,
+            };
+            if done.is_err() {
+                metrics::counter!("fleetgate_crm_step_timeouts_total").increment(1);
+                tracing::error!("crm rules: a step timed out on storage and was abandoned");
             }
         }
         tracing::info!("crm rules stopped");

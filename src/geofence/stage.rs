@@ -233,7 +233,15 @@ impl Stage {
         loop {
             tokio::select! {
                 c = committed.recv() => match c {
-                    Some(c) => self.on_committed(&c).await,
+                    // Bounded like every commit subscriber's storage step: abandoned like a
+                    // failed save, so a silent database connection cannot stop the acks.
+                    Some(c) => {
+                        let step = crate::pipeline::writer::SUBSCRIBER_STEP_TIMEOUT;
+                        if tokio::time::timeout(step, self.on_committed(&c)).await.is_err() {
+                            metrics::counter!("fleetgate_zone_step_timeouts_total").increment(1);
+                            tracing::error!("zones: a step timed out on storage and was abandoned");
+                        }
+                    }
                     None => break,
                 },
                 Some(m) = rx.recv() => self.on_msg(m),

@@ -37,6 +37,22 @@ use crate::storage::{DeviceState, StorageError, Store};
 
 /// Requests a handle can queue before callers wait.
 const REQUEST_QUEUE: usize = 256;
+/// Longest one database step of the actor may take (see the constant's own doc).
+const STEP_TIMEOUT: std::time::Duration = crate::pipeline::writer::SUBSCRIBER_STEP_TIMEOUT;
+
+/// `fut`, or a timeout error after [`STEP_TIMEOUT`].
+async fn bounded<T>(
+    what: &str,
+    fut: impl std::future::Future<Output = Result<T, StorageError>>,
+) -> Result<T, StorageError> {
+    match tokio::time::timeout(STEP_TIMEOUT, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(StorageError::Db(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("immobiliser: {what} took over {}s", STEP_TIMEOUT.as_secs()),
+        )))),
+    }
+}
 /// The actor's name in the audit when a fix (not a person) moved the state.
 const SYSTEM: &str = "immobiliser";
 /// Command ids are reserved from the database this many at a time, and topped up before an
@@ -197,9 +213,13 @@ impl Actor {
     ) {
         let mut tick = tokio::time::interval(self.cfg.tick());
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut ids_retry_at = tokio::time::Instant::now();
         loop {
-            if let Err(e) = self.top_up_ids().await {
-                tracing::error!(error = %e, "immobiliser: command ids not reserved");
+            if tokio::time::Instant::now() >= ids_retry_at {
+                if let Err(e) = bounded("reserving command ids", self.top_up_ids()).await {
+                    tracing::error!(error = %e, "immobiliser: command ids not reserved");
+                    ids_retry_at = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+                }
             }
             // Committed fixes first: a request then sees every fix acked before it was made.
             tokio::select! {
@@ -207,11 +227,17 @@ impl Actor {
                 _ = shutdown.cancelled() => break,
                 Some(c) = committed.recv() => self.on_committed(&c),
                 Some(ev) = events.recv() => {
-                    self.on_session(&ev).await;
+                    // The cluster bookkeeping of a session heals at the next heartbeat.
+                    if tokio::time::timeout(STEP_TIMEOUT, self.on_session(&ev)).await.is_err() {
+                        tracing::error!("immobiliser: session bookkeeping timed out");
+                    }
                     self.on_event(ev)
                 }
                 Some(req) = requests.recv() => {
-                    self.on_request(req).await;
+                    // A request that times out drops its reply: the API answers with an error.
+                    if tokio::time::timeout(2 * STEP_TIMEOUT, self.on_request(req)).await.is_err() {
+                        tracing::error!("immobiliser: request timed out on storage");
+                    }
                     continue;
                 }
                 _ = tick.tick() => self.on_tick(),
@@ -1041,7 +1067,7 @@ impl Actor {
         changes.commands.reverse();
         changes.commands.retain(|c| seen.insert(c.id));
         changes.commands.reverse();
-        match self.store.immobiliser_apply(&changes).await {
+        match bounded("storing state", self.store.immobiliser_apply(&changes)).await {
             Ok(()) => Ok(()),
             Err(e) => {
                 // Keep them for the next flush; nothing is dispatched until they are stored.

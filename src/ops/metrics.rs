@@ -119,6 +119,10 @@ fn describe() {
         "fleetgate_crm_reason_errors_total",
         "Block reasons the CRM rules could not hand to the immobiliser"
     );
+    describe_counter!(
+        "fleetgate_crm_step_timeouts_total",
+        "CRM rule steps abandoned because storage did not answer in time"
+    );
     describe_gauge!(
         "fleetgate_ingest_connections",
         "Open tracker connections by protocol"
@@ -260,6 +264,10 @@ fn describe() {
     describe_counter!(
         "fleetgate_zone_store_errors_total",
         "Zone membership changes or events that could not be stored"
+    );
+    describe_counter!(
+        "fleetgate_zone_step_timeouts_total",
+        "Zone steps abandoned because storage did not answer in time"
     );
     describe_histogram!(
         "fleetgate_ops_pipeline_probe_seconds",

@@ -20,6 +20,12 @@ use crate::storage::{StorageError, Store, WriteItem};
 /// after all costs nothing but the resend.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// Longest a subscriber of commits (immobiliser, zones, CRM rules) may spend on one step
+/// that touches storage. The writer hands every commit to its subscribers before acking, so a
+/// subscriber stuck on a connection that went silent (no reset, e.g. a network partition)
+/// would stop every ack for good; past this the step is abandoned like a failed write.
+pub const SUBSCRIBER_STEP_TIMEOUT: Duration = ATTEMPT_TIMEOUT;
+
 pub struct WriteReq {
     pub item: WriteItem,
     pub accepted: Accepted,

@@ -4,6 +4,7 @@
 
 pub mod mqtt;
 pub mod pg;
+pub mod process;
 pub mod proxy;
 pub mod teltonika;
 
