@@ -153,7 +153,7 @@ impl RateLimiter {
     pub async fn pause(&self, d: Duration) {
         let mut b = self.lock();
         let until = Instant::now() + d;
-        if b.paused_until.is_none_or(|p| p < until) {
+        if b.paused_until.map_or(true, |p| p < until) {
             b.paused_until = Some(until);
         }
         b.tokens = 0.0;
