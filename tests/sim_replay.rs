@@ -167,3 +167,26 @@ fn sim_and_replay_explain_themselves() {
         }
     }
 }
+
+/// The null-ack baseline of the end-to-end benchmark, briefly: it frames and acks what the
+/// simulator sends (the benchmark itself is `cargo bench --bench e2e`, not run by CI).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baseline_server_acks_the_simulator_smoke() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(fleetgate::sim::baseline::serve_on(listener));
+    let opts = SimOptions {
+        addr: addr.to_string(),
+        devices: 2,
+        records_per_packet: 25,
+        rate: 0.0,
+        duration: Some(Duration::from_millis(500)),
+        ..SimOptions::default()
+    };
+    let (stats, elapsed) = fleetgate::sim::run(opts).await.unwrap();
+    let report = stats.report(elapsed, 2, "teltonika");
+    assert_eq!(report.errors, 0, "{report}");
+    assert!(report.records_acked >= 25, "{report}");
+    assert_eq!(report.records_acked % 25, 0, "{report}");
+    server.abort();
+}

@@ -81,10 +81,16 @@ impl SqliteStore {
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
         // The writer keeps the hot B-tree pages of `positions` in its own cache (64 MiB)
-        // instead of re-reading them from the OS page cache on every commit.
+        // instead of re-reading them from the OS page cache on every commit, and checkpoints
+        // the WAL every 10,000 pages (40 MiB) instead of 1,000: a hot page rewritten by many
+        // commits is copied into the database once per checkpoint.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
-            .connect_with(opts.clone().pragma("cache_size", "-65536"))
+            .connect_with(
+                opts.clone()
+                    .pragma("cache_size", "-65536")
+                    .pragma("wal_autocheckpoint", "10000"),
+            )
             .await?;
         sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
         let reader = SqlitePoolOptions::new()
