@@ -71,7 +71,7 @@ fn main() {
     }
     let config = format!(
         "[api]\nlisten = \"127.0.0.1:{api}\"\n[listeners]\nteltonika = \"127.0.0.1:{port}\"\n{listeners}\
-         [storage]\nurl = \"sqlite://{}/fleetgate.db\"\n[geofences]\ndir = \"{}/geofences\"\n[log]\nfilter = \"warn\"\n",
+         [limits]\nmax_connections_per_ip = 1000000\n[storage]\nurl = \"sqlite://{}/fleetgate.db\"\n[geofences]\ndir = \"{}/geofences\"\n[log]\nfilter = \"warn\"\n",
         dir.path().display(),
         env!("CARGO_MANIFEST_DIR")
     );
