@@ -67,7 +67,8 @@ async fn a_parking_car_reports_from_its_parking_lot() {
     let opts = SimOptions {
         addr: addr.to_string(),
         devices: 1,
-        records_per_packet: 50,
+        // Large packets: a few acks are enough to cover the drive even on a slow machine.
+        records_per_packet: 200,
         rate: 0.0,
         duration: Some(Duration::from_secs(2)),
         scenario: Scenario::Parking,
