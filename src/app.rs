@@ -134,6 +134,15 @@ pub async fn start_with(
     crm_seams: crate::crm::Seams,
 ) -> Result<Running, StartError> {
     let config = Arc::new(config);
+    match crate::ops::rlimit::raise_nofile() {
+        Ok(n) => tracing::info!(
+            soft_before = n.soft_before,
+            soft = n.soft,
+            hard = n.hard,
+            "open-files limit (RLIMIT_NOFILE) raised to the hard limit"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
+    }
     let metrics = crate::ops::metrics::handle();
     let store = storage::open(&config.storage).await?;
     tracing::info!(backend = store.backend(), url = %storage::postgres::redact(&config.storage.url), "storage open, migrations applied");

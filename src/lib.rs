@@ -16,4 +16,6 @@ pub mod model;
 pub mod ops;
 pub mod pipeline;
 pub mod protocols;
+pub mod replay;
+pub mod sim;
 pub mod storage;

@@ -125,6 +125,54 @@ impl Attributes {
     pub fn len(&self) -> usize {
         self.0.len()
     }
+    /// The JSON object text of [`Attributes::to_json`], written straight into a string (the
+    /// storage hot path: no intermediate map). A key given twice keeps its last value, as in
+    /// the map form.
+    pub fn to_json_string(&self) -> String {
+        use std::fmt::Write;
+        let mut out = String::with_capacity(16 + self.0.len() * 16);
+        out.push('{');
+        let mut first = true;
+        for (i, (k, v)) in self.0.iter().enumerate() {
+            if self.0[i + 1..].iter().any(|(later, _)| later == k) {
+                continue;
+            }
+            if !first {
+                out.push(',');
+            }
+            first = false;
+            match k {
+                AttrKey::Io(id) => {
+                    let _ = write!(out, "\"io{id}\"");
+                }
+                AttrKey::Name(n) => json_str(&mut out, n),
+                AttrKey::Dyn(n) => json_str(&mut out, n),
+            }
+            out.push(':');
+            match v {
+                AttrValue::Int(x) => {
+                    let _ = write!(out, "{x}");
+                }
+                // Debug keeps the fraction (`12.0`), as serde_json writes floats.
+                AttrValue::Float(x) if x.is_finite() => {
+                    let _ = write!(out, "{x:?}");
+                }
+                AttrValue::Float(_) => out.push_str("null"),
+                AttrValue::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+                AttrValue::Text(t) => json_str(&mut out, t),
+                AttrValue::Bytes(b) => {
+                    out.push('"');
+                    for byte in b.iter() {
+                        let _ = write!(out, "{byte:02x}");
+                    }
+                    out.push('"');
+                }
+            }
+        }
+        out.push('}');
+        out
+    }
+
     /// JSON object form, as stored and served by the API.
     pub fn to_json(&self) -> serde_json::Value {
         let mut map = serde_json::Map::with_capacity(self.0.len());
@@ -133,6 +181,26 @@ impl Attributes {
         }
         serde_json::Value::Object(map)
     }
+}
+
+/// `s` as a JSON string literal.
+fn json_str(out: &mut String, s: &str) {
+    use std::fmt::Write;
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
 }
 
 /// One fix as a tracker reported it. Fields every fleet rule needs are typed; the rest of a
@@ -193,3 +261,29 @@ impl Position {
 
 /// Knots to km/h, for codecs whose devices report knots.
 pub const KNOTS_TO_KMH: f64 = 1.852;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn attributes_json_text_equals_the_map_form() {
+        let mut a = Attributes::default();
+        a.push(AttrKey::Io(239), AttrValue::Int(1));
+        a.float("battery_v", 12.0);
+        a.float("nan", f64::NAN);
+        a.float("tiny", 1e-7);
+        a.flag("armed", true);
+        a.text("note", "a \"quoted\"\\ line\n\u{1}é");
+        a.push(AttrKey::Dyn("adc1".into()), AttrValue::Float(0.25));
+        a.push(
+            AttrKey::Io(78),
+            AttrValue::Bytes(vec![0, 0xab, 0xff].into()),
+        );
+        a.push(AttrKey::Io(239), AttrValue::Int(0));
+        let text = a.to_json_string();
+        let parsed: serde_json::Value = serde_json::from_str(&text).expect(&text);
+        assert_eq!(parsed, a.to_json(), "{text}");
+        assert_eq!(Attributes::default().to_json_string(), "{}");
+    }
+}

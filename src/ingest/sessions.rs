@@ -89,7 +89,9 @@ pub enum SendError {
 
 struct Live {
     conn: u64,
-    tx: mpsc::Sender<Outbound>,
+    // Boxed: tokio's channel allocates its first block of 32 slots up front, and a silent
+    // connection should not carry 32 unboxed commands' worth of memory.
+    tx: mpsc::Sender<Box<Outbound>>,
 }
 
 /// The registry of live sessions; one per daemon, shared by every connection task.
@@ -104,7 +106,7 @@ pub struct Registration {
     sessions: Arc<Sessions>,
     device: DeviceId,
     conn: u64,
-    pub commands: mpsc::Receiver<Outbound>,
+    pub commands: mpsc::Receiver<Box<Outbound>>,
 }
 
 impl Sessions {
@@ -145,7 +147,7 @@ impl Sessions {
     pub fn send(&self, device: &DeviceId, cmd: Outbound) -> Result<u64, SendError> {
         let live = self.live.read().expect("not poisoned");
         let l = live.get(device).ok_or(SendError::Offline)?;
-        l.tx.try_send(cmd).map_err(|e| match e {
+        l.tx.try_send(Box::new(cmd)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => SendError::Busy,
             mpsc::error::TrySendError::Closed(_) => SendError::Offline,
         })?;

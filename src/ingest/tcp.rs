@@ -97,11 +97,14 @@ async fn connection(
                 Ok(Some(Ok(decoded))) => {
                     let had = device.clone();
                     let reject = codec.session().reject_reply();
-                    let step = process(ctx, protocol, &mut device, reject, decoded).await;
+                    // Boxed, here and below: the connection's future is what a silent tracker
+                    // costs while idle, and these futures are large but live only per frame.
+                    let step = Box::pin(process(ctx, protocol, &mut device, reject, decoded)).await;
                     if device != had {
                         if let Some(d) = &device {
                             tracing::Span::current().record("device", tracing::field::display(d));
-                            registration = Some(ctx.sessions.register(d.clone(), protocol).await);
+                            registration =
+                                Some(Box::pin(ctx.sessions.register(d.clone(), protocol)).await);
                         }
                     }
                     if let Some(reply) = step.reply {
@@ -153,7 +156,7 @@ async fn connection(
             _ = shutdown.cancelled() => return "shutdown",
             Some(out) = next_command(&mut registration) => {
                 if let Some(reg) = &registration {
-                    if !write_command(&mut stream, &mut codec, reg, out).await {
+                    if !Box::pin(write_command(&mut stream, &mut codec, reg, out)).await {
                         return "write failed";
                     }
                 }
@@ -192,7 +195,7 @@ async fn connection(
 /// The next command for this connection; never resolves before the device identified itself.
 async fn next_command(reg: &mut Option<Registration>) -> Option<Outbound> {
     match reg {
-        Some(r) => r.commands.recv().await,
+        Some(r) => r.commands.recv().await.map(|b| *b),
         None => std::future::pending().await,
     }
 }

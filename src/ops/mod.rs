@@ -5,5 +5,6 @@ pub mod logging;
 pub mod metrics;
 pub mod ratelimit;
 pub mod reload;
+pub mod rlimit;
 pub mod service;
 pub mod systemd;

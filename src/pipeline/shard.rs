@@ -272,6 +272,7 @@ impl Shard {
         d.state.protocol = protocol.name().to_string();
         let mut accepted = Accepted::default();
         let mut out = Vec::with_capacity(positions.len());
+        let mut newest: Option<usize> = None;
         // Oldest first, so the odometer and the latest state advance in fix order even when a
         // device uploads its buffer newest-first.
         let mut positions = positions;
@@ -356,11 +357,9 @@ impl Shard {
                     lat: p.lat,
                     lon: p.lon,
                 });
-                d.state.position = Some(StoredPosition::from_position(
-                    &p,
-                    now,
-                    d.state.gps_odometer_m,
-                ));
+                // The latest state is rendered once per batch, below (its attributes as JSON
+                // are the costly part of a record).
+                newest = Some(out.len());
             }
             accepted.stored += 1;
             out.push(NewPosition {
@@ -372,6 +371,14 @@ impl Shard {
             .increment(out.len() as u64);
         if out.is_empty() {
             return (None, accepted);
+        }
+        if let Some(i) = newest {
+            let np: &NewPosition = &out[i];
+            d.state.position = Some(StoredPosition::from_position(
+                &np.position,
+                now,
+                np.gps_odometer_m,
+            ));
         }
         let item = WriteItem {
             device: id,

@@ -54,7 +54,7 @@ impl PositionArrays {
                 a.outputs.push(p.outputs.map(i64::from));
                 a.power.push(p.power_v);
                 a.alarm.push(p.alarm.map(str::to_string));
-                a.attributes.push(p.attrs.to_json().to_string());
+                a.attributes.push(p.attrs.to_json_string());
             }
         }
         a

@@ -1,0 +1,279 @@
+//! End-to-end ingest benchmark: the same `fleetgate sim` load (Teltonika Codec 8E,
+//! stop-and-wait, flat out) against, in turn,
+//!
+//! 1. `fleetgate baseline-server` — frames and acks without decoding or storing: the ceiling;
+//! 2. `fleetgate run` with SQLite, `sqlite_synchronous = "full"` (every commit fsynced);
+//! 3. `fleetgate run` with PostgreSQL (FLEETGATE_TEST_PG_URL, default
+//!    postgres://postgres@127.0.0.1:5432/test), in a fresh schema dropped afterwards;
+//!
+//! each a separate process on this machine, and prints records/s, the ratio to the baseline,
+//! ack latency percentiles and whether the stored row count equals the acked records.
+//!
+//! Run: `cargo bench --bench e2e` (options after `--`: `--seconds 10 --devices 200
+//! --records-per-packet 25 --only baseline,sqlite,postgres`). Not part of `cargo test`.
+
+use std::net::TcpListener;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use sqlx::Connection;
+
+const BIN: &str = env!("CARGO_BIN_EXE_fleetgate");
+const GOALS: [(&str, f64); 2] = [("sqlite", 0.25), ("postgres", 0.15)];
+
+struct Opts {
+    seconds: f64,
+    devices: usize,
+    records_per_packet: usize,
+    only: Vec<String>,
+}
+
+fn opts() -> Opts {
+    let mut o = Opts {
+        seconds: 10.0,
+        devices: 200,
+        records_per_packet: 25,
+        only: vec!["baseline".into(), "sqlite".into(), "postgres".into()],
+    };
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        let mut val = || it.next().cloned().unwrap_or_default();
+        match a.as_str() {
+            "--seconds" => o.seconds = val().parse().expect("--seconds N"),
+            "--devices" => o.devices = val().parse().expect("--devices N"),
+            "--records-per-packet" => {
+                o.records_per_packet = val().parse().expect("--records-per-packet N")
+            }
+            "--only" => o.only = val().split(',').map(str::to_string).collect(),
+            _ => {} // `--bench` and filters cargo passes
+        }
+    }
+    o
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+fn wait_port(port: u16, child: &mut Child) {
+    let until = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < until {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return;
+        }
+        if let Ok(Some(st)) = child.try_wait() {
+            panic!("server exited before listening: {st}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    panic!("nothing listens on {port} after 60 s");
+}
+
+fn stop(mut child: Child) {
+    // SIGTERM: the daemon drains and exits; the baseline just exits.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+    let until = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < until {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+fn sim(port: u16, o: &Opts) -> serde_json::Value {
+    let out = Command::new(BIN)
+        .args(["sim", "--protocol", "teltonika", "--rate", "0", "--json"])
+        .args(["--addr", &format!("127.0.0.1:{port}")])
+        .args(["--devices", &o.devices.to_string()])
+        .args(["--records-per-packet", &o.records_per_packet.to_string()])
+        .args(["--duration", &o.seconds.to_string()])
+        .stderr(Stdio::inherit())
+        .output()
+        .expect("sim runs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("sim output {text:?}: {e}"))
+}
+
+fn daemon(dir: &Path, port: u16, storage: &str) -> Child {
+    let api = free_port();
+    let mut listeners = String::new();
+    for p in fleetgate::protocols::Protocol::ALL {
+        if p.name() != "teltonika" {
+            listeners.push_str(&format!("{} = \"off\"\n", p.name()));
+        }
+    }
+    let geofences = concat!(env!("CARGO_MANIFEST_DIR"), "/geofences");
+    let config = format!(
+        "[api]\nlisten = \"127.0.0.1:{api}\"\n[listeners]\nteltonika = \"127.0.0.1:{port}\"\n{listeners}\
+         [storage]\n{storage}\n[geofences]\ndir = \"{geofences}\"\n[log]\nfilter = \"warn\"\n"
+    );
+    let path = dir.join("fleetgate.toml");
+    std::fs::write(&path, config).expect("write config");
+    let log = std::fs::File::create(dir.join("daemon.log")).expect("log file");
+    Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&path)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("daemon starts")
+}
+
+async fn count(url: &str) -> Option<i64> {
+    let q = "SELECT COUNT(*) FROM positions";
+    if url.starts_with("sqlite") {
+        let mut c = sqlx::SqliteConnection::connect(url).await.ok()?;
+        sqlx::query_scalar(q).fetch_one(&mut c).await.ok()
+    } else {
+        let mut c = sqlx::PgConnection::connect(url).await.ok()?;
+        sqlx::query_scalar(q).fetch_one(&mut c).await.ok()
+    }
+}
+
+fn machine() -> String {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split(':').nth(1))
+                .map(|m| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let n = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(0);
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    format!(
+        "nproc {n}, {cpu}, load average {}",
+        load.split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    )
+}
+
+fn main() {
+    let o = opts();
+    let rt = tokio::runtime::Runtime::new().expect("runtime");
+    println!(
+        "e2e ingest: {} devices × {} records/packet, Teltonika 8E, flat out, {} s per target",
+        o.devices, o.records_per_packet, o.seconds
+    );
+    println!("machine: {}", machine());
+    let mut rows: Vec<(String, serde_json::Value, Option<i64>)> = Vec::new();
+    for target in o.only.clone() {
+        let port = free_port();
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (report, stored) = match target.as_str() {
+            "baseline" => {
+                let mut child = Command::new(BIN)
+                    .args(["baseline-server", "--listen", &format!("127.0.0.1:{port}")])
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("baseline starts");
+                wait_port(port, &mut child);
+                let r = sim(port, &o);
+                stop(child);
+                (r, None)
+            }
+            "sqlite" => {
+                let url = format!("sqlite://{}/fleetgate.db", dir.path().display());
+                let mut child = daemon(
+                    dir.path(),
+                    port,
+                    &format!("url = \"{url}\"\nsqlite_synchronous = \"full\""),
+                );
+                wait_port(port, &mut child);
+                let r = sim(port, &o);
+                stop(child);
+                (r, rt.block_on(count(&url)))
+            }
+            "postgres" => {
+                let base = std::env::var("FLEETGATE_TEST_PG_URL")
+                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+                let schema = format!("fgbench_{}", std::process::id());
+                let created = rt.block_on(async {
+                    let mut c = sqlx::PgConnection::connect(&base).await?;
+                    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+                        .execute(&mut c)
+                        .await
+                        .map(|_| ())
+                });
+                if let Err(e) = created {
+                    println!("postgres: skipped ({e})");
+                    continue;
+                }
+                let sep = if base.contains('?') { '&' } else { '?' };
+                let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+                let mut child = daemon(dir.path(), port, &format!("url = \"{url}\""));
+                wait_port(port, &mut child);
+                let r = sim(port, &o);
+                stop(child);
+                let n = rt.block_on(count(&url));
+                let _ = rt.block_on(async {
+                    let mut c = sqlx::PgConnection::connect(&base).await?;
+                    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+                        .execute(&mut c)
+                        .await
+                        .map(|_| ())
+                });
+                (r, n)
+            }
+            other => panic!("--only: unknown target {other} (baseline, sqlite, postgres)"),
+        };
+        rows.push((target, report, stored));
+    }
+    let rate = |r: &serde_json::Value| r["records_per_s"].as_f64().unwrap_or(0.0);
+    let base = rows
+        .iter()
+        .find(|(t, _, _)| t == "baseline")
+        .map(|(_, r, _)| rate(r));
+    println!();
+    println!("| target | records/s | packets/s | ratio to baseline | ack p50 ms | ack p99 ms | ack max ms | errors | stored = acked |");
+    println!("|---|---|---|---|---|---|---|---|---|");
+    for (t, r, stored) in &rows {
+        let ratio = base
+            .filter(|b| *b > 0.0)
+            .map(|b| format!("{:.1} %", 100.0 * rate(r) / b))
+            .unwrap_or_else(|| "–".into());
+        let acked = r["records_acked"].as_i64().unwrap_or(-1);
+        let check = match stored {
+            Some(n) if *n == acked => format!("yes ({n})"),
+            Some(n) => format!("NO: {n} stored, {acked} acked"),
+            None => "–".into(),
+        };
+        println!(
+            "| {t} | {:.0} | {:.0} | {ratio} | {:.2} | {:.2} | {:.2} | {} | {check} |",
+            rate(r),
+            r["packets_per_s"].as_f64().unwrap_or(0.0),
+            r["ack_p50_ms"].as_f64().unwrap_or(0.0),
+            r["ack_p99_ms"].as_f64().unwrap_or(0.0),
+            r["ack_max_ms"].as_f64().unwrap_or(0.0),
+            r["errors"],
+        );
+    }
+    if let Some(b) = base.filter(|b| *b > 0.0) {
+        for (name, goal) in GOALS {
+            if let Some((_, r, _)) = rows.iter().find(|(t, _, _)| t == name) {
+                let ratio = rate(r) / b;
+                println!(
+                    "goal {name} ≥ {:.0} % of baseline: {:.1} % — {}",
+                    goal * 100.0,
+                    ratio * 100.0,
+                    if ratio >= goal { "met" } else { "NOT met" }
+                );
+            }
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! `fleetgate sim` and `fleetgate replay` against a real daemon: the simulator's acked records
+//! are exactly the stored ones, and a capture's acks replay byte for byte.
+
+mod common;
+
+use std::time::Duration;
+
+use fleetgate::protocols::{Protocol, Transport};
+use fleetgate::sim::{Scenario, SimOptions, SimProtocol};
+
+async fn stored(dir: &std::path::Path) -> i64 {
+    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}/fleetgate.db", dir.display()))
+        .await
+        .expect("open db");
+    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM positions")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    pool.close().await;
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn simulated_fleet_is_acked_and_every_acked_record_is_stored() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = common::start(dir.path(), "").await;
+    let mut total = 0;
+    for (i, (protocol, sim)) in [
+        (Protocol::Teltonika, SimProtocol::Teltonika),
+        (Protocol::Gt06, SimProtocol::Gt06),
+        (Protocol::Wialon, SimProtocol::Wialon),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let addr = running.addr(protocol, Transport::Tcp).expect("listener");
+        let opts = SimOptions {
+            addr: addr.to_string(),
+            protocol: sim,
+            devices: 3,
+            records_per_packet: 5,
+            rate: 0.0,
+            duration: Some(Duration::from_secs(2)),
+            scenario: Scenario::Drive,
+            imei_base: 356_307_042_000_000 + 1000 * i as u64,
+            geofences: concat!(env!("CARGO_MANIFEST_DIR"), "/geofences").into(),
+            ..SimOptions::default()
+        };
+        let (stats, elapsed) = fleetgate::sim::run(opts).await.expect("sim runs");
+        let report = stats.report(elapsed, 3, sim.name());
+        assert_eq!(report.errors, 0, "{report}");
+        assert!(report.records_acked > 0, "{report}");
+        assert!(report.ack_p99_ms > 0.0, "{report}");
+        total += report.records_acked as i64;
+        // Acks follow commits, and the simulator stops only after its last ack: the store
+        // holds exactly what was acked.
+        assert_eq!(stored(dir.path()).await, total, "after {sim:?}: {report}");
+    }
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_parking_car_reports_from_its_parking_lot() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = common::start(dir.path(), "").await;
+    let addr = running.addr(Protocol::Teltonika, Transport::Tcp).unwrap();
+    let opts = SimOptions {
+        addr: addr.to_string(),
+        devices: 1,
+        // Large packets: a few acks are enough to cover the drive even on a slow machine.
+        records_per_packet: 200,
+        rate: 0.0,
+        duration: Some(Duration::from_secs(2)),
+        scenario: Scenario::Parking,
+        geofences: concat!(env!("CARGO_MANIFEST_DIR"), "/geofences").into(),
+        ..SimOptions::default()
+    };
+    let (stats, elapsed) = fleetgate::sim::run(opts).await.unwrap();
+    let report = stats.report(elapsed, 1, "teltonika");
+    assert_eq!(report.errors, 0, "{report}");
+    // 1–3 km at city speed takes a few minutes of fix time: > 600 records.
+    assert!(report.records_acked > 600, "{report}");
+    let api = common::Api::new(running.api_addr);
+    let (status, body) = api.get("/api/v1/vehicles/356307042000000").await;
+    assert_eq!(status, 200, "{body}");
+    let lat = body.pointer("/position/lat").and_then(|v| v.as_f64());
+    let lon = body.pointer("/position/lon").and_then(|v| v.as_f64());
+    let (lat, lon) = (lat.expect("lat"), lon.expect("lon"));
+    // The first example lot, Komsomolskaya Square.
+    let d = fleetgate::sim::route::distance_m((lat, lon), (55.7758, 37.6558));
+    assert!(d < 150.0, "parked {d:.0} m from the lot: {body}");
+    running.stop().await;
+}
+
+fn fixture() -> std::path::PathBuf {
+    concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/replay_small.jsonl"
+    )
+    .into()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_capture_replays_with_matching_acks_and_a_wrong_ack_fails() {
+    let dir = tempfile::tempdir().unwrap();
+    let running = common::start(dir.path(), "").await;
+    let tel = running.addr(Protocol::Teltonika, Transport::Tcp).unwrap();
+    let gt06 = running.addr(Protocol::Gt06, Transport::Tcp).unwrap();
+    let bin = env!("CARGO_BIN_EXE_fleetgate");
+    let run = |file: std::path::PathBuf, extra: &'static [&'static str]| {
+        let mut cmd = std::process::Command::new(bin);
+        cmd.arg("replay")
+            .arg(file)
+            .arg("--to")
+            .arg(format!("teltonika={tel}"))
+            .arg("--to")
+            .arg(format!("gt06={gt06}"))
+            .args(extra);
+        tokio::task::spawn_blocking(move || cmd.output().expect("runs"))
+    };
+    let out = run(fixture(), &["--speed", "4"]).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("7 frames sent"), "{text}");
+    assert!(
+        text.contains("7 checked, 7 matched, 0 mismatched"),
+        "{text}"
+    );
+    // 2 + 1 Teltonika records (the resent one stored once) and 2 GT06 fixes.
+    assert_eq!(stored(dir.path()).await, 5);
+
+    // The same capture expecting a wrong record count: reported, exit status 1.
+    let bad = dir.path().join("bad.jsonl");
+    let text = std::fs::read_to_string(fixture())
+        .unwrap()
+        .replace("\"ack\": \"00000002\"", "\"ack\": \"00000003\"");
+    std::fs::write(&bad, text).unwrap();
+    let out = run(bad, &["--flat-out"]).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("1 mismatched"), "{text}");
+    assert!(
+        text.contains("line 3 (session car-1): expected 00000003, got 00000002"),
+        "{text}"
+    );
+    running.stop().await;
+}
+
+#[test]
+fn sim_and_replay_explain_themselves() {
+    let bin = env!("CARGO_BIN_EXE_fleetgate");
+    for (verb, words) in [
+        ("sim", ["--records-per-packet", "--scenario", "p99"]),
+        ("replay", ["--flat-out", "--speed", "t_ms"]),
+    ] {
+        let out = std::process::Command::new(bin)
+            .args([verb, "--help"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success());
+        for w in words {
+            assert!(text.contains(w), "{verb} --help lacks {w}: {text}");
+        }
+    }
+}
+
+/// The null-ack baseline of the end-to-end benchmark, briefly: it frames and acks what the
+/// simulator sends (the benchmark itself is `cargo bench --bench e2e`, not run by CI).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn baseline_server_acks_the_simulator_smoke() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(fleetgate::sim::baseline::serve_on(listener));
+    let opts = SimOptions {
+        addr: addr.to_string(),
+        devices: 2,
+        records_per_packet: 25,
+        rate: 0.0,
+        duration: Some(Duration::from_millis(500)),
+        ..SimOptions::default()
+    };
+    let (stats, elapsed) = fleetgate::sim::run(opts).await.unwrap();
+    let report = stats.report(elapsed, 2, "teltonika");
+    assert_eq!(report.errors, 0, "{report}");
+    assert!(report.records_acked >= 25, "{report}");
+    assert_eq!(report.records_acked % 25, 0, "{report}");
+    server.abort();
+}
