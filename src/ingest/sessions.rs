@@ -162,7 +162,7 @@ impl Sessions {
         if l.conn != conn {
             return Err(SendError::Replaced);
         }
-        l.tx.try_send(cmd).map_err(|e| match e {
+        l.tx.try_send(Box::new(cmd)).map_err(|e| match e {
             mpsc::error::TrySendError::Full(_) => SendError::Busy,
             mpsc::error::TrySendError::Closed(_) => SendError::Offline,
         })?;

@@ -118,7 +118,7 @@ async fn run(mut reg: Registration, link: Arc<Link>, links: Links) {
     // Dropping `reg` unregisters the session (if still the newest) and reports it offline.
 }
 
-async fn publish(reg: &Registration, commands: &MqttCommands, out: Outbound) {
+async fn publish(reg: &Registration, commands: &MqttCommands, out: Box<Outbound>) {
     let device = reg.device().clone();
     if !out.is_live() {
         tracing::debug!(
