@@ -174,6 +174,10 @@ fn describe() {
         "Fixes dropped by the filters, by reason"
     );
     describe_counter!(
+        "fleetgate_pipeline_clock_corrected_total",
+        "Fixes whose time was corrected for a tracker clock running whole hours ahead"
+    );
+    describe_counter!(
         "fleetgate_pipeline_records_total",
         "Fixes accepted by the pipeline"
     );

@@ -2,6 +2,7 @@
 //! state (latest fix, odometer, recent fix times): no lock on the hot path. Connections send
 //! decoded positions to the shard and wait for the group commit before acking.
 
+pub mod clock;
 pub mod filter;
 pub mod retry;
 mod shard;

@@ -72,6 +72,8 @@ struct Device {
     /// write may still fail, so the resend is written (idempotently) and acked after its own
     /// commit.
     pending: HashMap<i64, u32>,
+    /// Whole hours the device's clock runs ahead (taken off its fix times).
+    clock: super::clock::ClockSkew,
 }
 
 impl Device {
@@ -88,6 +90,7 @@ impl Device {
             chain: None,
             recent: Recent::default(),
             pending: HashMap::new(),
+            clock: Default::default(),
         }
     }
 
@@ -107,6 +110,7 @@ impl Device {
             chain: None,
             recent,
             pending: HashMap::new(),
+            clock: Default::default(),
         }
     }
 }
@@ -276,6 +280,16 @@ impl Shard {
         // Oldest first, so the odometer and the latest state advance in fix order even when a
         // device uploads its buffer newest-first.
         let mut positions = positions;
+        if let Some(newest) = positions.iter().map(|p| p.fix_time).max() {
+            let skew = d.clock.observe(newest, now, filters.max_future_s);
+            if !skew.is_zero() {
+                for p in &mut positions {
+                    p.fix_time -= skew;
+                }
+                metrics::counter!("fleetgate_pipeline_clock_corrected_total")
+                    .increment(positions.len() as u64);
+            }
+        }
         positions.sort_by_key(|p| p.fix_time);
         for p in positions {
             let t = p.fix_time.timestamp_millis();
@@ -404,6 +418,24 @@ mod tests {
     fn fix(t: i64, lat: f64) -> Position {
         let t0 = Utc.with_ymd_and_hms(2026, 3, 1, 10, 0, 0).unwrap();
         Position::new(t0 + Duration::seconds(t), true, lat, 37.6)
+    }
+
+    #[test]
+    fn a_clock_three_hours_ahead_is_stored_at_the_real_time_not_dropped_as_future() {
+        let mut s = shard();
+        // Fixes at 10:00–10:00:20 device time, received at 07:00:25 UTC: a tracker set to
+        // Moscow time sending it as UTC.
+        let now = Utc.with_ymd_and_hms(2026, 3, 1, 7, 0, 25).unwrap();
+        let dev = DeviceId::new("1");
+        let batch = vec![fix(0, 55.0), fix(10, 55.0005), fix(20, 55.001)];
+        let (item, acc) = s.accept(dev.clone(), Protocol::Teltonika, batch.clone(), now);
+        let item = item.expect("stored, not rejected as future");
+        assert_eq!(acc.stored, 3);
+        let first = item.positions[0].position.fix_time;
+        assert_eq!(first, Utc.with_ymd_and_hms(2026, 3, 1, 7, 0, 0).unwrap());
+        // The resend is recognised under the corrected times.
+        let (_, acc) = s.accept(dev, Protocol::Teltonika, batch, now);
+        assert_eq!(acc.stored, 3);
     }
 
     #[test]
