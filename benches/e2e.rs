@@ -216,7 +216,9 @@ fn main() {
                 }
                 let sep = if base.contains('?') { '&' } else { '?' };
                 let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
-                let mut child = daemon(dir.path(), port, &format!("url = \"{url}\""));
+                // As docs/scaling.md deploys it: fuller batches per round trip.
+                let storage = format!("url = \"{url}\"\nbatch_max_wait_ms = 2");
+                let mut child = daemon(dir.path(), port, &storage);
                 wait_port(port, &mut child);
                 let r = sim(port, &o);
                 stop(child);

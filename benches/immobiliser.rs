@@ -22,9 +22,25 @@ use tokio::net::TcpStream;
 
 static SAMPLES: Mutex<Vec<Duration>> = Mutex::new(Vec::new());
 
+/// Fix times strictly increasing (milliseconds, as Teltonika sends them): two records of one device with the same
+/// fix time are one record resent (a duplicate, acked but not evaluated again), and with a
+/// fast commit two sends can fall in the same millisecond.
+fn next_time() -> chrono::DateTime<Utc> {
+    static LAST_MS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+    let now = Utc::now().timestamp_millis();
+    let prev = LAST_MS
+        .fetch_update(
+            std::sync::atomic::Ordering::SeqCst,
+            std::sync::atomic::Ordering::SeqCst,
+            |last| Some(now.max(last + 1)),
+        )
+        .unwrap_or(now);
+    chrono::DateTime::from_timestamp_millis(now.max(prev + 1)).unwrap_or_else(Utc::now)
+}
+
 fn rec(speed: u16) -> AvlRecord {
     AvlRecord {
-        time: Utc::now(),
+        time: next_time(),
         lat: 55.75,
         lon: 37.62,
         speed_kmh: speed,
