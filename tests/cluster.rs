@@ -10,15 +10,13 @@ use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use common::pg::PgSchema;
-use common::{Api, Tracker};
+use common::teltonika::{login, read_command, rec, send_records};
+use common::Api;
 use fleetgate::app::Running;
-use fleetgate::protocols::teltonika::{
-    encode_avl_packet, encode_codec12_response, encode_imei, io, AvlRecord, CODEC_8E,
-};
+use fleetgate::protocols::teltonika::{encode_codec12_response, io, AvlRecord};
 use fleetgate::protocols::{Protocol, Transport};
 use serde_json::{json, Value};
 use sqlx::Connection;
-use tokio::io::AsyncReadExt;
 
 async fn instance(schema: &PgSchema, name: &str, extra: &str) -> Running {
     common::start_with_storage(
@@ -70,35 +68,32 @@ async fn make_events(api: &Api, car: &str) {
         )
         .await;
     assert_eq!(st, 200, "{v}");
-    let (st, v) = crm_fake::post(
-        api,
-        &format!("/api/v1/vehicles/{car}/return-request"),
-        json!({}),
-    )
-    .await;
+    let (st, v) = api
+        .post(&format!("/api/v1/vehicles/{car}/return-request"), json!({}))
+        .await;
     assert_eq!(st, 202, "{v}");
-    let (st, v) = crm_fake::post(
-        api,
-        &format!("/api/v1/vehicles/{car}/inspection"),
-        json!({ "due_date": "2030-01-01" }),
-    )
-    .await;
-    assert_eq!(st, 200, "{v}");
-    for _ in 0..3 {
-        let (st, v) = crm_fake::post(
-            api,
-            &format!("/api/v1/vehicles/{car}/inspection/postpone"),
-            json!({}),
+    let (st, v) = api
+        .post(
+            &format!("/api/v1/vehicles/{car}/inspection"),
+            json!({ "due_date": "2030-01-01" }),
         )
         .await;
+    assert_eq!(st, 200, "{v}");
+    for _ in 0..3 {
+        let (st, v) = api
+            .post(
+                &format!("/api/v1/vehicles/{car}/inspection/postpone"),
+                json!({}),
+            )
+            .await;
         assert!((200..300).contains(&st), "{v}");
     }
-    let (st, v) = crm_fake::post(
-        api,
-        &format!("/api/v1/vehicles/{car}/inspection/complete"),
-        json!({ "odometer_km": 80000 }),
-    )
-    .await;
+    let (st, v) = api
+        .post(
+            &format!("/api/v1/vehicles/{car}/inspection/complete"),
+            json!({ "odometer_km": 80000 }),
+        )
+        .await;
     assert_eq!(st, 200, "{v}");
 }
 
@@ -198,53 +193,6 @@ async fn two_instances_deliver_each_crm_event_once_and_in_order_per_vehicle() {
 
 const IMMOB: &str = "[immobiliser]\nsafe_for = 10\nmax_block_speed_kmh = 5\nallow_force = true\n";
 
-/// A Teltonika record `ago_s` seconds ago.
-fn rec(ago_s: i64, speed: u16, ignition: bool) -> AvlRecord {
-    AvlRecord {
-        time: Utc::now() - chrono::Duration::seconds(ago_s),
-        lat: 55.75,
-        lon: 37.62,
-        speed_kmh: speed,
-        course: 90,
-        altitude: 150,
-        satellites: 10,
-        io: vec![(io::IGNITION, 1, u64::from(ignition)), (io::DOUT1, 1, 0)],
-    }
-}
-
-/// Exactly `n` bytes from the server, within 30 s (a loaded CI machine is slow).
-async fn read_n(t: &mut Tracker, n: usize) -> Vec<u8> {
-    let mut buf = vec![0; n];
-    tokio::time::timeout(Duration::from_secs(30), t.stream.read_exact(&mut buf))
-        .await
-        .expect("bytes from the server within 30 s")
-        .expect("connection open");
-    buf
-}
-
-async fn login(addr: std::net::SocketAddr, imei: &str) -> Tracker {
-    let mut t = Tracker::connect(addr).await;
-    t.send(&encode_imei(imei)).await;
-    assert_eq!(read_n(&mut t, 1).await, [1], "IMEI accepted");
-    t
-}
-
-async fn send_records(t: &mut Tracker, recs: &[AvlRecord]) {
-    t.send(&encode_avl_packet(CODEC_8E, recs)).await;
-    assert_eq!(read_n(t, 4).await, (recs.len() as u32).to_be_bytes());
-}
-
-/// One Codec 12 command from the server; its text.
-async fn read_command(t: &mut Tracker) -> String {
-    let head = read_n(t, 8).await;
-    assert_eq!(&head[..4], [0, 0, 0, 0], "preamble");
-    let len = u32::from_be_bytes([head[4], head[5], head[6], head[7]]) as usize;
-    let rest = read_n(t, len + 4).await;
-    assert_eq!((rest[0], rest[2]), (0x0C, 0x05), "Codec 12 command");
-    let n = u32::from_be_bytes([rest[3], rest[4], rest[5], rest[6]]) as usize;
-    String::from_utf8(rest[7..7 + n].to_vec()).expect("text command")
-}
-
 /// The instance `device_sessions` says holds the device's connection.
 async fn holder(schema: &PgSchema, device: &str) -> Option<String> {
     let mut c = sqlx::PgConnection::connect(&schema.url).await.ok()?;
@@ -289,7 +237,14 @@ async fn tracker_on_b_is_blocked_and_unblocked_through_the_api_of_a() {
     let imei = "356307042441201";
     let mut t = login(b.addr(Protocol::Teltonika, Transport::Tcp).unwrap(), imei).await;
     // Parked: ignition off, standing still — safe to block at once.
-    send_records(&mut t, &[rec(30, 0, false), rec(20, 0, false)]).await;
+    send_records(
+        &mut t,
+        &[
+            rec(30, 0, false, Some(false)),
+            rec(20, 0, false, Some(false)),
+        ],
+    )
+    .await;
     wait_until(60, "B recorded as holding the tracker", || {
         let schema = &schema;
         async move { (holder(schema, imei).await.as_deref() == Some("fg-b")).then_some(()) }
@@ -309,12 +264,12 @@ async fn tracker_on_b_is_blocked_and_unblocked_through_the_api_of_a() {
     })
     .await;
 
-    let (s, v) = crm_fake::post(
-        &api_a,
-        &format!("/api/v1/vehicles/{imei}/block"),
-        json!({"reason": "manual", "comment": "debt"}),
-    )
-    .await;
+    let (s, v) = api_a
+        .post(
+            &format!("/api/v1/vehicles/{imei}/block"),
+            json!({"reason": "manual", "comment": "debt"}),
+        )
+        .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(
         v["immobiliser"]["state"], "blocking",
@@ -353,16 +308,16 @@ async fn tracker_on_b_is_blocked_and_unblocked_through_the_api_of_a() {
     }
 
     // Telemetry on B confirms; the unblock through A goes out on B's socket too.
-    let mut on = rec(1, 0, false);
+    let mut on = rec(1, 0, false, Some(false));
     on.io = vec![(io::IGNITION, 1, 0), (io::DOUT1, 1, 1)];
     send_records(&mut t, &[on]).await;
     wait_command(&api_a, id, "confirmed").await;
-    let (s, v) = crm_fake::post(
-        &api_a,
-        &format!("/api/v1/vehicles/{imei}/unblock"),
-        json!({"reason": "manual"}),
-    )
-    .await;
+    let (s, v) = api_a
+        .post(
+            &format!("/api/v1/vehicles/{imei}/unblock"),
+            json!({"reason": "manual"}),
+        )
+        .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["immobiliser"]["state"], "unblocking", "{v}");
     assert_eq!(read_command(&mut t).await, "setdigout 0");
@@ -403,12 +358,12 @@ async fn forced_block_requested_while_offline_is_sent_by_the_instance_the_tracke
         )
         .await;
     assert_eq!(s, 200, "{v}");
-    let (s, v) = crm_fake::post(
-        &api_a,
-        &format!("/api/v1/vehicles/{imei}/block"),
-        json!({"reason": "manual", "force": true}),
-    )
-    .await;
+    let (s, v) = api_a
+        .post(
+            &format!("/api/v1/vehicles/{imei}/block"),
+            json!({"reason": "manual", "force": true}),
+        )
+        .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["immobiliser"]["state"], "blocking", "{v}");
     let cmds = commands(&api_b, imei).await;
@@ -418,7 +373,7 @@ async fn forced_block_requested_while_offline_is_sent_by_the_instance_the_tracke
 
     // The tracker turns up on B (moving: the block was forced).
     let mut t = login(b.addr(Protocol::Teltonika, Transport::Tcp).unwrap(), imei).await;
-    send_records(&mut t, &[rec(5, 40, true)]).await;
+    send_records(&mut t, &[rec(5, 40, true, Some(false))]).await;
     assert_eq!(read_command(&mut t).await, "setdigout 1");
     t.send(&encode_codec12_response(
         b"DOUT1:1 DOUT2:IGNORED DOUT3:IGNORED",
@@ -465,12 +420,12 @@ async fn dead_owner_is_ignored_and_a_silent_owner_times_out() {
         .await
         .unwrap();
     }
-    let (s, v) = crm_fake::post(
-        &api,
-        "/api/v1/vehicles/car-dead/block",
-        json!({"reason": "manual", "force": true}),
-    )
-    .await;
+    let (s, v) = api
+        .post(
+            "/api/v1/vehicles/car-dead/block",
+            json!({"reason": "manual", "force": true}),
+        )
+        .await;
     assert_eq!(s, 200, "decided here: {v}");
     assert_eq!(v["immobiliser"]["state"], "blocking", "{v}");
 
@@ -491,12 +446,12 @@ async fn dead_owner_is_ignored_and_a_silent_owner_times_out() {
         })
     };
     let started = Instant::now();
-    let (s, v) = crm_fake::post(
-        &api,
-        "/api/v1/vehicles/car-silent/block",
-        json!({"reason": "manual", "force": true}),
-    )
-    .await;
+    let (s, v) = api
+        .post(
+            "/api/v1/vehicles/car-silent/block",
+            json!({"reason": "manual", "force": true}),
+        )
+        .await;
     keep_alive.abort();
     assert_eq!(s, 503, "{v}");
     assert!(
@@ -548,10 +503,10 @@ async fn a_return_requested_through_one_instance_is_known_to_the_other() {
         .await;
     assert_eq!(st, 200, "{v}");
     let path = "/api/v1/vehicles/car-r/return-request";
-    let (st, first) = crm_fake::post(&api_a, path, json!({})).await;
+    let (st, first) = api_a.post(path, json!({})).await;
     assert_eq!(st, 202, "{first}");
     assert_eq!(first["moved"], true, "{first}");
-    let (st, second) = crm_fake::post(&api_b, path, json!({})).await;
+    let (st, second) = api_b.post(path, json!({})).await;
     assert_eq!(st, 202, "{second}");
     assert_eq!(second["moved"], false, "B knows the return: {second}");
     let returns: Vec<Value> = outbox_events(&api_b)
@@ -590,7 +545,7 @@ async fn on_line_detection_spans_packets_on_a_shared_database() {
         let recs: Vec<AvlRecord> = (0..3)
             .map(|i| {
                 let s = packet * 30 + i * 10;
-                rec(200 - s, 40, true)
+                rec(200 - s, 40, true, Some(false))
             })
             .collect();
         send_records(&mut t, &recs).await;

@@ -151,7 +151,9 @@ async fn replayed_shift_moves_the_deal_on_line_then_wants_to_return() {
     assert_eq!(back.body["pipeline_id"], WANTS_TO_RETURN.0);
 
     // The CRM operator's return request for the same shift moves nothing more.
-    let (st, r) = crm_fake::post(&api, "/api/v1/vehicles/car-7/return-request", json!({})).await;
+    let (st, r) = api
+        .post("/api/v1/vehicles/car-7/return-request", json!({}))
+        .await;
     assert_eq!((st, r["moved"].clone()), (202, json!(false)), "{r}");
 
     // A second car without a tracker: the API return request moves its deal once.
@@ -161,9 +163,13 @@ async fn replayed_shift_moves_the_deal_on_line_then_wants_to_return() {
         json!({ "crm_deal_id": "4343", "status": "issued" }),
     )
     .await;
-    let (st, r) = crm_fake::post(&api, "/api/v1/vehicles/car-8/return-request", json!({})).await;
+    let (st, r) = api
+        .post("/api/v1/vehicles/car-8/return-request", json!({}))
+        .await;
     assert_eq!((st, r["moved"].clone()), (202, json!(true)), "{r}");
-    let (st, _) = crm_fake::post(&api, "/api/v1/vehicles/car-8/return-request", json!({})).await;
+    let (st, _) = api
+        .post("/api/v1/vehicles/car-8/return-request", json!({}))
+        .await;
     assert_eq!(st, 202);
     assert!(crm_fake::wait_for(10, || stage_patches(&amo.fake).len() == 3).await);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -228,20 +234,17 @@ async fn inspection_postponed_three_times_blocks_and_completion_lifts() {
     .await;
     let car = VehicleId("car-9".into());
     let due = (Utc::now() + chrono::Duration::days(10)).date_naive();
-    let (st, v) = crm_fake::post(
-        &api,
-        "/api/v1/vehicles/car-9/inspection",
-        json!({ "due_date": due, "due_odometer_km": 150000 }),
-    )
-    .await;
-    assert_eq!(st, 200, "{v}");
-    for n in 1..=2 {
-        let (st, v) = crm_fake::post(
-            &api,
-            "/api/v1/vehicles/car-9/inspection/postpone",
-            json!({}),
+    let (st, v) = api
+        .post(
+            "/api/v1/vehicles/car-9/inspection",
+            json!({ "due_date": due, "due_odometer_km": 150000 }),
         )
         .await;
+    assert_eq!(st, 200, "{v}");
+    for n in 1..=2 {
+        let (st, v) = api
+            .post("/api/v1/vehicles/car-9/inspection/postpone", json!({}))
+            .await;
         assert_eq!(
             (st, v["postponements"].clone(), v["blocked"].clone()),
             (200, json!(n), json!(false)),
@@ -249,12 +252,9 @@ async fn inspection_postponed_three_times_blocks_and_completion_lifts() {
         );
     }
     assert!(reasons.calls().is_empty(), "two postponements are allowed");
-    let (_, v) = crm_fake::post(
-        &api,
-        "/api/v1/vehicles/car-9/inspection/postpone",
-        json!({}),
-    )
-    .await;
+    let (_, v) = api
+        .post("/api/v1/vehicles/car-9/inspection/postpone", json!({}))
+        .await;
     assert_eq!(v["blocked"], true, "{v}");
     let calls = reasons.calls();
     assert_eq!(calls.len(), 1, "{calls:?}");
@@ -275,12 +275,12 @@ async fn inspection_postponed_three_times_blocks_and_completion_lifts() {
         .unwrap()
         .contains("техосмотр"));
 
-    let (st, v) = crm_fake::post(
-        &api,
-        "/api/v1/vehicles/car-9/inspection/complete",
-        json!({ "odometer_km": 151234.4 }),
-    )
-    .await;
+    let (st, v) = api
+        .post(
+            "/api/v1/vehicles/car-9/inspection/complete",
+            json!({ "odometer_km": 151234.4 }),
+        )
+        .await;
     assert_eq!(
         (st, v["blocked"].clone(), v["postponements"].clone()),
         (200, json!(false), json!(0)),

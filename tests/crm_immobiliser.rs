@@ -122,20 +122,17 @@ async fn low_balance_and_inspection_block_through_the_immobiliser_and_lift_in_tu
 
     // Inspection postponed three times: a second reason on an already blocked car.
     let due = (chrono::Utc::now() + chrono::Duration::days(10)).date_naive();
-    let (s, v) = crm_fake::post(
-        &api,
-        "/api/v1/vehicles/car-21/inspection",
-        json!({ "due_date": due, "due_odometer_km": 150000 }),
-    )
-    .await;
-    assert_eq!(s, 200, "{v}");
-    for _ in 0..3 {
-        let (s, v) = crm_fake::post(
-            &api,
-            "/api/v1/vehicles/car-21/inspection/postpone",
-            json!({}),
+    let (s, v) = api
+        .post(
+            "/api/v1/vehicles/car-21/inspection",
+            json!({ "due_date": due, "due_odometer_km": 150000 }),
         )
         .await;
+    assert_eq!(s, 200, "{v}");
+    for _ in 0..3 {
+        let (s, v) = api
+            .post("/api/v1/vehicles/car-21/inspection/postpone", json!({}))
+            .await;
         assert_eq!(s, 200, "{v}");
     }
     let (_, v) = api.get("/api/v1/vehicles/car-21").await;
@@ -156,12 +153,12 @@ async fn low_balance_and_inspection_block_through_the_immobiliser_and_lift_in_tu
     );
 
     // Completing the inspection lifts the last reason: unblocked at once.
-    let (s, v) = crm_fake::post(
-        &api,
-        "/api/v1/vehicles/car-21/inspection/complete",
-        json!({ "odometer_km": 151_002.0 }),
-    )
-    .await;
+    let (s, v) = api
+        .post(
+            "/api/v1/vehicles/car-21/inspection/complete",
+            json!({ "odometer_km": 151_002.0 }),
+        )
+        .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(read_command(&mut t).await, "setdigout 0");
     t.send(&encode_codec12_response(

@@ -38,34 +38,30 @@ async fn register(api: &Api, id: &str, deal: &str, driver: &str) {
 
 /// A return request, an inspection postponed three times, then completed: five events.
 async fn make_events(api: &Api, car: &str) {
-    let (st, _) = crm_fake::post(
-        api,
-        &format!("/api/v1/vehicles/{car}/return-request"),
-        json!({}),
-    )
-    .await;
+    let (st, _) = api
+        .post(&format!("/api/v1/vehicles/{car}/return-request"), json!({}))
+        .await;
     assert_eq!(st, 202);
-    let (st, v) = crm_fake::post(
-        api,
-        &format!("/api/v1/vehicles/{car}/inspection"),
-        json!({ "due_date": "2030-01-01" }),
-    )
-    .await;
+    let (st, v) = api
+        .post(
+            &format!("/api/v1/vehicles/{car}/inspection"),
+            json!({ "due_date": "2030-01-01" }),
+        )
+        .await;
     assert_eq!(st, 200, "{v}");
     for _ in 0..3 {
-        crm_fake::post(
-            api,
+        api.post(
             &format!("/api/v1/vehicles/{car}/inspection/postpone"),
             json!({}),
         )
         .await;
     }
-    let (st, v) = crm_fake::post(
-        api,
-        &format!("/api/v1/vehicles/{car}/inspection/complete"),
-        json!({ "odometer_km": 80000 }),
-    )
-    .await;
+    let (st, v) = api
+        .post(
+            &format!("/api/v1/vehicles/{car}/inspection/complete"),
+            json!({ "odometer_km": 80000 }),
+        )
+        .await;
     assert_eq!(st, 200, "{v}");
 }
 
@@ -182,7 +178,9 @@ async fn undelivered_events_are_delivered_after_a_restart() {
     let daemon = common::start(dir.path(), &toml).await;
     let api = Api::new(daemon.api_addr);
     register(&api, "car-1", "11", "drv-1").await;
-    let (st, _) = crm_fake::post(&api, "/api/v1/vehicles/car-1/return-request", json!({})).await;
+    let (st, _) = api
+        .post("/api/v1/vehicles/car-1/return-request", json!({}))
+        .await;
     assert_eq!(st, 202);
     let (st, v) = api
         .put(
@@ -235,7 +233,8 @@ async fn expired_events_are_dead_letters_listed_and_retryable() {
     let daemon = common::start(dir.path(), &webhook_toml(&hook.url, "event_ttl_s = 1")).await;
     let api = Api::new(daemon.api_addr);
     register(&api, "car-1", "11", "drv-1").await;
-    crm_fake::post(&api, "/api/v1/vehicles/car-1/return-request", json!({})).await;
+    api.post("/api/v1/vehicles/car-1/return-request", json!({}))
+        .await;
     let mut dead = json!(null);
     for _ in 0..60 {
         dead = outbox(&api, "?status=dead").await;
@@ -254,7 +253,9 @@ async fn expired_events_are_dead_letters_listed_and_retryable() {
 
     hook.fake.fail.lock().unwrap().clear();
     let id = e["id"].as_i64().unwrap();
-    let (st, _) = crm_fake::post(&api, &format!("/api/v1/crm/outbox/{id}/retry"), json!({})).await;
+    let (st, _) = api
+        .post(&format!("/api/v1/crm/outbox/{id}/retry"), json!({}))
+        .await;
     assert_eq!(st, 202);
     let v = wait_pending_zero(&api, 10).await;
     assert_eq!(
@@ -289,7 +290,8 @@ wants_to_return = {{ stage_id = "C2:RETURN" }}
     let daemon = common::start(dir.path(), &toml).await;
     let api = Api::new(daemon.api_addr);
     register(&api, "car-5", "5151", "drv-5").await;
-    crm_fake::post(&api, "/api/v1/vehicles/car-5/return-request", json!({})).await;
+    api.post("/api/v1/vehicles/car-5/return-request", json!({}))
+        .await;
     assert!(crm_fake::wait_for(10, || !bx.fake.ok("POST").is_empty()).await);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let calls = bx.fake.calls();
@@ -335,8 +337,7 @@ wants_to_return = {{ pipeline_id = 1, status_id = 20 }}
     for i in 0..n {
         let api = Api::new(daemon.api_addr);
         tasks.push(tokio::spawn(async move {
-            crm_fake::post(
-                &api,
+            api.post(
                 &format!("/api/v1/vehicles/car-{i}/return-request"),
                 json!({}),
             )

@@ -15,22 +15,6 @@ use serde_json::{json, Value};
 
 const CFG: &str = "[immobiliser]\nsafe_for = 10\nmax_block_speed_kmh = 5\n";
 
-async fn post(api: &Api, path: &str, body: Value) -> (u16, Value) {
-    let r = api
-        .client
-        .post(format!("{}{path}", api.base))
-        .json(&body)
-        .send()
-        .await
-        .expect("POST");
-    let status = r.status().as_u16();
-    let text = r.text().await.unwrap_or_default();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
-
 /// Poll until `f` accepts the vehicle view (20 s at most: CI machines are slow).
 async fn wait_vehicle(api: &Api, id: &str, what: &str, f: impl Fn(&Value) -> bool) -> Value {
     let mut last = Value::Null;
@@ -79,12 +63,12 @@ async fn moving_car_is_blocked_only_once_stopped_and_unblocked_when_the_last_rea
     send_records(&mut t, &[rec(40, 60, true, Some(false))]).await;
 
     // The car leaves the service area at 60 km/h (the geofence rule's reason, here by API).
-    let (s, b) = post(
-        &api,
-        &format!("/api/v1/vehicles/{imei}/block"),
-        json!({"reason": "outside_service_area", "comment": "left MKAD"}),
-    )
-    .await;
+    let (s, b) = api
+        .post(
+            &format!("/api/v1/vehicles/{imei}/block"),
+            json!({"reason": "outside_service_area", "comment": "left MKAD"}),
+        )
+        .await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["immobiliser"]["state"], "block_pending");
     assert_eq!(b["immobiliser"]["reasons"], json!(["outside_service_area"]));
@@ -123,19 +107,19 @@ async fn moving_car_is_blocked_only_once_stopped_and_unblocked_when_the_last_rea
     assert!(c["confirmed_at"].is_string());
 
     // A second reason; lifting either one alone changes nothing on the car.
-    let (s, _) = post(
-        &api,
-        &format!("/api/v1/vehicles/{imei}/block"),
-        json!({"reason": "manual", "comment": "call the office"}),
-    )
-    .await;
+    let (s, _) = api
+        .post(
+            &format!("/api/v1/vehicles/{imei}/block"),
+            json!({"reason": "manual", "comment": "call the office"}),
+        )
+        .await;
     assert_eq!(s, 200);
-    let (s, b) = post(
-        &api,
-        &format!("/api/v1/vehicles/{imei}/unblock"),
-        json!({"reason": "outside_service_area", "comment": "back inside"}),
-    )
-    .await;
+    let (s, b) = api
+        .post(
+            &format!("/api/v1/vehicles/{imei}/unblock"),
+            json!({"reason": "outside_service_area", "comment": "back inside"}),
+        )
+        .await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["immobiliser"]["state"], "blocked");
     assert_eq!(b["immobiliser"]["reasons"], json!(["manual"]));
@@ -146,12 +130,12 @@ async fn moving_car_is_blocked_only_once_stopped_and_unblocked_when_the_last_rea
     assert_eq!(commands(&api, imei).await.len(), 1);
 
     // Lifting the last reason unblocks at once.
-    let (s, b) = post(
-        &api,
-        &format!("/api/v1/vehicles/{imei}/unblock"),
-        json!({"reason": "manual", "comment": "paid"}),
-    )
-    .await;
+    let (s, b) = api
+        .post(
+            &format!("/api/v1/vehicles/{imei}/unblock"),
+            json!({"reason": "manual", "comment": "paid"}),
+        )
+        .await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["immobiliser"]["state"], "unblocking");
     assert_eq!(read_command(&mut t).await, "setdigout 0");
@@ -232,12 +216,12 @@ async fn block_for_an_offline_tracker_is_sent_on_reconnect_once_fresh_fixes_show
     send_records(&mut t, &[rec(60, 0, false, Some(false))]).await;
     drop(t);
 
-    let (s, b) = post(
-        &api,
-        &format!("/api/v1/vehicles/{imei}/block"),
-        json!({"reason": "low_balance"}),
-    )
-    .await;
+    let (s, b) = api
+        .post(
+            &format!("/api/v1/vehicles/{imei}/block"),
+            json!({"reason": "low_balance"}),
+        )
+        .await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["immobiliser"]["state"], "blocking", "ignition off: safe");
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -272,12 +256,12 @@ async fn queued_command_survives_a_restart() {
     let mut t = login(addr, imei).await;
     send_records(&mut t, &[rec(60, 0, false, None)]).await;
     drop(t);
-    let (s, _) = post(
-        &api,
-        &format!("/api/v1/vehicles/{imei}/block"),
-        json!({"reason": "inspection", "comment": "TO overdue"}),
-    )
-    .await;
+    let (s, _) = api
+        .post(
+            &format!("/api/v1/vehicles/{imei}/block"),
+            json!({"reason": "inspection", "comment": "TO overdue"}),
+        )
+        .await;
     assert_eq!(s, 200);
     let id = commands(&api, imei).await[0]["id"].as_i64().unwrap();
     daemon.stop().await;
@@ -309,9 +293,13 @@ async fn block_then_unblock_while_offline_sends_only_the_unblock() {
     send_records(&mut t, &[rec(60, 0, false, None)]).await;
     drop(t);
     let path = format!("/api/v1/vehicles/{imei}");
-    let (s, _) = post(&api, &format!("{path}/block"), json!({"reason": "manual"})).await;
+    let (s, _) = api
+        .post(&format!("{path}/block"), json!({"reason": "manual"}))
+        .await;
     assert_eq!(s, 200);
-    let (s, b) = post(&api, &format!("{path}/unblock"), json!({"reason": "all"})).await;
+    let (s, b) = api
+        .post(&format!("{path}/unblock"), json!({"reason": "all"}))
+        .await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["immobiliser"]["state"], "unblocking");
 
@@ -343,12 +331,12 @@ async fn force_is_refused_unless_allowed_and_then_skips_the_wait() {
     let mut t = login(addr, imei).await;
     send_records(&mut t, &[rec(10, 70, true, None)]).await;
     let path = format!("/api/v1/vehicles/{imei}");
-    let (s, e) = post(
-        &api,
-        &format!("{path}/block"),
-        json!({"reason": "low_balance", "force": true}),
-    )
-    .await;
+    let (s, e) = api
+        .post(
+            &format!("{path}/block"),
+            json!({"reason": "low_balance", "force": true}),
+        )
+        .await;
     assert_eq!(s, 403, "{e}");
     assert!(e["error"].as_str().unwrap().contains("allow_force"));
     let (_, v) = api.get(&path).await;
@@ -359,14 +347,11 @@ async fn force_is_refused_unless_allowed_and_then_skips_the_wait() {
     let (_, all) = api.get("/api/v1/vehicles").await;
     assert_eq!(all[0]["immobiliser"]["state"], "running", "{all}");
     assert_eq!(all[0]["immobiliser"]["reasons"], json!([]));
-    let (s, e) = post(
-        &api,
-        &format!("{path}/block"),
-        json!({"reason": "Bad Name"}),
-    )
-    .await;
+    let (s, e) = api
+        .post(&format!("{path}/block"), json!({"reason": "Bad Name"}))
+        .await;
     assert_eq!(s, 400, "{e}");
-    let (s, _) = post(&api, "/api/v1/vehicles/nope/block", json!({})).await;
+    let (s, _) = api.post("/api/v1/vehicles/nope/block", json!({})).await;
     assert_eq!(s, 404);
     daemon.stop().await;
     drop(t);
@@ -376,12 +361,12 @@ async fn force_is_refused_unless_allowed_and_then_skips_the_wait() {
     let api = Api::new(daemon.api_addr);
     let mut t = login(addr, imei).await;
     send_records(&mut t, &[rec(5, 70, true, None)]).await;
-    let (s, b) = post(
-        &api,
-        &format!("{path}/block"),
-        json!({"reason": "low_balance", "force": true, "comment": "CRM override"}),
-    )
-    .await;
+    let (s, b) = api
+        .post(
+            &format!("{path}/block"),
+            json!({"reason": "low_balance", "force": true, "comment": "CRM override"}),
+        )
+        .await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["immobiliser"]["state"], "blocking");
     assert_eq!(read_command(&mut t).await, "setdigout 1");
@@ -415,12 +400,12 @@ async fn profiles_retries_and_resend_after_a_lost_connection() {
     let api = Api::new(daemon.api_addr);
     let mut t = login(addr, imei).await;
     send_records(&mut t, &[rec(30, 0, true, None), rec(15, 0, true, None)]).await;
-    let (s, b) = post(
-        &api,
-        &format!("/api/v1/vehicles/{imei}/block"),
-        json!({"reason": "manual"}),
-    )
-    .await;
+    let (s, b) = api
+        .post(
+            &format!("/api/v1/vehicles/{imei}/block"),
+            json!({"reason": "manual"}),
+        )
+        .await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(read_command(&mut t).await, "setdigout ?1", "profile text");
     // No answer: written again after the ack timeout.
@@ -506,12 +491,12 @@ async fn gt06_profile_command_and_answer() {
     };
     t.send(&encode_gps(&fix(20, true), 2)).await;
     wait_vehicle(&api, imei, "first fix", |v| v["position"].is_object()).await;
-    let (s, b) = post(
-        &api,
-        &format!("/api/v1/vehicles/{imei}/block"),
-        json!({"reason": "inspection"}),
-    )
-    .await;
+    let (s, b) = api
+        .post(
+            &format!("/api/v1/vehicles/{imei}/block"),
+            json!({"reason": "inspection"}),
+        )
+        .await;
     assert_eq!(s, 200, "{b}");
     assert_eq!(
         b["immobiliser"]["state"], "block_pending",
@@ -525,12 +510,12 @@ async fn gt06_profile_command_and_answer() {
     wait_state(&api, imei, "blocked").await;
     let c = wait_command(&api, id, "acknowledged").await;
     assert_eq!(c["text"], "DYD,000000#");
-    let (s, _) = post(
-        &api,
-        &format!("/api/v1/vehicles/{imei}/unblock"),
-        json!({"reason": "all"}),
-    )
-    .await;
+    let (s, _) = api
+        .post(
+            &format!("/api/v1/vehicles/{imei}/unblock"),
+            json!({"reason": "all"}),
+        )
+        .await;
     assert_eq!(s, 200);
     read_until(&mut t, b"HFYD,000000#").await;
     daemon.stop().await;

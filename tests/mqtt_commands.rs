@@ -40,18 +40,6 @@ async fn wait_vehicle(api: &Api, id: &str, what: &str, f: impl Fn(&Value) -> boo
     panic!("{id}: {what} not reached: {last}");
 }
 
-async fn post(api: &Api, path: &str, body: Value) -> (u16, Value) {
-    let r = api
-        .client
-        .post(format!("{}{path}", api.base))
-        .json(&body)
-        .send()
-        .await
-        .expect("POST");
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
-
 /// The next command published for the device, as JSON.
 async fn next_command(dev: &mut Device) -> Value {
     let p = dev.next(20).await.expect("a command within 20 s");
@@ -88,12 +76,12 @@ async fn mqtt_device_is_blocked_when_stopped_acknowledges_and_is_unblocked() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(known, "the gateway stores the device's fixes");
-    let (s, v) = post(
-        &api,
-        &format!("/api/v1/vehicles/{id}/block"),
-        json!({ "reason": "manual", "comment": "unpaid" }),
-    )
-    .await;
+    let (s, v) = api
+        .post(
+            &format!("/api/v1/vehicles/{id}/block"),
+            json!({ "reason": "manual", "comment": "unpaid" }),
+        )
+        .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(v["immobiliser"]["state"], "block_pending", "{v}");
     dev.publish(&telemetry, fix(35, 55.0, true)).await;
@@ -126,12 +114,12 @@ async fn mqtt_device_is_blocked_when_stopped_acknowledges_and_is_unblocked() {
     assert_eq!(cmds[0]["response"], "relay on", "{cmds}");
 
     // Lifting the reason unblocks at once.
-    let (s, v) = post(
-        &api,
-        &format!("/api/v1/vehicles/{id}/unblock"),
-        json!({ "reason": "manual", "comment": "paid" }),
-    )
-    .await;
+    let (s, v) = api
+        .post(
+            &format!("/api/v1/vehicles/{id}/unblock"),
+            json!({ "reason": "manual", "comment": "paid" }),
+        )
+        .await;
     assert_eq!(s, 200, "{v}");
     let cmd = next_command(&mut dev).await;
     assert_eq!(cmd["command"], "engine_resume", "{cmd}");

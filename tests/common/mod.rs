@@ -74,9 +74,9 @@ impl Tracker {
     pub async fn read(&mut self, n: usize) -> Vec<u8> {
         let mut buf = vec![0; n];
         // Generous: a loaded 2-core CI machine can take seconds over a group commit.
-        tokio::time::timeout(Duration::from_secs(20), self.stream.read_exact(&mut buf))
+        tokio::time::timeout(Duration::from_secs(30), self.stream.read_exact(&mut buf))
             .await
-            .expect("reply within 20 s")
+            .expect("reply within 30 s")
             .expect("reply bytes");
         buf
     }
@@ -122,12 +122,9 @@ impl Api {
         }
     }
 
-    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
-        let r = self
-            .auth(self.client.get(format!("{}{path}", self.base)))
-            .send()
-            .await
-            .expect("GET");
+    /// Send; the status and the body as JSON (a body that is not JSON as a JSON string).
+    async fn call(&self, rb: reqwest::RequestBuilder) -> (u16, serde_json::Value) {
+        let r = self.auth(rb).send().await.expect("request sent");
         let status = r.status().as_u16();
         let text = r.text().await.unwrap_or_default();
         (
@@ -136,19 +133,19 @@ impl Api {
         )
     }
 
-    pub async fn put(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
-        let r = self
-            .auth(self.client.put(format!("{}{path}", self.base)))
-            .json(&body)
-            .send()
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        self.call(self.client.get(format!("{}{path}", self.base)))
             .await
-            .expect("PUT");
-        let status = r.status().as_u16();
-        let text = r.text().await.unwrap_or_default();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text)),
-        )
+    }
+
+    pub async fn put(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        self.call(self.client.put(format!("{}{path}", self.base)).json(&body))
+            .await
+    }
+
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> (u16, serde_json::Value) {
+        self.call(self.client.post(format!("{}{path}", self.base)).json(&body))
+            .await
     }
 
     pub async fn text(&self, path: &str) -> (u16, String) {

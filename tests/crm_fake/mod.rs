@@ -352,20 +352,3 @@ pub async fn wait_for(secs: u64, mut f: impl FnMut() -> bool) -> bool {
     }
     f()
 }
-
-/// POST JSON through the daemon's API (the shared `Api` helper has no POST).
-pub async fn post(api: &super::common::Api, path: &str, body: Value) -> (u16, Value) {
-    let r = api
-        .client
-        .post(format!("{}{path}", api.base))
-        .json(&body)
-        .send()
-        .await
-        .expect("POST");
-    let status = r.status().as_u16();
-    let text = r.text().await.unwrap_or_default();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
-}
