@@ -33,7 +33,7 @@ use crate::model::{DeviceId, Position, VehicleId};
 use crate::pipeline::Committed;
 use crate::protocols::{CommandBody, CommandResponse, DeviceCommand};
 use crate::storage::immobiliser::{AuditEntry, AuditPosition, ImmobChanges, VehicleImmobRow};
-use crate::storage::{DeviceState, StorageError, Store};
+use crate::storage::{DeviceState, StorageError, Store, StoredPosition};
 
 /// Requests a handle can queue before callers wait.
 const REQUEST_QUEUE: usize = 256;
@@ -119,14 +119,7 @@ pub async fn start(
     };
     for s in states {
         if let Some(p) = &s.position {
-            let fix = FixSnapshot {
-                time: p.time,
-                lat: p.lat,
-                lon: p.lon,
-                speed_kmh: p.speed_kmh,
-                ignition: p.ignition,
-                outputs: p.outputs,
-            };
+            let fix = stored_snapshot(p);
             actor.safety.insert(
                 s.device_id.clone(),
                 SafetyTracker::seeded(Some(fix), &rules),
@@ -345,14 +338,7 @@ impl Actor {
                     .await
                     .map(|s| s.and_then(|s| s.position))
                 {
-                    let fix = FixSnapshot {
-                        time: p.time,
-                        lat: p.lat,
-                        lon: p.lon,
-                        speed_kmh: p.speed_kmh,
-                        ignition: p.ignition,
-                        outputs: p.outputs,
-                    };
+                    let fix = stored_snapshot(&p);
                     self.safety.insert(
                         device.clone(),
                         SafetyTracker::seeded(Some(fix), &self.rules),
@@ -1110,6 +1096,18 @@ impl Actor {
 fn count_outcome(c: &Command) {
     metrics::counter!("fleetgate_immobiliser_commands_total", "intent" => c.intent.as_str(), "outcome" => c.status.as_str())
         .increment(1);
+}
+
+/// A device's stored last fix, as the safety judgement takes it.
+fn stored_snapshot(p: &StoredPosition) -> FixSnapshot {
+    FixSnapshot {
+        time: p.time,
+        lat: p.lat,
+        lon: p.lon,
+        speed_kmh: p.speed_kmh,
+        ignition: p.ignition,
+        outputs: p.outputs,
+    }
 }
 
 fn snapshot(p: &Position) -> FixSnapshot {
