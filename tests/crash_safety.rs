@@ -4,13 +4,12 @@
 
 mod common;
 
-use common::process::{free_port, spawn, wait_ready};
+use common::process::{spawn, teltonika_only, wait_ready, TeltonikaOnly};
 use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
-use common::Api;
 use fleetgate::protocols::teltonika::{encode_avl_packet, encode_imei, AvlRecord, CODEC_8E};
 use rand::Rng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -72,22 +71,14 @@ async fn tracker(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_under_load_loses_no_acknowledged_record() {
     let dir = tempfile::tempdir().unwrap();
-    let (tport, aport) = (free_port(), free_port());
-    let mut cfg = format!(
-        "[api]\nlisten = \"127.0.0.1:{aport}\"\n[storage]\nurl = \"sqlite://{}/fg.db\"\n[listeners]\n",
-        dir.path().display()
+    let TeltonikaOnly {
+        config: cfg_path,
+        tracker_port: tport,
+        api,
+    } = teltonika_only(
+        dir.path(),
+        &format!("url = \"sqlite://{}/fg.db\"", dir.path().display()),
     );
-    for p in fleetgate::protocols::Protocol::ALL {
-        let v = if p.name() == "teltonika" {
-            format!("127.0.0.1:{tport}")
-        } else {
-            "off".into()
-        };
-        cfg.push_str(&format!("{} = \"{v}\"\n", p.name()));
-    }
-    let cfg_path = dir.path().join("fleetgate.toml");
-    std::fs::write(&cfg_path, cfg).unwrap();
-    let api = Api::new(format!("127.0.0.1:{aport}").parse().unwrap());
     let acked = Arc::new(Mutex::new(BTreeSet::new()));
     let base = Utc
         .with_ymd_and_hms(2026, 6, 1, 0, 0, 0)

@@ -6,8 +6,7 @@
 
 mod common;
 
-use common::process::{free_port, rss_kib};
-use std::process::{Command, Stdio};
+use common::process::{rss_kib, spawn, teltonika_only, wait_ready, TeltonikaOnly};
 use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
@@ -181,40 +180,16 @@ async fn flood(mut s: TcpStream, until: Instant) -> usize {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn memory_stays_bounded_while_storage_is_locked() {
     let dir = tempfile::tempdir().unwrap();
-    let (tport, aport) = (free_port(), free_port());
-    let mut cfg = format!(
-        "[api]\nlisten = \"127.0.0.1:{aport}\"\n[storage]\nurl = \"sqlite://{}/fg.db\"\n[listeners]\n",
-        dir.path().display()
+    let TeltonikaOnly {
+        config: cfg_path,
+        tracker_port: tport,
+        api,
+    } = teltonika_only(
+        dir.path(),
+        &format!("url = \"sqlite://{}/fg.db\"", dir.path().display()),
     );
-    for p in Protocol::ALL {
-        let v = if *p == Protocol::Teltonika {
-            format!("127.0.0.1:{tport}")
-        } else {
-            "off".into()
-        };
-        cfg.push_str(&format!("{} = \"{v}\"\n", p.name()));
-    }
-    let cfg_path = dir.path().join("fleetgate.toml");
-    std::fs::write(&cfg_path, cfg).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fleetgate"))
-        .args(["run", "--config"])
-        .arg(&cfg_path)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn fleetgate");
-    let api = Api::new(format!("127.0.0.1:{aport}").parse().unwrap());
-    let mut ready = false;
-    for _ in 0..200 {
-        let probe = api.client.get(format!("{}/readyz", api.base)).send().await;
-        if probe.is_ok_and(|r| r.status() == 200) {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(ready, "daemon ready");
+    let mut child = spawn(&cfg_path);
+    wait_ready(&api).await;
     let before = rss_kib(&child);
 
     let mut conns = Vec::new();

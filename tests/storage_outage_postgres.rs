@@ -17,18 +17,15 @@
 
 mod common;
 
-use common::process::{free_port, rss_kib};
+use common::process::{rss_kib, spawn, teltonika_only, wait_ready, TeltonikaOnly};
 use std::collections::{BTreeMap, BTreeSet};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
 use common::proxy::{Mode, Proxy};
-use common::Api;
 use fleetgate::protocols::teltonika::{encode_avl_packet, encode_imei, AvlRecord, CODEC_8};
-use fleetgate::protocols::Protocol;
 use sqlx::Connection;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -148,39 +145,13 @@ async fn postgres_unreachable_for_30_s_acks_nothing_then_loses_nothing() {
     let url = schema.url.replace(upstream, &proxy.addr.to_string());
 
     let dir = tempfile::tempdir().unwrap();
-    let (tport, aport) = (free_port(), free_port());
-    let mut cfg = format!(
-        "[api]\nlisten = \"127.0.0.1:{aport}\"\n[storage]\nurl = \"{url}\"\nmax_connections = 4\n[listeners]\n"
-    );
-    for p in Protocol::ALL {
-        let v = if *p == Protocol::Teltonika {
-            format!("127.0.0.1:{tport}")
-        } else {
-            "off".into()
-        };
-        cfg.push_str(&format!("{} = \"{v}\"\n", p.name()));
-    }
-    let cfg_path = dir.path().join("fleetgate.toml");
-    std::fs::write(&cfg_path, cfg).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_fleetgate"))
-        .args(["run", "--config"])
-        .arg(&cfg_path)
-        .env("RUST_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn fleetgate");
-    let api = Api::new(format!("127.0.0.1:{aport}").parse().unwrap());
-    let mut ready = false;
-    for _ in 0..600 {
-        let probe = api.client.get(format!("{}/readyz", api.base)).send().await;
-        if probe.is_ok_and(|r| r.status() == 200) {
-            ready = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    assert!(ready, "daemon ready on PostgreSQL through the proxy");
+    let TeltonikaOnly {
+        config: cfg_path,
+        tracker_port: tport,
+        api,
+    } = teltonika_only(dir.path(), &format!("url = \"{url}\"\nmax_connections = 4"));
+    let mut child = spawn(&cfg_path);
+    wait_ready(&api).await;
 
     let imeis: Vec<String> = (0..5).map(|i| format!("35630704244150{i}")).collect();
     let stop = Arc::new(AtomicBool::new(false));

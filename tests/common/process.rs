@@ -52,3 +52,32 @@ pub fn rss_kib(child: &Child) -> u64 {
         .and_then(|v| v.parse().ok())
         .expect("VmRSS")
 }
+
+/// A config file for the binary in `dir`: the API and only the Teltonika listener, each on a
+/// free loopback port, and `storage` as the body of `[storage]`.
+pub struct TeltonikaOnly {
+    pub config: std::path::PathBuf,
+    pub tracker_port: u16,
+    pub api: Api,
+}
+
+pub fn teltonika_only(dir: &std::path::Path, storage: &str) -> TeltonikaOnly {
+    let (tport, aport) = (free_port(), free_port());
+    let mut cfg =
+        format!("[api]\nlisten = \"127.0.0.1:{aport}\"\n[storage]\n{storage}\n[listeners]\n");
+    for p in fleetgate::protocols::Protocol::ALL {
+        let v = if *p == fleetgate::protocols::Protocol::Teltonika {
+            format!("127.0.0.1:{tport}")
+        } else {
+            "off".into()
+        };
+        cfg.push_str(&format!("{} = \"{v}\"\n", p.name()));
+    }
+    let config = dir.join("fleetgate.toml");
+    std::fs::write(&config, cfg).unwrap();
+    TeltonikaOnly {
+        config,
+        tracker_port: tport,
+        api: Api::new(format!("127.0.0.1:{aport}").parse().unwrap()),
+    }
+}
