@@ -75,8 +75,12 @@ impl RetryPolicy {
 /// Errors worth another attempt: the database was busy, locked, restarting or unreachable.
 /// A constraint violation or a bad query fails the same way every time and is not retried.
 pub fn is_transient(e: &StorageError) -> bool {
-    let StorageError::Db(e) = e else {
-        return false;
+    let e = match e {
+        StorageError::Db(e) => e,
+        StorageError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => {
+            return transient_code(&f.extended_code.to_string())
+        }
+        _ => return false,
     };
     match e {
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::Protocol(_) => true,
@@ -145,6 +149,17 @@ mod tests {
         ))));
         assert!(!is_transient(&StorageError::Invalid("x".into())));
         assert!(!is_transient(&StorageError::Db(sqlx::Error::RowNotFound)));
+        let sqlite = |code| {
+            StorageError::Sqlite(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(code),
+                None,
+            ))
+        };
+        assert!(is_transient(&sqlite(rusqlite::ffi::SQLITE_BUSY_SNAPSHOT)));
+        assert!(is_transient(&sqlite(rusqlite::ffi::SQLITE_IOERR_FSYNC)));
+        assert!(!is_transient(&sqlite(
+            rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY
+        )));
         for c in ["5", "517", "6", "262", "08006", "57P01", "57P03", "40001"] {
             assert!(transient_code(c), "{c}");
         }

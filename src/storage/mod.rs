@@ -27,6 +27,9 @@ pub use row::{StoredPosition, Vehicle, VehicleUpdate};
 pub enum StorageError {
     #[error("database: {0}")]
     Db(#[from] sqlx::Error),
+    /// From the SQLite group commit, which drives the writer connection directly.
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
     #[error("migration: {0}")]
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("{0}")]
@@ -112,6 +115,23 @@ pub async fn open(cfg: &crate::config::StorageConfig) -> Result<Arc<dyn Store>, 
             cfg.url
         )))
     }
+}
+
+/// The states to upsert: one per device (an upsert may not touch a row twice), the one a
+/// sequential replay would leave — the latest `last_seen`, later items winning ties.
+pub(crate) fn latest_states(items: &[WriteItem]) -> Vec<&DeviceState> {
+    let mut by_device: std::collections::HashMap<&DeviceId, &DeviceState> =
+        std::collections::HashMap::with_capacity(items.len());
+    for it in items {
+        let s = &it.state;
+        match by_device.get(&s.device_id) {
+            Some(prev) if prev.last_seen > s.last_seen => {}
+            _ => {
+                by_device.insert(&s.device_id, s);
+            }
+        }
+    }
+    by_device.into_values().collect()
 }
 
 pub(crate) fn millis(t: DateTime<Utc>) -> i64 {

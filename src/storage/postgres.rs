@@ -26,7 +26,7 @@ use super::{
 };
 use crate::config::StorageConfig;
 use crate::model::{DeviceId, VehicleId};
-use arrays::{latest_states, PositionArrays, StateArrays};
+use arrays::{PositionArrays, StateArrays};
 
 pub struct PostgresStore {
     /// Shared by every trait implementation of this backend.
@@ -172,7 +172,7 @@ const VEHICLE_SELECT: &str =
 impl Store for PostgresStore {
     async fn write_batch(&self, items: &[WriteItem]) -> Result<(), StorageError> {
         let a = PositionArrays::from_items(items);
-        let states = latest_states(items);
+        let states = super::latest_states(items);
         let mut tx = self.pool.begin().await?;
         if !a.device.is_empty() {
             sqlx::query(INSERT_POSITIONS)

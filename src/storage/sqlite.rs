@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
-use sqlx::{QueryBuilder, Row, Sqlite, SqlitePool};
+use sqlx::{Row, SqlitePool};
 
 use super::{
     from_millis, millis, DeviceState, StorageError, Store, StoredPosition, Vehicle, VehicleUpdate,
@@ -18,28 +18,16 @@ use super::{
 use crate::config::StorageConfig;
 use crate::model::{DeviceId, VehicleId};
 
-/// Most rows per INSERT statement: 19 columns × 256 stays well under SQLite's bound-parameter
-/// limit.
-const ROWS_PER_STATEMENT: usize = 256;
+mod batch;
 
-/// `rows` cut into statements of 256, 128, 64 … 1 rows: a batch of any size uses at most nine
-/// statement shapes, each prepared once and then reused from the connection's statement cache
-/// (a statement per odd batch size would be prepared anew on almost every commit).
-fn chunks<T>(rows: &[T]) -> impl Iterator<Item = &[T]> {
-    let mut rest = rows;
-    std::iter::from_fn(move || {
-        if rest.is_empty() {
-            return None;
-        }
-        let n = if rest.len() >= ROWS_PER_STATEMENT {
-            ROWS_PER_STATEMENT
-        } else {
-            1 << (usize::BITS - 1 - rest.len().leading_zeros())
-        };
-        let (head, tail) = rest.split_at(n);
-        rest = tail;
-        Some(head)
-    })
+/// Run `f`, a stretch of blocking SQLite work, on this thread: on the multi-threaded runtime
+/// the thread's other tasks move to another worker meanwhile; a current-thread runtime (unit
+/// tests) just runs it.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current().map(|h| h.runtime_flavor()) {
+        Ok(tokio::runtime::RuntimeFlavor::MultiThread) => tokio::task::block_in_place(f),
+        _ => f(),
+    }
 }
 
 pub struct SqliteStore {
@@ -192,99 +180,11 @@ const VEHICLE_SELECT: &str =
 #[async_trait]
 impl Store for SqliteStore {
     async fn write_batch(&self, items: &[WriteItem]) -> Result<(), StorageError> {
-        let mut tx = self.writer.begin().await?;
-        let rows: Vec<_> = items
-            .iter()
-            .flat_map(|it| it.positions.iter().map(move |p| (it, p)))
-            .collect();
-        for chunk in chunks(&rows) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(format!(
-                "INSERT OR IGNORE INTO positions (device_id, {POSITION_COLUMNS}) "
-            ));
-            q.push_values(chunk, |mut b, (it, np)| {
-                let p = &np.position;
-                b.push_bind(it.device.as_str())
-                    .push_bind(millis(p.fix_time))
-                    .push_bind(millis(it.server_time))
-                    .push_bind(p.valid)
-                    .push_bind(p.lat)
-                    .push_bind(p.lon)
-                    .push_bind(p.speed_kmh)
-                    .push_bind(p.course)
-                    .push_bind(p.altitude)
-                    .push_bind(p.satellites.map(i64::from))
-                    .push_bind(p.ignition)
-                    .push_bind(p.motion)
-                    .push_bind(p.odometer_m)
-                    .push_bind(np.gps_odometer_m)
-                    .push_bind(p.inputs.map(i64::from))
-                    .push_bind(p.outputs.map(i64::from))
-                    .push_bind(p.power_v)
-                    .push_bind(p.alarm)
-                    .push_bind(p.attrs.to_json_string());
-            });
-            q.build().persistent(true).execute(&mut *tx).await?;
-        }
-        // One state per device: the one seen last (what the upsert's WHERE would keep).
-        let mut latest: Vec<&super::DeviceState> = Vec::with_capacity(items.len());
-        {
-            let mut at = std::collections::HashMap::with_capacity(items.len());
-            for it in items {
-                let s = &it.state;
-                match at.get(s.device_id.as_str()) {
-                    Some(&i) => {
-                        let kept: &mut &super::DeviceState = &mut latest[i];
-                        if s.last_seen >= kept.last_seen {
-                            *kept = s;
-                        }
-                    }
-                    None => {
-                        at.insert(s.device_id.as_str(), latest.len());
-                        latest.push(s);
-                    }
-                }
-            }
-        }
-        for chunk in chunks(&latest) {
-            let mut q: QueryBuilder<Sqlite> = QueryBuilder::new(
-                "INSERT INTO device_state (device_id, protocol, last_seen, fix_time, valid, lat, lon, speed_kmh, course, \
-                 altitude, satellites, ignition, motion, odometer_m, gps_odometer_m, inputs, outputs, power_v, attributes) ",
-            );
-            q.push_values(chunk, |mut b, s| {
-                let p = s.position.as_ref();
-                b.push_bind(s.device_id.as_str())
-                    .push_bind(s.protocol.as_str())
-                    .push_bind(millis(s.last_seen))
-                    .push_bind(p.map(|p| millis(p.time)))
-                    .push_bind(p.map(|p| p.valid))
-                    .push_bind(p.map(|p| p.lat))
-                    .push_bind(p.map(|p| p.lon))
-                    .push_bind(p.map(|p| p.speed_kmh))
-                    .push_bind(p.map(|p| p.course))
-                    .push_bind(p.map(|p| p.altitude))
-                    .push_bind(p.and_then(|p| p.satellites).map(i64::from))
-                    .push_bind(p.and_then(|p| p.ignition))
-                    .push_bind(p.and_then(|p| p.motion))
-                    .push_bind(p.and_then(|p| p.odometer_m))
-                    .push_bind(s.gps_odometer_m)
-                    .push_bind(p.and_then(|p| p.inputs).map(i64::from))
-                    .push_bind(p.and_then(|p| p.outputs).map(i64::from))
-                    .push_bind(p.and_then(|p| p.power_v))
-                    .push_bind(p.map(|p| p.attributes.to_string()));
-            });
-            q.push(
-                " ON CONFLICT(device_id) DO UPDATE SET protocol = excluded.protocol, last_seen = excluded.last_seen, \
-                 fix_time = excluded.fix_time, valid = excluded.valid, lat = excluded.lat, lon = excluded.lon, \
-                 speed_kmh = excluded.speed_kmh, course = excluded.course, altitude = excluded.altitude, \
-                 satellites = excluded.satellites, ignition = excluded.ignition, motion = excluded.motion, \
-                 odometer_m = excluded.odometer_m, gps_odometer_m = excluded.gps_odometer_m, inputs = excluded.inputs, \
-                 outputs = excluded.outputs, power_v = excluded.power_v, attributes = excluded.attributes \
-                 WHERE excluded.last_seen >= device_state.last_seen",
-            );
-            q.build().persistent(true).execute(&mut *tx).await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let mut conn = self.writer.acquire().await?;
+        let mut handle = conn.lock_handle().await?;
+        let db = handle.as_raw_handle().as_ptr();
+        // SAFETY: sqlx's lock on the connection is held until `handle` drops, after this.
+        blocking(|| unsafe { batch::write(db, items) })
     }
 
     async fn device_states(&self) -> Result<Vec<DeviceState>, StorageError> {
@@ -403,21 +303,5 @@ impl Store for SqliteStore {
 
     fn backend(&self) -> &'static str {
         "sqlite"
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn batches_are_cut_into_power_of_two_statements() {
-        let rows: Vec<u32> = (0..600).collect();
-        let sizes: Vec<usize> = chunks(&rows).map(<[u32]>::len).collect();
-        assert_eq!(sizes, vec![256, 256, 64, 16, 8]);
-        let flat: Vec<u32> = chunks(&rows).flatten().copied().collect();
-        assert_eq!(flat, rows);
-        assert_eq!(chunks(&rows[..1]).count(), 1);
-        assert_eq!(chunks::<u32>(&[]).count(), 0);
     }
 }

@@ -1,9 +1,6 @@
 //! Column arrays for UNNEST statements: a batch turned inside out, one `Vec` per column, so
 //! that one statement with one bind per column writes the whole batch.
 
-use std::collections::HashMap;
-
-use crate::model::DeviceId;
 use crate::storage::{millis, DeviceState, WriteItem};
 
 /// A batch of positions as column arrays, for one UNNEST insert.
@@ -115,26 +112,12 @@ impl StateArrays {
     }
 }
 
-/// The states to upsert: one per device (an upsert may not touch a row twice), the one a
-/// sequential replay would leave — the latest `last_seen`, later items winning ties.
-pub(super) fn latest_states(items: &[WriteItem]) -> Vec<&DeviceState> {
-    let mut by_device: HashMap<&DeviceId, &DeviceState> = HashMap::with_capacity(items.len());
-    for it in items {
-        let s = &it.state;
-        match by_device.get(&s.device_id) {
-            Some(prev) if prev.last_seen > s.last_seen => {}
-            _ => {
-                by_device.insert(&s.device_id, s);
-            }
-        }
-    }
-    by_device.into_values().collect()
-}
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Position;
+    use crate::model::{DeviceId, Position};
     use crate::protocols::Protocol;
+    use crate::storage::latest_states;
     use crate::storage::NewPosition;
     use chrono::{TimeZone, Utc};
 
