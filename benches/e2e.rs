@@ -9,6 +9,12 @@
 //! each a separate process on this machine, and prints records/s, the ratio to the baseline,
 //! ack latency percentiles and whether the stored row count equals the acked records.
 //!
+//! Before each storage target it also measures that storage alone: this process commits
+//! batches shaped like the load's (80 packets × 25 records, through `Store::write_batch`,
+//! back to back, no network, decoding or rules) into a separate database for a few seconds.
+//! That rate is the ceiling the storage sets on this machine; the table gives fleetgate's
+//! rate as a share of it.
+//!
 //! Run: `cargo bench --bench e2e` (options after `--`: `--seconds 10 --devices 200
 //! --records-per-packet 25 --only baseline,sqlite,postgres`). Not part of `cargo test`.
 
@@ -18,6 +24,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use sqlx::Connection;
+
+#[path = "common/batch.rs"]
+mod batch;
 
 const BIN: &str = env!("CARGO_BIN_EXE_fleetgate");
 const GOALS: [(&str, f64); 2] = [("sqlite", 0.25), ("postgres", 0.15)];
@@ -140,6 +149,42 @@ async fn count(url: &str) -> Option<i64> {
     }
 }
 
+/// Rows/s that `Store::write_batch` alone sustains on `url` for `seconds`, with batches like
+/// the load's: what the storage allows before any network, decoding or rule runs.
+fn storage_ceiling(rt: &tokio::runtime::Runtime, url: &str, o: &Opts) -> f64 {
+    let cfg = fleetgate::config::StorageConfig {
+        url: url.to_string(),
+        sqlite_synchronous: "full".into(),
+        ..Default::default()
+    };
+    rt.block_on(async {
+        let store = match fleetgate::storage::open(&cfg).await {
+            Ok(s) => s,
+            Err(e) => {
+                println!("storage ceiling on {url}: not measured ({e})");
+                return 0.0;
+            }
+        };
+        let per_batch = (2000 / o.records_per_packet).max(1);
+        let seconds = o.seconds.clamp(1.0, 5.0);
+        let start = Instant::now();
+        let mut busy = Duration::ZERO;
+        let mut rows = 0usize;
+        let mut round = 0usize;
+        while start.elapsed().as_secs_f64() < seconds {
+            let first = (round * per_batch) % o.devices.max(per_batch);
+            let items = batch::batch(per_batch, o.records_per_packet, first);
+            round += 1;
+            // Only the commit is timed: building the batch stands for the pipeline's work.
+            let t = Instant::now();
+            store.write_batch(&items).await.expect("ceiling commit");
+            busy += t.elapsed();
+            rows += per_batch * o.records_per_packet;
+        }
+        rows as f64 / busy.as_secs_f64().max(1e-9)
+    })
+}
+
 fn machine() -> String {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
@@ -172,6 +217,7 @@ fn main() {
     );
     println!("machine: {}", machine());
     let mut rows: Vec<(String, serde_json::Value, Option<i64>)> = Vec::new();
+    let mut ceilings: Vec<(String, f64)> = Vec::new();
     for target in o.only.clone() {
         let port = free_port();
         let dir = tempfile::tempdir().expect("temp dir");
@@ -188,6 +234,8 @@ fn main() {
                 (r, None)
             }
             "sqlite" => {
+                let ceiling = format!("sqlite://{}/ceiling.db", dir.path().display());
+                ceilings.push((target.clone(), storage_ceiling(&rt, &ceiling, &o)));
                 let url = format!("sqlite://{}/fleetgate.db", dir.path().display());
                 let mut child = daemon(
                     dir.path(),
@@ -216,6 +264,17 @@ fn main() {
                 }
                 let sep = if base.contains('?') { '&' } else { '?' };
                 let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+                ceilings.push((target.clone(), storage_ceiling(&rt, &url, &o)));
+                // The fleetgate run starts from empty tables, as SQLite's does.
+                let _ = rt.block_on(async {
+                    let mut c = sqlx::PgConnection::connect(&base).await?;
+                    sqlx::query(&format!(
+                        "DROP SCHEMA {schema} CASCADE; CREATE SCHEMA {schema}"
+                    ))
+                    .execute(&mut c)
+                    .await
+                    .map(|_| ())
+                });
                 // As docs/scaling.md deploys it: fuller batches per round trip.
                 let storage = format!("url = \"{url}\"\nbatch_max_wait_ms = 2");
                 let mut child = daemon(dir.path(), port, &storage);
@@ -242,8 +301,8 @@ fn main() {
         .find(|(t, _, _)| t == "baseline")
         .map(|(_, r, _)| rate(r));
     println!();
-    println!("| target | records/s | packets/s | ratio to baseline | ack p50 ms | ack p99 ms | ack max ms | errors | stored = acked |");
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("| target | records/s | packets/s | ratio to baseline | storage alone rows/s | share of storage alone | ack p50 ms | ack p99 ms | ack max ms | errors | stored = acked |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (t, r, stored) in &rows {
         let ratio = base
             .filter(|b| *b > 0.0)
@@ -255,8 +314,13 @@ fn main() {
             Some(n) => format!("NO: {n} stored, {acked} acked"),
             None => "–".into(),
         };
+        let ceiling = ceilings.iter().find(|(c, _)| c == t).map(|(_, v)| *v);
+        let (alone, share) = match ceiling.filter(|c| *c > 0.0) {
+            Some(c) => (format!("{c:.0}"), format!("{:.0} %", 100.0 * rate(r) / c)),
+            None => ("–".into(), "–".into()),
+        };
         println!(
-            "| {t} | {:.0} | {:.0} | {ratio} | {:.2} | {:.2} | {:.2} | {} | {check} |",
+            "| {t} | {:.0} | {:.0} | {ratio} | {alone} | {share} | {:.2} | {:.2} | {:.2} | {} | {check} |",
             rate(r),
             r["packets_per_s"].as_f64().unwrap_or(0.0),
             r["ack_p50_ms"].as_f64().unwrap_or(0.0),

@@ -1,0 +1,98 @@
+//! The group commit alone: `Store::write_batch` of one batch as the e2e load produces it —
+//! 80 packets of 25 positions with 6 IO attributes each, all new — on durable SQLite
+//! (`synchronous = full`: the WAL is fsynced by every commit) and on PostgreSQL
+//! (FLEETGATE_TEST_PG_URL, default postgres://postgres@127.0.0.1:5432/test, in a fresh schema
+//! dropped afterwards; skipped when unreachable). No network, decoding or rule stages: this is
+//! the ceiling the storage puts on ingest on this machine (rows/s = 2,000 / time per batch).
+//!
+//! Run: `cargo bench --bench storage`.
+
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use fleetgate::config::StorageConfig;
+use fleetgate::storage::Store;
+use sqlx::Connection;
+
+#[path = "common/batch.rs"]
+mod batch;
+
+/// 80 packets of 25 records: the 2,000-row batches the e2e load (200 devices × 25 records,
+/// `batch_max_rows` 2,000) commits.
+const PACKETS: usize = 80;
+const RECORDS: usize = 25;
+
+fn next_round() -> usize {
+    static ROUND: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    ROUND.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+fn bench_store(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: &str, store: Arc<dyn Store>) {
+    let mut g = c.benchmark_group("storage");
+    g.throughput(Throughput::Elements((PACKETS * RECORDS) as u64));
+    g.sample_size(30);
+    g.bench_function(name, |b| {
+        b.to_async(rt).iter_batched(
+            // Devices take turns as under the e2e load (200 of them, 80 per commit).
+            || batch::batch(PACKETS, RECORDS, (next_round() % 5) * 40),
+            |items| {
+                let store = store.clone();
+                async move { store.write_batch(&items).await.expect("commit") }
+            },
+            criterion::BatchSize::SmallInput,
+        )
+    });
+    g.finish();
+}
+
+fn storage(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let dir = tempfile::tempdir().expect("temp dir");
+    let sqlite = StorageConfig {
+        url: format!("sqlite://{}/bench.db", dir.path().display()),
+        sqlite_synchronous: "full".into(),
+        ..Default::default()
+    };
+    let store = rt
+        .block_on(fleetgate::storage::open(&sqlite))
+        .expect("sqlite");
+    bench_store(c, &rt, "sqlite_full_2000_rows", store);
+
+    let base = std::env::var("FLEETGATE_TEST_PG_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
+    let schema = format!("fgstorage_{}", std::process::id());
+    let created = rt.block_on(async {
+        let mut c = sqlx::PgConnection::connect(&base).await?;
+        sqlx::query(&format!("CREATE SCHEMA {schema}"))
+            .execute(&mut c)
+            .await
+            .map(|_| ())
+    });
+    match created {
+        Err(e) => eprintln!("postgres: skipped ({e})"),
+        Ok(()) => {
+            let sep = if base.contains('?') { '&' } else { '?' };
+            let pg = StorageConfig {
+                url: format!("{base}{sep}options=-c%20search_path%3D{schema}"),
+                ..Default::default()
+            };
+            let store = rt
+                .block_on(fleetgate::storage::open(&pg))
+                .expect("postgres");
+            bench_store(c, &rt, "postgres_2000_rows", store);
+            let _ = rt.block_on(async {
+                let mut c = sqlx::PgConnection::connect(&base).await?;
+                sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+                    .execute(&mut c)
+                    .await
+                    .map(|_| ())
+            });
+        }
+    }
+}
+
+criterion_group!(benches, storage);
+criterion_main!(benches);
