@@ -191,3 +191,45 @@ async fn baseline_server_acks_the_simulator_smoke() {
     assert_eq!(report.records_acked % 25, 0, "{report}");
     server.abort();
 }
+
+/// Ctrl-C ends a run that has a --duration too, with the report printed (the immobiliser
+/// bench stops its background load this way).
+#[tokio::test]
+async fn sigint_ends_a_timed_run_with_its_report() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(fleetgate::sim::baseline::serve_on(listener));
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_fleetgate"))
+        .args([
+            "sim",
+            "--json",
+            "--devices",
+            "2",
+            "--rate",
+            "5",
+            "--duration",
+            "3600",
+        ])
+        .args(["--addr", &addr.to_string()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || child.wait_with_output()),
+    )
+    .await
+    .expect("sim exits within 30 s of SIGINT")
+    .unwrap()
+    .unwrap();
+    assert!(out.status.success(), "{:?}", out.status);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(report["records_acked"].as_u64().unwrap() > 0, "{report}");
+    assert!(report["seconds"].as_f64().unwrap() < 60.0, "{report}");
+    server.abort();
+}

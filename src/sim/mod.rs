@@ -138,11 +138,16 @@ pub async fn run(opts: SimOptions) -> Result<(Stats, Duration), SimError> {
         let stop = stop.clone();
         let deadline = opts.duration.map(|d| started + d);
         tokio::spawn(async move {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(d).await,
-                None => {
-                    let _ = tokio::signal::ctrl_c().await;
+            let deadline = async {
+                match deadline {
+                    Some(d) => tokio::time::sleep_until(d).await,
+                    None => std::future::pending().await,
                 }
+            };
+            // Ctrl-C (SIGINT) ends a run early whether or not it has a --duration.
+            tokio::select! {
+                _ = deadline => {}
+                _ = tokio::signal::ctrl_c() => {}
             }
             stop.cancel();
         });
