@@ -10,7 +10,7 @@
 //! ack latency percentiles and whether the stored row count equals the acked records.
 //!
 //! Before each storage target it also measures that storage alone: this process commits
-//! batches shaped like the load's (80 packets × 25 records, through `Store::write_batch`,
+//! batches shaped like the load's (one packet of every device, through `Store::write_batch`,
 //! back to back, no network, decoding or rules) into a separate database for a few seconds.
 //! That rate is the ceiling the storage sets on this machine; the table gives fleetgate's
 //! rate as a share of it.
@@ -165,7 +165,9 @@ fn storage_ceiling(rt: &tokio::runtime::Runtime, url: &str, o: &Opts) -> f64 {
                 return 0.0;
             }
         };
-        let per_batch = (2000 / o.records_per_packet).max(1);
+        // One packet from every device: the whole load in flight, as one group commit takes it
+        // (up to the default batch_max_rows).
+        let per_batch = o.devices.min(10_000 / o.records_per_packet.max(1)).max(1);
         let seconds = o.seconds.clamp(1.0, 5.0);
         let start = Instant::now();
         let mut busy = Duration::ZERO;
@@ -264,17 +266,26 @@ fn main() {
                 }
                 let sep = if base.contains('?') { '&' } else { '?' };
                 let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
-                ceilings.push((target.clone(), storage_ceiling(&rt, &url, &o)));
-                // The fleetgate run starts from empty tables, as SQLite's does.
-                let _ = rt.block_on(async {
+                // The ceiling in a schema of its own, dropped before fleetgate runs.
+                let ceiling = format!("fgceil_{}", std::process::id());
+                let made = rt.block_on(async {
                     let mut c = sqlx::PgConnection::connect(&base).await?;
-                    sqlx::query(&format!(
-                        "DROP SCHEMA {schema} CASCADE; CREATE SCHEMA {schema}"
-                    ))
-                    .execute(&mut c)
-                    .await
-                    .map(|_| ())
+                    sqlx::query(&format!("CREATE SCHEMA {ceiling}"))
+                        .execute(&mut c)
+                        .await
+                        .map(|_| ())
                 });
+                if made.is_ok() {
+                    let curl = format!("{base}{sep}options=-c%20search_path%3D{ceiling}");
+                    ceilings.push((target.clone(), storage_ceiling(&rt, &curl, &o)));
+                    let _ = rt.block_on(async {
+                        let mut c = sqlx::PgConnection::connect(&base).await?;
+                        sqlx::query(&format!("DROP SCHEMA {ceiling} CASCADE"))
+                            .execute(&mut c)
+                            .await
+                            .map(|_| ())
+                    });
+                }
                 // As docs/scaling.md deploys it: fuller batches per round trip.
                 let storage = format!("url = \"{url}\"\nbatch_max_wait_ms = 2");
                 let mut child = daemon(dir.path(), port, &storage);

@@ -1,9 +1,9 @@
 //! The group commit alone: `Store::write_batch` of one batch as the e2e load produces it —
-//! 80 packets of 25 positions with 6 IO attributes each, all new — on durable SQLite
+//! 200 packets of 25 positions with 6 IO attributes each, all new — on durable SQLite
 //! (`synchronous = full`: the WAL is fsynced by every commit) and on PostgreSQL
 //! (FLEETGATE_TEST_PG_URL, default postgres://postgres@127.0.0.1:5432/test, in a fresh schema
 //! dropped afterwards; skipped when unreachable). No network, decoding or rule stages: this is
-//! the ceiling the storage puts on ingest on this machine (rows/s = 2,000 / time per batch).
+//! the ceiling the storage puts on ingest on this machine (rows/s = 5,000 / time per batch).
 //!
 //! Run: `cargo bench --bench storage`.
 
@@ -17,15 +17,10 @@ use sqlx::Connection;
 #[path = "common/batch.rs"]
 mod batch;
 
-/// 80 packets of 25 records: the 2,000-row batches the e2e load (200 devices × 25 records,
-/// `batch_max_rows` 2,000) commits.
-const PACKETS: usize = 80;
+/// 200 packets of 25 records: the 5,000-row batches the e2e load (200 devices × 25 records,
+/// all in flight at once) commits.
+const PACKETS: usize = 200;
 const RECORDS: usize = 25;
-
-fn next_round() -> usize {
-    static ROUND: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    ROUND.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-}
 
 fn bench_store(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: &str, store: Arc<dyn Store>) {
     let mut g = c.benchmark_group("storage");
@@ -33,8 +28,7 @@ fn bench_store(c: &mut Criterion, rt: &tokio::runtime::Runtime, name: &str, stor
     g.sample_size(30);
     g.bench_function(name, |b| {
         b.to_async(rt).iter_batched(
-            // Devices take turns as under the e2e load (200 of them, 80 per commit).
-            || batch::batch(PACKETS, RECORDS, (next_round() % 5) * 40),
+            || batch::batch(PACKETS, RECORDS, 0),
             |items| {
                 let store = store.clone();
                 async move { store.write_batch(&items).await.expect("commit") }
@@ -59,7 +53,7 @@ fn storage(c: &mut Criterion) {
     let store = rt
         .block_on(fleetgate::storage::open(&sqlite))
         .expect("sqlite");
-    bench_store(c, &rt, "sqlite_full_2000_rows", store);
+    bench_store(c, &rt, "sqlite_full_5000_rows", store);
 
     let base = std::env::var("FLEETGATE_TEST_PG_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
@@ -82,7 +76,7 @@ fn storage(c: &mut Criterion) {
             let store = rt
                 .block_on(fleetgate::storage::open(&pg))
                 .expect("postgres");
-            bench_store(c, &rt, "postgres_2000_rows", store);
+            bench_store(c, &rt, "postgres_5000_rows", store);
             let _ = rt.block_on(async {
                 let mut c = sqlx::PgConnection::connect(&base).await?;
                 sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))

@@ -234,6 +234,9 @@ pub struct Engine {
 /// How often the vehicle list is re-read, and date rules (inspection, documents) re-checked.
 const REFRESH_EVERY: Duration = Duration::from_secs(30);
 const STEP: Duration = crate::pipeline::writer::SUBSCRIBER_STEP_TIMEOUT;
+
+/// Most committed packets taken into one step (one storage commit for their shift states).
+const MAX_FIXES_PER_STEP: usize = 256;
 const DATES_EVERY: Duration = Duration::from_secs(3600);
 
 /// Build the actor and its handle; run it with [`Engine::run`].
@@ -381,7 +384,18 @@ impl Engine {
             let step = STEP;
             let done = tokio::select! {
                 c = fixes.recv() => match c {
-                    Some(c) => tokio::time::timeout(step, self.on_committed(&c)).await,
+                    Some(c) => {
+                        // Whatever else the writer has queued goes into the same step: one
+                        // storage commit for the shift states of all of them, not one each.
+                        let mut batch = vec![c];
+                        while batch.len() < MAX_FIXES_PER_STEP {
+                            match fixes.try_recv() {
+                                Ok(c) => batch.push(c),
+                                Err(_) => break,
+                            }
+                        }
+                        tokio::time::timeout(step, self.on_committed(&batch)).await
+                    }
                     None => break,
                 },
                 Some(m) = cmds.recv() => tokio::time::timeout(step, self.on_cmd(m)).await,
@@ -553,21 +567,84 @@ impl Engine {
         }
     }
 
-    async fn on_committed(&mut self, c: &Committed) {
-        let item = &c.item;
-        let Some(v) = self.vehicle_by_device(&item.device).await else {
-            return;
-        };
-        self.reload(Some(&v.id), v.driver_id.as_deref()).await;
-        if let Some(p) = &item.state.position {
-            let km = p.odometer_m.unwrap_or(item.state.gps_odometer_m) / 1000.0;
-            self.odometer_km.insert(v.id.clone(), km);
-            self.last_pos.insert(v.id.clone(), (p.lat, p.lon));
+    /// Committed packets, in commit order: advance each vehicle's shift over its fixes, then
+    /// store every shift state whose durable part changed, with the stage events it caused,
+    /// in one commit. A failed commit leaves those vehicles' shifts as they were, so their next
+    /// fixes reach the same stages again.
+    async fn on_committed(&mut self, batch: &[Arc<Committed>]) {
+        // Per vehicle, in order of first appearance: its shift as the batch leaves it, and the
+        // shift as stored before it (to tell whether it must be written).
+        let mut touched: Vec<(Vehicle, ShiftState, ShiftState)> = Vec::new();
+        let mut events = Vec::new();
+        for c in batch {
+            let item = &c.item;
+            let Some(v) = self.vehicle_by_device(&item.device).await else {
+                continue;
+            };
+            self.reload(Some(&v.id), v.driver_id.as_deref()).await;
+            if let Some(p) = &item.state.position {
+                let km = p.odometer_m.unwrap_or(item.state.gps_odometer_m) / 1000.0;
+                self.odometer_km.insert(v.id.clone(), km);
+                self.last_pos.insert(v.id.clone(), (p.lat, p.lon));
+            }
+            let at = match touched.iter().position(|(t, _, _)| t.id == v.id) {
+                Some(i) => i,
+                None => {
+                    let before = self.shifts.get(&v.id).cloned().unwrap_or_default();
+                    touched.push((v.clone(), before.clone(), before));
+                    touched.len() - 1
+                }
+            };
+            let mut st = touched[at].1.clone();
+            for payload in self.shift_over(&v, item, &mut st).await {
+                events.extend(self.event(&v, payload));
+            }
+            touched[at].1 = st;
         }
+        let writes: Vec<StateWrite> = touched
+            .iter()
+            .filter(|(_, st, before)| st.durable_differs(before))
+            .map(|(v, st, _)| state("shift", &v.id.0, st))
+            .collect();
+        let stored = if writes.is_empty() && events.is_empty() {
+            true
+        } else {
+            match self.commit(writes, events).await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::error!(error = %e, "crm rules: cannot store shift states");
+                    false
+                }
+            }
+        };
+        for (v, st, before) in touched {
+            // Progress that needs no write is kept either way; a change that had to be
+            // stored counts only once it is.
+            if !stored && st.durable_differs(&before) {
+                continue;
+            }
+            self.shifts.insert(v.id.clone(), st);
+            if self
+                .inspections
+                .get(&v.id)
+                .is_some_and(|i| i.due_odometer_km.is_some())
+            {
+                if let Err(e) = self.inspection_step(&v, None, "crm-rules").await {
+                    tracing::error!(vehicle = %v.id, error = %e, "crm rules: inspection check failed");
+                }
+            }
+        }
+    }
+
+    /// Advance `st` over the fixes of one committed packet; the stage events it reached.
+    async fn shift_over(
+        &self,
+        v: &Vehicle,
+        item: &crate::storage::WriteItem,
+        st: &mut ShiftState,
+    ) -> Vec<Payload> {
         let signal = self.rules.return_signals.get(item.protocol.name()).cloned();
         let rules = self.shift_rules();
-        let before = self.shifts.get(&v.id).cloned().unwrap_or_default();
-        let mut st = before.clone();
         let mut payloads = Vec::new();
         for np in &item.positions {
             let p = &np.position;
@@ -603,29 +680,7 @@ impl Engine {
                 });
             }
         }
-        if !payloads.is_empty() || st.durable_differs(&before) {
-            let events = payloads
-                .into_iter()
-                .filter_map(|p| self.event(&v, p))
-                .collect();
-            if let Err(e) = self
-                .commit(vec![state("shift", &v.id.0, &st)], events)
-                .await
-            {
-                tracing::error!(vehicle = %v.id, error = %e, "crm rules: cannot store shift state");
-                return;
-            }
-        }
-        self.shifts.insert(v.id.clone(), st);
-        if self
-            .inspections
-            .get(&v.id)
-            .is_some_and(|i| i.due_odometer_km.is_some())
-        {
-            if let Err(e) = self.inspection_step(&v, None, "crm-rules").await {
-                tracing::error!(vehicle = %v.id, error = %e, "crm rules: inspection check failed");
-            }
-        }
+        payloads
     }
 
     async fn on_cmd(&mut self, m: Cmd) {
