@@ -68,6 +68,7 @@ pub async fn serve(
 /// This future is what a silent tracker costs while idle, so it keeps only what the idle wait
 /// needs: an `async move` block (an `async fn` keeps a second copy of its arguments), and
 /// everything a frame needs only while it is handled lives in the boxed [`on_frame`].
+#[allow(clippy::manual_async_fn)] // deliberate: see above
 fn connection(
     mut stream: TcpStream,
     peer: SocketAddr,
