@@ -142,8 +142,25 @@ fn main() {
                 );
             }
         }
-        tokio::time::sleep(Duration::from_secs(2)).await;
-        let after = rss_kib(pid);
+        // The daemon goes on working after the last handshake (the immobiliser and the shards
+        // take in each device's online event): read RSS once it has settled, so that runs
+        // compare steady states rather than how far that work had got.
+        let mut after = rss_kib(pid);
+        let mut settled = None;
+        for s in 1..=30 {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            let now = rss_kib(pid);
+            let moved = now.abs_diff(after);
+            after = now;
+            if moved < 256 {
+                settled = Some(s);
+                break;
+            }
+        }
+        match settled {
+            Some(s) => println!("daemon RSS settled {s} s after the last handshake"),
+            None => println!("daemon RSS still moving 30 s after the last handshake"),
+        }
         let n = conns.len();
         println!(
             "held: {n} idle connections{}",

@@ -98,17 +98,34 @@ impl Attributes {
     pub fn push(&mut self, key: AttrKey, value: AttrValue) {
         self.0.push((key, value));
     }
-    pub fn int(&mut self, key: &'static str, v: i64) {
-        self.0.push((AttrKey::Name(key), AttrValue::Int(v)));
+    /// A numbered IO element with an integer value: the bulk of a binary tracker's record.
+    #[inline]
+    pub fn io_int(&mut self, id: u32, v: i64) {
+        self.push_in_place(|| (AttrKey::Io(id), AttrValue::Int(v)));
     }
+    #[inline]
+    pub fn int(&mut self, key: &'static str, v: i64) {
+        self.push_in_place(|| (AttrKey::Name(key), AttrValue::Int(v)));
+    }
+    #[inline]
     pub fn float(&mut self, key: &'static str, v: f64) {
-        self.0.push((AttrKey::Name(key), AttrValue::Float(v)));
+        self.push_in_place(|| (AttrKey::Name(key), AttrValue::Float(v)));
     }
     pub fn text(&mut self, key: &'static str, v: impl Into<Box<str>>) {
         self.0.push((AttrKey::Name(key), AttrValue::Text(v.into())));
     }
+    #[inline]
     pub fn flag(&mut self, key: &'static str, v: bool) {
-        self.0.push((AttrKey::Name(key), AttrValue::Bool(v)));
+        self.push_in_place(|| (AttrKey::Name(key), AttrValue::Bool(v)));
+    }
+    /// Append an entry built from plain values after the room for it is made, so that it is
+    /// written straight into its slot. `push` builds the 48-byte entry on the stack first
+    /// (it must outlive a possible reallocation) and copies it in 16-byte words over narrow
+    /// tag stores: a store-forwarding stall that perf showed as half the cost of a Teltonika
+    /// IO element.
+    #[inline(always)]
+    fn push_in_place(&mut self, entry: impl FnOnce() -> (AttrKey, AttrValue)) {
+        self.0.extend(std::iter::once_with(entry));
     }
     pub fn get(&self, key: &AttrKey) -> Option<&AttrValue> {
         self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v)
@@ -265,6 +282,24 @@ pub const KNOTS_TO_KMH: f64 = 1.852;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn typed_appends_equal_plain_pushes_in_order() {
+        let mut typed = Attributes::with_capacity(1);
+        typed.io_int(239, 1);
+        typed.int("rssi", -3);
+        typed.float("battery_v", 4.1);
+        typed.flag("armed", false);
+        typed.io_int(16, i64::MAX);
+        let mut plain = Attributes::default();
+        plain.push(AttrKey::Io(239), AttrValue::Int(1));
+        plain.push(AttrKey::Name("rssi"), AttrValue::Int(-3));
+        plain.push(AttrKey::Name("battery_v"), AttrValue::Float(4.1));
+        plain.push(AttrKey::Name("armed"), AttrValue::Bool(false));
+        plain.push(AttrKey::Io(16), AttrValue::Int(i64::MAX));
+        assert_eq!(typed, plain);
+        assert_eq!(typed.to_json_string(), plain.to_json_string());
+    }
 
     #[test]
     fn attributes_json_text_equals_the_map_form() {

@@ -4,6 +4,7 @@
 
 pub mod admission;
 pub mod codec;
+pub mod command_queue;
 pub mod limits;
 pub mod mqtt;
 pub mod sessions;

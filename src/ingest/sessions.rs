@@ -13,6 +13,7 @@ use std::sync::{Arc, RwLock};
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
+use super::command_queue::{self, CommandRx, CommandTx, TrySendError};
 use crate::model::DeviceId;
 use crate::protocols::{CommandResponse, DeviceCommand, Protocol};
 
@@ -89,9 +90,7 @@ pub enum SendError {
 
 struct Live {
     conn: u64,
-    // Boxed: tokio's channel allocates its first block of 32 slots up front, and a silent
-    // connection should not carry 32 unboxed commands' worth of memory.
-    tx: mpsc::Sender<Box<Outbound>>,
+    tx: CommandTx,
 }
 
 /// The registry of live sessions; one per daemon, shared by every connection task.
@@ -106,7 +105,7 @@ pub struct Registration {
     sessions: Arc<Sessions>,
     device: DeviceId,
     conn: u64,
-    pub commands: mpsc::Receiver<Box<Outbound>>,
+    pub commands: CommandRx,
 }
 
 impl Sessions {
@@ -123,7 +122,7 @@ impl Sessions {
     pub async fn register(self: &Arc<Self>, device: DeviceId, protocol: Protocol) -> Registration {
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let at = Utc::now();
-        let (tx, rx) = mpsc::channel(PER_CONNECTION);
+        let (tx, rx) = command_queue::channel(PER_CONNECTION);
         self.live
             .write()
             .expect("not poisoned")
@@ -148,8 +147,8 @@ impl Sessions {
         let live = self.live.read().expect("not poisoned");
         let l = live.get(device).ok_or(SendError::Offline)?;
         l.tx.try_send(Box::new(cmd)).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => SendError::Busy,
-            mpsc::error::TrySendError::Closed(_) => SendError::Offline,
+            TrySendError::Full => SendError::Busy,
+            TrySendError::Closed => SendError::Offline,
         })?;
         Ok(l.conn)
     }
@@ -163,8 +162,8 @@ impl Sessions {
             return Err(SendError::Replaced);
         }
         l.tx.try_send(Box::new(cmd)).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => SendError::Busy,
-            mpsc::error::TrySendError::Closed(_) => SendError::Offline,
+            TrySendError::Full => SendError::Busy,
+            TrySendError::Closed => SendError::Offline,
         })?;
         Ok(l.conn)
     }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::Decoder;
@@ -15,10 +15,11 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::codec::{FrameError, SessionCodec};
+use super::limits::ConnSlot;
 use super::sessions::{Outbound, Registration, SessionEvent};
 use super::{count_decode_error, process, IngestCtx};
 use crate::model::DeviceId;
-use crate::protocols::{Protocol, Transport};
+use crate::protocols::{Decoded, Protocol, Transport};
 
 /// Bytes read per wakeup; the buffer grows for larger frames and is freed when drained.
 const READ_CHUNK: usize = 4096;
@@ -56,140 +57,169 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let ctx = ctx.clone();
-        let shutdown = shutdown.clone();
         let span = tracing::info_span!("conn", protocol = protocol.name(), %peer, device = tracing::field::Empty);
-        tasks.spawn(
-            async move {
-                metrics::gauge!("fleetgate_ingest_connections", "protocol" => protocol.name())
-                    .increment(1.0);
-                let reason = connection(stream, peer, protocol, &ctx, shutdown).await;
-                metrics::gauge!("fleetgate_ingest_connections", "protocol" => protocol.name())
-                    .decrement(1.0);
-                tracing::debug!(reason, "connection closed");
-                drop(slot);
-            }
-            .instrument(span),
-        );
+        let conn = connection(stream, peer, protocol, ctx.clone(), shutdown.clone(), slot);
+        tasks.spawn(conn.instrument(span));
     }
 }
 
-/// Serve one tracker connection; returns why it ended.
-async fn connection(
+/// Serve one tracker connection until it ends; `slot` is its place under the limits.
+///
+/// This future is what a silent tracker costs while idle, so it keeps only what the idle wait
+/// needs: an `async move` block (an `async fn` keeps a second copy of its arguments), and
+/// everything a frame needs only while it is handled lives in the boxed [`on_frame`].
+#[allow(clippy::manual_async_fn)] // deliberate: see above
+fn connection(
     mut stream: TcpStream,
     peer: SocketAddr,
     protocol: Protocol,
-    ctx: &IngestCtx,
+    ctx: Arc<IngestCtx>,
     shutdown: CancellationToken,
-) -> &'static str {
-    let mut codec = SessionCodec::new(
-        ctx.protocols.session(protocol, Transport::Tcp),
-        protocol.max_frame(),
-    );
-    let mut buf = BytesMut::new();
-    let mut device: Option<DeviceId> = None;
-    let mut registration: Option<Registration> = None;
-    let opened = tokio::time::Instant::now();
-    loop {
-        // Handle every whole frame already buffered.
-        loop {
-            match codec.decode(&mut buf) {
-                Ok(Some(Ok(decoded))) => {
-                    let had = device.clone();
-                    let reject = codec.session().reject_reply();
-                    // Boxed, here and below: the connection's future is what a silent tracker
-                    // costs while idle, and these futures are large but live only per frame.
-                    let step = Box::pin(process(ctx, protocol, &mut device, reject, decoded)).await;
-                    if device != had {
-                        if let Some(d) = &device {
-                            tracing::Span::current().record("device", tracing::field::display(d));
-                            registration =
-                                Some(Box::pin(ctx.sessions.register(d.clone(), protocol)).await);
+    slot: ConnSlot,
+) -> impl std::future::Future<Output = ()> + Send + 'static {
+    async move {
+        metrics::gauge!("fleetgate_ingest_connections", "protocol" => protocol.name())
+            .increment(1.0);
+        let ctx = &*ctx;
+        let mut codec = SessionCodec::new(
+            ctx.protocols.session(protocol, Transport::Tcp),
+            protocol.max_frame(),
+        );
+        let mut buf = BytesMut::new();
+        let mut device: Option<DeviceId> = None;
+        let mut registration: Option<Registration> = None;
+        let opened = tokio::time::Instant::now();
+        let reason: &'static str = 'conn: loop {
+            // Handle every whole frame already buffered.
+            loop {
+                // The frame is moved into the boxed future within this statement, so that the
+                // decode result is not kept in this future across the await.
+                let handled = match codec.decode(&mut buf) {
+                    Ok(Some(Ok(decoded))) => {
+                        let reject = codec.session().reject_reply();
+                        Box::pin(on_frame(
+                            ctx,
+                            protocol,
+                            &mut stream,
+                            &mut device,
+                            &mut registration,
+                            reject,
+                            decoded,
+                        ))
+                    }
+                    Ok(Some(Err(e))) => {
+                        count_decode_error(protocol, &e);
+                        super::violation::warn_limited(
+                            protocol,
+                            "decode",
+                            &e,
+                            "frame dropped, not acked",
+                        );
+                        continue;
+                    }
+                    Ok(None) => break,
+                    Err(FrameError::Decode(e)) => {
+                        count_decode_error(protocol, &e);
+                        if e.reason == "too_large" {
+                            super::violation::record(protocol, super::violation::MAX_FRAME, peer);
+                            break 'conn "max_frame";
                         }
+                        super::violation::warn_limited(
+                            protocol,
+                            "framing",
+                            &e,
+                            "unframeable input; closing",
+                        );
+                        break 'conn "framing error";
                     }
-                    if let Some(reply) = step.reply {
-                        if stream.write_all(&reply).await.is_err() {
-                            return "write failed";
-                        }
-                    }
-                    if step.close {
-                        return "closed by protocol";
-                    }
-                }
-                Ok(Some(Err(e))) => {
-                    count_decode_error(protocol, &e);
-                    super::violation::warn_limited(
-                        protocol,
-                        "decode",
-                        &e,
-                        "frame dropped, not acked",
-                    );
-                }
-                Ok(None) => break,
-                Err(FrameError::Decode(e)) => {
-                    count_decode_error(protocol, &e);
-                    if e.reason == "too_large" {
-                        super::violation::record(protocol, super::violation::MAX_FRAME, peer);
-                        return "max_frame";
-                    }
-                    super::violation::warn_limited(
-                        protocol,
-                        "framing",
-                        &e,
-                        "unframeable input; closing",
-                    );
-                    return "framing error";
-                }
-                Err(FrameError::Io(_)) => return "io error",
-            }
-        }
-        if buf.is_empty() && buf.capacity() > 0 {
-            buf = BytesMut::new();
-        }
-        let limit = if device.is_none() {
-            ctx.handshake_timeout.saturating_sub(opened.elapsed())
-        } else {
-            ctx.idle_timeout
-        };
-        let ready = tokio::select! {
-            biased;
-            _ = shutdown.cancelled() => return "shutdown",
-            Some(out) = next_command(&mut registration) => {
-                if let Some(reg) = &registration {
-                    if !Box::pin(write_command(&mut stream, &mut codec, reg, out)).await {
-                        return "write failed";
-                    }
-                }
-                continue;
-            }
-            r = tokio::time::timeout(limit, stream.readable()) => r,
-        };
-        match ready {
-            Err(_) => {
-                let which = if device.is_none() {
-                    "handshake_timeout"
-                } else {
-                    "idle_timeout"
+                    Err(FrameError::Io(_)) => break 'conn "io error",
                 };
-                metrics::counter!("fleetgate_ingest_timeouts_total", "protocol" => protocol.name(), "kind" => which)
-                    .increment(1);
-                super::violation::record(protocol, which, peer);
-                return which;
+                if let Err(reason) = handled.await {
+                    break 'conn reason;
+                }
             }
-            Ok(Err(_)) => return "io error",
-            Ok(Ok(())) => {}
-        }
-        buf.reserve(READ_CHUNK);
-        match stream.try_read_buf(&mut buf) {
-            Ok(0) => return "eof",
-            Ok(n) => {
-                metrics::counter!("fleetgate_ingest_bytes_total", "protocol" => protocol.name())
-                    .increment(n as u64);
+            if buf.is_empty() && buf.capacity() > 0 {
+                buf = BytesMut::new();
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(_) => return "io error",
+            let limit = if device.is_none() {
+                ctx.handshake_timeout.saturating_sub(opened.elapsed())
+            } else {
+                ctx.idle_timeout
+            };
+            let ready = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => break 'conn "shutdown",
+                Some(out) = next_command(&mut registration) => {
+                    if let Some(reg) = &registration {
+                        if !Box::pin(write_command(&mut stream, &mut codec, reg, out)).await {
+                            break 'conn "write failed";
+                        }
+                    }
+                    continue;
+                }
+                r = tokio::time::timeout(limit, stream.readable()) => r,
+            };
+            match ready {
+                Err(_) => {
+                    let which = if device.is_none() {
+                        "handshake_timeout"
+                    } else {
+                        "idle_timeout"
+                    };
+                    metrics::counter!("fleetgate_ingest_timeouts_total", "protocol" => protocol.name(), "kind" => which)
+                        .increment(1);
+                    super::violation::record(protocol, which, peer);
+                    break 'conn which;
+                }
+                Ok(Err(_)) => break 'conn "io error",
+                Ok(Ok(())) => {}
+            }
+            buf.reserve(READ_CHUNK);
+            match stream.try_read_buf(&mut buf) {
+                Ok(0) => break 'conn "eof",
+                Ok(n) => {
+                    metrics::counter!("fleetgate_ingest_bytes_total", "protocol" => protocol.name())
+                        .increment(n as u64);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(_) => break 'conn "io error",
+            }
+        };
+        metrics::gauge!("fleetgate_ingest_connections", "protocol" => protocol.name())
+            .decrement(1.0);
+        tracing::debug!(reason, "connection closed");
+        drop(slot);
+    }
+}
+
+/// Act on one decoded frame: process it, register the device when it just identified
+/// itself, write the reply. `Err` carries why the connection must close.
+async fn on_frame(
+    ctx: &IngestCtx,
+    protocol: Protocol,
+    stream: &mut TcpStream,
+    device: &mut Option<DeviceId>,
+    registration: &mut Option<Registration>,
+    reject: Option<Bytes>,
+    decoded: Decoded,
+) -> Result<(), &'static str> {
+    let had = device.clone();
+    let step = process(ctx, protocol, device, reject, decoded).await;
+    if *device != had {
+        if let Some(d) = device.as_ref() {
+            tracing::Span::current().record("device", tracing::field::display(d));
+            *registration = Some(ctx.sessions.register(d.clone(), protocol).await);
         }
     }
+    if let Some(reply) = step.reply {
+        if stream.write_all(&reply).await.is_err() {
+            return Err("write failed");
+        }
+    }
+    if step.close {
+        return Err("closed by protocol");
+    }
+    Ok(())
 }
 
 /// The next command for this connection; never resolves before the device identified itself.

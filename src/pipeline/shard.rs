@@ -122,7 +122,9 @@ impl Device {
 
 pub struct Shard {
     filters: FiltersConfig,
-    devices: HashMap<DeviceId, Device>,
+    /// Boxed: a map stores its values inline in a table up to twice the size of its entries,
+    /// and a device's state is ~500 bytes; every connected tracker has one, idle or not.
+    devices: HashMap<DeviceId, Box<Device>>,
     writer: mpsc::Sender<WriterMsg>,
     /// This shard's own queue, to learn how each write ended ([`ShardMsg::Settled`]).
     me: Option<mpsc::WeakSender<ShardMsg>>,
@@ -136,7 +138,7 @@ impl Shard {
     ) -> Self {
         let devices = seed
             .into_iter()
-            .map(|s| (s.device_id.clone(), Device::from_state(s)))
+            .map(|s| (s.device_id.clone(), Box::new(Device::from_state(s))))
             .collect();
         Shard {
             filters,
@@ -239,7 +241,7 @@ impl Shard {
                     let d = self
                         .devices
                         .entry(device.clone())
-                        .or_insert_with(|| Device::new(device, protocol, at));
+                        .or_insert_with(|| Box::new(Device::new(device, protocol, at)));
                     d.state.last_seen = d.state.last_seen.max(at);
                 }
                 ShardMsg::Settled { device, times, ok } => self.settle(&device, &times, ok),
@@ -276,7 +278,7 @@ impl Shard {
         let d = self
             .devices
             .entry(id.clone())
-            .or_insert_with(|| Device::new(id.clone(), protocol, now));
+            .or_insert_with(|| Box::new(Device::new(id.clone(), protocol, now)));
         d.state.last_seen = d.state.last_seen.max(now);
         d.state.protocol = protocol.name().to_string();
         let mut accepted = Accepted::default();

@@ -333,7 +333,7 @@ fn decode_tags(data: &[u8], time: DateTime<Utc>) -> Result<Position, Attributes>
                     AttrKey::Dyn(format!("adc_in{}", v[1]).into()),
                     AttrValue::Float(f64::from(hi16) / 1000.0),
                 ),
-                _ => a.push(AttrKey::Io(u32::from(id)), AttrValue::Int(i64::from(u32v))),
+                _ => a.io_int(u32::from(id), i64::from(u32v)),
             },
             7 => {
                 a.int("cell_id", i64::from(lo16));
@@ -369,7 +369,7 @@ fn decode_tags(data: &[u8], time: DateTime<Utc>) -> Result<Position, Attributes>
             }
             151 => a.float("hdop", f64::from(lo16) / 100.0),
             150 => gps_odometer = Some(f64::from(u32v) * 10.0),
-            _ => a.push(AttrKey::Io(u32::from(id)), AttrValue::Int(i64::from(u32v))),
+            _ => a.io_int(u32::from(id), i64::from(u32v)),
         }
     }
     if let Some(m) = gps_odometer {

@@ -1036,9 +1036,7 @@ fn decode_transparent(body: &[u8]) -> Result<Decoded, DecodeError> {
                             0x0102 | 0x0528 | 0x0546 if len == 4 => {
                                 attrs.float("odometer_m", be(v) as f64 * 100.0)
                             }
-                            _ => {
-                                attrs.push(AttrKey::Io(u32::from(id)), AttrValue::Int(be(v) as i64))
-                            }
+                            _ => attrs.io_int(u32::from(id), be(v) as i64),
                         }
                     }
                 }

@@ -611,9 +611,7 @@ fn decode_cce_record(r: &mut Reader<'_>, ctx: &DecodeCtx) -> Result<CceRecord, D
             0x14 => p.outputs = Some(u32::from(v)),
             0x15 => p.inputs = Some(u32::from(v)),
             0xFE69 => p.attrs.int("battery_level", i64::from(v)),
-            _ => p
-                .attrs
-                .push(AttrKey::Io(u32::from(id)), AttrValue::Int(i64::from(v))),
+            _ => p.attrs.io_int(u32::from(id), i64::from(v)),
         }
     }
     let n = r.u8("2-byte count")?;
@@ -633,9 +631,7 @@ fn decode_cce_record(r: &mut Reader<'_>, ctx: &DecodeCtx) -> Result<CceRecord, D
                 p.attrs.int("event", i64::from(raw));
                 p.alarm = p.alarm.or(alarm_for_event(u32::from(raw)));
             }
-            _ => p
-                .attrs
-                .push(AttrKey::Io(u32::from(id)), AttrValue::Int(i64::from(raw))),
+            _ => p.attrs.io_int(u32::from(id), i64::from(raw)),
         }
     }
     let n = r.u8("4-byte count")?;
@@ -659,9 +655,7 @@ fn decode_cce_record(r: &mut Reader<'_>, ctx: &DecodeCtx) -> Result<CceRecord, D
             0x0C => p.odometer_m = Some(f64::from(raw)),
             0x0D => p.attrs.int("runtime_s", i64::from(raw)),
             0x25 => p.attrs.text("driver_id", raw.to_string()),
-            _ => p
-                .attrs
-                .push(AttrKey::Io(u32::from(id)), AttrValue::Int(i64::from(raw))),
+            _ => p.attrs.io_int(u32::from(id), i64::from(raw)),
         }
     }
     let n = r.u8("N-byte count")?;

@@ -405,9 +405,7 @@ fn apply_io(p: &mut Position, id: u16, raw: &[u8]) {
         io::TOWING if value != 0 => p.alarm = Some("tow"),
         io::CRASH if value != 0 => p.alarm = Some("accident"),
         io::JAMMING | io::HARSH_BRAKING | io::HARSH_ACCELERATION | io::TOWING | io::CRASH => {}
-        _ => p
-            .attrs
-            .push(AttrKey::Io(u32::from(id)), AttrValue::Int(value as i64)),
+        _ => p.attrs.io_int(u32::from(id), value as i64),
     }
 }
 

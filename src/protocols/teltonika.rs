@@ -493,9 +493,7 @@ fn apply_io(p: &mut Position, id: u16, raw: &[u8]) {
             _ => {}
         },
         io::UNPLUG | io::CRASH | io::TOWING | io::JAMMING | io::IBUTTON => {}
-        _ => p
-            .attrs
-            .push(AttrKey::Io(u32::from(id)), AttrValue::Int(value as i64)),
+        _ => p.attrs.io_int(u32::from(id), value as i64),
     }
 }
 
@@ -507,9 +505,7 @@ fn apply_gh3000_io(p: &mut Position, id: u16, raw: &[u8]) {
         67 => p.attrs.float("battery_v", value as f64 / 1000.0),
         222 if value == 1 => p.alarm = Some("sos"),
         240 => p.motion = Some(value == 1),
-        _ => p
-            .attrs
-            .push(AttrKey::Io(u32::from(id)), AttrValue::Int(value as i64)),
+        _ => p.attrs.io_int(u32::from(id), value as i64),
     }
 }
 

@@ -32,13 +32,13 @@ pub struct Reader<'a> {
 
 macro_rules! read_int {
     ($be:ident, $le:ident, $t:ty, $n:expr) => {
+        #[inline]
         pub fn $be(&mut self, field: &'static str) -> Result<$t, DecodeError> {
-            let b = self.take($n, field)?;
-            Ok(<$t>::from_be_bytes(b.try_into().expect("length checked")))
+            Ok(<$t>::from_be_bytes(self.array::<$n>(field)?))
         }
+        #[inline]
         pub fn $le(&mut self, field: &'static str) -> Result<$t, DecodeError> {
-            let b = self.take($n, field)?;
-            Ok(<$t>::from_le_bytes(b.try_into().expect("length checked")))
+            Ok(<$t>::from_le_bytes(self.array::<$n>(field)?))
         }
     };
 }
@@ -52,16 +52,20 @@ impl<'a> Reader<'a> {
         }
     }
 
+    #[inline]
     pub fn pos(&self) -> usize {
         self.pos
     }
+    #[inline]
     pub fn remaining(&self) -> usize {
         self.buf.len() - self.pos
     }
+    #[inline]
     pub fn is_empty(&self) -> bool {
         self.remaining() == 0
     }
     /// The unread rest of the frame.
+    #[inline]
     pub fn rest(&self) -> &'a [u8] {
         &self.buf[self.pos..]
     }
@@ -71,25 +75,54 @@ impl<'a> Reader<'a> {
         DecodeError::new(self.protocol, reason, self.pos, what)
     }
 
+    #[inline]
     pub fn take(&mut self, n: usize, field: &'static str) -> Result<&'a [u8], DecodeError> {
-        if self.remaining() < n {
-            return Err(self.error(
-                "truncated",
-                format!("{field}: need {n} bytes, {} left", self.remaining()),
-            ));
+        match self.buf.get(self.pos..).and_then(|rest| rest.get(..n)) {
+            Some(s) => {
+                self.pos += n;
+                Ok(s)
+            }
+            None => Err(self.short_read(n, field)),
         }
-        let s = &self.buf[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(s)
     }
 
+    /// The next `N` bytes as an array: one bounds check, no slice-to-array conversion.
+    #[inline]
+    pub fn array<const N: usize>(&mut self, field: &'static str) -> Result<[u8; N], DecodeError> {
+        match self
+            .buf
+            .get(self.pos..)
+            .and_then(|rest| rest.first_chunk::<N>())
+        {
+            Some(a) => {
+                self.pos += N;
+                Ok(*a)
+            }
+            None => Err(self.short_read(N, field)),
+        }
+    }
+
+    /// The error of a read past the end; out of line, so that the message is only built (and
+    /// its code only kept in the instruction cache) when a frame is actually short.
+    #[cold]
+    #[inline(never)]
+    fn short_read(&self, n: usize, field: &'static str) -> DecodeError {
+        self.error(
+            "truncated",
+            format!("{field}: need {n} bytes, {} left", self.remaining()),
+        )
+    }
+
+    #[inline]
     pub fn skip(&mut self, n: usize, field: &'static str) -> Result<(), DecodeError> {
         self.take(n, field).map(|_| ())
     }
 
+    #[inline]
     pub fn u8(&mut self, field: &'static str) -> Result<u8, DecodeError> {
-        Ok(self.take(1, field)?[0])
+        Ok(self.array::<1>(field)?[0])
     }
+    #[inline]
     pub fn i8(&mut self, field: &'static str) -> Result<i8, DecodeError> {
         Ok(self.u8(field)? as i8)
     }
@@ -101,17 +134,21 @@ impl<'a> Reader<'a> {
     read_int!(u64, u64_le, u64, 8);
     read_int!(i64, i64_le, i64, 8);
 
+    #[inline]
     pub fn u24(&mut self, field: &'static str) -> Result<u32, DecodeError> {
-        let b = self.take(3, field)?;
+        let b = self.array::<3>(field)?;
         Ok(u32::from_be_bytes([0, b[0], b[1], b[2]]))
     }
+    #[inline]
     pub fn u24_le(&mut self, field: &'static str) -> Result<u32, DecodeError> {
-        let b = self.take(3, field)?;
+        let b = self.array::<3>(field)?;
         Ok(u32::from_le_bytes([b[0], b[1], b[2], 0]))
     }
+    #[inline]
     pub fn f32_le(&mut self, field: &'static str) -> Result<f32, DecodeError> {
         Ok(f32::from_bits(self.u32_le(field)?))
     }
+    #[inline]
     pub fn f32(&mut self, field: &'static str) -> Result<f32, DecodeError> {
         Ok(f32::from_bits(self.u32(field)?))
     }
@@ -182,6 +219,12 @@ mod tests {
         let e = r.u16("b").unwrap_err();
         assert_eq!(e.offset, 2);
         assert_eq!(e.reason, "truncated");
+        assert_eq!(e.what, "b: need 2 bytes, 1 left");
+        assert_eq!(r.pos(), 2, "a short read consumes nothing");
+        assert_eq!(r.u8("c").unwrap(), 3);
+        let e = r.take(1, "d").unwrap_err();
+        assert_eq!((e.offset, e.what.as_str()), (3, "d: need 1 bytes, 0 left"));
+        assert!(r.is_empty());
     }
 
     #[test]
