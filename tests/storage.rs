@@ -15,7 +15,9 @@ use fleetgate::protocols::Protocol;
 use fleetgate::storage::immobiliser::{
     AuditEntry, AuditPosition, AuditQuery, ImmobChanges, VehicleImmobRow,
 };
-use fleetgate::storage::zones::{EventQuery, StoredMembership, StoredZone, StoredZoneEvent};
+use fleetgate::storage::zones::{
+    EventQuery, StoredMembership, StoredZone, StoredZoneEvent, ZoneChange,
+};
 use fleetgate::storage::{
     self, DeviceState, NewPosition, StorageError, Store, StoredPosition, VehicleUpdate, WriteItem,
 };
@@ -497,6 +499,52 @@ async fn zones_memberships_and_events_round_trip(c: Ctx) {
         .await
         .unwrap();
     assert_eq!(first.len(), 1);
+
+    // Several devices' changes in one call are one transaction: all of them land.
+    let other = |d: &str, i: i64, zones: &[&str]| StoredMembership {
+        device_id: DeviceId::new(d),
+        last_fix: minute(i),
+        zones: zones.iter().map(|z| z.to_string()).collect(),
+    };
+    let mut enter = event(7, "enter", None);
+    enter.device_id = DeviceId::new("z-2");
+    c.store
+        .save_zone_changes(&[
+            ZoneChange {
+                membership: other("z-2", 7, &["depot"]),
+                events: vec![enter],
+            },
+            ZoneChange {
+                membership: other("z-3", 8, &[]),
+                events: Vec::new(),
+            },
+            ZoneChange {
+                membership: m(9, &["depot"]),
+                events: Vec::new(),
+            },
+        ])
+        .await
+        .unwrap();
+    let mut ms = c.store.memberships().await.unwrap();
+    ms.sort_by(|a, b| a.device_id.as_str().cmp(b.device_id.as_str()));
+    assert_eq!(
+        ms,
+        vec![
+            m(9, &["depot"]),
+            other("z-2", 7, &["depot"]),
+            other("z-3", 8, &[])
+        ]
+    );
+    let all = c
+        .store
+        .zone_events(&EventQuery {
+            limit: 100,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 4);
+    assert_eq!(all[3].device_id, DeviceId::new("z-2"));
 }
 
 async fn crm_outbox_heads_retries_and_dead_letters(c: Ctx) {

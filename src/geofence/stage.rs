@@ -20,8 +20,11 @@ use super::{
 };
 use crate::model::{DeviceId, VehicleId};
 use crate::pipeline::Committed;
-use crate::storage::zones::{StoredMembership, StoredZoneEvent};
+use crate::storage::zones::{StoredMembership, StoredZoneEvent, ZoneChange};
 use crate::storage::{StorageError, Store};
+
+/// Most committed packets taken into one step (one storage commit for their changes).
+const MAX_COMMITTED_PER_STEP: usize = 256;
 
 /// What the vehicle API shows: `zone: {inside_service_area, zones: [names]}`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -236,8 +239,17 @@ impl Stage {
                     // Bounded like every commit subscriber's storage step: abandoned like a
                     // failed save, so a silent database connection cannot stop the acks.
                     Some(c) => {
+                        // Whatever else is queued goes into the same step: one storage
+                        // commit for every membership change among them.
+                        let mut batch = vec![c];
+                        while batch.len() < MAX_COMMITTED_PER_STEP {
+                            match committed.try_recv() {
+                                Ok(c) => batch.push(c),
+                                Err(_) => break,
+                            }
+                        }
                         let step = crate::pipeline::writer::SUBSCRIBER_STEP_TIMEOUT;
-                        if tokio::time::timeout(step, self.on_committed(&c)).await.is_err() {
+                        if tokio::time::timeout(step, self.on_committed(&batch)).await.is_err() {
                             metrics::counter!("fleetgate_zone_step_timeouts_total").increment(1);
                             tracing::error!("zones: a step timed out on storage and was abandoned");
                         }
@@ -289,7 +301,44 @@ impl Stage {
         self.devices.get_mut(device).expect("inserted above")
     }
 
-    async fn on_committed(&mut self, c: &Committed) {
+    /// Committed packets, in commit order: every fix observed, then the membership changes
+    /// and their events stored in one commit, then the events announced.
+    async fn on_committed(&mut self, batch: &[Arc<Committed>]) {
+        let mut changes = Vec::new();
+        let mut notices = Vec::new();
+        for c in batch {
+            if let Some((change, events)) = self.observe(c).await {
+                notices.push((change.events.clone(), events));
+                changes.push(change);
+            }
+        }
+        if changes.is_empty() {
+            return;
+        }
+        if let Err(e) = self.store.save_zone_changes(&changes).await {
+            metrics::counter!("fleetgate_zone_store_errors_total").increment(1);
+            tracing::error!(devices = changes.len(), error = %e, "cannot store zone changes");
+        }
+        for (stored, events) in notices {
+            for (e, s) in events.iter().zip(&stored) {
+                metrics::counter!("fleetgate_zone_events_total", "type" => s.kind.clone(), "zone_kind" => s.zone_kind.clone()).increment(1);
+                tracing::info!(device = %s.device_id, zone = %e.zone, kind = %s.kind, time = %e.time, "zone event");
+                let notice = ZoneNotice {
+                    vehicle: s.vehicle.clone(),
+                    device: s.device_id.clone(),
+                    event: e.clone(),
+                };
+                for l in &self.listeners {
+                    let _ = l.send(notice.clone()).await;
+                }
+            }
+        }
+        self.publish_gauge();
+    }
+
+    /// Run one packet's fixes through its device's zones; what to store when its membership
+    /// changed (or this was its first fix), with the events as the stage produced them.
+    async fn observe(&mut self, c: &Committed) -> Option<(ZoneChange, Vec<ZoneEvent>)> {
         let device = c.item.device.clone();
         let set = self.set.clone();
         let started = Instant::now();
@@ -306,50 +355,39 @@ impl Stage {
         let after = membership(&entry.zones);
         let vehicle = entry.vehicle.clone();
         let first = before.0.is_none() && entry.zones.last_fix_time().is_some();
-        if after != before.1 || first || !events.is_empty() {
-            let Some(last_fix) = entry.zones.last_fix_time() else {
-                return;
-            };
-            let m = StoredMembership {
-                device_id: device.clone(),
-                last_fix,
-                zones: after.zones.clone(),
-            };
-            let stored: Vec<_> = events
-                .iter()
-                .map(|e| StoredZoneEvent {
-                    id: 0,
-                    vehicle: vehicle.clone(),
-                    device_id: device.clone(),
-                    kind: match e.kind {
-                        super::ZoneEventKind::Enter => "enter".into(),
-                        super::ZoneEventKind::Exit => "exit".into(),
-                    },
-                    zone: e.zone.clone(),
-                    zone_kind: e.zone_kind.as_str().into(),
-                    time: e.time,
-                    lat: e.lat,
-                    lon: e.lon,
-                })
-                .collect();
-            if let Err(e) = self.store.save_zone_change(&m, &stored).await {
-                metrics::counter!("fleetgate_zone_store_errors_total").increment(1);
-                tracing::error!(%device, error = %e, "cannot store zone change");
-            }
-            for (e, s) in events.iter().zip(&stored) {
-                metrics::counter!("fleetgate_zone_events_total", "type" => s.kind.clone(), "zone_kind" => s.zone_kind.clone()).increment(1);
-                tracing::info!(%device, zone = %e.zone, kind = %s.kind, time = %e.time, "zone event");
-                let notice = ZoneNotice {
-                    vehicle: vehicle.clone(),
-                    device: device.clone(),
-                    event: e.clone(),
-                };
-                for l in &self.listeners {
-                    let _ = l.send(notice.clone()).await;
-                }
-            }
-            self.publish_gauge();
+        if after == before.1 && !first && events.is_empty() {
+            return None;
         }
+        let last_fix = entry.zones.last_fix_time()?;
+        let membership = StoredMembership {
+            device_id: device.clone(),
+            last_fix,
+            zones: after.zones.clone(),
+        };
+        let stored = events
+            .iter()
+            .map(|e| StoredZoneEvent {
+                id: 0,
+                vehicle: vehicle.clone(),
+                device_id: device.clone(),
+                kind: match e.kind {
+                    super::ZoneEventKind::Enter => "enter".into(),
+                    super::ZoneEventKind::Exit => "exit".into(),
+                },
+                zone: e.zone.clone(),
+                zone_kind: e.zone_kind.as_str().into(),
+                time: e.time,
+                lat: e.lat,
+                lon: e.lon,
+            })
+            .collect();
+        Some((
+            ZoneChange {
+                membership,
+                events: stored,
+            },
+            events,
+        ))
     }
 
     fn publish_gauge(&self) {

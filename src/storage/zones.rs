@@ -26,6 +26,13 @@ pub struct StoredMembership {
     pub zones: Vec<String>,
 }
 
+/// One device's new membership and the events that led to it, stored together.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ZoneChange {
+    pub membership: StoredMembership,
+    pub events: Vec<StoredZoneEvent>,
+}
+
 /// A confirmed zone event as the API lists it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct StoredZoneEvent {
@@ -59,11 +66,21 @@ pub trait ZoneStore {
     async fn delete_zone(&self, name: &str) -> Result<bool, StorageError>;
     async fn memberships(&self) -> Result<Vec<StoredMembership>, StorageError>;
     /// Save a device's membership and the events that changed it, in one transaction.
+    /// Store each device's new membership and the events that changed it, all in one
+    /// transaction (the zone stage hands over what one step of commits produced).
+    async fn save_zone_changes(&self, changes: &[ZoneChange]) -> Result<(), StorageError>;
+    /// One device's change on its own.
     async fn save_zone_change(
         &self,
         membership: &StoredMembership,
         events: &[StoredZoneEvent],
-    ) -> Result<(), StorageError>;
+    ) -> Result<(), StorageError> {
+        self.save_zone_changes(&[ZoneChange {
+            membership: membership.clone(),
+            events: events.to_vec(),
+        }])
+        .await
+    }
     async fn zone_events(&self, q: &EventQuery) -> Result<Vec<StoredZoneEvent>, StorageError>;
 }
 
@@ -125,36 +142,38 @@ impl ZoneStore for SqliteStore {
             .collect()
     }
 
-    async fn save_zone_change(
-        &self,
-        m: &StoredMembership,
-        events: &[StoredZoneEvent],
-    ) -> Result<(), StorageError> {
+    async fn save_zone_changes(&self, changes: &[ZoneChange]) -> Result<(), StorageError> {
         let mut tx = self.writer().begin().await?;
-        sqlx::query(
-            "INSERT INTO zone_state (device_id, last_fix, zones) VALUES (?, ?, ?) \
-             ON CONFLICT(device_id) DO UPDATE SET last_fix = excluded.last_fix, zones = excluded.zones",
-        )
-        .bind(m.device_id.as_str())
-        .bind(millis(m.last_fix))
-        .bind(serde_json::to_string(&m.zones).unwrap_or_else(|_| "[]".into()))
-        .execute(&mut *tx)
-        .await?;
-        for e in events {
+        for ZoneChange {
+            membership: m,
+            events,
+        } in changes
+        {
             sqlx::query(
-                "INSERT INTO zone_events (vehicle_id, device_id, type, zone, zone_kind, time, lat, lon) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO zone_state (device_id, last_fix, zones) VALUES (?, ?, ?) \
+                 ON CONFLICT(device_id) DO UPDATE SET last_fix = excluded.last_fix, zones = excluded.zones",
             )
-            .bind(e.vehicle.as_ref().map(|v| v.0.as_str()))
-            .bind(e.device_id.as_str())
-            .bind(&e.kind)
-            .bind(&e.zone)
-            .bind(&e.zone_kind)
-            .bind(millis(e.time))
-            .bind(e.lat)
-            .bind(e.lon)
+            .bind(m.device_id.as_str())
+            .bind(millis(m.last_fix))
+            .bind(serde_json::to_string(&m.zones).unwrap_or_else(|_| "[]".into()))
             .execute(&mut *tx)
             .await?;
+            for e in events {
+                sqlx::query(
+                    "INSERT INTO zone_events (vehicle_id, device_id, type, zone, zone_kind, time, lat, lon) \
+                     VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(e.vehicle.as_ref().map(|v| v.0.as_str()))
+                .bind(e.device_id.as_str())
+                .bind(&e.kind)
+                .bind(&e.zone)
+                .bind(&e.zone_kind)
+                .bind(millis(e.time))
+                .bind(e.lat)
+                .bind(e.lon)
+                .execute(&mut *tx)
+                .await?;
+            }
         }
         tx.commit().await?;
         Ok(())

@@ -8,7 +8,9 @@ use sqlx::Row;
 
 use super::PostgresStore;
 use crate::model::{DeviceId, VehicleId};
-use crate::storage::zones::{EventQuery, StoredMembership, StoredZone, StoredZoneEvent, ZoneStore};
+use crate::storage::zones::{
+    EventQuery, StoredMembership, StoredZone, StoredZoneEvent, ZoneChange, ZoneStore,
+};
 use crate::storage::{from_millis, millis, StorageError};
 
 #[async_trait]
@@ -69,37 +71,39 @@ impl ZoneStore for PostgresStore {
             .collect()
     }
 
-    async fn save_zone_change(
-        &self,
-        m: &StoredMembership,
-        events: &[StoredZoneEvent],
-    ) -> Result<(), StorageError> {
+    async fn save_zone_changes(&self, changes: &[ZoneChange]) -> Result<(), StorageError> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query(
-            "INSERT INTO zone_state (device_id, last_fix, zones) VALUES ($1, $2, $3::jsonb) \
-             ON CONFLICT (device_id) DO UPDATE SET last_fix = excluded.last_fix, zones = excluded.zones",
-        )
-        .bind(m.device_id.as_str())
-        .bind(millis(m.last_fix))
-        .bind(serde_json::to_string(&m.zones).unwrap_or_else(|_| "[]".into()))
-        .execute(&mut *tx)
-        .await?;
-        if !events.is_empty() {
+        for ZoneChange {
+            membership: m,
+            events,
+        } in changes
+        {
             sqlx::query(
-                "INSERT INTO zone_events (vehicle_id, device_id, type, zone, zone_kind, time, lat, lon) \
-                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
-                 $6::int8[], $7::float8[], $8::float8[])",
+                "INSERT INTO zone_state (device_id, last_fix, zones) VALUES ($1, $2, $3::jsonb) \
+                 ON CONFLICT (device_id) DO UPDATE SET last_fix = excluded.last_fix, zones = excluded.zones",
             )
-            .bind(events.iter().map(|e| e.vehicle.as_ref().map(|v| v.0.clone())).collect::<Vec<_>>())
-            .bind(events.iter().map(|e| e.device_id.0.clone()).collect::<Vec<_>>())
-            .bind(events.iter().map(|e| e.kind.clone()).collect::<Vec<_>>())
-            .bind(events.iter().map(|e| e.zone.clone()).collect::<Vec<_>>())
-            .bind(events.iter().map(|e| e.zone_kind.clone()).collect::<Vec<_>>())
-            .bind(events.iter().map(|e| millis(e.time)).collect::<Vec<_>>())
-            .bind(events.iter().map(|e| e.lat).collect::<Vec<_>>())
-            .bind(events.iter().map(|e| e.lon).collect::<Vec<_>>())
+            .bind(m.device_id.as_str())
+            .bind(millis(m.last_fix))
+            .bind(serde_json::to_string(&m.zones).unwrap_or_else(|_| "[]".into()))
             .execute(&mut *tx)
             .await?;
+            if !events.is_empty() {
+                sqlx::query(
+                    "INSERT INTO zone_events (vehicle_id, device_id, type, zone, zone_kind, time, lat, lon) \
+                     SELECT * FROM UNNEST($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], \
+                     $6::int8[], $7::float8[], $8::float8[])",
+                )
+                .bind(events.iter().map(|e| e.vehicle.as_ref().map(|v| v.0.clone())).collect::<Vec<_>>())
+                .bind(events.iter().map(|e| e.device_id.0.clone()).collect::<Vec<_>>())
+                .bind(events.iter().map(|e| e.kind.clone()).collect::<Vec<_>>())
+                .bind(events.iter().map(|e| e.zone.clone()).collect::<Vec<_>>())
+                .bind(events.iter().map(|e| e.zone_kind.clone()).collect::<Vec<_>>())
+                .bind(events.iter().map(|e| millis(e.time)).collect::<Vec<_>>())
+                .bind(events.iter().map(|e| e.lat).collect::<Vec<_>>())
+                .bind(events.iter().map(|e| e.lon).collect::<Vec<_>>())
+                .execute(&mut *tx)
+                .await?;
+            }
         }
         tx.commit().await?;
         Ok(())
