@@ -71,10 +71,7 @@ fn drive(device: &str) -> Arc<Committed> {
             );
             p.speed_kmh = 30.0;
             p.ignition = Some(true);
-            NewPosition {
-                position: p,
-                gps_odometer_m: i as f64 * 83.0,
-            }
+            NewPosition::new(p, i as f64 * 83.0)
         })
         .collect();
     let last = positions.last().unwrap();

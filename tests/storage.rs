@@ -121,10 +121,7 @@ fn item(device: &str, positions: Vec<Position>, last_seen: DateTime<Utc>) -> Wri
         positions: positions
             .into_iter()
             .enumerate()
-            .map(|(i, position)| NewPosition {
-                position,
-                gps_odometer_m: i as f64 * 5.0,
-            })
+            .map(|(i, position)| NewPosition::new(position, i as f64 * 5.0))
             .collect(),
         state: DeviceState {
             device_id: DeviceId::new(device),

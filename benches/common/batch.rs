@@ -43,12 +43,9 @@ pub fn batch(devices: usize, per_device: usize, first_device: usize) -> Vec<Writ
         .map(|d| {
             let device = DeviceId::new(format!("35620904{d:07}"));
             let positions: Vec<NewPosition> = (0..per_device)
-                .map(|i| NewPosition {
-                    position: position(
-                        DateTime::from_timestamp(start + i as i64, 0).unwrap_or_default(),
-                        i,
-                    ),
-                    gps_odometer_m: i as f64 * 12.0,
+                .map(|i| {
+                    let t = DateTime::from_timestamp(start + i as i64, 0).unwrap_or_default();
+                    NewPosition::new(position(t, i), i as f64 * 12.0)
                 })
                 .collect();
             let latest = positions

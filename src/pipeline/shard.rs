@@ -307,10 +307,7 @@ impl Shard {
                 // after that commit. The state has already advanced for it.
                 *d.pending.entry(t).or_default() += 1;
                 accepted.stored += 1;
-                out.push(NewPosition {
-                    gps_odometer_m: d.state.gps_odometer_m,
-                    position: p,
-                });
+                out.push(NewPosition::new(p, d.state.gps_odometer_m));
                 continue;
             }
             let mut verdict = if d.recent.contains(t) {
@@ -383,10 +380,7 @@ impl Shard {
                 newest = Some(out.len());
             }
             accepted.stored += 1;
-            out.push(NewPosition {
-                gps_odometer_m: d.state.gps_odometer_m,
-                position: p,
-            });
+            out.push(NewPosition::new(p, d.state.gps_odometer_m));
         }
         metrics::counter!("fleetgate_pipeline_records_total", "protocol" => protocol.name(), "result" => "accepted")
             .increment(out.len() as u64);

@@ -68,15 +68,18 @@ impl SqliteStore {
             .synchronous(sync)
             .busy_timeout(Duration::from_secs(10))
             .foreign_keys(true);
-        // The writer keeps the hot B-tree pages of `positions` in its own cache (64 MiB)
-        // instead of re-reading them from the OS page cache on every commit, and checkpoints
+        // The writer keeps the hot B-tree pages of `positions` in its own cache (8 MiB: the
+        // leaf pages every connected device appends to, and the interior pages above them)
+        // instead of re-reading them from the OS page cache on every commit — no larger,
+        // because SQLite scans the whole cache's hash table at the end of every write
+        // transaction (64 MiB made that 4.5 % of a commit, docs/performance.md) — and checkpoints
         // the WAL every 10,000 pages (40 MiB) instead of 1,000: a hot page rewritten by many
         // commits is copied into the database once per checkpoint.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(
                 opts.clone()
-                    .pragma("cache_size", "-65536")
+                    .pragma("cache_size", "-8192")
                     .pragma("wal_autocheckpoint", "10000"),
             )
             .await?;

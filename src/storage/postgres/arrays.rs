@@ -51,7 +51,7 @@ impl PositionArrays {
                 a.outputs.push(p.outputs.map(i64::from));
                 a.power.push(p.power_v);
                 a.alarm.push(p.alarm.map(str::to_string));
-                a.attributes.push(p.attrs.to_json_string());
+                a.attributes.push(np.attributes_json.clone());
             }
         }
         a
@@ -128,14 +128,11 @@ mod tests {
             protocol: Protocol::Teltonika,
             server_time: t,
             positions: (0..n)
-                .map(|i| NewPosition {
-                    position: Position::new(
-                        t + chrono::Duration::seconds(i as i64),
-                        true,
-                        55.0,
-                        37.0,
-                    ),
-                    gps_odometer_m: 0.0,
+                .map(|i| {
+                    NewPosition::new(
+                        Position::new(t + chrono::Duration::seconds(i as i64), true, 55.0, 37.0),
+                        0.0,
+                    )
                 })
                 .collect(),
             state: DeviceState {

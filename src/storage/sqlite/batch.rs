@@ -87,7 +87,6 @@ fn insert_position(
     np: &crate::storage::NewPosition,
 ) -> rusqlite::Result<()> {
     let p = &np.position;
-    let attributes = p.attrs.to_json_string();
     stmt.execute(params![
         it.device.as_str(),
         millis(p.fix_time),
@@ -107,7 +106,7 @@ fn insert_position(
         p.outputs,
         p.power_v,
         p.alarm,
-        attributes,
+        np.attributes_json.as_str(),
     ])?;
     Ok(())
 }
