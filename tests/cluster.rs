@@ -107,12 +107,22 @@ async fn outbox_events(api: &Api) -> Vec<Value> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_deliver_each_crm_event_once_and_in_order_per_vehicle() {
     let schema = PgSchema::create().await;
-    // The CRM is unreachable while the events are made: both workers retry every head, so
-    // when it comes up they race for the same rows — only the claim keeps them apart.
-    let crm_addr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    // The CRM is down while the events are made (its port closes every connection at once):
+    // both workers retry every head, so when it comes up they race for the same rows — only
+    // the claim keeps them apart. The port stays held throughout: a port merely released
+    // could be taken by another test's listener that accepts and never answers.
+    let down = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let crm_addr = down.local_addr().unwrap();
+    let (up_tx, up_rx) = tokio::sync::oneshot::channel::<()>();
+    let refusing = tokio::spawn(async move {
+        let mut up_rx = up_rx;
+        loop {
+            tokio::select! {
+                _ = &mut up_rx => return down,
+                c = down.accept() => drop(c),
+            }
+        }
+    });
     let toml = webhook_toml(&format!("http://{crm_addr}"));
     let a = instance(&schema, "fg-a", &toml).await;
     let b = instance(&schema, "fg-b", &toml).await;
@@ -137,7 +147,8 @@ async fn two_instances_deliver_each_crm_event_once_and_in_order_per_vehicle() {
     })
     .await;
 
-    let hook = crm_fake::start_on("webhook", crm_addr).await;
+    let _ = up_tx.send(());
+    let hook = crm_fake::start_with("webhook", refusing.await.unwrap()).await;
     let total = events.len();
     wait_until(120, "every event delivered", || {
         let api = &api_a;

@@ -311,6 +311,12 @@ pub async fn start(kind: &'static str) -> Server {
 }
 
 pub async fn start_on(kind: &'static str, addr: SocketAddr) -> Server {
+    start_with(kind, tokio::net::TcpListener::bind(addr).await.unwrap()).await
+}
+
+/// Start a fake on a listener the test already holds (e.g. one that refused connections
+/// while the CRM was "down", so no other socket could take its port meanwhile).
+pub async fn start_with(kind: &'static str, l: tokio::net::TcpListener) -> Server {
     let fake = Arc::new(Fake {
         token: "amo-long-lived-token".into(),
         secret: "webhook-secret-123".into(),
@@ -329,7 +335,6 @@ pub async fn start_on(kind: &'static str, addr: SocketAddr) -> Server {
             }
         },
     );
-    let l = tokio::net::TcpListener::bind(addr).await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         let _ = axum::serve(l, app).await;
