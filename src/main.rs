@@ -6,13 +6,6 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 use fleetgate::config::Config;
 
-/// mimalloc instead of glibc's malloc: every packet allocates its records and their attributes
-/// on one thread and frees them on another (after the commit), which glibc serves with
-/// per-thread arenas it keeps growing and trimming (an `mprotect` every few packets) and which
-/// took ~10 % of the daemon's CPU under load (docs/performance.md).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[derive(Parser)]
 #[command(
     name = "fleetgate",
