@@ -27,6 +27,8 @@ use sqlx::Connection;
 
 #[path = "common/batch.rs"]
 mod batch;
+#[path = "common/pg.rs"]
+mod pg;
 
 const BIN: &str = env!("CARGO_BIN_EXE_fleetgate");
 const GOALS: [(&str, f64); 2] = [("sqlite", 0.25), ("postgres", 0.15)];
@@ -250,41 +252,18 @@ fn main() {
                 (r, rt.block_on(count(&url)))
             }
             "postgres" => {
-                let base = std::env::var("FLEETGATE_TEST_PG_URL")
-                    .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-                let schema = format!("fgbench_{}", std::process::id());
-                let created = rt.block_on(async {
-                    let mut c = sqlx::PgConnection::connect(&base).await?;
-                    sqlx::query(&format!("CREATE SCHEMA {schema}"))
-                        .execute(&mut c)
-                        .await
-                        .map(|_| ())
-                });
-                if let Err(e) = created {
-                    println!("postgres: skipped ({e})");
-                    continue;
-                }
-                let sep = if base.contains('?') { '&' } else { '?' };
-                let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
+                let schema = match pg::Schema::create(&rt, "fgbench") {
+                    Ok(s) => s,
+                    Err(e) => {
+                        println!("postgres: skipped ({e})");
+                        continue;
+                    }
+                };
+                let url = schema.url.clone();
                 // The ceiling in a schema of its own, dropped before fleetgate runs.
-                let ceiling = format!("fgceil_{}", std::process::id());
-                let made = rt.block_on(async {
-                    let mut c = sqlx::PgConnection::connect(&base).await?;
-                    sqlx::query(&format!("CREATE SCHEMA {ceiling}"))
-                        .execute(&mut c)
-                        .await
-                        .map(|_| ())
-                });
-                if made.is_ok() {
-                    let curl = format!("{base}{sep}options=-c%20search_path%3D{ceiling}");
-                    ceilings.push((target.clone(), storage_ceiling(&rt, &curl, &o)));
-                    let _ = rt.block_on(async {
-                        let mut c = sqlx::PgConnection::connect(&base).await?;
-                        sqlx::query(&format!("DROP SCHEMA {ceiling} CASCADE"))
-                            .execute(&mut c)
-                            .await
-                            .map(|_| ())
-                    });
+                if let Ok(c) = pg::Schema::create(&rt, "fgceil") {
+                    ceilings.push((target.clone(), storage_ceiling(&rt, &c.url, &o)));
+                    c.drop(&rt);
                 }
                 // As docs/scaling.md deploys it: fuller batches per round trip.
                 let storage = format!("url = \"{url}\"\nbatch_max_wait_ms = 2");
@@ -293,13 +272,7 @@ fn main() {
                 let r = sim(port, &o);
                 stop(child);
                 let n = rt.block_on(count(&url));
-                let _ = rt.block_on(async {
-                    let mut c = sqlx::PgConnection::connect(&base).await?;
-                    sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-                        .execute(&mut c)
-                        .await
-                        .map(|_| ())
-                });
+                schema.drop(&rt);
                 (r, n)
             }
             other => panic!("--only: unknown target {other} (baseline, sqlite, postgres)"),

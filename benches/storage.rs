@@ -12,10 +12,11 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use fleetgate::config::StorageConfig;
 use fleetgate::storage::Store;
-use sqlx::Connection;
 
 #[path = "common/batch.rs"]
 mod batch;
+#[path = "common/pg.rs"]
+mod pg;
 
 /// 200 packets of 25 records: the 5,000-row batches the e2e load (200 devices × 25 records,
 /// all in flight at once) commits.
@@ -55,35 +56,18 @@ fn storage(c: &mut Criterion) {
         .expect("sqlite");
     bench_store(c, &rt, "sqlite_full_5000_rows", store);
 
-    let base = std::env::var("FLEETGATE_TEST_PG_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".into());
-    let schema = format!("fgstorage_{}", std::process::id());
-    let created = rt.block_on(async {
-        let mut c = sqlx::PgConnection::connect(&base).await?;
-        sqlx::query(&format!("CREATE SCHEMA {schema}"))
-            .execute(&mut c)
-            .await
-            .map(|_| ())
-    });
-    match created {
+    match pg::Schema::create(&rt, "fgstorage") {
         Err(e) => eprintln!("postgres: skipped ({e})"),
-        Ok(()) => {
-            let sep = if base.contains('?') { '&' } else { '?' };
+        Ok(schema) => {
             let pg = StorageConfig {
-                url: format!("{base}{sep}options=-c%20search_path%3D{schema}"),
+                url: schema.url.clone(),
                 ..Default::default()
             };
             let store = rt
                 .block_on(fleetgate::storage::open(&pg))
                 .expect("postgres");
             bench_store(c, &rt, "postgres_5000_rows", store);
-            let _ = rt.block_on(async {
-                let mut c = sqlx::PgConnection::connect(&base).await?;
-                sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-                    .execute(&mut c)
-                    .await
-                    .map(|_| ())
-            });
+            schema.drop(&rt);
         }
     }
 }

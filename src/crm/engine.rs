@@ -234,9 +234,6 @@ pub struct Engine {
 /// How often the vehicle list is re-read, and date rules (inspection, documents) re-checked.
 const REFRESH_EVERY: Duration = Duration::from_secs(30);
 const STEP: Duration = crate::pipeline::writer::SUBSCRIBER_STEP_TIMEOUT;
-
-/// Most committed packets taken into one step (one storage commit for their shift states).
-const MAX_FIXES_PER_STEP: usize = 256;
 const DATES_EVERY: Duration = Duration::from_secs(3600);
 
 /// Build the actor and its handle; run it with [`Engine::run`].
@@ -385,15 +382,8 @@ impl Engine {
             let done = tokio::select! {
                 c = fixes.recv() => match c {
                     Some(c) => {
-                        // Whatever else the writer has queued goes into the same step: one
-                        // storage commit for the shift states of all of them, not one each.
-                        let mut batch = vec![c];
-                        while batch.len() < MAX_FIXES_PER_STEP {
-                            match fixes.try_recv() {
-                                Ok(c) => batch.push(c),
-                                Err(_) => break,
-                            }
-                        }
+                        // One storage commit for the shift states of all that is queued.
+                        let batch = crate::pipeline::writer::with_queued(c, &mut fixes);
                         tokio::time::timeout(step, self.on_committed(&batch)).await
                     }
                     None => break,

@@ -23,9 +23,6 @@ use crate::pipeline::Committed;
 use crate::storage::zones::{StoredMembership, StoredZoneEvent, ZoneChange};
 use crate::storage::{StorageError, Store};
 
-/// Most committed packets taken into one step (one storage commit for their changes).
-const MAX_COMMITTED_PER_STEP: usize = 256;
-
 /// What the vehicle API shows: `zone: {inside_service_area, zones: [names]}`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Membership {
@@ -239,15 +236,8 @@ impl Stage {
                     // Bounded like every commit subscriber's storage step: abandoned like a
                     // failed save, so a silent database connection cannot stop the acks.
                     Some(c) => {
-                        // Whatever else is queued goes into the same step: one storage
-                        // commit for every membership change among them.
-                        let mut batch = vec![c];
-                        while batch.len() < MAX_COMMITTED_PER_STEP {
-                            match committed.try_recv() {
-                                Ok(c) => batch.push(c),
-                                Err(_) => break,
-                            }
-                        }
+                        // One storage commit for the membership changes of all that is queued.
+                        let batch = crate::pipeline::writer::with_queued(c, &mut committed);
                         let step = crate::pipeline::writer::SUBSCRIBER_STEP_TIMEOUT;
                         if tokio::time::timeout(step, self.on_committed(&batch)).await.is_err() {
                             metrics::counter!("fleetgate_zone_step_timeouts_total").increment(1);

@@ -26,6 +26,23 @@ pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
 /// would stop every ack for good; past this the step is abandoned like a failed write.
 pub const SUBSCRIBER_STEP_TIMEOUT: Duration = ATTEMPT_TIMEOUT;
 
+/// Most committed packets a subscriber takes into one step.
+pub const SUBSCRIBER_STEP_MAX: usize = 256;
+
+/// `first` and whatever else is already queued behind it (up to [`SUBSCRIBER_STEP_MAX`] in
+/// all): what one step of a commit subscriber handles, so that it stores the outcome of many
+/// packets in one commit rather than one small fsynced transaction each.
+pub fn with_queued<T>(first: T, rx: &mut mpsc::Receiver<T>) -> Vec<T> {
+    let mut batch = vec![first];
+    while batch.len() < SUBSCRIBER_STEP_MAX {
+        match rx.try_recv() {
+            Ok(next) => batch.push(next),
+            Err(_) => break,
+        }
+    }
+    batch
+}
+
 pub struct WriteReq {
     pub item: WriteItem,
     pub accepted: Accepted,
@@ -153,5 +170,32 @@ async fn commit(
                 let _ = done.send(Err(e.clone()));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_step_takes_what_is_queued_up_to_its_cap_in_order() {
+        let (tx, mut rx) = mpsc::channel(1000);
+        for i in 0..300 {
+            tx.send(i).await.unwrap();
+        }
+        let first = rx.recv().await.unwrap();
+        assert_eq!(
+            with_queued(first, &mut rx),
+            (0..SUBSCRIBER_STEP_MAX).collect::<Vec<_>>()
+        );
+        let first = rx.recv().await.unwrap();
+        assert_eq!(with_queued(first, &mut rx), (256..300).collect::<Vec<_>>());
+        tx.send(7).await.unwrap();
+        let first = rx.recv().await.unwrap();
+        assert_eq!(
+            with_queued(first, &mut rx),
+            vec![7],
+            "nothing queued: just the first"
+        );
     }
 }
