@@ -133,6 +133,17 @@ fn item(device: &str, positions: Vec<Position>, last_seen: DateTime<Utc>) -> Wri
     }
 }
 
+/// The zone events stored (any vehicle, kind or time; in time order), at most `limit`.
+async fn stored_events(store: &dyn Store, limit: u32) -> Vec<StoredZoneEvent> {
+    store
+        .zone_events(&EventQuery {
+            limit,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+}
+
 fn minute(n: i64) -> DateTime<Utc> {
     t0() + Duration::minutes(n)
 }
@@ -453,14 +464,7 @@ async fn zones_memberships_and_events_round_trip(c: Ctx) {
     c.store.save_zone_change(&m(6, &[]), &[]).await.unwrap();
     assert_eq!(c.store.memberships().await.unwrap(), vec![m(6, &[])]);
 
-    let all = c
-        .store
-        .zone_events(&EventQuery {
-            limit: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let all = stored_events(c.store.as_ref(), 100).await;
     let kinds: Vec<_> = all
         .iter()
         .map(|e| (e.kind.as_str(), (e.time - t0()).num_minutes()))
@@ -487,14 +491,7 @@ async fn zones_memberships_and_events_round_trip(c: Ctx) {
     assert_eq!(exits.len(), 1);
     assert_eq!(exits[0].time, minute(5));
     assert_eq!((exits[0].lat, exits[0].lon), (55.75, 37.55));
-    let first = c
-        .store
-        .zone_events(&EventQuery {
-            limit: 1,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let first = stored_events(c.store.as_ref(), 1).await;
     assert_eq!(first.len(), 1);
 
     // Several devices' changes in one call are one transaction: all of them land.
@@ -532,14 +529,7 @@ async fn zones_memberships_and_events_round_trip(c: Ctx) {
             other("z-3", 8, &[])
         ]
     );
-    let all = c
-        .store
-        .zone_events(&EventQuery {
-            limit: 100,
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let all = stored_events(c.store.as_ref(), 100).await;
     assert_eq!(all.len(), 4);
     assert_eq!(all[3].device_id, DeviceId::new("z-2"));
 }

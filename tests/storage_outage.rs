@@ -161,20 +161,13 @@ async fn login(port: u16, imei: String) -> TcpStream {
     s
 }
 
-/// A tracker that never waits for acks: writes batches as fast as the socket takes them.
-async fn flood(mut s: TcpStream, until: Instant) -> usize {
-    let mut written = 0;
-    let mut k = 0;
-    while Instant::now() < until {
-        let batch = encode_avl_packet(CODEC_8, &records(k * 60, 60));
-        k += 1;
-        let left = until.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, s.write_all(&batch)).await {
-            Ok(Ok(())) => written += batch.len(),
-            _ => break,
-        }
-    }
-    written
+/// A tracker that never waits for acks: writes 60-record batches as fast as the socket
+/// takes them.
+async fn flood(s: TcpStream, until: Instant) -> usize {
+    common::teltonika::flood(s, until, |k| {
+        encode_avl_packet(CODEC_8, &records(k * 60, 60))
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -106,22 +106,14 @@ async fn deliver(port: u16, imei: String, stop: Arc<AtomicBool>, log: Arc<Mutex<
 /// A device that never waits for acks: writes 60-record batches as fast as the socket takes
 /// them until `until`. Returns the bytes it got into the socket.
 async fn flood(port: u16, imei: String, until: Instant) -> usize {
-    let Some(mut s) = login(("127.0.0.1", port), &imei).await else {
+    let Some(s) = login(("127.0.0.1", port), &imei).await else {
         return 0;
     };
-    let mut written = 0;
-    let mut k = 0;
-    while Instant::now() < until {
+    common::teltonika::flood(s, until, |k| {
         let batch: Vec<AvlRecord> = (k * 60..k * 60 + 60).map(record).collect();
-        let packet = encode_avl_packet(CODEC_8, &batch);
-        k += 1;
-        let left = until.saturating_duration_since(Instant::now());
-        match tokio::time::timeout(left, s.write_all(&packet)).await {
-            Ok(Ok(())) => written += packet.len(),
-            _ => break,
-        }
-    }
-    written
+        encode_avl_packet(CODEC_8, &batch)
+    })
+    .await
 }
 
 async fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {

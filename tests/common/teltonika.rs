@@ -48,3 +48,25 @@ pub async fn read_command(t: &mut Tracker) -> String {
     let n = u32::from_be_bytes([rest[3], rest[4], rest[5], rest[6]]) as usize;
     String::from_utf8(rest[7..7 + n].to_vec()).expect("text command")
 }
+
+/// A tracker that never waits for acks: writes the packets `packet(0)`, `packet(1)`, … as
+/// fast as the socket takes them until `until`. Returns the bytes it got into the socket.
+pub async fn flood(
+    mut s: tokio::net::TcpStream,
+    until: std::time::Instant,
+    mut packet: impl FnMut(i64) -> bytes::Bytes,
+) -> usize {
+    use tokio::io::AsyncWriteExt;
+    let mut written = 0;
+    let mut k = 0;
+    while std::time::Instant::now() < until {
+        let bytes = packet(k);
+        k += 1;
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        match tokio::time::timeout(left, s.write_all(&bytes)).await {
+            Ok(Ok(())) => written += bytes.len(),
+            _ => break,
+        }
+    }
+    written
+}
