@@ -571,7 +571,6 @@ impl Engine {
             let Some(v) = self.vehicle_by_device(&item.device).await else {
                 continue;
             };
-            self.reload(Some(&v.id), v.driver_id.as_deref()).await;
             if let Some(p) = &item.state.position {
                 let km = p.odometer_m.unwrap_or(item.state.gps_odometer_m) / 1000.0;
                 self.odometer_km.insert(v.id.clone(), km);
@@ -580,6 +579,9 @@ impl Engine {
             let at = match touched.iter().position(|(t, _, _)| t.id == v.id) {
                 Some(i) => i,
                 None => {
+                    // Re-read what other instances stored once per vehicle and step: later
+                    // packets of the same vehicle continue from the batch's own copy.
+                    self.reload(Some(&v.id), v.driver_id.as_deref()).await;
                     let before = self.shifts.get(&v.id).cloned().unwrap_or_default();
                     touched.push((v.clone(), before.clone(), before));
                     touched.len() - 1
