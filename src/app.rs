@@ -155,7 +155,7 @@ pub async fn start_with(
     .await?;
     tracing::info!(zones = zone_set.len(), dir = %config.geofences.dir, "zones loaded");
     let (session_tx, session_rx) = tokio::sync::mpsc::channel(4096);
-    let sessions = Sessions::new(session_tx);
+    let sessions = Sessions::with_policy(session_tx, config.devices.session_policy());
     let (immob_tx, immob_rx) = tokio::sync::mpsc::channel(config.pipeline.queue.max(16));
     // Several instances may share a PostgreSQL database; SQLite is one instance.
     let cluster = if store.backend() == "postgres" {
@@ -336,6 +336,7 @@ pub async fn start_with(
         crm,
         map,
         immobiliser,
+        sessions: ctx.sessions.clone(),
     };
     let api_addr = config.api_addr();
     let api_listener = TcpListener::bind(api_addr)

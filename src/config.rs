@@ -136,6 +136,19 @@ pub struct DevicesConfig {
     pub register_unknown: bool,
     /// A device not heard from for this long is offline (TCP connected or not).
     pub offline_after_s: u64,
+    /// A second live session claiming a device: `keep_established` (default), `hold`, `newest`.
+    pub identity_conflict: crate::ingest::sessions::ConflictPolicy,
+    /// A live session silent this long is taken for dead: a new one takes over without conflict.
+    pub takeover_silence_s: u64,
+}
+
+impl DevicesConfig {
+    pub fn session_policy(&self) -> crate::ingest::sessions::SessionPolicy {
+        crate::ingest::sessions::SessionPolicy {
+            conflict: self.identity_conflict,
+            takeover_silence: chrono::Duration::seconds(self.takeover_silence_s as i64),
+        }
+    }
 }
 
 impl Default for DevicesConfig {
@@ -143,6 +156,8 @@ impl Default for DevicesConfig {
         DevicesConfig {
             register_unknown: true,
             offline_after_s: 600,
+            identity_conflict: Default::default(),
+            takeover_silence_s: 300,
         }
     }
 }
@@ -356,6 +371,12 @@ impl Config {
                     "'{}' must start with sqlite:// or postgres://",
                     self.storage.url
                 ),
+            ));
+        }
+        if self.devices.takeover_silence_s == 0 {
+            return Err(invalid(
+                "devices.takeover_silence_s",
+                "must be at least 1 s (0 would let any new login take a live car's commands)",
             ));
         }
         if self.storage.batch_max_rows == 0 {

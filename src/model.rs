@@ -41,6 +41,19 @@ impl fmt::Display for VehicleId {
 
 /// Key of a protocol-specific attribute. IO element ids stay numeric so decoding does not
 /// format strings on the hot path; they are rendered as `io<N>` when stored.
+/// Where a batch of positions came from. Only a session that can carry commands (a TCP
+/// connection or an MQTT device session, by its connection id) can give evidence for an engine
+/// block; positions from anywhere else (UDP, replays, tests) are stored like any other but never
+/// make a car look safe to stop.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Origin {
+    /// The session with this connection id (`ingest::sessions`).
+    Session(u64),
+    /// No command-carrying session: UDP datagrams, replays.
+    #[default]
+    Sessionless,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum AttrKey {
     /// A numbered IO element / parameter of the device (Teltonika AVL ids, Galileosky tags…).

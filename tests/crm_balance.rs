@@ -88,6 +88,7 @@ fn drive(device: &str) -> Arc<Committed> {
     };
     Arc::new(Committed {
         item: WriteItem {
+            origin: Default::default(),
             device: DeviceId::new(device),
             protocol: Protocol::Teltonika,
             server_time: Utc::now(),

@@ -115,6 +115,7 @@ fn item(device: &str, positions: Vec<Position>, last_seen: DateTime<Utc>) -> Wri
         .max_by_key(|p| p.fix_time)
         .map(|p| StoredPosition::from_position(p, last_seen, 10.0));
     WriteItem {
+        origin: Default::default(),
         device: DeviceId::new(device),
         protocol: Protocol::Teltonika,
         server_time: last_seen,

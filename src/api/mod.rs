@@ -17,7 +17,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use axum::Router;
+use axum::{Json, Router};
 
 use crate::config::Config;
 use crate::ingest::Admission;
@@ -45,6 +45,8 @@ pub struct AppState {
     pub map: map::MapLayers,
     /// Engine block: reasons in, state and commands out.
     pub immobiliser: crate::immobiliser::ImmobiliserHandle,
+    /// Live tracker sessions (identity conflicts).
+    pub sessions: Arc<crate::ingest::Sessions>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -61,6 +63,7 @@ pub fn router(state: AppState) -> Router {
                 .delete(geofences::delete),
         )
         .route("/events", get(geofences::events))
+        .route("/identity-conflicts", get(identity_conflicts))
         .merge(crate::crm::api::routes())
         .route("/map", get(status::zones))
         .route("/map/vehicles", get(status::vehicles))
@@ -99,4 +102,12 @@ async fn metrics_text(State(s): State<AppState>) -> impl IntoResponse {
         [("content-type", "text/plain; version=0.0.4")],
         s.metrics.render(),
     )
+}
+
+/// `GET /api/v1/identity-conflicts`: sessions and datagrams that claimed a device another
+/// session holds (active ones first, then the newest).
+async fn identity_conflicts(
+    State(state): State<AppState>,
+) -> Json<Vec<crate::ingest::sessions::ConflictRecord>> {
+    Json(state.sessions.conflicts())
 }

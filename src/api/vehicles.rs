@@ -201,8 +201,16 @@ pub async fn put(
             ));
         }
     }
+    let before = state.store.vehicle(&VehicleId(id.clone())).await?;
     let v = state.store.upsert_vehicle(&VehicleId(id), &update).await?;
     state.admission.invalidate();
+    // A tracker moved between cars: its old car's commands must never reach the new car.
+    let old_device = before.and_then(|b| b.device_id);
+    if old_device != v.device_id {
+        if let Err(e) = state.immobiliser.rebind(&v.id).await {
+            tracing::error!(vehicle = %v.id, error = %e, "immobiliser: re-pairing not applied");
+        }
+    }
     // The CRM rules see a status, driver or deal change at once (a returned car starts a
     // new shift), not at their next periodic re-read.
     state.crm.refresh().await;

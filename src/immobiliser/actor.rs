@@ -22,18 +22,18 @@ use super::command::NewCommand;
 use super::config::ImmobiliserConfig;
 use super::handle::{machine_of, Request, Routing};
 pub use super::handle::{ImmobView, ImmobiliserHandle, ReasonChange, ReasonView};
-use super::machine::{FixSnapshot, ReasonEntry, Step};
+use super::machine::{ReasonEntry, Step};
+use super::safety::{DeviceEvidence, FixSnapshot};
 use super::{
     Command, CommandStatus, ImmobError, ImmobState, Intent, Machine, RetryPolicy, SafetyRules,
-    SafetyTracker,
 };
 use crate::cluster::{Cluster, Forwarded};
 use crate::ingest::sessions::{Outbound, SessionEvent, Sessions};
-use crate::model::{DeviceId, Position, VehicleId};
+use crate::model::{DeviceId, Origin, Position, VehicleId};
 use crate::pipeline::Committed;
 use crate::protocols::{CommandBody, CommandResponse, DeviceCommand};
 use crate::storage::immobiliser::{AuditEntry, AuditPosition, ImmobChanges, VehicleImmobRow};
-use crate::storage::{DeviceState, StorageError, Store, StoredPosition};
+use crate::storage::{DeviceState, StorageError, Store};
 
 /// Requests a handle can queue before callers wait.
 const REQUEST_QUEUE: usize = 256;
@@ -60,6 +60,8 @@ const SYSTEM: &str = "immobiliser";
 /// commands (a change or a fix of one vehicle), so the pool never runs dry between top-ups.
 const ID_BLOCK: u32 = 32;
 const ID_LOW: usize = 8;
+/// Retired commands remembered while a connection may still report writing them.
+const RETIRED_IN_FLIGHT: usize = 4096;
 
 /// The running actor; stop it after the pipeline has drained.
 pub struct ImmobiliserTask {
@@ -102,13 +104,12 @@ pub async fn start(
         device_vehicle: HashMap::new(),
         vehicle_device: HashMap::new(),
         vehicle_protocol: HashMap::new(),
-        safety: HashMap::new(),
+        evidence: HashMap::new(),
         commands: BTreeMap::new(),
         in_flight: HashMap::new(),
         awaiting: HashMap::new(),
         triggers: HashMap::new(),
-        logins: HashMap::new(),
-        last_received: HashMap::new(),
+        retired_in_flight: HashMap::new(),
         ids: VecDeque::new(),
         cluster: cluster.clone(),
         release: BTreeSet::new(),
@@ -117,15 +118,8 @@ pub async fn start(
         gauges_dirty: true,
         reported_reasons: HashSet::new(),
     };
-    for s in states {
-        if let Some(p) = &s.position {
-            let fix = stored_snapshot(p);
-            actor.safety.insert(
-                s.device_id.clone(),
-                SafetyTracker::seeded(Some(fix), &rules),
-            );
-        }
-    }
+    // No evidence survives a restart: a block waits for fixes on the device's new session.
+    let _ = states;
     for v in snapshot.vehicles {
         let row = store.vehicle(&v.vehicle_id).await?;
         let (device, protocol) = row.map(|x| (x.device_id, x.protocol)).unwrap_or_default();
@@ -170,7 +164,8 @@ struct Actor {
     vehicle_device: HashMap<VehicleId, DeviceId>,
     /// The protocol each vehicle's tracker speaks, for per-protocol command profiles.
     vehicle_protocol: HashMap<VehicleId, String>,
-    safety: HashMap<DeviceId, SafetyTracker>,
+    /// Per device, each session's evidence and which session carries its commands.
+    evidence: HashMap<DeviceId, DeviceEvidence>,
     /// Open commands: queued, sent, or acknowledged and awaiting confirmation.
     commands: BTreeMap<i64, Command>,
     /// Handed to a connection (by id), not yet reported written; the flag withdraws it.
@@ -178,10 +173,9 @@ struct Actor {
     /// Per device, commands written and not yet answered, in write order (answers without
     /// a sequence number are matched first in, first out).
     awaiting: HashMap<DeviceId, VecDeque<i64>>,
-    /// Per device, its newest connection as the actor has seen it: (id, login time).
-    logins: HashMap<DeviceId, (u64, DateTime<Utc>)>,
-    /// Per device, when its newest committed records reached the gateway.
-    last_received: HashMap<DeviceId, DateTime<Utc>>,
+    /// Commands retired while handed to a connection: a write reported later is still
+    /// audited (every byte sent to a device has its `command_sent` row).
+    retired_in_flight: HashMap<i64, Command>,
     /// When the fix that triggered a block reached the gateway (latency metric).
     triggers: HashMap<i64, DateTime<Utc>>,
     /// Command ids reserved from the database (unique across instances sharing it).
@@ -298,6 +292,23 @@ impl Actor {
                 }
                 let _ = reply.send(result);
             }
+            Request::Rebind { vehicle, reply } => {
+                let result = match self.store.vehicle(&vehicle).await {
+                    Ok(row) => {
+                        let (device, protocol) =
+                            row.map(|x| (x.device_id, x.protocol)).unwrap_or_default();
+                        self.bind(&vehicle, device, protocol);
+                        // Commands of the old pairing are retired here, before anything goes out.
+                        self.dispatch();
+                        match self.flush().await {
+                            Ok(()) => Ok(()),
+                            Err(e) => Err(ImmobError::Storage(e.to_string())),
+                        }
+                    }
+                    Err(e) => Err(ImmobError::Storage(e.to_string())),
+                };
+                let _ = reply.send(result);
+            }
             Request::View { vehicle, reply } => {
                 let _ = reply.send(ImmobView::of(self.machines.get(&vehicle)));
             }
@@ -329,20 +340,6 @@ impl Actor {
             SessionEvent::Online { device, conn, .. } => {
                 if let Err(e) = cluster.session_online(device, *conn).await {
                     tracing::warn!(%device, error = %e, "cluster: session not recorded");
-                }
-                // The device may come from another instance: start from its stored last fix,
-                // not from what this instance saw of it before.
-                if let Ok(Some(p)) = self
-                    .store
-                    .device_state(device)
-                    .await
-                    .map(|s| s.and_then(|s| s.position))
-                {
-                    let fix = stored_snapshot(&p);
-                    self.safety.insert(
-                        device.clone(),
-                        SafetyTracker::seeded(Some(fix), &self.rules),
-                    );
                 }
                 match self.store.vehicle_by_device(device).await {
                     Ok(Some(v)) => {
@@ -448,7 +445,12 @@ impl Actor {
             None => self.vehicle_protocol.remove(vehicle),
         };
         if let Some(d) = device {
-            self.device_vehicle.insert(d.clone(), vehicle.clone());
+            // The tracker moved here from another vehicle: that one no longer has it.
+            if let Some(prev) = self.device_vehicle.insert(d.clone(), vehicle.clone()) {
+                if &prev != vehicle && self.vehicle_device.get(&prev) == Some(&d) {
+                    self.vehicle_device.remove(&prev);
+                }
+            }
             self.vehicle_device.insert(vehicle.clone(), d);
         }
     }
@@ -462,7 +464,7 @@ impl Actor {
             .ok_or_else(|| ImmobError::UnknownVehicle(ch.vehicle.0.clone()))?;
         self.bind(&ch.vehicle, row.device_id.clone(), row.protocol.clone());
         let now = Utc::now();
-        let safety = self.safety_of(&ch.vehicle);
+        let safe = self.safe_conn(&ch.vehicle).is_some();
         let vehicle = ch.vehicle.clone();
         let machine = self
             .machines
@@ -477,14 +479,8 @@ impl Actor {
                 actor: ch.actor.clone(),
                 comment: ch.comment.clone(),
             };
-            let result = machine.add_reason(
-                reason.clone(),
-                entry,
-                ch.force,
-                self.cfg.allow_force,
-                &safety,
-                &self.rules,
-            );
+            let result =
+                machine.add_reason(reason.clone(), entry, ch.force, self.cfg.allow_force, safe);
             match result {
                 Err(e) => {
                     self.audit(&vehicle, "force_refused", &ch.actor, |a| {
@@ -510,11 +506,11 @@ impl Actor {
         } else {
             let (lifted, step) = match &ch.reason {
                 Some(r) => {
-                    let (was, step) = machine.lift_reason(r, &safety, &self.rules, now);
+                    let (was, step) = machine.lift_reason(r, safe, now);
                     (if was { vec![r.clone()] } else { Vec::new() }, step)
                 }
                 None => {
-                    let (lifted, mut step) = machine.lift_all(&safety, &self.rules, now);
+                    let (lifted, mut step) = machine.lift_all(safe, now);
                     if lifted.is_empty()
                         && step.command.is_none()
                         && machine.state != ImmobState::Running
@@ -546,17 +542,16 @@ impl Actor {
             .or_insert_with(|| Machine::new(now))
     }
 
-    fn safety_of(&self, vehicle: &VehicleId) -> SafetyTracker {
-        self.vehicle_device
-            .get(vehicle)
-            .and_then(|d| self.safety.get(d))
-            .cloned()
-            .unwrap_or_default()
+    /// The connection a block may go to now: the vehicle's tracker's command path, when its
+    /// own fixes show the car safe to stop.
+    fn safe_conn(&self, vehicle: &VehicleId) -> Option<u64> {
+        let d = self.vehicle_device.get(vehicle)?;
+        self.evidence.get(d)?.safe_conn(&self.rules)
     }
 
     fn position_of(&self, vehicle: &VehicleId) -> Option<AuditPosition> {
         let d = self.vehicle_device.get(vehicle)?;
-        let last = self.safety.get(d)?.last.as_ref()?;
+        let last = self.evidence.get(d)?.holder_evidence()?.last.as_ref()?;
         Some(AuditPosition {
             time: last.time,
             lat: last.lat,
@@ -708,6 +703,11 @@ impl Actor {
         self.triggers.remove(&id);
         if let Some((_, flag)) = self.in_flight.remove(&id) {
             flag.store(false, Ordering::Release);
+            // The connection may be writing it right now; its report still gets audited.
+            if self.retired_in_flight.len() >= RETIRED_IN_FLIGHT {
+                self.retired_in_flight.clear();
+            }
+            self.retired_in_flight.insert(id, c.clone());
         }
         if c.status.is_pending() {
             c.supersede(now);
@@ -723,31 +723,33 @@ impl Actor {
 
     fn on_committed(&mut self, c: &Committed) {
         let device = &c.item.device;
-        let received = self
-            .last_received
-            .entry(device.clone())
-            .or_insert(c.item.server_time);
-        *received = (*received).max(c.item.server_time);
-        let tracker = self.safety.entry(device.clone()).or_default();
-        for p in &c.item.positions {
-            tracker.observe(snapshot(&p.position), &self.rules);
-        }
+        let origin = match c.item.origin {
+            Origin::Session(conn) => Some(conn),
+            Origin::Sessionless => None,
+        };
+        let evidence = self.evidence.entry(device.clone()).or_default();
+        evidence.observe(
+            origin,
+            c.item.positions.iter().map(|p| snapshot(&p.position)),
+            c.item.server_time,
+            &self.rules,
+        );
+        // Only the command path's own telemetry can confirm a command.
+        let from_holder = origin.is_some() && origin == evidence.holder;
         let Some(vehicle) = self.device_vehicle.get(device).cloned() else {
             return;
         };
+        let safe = self.safe_conn(&vehicle).is_some();
         let Some(machine) = self.machines.get_mut(&vehicle) else {
             return;
         };
-        let tracker = self.safety.get(device).cloned().unwrap_or_default();
         let now = Utc::now();
-        let step = machine.on_fix(&tracker, &self.rules, now);
+        let step = machine.on_fix(safe, now);
         self.apply(&vehicle, step, SYSTEM, None, Some(c.item.server_time));
 
         // A block still queued (tracker offline, or back online with fixes showing the car
         // no longer safe) goes back to waiting for safe conditions.
-        if self.machines.get(&vehicle).map(|m| m.state) == Some(ImmobState::Blocking)
-            && !tracker.is_safe(&self.rules)
-        {
+        if self.machines.get(&vehicle).map(|m| m.state) == Some(ImmobState::Blocking) && !safe {
             let queued: Vec<i64> = self
                 .commands
                 .values()
@@ -781,7 +783,7 @@ impl Actor {
             .rev()
             .find(|c| c.vehicle_id == vehicle)
             .map(|c| c.id);
-        if let Some(id) = newest {
+        if let Some(id) = newest.filter(|_| from_holder) {
             let confirmed = c.item.positions.iter().any(|p| match p.position.outputs {
                 Some(bits) => self
                     .commands
@@ -837,11 +839,10 @@ impl Actor {
         self.apply(&vehicle, step, SYSTEM, None, None);
     }
 
-    /// The device's connection changed: commands handed to connections before `keep_from`
-    /// died with them, and commands written there will not be answered on a later one, so
-    /// they are written again. (A connection's events arrive in order, Online first, so
-    /// nothing was written on a new connection yet.)
-    fn connection_changed(&mut self, device: DeviceId, keep_from: u64) {
+    /// The device's command path changed (to `keep`, or to none): commands handed to other
+    /// connections must not be written there late, and commands written there will not be
+    /// answered on another one, so they are written again.
+    fn connection_changed(&mut self, device: DeviceId, keep: Option<u64>) {
         let now = Utc::now();
         self.awaiting.remove(&device);
         let ids: Vec<i64> = self
@@ -851,7 +852,7 @@ impl Actor {
             .map(|c| c.id)
             .collect();
         self.in_flight.retain(|id, (c, flag)| {
-            let keep = !ids.contains(id) || *c >= keep_from;
+            let keep = !ids.contains(id) || Some(*c) == keep;
             if !keep {
                 // Still in an old connection's queue: it must not write it late.
                 flag.store(false, Ordering::Release);
@@ -874,19 +875,51 @@ impl Actor {
     fn on_event(&mut self, ev: SessionEvent) {
         match ev {
             SessionEvent::Online {
-                device, conn, at, ..
+                device,
+                conn,
+                epoch,
+                ..
             } => {
-                let newer = self.logins.get(&device).map_or(true, |(c, _)| conn > *c);
-                if newer {
-                    self.logins.insert(device.clone(), (conn, at));
+                let e = self.evidence.entry(device.clone()).or_default();
+                if epoch < e.epoch {
+                    return;
                 }
-                self.connection_changed(device, conn)
+                e.set_holder(conn, epoch);
+                self.connection_changed(device, Some(conn))
             }
-            SessionEvent::Offline { device, conn } => self.connection_changed(device, conn + 1),
+            SessionEvent::Offline { device, conn } => {
+                if let Some(e) = self.evidence.get_mut(&device) {
+                    e.closed(conn);
+                    if e.holder.is_none() {
+                        self.evidence.remove(&device);
+                    }
+                }
+                self.connection_changed(device, None)
+            }
             SessionEvent::Written { device, id, at } => {
                 self.in_flight.remove(&id);
                 let Some(c) = self.commands.get_mut(&id) else {
-                    tracing::warn!(command = id, "a retired command was written");
+                    // Superseded while already in the connection's hands: the device got it
+                    // all the same, and the audit says so.
+                    if let Some(mut c) = self.retired_in_flight.remove(&id) {
+                        c.attempts += 1;
+                        // Its answer must be matched to it, not to the newer command.
+                        self.awaiting.entry(device).or_default().push_back(id);
+                        metrics::counter!("fleetgate_immobiliser_commands_sent_total", "intent" => c.intent.as_str())
+                            .increment(1);
+                        let vehicle = c.vehicle_id.clone();
+                        self.audit(&vehicle, "command_sent", SYSTEM, |a| {
+                            a.command_id = Some(id);
+                            a.forced = c.forced;
+                            a.comment = Some(format!(
+                                "{} (attempt {}; superseded before the write, the device got it)",
+                                c.intent.as_str(),
+                                c.attempts
+                            ));
+                        });
+                    } else {
+                        tracing::warn!(command = id, "a command unknown here was written");
+                    }
                     return;
                 };
                 c.sent(at);
@@ -908,6 +941,7 @@ impl Actor {
             }
             SessionEvent::NotWritten { id, error, io, .. } => {
                 self.in_flight.remove(&id);
+                self.retired_in_flight.remove(&id);
                 if !io {
                     self.finish_command(id, |c, now| c.unsendable(error, now), false);
                 }
@@ -967,20 +1001,11 @@ impl Actor {
         }
     }
 
-    /// The device's current connection, if records received since it logged in have been
-    /// committed: only such records say what the car does now (not what it did before it
-    /// went offline). Login and records come through different queues, so the check is on
-    /// times, in whichever order they arrived.
-    fn fresh_connection(&self, device: &DeviceId) -> Option<u64> {
-        let (conn, login) = self.logins.get(device)?;
-        let received = self.last_received.get(device)?;
-        (received >= login).then_some(*conn)
-    }
-
     /// Hand every due command to its device's live connection.
     fn dispatch(&mut self) {
         let now = Utc::now();
         let mut handed = Vec::new();
+        let mut stale = Vec::new();
         for c in self.commands.values() {
             if !c.is_due(now) || self.in_flight.contains_key(&c.id) {
                 continue;
@@ -988,20 +1013,23 @@ impl Actor {
             let Some(device) = &c.device_id else {
                 continue;
             };
+            // A command belongs to its vehicle and the tracker it was issued for: a tracker
+            // moved to another car never gets the old car's command.
+            if self.vehicle_device.get(&c.vehicle_id) != Some(device) {
+                stale.push(c.id);
+                continue;
+            }
             let mut live_conn = None;
             if c.intent == Intent::Block && !c.forced {
-                // Judge the car on fixes from this connection, not on what it did before it
-                // went offline.
-                let safe = self
-                    .safety
+                // Judged only on the command path's own fixes: never on UDP, another
+                // connection claiming the IMEI, or what the car did before this session.
+                let Some(conn) = self
+                    .evidence
                     .get(device)
-                    .is_some_and(|t| t.is_safe(&self.rules));
-                let Some(conn) = self.fresh_connection(device) else {
+                    .and_then(|e| e.safe_conn(&self.rules))
+                else {
                     continue;
                 };
-                if !safe {
-                    continue;
-                }
                 live_conn = Some(conn);
             }
             let body = match (&c.text, c.intent) {
@@ -1027,6 +1055,21 @@ impl Actor {
             }
         }
         self.in_flight.extend(handed);
+        for id in stale {
+            self.unpair(id, now);
+        }
+    }
+
+    /// Retire command `id`, issued for a tracker no longer in its vehicle; the vehicle waits
+    /// for its own tracker (or none) again.
+    fn unpair(&mut self, id: i64, now: DateTime<Utc>) {
+        let Some(vehicle) = self.commands.get(&id).map(|c| c.vehicle_id.clone()) else {
+            return;
+        };
+        tracing::warn!(command = id, %vehicle, "command's tracker left the vehicle: superseded");
+        self.retire(id, now, SYSTEM);
+        let step = self.machine(&vehicle).hold(now);
+        self.apply(&vehicle, step, SYSTEM, Some("tracker re-assigned"), None);
     }
 
     /// Persist everything changed since the last flush, in one transaction.
@@ -1096,18 +1139,6 @@ impl Actor {
 fn count_outcome(c: &Command) {
     metrics::counter!("fleetgate_immobiliser_commands_total", "intent" => c.intent.as_str(), "outcome" => c.status.as_str())
         .increment(1);
-}
-
-/// A device's stored last fix, as the safety judgement takes it.
-fn stored_snapshot(p: &StoredPosition) -> FixSnapshot {
-    FixSnapshot {
-        time: p.time,
-        lat: p.lat,
-        lon: p.lon,
-        speed_kmh: p.speed_kmh,
-        ignition: p.ignition,
-        outputs: p.outputs,
-    }
 }
 
 fn snapshot(p: &Position) -> FixSnapshot {

@@ -5,6 +5,7 @@
 //! [immobiliser]
 //! max_block_speed_kmh = 5
 //! safe_for = 10                # seconds, by fix time
+//! safe_fixes = 3               # consecutive stopped fixes on the command's connection
 //! allow_force = false
 //! [immobiliser.profiles.concox_dyd]
 //! block = "DYD,000000#"
@@ -21,7 +22,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::command::RetryPolicy;
-use super::machine::SafetyRules;
+use super::safety::SafetyRules;
 use crate::config::ConfigError;
 use crate::protocols::Protocol;
 
@@ -32,6 +33,12 @@ pub struct ImmobiliserConfig {
     pub max_block_speed_kmh: f64,
     /// …held for this many seconds by fix time (or with the ignition off).
     pub safe_for: u64,
+    /// Consecutive stopped fixes, on the connection the block will go to, before a block.
+    pub safe_fixes: u32,
+    /// A fix dated more than this many seconds after it reached the gateway is no evidence.
+    pub max_fix_ahead_s: u64,
+    /// A fix older than this many seconds when it arrived is no evidence of what the car does now.
+    pub max_fix_age_s: u64,
     /// Accept `force: true` (block without waiting for safe conditions).
     pub allow_force: bool,
     /// A command not done within this many seconds expires (default 24 h).
@@ -58,6 +65,9 @@ impl Default for ImmobiliserConfig {
     fn default() -> Self {
         ImmobiliserConfig {
             max_block_speed_kmh: 5.0,
+            safe_fixes: 3,
+            max_fix_ahead_s: 30,
+            max_fix_age_s: 180,
             safe_for: 10,
             allow_force: false,
             command_ttl_s: 24 * 3600,
@@ -97,6 +107,24 @@ impl ImmobiliserConfig {
             return Err(invalid(
                 "immobiliser.max_block_speed_kmh",
                 "must be a number of km/h, at least 0",
+            ));
+        }
+        if self.safe_fixes == 0 || self.safe_fixes > 100 {
+            return Err(invalid(
+                "immobiliser.safe_fixes",
+                "must be from 1 to 100 consecutive stopped fixes",
+            ));
+        }
+        if self.max_fix_ahead_s > 600 {
+            return Err(invalid(
+                "immobiliser.max_fix_ahead_s",
+                "must be at most 600 s (a fix dated further ahead is never evidence)",
+            ));
+        }
+        if self.max_fix_age_s == 0 || self.max_fix_age_s > 3600 {
+            return Err(invalid(
+                "immobiliser.max_fix_age_s",
+                "must be from 1 to 3600 s",
             ));
         }
         if self.command_ttl_s == 0 {
@@ -154,6 +182,9 @@ impl ImmobiliserConfig {
         SafetyRules {
             max_speed_kmh: self.max_block_speed_kmh,
             safe_for: chrono::Duration::seconds(self.safe_for as i64),
+            min_fixes: self.safe_fixes,
+            max_ahead: chrono::Duration::seconds(self.max_fix_ahead_s as i64),
+            max_age: chrono::Duration::seconds(self.max_fix_age_s as i64),
         }
     }
 

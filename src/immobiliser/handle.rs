@@ -107,6 +107,12 @@ pub(super) enum Request {
     Views {
         reply: oneshot::Sender<HashMap<VehicleId, ImmobView>>,
     },
+    /// The vehicle's tracker may have changed (API `PUT`): re-read its pairing and retire
+    /// commands issued for a tracker it no longer has.
+    Rebind {
+        vehicle: VehicleId,
+        reply: oneshot::Sender<Result<(), ImmobError>>,
+    },
     /// Reload a vehicle from the database (changed by another instance).
     Adopt {
         vehicle: VehicleId,
@@ -183,6 +189,20 @@ impl ImmobiliserHandle {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Request::Adopt {
+                vehicle: vehicle.clone(),
+                reply,
+            })
+            .await
+            .map_err(|_| ImmobError::Closed)?;
+        rx.await.map_err(|_| ImmobError::Closed)?
+    }
+
+    /// The vehicle's tracker may have changed: commands issued for its old tracker are
+    /// superseded (audited) and never written to the tracker in its new car.
+    pub async fn rebind(&self, vehicle: &VehicleId) -> Result<(), ImmobError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Request::Rebind {
                 vehicle: vehicle.clone(),
                 reply,
             })

@@ -2,6 +2,7 @@
 //! tracked and durable commands, with an audit trail that explains every block.
 //!
 //! - [`machine`]: the per-vehicle reason set and safe-block state machine (pure).
+//! - [`safety`]: whether a car may be blocked now, on one connection's evidence (pure).
 //! - [`command`]: one command's lifecycle, retries and expiry (pure).
 //! - [`actor`]: the task that owns every vehicle's machine and command, fed by committed
 //!   batches, session events and [`ImmobiliserHandle`] requests; persists, then acts.
@@ -18,6 +19,7 @@ pub mod config;
 pub mod crm_link;
 pub mod handle;
 pub mod machine;
+pub mod safety;
 pub mod zone_rule;
 
 use std::fmt;
@@ -27,7 +29,8 @@ use serde::{Deserialize, Serialize};
 pub use actor::{start, ImmobiliserHandle, ImmobiliserTask};
 pub use command::{Command, CommandStatus, RetryPolicy};
 pub use config::ImmobiliserConfig;
-pub use machine::{Machine, SafetyRules, SafetyTracker};
+pub use machine::Machine;
+pub use safety::{Evidence, FixSnapshot, SafetyRules};
 
 /// Why a vehicle is blocked. Extensible: any lower-case `[a-z0-9_]` name up to 64 bytes; the
 /// ones fleetgate's own rules use are constants.

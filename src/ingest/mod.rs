@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::model::DeviceId;
+use crate::model::{DeviceId, Origin};
 use crate::pipeline::Pipeline;
 use crate::protocols::{Decoded, Protocol};
 
@@ -47,12 +47,25 @@ pub struct Step {
     pub close: bool,
 }
 
+/// Where a frame came from.
+pub enum Link<'a> {
+    /// A TCP connection from `peer`: it registers its device as a session on identification,
+    /// and its positions are evidence for that session's commands.
+    Tcp {
+        registration: &'a mut Option<sessions::Registration>,
+        peer: std::net::SocketAddr,
+    },
+    /// A UDP datagram from `peer`: never carries commands, never evidence for one.
+    Udp { peer: std::net::SocketAddr },
+}
+
 /// Act on one decoded frame: identify the device, commit positions, choose the reply.
 /// `device` is the connection's current identity; `reject` the protocol's refusal reply.
 pub async fn process(
     ctx: &IngestCtx,
     protocol: Protocol,
     device: &mut Option<DeviceId>,
+    mut link: Link<'_>,
     reject: Option<Bytes>,
     mut d: Decoded,
 ) -> Step {
@@ -64,10 +77,35 @@ pub async fn process(
         tracing::info!(protocol = proto, device = ?device.as_ref().or(d.device.as_ref()), acked = d.reply.is_some(), "message of a type fleetgate does not use: counted, acked where the protocol requires");
     }
     if let Some(id) = d.device {
-        if device.as_ref() != Some(&id) {
+        if let Some(current) = device.as_ref().filter(|c| **c != id) {
+            // One connection is one tracker: a second identity on it is an impostor's sweep
+            // (or a confused device), never a reason to move a car's command path.
+            if let Link::Tcp { peer, .. } = &link {
+                ctx.sessions
+                    .relogin(current, &id, protocol, &peer.to_string());
+            }
+            return Step {
+                reply: reject,
+                close: true,
+            };
+        }
+        if device.is_none() {
             match ctx.admission.admit(&id, protocol).await {
                 Ok(Some(_vehicle)) => {
                     tracing::debug!(device = %id, "device identified");
+                    match &mut link {
+                        Link::Tcp { registration, peer } => {
+                            tracing::Span::current().record("device", tracing::field::display(&id));
+                            **registration = Some(
+                                ctx.sessions
+                                    .register(id.clone(), protocol, peer.to_string())
+                                    .await,
+                            );
+                        }
+                        Link::Udp { peer } => {
+                            ctx.sessions.datagram(&id, protocol, &peer.to_string());
+                        }
+                    }
                     *device = Some(id);
                 }
                 Ok(None) => {
@@ -88,6 +126,16 @@ pub async fn process(
             }
         }
     }
+    let origin = match &link {
+        Link::Tcp {
+            registration: Some(reg),
+            ..
+        } => {
+            reg.touch(protocol);
+            Origin::Session(reg.conn())
+        }
+        _ => Origin::Sessionless,
+    };
     if let (Some(response), Some(dev)) = (d.command_response.take(), device.as_ref()) {
         ctx.sessions
             .event(SessionEvent::Answer {
@@ -112,7 +160,11 @@ pub async fn process(
         let n = d.positions.len();
         metrics::counter!("fleetgate_ingest_records_total", "protocol" => proto)
             .increment(n as u64);
-        return match ctx.pipeline.ingest(dev, protocol, d.positions).await {
+        return match ctx
+            .pipeline
+            .ingest(dev, protocol, origin, d.positions)
+            .await
+        {
             Ok(_) => {
                 metrics::histogram!("fleetgate_ingest_ack_seconds", "protocol" => proto)
                     .record(started.elapsed().as_secs_f64());

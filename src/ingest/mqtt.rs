@@ -337,7 +337,7 @@ async fn handle_once(ctx: &Ctx, p: &Publish) -> Outcome {
         Err(e) => return Outcome::Retry(e.to_string()),
     }
     ctx.commands.saw(&device, protocol);
-    ctx.links.touch(&device, protocol).await;
+    let conn = ctx.links.touch(&device, protocol).await;
     if let Some(r) = decoded.command_response {
         ctx.links.answer(device.clone(), r).await;
     }
@@ -348,7 +348,12 @@ async fn handle_once(ctx: &Ctx, p: &Publish) -> Outcome {
     let n = decoded.positions.len() as u64;
     match ctx
         .pipeline
-        .ingest(&device, protocol, decoded.positions)
+        .ingest(
+            &device,
+            protocol,
+            crate::model::Origin::Session(conn),
+            decoded.positions,
+        )
         .await
     {
         Ok(_) => {

@@ -17,7 +17,7 @@ use tracing::Instrument;
 use super::codec::{FrameError, SessionCodec};
 use super::limits::ConnSlot;
 use super::sessions::{Outbound, Registration, SessionEvent};
-use super::{count_decode_error, process, IngestCtx};
+use super::{count_decode_error, process, IngestCtx, Link};
 use crate::model::DeviceId;
 use crate::protocols::{Decoded, Protocol, Transport};
 
@@ -100,6 +100,7 @@ fn connection(
                         Box::pin(on_frame(
                             ctx,
                             protocol,
+                            peer,
                             &mut stream,
                             &mut device,
                             &mut registration,
@@ -194,23 +195,19 @@ fn connection(
 
 /// Act on one decoded frame: process it, register the device when it just identified
 /// itself, write the reply. `Err` carries why the connection must close.
+#[allow(clippy::too_many_arguments)]
 async fn on_frame(
     ctx: &IngestCtx,
     protocol: Protocol,
+    peer: SocketAddr,
     stream: &mut TcpStream,
     device: &mut Option<DeviceId>,
     registration: &mut Option<Registration>,
     reject: Option<Bytes>,
     decoded: Decoded,
 ) -> Result<(), &'static str> {
-    let had = device.clone();
-    let step = process(ctx, protocol, device, reject, decoded).await;
-    if *device != had {
-        if let Some(d) = device.as_ref() {
-            tracing::Span::current().record("device", tracing::field::display(d));
-            *registration = Some(ctx.sessions.register(d.clone(), protocol).await);
-        }
-    }
+    let link = Link::Tcp { registration, peer };
+    let step = process(ctx, protocol, device, link, reject, decoded).await;
     if let Some(reply) = step.reply {
         if stream.write_all(&reply).await.is_err() {
             return Err("write failed");

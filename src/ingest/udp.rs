@@ -10,7 +10,7 @@ use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{count_decode_error, process, IngestCtx};
+use super::{count_decode_error, process, IngestCtx, Link};
 use crate::protocols::{DecodeCtx, FrameCut, Protocol, Session, Transport};
 
 /// Peers not heard from for this long lose their session state.
@@ -84,7 +84,9 @@ pub async fn serve(
                     let reject = session.reject_reply();
                     tasks.spawn(async move {
                         let mut device = None;
-                        let step = process(&ctx, protocol, &mut device, reject, decoded).await;
+                        let link = Link::Udp { peer };
+                        let step =
+                            process(&ctx, protocol, &mut device, link, reject, decoded).await;
                         if let Some(reply) = step.reply {
                             let _ = socket.send_to(&reply, peer).await;
                         }

@@ -17,7 +17,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 use crate::config::Config;
-use crate::model::{DeviceId, Position};
+use crate::model::{DeviceId, Origin, Position};
 use crate::protocols::Protocol;
 use crate::storage::{DeviceState, Store};
 
@@ -47,6 +47,7 @@ pub(crate) enum ShardMsg {
         protocol: Protocol,
         positions: Vec<Position>,
         received: DateTime<Utc>,
+        origin: Origin,
         done: oneshot::Sender<Result<Accepted, PipelineError>>,
     },
     /// The device was heard from (heartbeat, login) without positions.
@@ -133,11 +134,13 @@ impl Pipeline {
         &self.shards[shard_of(device, self.shards.len())]
     }
 
-    /// Filter, store and commit `positions`; returns once they are durable (or failed).
+    /// Filter, store and commit `positions` that came from `origin`; returns once they are
+    /// durable (or failed).
     pub async fn ingest(
         &self,
         device: &DeviceId,
         protocol: Protocol,
+        origin: Origin,
         positions: Vec<Position>,
     ) -> Result<Accepted, PipelineError> {
         let times: Vec<_> = positions.iter().map(|p| p.fix_time).collect();
@@ -147,6 +150,7 @@ impl Pipeline {
             protocol,
             positions,
             received: Utc::now(),
+            origin,
             done,
         };
         self.shard(device)

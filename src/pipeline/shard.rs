@@ -182,9 +182,13 @@ impl Shard {
                     protocol,
                     positions,
                     received,
+                    origin,
                     done,
                 } => {
-                    let (item, accepted) = self.accept(device, protocol, positions, received);
+                    let (mut item, accepted) = self.accept(device, protocol, positions, received);
+                    if let Some(i) = item.as_mut() {
+                        i.origin = origin;
+                    }
                     match item {
                         Some(item) => {
                             // Learn the outcome before the connection does, so the shard has
@@ -399,6 +403,7 @@ impl Shard {
             device: id,
             protocol,
             server_time: now,
+            origin: Default::default(),
             positions: out,
             state: d.state.clone(),
         };

@@ -76,6 +76,8 @@ pub struct WriteItem {
     pub device: DeviceId,
     pub protocol: Protocol,
     pub server_time: DateTime<Utc>,
+    /// The session the positions came on (evidence for the immobiliser; not stored).
+    pub origin: crate::model::Origin,
     pub positions: Vec<NewPosition>,
     /// The device's latest state after these positions.
     pub state: DeviceState,

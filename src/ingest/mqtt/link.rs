@@ -28,6 +28,8 @@ pub struct Links {
 
 struct Link {
     protocol: Protocol,
+    /// The session's connection id: the origin of the device's positions.
+    conn: u64,
     touched: Mutex<Instant>,
     /// Set by the link's task as it ends; the next message registers afresh.
     closed: std::sync::atomic::AtomicBool,
@@ -57,26 +59,33 @@ impl Links {
     }
 
     /// `device` published (before its records go to the pipeline, so that they count as
-    /// this session's own evidence): keep its session alive, or open one.
-    pub async fn touch(&self, device: &DeviceId, protocol: Protocol) {
+    /// this session's own evidence): keep its session alive, or open one. Returns the
+    /// session's connection id.
+    pub async fn touch(&self, device: &DeviceId, protocol: Protocol) -> u64 {
         {
             let live = self.lock();
             if let Some(l) = live.get(device) {
                 if !l.is_closed() && l.protocol == protocol {
                     *l.touched.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
-                    return;
+                    return l.conn;
                 }
             }
         }
-        let reg = self.sessions.register(device.clone(), protocol).await;
+        let reg = self
+            .sessions
+            .register(device.clone(), protocol, "mqtt")
+            .await;
+        let conn = reg.conn();
         let link = Arc::new(Link {
             protocol,
+            conn,
             touched: Mutex::new(Instant::now()),
             closed: Default::default(),
         });
         self.lock().insert(device.clone(), link.clone());
         metrics::gauge!("fleetgate_mqtt_device_sessions").increment(1.0);
         tokio::spawn(run(reg, link, self.clone()));
+        conn
     }
 
     /// A device answered a command (on its response topic, or inside its telemetry).

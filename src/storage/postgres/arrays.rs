@@ -124,6 +124,7 @@ mod tests {
     fn item(dev: &str, last_seen_s: i64, n: usize) -> WriteItem {
         let t = Utc.timestamp_opt(1_700_000_000 + last_seen_s, 0).unwrap();
         WriteItem {
+            origin: Default::default(),
             device: DeviceId::new(dev),
             protocol: Protocol::Teltonika,
             server_time: t,
