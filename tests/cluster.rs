@@ -252,6 +252,7 @@ async fn tracker_on_b_is_blocked_and_unblocked_through_the_api_of_a() {
         &mut t,
         &[
             rec(30, 0, false, Some(false)),
+            rec(25, 0, false, Some(false)),
             rec(20, 0, false, Some(false)),
         ],
     )

@@ -96,6 +96,7 @@ async fn low_balance_and_inspection_block_through_the_immobiliser_and_lift_in_tu
     );
     // It stands still for 12 s by fix time: the block goes out and the tracker answers.
     send_records(&mut t, &[rec(30, 0, true, Some(false))]).await;
+    send_records(&mut t, &[rec(24, 0, true, Some(false))]).await;
     send_records(&mut t, &[rec(18, 0, true, Some(false))]).await;
     assert_eq!(read_command(&mut t).await, "setdigout 1");
     t.send(&encode_codec12_response(

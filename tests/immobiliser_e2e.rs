@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use chrono::Utc;
-use common::teltonika::{login, read_command, rec, send_records};
+use common::teltonika::{login, parked, read_command, rec, send_records};
 use common::{Api, Tracker};
 use fleetgate::protocols::teltonika::{encode_avl_packet, encode_codec12_response, io, CODEC_8E};
 use fleetgate::protocols::{Protocol, Transport};
@@ -82,6 +82,7 @@ async fn moving_car_is_blocked_only_once_stopped_and_unblocked_when_the_last_rea
 
     // It slows to a stop: one slow fix is not yet 10 s of standstill.
     send_records(&mut t, &[rec(30, 0, true, Some(false))]).await;
+    send_records(&mut t, &[rec(24, 0, true, Some(false))]).await;
     assert!(t.read_for(400).await.is_empty(), "stopped for 0 s only");
     // Stopped for 12 s by fix time: the block goes out.
     send_records(&mut t, &[rec(18, 0, true, Some(false))]).await;
@@ -203,8 +204,9 @@ async fn moving_car_is_blocked_only_once_stopped_and_unblocked_when_the_last_rea
     daemon.stop().await;
 }
 
-/// A tracker that was parked and is offline: the block waits for it, and on login goes out
-/// only once fresh fixes show the car still safe (a car driven off meanwhile waits again).
+/// A tracker that was parked and is offline: the block waits for it (evidence dies with the
+/// connection it came on), and on login goes out only once that new connection's own fixes
+/// show the car safe (a car driven off meanwhile waits again).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn block_for_an_offline_tracker_is_sent_on_reconnect_once_fresh_fixes_show_it_safe() {
     let dir = tempfile::tempdir().unwrap();
@@ -213,7 +215,7 @@ async fn block_for_an_offline_tracker_is_sent_on_reconnect_once_fresh_fixes_show
     let api = Api::new(daemon.api_addr);
     let imei = "356307042441102";
     let mut t = login(addr, imei).await;
-    send_records(&mut t, &[rec(60, 0, false, Some(false))]).await;
+    send_records(&mut t, &parked(60, Some(false))).await;
     drop(t);
 
     let (s, b) = api
@@ -223,38 +225,39 @@ async fn block_for_an_offline_tracker_is_sent_on_reconnect_once_fresh_fixes_show
         )
         .await;
     assert_eq!(s, 200, "{b}");
-    assert_eq!(b["immobiliser"]["state"], "blocking", "ignition off: safe");
+    assert_eq!(
+        b["immobiliser"]["state"], "block_pending",
+        "no live connection, no evidence"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let cmds = commands(&api, imei).await;
-    assert_eq!(cmds[0]["status"], "queued", "nobody to send it to");
-    let first = cmds[0]["id"].as_i64().unwrap();
+    assert!(commands(&api, imei).await.is_empty(), "nothing decided yet");
 
-    // Back online, but the buffered records show the car was driven off: no command.
+    // Back online, but the records show the car was driven off: no command.
     let mut t = login(addr, imei).await;
     assert!(t.read_for(600).await.is_empty(), "not before fresh fixes");
     send_records(&mut t, &[rec(20, 50, true, None), rec(10, 45, true, None)]).await;
     assert!(t.read_for(600).await.is_empty(), "never to a moving car");
     wait_state(&api, imei, "block_pending").await;
-    wait_command(&api, first, "superseded").await;
 
     // Parked again with the ignition off: now it goes.
-    send_records(&mut t, &[rec(1, 0, false, None)]).await;
+    send_records(&mut t, &parked(1, None)).await;
     assert_eq!(read_command(&mut t).await, "setdigout 1");
     t.send(&encode_codec12_response(b"DOUT1:1")).await;
     wait_state(&api, imei, "blocked").await;
     daemon.stop().await;
 }
 
-/// The daemon restarts with a block still queued: it is sent after the restart.
+/// The daemon restarts with a block still pending: after the restart it goes out on the new
+/// session's own evidence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn queued_command_survives_a_restart() {
+async fn pending_block_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let imei = "356307042441103";
     let daemon = common::start(dir.path(), CFG).await;
     let addr = daemon.addr(Protocol::Teltonika, Transport::Tcp).unwrap();
     let api = Api::new(daemon.api_addr);
     let mut t = login(addr, imei).await;
-    send_records(&mut t, &[rec(60, 0, false, None)]).await;
+    send_records(&mut t, &parked(60, None)).await;
     drop(t);
     let (s, _) = api
         .post(
@@ -263,17 +266,17 @@ async fn queued_command_survives_a_restart() {
         )
         .await;
     assert_eq!(s, 200);
-    let id = commands(&api, imei).await[0]["id"].as_i64().unwrap();
     daemon.stop().await;
 
     let daemon = common::start(dir.path(), CFG).await;
     let addr = daemon.addr(Protocol::Teltonika, Transport::Tcp).unwrap();
     let api = Api::new(daemon.api_addr);
-    let v = wait_state(&api, imei, "blocking").await;
+    let v = wait_state(&api, imei, "block_pending").await;
     assert_eq!(v["immobiliser"]["reasons"], json!(["inspection"]));
     let mut t = login(addr, imei).await;
-    send_records(&mut t, &[rec(1, 0, false, None)]).await;
+    send_records(&mut t, &parked(1, None)).await;
     assert_eq!(read_command(&mut t).await, "setdigout 1");
+    let id = commands(&api, imei).await[0]["id"].as_i64().unwrap();
     let c = wait_command(&api, id, "sent").await;
     assert_eq!(c["attempts"], 1);
     t.send(&encode_codec12_response(b"DOUT1:1")).await;
@@ -281,7 +284,8 @@ async fn queued_command_survives_a_restart() {
     daemon.stop().await;
 }
 
-/// Block then unblock while the tracker is offline: last intent wins, the block never goes.
+/// Block then unblock while the tracker is offline: the block never goes, nor does anything
+/// else (the car was never blocked).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn block_then_unblock_while_offline_sends_only_the_unblock() {
     let dir = tempfile::tempdir().unwrap();
@@ -290,7 +294,7 @@ async fn block_then_unblock_while_offline_sends_only_the_unblock() {
     let api = Api::new(daemon.api_addr);
     let imei = "356307042441104";
     let mut t = login(addr, imei).await;
-    send_records(&mut t, &[rec(60, 0, false, None)]).await;
+    send_records(&mut t, &parked(60, None)).await;
     drop(t);
     let path = format!("/api/v1/vehicles/{imei}");
     let (s, _) = api
@@ -301,23 +305,12 @@ async fn block_then_unblock_while_offline_sends_only_the_unblock() {
         .post(&format!("{path}/unblock"), json!({"reason": "all"}))
         .await;
     assert_eq!(s, 200, "{b}");
-    assert_eq!(b["immobiliser"]["state"], "unblocking");
+    assert_eq!(b["immobiliser"]["state"], "running");
 
     let mut t = login(addr, imei).await;
-    assert_eq!(read_command(&mut t).await, "setdigout 0");
-    assert!(
-        t.read_for(700).await.is_empty(),
-        "the superseded block is never sent"
-    );
-    t.send(&encode_codec12_response(b"DOUT1:0")).await;
-    wait_state(&api, imei, "running").await;
-    let cmds = commands(&api, imei).await;
-    assert_eq!(cmds.len(), 2);
-    assert_eq!(cmds[1]["intent"], "block");
-    assert_eq!(cmds[1]["status"], "superseded");
-    assert_eq!(cmds[1]["attempts"], 0);
-    assert!(cmds[1]["sent_at"].is_null());
-    assert_eq!(cmds[0]["status"], "acknowledged");
+    send_records(&mut t, &parked(1, None)).await;
+    assert!(t.read_for(700).await.is_empty(), "no block, no unblock");
+    assert!(commands(&api, imei).await.is_empty());
     daemon.stop().await;
 }
 
@@ -399,7 +392,15 @@ async fn profiles_retries_and_resend_after_a_lost_connection() {
     let addr = daemon.addr(Protocol::Teltonika, Transport::Tcp).unwrap();
     let api = Api::new(daemon.api_addr);
     let mut t = login(addr, imei).await;
-    send_records(&mut t, &[rec(30, 0, true, None), rec(15, 0, true, None)]).await;
+    send_records(
+        &mut t,
+        &[
+            rec(30, 0, true, None),
+            rec(22, 0, true, None),
+            rec(15, 0, true, None),
+        ],
+    )
+    .await;
     let (s, b) = api
         .post(
             &format!("/api/v1/vehicles/{imei}/block"),
@@ -418,11 +419,10 @@ async fn profiles_retries_and_resend_after_a_lost_connection() {
     // car did before it went offline).
     drop(t);
     let mut t = login(addr, imei).await;
-    t.send(&encode_avl_packet(CODEC_8E, &[rec(1, 0, false, None)]))
-        .await;
+    t.send(&encode_avl_packet(CODEC_8E, &parked(1, None))).await;
     // The command waits for this connection's own evidence: the record is committed (and
     // acked) first, and only then is the block written again.
-    assert_eq!(t.read(4).await, [0, 0, 0, 1], "the record ack comes first");
+    assert_eq!(t.read(4).await, [0, 0, 0, 3], "the record ack comes first");
     assert_eq!(
         read_command(&mut t).await,
         "setdigout ?1",
@@ -503,9 +503,11 @@ async fn gt06_profile_command_and_answer() {
         "one slow fix only"
     );
     t.send(&encode_gps(&fix(5, false), 3)).await;
+    t.send(&encode_gps(&fix(4, false), 4)).await;
+    t.send(&encode_gps(&fix(3, false), 5)).await;
     read_until(&mut t, b"DYD,000000#").await;
     let id = commands(&api, imei).await[0]["id"].as_i64().unwrap();
-    t.send(&encode_command_response("DYD=Success!", id as u32, 4))
+    t.send(&encode_command_response("DYD=Success!", id as u32, 6))
         .await;
     wait_state(&api, imei, "blocked").await;
     let c = wait_command(&api, id, "acknowledged").await;

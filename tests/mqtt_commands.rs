@@ -92,6 +92,7 @@ async fn mqtt_device_is_blocked_when_stopped_acknowledges_and_is_unblocked() {
 
     // Stopped for 12 s by fix time: engine_stop on the command topic.
     dev.publish(&telemetry, fix(30, 0.0, true)).await;
+    dev.publish(&telemetry, fix(24, 0.0, true)).await;
     dev.publish(&telemetry, fix(18, 0.0, true)).await;
     let cmd = next_command(&mut dev).await;
     assert_eq!(cmd["command"], "engine_stop", "{cmd}");

@@ -70,3 +70,12 @@ pub async fn flood(
     }
     written
 }
+
+/// Three consecutive parked records (ignition off, 1 s apart) ending `ago_s` seconds before
+/// now: the run of stopped fixes the immobiliser needs (`safe_fixes = 3`) to block.
+pub fn parked(ago_s: i64, dout1: Option<bool>) -> Vec<AvlRecord> {
+    (0..3)
+        .rev()
+        .map(|i| rec(ago_s + i, 0, false, dout1))
+        .collect()
+}
