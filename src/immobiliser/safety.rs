@@ -59,7 +59,7 @@ pub struct FixSnapshot {
 impl FixSnapshot {
     fn moving(&self, rules: &SafetyRules) -> bool {
         // NaN is no evidence of a stop.
-        !(self.speed_kmh <= rules.max_speed_kmh)
+        self.speed_kmh.is_nan() || self.speed_kmh > rules.max_speed_kmh
     }
 }
 
