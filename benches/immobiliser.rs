@@ -212,7 +212,8 @@ fn stop(sim: std::process::Child) {
 }
 
 /// One timed block: the tracker drives, a block is asked for (it waits), the tracker stops;
-/// timed from that stopped fix going out until the Codec 12 `setdigout 1` is read back. Then
+/// timed from the third stopped fix (the one that completes the run) going out until the
+/// Codec 12 `setdigout 1` is read back. Then
 /// (untimed) it answers, is unblocked, answers again, and is `running` for the next round.
 async fn block_cycle(tracker: &mut TcpStream, client: &reqwest::Client, base: &str) -> Duration {
     send_rec(tracker, 60).await;
@@ -223,6 +224,10 @@ async fn block_cycle(tracker: &mut TcpStream, client: &reqwest::Client, base: &s
     )
     .await;
     assert_eq!(state, "block_pending", "the car drives: the block waits");
+    // The first stopped fixes of the run (`safe_fixes = 3`, the default): the block waits.
+    for _ in 0..2 {
+        send_rec(tracker, 0).await;
+    }
     let started = Instant::now();
     tracker
         .write_all(&encode_avl_packet(CODEC_8E, &[rec(0)]))

@@ -157,6 +157,10 @@ fn describe() {
         "Connections closed by handshake or idle timeout"
     );
     describe_counter!(
+        "fleetgate_ingest_identity_conflicts_total",
+        "Another session or datagram claimed a device a live session holds (kind: second_connection, udp, relogin)"
+    );
+    describe_counter!(
         "fleetgate_ingest_devices_refused_total",
         "Unknown devices refused (register_unknown = false)"
     );
