@@ -214,13 +214,15 @@ pub async fn start_with(
         vec![zones_tx, immob_tx, crm_tx],
     );
 
-    let admission = Arc::new(Admission::new(
-        store.clone(),
-        config.devices.register_unknown,
-    ));
+    // One admission cache for the API and the listeners: the API's `PUT` clears the very
+    // cache the listeners read.
+    let admission = Arc::new(
+        Admission::new(store.clone(), config.devices.register_unknown)
+            .with_imei_check_digit(config.devices.imei_check_digit),
+    );
     let ctx = Arc::new(IngestCtx {
         pipeline: pipeline.clone(),
-        admission: Admission::new(store.clone(), config.devices.register_unknown),
+        admission: admission.clone(),
         limits: ConnLimits::new(
             config.limits.max_connections,
             config.limits.max_connections_per_ip,

@@ -140,6 +140,9 @@ pub struct DevicesConfig {
     pub identity_conflict: crate::ingest::sessions::ConflictPolicy,
     /// A live session silent this long is taken for dead: a new one takes over without conflict.
     pub takeover_silence_s: u64,
+    /// An unknown IMEI is registered only with a valid Luhn check digit (off: test rigs and
+    /// some clones send ids without one).
+    pub imei_check_digit: bool,
 }
 
 impl DevicesConfig {
@@ -158,6 +161,7 @@ impl Default for DevicesConfig {
             offline_after_s: 600,
             identity_conflict: Default::default(),
             takeover_silence_s: 300,
+            imei_check_digit: false,
         }
     }
 }
@@ -171,6 +175,8 @@ pub struct FiltersConfig {
     pub zero: bool,
     /// Drop fixes dated further than this into the future, in seconds.
     pub max_future_s: i64,
+    /// A fix reporting a speed above this (km/h), negative or not a number is refused.
+    pub max_speed_kmh: f64,
     /// Drop a fix implying a speed above this from the previous accepted fix (a GPS jump).
     /// 0 disables.
     pub max_implied_speed_kmh: f64,
@@ -182,6 +188,7 @@ impl Default for FiltersConfig {
             invalid: true,
             zero: true,
             max_future_s: 300,
+            max_speed_kmh: 400.0,
             max_implied_speed_kmh: 300.0,
         }
     }
@@ -415,6 +422,12 @@ impl Config {
                 e,
             )
         })?;
+        if !(self.filters.max_speed_kmh.is_finite() && self.filters.max_speed_kmh >= 100.0) {
+            return Err(invalid(
+                "filters.max_speed_kmh",
+                "must be a number of km/h, at least 100",
+            ));
+        }
         if self.filters.max_future_s < 0 {
             return Err(invalid("filters.max_future_s", "must not be negative"));
         }

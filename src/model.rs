@@ -33,14 +33,40 @@ impl fmt::Display for DeviceId {
 #[serde(transparent)]
 pub struct VehicleId(pub String);
 
+impl VehicleId {
+    /// Whether `id` may name a new vehicle: 1 to 128 characters, letters of any script
+    /// (Cyrillic plates included), digits, spaces inside and `-_.:#@+()`; no control or
+    /// direction-override characters, no path separators, not `.` or `..`, no leading or
+    /// trailing space. `Err` says why.
+    pub fn check_new(id: &str) -> Result<(), String> {
+        if id.is_empty() || id.chars().count() > 128 {
+            return Err("vehicle id must be 1 to 128 characters".into());
+        }
+        if id == "." || id == ".." {
+            return Err("vehicle id must not be '.' or '..'".into());
+        }
+        if id.starts_with(' ') || id.ends_with(' ') {
+            return Err("vehicle id must not start or end with a space".into());
+        }
+        let bad = id.chars().find(|c| {
+            !(c.is_alphanumeric() || " -_.:#@+()".contains(*c))
+        });
+        match bad {
+            Some(c) => Err(format!(
+                "vehicle id: {:?} is not allowed (letters, digits, spaces and -_.:#@+() only)",
+                c
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
 impl fmt::Display for VehicleId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
     }
 }
 
-/// Key of a protocol-specific attribute. IO element ids stay numeric so decoding does not
-/// format strings on the hot path; they are rendered as `io<N>` when stored.
 /// Where a batch of positions came from. Only a session that can carry commands (a TCP
 /// connection or an MQTT device session, by its connection id) can give evidence for an engine
 /// block; positions from anywhere else (UDP, replays, tests) are stored like any other but never
@@ -54,6 +80,8 @@ pub enum Origin {
     Sessionless,
 }
 
+/// Key of a protocol-specific attribute. IO element ids stay numeric so decoding does not
+/// format strings on the hot path; they are rendered as `io<N>` when stored.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum AttrKey {
     /// A numbered IO element / parameter of the device (Teltonika AVL ids, Galileosky tags…).
@@ -295,6 +323,20 @@ pub const KNOTS_TO_KMH: f64 = 1.852;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn vehicle_ids_are_a_safe_character_set() {
+        for ok in ["car-17", "А123ВС77", "356307042441101", "Taxi #4 (Moscow)"] {
+            assert!(VehicleId::check_new(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "", ".", "..", "a/b", "a\\b", "nul\u{0}", "x\r\ny", "rtl\u{202e}", "lrm\u{200e}",
+            " lead", "trail ",
+        ] {
+            assert!(VehicleId::check_new(bad).is_err(), "{bad:?}");
+        }
+        assert!(VehicleId::check_new(&"x".repeat(129)).is_err());
+    }
 
     #[test]
     fn typed_appends_equal_plain_pushes_in_order() {

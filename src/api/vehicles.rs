@@ -174,10 +174,11 @@ pub async fn put(
             ApiError::BadRequest(e.body_text())
         }
     })?;
-    if id.is_empty() || id.len() > 128 {
-        return Err(ApiError::BadRequest(
-            "vehicle id must be 1 to 128 characters".into(),
-        ));
+    let before = state.store.vehicle(&VehicleId(id.clone())).await?;
+    // A new vehicle's id must be safe to show and log; an existing one (say, a long id
+    // registered before this check) stays editable.
+    if before.is_none() {
+        VehicleId::check_new(&id).map_err(ApiError::BadRequest)?;
     }
     if let Some(p) = &update.protocol {
         if Protocol::from_name(p).is_none() {
@@ -195,13 +196,12 @@ pub async fn put(
         }
     }
     if let Some(d) = &update.device_id {
-        if d.is_empty() || d.len() > 64 {
+        if d.is_empty() || d.len() > 64 || !d.bytes().all(|b| b.is_ascii_graphic()) {
             return Err(ApiError::BadRequest(
-                "device_id must be 1 to 64 characters".into(),
+                "device_id must be 1 to 64 printable ASCII characters without spaces".into(),
             ));
         }
     }
-    let before = state.store.vehicle(&VehicleId(id.clone())).await?;
     let v = state.store.upsert_vehicle(&VehicleId(id), &update).await?;
     state.admission.invalidate();
     // A tracker moved between cars: its old car's commands must never reach the new car.

@@ -11,6 +11,8 @@ use crate::storage::{StorageError, Store, VehicleUpdate};
 pub struct Admission {
     store: Arc<dyn Store>,
     register_unknown: bool,
+    /// `[devices] imei_check_digit`: an unknown IMEI must carry a valid Luhn digit.
+    imei_check_digit: bool,
     /// Read on every login, written on the first one of a device; never on the record path.
     known: RwLock<HashMap<DeviceId, VehicleId>>,
 }
@@ -20,8 +22,15 @@ impl Admission {
         Admission {
             store,
             register_unknown,
+            imei_check_digit: false,
             known: RwLock::new(HashMap::new()),
         }
+    }
+
+    /// Require a valid IMEI check digit before registering an unknown device.
+    pub fn with_imei_check_digit(mut self, on: bool) -> Self {
+        self.imei_check_digit = on;
+        self
     }
 
     /// The vehicle carrying `device`, registering it when allowed; `None` = refuse it.
@@ -45,6 +54,15 @@ impl Admission {
                 v.id
             }
             None if self.register_unknown => {
+                // Garbage on a port (a fuzzer, a scanner, a misframed packet) never becomes a
+                // vehicle: the id must look like this protocol's ids.
+                if let Err(why) = protocol.id_form().check(device.as_str(), self.imei_check_digit)
+                {
+                    metrics::counter!("fleetgate_ingest_malformed_ids_total", "protocol" => protocol.name())
+                        .increment(1);
+                    tracing::debug!(device = ?device.as_str(), protocol = protocol.name(), why, "malformed device id: not registered");
+                    return Ok(None);
+                }
                 let id = VehicleId(device.0.clone());
                 let update = VehicleUpdate {
                     device_id: Some(device.0.clone()),

@@ -28,7 +28,7 @@ pub use sessions::{SessionEvent, Sessions};
 /// What every connection task shares.
 pub struct IngestCtx {
     pub pipeline: Pipeline,
-    pub admission: Admission,
+    pub admission: Arc<Admission>,
     pub limits: Arc<ConnLimits>,
     pub handshake_timeout: Duration,
     pub idle_timeout: Duration,
@@ -109,7 +109,7 @@ pub async fn process(
                     *device = Some(id);
                 }
                 Ok(None) => {
-                    tracing::info!(device = %id, protocol = proto, "unknown device refused (devices.register_unknown = false)");
+                    tracing::info!(device = ?id.as_str(), protocol = proto, "device refused: no vehicle has it, and it is not registered ([devices] register_unknown, or a malformed id)");
                     metrics::counter!("fleetgate_ingest_devices_refused_total", "protocol" => proto).increment(1);
                     return Step {
                         reply: reject,

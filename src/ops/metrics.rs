@@ -161,6 +161,10 @@ fn describe() {
         "Another session or datagram claimed a device a live session holds (kind: second_connection, udp, relogin)"
     );
     describe_counter!(
+        "fleetgate_ingest_malformed_ids_total",
+        "Unknown devices not registered because their id does not match the protocol's form"
+    );
+    describe_counter!(
         "fleetgate_ingest_devices_refused_total",
         "Unknown devices refused (register_unknown = false)"
     );

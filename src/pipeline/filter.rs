@@ -21,6 +21,16 @@ pub enum Reject {
     Duplicate,
     /// Implies an impossible speed from the previous accepted fix.
     Jump,
+    /// Speed not a number, negative, or above `[filters] max_speed_kmh`.
+    Speed,
+    /// Course not a number or outside 0–360°.
+    Course,
+    /// Altitude not a number or outside −1,000…20,000 m.
+    Altitude,
+    /// More satellites than any receiver tracks (over 99).
+    Satellites,
+    /// Dated before 2000: a receiver without a time fix (1970, 1980 GPS epoch), or garbage.
+    TooOld,
 }
 
 impl Reject {
@@ -32,6 +42,11 @@ impl Reject {
             Reject::Future => "future",
             Reject::Duplicate => "duplicate",
             Reject::Jump => "jump",
+            Reject::Speed => "speed",
+            Reject::Course => "course",
+            Reject::Altitude => "altitude",
+            Reject::Satellites => "satellites",
+            Reject::TooOld => "too_old",
         }
     }
 }
@@ -44,6 +59,11 @@ pub struct LastFix {
     pub lon: f64,
 }
 
+/// Fixes dated before this are not real: 2000-01-01T00:00:00Z.
+fn earliest() -> DateTime<Utc> {
+    DateTime::from_timestamp(946_684_800, 0).unwrap_or_default()
+}
+
 /// Check one fix. `last` is the newest accepted fix of the device (if any).
 pub fn check(
     p: &Position,
@@ -53,6 +73,21 @@ pub fn check(
 ) -> Result<(), Reject> {
     if !(p.lat.is_finite() && p.lon.is_finite() && p.lat.abs() <= 90.0 && p.lon.abs() <= 180.0) {
         return Err(Reject::OutOfRange);
+    }
+    if !(p.speed_kmh.is_finite() && (0.0..=cfg.max_speed_kmh).contains(&p.speed_kmh)) {
+        return Err(Reject::Speed);
+    }
+    if !(p.course.is_finite() && (0.0..=360.0).contains(&p.course)) {
+        return Err(Reject::Course);
+    }
+    if !(p.altitude.is_finite() && (-1000.0..=20_000.0).contains(&p.altitude)) {
+        return Err(Reject::Altitude);
+    }
+    if p.satellites.is_some_and(|n| n > 99) {
+        return Err(Reject::Satellites);
+    }
+    if p.fix_time < earliest() {
+        return Err(Reject::TooOld);
     }
     if cfg.invalid && !p.valid {
         return Err(Reject::Invalid);
@@ -125,6 +160,35 @@ mod tests {
             Err(Reject::Future)
         );
         assert_eq!(check(&at(600 + 299, 55.0, 37.0), None, now(), &cfg), Ok(()));
+    }
+
+    #[test]
+    fn values_out_of_range_are_refused_by_reason_and_nan_is_never_zero() {
+        let cfg = FiltersConfig::default();
+        let ok = at(0, 55.75, 37.62);
+        let with = |f: &dyn Fn(&mut Position)| {
+            let mut p = ok.clone();
+            f(&mut p);
+            check(&p, None, now(), &cfg)
+        };
+        for speed in [65_535.0, -92.6, 1e300, f64::NAN, f64::INFINITY] {
+            assert_eq!(with(&|p| p.speed_kmh = speed), Err(Reject::Speed), "{speed}");
+        }
+        assert_eq!(with(&|p| p.speed_kmh = 400.0), Ok(()));
+        assert_eq!(with(&|p| p.speed_kmh = 0.0), Ok(()));
+        for course in [-1.0, 361.0, f64::NAN] {
+            assert_eq!(with(&|p| p.course = course), Err(Reject::Course), "{course}");
+        }
+        assert_eq!(with(&|p| p.course = 360.0), Ok(()));
+        for alt in [-5000.0, 65_535.0 * 10.0, f64::NAN] {
+            assert_eq!(with(&|p| p.altitude = alt), Err(Reject::Altitude), "{alt}");
+        }
+        assert_eq!(with(&|p| p.satellites = Some(255)), Err(Reject::Satellites));
+        assert_eq!(with(&|p| p.satellites = Some(12)), Ok(()));
+        for year in [1970, 1980, -1199] {
+            let t = Utc.with_ymd_and_hms(year, 1, 6, 0, 0, 0).unwrap();
+            assert_eq!(with(&|p| p.fix_time = t), Err(Reject::TooOld), "{year}");
+        }
     }
 
     #[test]

@@ -291,8 +291,9 @@ impl Shard {
         // Oldest first, so the odometer and the latest state advance in fix order even when a
         // device uploads its buffer newest-first.
         let mut positions = positions;
-        if let Some(newest) = positions.iter().map(|p| p.fix_time).max() {
-            let skew = d.clock.observe(newest, now, filters.max_future_s);
+        if !positions.is_empty() {
+            let times: Vec<DateTime<Utc>> = positions.iter().map(|p| p.fix_time).collect();
+            let skew = d.clock.observe(&times, now, filters.max_future_s);
             if !skew.is_zero() {
                 for p in &mut positions {
                     p.fix_time -= skew;

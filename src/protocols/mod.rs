@@ -215,7 +215,91 @@ pub enum Protocol {
     Mqtt,
 }
 
+/// What a device id of a protocol looks like, checked before an unknown device is registered
+/// (a known vehicle's tracker is admitted whatever its id).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdForm {
+    /// An IMEI (15 digits; the check digit is verified only when `[devices] imei_check_digit`).
+    Imei,
+    /// A terminal or unit number: digits only, 1 to `max`.
+    Digits { max: usize },
+    /// A name the user chose: printable ASCII without spaces, 1 to `max`.
+    Printable { max: usize },
+}
+
+impl IdForm {
+    /// `Err` says what is wrong with `id`.
+    pub fn check(self, id: &str, imei_check_digit: bool) -> Result<(), &'static str> {
+        match self {
+            IdForm::Imei => {
+                // Test rigs and clones send shorter or longer numbers: digits, 8 to 17.
+                if !(8..=17).contains(&id.len()) || !id.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err("an IMEI is 8 to 17 digits");
+                }
+                if imei_check_digit && (id.len() != 15 || !luhn(id)) {
+                    return Err("not a 15-digit IMEI with a valid check digit");
+                }
+                Ok(())
+            }
+            IdForm::Digits { max } => {
+                if id.is_empty() || id.len() > max || !id.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err("a terminal number is digits only");
+                }
+                Ok(())
+            }
+            IdForm::Printable { max } => {
+                if id.is_empty() || id.len() > max || !id.bytes().all(|b| b.is_ascii_graphic()) {
+                    return Err("a unit id is printable ASCII without spaces");
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The Luhn check digit of an IMEI.
+fn luhn(digits: &str) -> bool {
+    let sum: u32 = digits
+        .bytes()
+        .rev()
+        .enumerate()
+        .map(|(i, b)| {
+            let d = u32::from(b - b'0');
+            if i % 2 == 1 {
+                let x = d * 2;
+                if x > 9 {
+                    x - 9
+                } else {
+                    x
+                }
+            } else {
+                d
+            }
+        })
+        .sum();
+    sum % 10 == 0
+}
+
 impl Protocol {
+    /// The form of this protocol's device ids (docs/protocols.md, "Device ids").
+    pub fn id_form(self) -> IdForm {
+        match self {
+            Protocol::Teltonika
+            | Protocol::Gt06
+            | Protocol::Galileo
+            | Protocol::Adm
+            | Protocol::Ruptela
+            | Protocol::Gl200
+            | Protocol::Meitrack => IdForm::Imei,
+            // H02 sends a 10- or 15-digit id, JT/T 808 a 12-digit BCD phone number, EGTS and
+            // Arnavi a numeric terminal or unit id.
+            Protocol::H02 | Protocol::Jt808 | Protocol::Egts | Protocol::Arnavi => {
+                IdForm::Digits { max: 20 }
+            }
+            Protocol::Wialon | Protocol::OsmAnd | Protocol::Mqtt => IdForm::Printable { max: 64 },
+        }
+    }
+
     pub const ALL: &'static [Protocol] = &[
         Protocol::Teltonika,
         Protocol::Gt06,
@@ -281,5 +365,30 @@ impl Protocol {
 impl fmt::Display for Protocol {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.name())
+    }
+}
+
+#[cfg(test)]
+mod id_form_tests {
+    use super::*;
+
+    #[test]
+    fn device_ids_must_match_their_protocols_form() {
+        let imei = Protocol::Teltonika.id_form();
+        assert!(imei.check("356307042441101", false).is_ok());
+        assert!(imei.check("490154203237518", true).is_ok(), "a valid check digit");
+        assert!(imei.check("490154203237519", true).is_err(), "a wrong check digit");
+        assert!(imei.check("490154203237519", false).is_ok(), "not checked by default");
+        for bad in ["", "12345", "35630704244110\n", "\u{0}\u{1}abc", "356307042441101234"] {
+            assert!(imei.check(bad, false).is_err(), "{bad:?}");
+        }
+        let jt = Protocol::Jt808.id_form();
+        assert!(jt.check("013912345678", false).is_ok());
+        assert!(jt.check("01391234567a", false).is_err());
+        let wialon = Protocol::Wialon.id_form();
+        assert!(wialon.check("phone-77", false).is_ok());
+        for bad in ["a b", "x\r\ny", "\u{202e}evil", &"a".repeat(65)] {
+            assert!(wialon.check(bad, false).is_err(), "{bad:?}");
+        }
     }
 }
