@@ -116,8 +116,7 @@ pub async fn drive(
 /// Messages not acked on purpose; the broker redelivers them.
 fn abandoned(reason: &'static str, n: usize) {
     if n > 0 {
-        metrics::counter!("fleetgate_mqtt_abandoned_total", "reason" => reason)
-            .increment(n as u64);
+        metrics::counter!("fleetgate_mqtt_abandoned_total", "reason" => reason).increment(n as u64);
     }
 }
 

@@ -146,7 +146,11 @@ mod tests {
         assert!(!i.take_resync(false), "the processor's queue is not empty");
         assert!(i.take_resync(true));
         assert!(!i.take_resync(true), "once");
-        assert_eq!(i.offer(5), Offered::Held, "after the resync messages are kept again");
+        assert_eq!(
+            i.offer(5),
+            Offered::Held,
+            "after the resync messages are kept again"
+        );
     }
 
     #[test]
