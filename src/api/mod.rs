@@ -93,7 +93,10 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     }
     match s.store.ping().await {
         Ok(()) => (StatusCode::OK, "ready".to_string()),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable".to_string()),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage unavailable".to_string(),
+        ),
     }
 }
 

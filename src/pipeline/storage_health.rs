@@ -68,7 +68,10 @@ mod tests {
         h.record(Err("database or disk is full"), t0);
         h.record(Err("still full"), t0 + Duration::from_secs(30));
         let e = h.check(t0 + Duration::from_secs(61)).unwrap_err();
-        assert_eq!(e, "storage commits failing for 61s: still full", "since the first failure, the last error");
+        assert_eq!(
+            e, "storage commits failing for 61s: still full",
+            "since the first failure, the last error"
+        );
         assert!(!h.stalled(t0 + Duration::from_secs(61), STALL_BOUND));
         assert!(h.stalled(t0 + STALL_BOUND + Duration::from_secs(1), STALL_BOUND));
         h.record(Ok(()), t0 + Duration::from_secs(200));

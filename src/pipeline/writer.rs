@@ -122,12 +122,7 @@ pub async fn run(store: Arc<dyn Store>, cfg: WriterConfig, mut rx: mpsc::Receive
     }
 }
 
-async fn commit(
-    store: &dyn Store,
-    batch: &mut Vec<WriteReq>,
-    rows: usize,
-    cfg: &WriterConfig,
-) {
+async fn commit(store: &dyn Store, batch: &mut Vec<WriteReq>, rows: usize, cfg: &WriterConfig) {
     let subscribers = &cfg.subscribers;
     let (items, waiters): (Vec<_>, Vec<_>) = batch
         .drain(..)
@@ -149,7 +144,10 @@ async fn commit(
     metrics::histogram!("fleetgate_storage_commit_seconds").record(elapsed);
     metrics::histogram!("fleetgate_storage_batch_rows").record(rows as f64);
     let outcome = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
-    cfg.health.record(outcome.as_ref().map(|_| ()).map_err(|e| e.as_str()), Instant::now());
+    cfg.health.record(
+        outcome.as_ref().map(|_| ()).map_err(|e| e.as_str()),
+        Instant::now(),
+    );
     match result {
         Ok(()) => {
             metrics::counter!("fleetgate_storage_rows_written_total").increment(rows as u64);

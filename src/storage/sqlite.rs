@@ -102,7 +102,8 @@ impl SqliteStore {
 async fn released_clean(conn: &mut sqlx::SqliteConnection) -> Result<bool, sqlx::Error> {
     let mut handle = conn.lock_handle().await?;
     // SAFETY: the handle is valid while sqlx's lock on it is held (`handle` lives on).
-    let open = unsafe { rusqlite::ffi::sqlite3_get_autocommit(handle.as_raw_handle().as_ptr()) } == 0;
+    let open =
+        unsafe { rusqlite::ffi::sqlite3_get_autocommit(handle.as_raw_handle().as_ptr()) } == 0;
     if open {
         metrics::counter!("fleetgate_storage_connections_replaced_total").increment(1);
         tracing::warn!("writer connection left inside a transaction: replaced by a fresh one");
