@@ -301,10 +301,9 @@ pub async fn start_with(
     // pipeline drains. Its devices get command sessions in the same registry as TCP ones.
     let mqtt = ingest::mqtt::start(
         &config.mqtt,
-        store.clone(),
+        admission.clone(),
         pipeline.clone(),
         ctx.sessions.clone(),
-        config.devices.register_unknown,
         shutdown.clone(),
     )?;
     let mqtt_commands = mqtt.map(|m| {

@@ -48,9 +48,9 @@ impl VehicleId {
         if id.starts_with(' ') || id.ends_with(' ') {
             return Err("vehicle id must not start or end with a space".into());
         }
-        let bad = id.chars().find(|c| {
-            !(c.is_alphanumeric() || " -_.:#@+()".contains(*c))
-        });
+        let bad = id
+            .chars()
+            .find(|c| !(c.is_alphanumeric() || " -_.:#@+()".contains(*c)));
         match bad {
             Some(c) => Err(format!(
                 "vehicle id: {:?} is not allowed (letters, digits, spaces and -_.:#@+() only)",
@@ -330,8 +330,17 @@ mod tests {
             assert!(VehicleId::check_new(ok).is_ok(), "{ok}");
         }
         for bad in [
-            "", ".", "..", "a/b", "a\\b", "nul\u{0}", "x\r\ny", "rtl\u{202e}", "lrm\u{200e}",
-            " lead", "trail ",
+            "",
+            ".",
+            "..",
+            "a/b",
+            "a\\b",
+            "nul\u{0}",
+            "x\r\ny",
+            "rtl\u{202e}",
+            "lrm\u{200e}",
+            " lead",
+            "trail ",
         ] {
             assert!(VehicleId::check_new(bad).is_err(), "{bad:?}");
         }

@@ -5,12 +5,11 @@ mod common;
 
 use common::process::{free_port, spawn, wait_ready};
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
-use common::mqtt::{forget_sessions, section as mqtt_section, unique, Device};
+use common::mqtt::{forget_sessions, section as mqtt_section, unique, Broker, Device};
 use common::Api;
 use fleetgate::model::DeviceId;
 use fleetgate::protocols::teltonika::{encode_avl_packet, io, AvlRecord, CODEC_8E};
@@ -430,83 +429,6 @@ async fn two_instances_share_one_postgres() {
     b.stop().await;
     forget_sessions(&[format!("{prefix}-a"), format!("{prefix}-b")]).await;
     drop(schema);
-}
-
-/// A private Mosquitto with persistence, to restart without disturbing the other tests.
-struct Broker {
-    child: Child,
-    conf: std::path::PathBuf,
-    port: u16,
-}
-
-impl Broker {
-    fn start(dir: &std::path::Path) -> Broker {
-        let port = free_port();
-        let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
-                 persistence_location {}/\nmax_queued_messages 10000\n\
-                 user root\n",
-                dir.display()
-            ),
-        )
-        .unwrap();
-        let mut b = Broker {
-            child: Broker::spawn(&conf),
-            conf,
-            port,
-        };
-        b.wait_up();
-        b
-    }
-
-    fn spawn(conf: &std::path::Path) -> Child {
-        let bin = [
-            "mosquitto",
-            "/usr/sbin/mosquitto",
-            "/usr/local/sbin/mosquitto",
-        ]
-        .into_iter()
-        .find(|b| Command::new(b).arg("-h").output().is_ok())
-        .expect("mosquitto binary (installed by .ci/services)");
-        Command::new(bin)
-            .arg("-c")
-            .arg(conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("spawn mosquitto")
-    }
-
-    fn wait_up(&mut self) {
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!("private mosquitto did not start");
-    }
-
-    /// SIGTERM (Mosquitto saves its persistence file), then start it again.
-    fn restart(&mut self) {
-        let _ = Command::new("kill")
-            .arg(self.child.id().to_string())
-            .status();
-        let _ = self.child.wait();
-        std::thread::sleep(Duration::from_millis(300));
-        self.child = Broker::spawn(&self.conf);
-        self.wait_up();
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 /// The broker restarts while a device keeps publishing: fleetgate reconnects with backoff,

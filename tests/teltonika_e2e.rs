@@ -225,3 +225,71 @@ async fn udp_datagrams_are_acked_and_stored() {
     assert_eq!(hex::encode(&buf[..n]), "0005cafe010501");
     daemon.stop().await;
 }
+
+/// With `register_unknown = false`, a tracker taken out of its vehicle through the API is
+/// refused at its next login: the listeners read the cache the API clears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tracker_removed_from_its_vehicle_is_refused_at_once() {
+    use fleetgate::protocols::teltonika::encode_imei;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = common::start(dir.path(), "[devices]\nregister_unknown = false\n").await;
+    let addr = daemon.addr(Protocol::Teltonika, Transport::Tcp).unwrap();
+    let api = common::Api::new(daemon.api_addr);
+    let imei = "356307042441901";
+    let (s, v) = api
+        .put(
+            "/api/v1/vehicles/car-17",
+            serde_json::json!({"device_id": imei, "protocol": "teltonika"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let mut t = common::Tracker::connect(addr).await;
+    t.send(&encode_imei(imei)).await;
+    assert_eq!(t.read(1).await, [1], "the vehicle's tracker is admitted");
+    drop(t);
+    let (s, _) = api
+        .put(
+            "/api/v1/vehicles/car-17",
+            serde_json::json!({"device_id": "356307042441999"}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let mut t = common::Tracker::connect(addr).await;
+    t.send(&encode_imei(imei)).await;
+    assert_eq!(t.read(1).await, [0], "refused at once, not after a restart");
+    daemon.stop().await;
+}
+
+/// Garbage identities on a port never become vehicles.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_device_ids_are_not_registered() {
+    use fleetgate::protocols::teltonika::encode_imei;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = common::start(dir.path(), "").await;
+    let addr = daemon.addr(Protocol::Teltonika, Transport::Tcp).unwrap();
+    let api = common::Api::new(daemon.api_addr);
+    for bad in ["12AB5678901234", "1234", "!!!!!!!!!!!!!!!"] {
+        let mut t = common::Tracker::connect(addr).await;
+        t.send(&encode_imei(bad)).await;
+        assert_eq!(t.read(1).await, [0], "{bad} refused");
+    }
+    let (_, list) = api.get("/api/v1/vehicles").await;
+    assert_eq!(list.as_array().map(|a| a.len()), Some(0), "{list}");
+    assert_eq!(
+        common::metric(
+            &api,
+            "fleetgate_ingest_malformed_ids_total",
+            &[("protocol", "teltonika")]
+        )
+        .await,
+        3.0
+    );
+    // A vehicle id with a line break or a direction override cannot be created.
+    for bad in ["car%0D%0Afake", "car%E2%80%AE", "a%2Fb"] {
+        let (s, b) = api
+            .put(&format!("/api/v1/vehicles/{bad}"), serde_json::json!({}))
+            .await;
+        assert_eq!(s, 400, "{bad}: {b}");
+    }
+    daemon.stop().await;
+}

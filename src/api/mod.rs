@@ -89,11 +89,17 @@ pub fn router(state: AppState) -> Router {
 
 async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     if !s.ready.load(Ordering::Acquire) {
-        return (StatusCode::SERVICE_UNAVAILABLE, "starting");
+        return (StatusCode::SERVICE_UNAVAILABLE, "starting".to_string());
+    }
+    if let Err(why) = s.pipeline.storage_health().check(std::time::Instant::now()) {
+        return (StatusCode::SERVICE_UNAVAILABLE, why);
     }
     match s.store.ping().await {
-        Ok(()) => (StatusCode::OK, "ready"),
-        Err(_) => (StatusCode::SERVICE_UNAVAILABLE, "storage unavailable"),
+        Ok(()) => (StatusCode::OK, "ready".to_string()),
+        Err(_) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "storage unavailable".to_string(),
+        ),
     }
 }
 

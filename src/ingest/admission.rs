@@ -2,7 +2,7 @@
 //! `[devices] register_unknown` is on (they become a vehicle whose id is the device id).
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 
 use crate::model::{DeviceId, VehicleId};
 use crate::protocols::Protocol;
@@ -15,6 +15,9 @@ pub struct Admission {
     imei_check_digit: bool,
     /// Read on every login, written on the first one of a device; never on the record path.
     known: RwLock<HashMap<DeviceId, VehicleId>>,
+    /// One lookup per unknown device at a time: an MQTT burst or a reconnect storm from one
+    /// device admits it once (one `registered unknown device`), the others wait for it.
+    looking_up: Mutex<HashMap<DeviceId, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Admission {
@@ -24,6 +27,7 @@ impl Admission {
             register_unknown,
             imei_check_digit: false,
             known: RwLock::new(HashMap::new()),
+            looking_up: Mutex::new(HashMap::new()),
         }
     }
 
@@ -33,15 +37,50 @@ impl Admission {
         self
     }
 
+    fn cached(&self, device: &DeviceId) -> Option<VehicleId> {
+        self.known
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(device)
+            .cloned()
+    }
+
     /// The vehicle carrying `device`, registering it when allowed; `None` = refuse it.
     pub async fn admit(
         &self,
         device: &DeviceId,
         protocol: Protocol,
     ) -> Result<Option<VehicleId>, StorageError> {
-        if let Some(v) = self.known.read().expect("not poisoned").get(device) {
-            return Ok(Some(v.clone()));
+        if let Some(v) = self.cached(device) {
+            return Ok(Some(v));
         }
+        let gate = self
+            .looking_up
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(device.clone())
+            .or_default()
+            .clone();
+        let result = {
+            let _turn = gate.lock().await;
+            match self.cached(device) {
+                Some(v) => Ok(Some(v)),
+                None => self.look_up(device, protocol).await,
+            }
+        };
+        let mut looking_up = self.looking_up.lock().unwrap_or_else(|e| e.into_inner());
+        // The map's entry and ours: nobody else waits on this device.
+        if Arc::strong_count(&gate) <= 2 {
+            looking_up.remove(device);
+        }
+        result
+    }
+
+    async fn look_up(
+        &self,
+        device: &DeviceId,
+        protocol: Protocol,
+    ) -> Result<Option<VehicleId>, StorageError> {
         let vehicle = match self.store.vehicle_by_device(device).await? {
             Some(v) => {
                 if v.protocol.is_none() {
@@ -56,7 +95,9 @@ impl Admission {
             None if self.register_unknown => {
                 // Garbage on a port (a fuzzer, a scanner, a misframed packet) never becomes a
                 // vehicle: the id must look like this protocol's ids.
-                if let Err(why) = protocol.id_form().check(device.as_str(), self.imei_check_digit)
+                if let Err(why) = protocol
+                    .id_form()
+                    .check(device.as_str(), self.imei_check_digit)
                 {
                     metrics::counter!("fleetgate_ingest_malformed_ids_total", "protocol" => protocol.name())
                         .increment(1);
@@ -78,13 +119,16 @@ impl Admission {
         };
         self.known
             .write()
-            .expect("not poisoned")
+            .unwrap_or_else(|e| e.into_inner())
             .insert(device.clone(), vehicle.clone());
         Ok(Some(vehicle))
     }
 
     /// Forget cached mappings (a vehicle's device changed through the API).
     pub fn invalidate(&self) {
-        self.known.write().expect("not poisoned").clear();
+        self.known
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
     }
 }

@@ -4,10 +4,13 @@
 //! (clean session off, stable `client_id`), so the broker keeps — and redelivers — whatever
 //! fleetgate had not acknowledged when it stopped, crashed or lost the connection.
 //!
-//! Two tasks: the driver polls rumqttc's event loop (it must never block: it also answers the
-//! broker's keep-alive), reconnects with exponential backoff and re-subscribes; the processor
-//! commits up to `max_inflight` messages at once and acks them in arrival order (MQTT 3.1.1
-//! §4.6) as their commits complete. A message whose commit fails is retried, never acked.
+//! Two tasks: the driver ([`driver`]) polls rumqttc's event loop and never waits for anything
+//! else (the same poll writes our PUBACKs and keep-alives), reconnects with exponential
+//! backoff and re-subscribes; the processor commits up to `max_inflight` messages at once and
+//! acks them in arrival order (MQTT 3.1.1 §4.6) as their commits complete. A message whose
+//! commit fails is retried, never acked. At shutdown the processor stops taking messages,
+//! gives the ones being committed [`STOP_GRACE`] and abandons the rest (the broker redelivers
+//! them), then the DISCONNECT gets [`DISCONNECT_TIMEOUT`] to go out.
 //!
 //! MQTT 3.1.1 is used: shared subscriptions (`$share/<group>/…`) are an MQTT 5 feature that
 //! Mosquitto (≥ 1.6), EMQX, HiveMQ and VerneMQ also grant to 3.1.1 clients; a broker without
@@ -15,6 +18,8 @@
 
 pub mod commands;
 pub mod config;
+mod driver;
+pub mod intake;
 pub mod link;
 pub mod topic;
 
@@ -22,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::stream::{FuturesOrdered, StreamExt};
-use rumqttc::{AsyncClient, Event, EventLoop, Incoming, MqttOptions, Outgoing, Publish, QoS};
+use rumqttc::{AsyncClient, MqttOptions, Publish};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -32,7 +37,6 @@ use super::Admission;
 use crate::model::DeviceId;
 use crate::pipeline::{Pipeline, PipelineError};
 use crate::protocols::{mqtt_json, DecodeCtx, DecodeError, Decoded, FrameCut, Protocol, Transport};
-use crate::storage::Store;
 
 pub use commands::{MqttCommandError, MqttCommands};
 pub use config::MqttConfig;
@@ -54,15 +58,20 @@ pub struct MqttIngest {
     pub commands: MqttCommands,
 }
 
-/// Queue between the driver and the processor; the broker's in-flight window bounds it too.
+/// Queue between the driver and the processor (the driver holds more, see [`intake`]).
 const QUEUE: usize = 256;
-/// Longest a graceful stop waits for the DISCONNECT to go out.
-const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// rumqttc's request queue: our PUBACKs (at most one per message in the queue or being
+/// committed) and command publishes. The processor may wait for room, the driver never does.
+const REQUESTS: usize = 1024;
+/// At shutdown, how long the messages being committed get before they are abandoned.
+pub const STOP_GRACE: Duration = Duration::from_secs(10);
+/// Longest a graceful stop then waits for the PUBACKs and the DISCONNECT to go out.
+pub const DISCONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 struct Ctx {
     cfg: MqttConfig,
     pipeline: Pipeline,
-    admission: Admission,
+    admission: Arc<Admission>,
     commands: MqttCommands,
     links: Links,
     response_filter: String,
@@ -71,17 +80,16 @@ struct Ctx {
 /// Start the MQTT source when `[mqtt] url` is set.
 pub fn start(
     cfg: &MqttConfig,
-    store: Arc<dyn Store>,
+    admission: Arc<Admission>,
     pipeline: Pipeline,
     sessions: Arc<Sessions>,
-    register_unknown: bool,
     shutdown: CancellationToken,
 ) -> Result<Option<MqttIngest>, MqttError> {
     if !cfg.enabled() {
         return Ok(None);
     }
     let options = options(cfg)?;
-    let (client, eventloop) = AsyncClient::new(options, QUEUE);
+    let (client, eventloop) = AsyncClient::new(options, REQUESTS);
     let commands = MqttCommands::new(client.clone(), cfg.command_topic.clone());
     let links = Links::new(
         sessions,
@@ -91,14 +99,14 @@ pub fn start(
     let ctx = Arc::new(Ctx {
         cfg: cfg.clone(),
         pipeline,
-        admission: Admission::new(store, register_unknown),
+        admission,
         commands: commands.clone(),
         links,
         response_filter: topic::template_filter(&cfg.response_topic),
     });
     let (tx, rx) = mpsc::channel(QUEUE);
     let stop_driver = CancellationToken::new();
-    let driver = tokio::spawn(drive(
+    let driver = tokio::spawn(driver::drive(
         eventloop,
         client.clone(),
         cfg.clone(),
@@ -145,83 +153,8 @@ fn options(cfg: &MqttConfig) -> Result<MqttOptions, MqttError> {
     Ok(o)
 }
 
-/// Poll the event loop until the processor's DISCONNECT has gone out (or the connection is
-/// down at shutdown). Forward publishes; subscribe on every CONNACK; back off on errors.
-async fn drive(
-    mut eventloop: EventLoop,
-    client: AsyncClient,
-    cfg: MqttConfig,
-    tx: mpsc::Sender<Publish>,
-    shutdown: CancellationToken,
-    done: CancellationToken,
-) {
-    let min = Duration::from_millis(cfg.reconnect_min_ms);
-    let max = Duration::from_millis(cfg.reconnect_max_ms);
-    let mut backoff = min;
-    let subs = cfg.subscriptions();
-    loop {
-        match eventloop.poll().await {
-            Ok(Event::Incoming(Incoming::ConnAck(ack))) => {
-                backoff = min;
-                metrics::gauge!("fleetgate_mqtt_connected").set(1.0);
-                tracing::info!(url = %cfg.url, client_id = %cfg.client_id, session_present = ack.session_present, "MQTT connected");
-                // Subscribing again is harmless when the broker kept the session, and needed
-                // when it did not (expired, broker restarted without persistence).
-                let filters = subs
-                    .iter()
-                    .map(|s| rumqttc::SubscribeFilter::new(s.clone(), QoS::AtLeastOnce));
-                if let Err(e) = client.try_subscribe_many(filters) {
-                    tracing::warn!(error = %e, "MQTT subscribe not queued");
-                }
-            }
-            Ok(Event::Incoming(Incoming::SubAck(ack))) => {
-                tracing::debug!(?ack.return_codes, "MQTT subscribed");
-                if ack
-                    .return_codes
-                    .iter()
-                    .any(|c| matches!(c, rumqttc::SubscribeReasonCode::Failure))
-                {
-                    tracing::error!(filters = ?subs, "broker refused a subscription (ACL? $share support?)");
-                }
-            }
-            Ok(Event::Incoming(Incoming::Publish(p))) => {
-                // Awaiting here only when the processor is `QUEUE` messages behind; the
-                // broker's in-flight window usually stops it sooner.
-                if tx.send(p).await.is_err() {
-                    // Stopping: not acked, so the broker redelivers it to the next session.
-                }
-            }
-            Ok(Event::Outgoing(Outgoing::Disconnect)) => {
-                metrics::gauge!("fleetgate_mqtt_connected").set(0.0);
-                done.cancel();
-                return;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                metrics::gauge!("fleetgate_mqtt_connected").set(0.0);
-                metrics::counter!("fleetgate_mqtt_connection_errors_total").increment(1);
-                if shutdown.is_cancelled() {
-                    done.cancel();
-                    return;
-                }
-                tracing::warn!(error = %e, retry_in = ?backoff, "MQTT connection lost");
-                tokio::select! {
-                    _ = tokio::time::sleep(jitter(backoff)) => {}
-                    _ = shutdown.cancelled() => { done.cancel(); return; }
-                }
-                backoff = (backoff * 2).min(max);
-            }
-        }
-    }
-}
-
-/// ±20 % so that many instances do not reconnect in lockstep after a broker restart.
-fn jitter(d: Duration) -> Duration {
-    d.mul_f64(0.8 + rand::random::<f64>() * 0.4)
-}
-
-/// Commit messages concurrently, ack in arrival order; at shutdown finish what is in flight,
-/// then queue the DISCONNECT.
+/// Commit messages concurrently, ack in arrival order; at shutdown finish what is in flight
+/// within [`STOP_GRACE`], then queue the DISCONNECT.
 async fn process(
     ctx: Arc<Ctx>,
     client: AsyncClient,
@@ -232,7 +165,17 @@ async fn process(
     loop {
         tokio::select! {
             biased;
-            Some((p, ack)) = inflight.next(), if !inflight.is_empty() => finish(&client, p, ack).await,
+            Some((p, ack)) = inflight.next(), if !inflight.is_empty() => {
+                if ack {
+                    // Waits only while rumqttc's request queue is full; the driver empties it.
+                    tokio::select! {
+                        r = client.ack(&p) => if let Err(e) = r {
+                            tracing::warn!(error = %e, "PUBACK not queued; the broker will redeliver");
+                        },
+                        _ = shutdown.cancelled() => try_ack(&client, &p),
+                    }
+                }
+            }
             _ = shutdown.cancelled() => break,
             p = rx.recv(), if inflight.len() < ctx.cfg.max_inflight => match p {
                 Some(p) => inflight.push_back(handle(ctx.clone(), p, shutdown.clone())),
@@ -240,19 +183,32 @@ async fn process(
             },
         }
     }
-    // Stop taking messages (the driver must never wait on us now: it sends our acks).
+    // Stop taking messages: what is queued is redelivered by the broker.
     drop(rx);
-    while let Some((p, ack)) = inflight.next().await {
-        finish(&client, p, ack).await;
+    let deadline = tokio::time::Instant::now() + STOP_GRACE;
+    loop {
+        match tokio::time::timeout_at(deadline, inflight.next()).await {
+            Ok(Some((p, true))) => try_ack(&client, &p),
+            Ok(Some((_, false))) => {}
+            Ok(None) => break,
+            Err(_) => {
+                tracing::warn!(
+                    messages = inflight.len(),
+                    "MQTT messages not committed within {STOP_GRACE:?} of the stop: abandoned, the broker redelivers them"
+                );
+                break;
+            }
+        }
     }
-    let _ = client.disconnect().await;
+    if let Err(e) = client.try_disconnect() {
+        tracing::warn!(error = %e, "MQTT DISCONNECT not queued");
+    }
 }
 
-async fn finish(client: &AsyncClient, p: Publish, ack: bool) {
-    if ack {
-        if let Err(e) = client.ack(&p).await {
-            tracing::warn!(error = %e, "PUBACK not queued; the broker will redeliver");
-        }
+/// Never waits (shutdown): a PUBACK that cannot be queued means a redelivery, not a loss.
+fn try_ack(client: &AsyncClient, p: &Publish) {
+    if let Err(e) = client.try_ack(p) {
+        tracing::warn!(error = %e, "PUBACK not queued; the broker will redeliver");
     }
 }
 

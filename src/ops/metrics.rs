@@ -207,6 +207,14 @@ fn describe() {
         "fleetgate_storage_commit_errors_total",
         "Failed group commits"
     );
+    describe_gauge!(
+        "fleetgate_storage_healthy",
+        "1 while the writer's commits succeed, 0 while they fail"
+    );
+    describe_counter!(
+        "fleetgate_storage_connections_replaced_total",
+        "SQLite writer connections replaced because a failed transaction was left open on them"
+    );
     describe_counter!(
         "fleetgate_storage_commit_retries_total",
         "Group commits retried after a transient storage error"
@@ -238,6 +246,14 @@ fn describe() {
     describe_counter!(
         "fleetgate_mqtt_messages_total",
         "MQTT messages decoded, by message kind"
+    );
+    describe_gauge!(
+        "fleetgate_mqtt_buffered_messages",
+        "MQTT messages received and waiting for the processor"
+    );
+    describe_counter!(
+        "fleetgate_mqtt_abandoned_total",
+        "MQTT messages left unacknowledged on purpose (the broker redelivers them), by reason"
     );
     describe_counter!(
         "fleetgate_mqtt_dropped_total",

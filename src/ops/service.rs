@@ -14,6 +14,7 @@ use super::systemd::{self, Notifier};
 use crate::app::{Running, ZoneReloader};
 use crate::config::Config;
 use crate::ingest::ConnLimits;
+use crate::pipeline::storage_health::STALL_BOUND;
 use crate::pipeline::WeakPipeline;
 
 /// STATUS= cadence when no watchdog is asked for.
@@ -41,10 +42,23 @@ impl Health {
         drop(p);
         let took = started.elapsed();
         metrics::histogram!("fleetgate_ops_pipeline_probe_seconds").record(took.as_secs_f64());
-        r.map(|()| took).map_err(|shard| {
-            metrics::counter!("fleetgate_ops_pipeline_probe_failures_total").increment(1);
+        let r = r.map(|()| took).map_err(|shard| {
             format!("shard {shard} or the writer did not answer within {timeout:?}")
-        })
+        });
+        // A writer that answers but has not committed for longer than the bound is as stuck.
+        let storage = &self.pipeline.storage_health();
+        let now = Instant::now();
+        let r = match r {
+            Ok(_) if storage.stalled(now, STALL_BOUND) => Err(storage
+                .check(now)
+                .err()
+                .unwrap_or_else(|| "storage commits failing".into())),
+            r => r,
+        };
+        if r.is_err() {
+            metrics::counter!("fleetgate_ops_pipeline_probe_failures_total").increment(1);
+        }
+        r
     }
 
     pub fn connections(&self) -> usize {

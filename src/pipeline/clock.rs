@@ -102,16 +102,31 @@ mod tests {
 
     /// A packet of `n` fixes 10 s apart, the newest at `newest`.
     fn packet(newest: DateTime<Utc>, n: i64) -> Vec<DateTime<Utc>> {
-        (0..n).rev().map(|i| newest - Duration::seconds(10 * i)).collect()
+        (0..n)
+            .rev()
+            .map(|i| newest - Duration::seconds(10 * i))
+            .collect()
     }
 
     #[test]
     fn a_clock_three_hours_ahead_is_corrected_once_three_fixes_agree() {
         let mut c = ClockSkew::default();
         let live = now() + Duration::hours(3) + Duration::seconds(4);
-        assert_eq!(c.observe(&[live], now(), 300), Duration::zero(), "one fix: not yet");
-        assert_eq!(c.observe(&[live], now(), 300), Duration::zero(), "two fixes");
-        assert_eq!(c.observe(&[live], now(), 300), Duration::hours(3), "three agree");
+        assert_eq!(
+            c.observe(&[live], now(), 300),
+            Duration::zero(),
+            "one fix: not yet"
+        );
+        assert_eq!(
+            c.observe(&[live], now(), 300),
+            Duration::zero(),
+            "two fixes"
+        );
+        assert_eq!(
+            c.observe(&[live], now(), 300),
+            Duration::hours(3),
+            "three agree"
+        );
         // A buffered upload (newest fix 40 min old in real time) keeps the learnt offset.
         let buffered = now() + Duration::hours(3) - Duration::minutes(40);
         assert_eq!(c.observe(&[buffered], now(), 300), Duration::hours(3));
@@ -121,7 +136,10 @@ mod tests {
     fn several_fixes_of_one_packet_confirm_at_once() {
         let mut c = ClockSkew::default();
         let newest = now() + Duration::hours(1) + Duration::seconds(2);
-        assert_eq!(c.observe(&packet(newest, 5), now(), 300), Duration::hours(1));
+        assert_eq!(
+            c.observe(&packet(newest, 5), now(), 300),
+            Duration::hours(1)
+        );
     }
 
     #[test]
@@ -130,7 +148,11 @@ mod tests {
         for ahead in [360, 600, 1800, 2400] {
             let t = now() + Duration::seconds(ahead);
             for _ in 0..5 {
-                assert_eq!(c.observe(&packet(t, 3), now(), 300), Duration::zero(), "{ahead} s");
+                assert_eq!(
+                    c.observe(&packet(t, 3), now(), 300),
+                    Duration::zero(),
+                    "{ahead} s"
+                );
             }
         }
         assert_eq!(c.hours(), 0);

@@ -172,12 +172,20 @@ mod tests {
             check(&p, None, now(), &cfg)
         };
         for speed in [65_535.0, -92.6, 1e300, f64::NAN, f64::INFINITY] {
-            assert_eq!(with(&|p| p.speed_kmh = speed), Err(Reject::Speed), "{speed}");
+            assert_eq!(
+                with(&|p| p.speed_kmh = speed),
+                Err(Reject::Speed),
+                "{speed}"
+            );
         }
         assert_eq!(with(&|p| p.speed_kmh = 400.0), Ok(()));
         assert_eq!(with(&|p| p.speed_kmh = 0.0), Ok(()));
         for course in [-1.0, 361.0, f64::NAN] {
-            assert_eq!(with(&|p| p.course = course), Err(Reject::Course), "{course}");
+            assert_eq!(
+                with(&|p| p.course = course),
+                Err(Reject::Course),
+                "{course}"
+            );
         }
         assert_eq!(with(&|p| p.course = 360.0), Ok(()));
         for alt in [-5000.0, 65_535.0 * 10.0, f64::NAN] {

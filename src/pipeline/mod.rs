@@ -6,6 +6,7 @@ pub mod clock;
 pub mod filter;
 pub mod retry;
 mod shard;
+pub mod storage_health;
 pub mod writer;
 
 use std::hash::{Hash, Hasher};
@@ -82,6 +83,7 @@ pub(crate) enum ShardMsg {
 #[derive(Clone)]
 pub struct Pipeline {
     shards: Arc<[mpsc::Sender<ShardMsg>]>,
+    storage: Arc<storage_health::StorageHealth>,
 }
 
 /// The running tasks, to be awaited at shutdown (shards first, then the writer).
@@ -99,9 +101,12 @@ impl Pipeline {
         subscribers: Vec<mpsc::Sender<Arc<writer::Committed>>>,
     ) -> (Pipeline, PipelineTasks) {
         let (wtx, wrx) = mpsc::channel(config.pipeline.queue.max(16) * 4);
+        let storage = Arc::new(storage_health::StorageHealth::default());
+        storage.record(Ok(()), std::time::Instant::now());
         let writer = tokio::spawn(writer::run(
             store,
             writer::WriterConfig {
+                health: storage.clone(),
                 max_rows: config.storage.batch_max_rows,
                 max_wait: Duration::from_millis(config.storage.batch_max_wait_ms),
                 subscribers,
@@ -125,6 +130,7 @@ impl Pipeline {
         (
             Pipeline {
                 shards: senders.into(),
+                storage,
             },
             PipelineTasks { shards, writer },
         )
@@ -211,13 +217,22 @@ impl Pipeline {
 #[derive(Clone)]
 pub struct WeakPipeline {
     shards: Arc<[mpsc::WeakSender<ShardMsg>]>,
+    storage: Arc<storage_health::StorageHealth>,
 }
 
 impl WeakPipeline {
     /// The pipeline, unless it has shut down.
     pub fn upgrade(&self) -> Option<Pipeline> {
         let shards: Option<Vec<_>> = self.shards.iter().map(|w| w.upgrade()).collect();
-        shards.map(|s| Pipeline { shards: s.into() })
+        shards.map(|s| Pipeline {
+            shards: s.into(),
+            storage: self.storage.clone(),
+        })
+    }
+
+    /// The writer's commit health (kept after the pipeline stops).
+    pub fn storage_health(&self) -> &storage_health::StorageHealth {
+        &self.storage
     }
 }
 
@@ -225,7 +240,13 @@ impl Pipeline {
     pub fn downgrade(&self) -> WeakPipeline {
         WeakPipeline {
             shards: self.shards.iter().map(|s| s.downgrade()).collect(),
+            storage: self.storage.clone(),
         }
+    }
+
+    /// Whether the writer's commits succeed (`/readyz`, the watchdog).
+    pub fn storage_health(&self) -> &storage_health::StorageHealth {
+        &self.storage
     }
 
     /// Round trip through every shard and the writer (behind whatever they have queued);

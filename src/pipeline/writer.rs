@@ -59,6 +59,8 @@ pub enum WriterMsg {
 }
 
 pub struct WriterConfig {
+    /// Every commit's outcome goes here.
+    pub health: Arc<super::storage_health::StorageHealth>,
     pub max_rows: usize,
     pub max_wait: Duration,
     /// Receivers of every committed batch (zones, immobiliser, CRM rules), in commit order.
@@ -113,19 +115,15 @@ pub async fn run(store: Arc<dyn Store>, cfg: WriterConfig, mut rx: mpsc::Receive
                 _ => break,
             }
         }
-        commit(store.as_ref(), &mut batch, rows, &cfg.subscribers).await;
+        commit(store.as_ref(), &mut batch, rows, &cfg).await;
         for p in probes.drain(..) {
             let _ = p.send(());
         }
     }
 }
 
-async fn commit(
-    store: &dyn Store,
-    batch: &mut Vec<WriteReq>,
-    rows: usize,
-    subscribers: &[mpsc::Sender<Arc<Committed>>],
-) {
+async fn commit(store: &dyn Store, batch: &mut Vec<WriteReq>, rows: usize, cfg: &WriterConfig) {
+    let subscribers = &cfg.subscribers;
     let (items, waiters): (Vec<_>, Vec<_>) = batch
         .drain(..)
         .map(|r| (r.item, (r.accepted, r.done)))
@@ -145,6 +143,11 @@ async fn commit(
     let elapsed = started.elapsed().as_secs_f64();
     metrics::histogram!("fleetgate_storage_commit_seconds").record(elapsed);
     metrics::histogram!("fleetgate_storage_batch_rows").record(rows as f64);
+    let outcome = result.as_ref().map(|_| ()).map_err(|e| e.to_string());
+    cfg.health.record(
+        outcome.as_ref().map(|_| ()).map_err(|e| e.as_str()),
+        Instant::now(),
+    );
     match result {
         Ok(()) => {
             metrics::counter!("fleetgate_storage_rows_written_total").increment(rows as u64);

@@ -376,10 +376,25 @@ mod id_form_tests {
     fn device_ids_must_match_their_protocols_form() {
         let imei = Protocol::Teltonika.id_form();
         assert!(imei.check("356307042441101", false).is_ok());
-        assert!(imei.check("490154203237518", true).is_ok(), "a valid check digit");
-        assert!(imei.check("490154203237519", true).is_err(), "a wrong check digit");
-        assert!(imei.check("490154203237519", false).is_ok(), "not checked by default");
-        for bad in ["", "12345", "35630704244110\n", "\u{0}\u{1}abc", "356307042441101234"] {
+        assert!(
+            imei.check("490154203237518", true).is_ok(),
+            "a valid check digit"
+        );
+        assert!(
+            imei.check("490154203237519", true).is_err(),
+            "a wrong check digit"
+        );
+        assert!(
+            imei.check("490154203237519", false).is_ok(),
+            "not checked by default"
+        );
+        for bad in [
+            "",
+            "12345",
+            "35630704244110\n",
+            "\u{0}\u{1}abc",
+            "356307042441101234",
+        ] {
             assert!(imei.check(bad, false).is_err(), "{bad:?}");
         }
         let jt = Protocol::Jt808.id_form();

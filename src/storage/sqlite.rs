@@ -77,6 +77,7 @@ impl SqliteStore {
         // commits is copied into the database once per checkpoint.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .after_release(|conn, _| Box::pin(released_clean(conn)))
             .connect_with(
                 opts.clone()
                     .pragma("cache_size", "-8192")
@@ -90,6 +91,24 @@ impl SqliteStore {
             .await?;
         Ok(SqliteStore { writer, reader })
     }
+}
+
+/// Whether the writer connection may go back to the pool: not when a transaction is still
+/// open on it. SQLite rolls a transaction back by itself on some errors (a full disk among
+/// them), so sqlx's ROLLBACK then fails and its transaction count goes wrong; its next
+/// "transaction" is a SAVEPOINT whose rollback leaves the connection inside a transaction,
+/// and every later BEGIN fails with `cannot start a transaction within a transaction` (#21).
+/// Closing the connection rolls back whatever is open; the pool opens a fresh one.
+async fn released_clean(conn: &mut sqlx::SqliteConnection) -> Result<bool, sqlx::Error> {
+    let mut handle = conn.lock_handle().await?;
+    // SAFETY: the handle is valid while sqlx's lock on it is held (`handle` lives on).
+    let open =
+        unsafe { rusqlite::ffi::sqlite3_get_autocommit(handle.as_raw_handle().as_ptr()) } == 0;
+    if open {
+        metrics::counter!("fleetgate_storage_connections_replaced_total").increment(1);
+        tracing::warn!("writer connection left inside a transaction: replaced by a fresh one");
+    }
+    Ok(!open)
 }
 
 const POSITION_COLUMNS: &str =

@@ -1,9 +1,12 @@
 //! A device-side MQTT client against the real Mosquitto on 127.0.0.1:1883: QoS 1 publishes
 //! that return once the broker has PUBACKed, and the messages it is sent.
 
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
+
+use super::process::free_port;
 use tokio::sync::mpsc;
 
 pub const BROKER: &str = "mqtt://127.0.0.1:1883";
@@ -102,5 +105,86 @@ pub async fn forget_sessions(ids: &[String]) {
             }
         })
         .await;
+    }
+}
+
+/// A private Mosquitto with persistence, to restart without disturbing the other tests.
+pub struct Broker {
+    child: Child,
+    conf: std::path::PathBuf,
+    pub port: u16,
+}
+
+impl Broker {
+    pub fn start(dir: &std::path::Path) -> Broker {
+        Broker::start_with(dir, "max_queued_messages 10000\n")
+    }
+
+    /// With `extra` lines of mosquitto.conf (queue and in-flight limits).
+    pub fn start_with(dir: &std::path::Path, extra: &str) -> Broker {
+        let port = free_port();
+        let conf = dir.join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence true\n\
+                 persistence_location {}/\n{extra}user root\n",
+                dir.display()
+            ),
+        )
+        .unwrap();
+        let mut b = Broker {
+            child: Broker::spawn(&conf),
+            conf,
+            port,
+        };
+        b.wait_up();
+        b
+    }
+
+    fn spawn(conf: &std::path::Path) -> Child {
+        let bin = [
+            "mosquitto",
+            "/usr/sbin/mosquitto",
+            "/usr/local/sbin/mosquitto",
+        ]
+        .into_iter()
+        .find(|b| Command::new(b).arg("-h").output().is_ok())
+        .expect("mosquitto binary (installed by .ci/services)");
+        Command::new(bin)
+            .arg("-c")
+            .arg(conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn mosquitto")
+    }
+
+    fn wait_up(&mut self) {
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("private mosquitto did not start");
+    }
+
+    /// SIGTERM (Mosquitto saves its persistence file), then start it again.
+    pub fn restart(&mut self) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+        std::thread::sleep(Duration::from_millis(300));
+        self.child = Broker::spawn(&self.conf);
+        self.wait_up();
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -42,6 +42,12 @@ pub(super) unsafe fn write(
     // Not owned: dropping it finalizes the statements prepared here and leaves the
     // connection open for sqlx.
     let conn = Connection::from_handle(db)?;
+    if !conn.is_autocommit() {
+        // Someone's failed transaction (see `released_clean`): nothing in it was committed,
+        // and BEGIN would fail on it for good.
+        tracing::warn!("writer connection inside a stale transaction: rolled back");
+        conn.execute_batch("ROLLBACK")?;
+    }
     conn.execute_batch("BEGIN IMMEDIATE")?;
     match write_in_tx(&conn, items) {
         Ok(()) => match conn.execute_batch("COMMIT") {

@@ -1,0 +1,168 @@
+//! Disk full (#21 item 1): the SQLite file lives on a small tmpfs that a filler file fills.
+//! While it is full no record is acked, `/readyz` answers 503 with the reason and
+//! `fleetgate_storage_healthy` is 0; once the filler is removed the same daemon (no restart)
+//! commits again, and every record it acked is stored. Before the fix the writer's
+//! connection stayed inside a transaction and every commit failed until a restart.
+//!
+//! Mounting needs root (CAP_SYS_ADMIN): without it the test says so and checks nothing.
+
+mod common;
+
+use common::process::{spawn, teltonika_only, wait_ready};
+use common::Tracker;
+use std::io::Write;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use chrono::{TimeZone, Utc};
+use fleetgate::protocols::teltonika::{encode_avl_packet, encode_imei, AvlRecord, CODEC_8};
+use sqlx::{Connection, SqliteConnection};
+
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+fn record(i: i64) -> AvlRecord {
+    AvlRecord {
+        time: Utc.with_ymd_and_hms(2026, 11, 21, 6, 0, 0).unwrap() + chrono::Duration::seconds(i),
+        lat: 55.75 + i as f64 * 1e-5,
+        lon: 37.61,
+        speed_kmh: 20,
+        course: 90,
+        altitude: 150,
+        satellites: 10,
+        io: vec![],
+    }
+}
+
+/// Log in as `imei`, send record `i`; whether it was acked within `wait`.
+async fn send(addr: std::net::SocketAddr, imei: &str, i: i64, wait: Duration) -> bool {
+    let mut t = Tracker::connect(addr).await;
+    t.send(&encode_imei(imei)).await;
+    let mut login = [0u8; 1];
+    use tokio::io::AsyncReadExt;
+    match tokio::time::timeout(wait, t.stream.read_exact(&mut login)).await {
+        Ok(Ok(_)) if login[0] == 1 => {}
+        _ => return false,
+    }
+    t.send(&encode_avl_packet(CODEC_8, &[record(i)])).await;
+    let mut ack = [0u8; 4];
+    matches!(
+        tokio::time::timeout(wait, t.stream.read_exact(&mut ack)).await,
+        Ok(Ok(_)) if ack == 1u32.to_be_bytes()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_acks_and_heals_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        println!("SKIPPED: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    let _mount = Mount(mnt.clone());
+    let db = mnt.join("fg.db");
+    let d = teltonika_only(dir.path(), &format!("url = \"sqlite://{}\"", db.display()));
+    let mut gw = spawn(&d.config);
+    wait_ready(&d.api).await;
+    let addr = format!("127.0.0.1:{}", d.tracker_port).parse().unwrap();
+
+    let mut acked = Vec::new();
+    for i in 0..5 {
+        assert!(send(addr, "356307042441013", i, Duration::from_secs(30)).await);
+        acked.push(i);
+    }
+
+    // Fill the filesystem.
+    let mut filler = std::fs::File::create(mnt.join("filler")).unwrap();
+    let chunk = vec![0u8; 64 * 1024];
+    while filler.write_all(&chunk).is_ok() {}
+    drop(filler);
+
+    // Full: new devices (a vehicle row) and known ones (positions) are not acked.
+    let mut refused = 0;
+    for i in 5..15 {
+        let imei = if i % 2 == 0 {
+            "356307042441013"
+        } else {
+            "356307042449999"
+        };
+        if send(addr, imei, i, Duration::from_secs(3)).await {
+            acked.push(i);
+        } else {
+            refused += 1;
+        }
+    }
+    assert!(refused > 0, "a full disk refused nothing");
+    let (status, body) = d.api.text("/readyz").await;
+    assert_eq!(status, 503, "readyz while full: {body}");
+    assert!(body.contains("storage commits failing"), "{body}");
+    assert_eq!(
+        common::metric(&d.api, "fleetgate_storage_healthy", &[]).await,
+        0.0
+    );
+
+    // Space returns: the same daemon commits again (trackers resend what was not acked).
+    std::fs::remove_file(mnt.join("filler")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut healed = false;
+    while Instant::now() < deadline {
+        if send(addr, "356307042441013", 100, Duration::from_secs(5)).await {
+            healed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(healed, "no commit within 60 s of space returning");
+    acked.push(100);
+    for i in 5..15 {
+        let imei = if i % 2 == 0 {
+            "356307042441013"
+        } else {
+            "356307042449999"
+        };
+        assert!(
+            send(addr, imei, i, Duration::from_secs(30)).await,
+            "record {i} after the heal"
+        );
+    }
+    assert_eq!(d.api.text("/readyz").await.0, 200);
+    assert_eq!(
+        common::metric(&d.api, "fleetgate_storage_healthy", &[]).await,
+        1.0
+    );
+
+    gw.kill().unwrap();
+    gw.wait().unwrap();
+    let mut c = SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    let stored: Vec<(String, i64)> = sqlx::query_as("SELECT device_id, fix_time FROM positions")
+        .fetch_all(&mut c)
+        .await
+        .unwrap();
+    let base = record(0).time.timestamp_millis();
+    for i in acked {
+        let imei = if i % 2 == 0 || i == 100 || i < 5 {
+            "356307042441013"
+        } else {
+            "356307042449999"
+        };
+        let t = base + i * 1000;
+        assert!(
+            stored.iter().any(|(d, f)| d == imei && *f == t),
+            "acked record {i} of {imei} not stored"
+        );
+    }
+}
