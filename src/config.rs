@@ -115,6 +115,9 @@ pub struct StorageConfig {
     pub sqlite_synchronous: String,
     /// Pool size (PostgreSQL; SQLite uses one writer plus readers).
     pub max_connections: u32,
+    /// SQLite: below this much free disk space (MB) new records are refused (not acked)
+    /// before the database hits a full disk; 0 turns the check off.
+    pub min_free_mb: u64,
 }
 
 impl Default for StorageConfig {
@@ -125,6 +128,7 @@ impl Default for StorageConfig {
             batch_max_wait_ms: 0,
             sqlite_synchronous: "full".into(),
             max_connections: 8,
+            min_free_mb: 128,
         }
     }
 }

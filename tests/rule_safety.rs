@@ -446,8 +446,12 @@ async fn noisy_border_traces_give_no_wrongful_block_and_no_missed_exit() {
     println!("seed {seed} (FLEETGATE_RULE_SEED to change)");
     let mut rng = StdRng::seed_from_u64(seed);
     let border = Border::load();
-    // Device time: the recent past (a clock one hour ahead is then in the future).
-    let t0 = Utc::now().timestamp() - 15 * 60;
+    // Device time: live trackers, their traces around now (4 min 40 s back to 5 min ahead).
+    // A clock one hour ahead is then an hour in the future, give or take `max_future_s`: what a
+    // live tracker with a time zone set sends, and what confirms the offset (a correction is
+    // never taken from fixes that are not a whole hour ahead). The last fixes of the
+    // right-clock cars lie further ahead than `max_future_s` and are refused as future.
+    let t0 = Utc::now().timestamp() - 280;
     let hour = 3600;
     let mut cars = Vec::new();
     for (i, (depth, moving, clock_s, what)) in [

@@ -73,7 +73,11 @@ async fn a_full_disk_refuses_acks_and_heals_without_a_restart() {
     }
     let _mount = Mount(mnt.clone());
     let db = mnt.join("fg.db");
-    let d = teltonika_only(dir.path(), &format!("url = \"sqlite://{}\"", db.display()));
+    // The low-water mark off: this test is about SQLite hitting the wall itself.
+    let d = teltonika_only(
+        dir.path(),
+        &format!("url = \"sqlite://{}\"\nmin_free_mb = 0", db.display()),
+    );
     let mut gw = spawn(&d.config);
     wait_ready(&d.api).await;
     let addr = format!("127.0.0.1:{}", d.tracker_port).parse().unwrap();
@@ -165,4 +169,74 @@ async fn a_full_disk_refuses_acks_and_heals_without_a_restart() {
             "acked record {i} of {imei} not stored"
         );
     }
+}
+
+/// `[storage] min_free_mb`: below the mark nothing is acked and SQLite never hits the wall;
+/// `/readyz` names the mark; freeing space resumes commits without a restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_low_water_mark_refuses_work_before_the_disk_is_full_and_resumes_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let mnt = dir.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=12m", "tmpfs"])
+        .arg(&mnt)
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        println!("SKIPPED: cannot mount a tmpfs here (needs root)");
+        return;
+    }
+    let _mount = Mount(mnt.clone());
+    let db = mnt.join("fg.db");
+    let d = teltonika_only(
+        dir.path(),
+        &format!("url = \"sqlite://{}\"\nmin_free_mb = 4", db.display()),
+    );
+    let mut gw = spawn(&d.config);
+    wait_ready(&d.api).await;
+    let addr = format!("127.0.0.1:{}", d.tracker_port).parse().unwrap();
+    let imei = "356307042441014";
+    assert!(send(addr, imei, 0, Duration::from_secs(30)).await);
+
+    // Leave about 2 MB free: under the 4 MB mark, far from full.
+    let free = |p: &std::path::Path| {
+        let out = Command::new("df")
+            .args(["-B1", "--output=avail"])
+            .arg(p)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.trim().parse::<u64>().ok())
+            .unwrap()
+    };
+    let fill = free(&mnt).saturating_sub(2 * 1024 * 1024);
+    std::fs::write(mnt.join("filler"), vec![0u8; fill as usize]).unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(
+        !send(addr, imei, 1, Duration::from_secs(3)).await,
+        "acked below the mark"
+    );
+    let (status, body) = d.api.text("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("min_free_mb"), "{body}");
+    assert!(common::metric(&d.api, "fleetgate_storage_low_space_refusals_total", &[]).await >= 1.0);
+    assert!(free(&mnt) > 1024 * 1024, "SQLite never hit the wall");
+
+    std::fs::remove_file(mnt.join("filler")).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut resumed = false;
+    while Instant::now() < deadline {
+        if send(addr, imei, 1, Duration::from_secs(5)).await {
+            resumed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(resumed, "no ack after space came back");
+    assert_eq!(d.api.text("/readyz").await.0, 200);
+    gw.kill().unwrap();
+    gw.wait().unwrap();
 }

@@ -208,6 +208,14 @@ fn describe() {
         "Failed group commits"
     );
     describe_gauge!(
+        "fleetgate_storage_free_bytes",
+        "Free bytes on the SQLite database's filesystem (read at most once a second)"
+    );
+    describe_counter!(
+        "fleetgate_storage_low_space_refusals_total",
+        "Commits refused because free disk space is below [storage] min_free_mb"
+    );
+    describe_gauge!(
         "fleetgate_storage_healthy",
         "1 while the writer's commits succeed, 0 while they fail"
     );

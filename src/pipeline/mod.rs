@@ -3,6 +3,7 @@
 //! decoded positions to the shard and wait for the group commit before acking.
 
 pub mod clock;
+pub mod disk;
 pub mod filter;
 pub mod retry;
 mod shard;
@@ -107,6 +108,7 @@ impl Pipeline {
             store,
             writer::WriterConfig {
                 health: storage.clone(),
+                disk: disk::DiskGuard::for_url(&config.storage.url, config.storage.min_free_mb),
                 max_rows: config.storage.batch_max_rows,
                 max_wait: Duration::from_millis(config.storage.batch_max_wait_ms),
                 subscribers,

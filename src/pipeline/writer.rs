@@ -61,6 +61,8 @@ pub enum WriterMsg {
 pub struct WriterConfig {
     /// Every commit's outcome goes here.
     pub health: Arc<super::storage_health::StorageHealth>,
+    /// The disk low-water mark (SQLite only).
+    pub disk: Option<super::disk::DiskGuard>,
     pub max_rows: usize,
     pub max_wait: Duration,
     /// Receivers of every committed batch (zones, immobiliser, CRM rules), in commit order.
@@ -129,6 +131,15 @@ async fn commit(store: &dyn Store, batch: &mut Vec<WriteReq>, rows: usize, cfg: 
         .map(|r| (r.item, (r.accepted, r.done)))
         .unzip();
     let started = Instant::now();
+    if let Some(Err(reason)) = cfg.disk.as_ref().map(|d| d.check(started)) {
+        // Refused before SQLite hits the wall: nothing acked, the trackers resend later.
+        cfg.health.record(Err(&reason), Instant::now());
+        let e = PipelineError::Storage(reason);
+        for (_, done) in waiters {
+            let _ = done.send(Err(e.clone()));
+        }
+        return;
+    }
     let (result, _attempts) = super::retry::RetryPolicy::default()
         .run(|| async {
             match tokio::time::timeout(ATTEMPT_TIMEOUT, store.write_batch(&items)).await {
