@@ -108,13 +108,38 @@ pub struct ZoneReloader {
 }
 
 impl ZoneReloader {
+    /// Re-read the files and stored zones; the new set goes through the same review as an API
+    /// change (geometry and coordinate order of the zones that changed, and the mass-exit
+    /// guard, which a reload cannot force: a restart applies the files as they are).
     pub async fn reload(&self) -> Result<usize, crate::geofence::stage::LoadError> {
-        let (set, files) = crate::geofence::stage::load(
-            std::path::Path::new(&self.config.geofences.dir),
-            self.store.as_ref(),
-            &self.config.geofences.debounce,
-        )
-        .await?;
+        use crate::geofence::edit;
+        use crate::geofence::stage::LoadError;
+        let cfg = &self.config.geofences;
+        let _edit = self.zones.lock_edits().await;
+        let files = crate::geofence::stage::read_dir(std::path::Path::new(&cfg.dir))?;
+        let set =
+            crate::geofence::stage::compose(&files, self.store.as_ref(), &cfg.debounce).await?;
+        let current = self.zones.current();
+        let fleet = edit::fleet_positions(self.store.as_ref()).await?;
+        let proposal = edit::Proposal {
+            current: &current,
+            candidate: &set,
+            changed: edit::changed(&current, &set),
+            max_exit_share: cfg.max_exit_share,
+            force: false,
+        };
+        let verdict = edit::review(&proposal, &fleet).map_err(|r| {
+            let hint = match r {
+                edit::Refusal::MassExit { .. } => {
+                    "; a restart applies the files as they are, or raise [geofences] max_exit_share"
+                }
+                _ => "",
+            };
+            LoadError::Invalid(format!("{}: {r}{hint}", cfg.dir))
+        })?;
+        for w in &verdict.warnings {
+            tracing::warn!(warning = %w, "zone reloaded with a warning");
+        }
         let n = set.len();
         self.zones.install(set, files).await;
         Ok(n)

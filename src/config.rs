@@ -222,6 +222,9 @@ pub struct GeofencesConfig {
     pub dir: String,
     /// `[geofences.debounce.<kind>] fixes, secs, hysteresis_m` per zone kind.
     pub debounce: crate::geofence::DebounceConfig,
+    /// Largest share (0–1) of the cars inside a service area one zone change may put
+    /// outside it without `force=true`.
+    pub max_exit_share: f64,
 }
 
 impl Default for GeofencesConfig {
@@ -229,6 +232,7 @@ impl Default for GeofencesConfig {
         GeofencesConfig {
             dir: "geofences".into(),
             debounce: Default::default(),
+            max_exit_share: 0.10,
         }
     }
 }
@@ -394,6 +398,15 @@ impl Config {
                 e,
             )
         })?;
+        if !(0.0..=1.0).contains(&self.geofences.max_exit_share) {
+            return Err(invalid(
+                "geofences.max_exit_share",
+                format!(
+                    "{} is not a share between 0 and 1 (0.10 = 10 %)",
+                    self.geofences.max_exit_share
+                ),
+            ));
+        }
         if self.filters.max_future_s < 0 {
             return Err(invalid("filters.max_future_s", "must not be negative"));
         }
@@ -529,6 +542,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("storage.url:"), "{e}");
+        let e = load("[geofences]\nmax_exit_share = 1.5", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("geofences.max_exit_share:"), "{e}");
+        let c = load("[geofences]\nmax_exit_share = 0.25", &[]).unwrap();
+        assert_eq!(c.geofences.max_exit_share, 0.25);
+        assert_eq!(load("", &[]).unwrap().geofences.max_exit_share, 0.10);
     }
 
     #[test]
