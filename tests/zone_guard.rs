@@ -17,7 +17,13 @@ const OPS: &str = "ops-token-0123456789abcdef";
 
 /// A lon/lat box as a counter-clockwise GeoJSON ring.
 fn ring(lon0: f64, lat0: f64, lon1: f64, lat1: f64) -> Value {
-    json!([[[lon0, lat0], [lon1, lat0], [lon1, lat1], [lon0, lat1], [lon0, lat0]]])
+    json!([[
+        [lon0, lat0],
+        [lon1, lat0],
+        [lon1, lat1],
+        [lon0, lat1],
+        [lon0, lat0]
+    ]])
 }
 
 fn feature(name: &str, kind: &str, rings: Value) -> Value {
@@ -31,7 +37,8 @@ fn swapped(lon0: f64, lat0: f64, lon1: f64, lat1: f64) -> Value {
 }
 
 fn write_area(dir: &std::path::Path, rings: Value) {
-    let doc = json!({"type": "FeatureCollection", "features": [feature("area", "service_area", rings)]});
+    let doc =
+        json!({"type": "FeatureCollection", "features": [feature("area", "service_area", rings)]});
     std::fs::write(dir.join("area.geojson"), doc.to_string()).unwrap();
 }
 
@@ -76,7 +83,13 @@ async fn swapped_and_mass_exit_uploads_are_refused_never_stored_and_forced_ones_
 
     // Five parked cars inside: three in the south half, two in the north half.
     let addr = daemon.addr(Protocol::Teltonika, Transport::Tcp).unwrap();
-    let cars = [(55.2, 37.5), (55.3, 37.5), (55.4, 37.5), (55.7, 37.5), (55.8, 37.5)];
+    let cars = [
+        (55.2, 37.5),
+        (55.3, 37.5),
+        (55.4, 37.5),
+        (55.7, 37.5),
+        (55.8, 37.5),
+    ];
     for (i, (lat, lon)) in cars.iter().enumerate() {
         let imei = format!("35000000000000{i}");
         let mut t = login(addr, &imei).await;
@@ -116,12 +129,24 @@ async fn swapped_and_mass_exit_uploads_are_refused_never_stored_and_forced_ones_
     assert_eq!(api.get("/api/v1/geofences/lot").await.0, 404);
 
     // A self-intersecting service area is refused.
-    let bow = json!([[[37.0, 55.0], [38.0, 56.0], [38.0, 55.0], [37.0, 56.0], [37.0, 55.0]]]);
+    let bow = json!([[
+        [37.0, 55.0],
+        [38.0, 56.0],
+        [38.0, 55.0],
+        [37.0, 56.0],
+        [37.0, 55.0]
+    ]]);
     let (status, e) = api
-        .put("/api/v1/geofences/area", feature("area", "service_area", bow))
+        .put(
+            "/api/v1/geofences/area",
+            feature("area", "service_area", bow),
+        )
         .await;
     assert_eq!(status, 400, "{e}");
-    assert!(e["error"].as_str().unwrap().contains("intersects itself"), "{e}");
+    assert!(
+        e["error"].as_str().unwrap().contains("intersects itself"),
+        "{e}"
+    );
 
     // An unrelated zone file breaks. A valid edit still works (built on the set in force)...
     std::fs::write(zones.join("broken.geojson"), "{ not json").unwrap();
@@ -142,12 +167,22 @@ async fn swapped_and_mass_exit_uploads_are_refused_never_stored_and_forced_ones_
         .await;
     assert_eq!(status, 409, "{e}");
     let msg = e["error"].as_str().unwrap();
-    assert!(msg.contains("2 of the 5 cars") && msg.contains("force=true"), "{msg}");
+    assert!(
+        msg.contains("2 of the 5 cars") && msg.contains("force=true"),
+        "{msg}"
+    );
     assert_eq!(area_of(&api).await, original);
-    assert!(reloader.reload().await.is_err(), "the broken file stops the reload");
+    assert!(
+        reloader.reload().await.is_err(),
+        "the broken file stops the reload"
+    );
     std::fs::remove_file(zones.join("broken.geojson")).unwrap();
     reloader.reload().await.expect("reload");
-    assert_eq!(area_of(&api).await, original, "SIGHUP does not apply the refused change");
+    assert_eq!(
+        area_of(&api).await,
+        original,
+        "SIGHUP does not apply the refused change"
+    );
     assert_eq!(api.get("/api/v1/geofences/lot").await.0, 200);
 
     // The same mass exit through a file edit is refused by the reload; the zones stay.
@@ -185,7 +220,10 @@ async fn swapped_and_mass_exit_uploads_are_refused_never_stored_and_forced_ones_
         if leaves {
             assert_eq!(forced[0]["actor"], "ops");
             assert_eq!(forced[0]["forced"], true);
-            assert!(forced[0]["comment"].as_str().unwrap().contains("zone 'area'"));
+            assert!(forced[0]["comment"]
+                .as_str()
+                .unwrap()
+                .contains("zone 'area'"));
         }
     }
     // Deleting the API zone brings the file's back (nobody leaves: no force needed).
@@ -203,18 +241,31 @@ async fn swapped_and_mass_exit_uploads_are_refused_never_stored_and_forced_ones_
         .await;
     assert_eq!(status, 200, "{f}");
     write_area(&zones, ring(30.0, 59.0, 31.0, 60.0));
-    reloader.reload().await.expect("nobody leaves: extra_area holds every car");
+    reloader
+        .reload()
+        .await
+        .expect("nobody leaves: extra_area holds every car");
     let (status, e) = delete(&api, "/api/v1/geofences/extra_area").await;
     assert_eq!(status, 409, "{e}");
-    assert!(e["error"].as_str().unwrap().contains("5 of the 5 cars"), "{e}");
-    assert_eq!(api.get("/api/v1/geofences/extra_area").await.0, 200, "not deleted");
+    assert!(
+        e["error"].as_str().unwrap().contains("5 of the 5 cars"),
+        "{e}"
+    );
+    assert_eq!(
+        api.get("/api/v1/geofences/extra_area").await.0,
+        200,
+        "not deleted"
+    );
     let (status, e) = delete(&api, "/api/v1/geofences/extra_area?force=true").await;
     assert_eq!(status, 204, "{e}");
     assert_eq!(api.get("/api/v1/geofences/extra_area").await.0, 404);
     let (_, rows) = api.get("/api/v1/audit?vehicle=350000000000000").await;
     assert!(
-        rows.as_array().unwrap().iter().any(|r| r["event"] == "zone_change_forced"
-            && r["comment"].as_str().unwrap_or("").contains("extra_area")),
+        rows.as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["event"] == "zone_change_forced"
+                && r["comment"].as_str().unwrap_or("").contains("extra_area")),
         "{rows}"
     );
     daemon.stop().await;

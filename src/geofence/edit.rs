@@ -157,8 +157,20 @@ mod tests {
 
     #[test]
     fn a_shrunk_service_area_is_refused_unless_forced_and_then_names_who_leaves() {
-        let big = json!([[37.0, 55.0], [38.0, 55.0], [38.0, 56.0], [37.0, 56.0], [37.0, 55.0]]);
-        let small = json!([[37.0, 55.0], [38.0, 55.0], [38.0, 55.5], [37.0, 55.5], [37.0, 55.0]]);
+        let big = json!([
+            [37.0, 55.0],
+            [38.0, 55.0],
+            [38.0, 56.0],
+            [37.0, 56.0],
+            [37.0, 55.0]
+        ]);
+        let small = json!([
+            [37.0, 55.0],
+            [38.0, 55.0],
+            [38.0, 55.5],
+            [37.0, 55.5],
+            [37.0, 55.0]
+        ]);
         let cur = ZoneSet::from_zones(vec![area("sa", big)]).unwrap();
         let cand = ZoneSet::from_zones(vec![area("sa", small)]).unwrap();
         let cars = fleet(&[(55.2, 37.5), (55.3, 37.5), (55.8, 37.5)]);
@@ -179,7 +191,13 @@ mod tests {
 
     #[test]
     fn an_unchanged_zone_is_not_checked_again() {
-        let bow = json!([[37.0, 55.0], [38.0, 56.0], [38.0, 55.0], [37.0, 56.0], [37.0, 55.0]]);
+        let bow = json!([
+            [37.0, 55.0],
+            [38.0, 56.0],
+            [38.0, 55.0],
+            [37.0, 56.0],
+            [37.0, 55.0]
+        ]);
         let cur = ZoneSet::from_zones(vec![area("sa", bow.clone())]).unwrap();
         let cand = ZoneSet::from_zones(vec![area("sa", bow)]).unwrap();
         assert!(changed(&cur, &cand).is_empty());

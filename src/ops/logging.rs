@@ -21,7 +21,10 @@ type Reloader = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
 static RELOAD: OnceLock<Reloader> = OnceLock::new();
 
 /// The subscriber both formats start from (JSON replaces the field formatter).
-fn builder<W>(filter: EnvFilter, writer: W) -> SubscriberBuilder<EscapedFields, Format, EnvFilter, W>
+fn builder<W>(
+    filter: EnvFilter,
+    writer: W,
+) -> SubscriberBuilder<EscapedFields, Format, EnvFilter, W>
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
 {
