@@ -146,6 +146,37 @@ impl ZoneReloader {
     }
 }
 
+/// The zones at start: a broken zone file is left out, loudly, and the rest are in force,
+/// unless no service area is left (then nothing could see a car leave it: refuse to start).
+async fn load_zones(
+    config: &Config,
+    store: &dyn storage::Store,
+) -> Result<(crate::geofence::ZoneSet, crate::geofence::stage::FileZones), StartError> {
+    use crate::geofence::stage;
+    let cfg = &config.geofences;
+    let (files, broken) = stage::read_dir_lenient(std::path::Path::new(&cfg.dir));
+    let set = stage::compose(&files, store, &cfg.debounce).await?;
+    if broken.is_empty() {
+        return Ok((set, files));
+    }
+    let all: Vec<String> = broken.iter().map(|e| e.to_string()).collect();
+    if !set
+        .zones()
+        .iter()
+        .any(|z| z.kind == crate::geofence::ZoneKind::ServiceArea)
+    {
+        return Err(StartError::Zones(stage::LoadError::Invalid(format!(
+            "{}; with the broken zone files left out no service area remains",
+            all.join("; ")
+        ))));
+    }
+    for e in &all {
+        tracing::error!(error = %e, "ZONE FILE LEFT OUT: its zones are not in force; the other zones are (fix it and send SIGHUP)");
+    }
+    metrics::gauge!("fleetgate_zone_files_broken").set(broken.len() as f64);
+    Ok((set, files))
+}
+
 /// How long connections get to finish their current frame at shutdown.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -172,12 +203,7 @@ pub async fn start_with(
     let store = storage::open(&config.storage).await?;
     tracing::info!(backend = store.backend(), url = %storage::postgres::redact(&config.storage.url), "storage open, migrations applied");
     let states = store.device_states().await?;
-    let (zone_set, zone_files) = crate::geofence::stage::load(
-        std::path::Path::new(&config.geofences.dir),
-        store.as_ref(),
-        &config.geofences.debounce,
-    )
-    .await?;
+    let (zone_set, zone_files) = load_zones(&config, store.as_ref()).await?;
     tracing::info!(zones = zone_set.len(), dir = %config.geofences.dir, "zones loaded");
     let (session_tx, session_rx) = tokio::sync::mpsc::channel(4096);
     let sessions = Sessions::new(session_tx);

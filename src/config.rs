@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocols::Protocol;
+use crate::protocols::{Protocol, Transport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -362,6 +362,40 @@ impl Config {
                 ),
             ));
         }
+        let sqlite_path = self
+            .storage
+            .url
+            .strip_prefix("sqlite://")
+            .or_else(|| self.storage.url.strip_prefix("sqlite:"))
+            .map(|rest| rest.split('?').next().unwrap_or(""));
+        if sqlite_path.is_some_and(|p| p.trim().is_empty()) {
+            return Err(invalid(
+                "storage.url",
+                format!(
+                    "'{}' names no database file (e.g. sqlite:///var/lib/fleetgate/fleetgate.db)",
+                    self.storage.url
+                ),
+            ));
+        }
+        for (key, v) in [
+            (
+                "limits.handshake_timeout_s",
+                self.limits.handshake_timeout_s,
+            ),
+            ("limits.idle_timeout_s", self.limits.idle_timeout_s),
+            ("limits.max_connections", self.limits.max_connections as u64),
+            (
+                "limits.max_connections_per_ip",
+                self.limits.max_connections_per_ip as u64,
+            ),
+        ] {
+            if v == 0 {
+                return Err(invalid(
+                    key,
+                    "must be at least 1 (0 would refuse or drop every tracker)",
+                ));
+            }
+        }
         if self.storage.batch_max_rows == 0 {
             return Err(invalid("storage.batch_max_rows", "must be at least 1"));
         }
@@ -386,6 +420,7 @@ impl Config {
                 ));
             }
         }
+        self.check_ports(api)?;
         if self.pipeline.queue == 0 {
             return Err(invalid("pipeline.queue", "must be at least 1"));
         }
@@ -417,6 +452,43 @@ impl Config {
         self.immobiliser.validate()?;
         self.protocols.validate()?;
         self.cluster.validate()?;
+        Ok(())
+    }
+
+    /// No two listeners (nor a listener and the API) on one port of one address: the second
+    /// bind would fail at start. Port 0 (any free port) never clashes.
+    fn check_ports(&self, api: SocketAddr) -> Result<(), ConfigError> {
+        let key = |p: Protocol| {
+            if self.listeners.contains_key(p.name()) {
+                format!("listeners.{}", p.name())
+            } else {
+                format!("listeners.{} (default port {})", p.name(), p.default_port())
+            }
+        };
+        let clash = |a: SocketAddr, b: SocketAddr| {
+            a.port() != 0
+                && a.port() == b.port()
+                && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+        };
+        let all = self.listeners();
+        for (i, &(p, a)) in all.iter().enumerate() {
+            if p.transports().contains(&Transport::Tcp) && clash(a, api) {
+                return Err(invalid(
+                    key(p),
+                    format!("{a} is also api.listen ({api}); one port, one listener"),
+                ));
+            }
+            let shared = |q: Protocol| p.transports().iter().any(|t| q.transports().contains(t));
+            if let Some(&(q, b)) = all[i + 1..]
+                .iter()
+                .find(|(q, b)| shared(*q) && clash(a, *b))
+            {
+                return Err(invalid(
+                    key(q),
+                    format!("{b} is also {} ({a}); one port, one listener", key(p)),
+                ));
+            }
+        }
         Ok(())
     }
 

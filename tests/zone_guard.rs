@@ -270,3 +270,38 @@ async fn swapped_and_mass_exit_uploads_are_refused_never_stored_and_forced_ones_
     );
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_zone_file_at_start_keeps_the_other_zones_unless_no_service_area_is_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let zones = dir.path().join("zones");
+    std::fs::create_dir(&zones).unwrap();
+    write_area(&zones, ring(37.0, 55.0, 38.0, 56.0));
+    std::fs::write(zones.join("broken.geojson"), "{ not json").unwrap();
+    let extra = format!("[geofences]\ndir = \"{}\"\n", zones.display());
+    let daemon = fleetgate::app::start(common::config(dir.path(), &extra))
+        .await
+        .expect("starts without the broken file");
+    let api = Api::new(daemon.api_addr);
+    assert_eq!(area_of(&api).await["properties"]["kind"], "service_area");
+    assert_eq!(
+        common::metric(&api, "fleetgate_zone_files_broken", &[]).await,
+        1.0
+    );
+    daemon.stop().await;
+
+    // The service area's own file is the broken one: nothing could see a car leave.
+    std::fs::write(zones.join("area.geojson"), "{ \"type\": \"Feature\"").unwrap();
+    let lot = json!({"type": "FeatureCollection", "features": [feature("lot", "parking", ring(37.45, 55.15, 37.55, 55.25))]});
+    std::fs::write(zones.join("lots.geojson"), lot.to_string()).unwrap();
+    let dir2 = tempfile::tempdir().unwrap();
+    let e = fleetgate::app::start(common::config(dir2.path(), &extra))
+        .await
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        e.contains("no service area remains") && e.contains("area.geojson"),
+        "{e}"
+    );
+}

@@ -147,35 +147,69 @@ pub async fn load(
     Ok((set, files))
 }
 
-/// Every zone of the `*.geojson` files in `dir` (in file-name order); a name used twice is
-/// an error. A missing directory is no zones (with a warning).
+/// Every zone of the `*.geojson` files in `dir` (in file-name order); any file left out by
+/// [`read_dir_lenient`] makes it an error naming every such file. A missing directory is no
+/// zones (with a warning).
 pub fn read_dir(dir: &Path) -> Result<FileZones, LoadError> {
+    let (zones, broken) = read_dir_lenient(dir);
+    if broken.is_empty() {
+        return Ok(zones);
+    }
+    let all: Vec<String> = broken.iter().map(|e| e.to_string()).collect();
+    Err(LoadError::Invalid(all.join("; ")))
+}
+
+/// The zones of every file in `dir` that reads, parses, passes the geometry check and uses
+/// no name an earlier file used; each file left out comes back with why (naming its path).
+/// The start-up keeps the rest of the zones with this; `check-config` reports the same list.
+pub fn read_dir_lenient(dir: &Path) -> (FileZones, Vec<LoadError>) {
     let mut by_name = FileZones::new();
+    let mut broken = Vec::new();
     if !dir.is_dir() {
         tracing::warn!(dir = %dir.display(), "geofences directory not found: no file zones (no service area!)");
-        return Ok(by_name);
+        return (by_name, broken);
     }
-    let mut paths: Vec<_> = std::fs::read_dir(dir)
-        .map_err(|e| {
-            LoadError::Invalid(format!("geofences.dir: cannot read {}: {e}", dir.display()))
-        })?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("geojson"))
-        .collect();
+    let mut paths: Vec<_> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("geojson"))
+            .collect(),
+        Err(e) => {
+            broken.push(LoadError::Invalid(format!(
+                "geofences.dir: cannot read {}: {e}",
+                dir.display()
+            )));
+            return (by_name, broken);
+        }
+    };
     paths.sort();
     for path in paths {
-        for z in read_file(&path)? {
-            if by_name.contains_key(&z.name) {
-                return Err(LoadError::Invalid(format!(
-                    "{}: zone name '{}' is used twice",
-                    path.display(),
-                    z.name
-                )));
+        let zones = match read_file(&path) {
+            Ok(z) => z,
+            Err(e) => {
+                broken.push(e);
+                continue;
             }
-            by_name.insert(z.name.clone(), z);
+        };
+        let mut problems = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for z in &zones {
+            if by_name.contains_key(&z.name) || !seen.insert(z.name.as_str()) {
+                problems.push(format!("zone name '{}' is used twice", z.name));
+            }
+            problems.extend(super::guard::geometry(z).errors);
         }
+        if !problems.is_empty() {
+            broken.push(LoadError::Invalid(format!(
+                "geofences.dir: {}: {}",
+                path.display(),
+                problems.join("; ")
+            )));
+            continue;
+        }
+        by_name.extend(zones.into_iter().map(|z| (z.name.clone(), z)));
     }
-    Ok(by_name)
+    (by_name, broken)
 }
 
 /// The zones of one GeoJSON file.
@@ -186,8 +220,12 @@ pub fn read_file(path: &Path) -> Result<Vec<Zone>, LoadError> {
             path.display()
         ))
     })?;
-    let doc: serde_json::Value = serde_json::from_str(&text)
-        .map_err(|e| LoadError::Invalid(format!("{}: invalid JSON: {e}", path.display())))?;
+    let doc: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        LoadError::Invalid(format!(
+            "geofences.dir: {}: invalid JSON: {e}",
+            path.display()
+        ))
+    })?;
     Ok(zones_from_geojson(&doc, &path.display().to_string())?)
 }
 
