@@ -35,6 +35,9 @@ fn check(dir: &Path, toml: &str, files: &[(&str, &str)]) -> (i32, String) {
     )
 }
 
+/// (what, config, zone files, what the error must name; empty: must pass).
+type Case<'a> = (&'a str, String, Vec<(&'a str, &'a str)>, &'a str);
+
 #[test]
 fn check_config_refuses_each_broken_config_naming_its_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -43,8 +46,7 @@ fn check_config_refuses_each_broken_config_naming_its_key() {
         dir.path().display()
     );
     let area = ("area.geojson", AREA);
-    // (what, config, zone files, what the error must name)
-    let cases: Vec<(&str, String, Vec<(&str, &str)>, &str)> = vec![
+    let cases: Vec<Case> = vec![
         ("malformed zone file", storage.clone(), vec![area, ("lots.geojson", "{ not json")], "lots.geojson: invalid JSON"),
         ("zone file of the wrong shape", storage.clone(), vec![area, ("lots.geojson", r#"{"type": "Feature", "properties": {"name": "x", "kind": "nowhere"}, "geometry": null}"#)], "geofences.dir: "),
         ("duplicate zone names", storage.clone(), vec![area, ("b.geojson", AREA)], "zone name 'area' is used twice"),
