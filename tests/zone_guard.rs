@@ -64,14 +64,33 @@ async fn area_of(api: &Api) -> Value {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swapped_and_mass_exit_uploads_are_refused_never_stored_and_forced_ones_audited() {
     let dir = tempfile::tempdir().unwrap();
-    let zones = dir.path().join("zones");
+    let zones = zones_dir(dir.path());
+    let config = common::config(dir.path(), &geofences(&zones));
+    guarded_changes(config, &zones).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zone_changes_are_guarded_on_postgres() {
+    let schema = common::pg::PgSchema::create().await;
+    let dir = tempfile::tempdir().unwrap();
+    let zones = zones_dir(dir.path());
+    let config = common::config_with_storage(&schema.url, &geofences(&zones));
+    guarded_changes(config, &zones).await;
+}
+
+/// A zone directory holding the service area: lon 37..38, lat 55..56.
+fn zones_dir(dir: &std::path::Path) -> std::path::PathBuf {
+    let zones = dir.join("zones");
     std::fs::create_dir(&zones).unwrap();
-    // The service area: lon 37..38, lat 55..56.
     write_area(&zones, ring(37.0, 55.0, 38.0, 56.0));
-    let mut config = common::config(
-        dir.path(),
-        &format!("[geofences]\ndir = \"{}\"\n", zones.display()),
-    );
+    zones
+}
+
+fn geofences(zones: &std::path::Path) -> String {
+    format!("[geofences]\ndir = \"{}\"\n", zones.display())
+}
+
+async fn guarded_changes(mut config: fleetgate::config::Config, zones: &std::path::Path) {
     config.api.tokens = vec![TokenEntry::Named {
         name: "ops".into(),
         token: OPS.into(),
