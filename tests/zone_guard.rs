@@ -205,14 +205,14 @@ async fn guarded_changes(mut config: fleetgate::config::Config, zones: &std::pat
     assert_eq!(api.get("/api/v1/geofences/lot").await.0, 200);
 
     // The same mass exit through a file edit is refused by the reload; the zones stay.
-    write_area(&zones, south.clone());
+    write_area(zones, south.clone());
     let e = reloader.reload().await.unwrap_err().to_string();
     assert!(e.contains("max_exit_share"), "{e}");
     // A swapped file is refused too.
-    write_area(&zones, swapped(37.0, 55.0, 38.0, 56.0));
+    write_area(zones, swapped(37.0, 55.0, 38.0, 56.0));
     let e = reloader.reload().await.unwrap_err().to_string();
     assert!(e.contains("[lat, lon]"), "{e}");
-    write_area(&zones, ring(37.0, 55.0, 38.0, 56.0));
+    write_area(zones, ring(37.0, 55.0, 38.0, 56.0));
     reloader.reload().await.expect("reload");
     assert_eq!(area_of(&api).await, original);
 
@@ -259,7 +259,7 @@ async fn guarded_changes(mut config: fleetgate::config::Config, zones: &std::pat
         )
         .await;
     assert_eq!(status, 200, "{f}");
-    write_area(&zones, ring(30.0, 59.0, 31.0, 60.0));
+    write_area(zones, ring(30.0, 59.0, 31.0, 60.0));
     reloader
         .reload()
         .await

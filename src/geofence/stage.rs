@@ -135,18 +135,6 @@ pub enum LoadError {
     Invalid(String),
 }
 
-/// Zones from `dir` (every `*.geojson`) with the stored (API-managed) zones replacing files'
-/// zones of the same name. Returns the set and the zones that came from files.
-pub async fn load(
-    dir: &Path,
-    store: &dyn Store,
-    debounce: &DebounceConfig,
-) -> Result<(ZoneSet, FileZones), LoadError> {
-    let files = read_dir(dir)?;
-    let set = compose(&files, store, debounce).await?;
-    Ok((set, files))
-}
-
 /// Every zone of the `*.geojson` files in `dir` (in file-name order); any file left out by
 /// [`read_dir_lenient`] makes it an error naming every such file. A missing directory is no
 /// zones (with a warning).
