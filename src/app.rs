@@ -108,17 +108,73 @@ pub struct ZoneReloader {
 }
 
 impl ZoneReloader {
+    /// Re-read the files and stored zones; the new set goes through the same review as an API
+    /// change (geometry and coordinate order of the zones that changed, and the mass-exit
+    /// guard, which a reload cannot force: a restart applies the files as they are).
     pub async fn reload(&self) -> Result<usize, crate::geofence::stage::LoadError> {
-        let (set, files) = crate::geofence::stage::load(
-            std::path::Path::new(&self.config.geofences.dir),
-            self.store.as_ref(),
-            &self.config.geofences.debounce,
-        )
-        .await?;
+        use crate::geofence::edit;
+        use crate::geofence::stage::LoadError;
+        let cfg = &self.config.geofences;
+        let _edit = self.zones.lock_edits().await;
+        let files = crate::geofence::stage::read_dir(std::path::Path::new(&cfg.dir))?;
+        let set =
+            crate::geofence::stage::compose(&files, self.store.as_ref(), &cfg.debounce).await?;
+        let current = self.zones.current();
+        let fleet = edit::fleet_positions(self.store.as_ref()).await?;
+        let proposal = edit::Proposal {
+            current: &current,
+            candidate: &set,
+            changed: edit::changed(&current, &set),
+            max_exit_share: cfg.max_exit_share,
+            force: false,
+        };
+        let verdict = edit::review(&proposal, &fleet).map_err(|r| {
+            let hint = match r {
+                edit::Refusal::MassExit { .. } => {
+                    "; a restart applies the files as they are, or raise [geofences] max_exit_share"
+                }
+                _ => "",
+            };
+            LoadError::Invalid(format!("{}: {r}{hint}", cfg.dir))
+        })?;
+        for w in &verdict.warnings {
+            tracing::warn!(warning = %w, "zone reloaded with a warning");
+        }
         let n = set.len();
         self.zones.install(set, files).await;
         Ok(n)
     }
+}
+
+/// The zones at start: a broken zone file is left out, loudly, and the rest are in force,
+/// unless no service area is left (then nothing could see a car leave it: refuse to start).
+async fn load_zones(
+    config: &Config,
+    store: &dyn storage::Store,
+) -> Result<(crate::geofence::ZoneSet, crate::geofence::stage::FileZones), StartError> {
+    use crate::geofence::stage;
+    let cfg = &config.geofences;
+    let (files, broken) = stage::read_dir_lenient(std::path::Path::new(&cfg.dir));
+    let set = stage::compose(&files, store, &cfg.debounce).await?;
+    if broken.is_empty() {
+        return Ok((set, files));
+    }
+    let all: Vec<String> = broken.iter().map(|e| e.to_string()).collect();
+    if !set
+        .zones()
+        .iter()
+        .any(|z| z.kind == crate::geofence::ZoneKind::ServiceArea)
+    {
+        return Err(StartError::Zones(stage::LoadError::Invalid(format!(
+            "{}; with the broken zone files left out no service area remains",
+            all.join("; ")
+        ))));
+    }
+    for e in &all {
+        tracing::error!(error = %e, "ZONE FILE LEFT OUT: its zones are not in force; the other zones are (fix it and send SIGHUP)");
+    }
+    metrics::gauge!("fleetgate_zone_files_broken").set(broken.len() as f64);
+    Ok((set, files))
 }
 
 /// How long connections get to finish their current frame at shutdown.
@@ -147,12 +203,7 @@ pub async fn start_with(
     let store = storage::open(&config.storage).await?;
     tracing::info!(backend = store.backend(), url = %storage::postgres::redact(&config.storage.url), "storage open, migrations applied");
     let states = store.device_states().await?;
-    let (zone_set, zone_files) = crate::geofence::stage::load(
-        std::path::Path::new(&config.geofences.dir),
-        store.as_ref(),
-        &config.geofences.debounce,
-    )
-    .await?;
+    let (zone_set, zone_files) = load_zones(&config, store.as_ref()).await?;
     tracing::info!(zones = zone_set.len(), dir = %config.geofences.dir, "zones loaded");
     let (session_tx, session_rx) = tokio::sync::mpsc::channel(4096);
     let sessions = Sessions::with_policy(session_tx, config.devices.session_policy());

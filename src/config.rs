@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocols::Protocol;
+use crate::protocols::{Protocol, Transport};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -248,6 +248,9 @@ pub struct GeofencesConfig {
     pub dir: String,
     /// `[geofences.debounce.<kind>] fixes, secs, hysteresis_m` per zone kind.
     pub debounce: crate::geofence::DebounceConfig,
+    /// Largest share (0–1) of the cars inside a service area one zone change may put
+    /// outside it without `force=true`.
+    pub max_exit_share: f64,
 }
 
 impl Default for GeofencesConfig {
@@ -255,6 +258,7 @@ impl Default for GeofencesConfig {
         GeofencesConfig {
             dir: "geofences".into(),
             debounce: Default::default(),
+            max_exit_share: 0.10,
         }
     }
 }
@@ -390,6 +394,40 @@ impl Config {
                 "must be at least 1 s (0 would let any new login take a live car's commands)",
             ));
         }
+        let sqlite_path = self
+            .storage
+            .url
+            .strip_prefix("sqlite://")
+            .or_else(|| self.storage.url.strip_prefix("sqlite:"))
+            .map(|rest| rest.split('?').next().unwrap_or(""));
+        if sqlite_path.is_some_and(|p| p.trim().is_empty()) {
+            return Err(invalid(
+                "storage.url",
+                format!(
+                    "'{}' names no database file (e.g. sqlite:///var/lib/fleetgate/fleetgate.db)",
+                    self.storage.url
+                ),
+            ));
+        }
+        for (key, v) in [
+            (
+                "limits.handshake_timeout_s",
+                self.limits.handshake_timeout_s,
+            ),
+            ("limits.idle_timeout_s", self.limits.idle_timeout_s),
+            ("limits.max_connections", self.limits.max_connections as u64),
+            (
+                "limits.max_connections_per_ip",
+                self.limits.max_connections_per_ip as u64,
+            ),
+        ] {
+            if v == 0 {
+                return Err(invalid(
+                    key,
+                    "must be at least 1 (0 would refuse or drop every tracker)",
+                ));
+            }
+        }
         if self.storage.batch_max_rows == 0 {
             return Err(invalid("storage.batch_max_rows", "must be at least 1"));
         }
@@ -414,6 +452,7 @@ impl Config {
                 ));
             }
         }
+        self.check_ports(api)?;
         if self.pipeline.queue == 0 {
             return Err(invalid("pipeline.queue", "must be at least 1"));
         }
@@ -432,6 +471,15 @@ impl Config {
                 "must be a number of km/h, at least 100",
             ));
         }
+        if !(0.0..=1.0).contains(&self.geofences.max_exit_share) {
+            return Err(invalid(
+                "geofences.max_exit_share",
+                format!(
+                    "{} is not a share between 0 and 1 (0.10 = 10 %)",
+                    self.geofences.max_exit_share
+                ),
+            ));
+        }
         if self.filters.max_future_s < 0 {
             return Err(invalid("filters.max_future_s", "must not be negative"));
         }
@@ -442,6 +490,43 @@ impl Config {
         self.immobiliser.validate()?;
         self.protocols.validate()?;
         self.cluster.validate()?;
+        Ok(())
+    }
+
+    /// No two listeners (nor a listener and the API) on one port of one address: the second
+    /// bind would fail at start. Port 0 (any free port) never clashes.
+    fn check_ports(&self, api: SocketAddr) -> Result<(), ConfigError> {
+        let key = |p: Protocol| {
+            if self.listeners.contains_key(p.name()) {
+                format!("listeners.{}", p.name())
+            } else {
+                format!("listeners.{} (default port {})", p.name(), p.default_port())
+            }
+        };
+        let clash = |a: SocketAddr, b: SocketAddr| {
+            a.port() != 0
+                && a.port() == b.port()
+                && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+        };
+        let all = self.listeners();
+        for (i, &(p, a)) in all.iter().enumerate() {
+            if p.transports().contains(&Transport::Tcp) && clash(a, api) {
+                return Err(invalid(
+                    key(p),
+                    format!("{a} is also api.listen ({api}); one port, one listener"),
+                ));
+            }
+            let shared = |q: Protocol| p.transports().iter().any(|t| q.transports().contains(t));
+            if let Some(&(q, b)) = all[i + 1..]
+                .iter()
+                .find(|(q, b)| shared(*q) && clash(a, *b))
+            {
+                return Err(invalid(
+                    key(q),
+                    format!("{b} is also {} ({a}); one port, one listener", key(p)),
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -567,6 +652,13 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("storage.url:"), "{e}");
+        let e = load("[geofences]\nmax_exit_share = 1.5", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("geofences.max_exit_share:"), "{e}");
+        let c = load("[geofences]\nmax_exit_share = 0.25", &[]).unwrap();
+        assert_eq!(c.geofences.max_exit_share, 0.25);
+        assert_eq!(load("", &[]).unwrap().geofences.max_exit_share, 0.10);
     }
 
     #[test]

@@ -35,7 +35,10 @@ enum Command {
     },
     /// Validate a configuration file (with environment overrides) and exit: 0 valid, 2 invalid.
     ///
-    /// The error names the offending key (`api.listen: …`). The systemd unit runs this as
+    /// Checks what `run` would refuse or degrade on: every key's value (limits, immobiliser
+    /// safety values, storage URL, one listener per port) and every zone file under
+    /// `[geofences] dir` (parsed, geometry, names unique). The error names the offending key
+    /// (`api.listen: …`) or the zone file. The systemd unit runs this as
     /// ExecStartPre, so a broken file never replaces a running daemon on restart.
     CheckConfig {
         /// The file to check.
@@ -159,10 +162,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { config, file } => match load(file.as_ref().or(config.as_ref())) {
-            Ok(_) => {
-                println!("configuration is valid");
-                ExitCode::SUCCESS
-            }
+            Ok(c) => check_zones(&c),
             Err(code) => code,
         },
         Command::CorpusReport { dir } => corpus_report(&dir),
@@ -251,6 +251,30 @@ fn main() -> ExitCode {
             })
         }
     }
+}
+
+/// What `run` would leave out of the zone files (it starts without them, loudly, or not at
+/// all when no service area is left): reported here as errors, each naming the file.
+fn check_zones(config: &Config) -> ExitCode {
+    let dir = std::path::Path::new(&config.geofences.dir);
+    let (zones, broken) = fleetgate::geofence::stage::read_dir_lenient(dir);
+    for e in &broken {
+        eprintln!("fleetgate: invalid configuration: {e}");
+    }
+    if !broken.is_empty() {
+        return ExitCode::from(2);
+    }
+    if !zones
+        .values()
+        .any(|z| z.kind == fleetgate::geofence::ZoneKind::ServiceArea)
+    {
+        eprintln!(
+            "fleetgate: warning: geofences.dir: no zone file under {} defines a service_area (an API zone may)",
+            dir.display()
+        );
+    }
+    println!("configuration is valid ({} zones in files)", zones.len());
+    ExitCode::SUCCESS
 }
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -3,13 +3,15 @@
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::Json;
+use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
-use super::{ApiError, AppState};
-use crate::geofence::Zone;
+use super::{Actor, ApiError, AppState};
+use crate::geofence::edit::{self, fleet_positions, Proposal, Refusal, Verdict};
+use crate::geofence::{Zone, ZoneSet};
 use crate::model::VehicleId;
+use crate::storage::immobiliser::{AuditEntry, AuditPosition, ImmobChanges};
 use crate::storage::zones::{EventQuery, StoredZone, StoredZoneEvent};
 
 fn feature_with_source(state: &AppState, z: &Zone) -> serde_json::Value {
@@ -47,19 +49,41 @@ pub async fn get_one(
     Ok(Json(feature_with_source(&state, z)))
 }
 
+/// `?force=true`: apply a change that moves more than `[geofences] max_exit_share` of the
+/// cars out of the service area.
+#[derive(Debug, Default, Deserialize)]
+pub struct ForceQuery {
+    #[serde(default)]
+    pub force: bool,
+}
+
 /// Add or replace a zone: the body is a GeoJSON Feature (`properties.kind`, optional
-/// `buffer_m`, debounce overrides; the name comes from the path).
+/// `buffer_m`, debounce overrides; the name comes from the path; an optional top-level
+/// `force` as the query parameter). Reviewed by [`crate::geofence::edit`] before it is
+/// stored: a refused zone is never stored.
 pub async fn put(
     State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Path(name): Path<String>,
+    q: Result<Query<ForceQuery>, QueryRejection>,
     body: Result<Json<serde_json::Value>, JsonRejection>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let Json(mut feature) = body.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     if name.is_empty() || name.len() > 128 {
         return Err(ApiError::BadRequest(
             "zone name must be 1 to 128 characters".into(),
         ));
     }
+    let body_force = match feature.as_object_mut().and_then(|o| o.remove("force")) {
+        None => false,
+        Some(serde_json::Value::Bool(b)) => b,
+        Some(other) => {
+            return Err(ApiError::BadRequest(format!(
+                "force: expected true or false, got {other}"
+            )))
+        }
+    };
     let props = feature
         .get_mut("properties")
         .and_then(|p| p.as_object_mut())
@@ -85,18 +109,33 @@ pub async fn put(
         kind: zone.kind.as_str().into(),
         feature: zone.to_feature(),
     };
-    state.store.put_zone(&stored).await?;
-    reload(&state).await?;
-    tracing::info!(zone = %name, "zone stored through the API");
-    Ok(Json(feature_with_source(&state, &zone)))
+    let verdict = apply(
+        &state,
+        &actor,
+        &name,
+        Some(zone.clone()),
+        q.force || body_force,
+        |store| Box::pin(async move { store.put_zone(&stored).await.map(|()| true) }),
+    )
+    .await?;
+    let mut out = feature_with_source(&state, &zone);
+    if !verdict.warnings.is_empty() {
+        if let Some(o) = out.as_object_mut() {
+            o.insert("warnings".into(), verdict.warnings.into());
+        }
+    }
+    Ok(Json(out))
 }
 
 pub async fn delete(
     State(state): State<AppState>,
+    Extension(actor): Extension<Actor>,
     Path(name): Path<String>,
+    q: Result<Query<ForceQuery>, QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
-    let deleted = state.store.delete_zone(&name).await?;
-    if !deleted {
+    let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let is_stored = state.store.zones().await?.iter().any(|z| z.name == name);
+    if !is_stored {
         if state.zones.is_file_zone(&name) {
             return Err(ApiError::Conflict(format!(
                 "zone '{name}' is defined in a file under the geofences directory; edit the file and send SIGHUP"
@@ -104,21 +143,147 @@ pub async fn delete(
         }
         return Err(ApiError::NotFound(format!("zone '{name}' not found")));
     }
-    reload(&state).await?;
+    // The file's zone of that name, if any, comes back in force.
+    let fallback = state.zones.file_zone(&name);
+    let owned = name.clone();
+    apply(&state, &actor, &name, fallback, q.force, |store| {
+        Box::pin(async move { store.delete_zone(&owned).await })
+    })
+    .await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// Rebuild the zone set from files and storage and hand it to the zone stage.
-pub async fn reload(state: &AppState) -> Result<(), ApiError> {
+type StoreStep<'a> = std::pin::Pin<
+    Box<dyn std::future::Future<Output = Result<bool, crate::storage::StorageError>> + Send + 'a>,
+>;
+
+/// Review the set in force with zone `name` replaced by `zone` (or removed), then store
+/// (`save`) and install it; a refusal stores nothing. Edits are serialised, and the set is
+/// built from the one in force, so a broken zone file elsewhere neither blocks nor leaks
+/// into this change.
+async fn apply(
+    state: &AppState,
+    actor: &Actor,
+    name: &str,
+    zone: Option<Zone>,
+    force: bool,
+    save: impl for<'s> FnOnce(&'s dyn crate::storage::Store) -> StoreStep<'s>,
+) -> Result<Verdict, ApiError> {
     let cfg = &state.config.geofences;
-    let (set, files) = crate::geofence::stage::load(
-        std::path::Path::new(&cfg.dir),
-        state.store.as_ref(),
-        &cfg.debounce,
-    )
-    .await
-    .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    state.zones.install(set, files).await;
+    let _edit = state.zones.lock_edits().await;
+    let current = state.zones.current();
+    let mut zones: Vec<Zone> = current
+        .zones()
+        .iter()
+        .filter(|z| z.name != name)
+        .cloned()
+        .collect();
+    zones.extend(zone);
+    let candidate = ZoneSet::from_zones_with(zones, &cfg.debounce)
+        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let fleet = fleet_positions(state.store.as_ref()).await?;
+    let proposal = Proposal {
+        current: &current,
+        candidate: &candidate,
+        changed: edit::changed(&current, &candidate),
+        max_exit_share: cfg.max_exit_share,
+        force,
+    };
+    let verdict = match edit::review(&proposal, &fleet) {
+        Ok(v) => v,
+        Err(refusal) => {
+            let reason = match &refusal {
+                Refusal::Geometry(_) => "geometry",
+                Refusal::Swapped(_) => "swapped",
+                Refusal::MassExit { .. } => "mass_exit",
+            };
+            metrics::counter!("fleetgate_zone_changes_refused_total", "reason" => reason)
+                .increment(1);
+            tracing::warn!(zone = %name, actor = %actor.0, %refusal, "zone change refused; nothing stored");
+            return Err(match refusal {
+                Refusal::MassExit { .. } => ApiError::Conflict(format!(
+                    "zone '{name}': {refusal}; nothing was stored. Repeat with force=true (query parameter or body field) to apply it anyway"
+                )),
+                other => ApiError::BadRequest(other.to_string()),
+            });
+        }
+    };
+    save(state.store.as_ref()).await?;
+    state.zones.install(candidate, state.zones.files()).await;
+    for w in &verdict.warnings {
+        tracing::warn!(zone = %name, actor = %actor.0, warning = %w, "zone stored with a warning");
+    }
+    if verdict.forced {
+        audit_forced(state, actor, name, &verdict).await?;
+    }
+    tracing::info!(zone = %name, actor = %actor.0, forced = verdict.forced, "zone change applied through the API");
+    Ok(verdict)
+}
+
+/// One audit record per car a forced change moves out of the service area, so each car's
+/// trail says who moved it there and why before its `outside_service_area` block appears.
+async fn audit_forced(
+    state: &AppState,
+    actor: &Actor,
+    name: &str,
+    verdict: &Verdict,
+) -> Result<(), ApiError> {
+    let share = state.config.geofences.max_exit_share;
+    tracing::warn!(
+        zone = %name,
+        actor = %actor.0,
+        leaving = verdict.exits.leaving,
+        inside = verdict.exits.inside,
+        "zone change forced: cars are moved out of the service area"
+    );
+    metrics::counter!("fleetgate_zone_changes_forced_total").increment(1);
+    let vehicles: std::collections::HashMap<_, _> = state
+        .store
+        .vehicles()
+        .await?
+        .into_iter()
+        .filter_map(|v| v.device_id.map(|d| (d, v.id)))
+        .collect();
+    let now = Utc::now();
+    let audit = verdict
+        .leaving
+        .iter()
+        .filter_map(|p| {
+            let vehicle = vehicles.get(&p.device)?;
+            Some(AuditEntry {
+                id: 0,
+                time: now,
+                vehicle_id: vehicle.clone(),
+                event: "zone_change_forced".into(),
+                reason: None,
+                actor: actor.0.clone(),
+                comment: Some(format!(
+                    "zone '{name}' changed with force=true: {} of the {} cars inside the service area are now outside it (max_exit_share {:.1} %)",
+                    verdict.exits.leaving,
+                    verdict.exits.inside,
+                    share * 100.0
+                )),
+                state_from: None,
+                state_to: None,
+                command_id: None,
+                forced: true,
+                position: Some(AuditPosition {
+                    time: p.time,
+                    lat: p.lat,
+                    lon: p.lon,
+                    speed_kmh: p.speed_kmh,
+                    ignition: p.ignition,
+                }),
+            })
+        })
+        .collect();
+    state
+        .store
+        .immobiliser_apply(&ImmobChanges {
+            audit,
+            ..ImmobChanges::default()
+        })
+        .await?;
     Ok(())
 }
 

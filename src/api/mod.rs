@@ -26,7 +26,6 @@ use crate::storage::Store;
 
 pub use auth::Actor;
 pub use error::{object_body, ApiError};
-pub use geofences::reload as reload_zones;
 pub use meta::OPENAPI_JSON;
 
 /// Shared state of every handler.

@@ -6,6 +6,8 @@
 //! - [`index`]: [`ZoneSet`], immutable per load (swap an `Arc` on reload): an R-tree of zone
 //!   envelopes, then an exact grid-accelerated point-in-polygon per candidate (`pip`), and
 //!   boundary distances from a lazily built edge R-tree (`distance`).
+//! - [`guard`] and [`edit`]: checks a zone change passes before it is stored or installed
+//!   (geometry, `[lat, lon]` order, how many cars it moves out of the service area).
 //! - [`tracker`]: [`VehicleZones`], the pure debounce state machine (fix time injected), and
 //!   [`JumpDetector`].
 //!
@@ -19,6 +21,8 @@
 //! ```
 
 mod distance;
+pub mod edit;
+pub mod guard;
 pub mod index;
 mod pip;
 pub mod stage;

@@ -6,7 +6,7 @@
 //! Membership is stored, so a restart resumes from what was confirmed: a car that left the
 //! service area while fleetgate was down still produces its `exit`.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
@@ -53,12 +53,18 @@ enum Msg {
     },
 }
 
+/// Zones read from the files under `[geofences] dir`, by name.
+pub type FileZones = BTreeMap<String, Zone>;
+
 /// Handle to the zone stage; cheap to clone.
 #[derive(Clone)]
 pub struct ZonesHandle {
     tx: mpsc::Sender<Msg>,
     current: Arc<RwLock<Arc<ZoneSet>>>,
-    files: Arc<RwLock<HashSet<String>>>,
+    files: Arc<RwLock<FileZones>>,
+    /// Held from reviewing a change to installing it, so two edits (API, SIGHUP) never
+    /// build on the same old set and undo each other.
+    edits: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl ZonesHandle {
@@ -69,7 +75,22 @@ impl ZonesHandle {
 
     /// Whether a zone of that name comes from a file under the geofences directory.
     pub fn is_file_zone(&self, name: &str) -> bool {
-        self.files.read().expect("not poisoned").contains(name)
+        self.files.read().expect("not poisoned").contains_key(name)
+    }
+
+    /// The file's version of zone `name` (what a deleted API zone of that name falls back to).
+    pub fn file_zone(&self, name: &str) -> Option<Zone> {
+        self.files.read().expect("not poisoned").get(name).cloned()
+    }
+
+    /// The zones read from files when the set in force was built.
+    pub fn files(&self) -> FileZones {
+        self.files.read().expect("not poisoned").clone()
+    }
+
+    /// Exclusive right to change the zones until the guard is dropped.
+    pub async fn lock_edits(&self) -> tokio::sync::OwnedMutexGuard<()> {
+        self.edits.clone().lock_owned().await
     }
 
     pub async fn membership(&self, device: &DeviceId) -> Option<Membership> {
@@ -93,7 +114,7 @@ impl ZonesHandle {
     }
 
     /// Swap in a new zone set (API change, SIGHUP) and wait until the stage uses it.
-    pub async fn install(&self, set: ZoneSet, files: HashSet<String>) {
+    pub async fn install(&self, set: ZoneSet, files: FileZones) {
         let set = Arc::new(set);
         *self.current.write().expect("not poisoned") = set.clone();
         *self.files.write().expect("not poisoned") = files;
@@ -114,49 +135,95 @@ pub enum LoadError {
     Invalid(String),
 }
 
-/// Zones from `dir` (every `*.geojson`) with the stored (API-managed) zones replacing files'
-/// zones of the same name. Returns the set and the names that came from files.
-pub async fn load(
-    dir: &Path,
-    store: &dyn Store,
-    debounce: &DebounceConfig,
-) -> Result<(ZoneSet, HashSet<String>), LoadError> {
-    let mut by_name: std::collections::BTreeMap<String, Zone> = std::collections::BTreeMap::new();
-    let mut files = HashSet::new();
-    if dir.is_dir() {
-        let mut paths: Vec<_> = std::fs::read_dir(dir)
-            .map_err(|e| {
-                LoadError::Invalid(format!("geofences.dir: cannot read {}: {e}", dir.display()))
-            })?
+/// Every zone of the `*.geojson` files in `dir` (in file-name order); any file left out by
+/// [`read_dir_lenient`] makes it an error naming every such file. A missing directory is no
+/// zones (with a warning).
+pub fn read_dir(dir: &Path) -> Result<FileZones, LoadError> {
+    let (zones, broken) = read_dir_lenient(dir);
+    if broken.is_empty() {
+        return Ok(zones);
+    }
+    let all: Vec<String> = broken.iter().map(|e| e.to_string()).collect();
+    Err(LoadError::Invalid(all.join("; ")))
+}
+
+/// The zones of every file in `dir` that reads, parses, passes the geometry check and uses
+/// no name an earlier file used; each file left out comes back with why (naming its path).
+/// The start-up keeps the rest of the zones with this; `check-config` reports the same list.
+pub fn read_dir_lenient(dir: &Path) -> (FileZones, Vec<LoadError>) {
+    let mut by_name = FileZones::new();
+    let mut broken = Vec::new();
+    if !dir.is_dir() {
+        tracing::warn!(dir = %dir.display(), "geofences directory not found: no file zones (no service area!)");
+        return (by_name, broken);
+    }
+    let mut paths: Vec<_> = match std::fs::read_dir(dir) {
+        Ok(rd) => rd
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().and_then(|e| e.to_str()) == Some("geojson"))
-            .collect();
-        paths.sort();
-        for path in paths {
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                LoadError::Invalid(format!(
-                    "geofences.dir: cannot read {}: {e}",
-                    path.display()
-                ))
-            })?;
-            let doc: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-                LoadError::Invalid(format!("{}: invalid JSON: {e}", path.display()))
-            })?;
-            for z in zones_from_geojson(&doc, &path.display().to_string())? {
-                if by_name.contains_key(&z.name) {
-                    return Err(LoadError::Invalid(format!(
-                        "{}: zone name '{}' is used twice",
-                        path.display(),
-                        z.name
-                    )));
-                }
-                files.insert(z.name.clone());
-                by_name.insert(z.name.clone(), z);
-            }
+            .collect(),
+        Err(e) => {
+            broken.push(LoadError::Invalid(format!(
+                "geofences.dir: cannot read {}: {e}",
+                dir.display()
+            )));
+            return (by_name, broken);
         }
-    } else {
-        tracing::warn!(dir = %dir.display(), "geofences directory not found: no file zones (no service area!)");
+    };
+    paths.sort();
+    for path in paths {
+        let zones = match read_file(&path) {
+            Ok(z) => z,
+            Err(e) => {
+                broken.push(e);
+                continue;
+            }
+        };
+        let mut problems = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for z in &zones {
+            if by_name.contains_key(&z.name) || !seen.insert(z.name.as_str()) {
+                problems.push(format!("zone name '{}' is used twice", z.name));
+            }
+            problems.extend(super::guard::geometry(z).errors);
+        }
+        if !problems.is_empty() {
+            broken.push(LoadError::Invalid(format!(
+                "geofences.dir: {}: {}",
+                path.display(),
+                problems.join("; ")
+            )));
+            continue;
+        }
+        by_name.extend(zones.into_iter().map(|z| (z.name.clone(), z)));
     }
+    (by_name, broken)
+}
+
+/// The zones of one GeoJSON file.
+pub fn read_file(path: &Path) -> Result<Vec<Zone>, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        LoadError::Invalid(format!(
+            "geofences.dir: cannot read {}: {e}",
+            path.display()
+        ))
+    })?;
+    let doc: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+        LoadError::Invalid(format!(
+            "geofences.dir: {}: invalid JSON: {e}",
+            path.display()
+        ))
+    })?;
+    Ok(zones_from_geojson(&doc, &path.display().to_string())?)
+}
+
+/// The file zones with the stored zones replacing those of the same name, indexed.
+pub async fn compose(
+    files: &FileZones,
+    store: &dyn Store,
+    debounce: &DebounceConfig,
+) -> Result<ZoneSet, LoadError> {
+    let mut by_name = files.clone();
     for stored in store.zones().await? {
         let zone = Zone::from_feature(&stored.feature)?;
         by_name.insert(zone.name.clone(), zone);
@@ -167,7 +234,7 @@ pub async fn load(
             "no zone of kind service_area is loaded: zone rules cannot see a car leave the area"
         );
     }
-    Ok((set, files))
+    Ok(set)
 }
 
 struct Entry {
@@ -187,7 +254,7 @@ struct Stage {
 /// confirmed event.
 pub async fn start(
     set: ZoneSet,
-    files: HashSet<String>,
+    files: FileZones,
     store: Arc<dyn Store>,
     committed: mpsc::Receiver<Arc<Committed>>,
     listeners: Vec<mpsc::Sender<ZoneNotice>>,
@@ -204,6 +271,7 @@ pub async fn start(
         tx,
         current: Arc::new(RwLock::new(set.clone())),
         files: Arc::new(RwLock::new(files)),
+        edits: Arc::new(tokio::sync::Mutex::new(())),
     };
     let stage = Stage {
         set,

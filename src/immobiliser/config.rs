@@ -101,6 +101,9 @@ fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
     }
 }
 
+/// Above this a "stopped" car is not stopped: a block would reach a car in traffic.
+pub const MAX_SAFE_BLOCK_SPEED_KMH: f64 = 30.0;
+
 impl ImmobiliserConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if !(self.max_block_speed_kmh.is_finite() && self.max_block_speed_kmh >= 0.0) {
@@ -125,6 +128,21 @@ impl ImmobiliserConfig {
             return Err(invalid(
                 "immobiliser.max_fix_age_s",
                 "must be from 1 to 3600 s",
+            ));
+        }
+        if self.max_block_speed_kmh > MAX_SAFE_BLOCK_SPEED_KMH {
+            return Err(invalid(
+                "immobiliser.max_block_speed_kmh",
+                format!(
+                    "{} km/h would let a block reach a moving car; at most {MAX_SAFE_BLOCK_SPEED_KMH}",
+                    self.max_block_speed_kmh
+                ),
+            ));
+        }
+        if self.safe_for == 0 {
+            return Err(invalid(
+                "immobiliser.safe_for",
+                "must be at least 1 s: 0 would block on the first slow fix",
             ));
         }
         if self.command_ttl_s == 0 {

@@ -1,19 +1,42 @@
 //! `tracing` subscriber: env-filter (`RUST_LOG` wins over `[log] filter`), plain or JSON. The
 //! filter can be swapped at run time ([`set_filter`], on SIGHUP).
+//!
+//! Device-supplied values (ids, text fields) reach log fields and messages as they came off
+//! the wire. In the plain format every field and message goes through [`EscapedFields`], so a
+//! CR/LF (or any control character) is written as an escape and one event stays one line: a
+//! device id cannot forge a second log line. The JSON format is safe by construction (serde
+//! escapes control characters in strings).
 
+use std::fmt::{self, Write as _};
 use std::sync::OnceLock;
 
+use tracing::field::{Field, Visit};
+use tracing_subscriber::field::RecordFields;
+use tracing_subscriber::fmt::format::{Format, Writer};
+use tracing_subscriber::fmt::{FormatFields, MakeWriter, SubscriberBuilder};
 use tracing_subscriber::EnvFilter;
 
 type Reloader = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
 
 static RELOAD: OnceLock<Reloader> = OnceLock::new();
 
+/// The subscriber both formats start from (JSON replaces the field formatter).
+fn builder<W>(
+    filter: EnvFilter,
+    writer: W,
+) -> SubscriberBuilder<EscapedFields, Format, EnvFilter, W>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer)
+        .fmt_fields(EscapedFields)
+}
+
 pub fn init(format: &str, filter: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+    let builder = builder(filter, std::io::stderr);
     if format == "json" {
         let builder = builder.json().with_filter_reloading();
         let handle = builder.reload_handle();
@@ -42,5 +65,158 @@ pub fn set_filter(filter: &str) -> Result<bool, String> {
     match RELOAD.get() {
         Some(reload) => reload(f).map(|()| true),
         None => Ok(false),
+    }
+}
+
+/// The plain format's fields, as `tracing_subscriber`'s default (`message` bare, then
+/// `name=value`), with control characters escaped.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EscapedFields;
+
+impl<'w> FormatFields<'w> for EscapedFields {
+    fn format_fields<R: RecordFields>(&self, writer: Writer<'w>, fields: R) -> fmt::Result {
+        let mut v = EscapingVisitor {
+            writer,
+            first: true,
+            result: Ok(()),
+        };
+        fields.record(&mut v);
+        v.result
+    }
+}
+
+struct EscapingVisitor<'w> {
+    writer: Writer<'w>,
+    first: bool,
+    result: fmt::Result,
+}
+
+impl EscapingVisitor<'_> {
+    fn write(&mut self, field: &Field, value: fmt::Arguments<'_>) {
+        if self.result.is_err() {
+            return;
+        }
+        let mut text = String::new();
+        if !self.first {
+            text.push(' ');
+        }
+        self.first = false;
+        if field.name() != "message" {
+            text.push_str(field.name());
+            text.push('=');
+        }
+        let mut raw = String::new();
+        if raw.write_fmt(value).is_err() {
+            self.result = Err(fmt::Error);
+            return;
+        }
+        escape_into(&raw, &mut text);
+        self.result = self.writer.write_str(&text);
+    }
+}
+
+impl Visit for EscapingVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == "message" {
+            self.write(field, format_args!("{value}"));
+        } else {
+            self.write(field, format_args!("{value:?}"));
+        }
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.write(field, format_args!("{value:?}"));
+    }
+}
+
+/// Control characters (and the Unicode line/paragraph separators some viewers break on)
+/// as `\n`, `\r`, `\t` or `\u{..}`; everything else as is.
+pub fn escape_into(s: &str, out: &mut String) {
+    for c in s.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if c.is_control() || c == '\u{2028}' || c == '\u{2029}' => {
+                let _ = write!(out, "\\u{{{:x}}}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::DeviceId;
+    use std::sync::{Arc, Mutex};
+
+    #[derive(Clone, Default)]
+    struct Buf(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Buf {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> MakeWriter<'a> for Buf {
+        type Writer = Buf;
+        fn make_writer(&'a self) -> Buf {
+            self.clone()
+        }
+    }
+
+    const FORGED: &str = "356307042441013\r\n2026-01-01T00:00:00.000000Z  INFO fleetgate::immobiliser::actor: command sent\u{1b}[2K";
+
+    fn log_forged() {
+        let device = DeviceId::new(FORGED);
+        let span = tracing::info_span!("conn", device = %device);
+        let _g = span.enter();
+        tracing::info!(device = %device, text = FORGED, "registered unknown device {device}");
+    }
+
+    fn captured(json: bool) -> String {
+        let buf = Buf::default();
+        let b = builder(EnvFilter::new("info"), buf.clone()).with_ansi(false);
+        if json {
+            tracing::subscriber::with_default(b.json().finish(), log_forged);
+        } else {
+            tracing::subscriber::with_default(b.finish(), log_forged);
+        }
+        let bytes = buf.0.lock().unwrap().clone();
+        String::from_utf8(bytes).unwrap()
+    }
+
+    #[test]
+    fn a_device_id_with_cr_lf_logs_as_one_escaped_plain_line() {
+        let out = captured(false);
+        assert_eq!(out.matches('\n').count(), 1, "{out}");
+        assert!(out.ends_with('\n'));
+        assert!(!out.contains('\r') && !out.contains('\u{1b}'), "{out:?}");
+        assert!(out.contains(r"356307042441013\r\n2026-01-01"), "{out}");
+        // Message, event field and span field alike.
+        assert_eq!(out.matches(r"\r\n").count(), 4, "{out}");
+        assert!(out.contains(r"\u{1b}[2K"), "{out}");
+    }
+
+    #[test]
+    fn a_device_id_with_cr_lf_logs_as_one_json_line() {
+        let out = captured(true);
+        assert_eq!(out.matches('\n').count(), 1, "{out}");
+        let v: serde_json::Value = serde_json::from_str(out.trim_end()).unwrap();
+        assert_eq!(v["fields"]["device"], FORGED);
+        assert!(!out.contains('\r') && !out.contains('\u{1b}'), "{out:?}");
+    }
+
+    #[test]
+    fn escaping_keeps_printable_text_and_escapes_controls() {
+        let mut s = String::new();
+        escape_into("Ок\tя\u{7f}\u{2028}", &mut s);
+        assert_eq!(s, r"Ок\tя\u{7f}\u{2028}");
     }
 }

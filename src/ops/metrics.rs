@@ -305,6 +305,18 @@ fn describe() {
         "fleetgate_zone_step_timeouts_total",
         "Zone steps abandoned because storage did not answer in time"
     );
+    describe_gauge!(
+        "fleetgate_zone_files_broken",
+        "Zone files left out at start (unreadable, invalid or a duplicate name); the others are in force"
+    );
+    describe_counter!(
+        "fleetgate_zone_changes_refused_total",
+        "API zone changes refused by the guards (geometry, swapped, mass_exit); nothing stored"
+    );
+    describe_counter!(
+        "fleetgate_zone_changes_forced_total",
+        "API zone changes applied with force=true past the max_exit_share guard"
+    );
     describe_histogram!(
         "fleetgate_ops_pipeline_probe_seconds",
         Unit::Seconds,

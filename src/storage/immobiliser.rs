@@ -1,5 +1,5 @@
 //! Immobiliser persistence: vehicle states with their reason sets, commands and the audit
-//! trail. Written only by the immobiliser actor, one transaction per decision, before the
+//! trail. Written by the immobiliser actor (and, audit records only, by a forced zone change), one transaction per decision, before the
 //! decision is acted on (so a command is durable before it is written to a device).
 
 use std::collections::BTreeMap;
@@ -31,7 +31,9 @@ pub struct AuditEntry {
     pub id: i64,
     pub time: DateTime<Utc>,
     pub vehicle_id: VehicleId,
-    /// `reason_added`, `reason_lifted`, `state_changed`, `command_<status>`, `force_refused`.
+    /// `reason_added`, `reason_lifted`, `state_changed`, `command_<status>`, `force_refused`,
+    /// `zone_change_forced` (a zone change applied with `force=true` moved this car out of
+    /// the service area; written by the geofences API).
     pub event: String,
     pub reason: Option<String>,
     pub actor: String,
