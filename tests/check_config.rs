@@ -59,6 +59,11 @@ fn check_config_refuses_each_broken_config_naming_its_key() {
         ("idle_timeout_s = 0", format!("{storage}[limits]\nidle_timeout_s = 0\n"), vec![area], "limits.idle_timeout_s: "),
         ("max_block_speed_kmh = 500", format!("{storage}[immobiliser]\nmax_block_speed_kmh = 500\n"), vec![area], "immobiliser.max_block_speed_kmh: "),
         ("safe_for = 0", format!("{storage}[immobiliser]\nsafe_for = 0\n"), vec![area], "immobiliser.safe_for: "),
+        ("safe_fixes = 0", format!("{storage}[immobiliser]\nsafe_fixes = 0\n"), vec![area], "immobiliser.safe_fixes: "),
+        ("max_fix_ahead_s = 3600", format!("{storage}[immobiliser]\nmax_fix_ahead_s = 3600\n"), vec![area], "immobiliser.max_fix_ahead_s: "),
+        ("takeover_silence_s = 0", format!("{storage}[devices]\ntakeover_silence_s = 0\n"), vec![area], "devices.takeover_silence_s: "),
+        ("an unknown identity_conflict policy", format!("{storage}[devices]\nidentity_conflict = \"trust_all\"\n"), vec![area], "identity_conflict"),
+        ("max_speed_kmh = 50", format!("{storage}[filters]\nmax_speed_kmh = 50\n"), vec![area], "filters.max_speed_kmh: "),
         ("sqlite:// without a file", "[storage]\nurl = \"sqlite://\"\n".into(), vec![area], "storage.url: "),
         ("sqlite: with only options", "[storage]\nurl = \"sqlite:?mode=rwc\"\n".into(), vec![area], "storage.url: "),
         (
