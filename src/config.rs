@@ -21,6 +21,9 @@ pub enum ConfigError {
     Parse { path: String, message: String },
     #[error("{key}: {message}")]
     Invalid { key: String, message: String },
+    /// An environment override names no key (a typo in the variable).
+    #[error("{var}: {message}")]
+    Env { var: String, message: String },
 }
 
 fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
@@ -281,23 +284,6 @@ impl Default for LogConfig {
     }
 }
 
-const SECTIONS: &[&str] = &[
-    "geofences",
-    "api",
-    "storage",
-    "listeners",
-    "devices",
-    "filters",
-    "pipeline",
-    "limits",
-    "log",
-    "mqtt",
-    "crm",
-    "rules",
-    "status",
-    "immobiliser",
-];
-
 impl Config {
     /// Load `path` (or only defaults when `None`), apply environment overrides, validate.
     pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
@@ -324,31 +310,67 @@ impl Config {
             path: name.into(),
             message: e.to_string(),
         })?;
+        // Every key `Config::default()` has (and any key of a map that is empty by default)
+        // can be overridden; a variable naming a section but no key of it is a typo.
+        let schema = match toml::Value::try_from(Config::default()) {
+            Ok(toml::Value::Table(t)) => t,
+            _ => toml::Table::new(),
+        };
+        let mut env: Vec<(String, String)> = env.into_iter().collect();
+        env.sort();
+        let mut from_env: Vec<(String, String)> = Vec::new();
         for (k, v) in env {
             let Some(rest) = k.strip_prefix("FLEETGATE_") else {
                 continue;
             };
             let rest = rest.to_ascii_lowercase();
-            let Some(section) = SECTIONS.iter().find(|s| rest.starts_with(&format!("{s}_"))) else {
+            let Some(section) = schema
+                .keys()
+                .filter(|s| rest.starts_with(&format!("{s}_")))
+                .max_by_key(|s| s.len())
+            else {
+                // FLEETGATE_CONFIG, the test suite's own variables…
                 continue;
             };
             let key = &rest[section.len() + 1..];
-            let value = parse_env_value(&v);
-            let table = doc
-                .entry(section.to_string())
-                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
-            match table {
-                toml::Value::Table(t) => {
-                    t.insert(key.to_string(), value);
-                }
-                _ => return Err(invalid(*section, "is not a table")),
+            // A key the defaults leave out (an unset option) is taken as a key of the section;
+            // if it is none, the variable is named in the error below.
+            let path =
+                env_path(&schema[section.as_str()], key).unwrap_or_else(|| vec![key.to_string()]);
+            from_env.push((path.last().cloned().unwrap_or_default(), k.clone()));
+            let mut table = &mut doc;
+            for part in std::iter::once(section.as_str())
+                .chain(path[..path.len() - 1].iter().map(String::as_str))
+            {
+                let entry = table
+                    .entry(part.to_string())
+                    .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+                table = match entry {
+                    toml::Value::Table(t) => t,
+                    _ => return Err(invalid(part, "is not a table")),
+                };
+            }
+            if let Some(last) = path.last() {
+                table.insert(last.clone(), parse_env_value(&v));
             }
         }
         let config: Config = toml::Value::Table(doc)
             .try_into()
-            .map_err(|e: toml::de::Error| ConfigError::Parse {
-                path: name.into(),
-                message: e.to_string(),
+            .map_err(|e: toml::de::Error| {
+                let message = e.to_string();
+                let typo = from_env
+                    .iter()
+                    .find(|(key, _)| message.contains(&format!("unknown field `{key}`")));
+                match typo {
+                    Some((key, var)) => ConfigError::Env {
+                        var: var.clone(),
+                        message: format!("names no configuration key ('{key}' is unknown)"),
+                    },
+                    None => ConfigError::Parse {
+                        path: name.into(),
+                        message,
+                    },
+                }
             })?;
         config.validate()?;
         Ok(config)
@@ -558,6 +580,22 @@ impl Config {
 }
 
 /// An environment value is TOML when it parses as such (`true`, `5`, `["a"]`), else a string.
+/// The key path under a section that `key` (lower case, `_`-joined) names: a key of the
+/// section, or a key of one of its tables; any key of a table that is empty by default (a
+/// map such as `[listeners]`).
+fn env_path(schema: &toml::Value, key: &str) -> Option<Vec<String>> {
+    let t = schema.as_table()?;
+    if t.is_empty() || t.contains_key(key) {
+        return Some(vec![key.to_string()]);
+    }
+    t.iter().filter(|(_, v)| v.is_table()).find_map(|(k, v)| {
+        let rest = key.strip_prefix(&format!("{k}_"))?;
+        let mut p = env_path(v, rest)?;
+        p.insert(0, k.clone());
+        Some(p)
+    })
+}
+
 fn parse_env_value(v: &str) -> toml::Value {
     toml::from_str::<toml::Table>(&format!("v = {v}"))
         .ok()
@@ -634,6 +672,34 @@ mod tests {
             !c.listeners().iter().any(|(p, _)| *p == Protocol::Teltonika),
             "off disables"
         );
+    }
+
+    #[test]
+    fn every_section_and_nested_key_can_be_overridden_and_a_typo_names_its_variable() {
+        let c = load(
+            "",
+            &[
+                ("FLEETGATE_IMMOBILISER_SAFE_FIXES", "4"),
+                ("FLEETGATE_DEVICES_IDENTITY_CONFLICT", "hold"),
+                ("FLEETGATE_CONFIG", "/etc/fleetgate/fleetgate.toml"),
+                ("FLEETGATE_TEST_PG_URL", "postgres://x"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.immobiliser.safe_fixes, 4);
+        assert_eq!(
+            c.devices.identity_conflict,
+            crate::ingest::sessions::ConflictPolicy::Hold
+        );
+        let e = load("", &[("FLEETGATE_DEVICES_REGISTR_UNKNOWN", "false")])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("FLEETGATE_DEVICES_REGISTR_UNKNOWN:"), "{e}");
+        assert!(e.contains("registr_unknown"), "{e}");
+        let defaults = toml::Value::try_from(Config::default()).unwrap();
+        for section in ["cluster", "protocols"] {
+            assert!(defaults.get(section).is_some(), "{section} has defaults");
+        }
     }
 
     #[test]
