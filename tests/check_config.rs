@@ -85,3 +85,47 @@ fn check_config_refuses_each_broken_config_naming_its_key() {
     let (code, err) = check(dir.path(), &storage, &[area]);
     assert_eq!(code, 0, "a good config: {err}");
 }
+
+/// `run` names the file or the server it cannot open, and a typo in an environment override
+/// names the variable.
+#[test]
+fn start_up_errors_name_the_path_the_server_and_the_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |toml: &str, env: &[(&str, &str)]| {
+        let path = dir.path().join("run.toml");
+        std::fs::write(&path, toml).unwrap();
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetgate"));
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&path)
+            .env_remove("FLEETGATE_CONFIG");
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let out = cmd.output().expect("run fleetgate");
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stderr).into_owned()
+                + &String::from_utf8_lossy(&out.stdout),
+        )
+    };
+    // The database "file" is a directory: SQLite cannot open it.
+    let db = dir.path().join("a-directory.db");
+    std::fs::create_dir_all(&db).unwrap();
+    let (code, err) = run(
+        &format!("[storage]\nurl = \"sqlite://{}\"\n", db.display()),
+        &[],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains(&db.display().to_string()), "{err}");
+    // Nothing listens on port 9 of the loopback.
+    let (code, err) = run(
+        "[storage]\nurl = \"postgres://fleet@127.0.0.1:9/fleetdb\"\n",
+        &[],
+    );
+    assert_ne!(code, 0);
+    assert!(err.contains("127.0.0.1:9/fleetdb"), "{err}");
+    let (code, err) = run("", &[("FLEETGATE_DEVICES_REGISTR_UNKNOWN", "false")]);
+    assert_ne!(code, 0);
+    assert!(err.contains("FLEETGATE_DEVICES_REGISTR_UNKNOWN"), "{err}");
+}

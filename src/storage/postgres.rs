@@ -39,11 +39,23 @@ impl PostgresStore {
     /// instances may start at once: sqlx serialises migrations with an advisory lock.
     pub async fn open(cfg: &StorageConfig) -> Result<Self, StorageError> {
         let opts = PgConnectOptions::from_str(&cfg.url)?.application_name("fleetgate");
+        // "pool timed out" alone does not say which server: name it (never the password).
+        let server = format!(
+            "{}:{}/{}",
+            opts.get_host(),
+            opts.get_port(),
+            opts.get_database().unwrap_or("")
+        );
         let pool = PgPoolOptions::new()
             .max_connections(cfg.max_connections.max(2))
             .acquire_timeout(Duration::from_secs(10))
             .connect_with(opts)
-            .await?;
+            .await
+            .map_err(|e| {
+                StorageError::Invalid(format!(
+                    "storage.url: cannot connect to PostgreSQL at {server}: {e}"
+                ))
+            })?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
         Ok(PostgresStore { pool })
     }

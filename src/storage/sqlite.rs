@@ -83,7 +83,13 @@ impl SqliteStore {
                     .pragma("cache_size", "-8192")
                     .pragma("wal_autocheckpoint", "10000"),
             )
-            .await?;
+            .await
+            .map_err(|e| {
+                // sqlx says "unable to open database file" without the file: name it.
+                StorageError::Invalid(format!(
+                    "storage.url: cannot open SQLite database {path}: {e}"
+                ))
+            })?;
         sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(cfg.max_connections.max(2))
