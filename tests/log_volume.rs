@@ -15,7 +15,7 @@ async fn a_flood_of_unused_messages_logs_a_few_lines_and_a_count() {
     let dir = tempfile::tempdir().unwrap();
     let (port, api_port) = (free_port(), free_port());
     let mut cfg = format!(
-        "[api]\nlisten = \"127.0.0.1:{api_port}\"\n[storage]\nurl = \"sqlite://{}/fg.db\"\n[listeners]\n",
+        "[log]\nformat = \"json\"\n[api]\nlisten = \"127.0.0.1:{api_port}\"\n[storage]\nurl = \"sqlite://{}/fg.db\"\n[listeners]\n",
         dir.path().display()
     );
     for p in Protocol::ALL {
@@ -99,7 +99,10 @@ async fn a_flood_of_unused_messages_logs_a_few_lines_and_a_count() {
         .find(|l| l.contains("repeated lines were counted"))
         .unwrap_or_else(|| panic!("no closing summary:\n{flood_log}"));
     let held = BYTES / 65 - fleetgate::ops::ratelimit::BURST as usize;
-    assert!(summary.contains(&format!("suppressed={held}")), "{summary}");
+    assert!(
+        summary.contains(&format!("\"suppressed\":{held}")),
+        "{summary}"
+    );
     assert!(
         flood_log.len() < 8 * 1024,
         "{} bytes of log for one flooding connection",

