@@ -117,10 +117,10 @@ impl<S> Sources<S> {
     pub fn sweep(&mut self, now: Instant) -> usize {
         let mut gone = 0;
         while let Some((&stamp, peer)) = self.order.first_key_value() {
-            let expired = self
-                .map
-                .get(peer)
-                .is_none_or(|e| now.saturating_duration_since(e.seen) >= self.ttl);
+            let expired = match self.map.get(peer) {
+                Some(e) => now.saturating_duration_since(e.seen) >= self.ttl,
+                None => true,
+            };
             if !expired {
                 break;
             }

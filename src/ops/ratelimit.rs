@@ -67,9 +67,10 @@ impl Budget {
     /// `Some(suppressed)` when a line may be logged at `now` (with the lines held back since
     /// the last one logged), `None` when it must only be counted.
     pub fn allow(&mut self, now: Instant) -> Option<u64> {
-        let fresh = self
-            .window_start
-            .is_none_or(|s| now.saturating_duration_since(s) >= WINDOW);
+        let fresh = match self.window_start {
+            Some(s) => now.saturating_duration_since(s) >= WINDOW,
+            None => true,
+        };
         if fresh {
             self.window_start = Some(now);
             self.used = 0;
