@@ -198,3 +198,71 @@ async fn a_udp_flood_keeps_memory_bounded_and_tcp_acks_flowing() {
     assert!(p50 < Duration::from_millis(500), "TCP ack p50 {p50:?}");
     assert!(max < Duration::from_secs(2), "TCP ack max {max:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_udp_queue_cap_frames_are_dropped_unacked_and_counted() {
+    use fleetgate::protocols::{Protocol, Transport};
+    use sqlx::Connection;
+
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = common::start(dir.path(), "[limits]\nudp_max_queued = 4\n").await;
+    let api = common::Api::new(daemon.api_addr);
+    let addr = daemon.addr(Protocol::Teltonika, Transport::Udp).unwrap();
+    let imei = "352093081111111";
+    let sock = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let mut buf = [0u8; 64];
+    // Registered first, so the device lookup needs no write.
+    sock.send_to(&datagram(1, imei, 100_000), addr)
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(20), sock.recv_from(&mut buf))
+        .await
+        .expect("first datagram acked")
+        .unwrap();
+
+    // Storage stalls (another process holds SQLite's write lock): four frames wait for their
+    // commit, the other sixteen find the queue full.
+    let db = dir.path().join("fleetgate.db");
+    let mut held = sqlx::SqliteConnection::connect(&format!("sqlite://{}", db.display()))
+        .await
+        .unwrap();
+    sqlx::query("BEGIN EXCLUSIVE")
+        .execute(&mut held)
+        .await
+        .unwrap();
+    for i in 0..20u16 {
+        let pkt = datagram(100 + i, imei, 50_000 - i64::from(i) * 1000);
+        sock.send_to(&pkt, addr).await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let full = loop {
+        let n = common::metric(
+            &api,
+            "fleetgate_ingest_udp_dropped_total",
+            &[("protocol", "teltonika"), ("reason", "queue_full")],
+        )
+        .await;
+        if n >= 16.0 || Instant::now() > deadline {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(full, 16.0);
+    sqlx::query("COMMIT").execute(&mut held).await.unwrap();
+    held.close().await.ok();
+
+    // The four queued ones are committed and acked; the dropped ones never are.
+    let mut acks = 0;
+    while let Ok(n) = tokio::time::timeout(Duration::from_secs(3), sock.recv_from(&mut buf)).await {
+        assert_eq!(n.unwrap().0, 7);
+        acks += 1;
+    }
+    assert_eq!(acks, 4);
+    let (_, track) = api
+        .get(&format!(
+            "/api/v1/vehicles/{imei}/track?from=2020-01-01T00:00:00Z"
+        ))
+        .await;
+    assert_eq!(track.as_array().unwrap().len(), 5, "{track}");
+    daemon.stop().await;
+}
