@@ -217,7 +217,7 @@ pub struct LimitsConfig {
     /// Most tracker connections from one IP address.
     pub max_connections_per_ip: usize,
     /// UDP sources (`ip:port`) whose sessions each UDP listener keeps; past it the least
-    /// recently heard is forgotten. ~0.2–0.3 KB each (docs/reliability.md).
+    /// recently heard is forgotten. ~0.3 KB each (docs/reliability.md).
     pub udp_max_sources: usize,
     /// Datagrams per second one UDP source may send (bursts up to one second's worth); more
     /// are dropped unacked and counted.
