@@ -121,8 +121,9 @@ async fn a_summary_of_a_million_positions_is_right_in_bounded_memory_on_sqlite()
         "summary of {ROWS} positions: {took:?}, RSS {baseline} KiB + {growth_mib} MiB at peak"
     );
     check(&s, ROWS);
-    // One 10,000-row page at a time; the whole track would be ~2.6 GB.
-    assert!(growth_mib < 100, "RSS grew by {growth_mib} MiB");
+    // One page of 10,000 points at a time (20 MiB measured, SQLite's caches included); the
+    // whole track was ~2.6 GB.
+    assert!(growth_mib < 64, "RSS grew by {growth_mib} MiB");
     let _ = child.kill();
     let _ = child.wait();
 }

@@ -1,16 +1,17 @@
-//! `/track/summary` in constant memory: the track is read in fix-time pages (keyset on
-//! `fix_time`, which is unique per device) and folded into a running summary, so a car with
-//! 1 M positions costs one page, not the whole track (+2.6 GB and 5.9 s before, issue #21).
+//! `/track/summary` in constant memory: the track's points (fix time and coordinates only)
+//! are read in fix-time pages (keyset on `fix_time`, which is unique per device) and folded
+//! into a running count and distance, so a car with 1 M positions costs one page, not the
+//! whole track (+2.6 GB and 5.9 s before, issue #21); the two ends are then read whole.
 
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
 use crate::model::DeviceId;
 use crate::pipeline::filter::haversine_m;
-use crate::storage::{StorageError, Store, StoredPosition};
+use crate::storage::{StorageError, Store, StoredPosition, TrackPoint};
 
-/// Rows read per page: `/track`'s default page, well within its cap (`MAX_TRACK_LIMIT`), so a
-/// summary never holds more of a track than one `/track` answer (~10 MB at 10,000 rows).
+/// Points read per page: `/track`'s default page, well within its cap (`MAX_TRACK_LIMIT`), so
+/// a summary never holds more of a track than one `/track` answer would.
 pub const PAGE: u32 = 10_000;
 const _: () = assert!(PAGE <= super::vehicles::MAX_TRACK_LIMIT);
 
@@ -22,38 +23,28 @@ pub struct TrackSummary {
     pub last: Option<StoredPosition>,
 }
 
-/// A running summary fed with the track in fix-time order, page by page.
+/// A running count and distance fed with the track's points in fix-time order, page by page.
 #[derive(Default)]
 struct Fold {
     count: usize,
     distance_m: f64,
-    first: Option<StoredPosition>,
-    last: Option<StoredPosition>,
+    first: Option<TrackPoint>,
+    last: Option<TrackPoint>,
 }
 
 impl Fold {
-    fn push(&mut self, p: StoredPosition) {
+    fn push(&mut self, p: TrackPoint) {
         if let Some(prev) = &self.last {
             self.distance_m += haversine_m(prev.lat, prev.lon, p.lat, p.lon);
         }
-        if self.first.is_none() {
-            self.first = Some(p.clone());
-        }
+        self.first.get_or_insert(p);
         self.count += 1;
         self.last = Some(p);
     }
-
-    fn finish(self) -> TrackSummary {
-        TrackSummary {
-            count: self.count,
-            distance_km: self.distance_m / 1000.0,
-            first: self.first,
-            last: self.last,
-        }
-    }
 }
 
-/// Summarise `device`'s positions with `from <= fix_time < to`, reading `page` rows at a time.
+/// Summarise `device`'s positions with `from <= fix_time < to`, reading `page` points at a
+/// time; the first and last positions are then read whole, one row each.
 pub async fn summarize(
     store: &dyn Store,
     device: &DeviceId,
@@ -65,45 +56,41 @@ pub async fn summarize(
     let mut fold = Fold::default();
     let mut cursor = from;
     loop {
-        let rows = store.track(device, cursor, to, page).await?;
-        let full = rows.len() >= page as usize;
-        for p in rows {
+        let points = store.track_points(device, cursor, to, page).await?;
+        let full = points.len() >= page as usize;
+        for p in points {
             // Fix times are stored in whole milliseconds and unique per device: the next page
-            // starts one millisecond after this one's last row.
+            // starts one millisecond after this one's last point.
             cursor = p.time + Duration::milliseconds(1);
             fold.push(p);
         }
         if !full || cursor >= to {
-            return Ok(fold.finish());
+            break;
         }
     }
+    let row = |p: Option<TrackPoint>| async move {
+        match p {
+            Some(p) => Ok(store.track(device, p.time, to, 1).await?.into_iter().next()),
+            None => Ok::<_, StorageError>(None),
+        }
+    };
+    Ok(TrackSummary {
+        count: fold.count,
+        distance_km: fold.distance_m / 1000.0,
+        first: row(fold.first).await?,
+        last: row(fold.last).await?,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn at(i: i64, lat: f64) -> StoredPosition {
-        let t = DateTime::from_timestamp_millis(1_700_000_000_000 + i).unwrap();
-        StoredPosition {
-            time: t,
-            server_time: t,
-            valid: true,
+    fn at(i: i64, lat: f64) -> TrackPoint {
+        TrackPoint {
+            time: DateTime::from_timestamp_millis(1_700_000_000_000 + i).unwrap(),
             lat,
             lon: 37.6,
-            speed_kmh: 0.0,
-            course: 0.0,
-            altitude: 0.0,
-            satellites: None,
-            ignition: None,
-            motion: None,
-            odometer_m: None,
-            gps_odometer_m: 0.0,
-            inputs: None,
-            outputs: None,
-            power_v: None,
-            alarm: None,
-            attributes: serde_json::Value::Null,
         }
     }
 
@@ -117,20 +104,19 @@ mod tests {
         let mut fold = Fold::default();
         for chunk in track.chunks(3) {
             for p in chunk {
-                fold.push(p.clone());
+                fold.push(*p);
             }
         }
-        let s = fold.finish();
-        assert_eq!(s.count, 10);
-        assert!((s.distance_km * 1000.0 - whole).abs() < 1e-6);
-        assert_eq!(s.first.unwrap().time, track[0].time);
-        assert_eq!(s.last.unwrap().time, track[9].time);
+        assert_eq!(fold.count, 10);
+        assert!((fold.distance_m - whole).abs() < 1e-6);
+        assert_eq!(fold.first, Some(track[0]));
+        assert_eq!(fold.last, Some(track[9]));
     }
 
     #[test]
     fn an_empty_range_has_no_ends_and_no_distance() {
-        let s = Fold::default().finish();
-        assert_eq!((s.count, s.distance_km), (0, 0.0));
-        assert!(s.first.is_none() && s.last.is_none());
+        let f = Fold::default();
+        assert_eq!((f.count, f.distance_m), (0, 0.0));
+        assert!(f.first.is_none() && f.last.is_none());
     }
 }
