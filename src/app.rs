@@ -282,6 +282,11 @@ pub async fn start_with(
         idle_timeout: Duration::from_secs(config.limits.idle_timeout_s),
         sessions,
         protocols: config.protocols.clone(),
+        udp: ingest::udp::UdpLimits {
+            max_sources: config.limits.udp_max_sources,
+            datagrams_per_s: config.limits.udp_datagrams_per_s,
+            max_queued: config.limits.udp_max_queued,
+        },
     });
 
     let shutdown = CancellationToken::new();

@@ -230,6 +230,14 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// Most tracker connections from one IP address.
     pub max_connections_per_ip: usize,
+    /// UDP sources (`ip:port`) whose sessions each UDP listener keeps; past it the least
+    /// recently heard is forgotten. ~0.3 KB each (docs/reliability.md).
+    pub udp_max_sources: usize,
+    /// Datagrams per second one UDP source may send (bursts up to one second's worth); more
+    /// are dropped unacked and counted.
+    pub udp_datagrams_per_s: u32,
+    /// Frames each UDP listener commits at once; more are dropped unacked and counted.
+    pub udp_max_queued: usize,
 }
 
 impl Default for LimitsConfig {
@@ -239,6 +247,9 @@ impl Default for LimitsConfig {
             idle_timeout_s: 900,
             max_connections: 100_000,
             max_connections_per_ip: 10_000,
+            udp_max_sources: 100_000,
+            udp_datagrams_per_s: 50,
+            udp_max_queued: 1024,
         }
     }
 }
@@ -475,6 +486,18 @@ impl Config {
             }
         }
         self.check_ports(api)?;
+        for (key, value) in [
+            ("limits.udp_max_sources", self.limits.udp_max_sources),
+            (
+                "limits.udp_datagrams_per_s",
+                self.limits.udp_datagrams_per_s as usize,
+            ),
+            ("limits.udp_max_queued", self.limits.udp_max_queued),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1"));
+            }
+        }
         if self.pipeline.queue == 0 {
             return Err(invalid("pipeline.queue", "must be at least 1"));
         }
@@ -725,6 +748,31 @@ mod tests {
         let c = load("[geofences]\nmax_exit_share = 0.25", &[]).unwrap();
         assert_eq!(c.geofences.max_exit_share, 0.25);
         assert_eq!(load("", &[]).unwrap().geofences.max_exit_share, 0.10);
+    }
+
+    #[test]
+    fn udp_limits_have_defaults_and_refuse_zero_by_name() {
+        let c = load("", &[]).unwrap();
+        assert_eq!(
+            (
+                c.limits.udp_max_sources,
+                c.limits.udp_datagrams_per_s,
+                c.limits.udp_max_queued
+            ),
+            (100_000, 50, 1024)
+        );
+        let c = load(
+            "[limits]\nudp_max_sources = 10\nudp_datagrams_per_s = 5\nudp_max_queued = 7",
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.limits.udp_max_queued, 7);
+        for key in ["udp_max_sources", "udp_datagrams_per_s", "udp_max_queued"] {
+            let e = load(&format!("[limits]\n{key} = 0"), &[])
+                .unwrap_err()
+                .to_string();
+            assert!(e.starts_with(&format!("limits.{key}:")), "{e}");
+        }
     }
 
     #[test]

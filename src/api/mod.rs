@@ -8,6 +8,7 @@ mod immobiliser;
 pub mod map;
 mod meta;
 pub mod status;
+mod summary;
 mod vehicles;
 
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -6,14 +6,14 @@ use axum::Json;
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::summary::{summarize, TrackSummary, PAGE};
 use super::{ApiError, AppState};
 use crate::model::{DeviceId, VehicleId};
-use crate::pipeline::filter::haversine_m;
 use crate::protocols::Protocol;
 use crate::storage::{DeviceState, StoredPosition, Vehicle, VehicleUpdate};
 
 /// Most positions one track request returns.
-const MAX_TRACK_LIMIT: u32 = 100_000;
+pub(super) const MAX_TRACK_LIMIT: u32 = 100_000;
 
 /// The latest fix as the API shows it.
 #[derive(Debug, Serialize)]
@@ -253,14 +253,6 @@ pub async fn track(
     Ok(Json(state.store.track(&device, from, to, limit).await?))
 }
 
-#[derive(Debug, Serialize)]
-pub struct TrackSummary {
-    pub count: usize,
-    pub distance_km: f64,
-    pub first: Option<StoredPosition>,
-    pub last: Option<StoredPosition>,
-}
-
 pub async fn summary(
     State(state): State<AppState>,
     Path(id): Path<String>,
@@ -270,22 +262,9 @@ pub async fn summary(
     let (from, to) = range(&q)?;
     let v = find(&state, &id).await?;
     let Some(device) = v.device_id else {
-        return Ok(Json(TrackSummary {
-            count: 0,
-            distance_km: 0.0,
-            first: None,
-            last: None,
-        }));
+        return Ok(Json(TrackSummary::default()));
     };
-    let track = state.store.track(&device, from, to, u32::MAX).await?;
-    let distance_m: f64 = track
-        .windows(2)
-        .map(|w| haversine_m(w[0].lat, w[0].lon, w[1].lat, w[1].lon))
-        .sum();
-    Ok(Json(TrackSummary {
-        count: track.len(),
-        distance_km: distance_m / 1000.0,
-        first: track.first().cloned(),
-        last: track.last().cloned(),
-    }))
+    Ok(Json(
+        summarize(state.store.as_ref(), &device, from, to, PAGE).await?,
+    ))
 }

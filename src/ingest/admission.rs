@@ -18,6 +18,10 @@ pub struct Admission {
     /// One lookup per unknown device at a time: an MQTT burst or a reconnect storm from one
     /// device admits it once (one `registered unknown device`), the others wait for it.
     looking_up: Mutex<HashMap<DeviceId, Arc<tokio::sync::Mutex<()>>>>,
+    /// One cache miss at a time: a burst of frames from a new device (1,024 UDP frames in
+    /// flight) would otherwise queue as many registrations on the single SQLite writer, ahead
+    /// of every commit (TCP acks took 17 s under a UDP flood of 100 new devices).
+    miss: tokio::sync::Mutex<()>,
 }
 
 impl Admission {
@@ -28,6 +32,7 @@ impl Admission {
             imei_check_digit: false,
             known: RwLock::new(HashMap::new()),
             looking_up: Mutex::new(HashMap::new()),
+            miss: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -65,7 +70,10 @@ impl Admission {
             let _turn = gate.lock().await;
             match self.cached(device) {
                 Some(v) => Ok(Some(v)),
-                None => self.look_up(device, protocol).await,
+                None => {
+                    let _one = self.miss.lock().await;
+                    self.look_up(device, protocol).await
+                }
             }
         };
         let mut looking_up = self.looking_up.lock().unwrap_or_else(|e| e.into_inner());

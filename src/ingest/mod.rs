@@ -10,6 +10,7 @@ pub mod mqtt;
 pub mod sessions;
 pub mod tcp;
 pub mod udp;
+pub mod udp_sources;
 pub mod violation;
 
 use std::sync::Arc;
@@ -36,6 +37,8 @@ pub struct IngestCtx {
     pub sessions: Arc<Sessions>,
     /// How each connection's protocol session is built (`[protocols.*]`).
     pub protocols: crate::protocols::options::ProtocolOptions,
+    /// What each UDP listener may hold (`[limits] udp_*`).
+    pub udp: udp::UdpLimits,
 }
 
 /// What the connection must do after one frame.
@@ -73,9 +76,8 @@ pub async fn process(
     let proto = protocol.name();
     metrics::counter!("fleetgate_ingest_messages_total", "protocol" => proto, "kind" => d.kind)
         .increment(1);
-    if d.kind == "other" {
-        tracing::info!(protocol = proto, device = ?device.as_ref().or(d.device.as_ref()), acked = d.reply.is_some(), "message of a type fleetgate does not use: counted, acked where the protocol requires");
-    }
+    // Messages of kind `other` are logged by the caller, which holds the per-connection
+    // log budget (a flood of them must not flood the journal).
     if let Some(id) = d.device {
         if let Some(current) = device.as_ref().filter(|c| **c != id) {
             // One connection is one tracker: a second identity on it is an impostor's sweep

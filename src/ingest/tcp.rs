@@ -19,6 +19,7 @@ use super::limits::ConnSlot;
 use super::sessions::{Outbound, Registration, SessionEvent};
 use super::{count_decode_error, process, IngestCtx, Link};
 use crate::model::DeviceId;
+use crate::ops::ratelimit::Budget;
 use crate::protocols::{Decoded, Protocol, Transport};
 
 /// Bytes read per wakeup; the buffer grows for larger frames and is freed when drained.
@@ -88,6 +89,8 @@ fn connection(
         let mut buf = BytesMut::new();
         let mut device: Option<DeviceId> = None;
         let mut registration: Option<Registration> = None;
+        // Repeated per-frame lines (a tracker sending only messages fleetgate does not use).
+        let mut chatter = Budget::default();
         let opened = tokio::time::Instant::now();
         let reason: &'static str = 'conn: loop {
             // Handle every whole frame already buffered.
@@ -96,6 +99,17 @@ fn connection(
                 // decode result is not kept in this future across the await.
                 let handled = match codec.decode(&mut buf) {
                     Ok(Some(Ok(decoded))) => {
+                        if decoded.kind == "other" {
+                            if let Some(suppressed) = chatter.allow(std::time::Instant::now()) {
+                                tracing::info!(
+                                    device = ?device.as_ref().or(decoded.device.as_ref()),
+                                    acked = decoded.reply.is_some(),
+                                    suppressed,
+                                    "{}",
+                                    super::violation::UNUSED_MESSAGE
+                                );
+                            }
+                        }
                         let reject = codec.session().reject_reply();
                         Box::pin(on_frame(
                             ctx,
@@ -188,6 +202,14 @@ fn connection(
         };
         metrics::gauge!("fleetgate_ingest_connections", "protocol" => protocol.name())
             .decrement(1.0);
+        let suppressed = chatter.finish();
+        if suppressed > 0 {
+            tracing::info!(
+                reason,
+                suppressed,
+                "connection closed; repeated lines were counted, not logged"
+            );
+        }
         tracing::debug!(reason, "connection closed");
         drop(slot);
     }

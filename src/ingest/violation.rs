@@ -38,3 +38,16 @@ pub fn warn_limited(protocol: Protocol, kind: &str, error: &dyn std::fmt::Displa
         tracing::warn!(protocol = protocol.name(), error = %error, suppressed, "{msg}");
     }
 }
+
+/// Log that a frame of a type fleetgate does not use arrived, at most once a minute per
+/// protocol (sources that have no connection of their own to keep a budget: UDP).
+pub fn info_limited(protocol: Protocol, kind: &str, peer: &SocketAddr) {
+    let key = format!("{}/{kind}", protocol.name());
+    if let Some(suppressed) = crate::ops::ratelimit::warnings().check(&key, Instant::now()) {
+        tracing::info!(protocol = protocol.name(), %peer, suppressed, "{UNUSED_MESSAGE}");
+    }
+}
+
+/// The line for a message fleetgate counts and acks but does not use.
+pub const UNUSED_MESSAGE: &str =
+    "message of a type fleetgate does not use: counted, acked where the protocol requires";

@@ -232,6 +232,18 @@ fn describe() {
         "Tracker connections closed or refused by a limit, by protocol and limit"
     );
     describe_counter!(
+        "fleetgate_ingest_udp_dropped_total",
+        "UDP datagrams or frames dropped unacked: over the source's rate (rate_limited) or the listener's queue full (queue_full)"
+    );
+    describe_gauge!(
+        "fleetgate_ingest_udp_sources",
+        "UDP sources (ip:port) whose sessions a listener keeps, by protocol"
+    );
+    describe_counter!(
+        "fleetgate_ingest_udp_sources_evicted_total",
+        "UDP sources forgotten because the table was full (limits.udp_max_sources), least recent first"
+    );
+    describe_counter!(
         "fleetgate_api_limit_violations_total",
         "API requests refused by a limit (max_body_bytes)"
     );

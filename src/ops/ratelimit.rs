@@ -50,6 +50,45 @@ impl LogLimiter {
     }
 }
 
+/// One connection's log budget: the first [`BURST`] lines of a window are logged, the rest only
+/// counted; the count is reported on the next line logged and by [`Budget::finish`] when the
+/// connection ends. Lives in the connection task (no lock); 24 bytes, as idle trackers keep it.
+#[derive(Debug, Default)]
+pub struct Budget {
+    window_start: Option<Instant>,
+    used: u32,
+    suppressed: u32,
+}
+
+/// Lines one connection may log per [`WINDOW`] before the rest are counted instead.
+pub const BURST: u32 = 5;
+
+impl Budget {
+    /// `Some(suppressed)` when a line may be logged at `now` (with the lines held back since
+    /// the last one logged), `None` when it must only be counted.
+    pub fn allow(&mut self, now: Instant) -> Option<u64> {
+        let fresh = match self.window_start {
+            Some(s) => now.saturating_duration_since(s) >= WINDOW,
+            None => true,
+        };
+        if fresh {
+            self.window_start = Some(now);
+            self.used = 0;
+        }
+        if self.used >= BURST {
+            self.suppressed = self.suppressed.saturating_add(1);
+            return None;
+        }
+        self.used += 1;
+        Some(u64::from(std::mem::take(&mut self.suppressed)))
+    }
+
+    /// Lines held back and not yet reported: for the connection's closing summary.
+    pub fn finish(&mut self) -> u64 {
+        u64::from(std::mem::take(&mut self.suppressed))
+    }
+}
+
 /// The process-wide limiter for limit-violation warnings.
 pub fn warnings() -> &'static LogLimiter {
     static L: OnceLock<LogLimiter> = OnceLock::new();
@@ -84,6 +123,27 @@ mod tests {
             l.check("teltonika/max_frame", t0 + Duration::from_secs(62)),
             None
         );
+    }
+
+    #[test]
+    fn a_connection_logs_a_burst_per_window_and_reports_the_rest() {
+        let mut b = Budget::default();
+        let t0 = Instant::now();
+        for _ in 0..BURST {
+            assert_eq!(b.allow(t0), Some(0));
+        }
+        for i in 0..1000 {
+            assert_eq!(b.allow(t0 + Duration::from_millis(i)), None);
+        }
+        // The next window's first line carries what was held back.
+        assert_eq!(b.allow(t0 + WINDOW), Some(1000));
+        assert_eq!(b.allow(t0 + WINDOW), Some(0));
+        for _ in 0..(BURST + 7) {
+            b.allow(t0 + WINDOW);
+        }
+        assert_eq!(b.finish(), 9, "held back since the last line logged");
+        assert_eq!(b.finish(), 0);
+        assert!(std::mem::size_of::<Budget>() <= 24);
     }
 
     #[test]

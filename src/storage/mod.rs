@@ -60,6 +60,14 @@ impl NewPosition {
     }
 }
 
+/// Where a device was at one fix time (a track read without the rest of the row).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TrackPoint {
+    pub time: DateTime<Utc>,
+    pub lat: f64,
+    pub lon: f64,
+}
+
 /// The latest state of one device after a batch.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct DeviceState {
@@ -104,6 +112,15 @@ pub trait Store: zones::ZoneStore + CrmStore + ImmobiliserStore + Send + Sync + 
         to: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<StoredPosition>, StorageError>;
+    /// Fix time and coordinates only of the same positions as [`Store::track`]: what a fold
+    /// over a whole track needs (`/track/summary`), without decoding every column.
+    async fn track_points(
+        &self,
+        device: &DeviceId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<TrackPoint>, StorageError>;
     async fn vehicles(&self) -> Result<Vec<Vehicle>, StorageError>;
     async fn vehicle(&self, id: &VehicleId) -> Result<Option<Vehicle>, StorageError>;
     async fn vehicle_by_device(&self, device: &DeviceId) -> Result<Option<Vehicle>, StorageError>;

@@ -21,8 +21,8 @@ use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 
 use super::{
-    from_millis, millis, DeviceState, StorageError, Store, StoredPosition, Vehicle, VehicleUpdate,
-    WriteItem,
+    from_millis, millis, DeviceState, StorageError, Store, StoredPosition, TrackPoint, Vehicle,
+    VehicleUpdate, WriteItem,
 };
 use crate::config::StorageConfig;
 use crate::model::{DeviceId, VehicleId};
@@ -273,6 +273,35 @@ impl Store for PostgresStore {
             .iter()
             .map(position_from_row)
             .collect::<Result<_, _>>()?)
+    }
+
+    async fn track_points(
+        &self,
+        device: &DeviceId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<TrackPoint>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT fix_time, lat, lon FROM positions WHERE device_id = $1 AND fix_time >= $2 \
+             AND fix_time < $3 ORDER BY fix_time LIMIT $4",
+        )
+        .bind(device.as_str())
+        .bind(millis(from))
+        .bind(millis(to))
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(TrackPoint {
+                    time: from_millis(r.try_get("fix_time")?),
+                    lat: r.try_get("lat")?,
+                    lon: r.try_get("lon")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StorageError::from)
     }
 
     async fn vehicles(&self) -> Result<Vec<Vehicle>, StorageError> {

@@ -12,8 +12,8 @@ use sqlx::sqlite::{
 use sqlx::{Row, SqlitePool};
 
 use super::{
-    from_millis, millis, DeviceState, StorageError, Store, StoredPosition, Vehicle, VehicleUpdate,
-    WriteItem,
+    from_millis, millis, DeviceState, StorageError, Store, StoredPosition, TrackPoint, Vehicle,
+    VehicleUpdate, WriteItem,
 };
 use crate::config::StorageConfig;
 use crate::model::{DeviceId, VehicleId};
@@ -249,6 +249,35 @@ impl Store for SqliteStore {
             .iter()
             .map(|r| position_from_row(r, 0))
             .collect::<Result<_, _>>()?)
+    }
+
+    async fn track_points(
+        &self,
+        device: &DeviceId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<TrackPoint>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT fix_time, lat, lon FROM positions WHERE device_id = ? AND fix_time >= ? \
+             AND fix_time < ? ORDER BY fix_time LIMIT ?",
+        )
+        .bind(device.as_str())
+        .bind(millis(from))
+        .bind(millis(to))
+        .bind(i64::from(limit))
+        .fetch_all(&self.reader)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(TrackPoint {
+                    time: from_millis(r.try_get("fix_time")?),
+                    lat: r.try_get("lat")?,
+                    lon: r.try_get("lon")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(StorageError::from)
     }
 
     async fn vehicles(&self) -> Result<Vec<Vehicle>, StorageError> {
