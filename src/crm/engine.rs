@@ -347,7 +347,9 @@ impl Engine {
 
     fn shift_rules(&self) -> ShiftRules {
         ShiftRules {
-            on_line_after: chrono::Duration::seconds(self.rules.on_line_after as i64),
+            min_moving: chrono::Duration::seconds(self.rules.on_line_after as i64),
+            min_distance_m: self.rules.on_line_min_km * 1000.0,
+            window: chrono::Duration::seconds(self.rules.on_line_window as i64),
             moving_kmh: self.rules.moving_kmh,
             shift_gap: chrono::Duration::seconds(self.rules.shift_gap as i64),
         }
@@ -655,6 +657,8 @@ impl Engine {
                     .inside_service_area(&v.id, p.lat, p.lon)
                     .await,
                 return_signal,
+                odometer_m: p.odometer_m,
+                gps_odometer_m: np.gps_odometer_m,
             };
             for ev in st.on_fix(&fix, &rules) {
                 let (stage, at) = match ev {
