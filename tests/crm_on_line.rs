@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use common::{teltonika, Api};
+use common::teltonika::{self, Drive as Car};
+use common::Api;
 use fleetgate::crm::memory::{BoxZones, MemoryBlockReasons};
 use fleetgate::crm::Seams;
-use fleetgate::protocols::teltonika::{io, AvlRecord};
 use fleetgate::protocols::{Protocol, Transport};
 use serde_json::json;
 
@@ -37,53 +37,6 @@ wants_to_return = {{ pipeline_id = 7001, status_id = 142002 }}
 "#,
         ON_LINE.0, ON_LINE.1
     )
-}
-
-/// A car's tracker: one record every 5 s, moving north (or back) at the given speed, its
-/// odometer following the distance.
-struct Car {
-    t0: DateTime<Utc>,
-    s: i64,
-    lat: f64,
-    odo_m: f64,
-    recs: Vec<AvlRecord>,
-}
-
-impl Car {
-    fn new(t0: DateTime<Utc>) -> Car {
-        Car {
-            t0,
-            s: 0,
-            lat: 55.75,
-            odo_m: 1_000_000.0,
-            recs: Vec::new(),
-        }
-    }
-
-    /// `secs` seconds at `speed` km/h (negative: southward), ignition as given.
-    fn go(&mut self, secs: i64, speed: f64, ignition: bool) -> &mut Car {
-        for _ in 0..secs / 5 {
-            self.s += 5;
-            let m = speed / 3.6 * 5.0;
-            self.lat += m / 111_195.0;
-            self.odo_m += m.abs();
-            self.recs.push(AvlRecord {
-                time: self.t0 + chrono::Duration::seconds(self.s),
-                lat: self.lat,
-                lon: 37.61,
-                speed_kmh: speed.abs() as u16,
-                course: 0,
-                altitude: 150,
-                satellites: 12,
-                io: vec![
-                    (io::IGNITION, 1, u64::from(ignition)),
-                    (io::MOVEMENT, 1, u64::from(speed != 0.0)),
-                    (io::TOTAL_ODOMETER, 4, self.odo_m as u64),
-                ],
-            });
-        }
-        self
-    }
 }
 
 fn stage_patches(fake: &crm_fake::Fake) -> Vec<crm_fake::Call> {

@@ -67,6 +67,9 @@ async fn return_request(
 #[serde(deny_unknown_fields)]
 pub struct BalanceBody {
     pub balance_rub: f64,
+    /// The balance's own time; absent = now. The newest balance wins.
+    #[serde(default)]
+    pub as_of: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 async fn put_balance(
@@ -82,7 +85,9 @@ async fn put_balance(
         ));
     }
     Ok(Json(
-        s.crm.set_balance(&id, b.balance_rub, &actor(a)).await?,
+        s.crm
+            .set_balance(&id, b.balance_rub, b.as_of, &actor(a))
+            .await?,
     ))
 }
 

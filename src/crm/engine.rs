@@ -7,13 +7,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::connector::BalanceQuery;
 use super::event::{NewEvent, Payload, StageName};
-use super::rules::{BalanceState, InspectionRules, InspectionState};
+use super::rules::{BalanceOutcome, BalanceSource, BalanceState, InspectionRules, InspectionState};
 use super::shift::{FixInput, ShiftEvent, ShiftRules, ShiftState};
 use super::{RulesConfig, Wiring, REASON_INSPECTION, REASON_LOW_BALANCE};
 use crate::model::{DeviceId, VehicleId};
@@ -75,7 +75,12 @@ pub struct ReturnOutcome {
 #[derive(Clone, Debug, Serialize)]
 pub struct BalanceView {
     pub driver_id: String,
+    /// The driver's balance now (the offered one, or a newer one known before it).
     pub balance_rub: Option<f64>,
+    /// The balance's own time.
+    pub as_of: Option<DateTime<Utc>>,
+    /// False when the offered balance was older than the one known.
+    pub applied: bool,
     pub low: bool,
     pub vehicles: Vec<VehicleId>,
 }
@@ -91,6 +96,9 @@ pub enum Cmd {
     Balance {
         driver: String,
         balance_rub: f64,
+        /// The balance's own time; `None` = now.
+        as_of: Option<DateTime<Utc>>,
+        source: BalanceSource,
         actor: String,
         reply: Option<Reply<BalanceView>>,
     },
@@ -103,8 +111,9 @@ pub enum Cmd {
     Shifts {
         reply: oneshot::Sender<HashMap<VehicleId, ShiftState>>,
     },
-    /// Drivers of vehicles on line, for the periodic balance check.
-    OnLineDrivers {
+    /// Drivers to check periodically: of every issued vehicle, and every driver whose cars
+    /// carry `low_balance`, whatever their shift.
+    BalanceTargets {
         reply: oneshot::Sender<Vec<BalanceQuery>>,
     },
     /// Re-read the vehicle list now (a status or driver changed); answers when done.
@@ -140,16 +149,20 @@ impl CrmHandle {
         .await
     }
 
+    /// A pushed balance; `as_of` is its own time (`None` = now).
     pub async fn set_balance(
         &self,
         driver: &str,
         balance_rub: f64,
+        as_of: Option<DateTime<Utc>>,
         actor: &str,
     ) -> Result<BalanceView, CrmError> {
         let (driver, actor) = (driver.to_string(), actor.to_string());
         self.ask(|reply| Cmd::Balance {
             driver,
             balance_rub,
+            as_of,
+            source: BalanceSource::Pushed,
             actor,
             reply: Some(reply),
         })
@@ -157,12 +170,19 @@ impl CrmHandle {
     }
 
     /// A pulled balance: no answer awaited.
-    pub async fn pulled_balance(&self, driver: &str, balance_rub: f64) {
+    pub async fn pulled_balance(
+        &self,
+        driver: &str,
+        balance_rub: f64,
+        as_of: Option<DateTime<Utc>>,
+    ) {
         let _ = self
             .tx
             .send(Cmd::Balance {
                 driver: driver.to_string(),
                 balance_rub,
+                as_of,
+                source: BalanceSource::Pulled,
                 actor: "crm-balance-check".into(),
                 reply: None,
             })
@@ -193,9 +213,10 @@ impl CrmHandle {
         rx.await.unwrap_or_default()
     }
 
-    pub async fn on_line_drivers(&self) -> Vec<BalanceQuery> {
+    /// Who the periodic balance check asks about (see [`Cmd::BalanceTargets`]).
+    pub async fn balance_targets(&self) -> Vec<BalanceQuery> {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Cmd::OnLineDrivers { reply }).await.is_err() {
+        if self.tx.send(Cmd::BalanceTargets { reply }).await.is_err() {
             return Vec::new();
         }
         rx.await.unwrap_or_default()
@@ -693,6 +714,8 @@ impl Engine {
             Cmd::Balance {
                 driver,
                 balance_rub,
+                as_of,
+                source,
                 actor,
                 reply,
             } => {
@@ -706,7 +729,9 @@ impl Engine {
                 for c in &cars {
                     self.reload(Some(c), None).await;
                 }
-                let r = self.balance(&driver, balance_rub, &actor).await;
+                let r = self
+                    .balance(&driver, balance_rub, as_of, source, &actor)
+                    .await;
                 if let Err(e) = &r {
                     tracing::error!(driver, error = %e, "crm rules: balance not applied");
                 }
@@ -732,13 +757,17 @@ impl Engine {
             Cmd::Shifts { reply } => {
                 let _ = reply.send(self.shifts.clone());
             }
-            Cmd::OnLineDrivers { reply } => {
+            Cmd::BalanceTargets { reply } => {
+                // Issued cars first: their deal is the driver's current one.
+                let mut cars: Vec<&Vehicle> = self
+                    .vehicles
+                    .values()
+                    .filter(|v| v.status == "issued" || self.driver_low(v))
+                    .collect();
+                cars.sort_by_key(|v| (v.status != "issued", v.crm_deal_id.is_none(), &v.id.0));
                 let mut seen = std::collections::BTreeSet::new();
-                let out = self
-                    .shifts
-                    .iter()
-                    .filter(|(_, s)| s.on_line)
-                    .filter_map(|(id, _)| self.vehicles.get(id))
+                let out = cars
+                    .into_iter()
                     .filter_map(|v| {
                         let d = v.driver_id.clone()?;
                         seen.insert(d.clone()).then(|| BalanceQuery {
@@ -797,16 +826,35 @@ impl Engine {
         &mut self,
         driver: &str,
         rub: f64,
+        as_of: Option<DateTime<Utc>>,
+        source: BalanceSource,
         actor: &str,
     ) -> Result<BalanceView, CrmError> {
         if !rub.is_finite() {
             return Err(CrmError::BadRequest("balance_rub must be a number".into()));
         }
+        let now = Utc::now();
+        // A clock ahead would make this balance win over every later one.
+        if as_of.is_some_and(|t| t - now > chrono::Duration::minutes(5)) {
+            return Err(CrmError::BadRequest("as_of is in the future".into()));
+        }
         self.refresh().await;
         let min = self.rules.balance_min_rub;
         let old = self.balances.get(driver).cloned().unwrap_or_default();
         let mut st = old.clone();
-        let flip = st.update(rub, Utc::now(), min);
+        let outcome = st.offer(rub, as_of.unwrap_or(now), source, now, min);
+        let flip = match outcome {
+            BalanceOutcome::Applied(flip) => flip,
+            BalanceOutcome::Stale => {
+                tracing::info!(
+                    driver,
+                    rub,
+                    ?source,
+                    "crm: balance older than the known one, ignored"
+                );
+                None
+            }
+        };
         let cars: Vec<Vehicle> = self
             .vehicles
             .values()
@@ -841,17 +889,19 @@ impl Engine {
                 }
             }
         }
-        if let Err(e) = self
-            .commit(vec![state("balance", driver, &st)], events)
-            .await
-        {
-            self.balances.insert(driver.to_string(), old);
-            return Err(e);
+        if st != old {
+            if let Err(e) = self
+                .commit(vec![state("balance", driver, &st)], events)
+                .await
+            {
+                self.balances.insert(driver.to_string(), old);
+                return Err(e);
+            }
         }
         let comment = format!("balance {rub:.2} RUB, minimum {min:.2}");
         for v in &cars {
             // A low balance is re-asserted on every update: a car handed over since is covered.
-            if st.low || flip == Some(false) {
+            if outcome != BalanceOutcome::Stale && (st.low || flip == Some(false)) {
                 self.reason(&v.id, REASON_LOW_BALANCE, st.low, actor, &comment)
                     .await;
             }
@@ -859,6 +909,8 @@ impl Engine {
         Ok(BalanceView {
             driver_id: driver.to_string(),
             balance_rub: st.balance_rub,
+            as_of: st.as_of,
+            applied: outcome != BalanceOutcome::Stale,
             low: st.low,
             vehicles: cars.into_iter().map(|v| v.id).collect(),
         })

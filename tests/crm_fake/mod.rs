@@ -109,7 +109,16 @@ impl Fake {
             .entry(lead)
             .or_insert_with(|| json!({ "id": lead, "fields": {} }));
         l["fields"][field.to_string()] = value;
+        // A manager's edit in the CRM: the lead's change time moves.
+        l["updated_at"] = unix_now().into();
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 fn json_resp(status: u16, v: Value) -> Response {
@@ -216,7 +225,8 @@ async fn amo(
                         .unwrap_or_default();
                     reply(
                         200,
-                        json!({ "id": id, "status_id": l["status_id"], "custom_fields_values": cf }),
+                        json!({ "id": id, "status_id": l["status_id"], "pipeline_id": l["pipeline_id"],
+                                "updated_at": l["updated_at"], "custom_fields_values": cf }),
                     )
                 }
             }

@@ -10,7 +10,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
-use super::{as_rub, classify, retry_after, BalanceQuery, Connector, ConnectorError, Outcome};
+use super::{
+    as_rub, classify, retry_after, BalanceQuery, Connector, ConnectorError, Outcome, PulledBalance,
+};
 use crate::crm::config::CrmConfig;
 use crate::crm::event::{OutboxEvent, Payload, StageName};
 use crate::crm::ratelimit::RateLimiter;
@@ -296,7 +298,7 @@ impl Connector for AmoCrm {
             .collect()
     }
 
-    async fn balance(&self, q: &BalanceQuery) -> Result<f64, ConnectorError> {
+    async fn balance(&self, q: &BalanceQuery) -> Result<PulledBalance, ConnectorError> {
         let field = self.cfg.fields.balance_field_id;
         if field == 0 {
             return Err(ConnectorError::NoBalance);
@@ -313,13 +315,17 @@ impl Connector for AmoCrm {
             )
             .await
             .map_err(|o| ConnectorError::Response(format!("GET lead {deal}: {o:?}")))?;
-        lead["custom_fields_values"]
+        let rub = lead["custom_fields_values"]
             .as_array()
             .and_then(|fs| fs.iter().find(|f| f["field_id"].as_u64() == Some(field)))
             .and_then(|f| as_rub(&f["values"][0]["value"]))
             .ok_or_else(|| {
                 ConnectorError::Response(format!("lead {deal} has no numeric field {field}"))
-            })
+            })?;
+        let as_of = lead["updated_at"]
+            .as_i64()
+            .and_then(|t| chrono::DateTime::from_timestamp(t, 0));
+        Ok(PulledBalance { rub, as_of })
     }
 }
 

@@ -10,7 +10,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
-use super::{as_rub, classify, retry_after, BalanceQuery, Connector, ConnectorError, Outcome};
+use super::{
+    as_rub, classify, retry_after, BalanceQuery, Connector, ConnectorError, Outcome, PulledBalance,
+};
 use crate::crm::config::CrmConfig;
 use crate::crm::event::{OutboxEvent, Payload, StageName};
 use crate::crm::ratelimit::RateLimiter;
@@ -166,7 +168,7 @@ impl Connector for Bitrix24 {
         out
     }
 
-    async fn balance(&self, q: &BalanceQuery) -> Result<f64, ConnectorError> {
+    async fn balance(&self, q: &BalanceQuery) -> Result<PulledBalance, ConnectorError> {
         let code = &self.cfg.fields.balance_field_code;
         if code.is_empty() {
             return Err(ConnectorError::NoBalance);
@@ -179,7 +181,13 @@ impl Connector for Bitrix24 {
             .rest("crm.deal.get", &json!({ "id": deal }))
             .await
             .map_err(|o| ConnectorError::Response(format!("crm.deal.get {deal}: {o:?}")))?;
-        as_rub(&deal_json[code.as_str()])
-            .ok_or_else(|| ConnectorError::Response(format!("deal {deal} has no numeric {code}")))
+        let rub = as_rub(&deal_json[code.as_str()]).ok_or_else(|| {
+            ConnectorError::Response(format!("deal {deal} has no numeric {code}"))
+        })?;
+        let as_of = deal_json["DATE_MODIFY"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc));
+        Ok(PulledBalance { rub, as_of })
     }
 }

@@ -1,0 +1,161 @@
+//! A taxi day's CRM rules through the daemon, against an in-test amoCRM that answers like the
+//! real one, with a real Teltonika session per car: a car blocked for a low balance whose shift
+//! ended overnight is unblocked by a top-up made in the CRM alone, within one check interval;
+//! a pushed balance is not overwritten by an older, unchanged CRM value.
+
+mod common;
+mod crm_fake;
+
+use std::sync::Arc;
+
+use chrono::Utc;
+use common::teltonika::{self, Drive};
+use common::Api;
+use fleetgate::crm::memory::{BoxZones, MemoryBlockReasons};
+use fleetgate::crm::Seams;
+use fleetgate::model::VehicleId;
+use fleetgate::protocols::{Protocol, Transport};
+use serde_json::json;
+
+/// How often balances are pulled in these tests (the smallest the config allows).
+const CHECK_S: u64 = 10;
+
+fn crm_toml(base_url: &str) -> String {
+    format!(
+        r#"
+[crm]
+kind = "amocrm"
+base_url = "{base_url}"
+token = "amo-long-lived-token"
+backoff_initial_s = 0.05
+backoff_max_s = 0.5
+poll_ms = 50
+[crm.stages]
+on_line = {{ pipeline_id = 7001, status_id = 142001 }}
+wants_to_return = {{ pipeline_id = 7001, status_id = 142002 }}
+[crm.fields]
+mileage_field_id = 501
+blocked_field_id = 502
+location_field_id = 503
+balance_field_id = 504
+[rules]
+balance_check_interval = {CHECK_S}
+"#
+    )
+}
+
+fn seams(reasons: Arc<MemoryBlockReasons>) -> Seams {
+    Seams {
+        reasons: Some(reasons),
+        zones: Some(Arc::new(BoxZones {
+            area: (55.5, 37.3, 56.0, 37.9),
+            lots: Vec::new(),
+        })),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocked_parked_overnight_then_topped_up_in_the_crm_is_unblocked_without_a_push() {
+    let amo = crm_fake::start("amocrm").await;
+    amo.fake.set_field(6100, 504, json!(3000));
+    let dir = tempfile::tempdir().unwrap();
+    let reasons = Arc::new(MemoryBlockReasons::default());
+    let daemon = fleetgate::app::start_with(
+        common::config(dir.path(), &crm_toml(&amo.url)),
+        seams(reasons.clone()),
+    )
+    .await
+    .unwrap();
+    let api = Api::new(daemon.api_addr);
+    let imei = "356307042441101";
+    let (st, v) = api
+        .put(
+            "/api/v1/vehicles/car-b",
+            json!({ "device_id": imei, "protocol": "teltonika", "status": "issued",
+                    "crm_deal_id": "6100", "driver_id": "drv-b" }),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let car = VehicleId("car-b".into());
+    let mut t = teltonika::login(
+        daemon.addr(Protocol::Teltonika, Transport::Tcp).unwrap(),
+        imei,
+    )
+    .await;
+
+    // Yesterday evening: a shift of city driving, then parked.
+    let mut drive = Drive::new(Utc::now() - chrono::Duration::hours(12));
+    drive.go(600, 35.0, true).go(60, 0.0, false);
+    for chunk in drive.take().chunks(50) {
+        teltonika::send_records(&mut t, chunk).await;
+    }
+    assert!(
+        crm_fake::wait_for(CHECK_S + 10, || reasons
+            .active(&car)
+            .contains("low_balance"))
+        .await,
+        "3 000 ₽ pulled from the deal blocks: {:?}",
+        reasons.calls()
+    );
+    // Parked overnight, past shift_gap (8 h): the shift is over, the car stays blocked.
+    drive.pause(10 * 3600).go(30, 0.0, false);
+    teltonika::send_records(&mut t, &drive.take()).await;
+    let (_, s) = api.get("/api/v1/fleet/summary").await;
+    assert_eq!(s["on_line"], 0, "the shift ended overnight: {s}");
+
+    // The driver tops up; the leasing company's manager enters it in the CRM. No push.
+    let gets_before = amo.fake.ok("GET").len();
+    let topped_up = std::time::Instant::now();
+    amo.fake.set_field(6100, 504, json!("9 000,00"));
+    assert!(
+        crm_fake::wait_for(CHECK_S + 10, || !reasons
+            .active(&car)
+            .contains("low_balance"))
+        .await,
+        "unblocked by the next check: {:?}",
+        reasons.calls()
+    );
+    assert!(
+        topped_up.elapsed().as_secs() <= CHECK_S + 3,
+        "within one interval: {:?}",
+        topped_up.elapsed()
+    );
+    assert!(amo.fake.ok("GET").len() > gets_before, "pulled, not pushed");
+    let (_, b) = api.get("/api/v1/fleet/summary").await;
+    assert_eq!(b["blocked_by_reason"]["low_balance"], json!(null), "{b}");
+
+    // The billing system pushes 1 500 ₽ (spent since): the CRM's unchanged 9 000 ₽ does not
+    // overwrite it at the next check — the newest balance wins.
+    let (st, v) = api
+        .put(
+            "/api/v1/drivers/drv-b/balance",
+            json!({ "balance_rub": 1500, "as_of": Utc::now() }),
+        )
+        .await;
+    assert_eq!(
+        (st, v["applied"].clone(), v["low"].clone()),
+        (200, json!(true), json!(true)),
+        "{v}"
+    );
+    let gets = amo.fake.ok("GET").len();
+    assert!(crm_fake::wait_for(CHECK_S + 10, || amo.fake.ok("GET").len() > gets).await);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        reasons.active(&car).contains("low_balance"),
+        "the older CRM value did not lift the block: {:?}",
+        reasons.calls()
+    );
+    // A push dated before the balance known is refused as older news.
+    let (st, v) = api
+        .put(
+            "/api/v1/drivers/drv-b/balance",
+            json!({ "balance_rub": 20000, "as_of": Utc::now() - chrono::Duration::hours(1) }),
+        )
+        .await;
+    assert_eq!(
+        (st, v["applied"].clone(), v["balance_rub"].clone()),
+        (200, json!(false), json!(1500.0)),
+        "{v}"
+    );
+    daemon.stop().await;
+}
