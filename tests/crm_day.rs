@@ -1,7 +1,8 @@
 //! A taxi day's CRM rules through the daemon, against an in-test amoCRM that answers like the
 //! real one, with a real Teltonika session per car: a car blocked for a low balance whose shift
 //! ended overnight is unblocked by a top-up made in the CRM alone, within one check interval;
-//! a pushed balance is not overwritten by an older, unchanged CRM value.
+//! a pushed balance is not overwritten by an older, unchanged CRM value; a car handed back and
+//! driven to the depot never touches its old deal, and the next driver's deal starts clean.
 
 mod common;
 mod crm_fake;
@@ -156,6 +157,130 @@ async fn blocked_parked_overnight_then_topped_up_in_the_crm_is_unblocked_without
         (st, v["applied"].clone(), v["balance_rub"].clone()),
         (200, json!(false), json!(1500.0)),
         "{v}"
+    );
+    daemon.stop().await;
+}
+
+fn lead_calls(fake: &crm_fake::Fake, lead: u64) -> Vec<crm_fake::Call> {
+    let path = format!("/api/v4/leads/{lead}");
+    fake.ok("PATCH")
+        .into_iter()
+        .filter(|c| {
+            c.path == path
+                || c.body
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|l| l["id"] == lead))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_car_handed_back_and_driven_to_the_depot_never_touches_the_old_deal() {
+    let amo = crm_fake::start("amocrm").await;
+    let dir = tempfile::tempdir().unwrap();
+    let reasons = Arc::new(MemoryBlockReasons::default());
+    let daemon = fleetgate::app::start_with(
+        common::config(dir.path(), &crm_toml(&amo.url)),
+        seams(reasons.clone()),
+    )
+    .await
+    .unwrap();
+    let api = Api::new(daemon.api_addr);
+    let imei = "356307042441102";
+    let (st, v) = api
+        .put(
+            "/api/v1/vehicles/car-h",
+            json!({ "device_id": imei, "protocol": "teltonika", "status": "issued",
+                    "crm_deal_id": "7100", "driver_id": "drv-1" }),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let car = VehicleId("car-h".into());
+    let mut t = teltonika::login(
+        daemon.addr(Protocol::Teltonika, Transport::Tcp).unwrap(),
+        imei,
+    )
+    .await;
+    let mut drive = Drive::new(Utc::now() - chrono::Duration::hours(3));
+    drive.go(400, 35.0, true).go(30, 0.0, true);
+    for chunk in drive.take().chunks(50) {
+        teltonika::send_records(&mut t, chunk).await;
+    }
+    assert!(crm_fake::wait_for(10, || lead_calls(&amo.fake, 7100).len() == 1).await);
+    let (st, r) = api
+        .post("/api/v1/vehicles/car-h/return-request", json!({}))
+        .await;
+    assert_eq!((st, r["moved"].clone()), (202, json!(true)), "{r}");
+    assert!(crm_fake::wait_for(10, || lead_calls(&amo.fake, 7100).len() == 2).await);
+    assert_eq!(amo.fake.leads.lock().unwrap()[&7100]["status_id"], 142_002);
+
+    // The CRM is down while the driver's debt is recorded: its events wait in the outbox.
+    amo.fake.fail_next(&[503; 10_000]);
+    let (st, v) = api
+        .put(
+            "/api/v1/drivers/drv-1/balance",
+            json!({ "balance_rub": 100 }),
+        )
+        .await;
+    assert_eq!((st, v["low"].clone()), (200, json!(true)), "{v}");
+    let (_, ob) = api.get("/api/v1/crm/outbox?status=pending").await;
+    assert_eq!(
+        ob["counts"]["pending"], 2,
+        "block_state and driver_message: {ob}"
+    );
+
+    // Handed back at the office; the CRM comes back; the car is driven to the depot.
+    let (st, v) = api
+        .put("/api/v1/vehicles/car-h", json!({ "status": "available" }))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let (_, ob) = api.get("/api/v1/crm/outbox?status=all").await;
+    assert_eq!(ob["counts"]["pending"], 0, "{ob}");
+    assert_eq!(ob["counts"]["dropped"], 2, "{ob}");
+    amo.fake.fail.lock().unwrap().clear();
+    drive.go(900, 35.0, true).go(30, 0.0, false);
+    for chunk in drive.take().chunks(50) {
+        teltonika::send_records(&mut t, chunk).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_eq!(
+        lead_calls(&amo.fake, 7100).len(),
+        2,
+        "nothing more reached the old deal: {:?}",
+        lead_calls(&amo.fake, 7100)
+    );
+    assert_eq!(amo.fake.leads.lock().unwrap()[&7100]["status_id"], 142_002);
+    let (_, s) = api.get("/api/v1/fleet/summary").await;
+    assert_eq!(s["on_line"], 0, "{s}");
+
+    // The next driver takes it on a new deal: it starts clean, without the last driver's debt.
+    let (st, v) = api
+        .put(
+            "/api/v1/vehicles/car-h",
+            json!({ "status": "issued", "crm_deal_id": "7200", "driver_id": "drv-2" }),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert!(
+        !reasons.active(&car).contains("low_balance"),
+        "{:?}",
+        reasons.calls()
+    );
+    drive.go(400, 35.0, true);
+    for chunk in drive.take().chunks(50) {
+        teltonika::send_records(&mut t, chunk).await;
+    }
+    assert!(
+        crm_fake::wait_for(10, || lead_calls(&amo.fake, 7200).len() == 1).await,
+        "{:?}",
+        amo.fake.calls()
+    );
+    assert_eq!(amo.fake.leads.lock().unwrap()[&7200]["status_id"], 142_001);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert_eq!(lead_calls(&amo.fake, 7100).len(), 2);
+    assert!(
+        amo.fake.ok("POST").is_empty(),
+        "the dropped debt note never reached the old deal"
     );
     daemon.stop().await;
 }

@@ -190,7 +190,7 @@ async fn outbox(
         None | Some("all") => None,
         Some(x) => Some(Status::parse(x).ok_or_else(|| {
             ApiError::BadRequest(format!(
-                "status: '{x}' is not pending, delivered, dead or all"
+                "status: '{x}' is not pending, delivered, dead, dropped or all"
             ))
         })?),
     };
@@ -201,7 +201,12 @@ async fn outbox(
         .store
         .outbox_list(status, vehicle.as_ref(), limit)
         .await?;
-    let mut counts = BTreeMap::from([("pending", 0), ("delivered", 0), ("dead", 0)]);
+    let mut counts = BTreeMap::from([
+        ("pending", 0),
+        ("delivered", 0),
+        ("dead", 0),
+        ("dropped", 0),
+    ]);
     for (st, n) in s.crm.store.outbox_counts().await? {
         counts.insert(st.as_str(), n);
     }

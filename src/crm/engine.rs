@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::connector::BalanceQuery;
 use super::event::{NewEvent, Payload, StageName};
+use super::handback::{self, Transition};
 use super::rules::{BalanceOutcome, BalanceSource, BalanceState, InspectionRules, InspectionState};
 use super::shift::{FixInput, ShiftEvent, ShiftRules, ShiftState};
 use super::{RulesConfig, Wiring, REASON_INSPECTION, REASON_LOW_BALANCE};
@@ -459,32 +460,71 @@ impl Engine {
                 return;
             }
         };
-        let mut returned = Vec::new();
-        for v in &list {
-            if let Some(old) = self.vehicles.get(&v.id) {
-                if old.status == "issued" && v.status != "issued" {
-                    returned.push(v.id.clone());
-                }
-            }
-        }
+        let changes: Vec<(Vehicle, Vehicle, Transition)> = list
+            .iter()
+            .filter_map(|v| {
+                let old = self.vehicles.get(&v.id)?;
+                let t = handback::transition(old, v);
+                (t != Transition::default()).then(|| (old.clone(), v.clone(), t))
+            })
+            .collect();
         self.misses.clear();
         self.by_device = list
             .iter()
             .filter_map(|v| v.device_id.clone().map(|d| (d, v.id.clone())))
             .collect();
         self.vehicles = list.into_iter().map(|v| (v.id.clone(), v)).collect();
-        for id in returned {
-            // Back from the driver: a new shift may start.
-            let Some(mut st) = self.shifts.get(&id).cloned() else {
-                continue;
-            };
-            st.end_shift();
-            if self
-                .commit(vec![state("shift", &id.0, &st)], Vec::new())
-                .await
-                .is_ok()
-            {
-                self.shifts.insert(id, st);
+        for (old, new, t) in changes {
+            self.hand_over(&old, &new, &t).await;
+        }
+    }
+
+    /// Act on a car leaving its driver or deal (see [`handback`]).
+    async fn hand_over(&mut self, old: &Vehicle, new: &Vehicle, t: &Transition) {
+        let id = &new.id;
+        if let Some(keep) = &t.drop_pending_except {
+            let why = format!(
+                "dropped: the car left deal {} (status {})",
+                handback::current_deal(old).unwrap_or("-"),
+                new.status
+            );
+            match self.store.outbox_drop(id, keep.as_deref(), &why).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    metrics::counter!("fleetgate_crm_events_dropped_total", "cause" => "handed_back")
+                        .increment(n);
+                    tracing::info!(vehicle = %id, n, "crm: pending events of the old deal dropped");
+                }
+                Err(e) => {
+                    tracing::error!(vehicle = %id, error = %e, "crm: old deal's events not dropped")
+                }
+            }
+        }
+        if t.end_shift {
+            // Back from the driver or on another deal: a new shift may start.
+            if let Some(mut st) = self.shifts.get(id).cloned() {
+                st.end_shift();
+                if self
+                    .commit(vec![state("shift", &id.0, &st)], Vec::new())
+                    .await
+                    .is_ok()
+                {
+                    self.shifts.insert(id.clone(), st);
+                }
+            }
+        }
+        if t.driver_changed {
+            // `low_balance` follows the driver: the next driver is not blocked for the last
+            // one's debt, and a driver in debt is blocked in any car.
+            let (was, is) = (self.driver_low(old), self.driver_low(new));
+            if was != is {
+                let comment = if is {
+                    "the new driver's balance is low"
+                } else {
+                    "another driver took the car"
+                };
+                self.reason(id, REASON_LOW_BALANCE, is, "crm-rules", comment)
+                    .await;
             }
         }
     }
@@ -541,7 +581,9 @@ impl Engine {
         if !self.emit.on {
             return None;
         }
-        if v.crm_deal_id.is_none() && !self.emit.without_deal {
+        // A car not issued has no current deal: nothing goes to the last driver's.
+        let deal = handback::current_deal(v).map(str::to_string);
+        if deal.is_none() && !self.emit.without_deal {
             metrics::counter!("fleetgate_crm_events_skipped_total", "kind" => payload.kind())
                 .increment(1);
             tracing::debug!(vehicle = %v.id, kind = payload.kind(), "no crm_deal_id: event not sent");
@@ -549,7 +591,7 @@ impl Engine {
         }
         Some(NewEvent {
             vehicle_id: v.id.clone(),
-            deal_id: v.crm_deal_id.clone(),
+            deal_id: deal,
             payload,
         })
     }
@@ -678,6 +720,7 @@ impl Engine {
                     .inside_service_area(&v.id, p.lat, p.lon)
                     .await,
                 return_signal,
+                issued: v.status == handback::ISSUED,
                 odometer_m: p.odometer_m,
                 gps_odometer_m: np.gps_odometer_m,
             };
@@ -798,7 +841,8 @@ impl Engine {
         let v = self.vehicle(id).await?;
         let mut st = self.shifts.get(id).cloned().unwrap_or_default();
         let now = Utc::now();
-        let moved = st.request_return(now).is_some();
+        // A car already handed back has no driver to return it.
+        let moved = v.status == handback::ISSUED && st.request_return(now).is_some();
         if moved {
             let (lat, lon) = self.last_pos.get(id).copied().unzip();
             let payload = Payload::StageChanged {

@@ -13,6 +13,7 @@ pub mod config;
 pub mod connector;
 pub mod engine;
 pub mod event;
+pub mod handback;
 pub mod memory;
 pub mod outbox;
 pub mod ratelimit;

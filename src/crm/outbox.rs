@@ -159,7 +159,12 @@ impl OutboxWorker {
 
     async fn gauges(&self) {
         if let Ok(counts) = self.store.outbox_counts().await {
-            for s in [Status::Pending, Status::Delivered, Status::Dead] {
+            for s in [
+                Status::Pending,
+                Status::Delivered,
+                Status::Dead,
+                Status::Dropped,
+            ] {
                 let n = counts.iter().find(|(c, _)| *c == s).map_or(0, |(_, n)| *n);
                 metrics::gauge!("fleetgate_crm_outbox_events", "status" => s.as_str())
                     .set(n as f64);

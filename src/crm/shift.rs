@@ -30,6 +30,9 @@ pub struct FixInput {
     pub inside_service_area: bool,
     /// The configured "wants to return" input/alarm is active on this fix.
     pub return_signal: bool,
+    /// The car is issued to a driver: one that is not (handed back, in repair) never goes on
+    /// line nor asks to return, whatever it drives.
+    pub issued: bool,
     /// The tracker's own odometer, metres, when it reports one.
     pub odometer_m: Option<f64>,
     /// The distance summed from GPS positions since the device was first seen, metres.
@@ -107,7 +110,7 @@ impl ShiftState {
         if moving {
             self.last_active = Some(fix.time);
         }
-        let counts = ignition_on && fix.inside_service_area;
+        let counts = fix.issued && ignition_on && fix.inside_service_area;
         let stretch = prev_time
             .map(|pt| fix.time - pt)
             .filter(|dt| *dt <= MAX_FIX_GAP);
@@ -134,7 +137,7 @@ impl ShiftState {
             self.window.clear();
             out.push(ShiftEvent::OnLine { at: fix.time });
         }
-        let rising = fix.return_signal && !self.signal_high;
+        let rising = fix.issued && fix.return_signal && !self.signal_high;
         self.signal_high = fix.return_signal;
         if rising {
             out.extend(self.request_return(fix.time));
@@ -214,6 +217,7 @@ mod tests {
         t: i64,
         odo_m: f64,
         tracker_odometer: bool,
+        issued: bool,
     }
 
     impl Car {
@@ -223,6 +227,7 @@ mod tests {
                 t: 0,
                 odo_m: 0.0,
                 tracker_odometer: true,
+                issued: true,
             }
         }
 
@@ -234,6 +239,7 @@ mod tests {
                 speed_kmh: speed,
                 inside_service_area: inside,
                 return_signal: false,
+                issued: self.issued,
                 odometer_m: self.tracker_odometer.then_some(self.odo_m),
                 gps_odometer_m: self.odo_m,
             }
@@ -343,6 +349,20 @@ mod tests {
             car.drive(120, 30.0).is_empty(),
             "2 min + 2 min of gap at most"
         );
+    }
+
+    #[test]
+    fn a_car_handed_back_never_goes_on_line_nor_asks_to_return() {
+        let mut car = Car::new();
+        car.issued = false;
+        assert!(car.drive(1800, 40.0).is_empty(), "driven to the depot");
+        car.t += 5;
+        let mut f = car.fix(0.0, Some(true), true);
+        f.return_signal = true;
+        assert!(car.st.on_fix(&f, &rules()).is_empty(), "the button");
+        // Issued again: the depot drive does not count toward the next driver's shift.
+        car.issued = true;
+        assert!(car.drive(60, 40.0).is_empty());
     }
 
     #[test]
