@@ -284,3 +284,82 @@ async fn a_car_handed_back_and_driven_to_the_depot_never_touches_the_old_deal() 
     );
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_odometer_less_tracker_never_lowers_the_crm_mileage() {
+    let amo = crm_fake::start("amocrm").await;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = fleetgate::app::start_with(
+        common::config(dir.path(), &crm_toml(&amo.url)),
+        seams(Arc::new(MemoryBlockReasons::default())),
+    )
+    .await
+    .unwrap();
+    let api = Api::new(daemon.api_addr);
+    let imei = "356307042441103";
+    let issue = |deal: &'static str| {
+        json!({ "device_id": imei, "protocol": "teltonika", "status": "issued",
+                "crm_deal_id": deal, "driver_id": "drv-m" })
+    };
+    let (st, v) = api.put("/api/v1/vehicles/car-m", issue("8100")).await;
+    assert_eq!(st, 200, "{v}");
+    let mut t = teltonika::login(
+        daemon.addr(Protocol::Teltonika, Transport::Tcp).unwrap(),
+        imei,
+    )
+    .await;
+    let mut drive = Drive::new(Utc::now() - chrono::Duration::hours(5));
+    drive.odometer = false;
+    // First shift: the CRM knows no mileage for the car, and the tracker has no odometer.
+    drive.go(400, 35.0, true).go(30, 0.0, true);
+    for chunk in drive.take().chunks(50) {
+        teltonika::send_records(&mut t, chunk).await;
+    }
+    assert!(crm_fake::wait_for(10, || lead_calls(&amo.fake, 8100).len() == 1).await);
+    assert_eq!(
+        amo.fake.field_writes(501),
+        Vec::<serde_json::Value>::new(),
+        "no bare GPS total (3 km) over the CRM's mileage"
+    );
+    // The inspection records the real odometer: it calibrates the GPS distance.
+    let (st, v) = api
+        .post(
+            "/api/v1/vehicles/car-m/inspection/complete",
+            json!({ "odometer_km": 151234 }),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert!(crm_fake::wait_for(10, || amo.fake.field_writes(501).len() == 1).await);
+    // Returned, issued again on a new deal, another shift of ~8 km, an API return request.
+    for body in [json!({ "status": "available" }), issue("8200")] {
+        let (st, v) = api.put("/api/v1/vehicles/car-m", body).await;
+        assert_eq!(st, 200, "{v}");
+    }
+    drive.go(840, 35.0, true).go(30, 0.0, true);
+    for chunk in drive.take().chunks(50) {
+        teltonika::send_records(&mut t, chunk).await;
+    }
+    assert!(crm_fake::wait_for(10, || lead_calls(&amo.fake, 8200).len() == 1).await);
+    let (st, r) = api
+        .post("/api/v1/vehicles/car-m/return-request", json!({}))
+        .await;
+    assert_eq!((st, r["moved"].clone()), (202, json!(true)), "{r}");
+    assert!(crm_fake::wait_for(10, || amo.fake.field_writes(501).len() == 3).await);
+    let km: Vec<i64> = amo
+        .fake
+        .field_writes(501)
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
+    assert_eq!(km[0], 151_234, "{km:?}");
+    assert!(
+        km.windows(2).all(|w| w[0] <= w[1]),
+        "never decreases: {km:?}"
+    );
+    // On line after the inspection: 151 234 km + the GPS distance driven since (a few km).
+    assert!(
+        (151_236..=151_245).contains(&km[1]),
+        "calibrated, not a GPS total: {km:?}"
+    );
+    daemon.stop().await;
+}

@@ -14,6 +14,7 @@ use tokio::sync::{mpsc, oneshot, Notify};
 use super::connector::BalanceQuery;
 use super::event::{NewEvent, Payload, StageName};
 use super::handback::{self, Transition};
+use super::mileage::MileageState;
 use super::rules::{BalanceOutcome, BalanceSource, BalanceState, InspectionRules, InspectionState};
 use super::shift::{FixInput, ShiftEvent, ShiftRules, ShiftState};
 use super::{RulesConfig, Wiring, REASON_INSPECTION, REASON_LOW_BALANCE};
@@ -243,7 +244,10 @@ pub struct Engine {
     shifts: HashMap<VehicleId, ShiftState>,
     balances: HashMap<String, BalanceState>,
     inspections: HashMap<VehicleId, InspectionState>,
-    odometer_km: HashMap<VehicleId, f64>,
+    /// The newest odometers per vehicle: the tracker's (km) if it reports one, the GPS sum (m).
+    odometers: HashMap<VehicleId, (Option<f64>, f64)>,
+    /// What the CRM knows of each vehicle's mileage (see [`mileage`](super::mileage)).
+    mileage: HashMap<VehicleId, MileageState>,
     last_pos: HashMap<VehicleId, (f64, f64)>,
     by_device: HashMap<DeviceId, VehicleId>,
     vehicles: HashMap<VehicleId, Vehicle>,
@@ -283,7 +287,8 @@ pub fn new(
         shifts: HashMap::new(),
         balances: HashMap::new(),
         inspections: HashMap::new(),
-        odometer_km: HashMap::new(),
+        odometers: HashMap::new(),
+        mileage: HashMap::new(),
         last_pos: HashMap::new(),
         by_device: HashMap::new(),
         vehicles: HashMap::new(),
@@ -360,6 +365,8 @@ impl Engine {
             }
             let row = self.store.crm_state("inspection", &v.0).await;
             put(&mut self.inspections, v.clone(), row);
+            let row = self.store.crm_state("mileage", &v.0).await;
+            put(&mut self.mileage, v.clone(), row);
         }
         if let Some(d) = driver {
             let row = self.store.crm_state("balance", d).await;
@@ -430,6 +437,10 @@ impl Engine {
             .map(|(k, v)| (VehicleId(k), v))
             .collect();
         self.balances = load(self.store.crm_states("balance").await?);
+        self.mileage = load::<MileageState>(self.store.crm_states("mileage").await?)
+            .into_iter()
+            .map(|(k, v)| (VehicleId(k), v))
+            .collect();
         self.inspections = load::<InspectionState>(self.store.crm_states("inspection").await?)
             .into_iter()
             .map(|(k, v)| (VehicleId(k), v))
@@ -558,6 +569,16 @@ impl Engine {
             .cloned()
     }
 
+    /// The vehicle's odometer now, km: the tracker's, else calibrated (see `mileage`).
+    fn odometer_now(&self, id: &VehicleId) -> Option<f64> {
+        let (tracker, gps) = self.odometers.get(id).copied()?;
+        self.mileage
+            .get(id)
+            .cloned()
+            .unwrap_or_default()
+            .odometer_km(tracker, gps)
+    }
+
     fn driver_low(&self, v: &Vehicle) -> bool {
         v.driver_id
             .as_ref()
@@ -631,14 +652,17 @@ impl Engine {
         // shift as stored before it (to tell whether it must be written).
         let mut touched: Vec<(Vehicle, ShiftState, ShiftState)> = Vec::new();
         let mut events = Vec::new();
+        // Mileage states changed by this batch, as they were before it.
+        let mut miles_before: HashMap<VehicleId, MileageState> = HashMap::new();
         for c in batch {
             let item = &c.item;
             let Some(v) = self.vehicle_by_device(&item.device).await else {
                 continue;
             };
             if let Some(p) = &item.state.position {
-                let km = p.odometer_m.unwrap_or(item.state.gps_odometer_m) / 1000.0;
-                self.odometer_km.insert(v.id.clone(), km);
+                let tracker_km = p.odometer_m.map(|m| m / 1000.0);
+                self.odometers
+                    .insert(v.id.clone(), (tracker_km, item.state.gps_odometer_m));
                 self.last_pos.insert(v.id.clone(), (p.lat, p.lon));
             }
             let at = match touched.iter().position(|(t, _, _)| t.id == v.id) {
@@ -653,16 +677,27 @@ impl Engine {
                 }
             };
             let mut st = touched[at].1.clone();
-            for payload in self.shift_over(&v, item, &mut st).await {
+            let old_miles = self.mileage.get(&v.id).cloned().unwrap_or_default();
+            let mut miles = old_miles.clone();
+            for payload in self.shift_over(&v, item, &mut st, &mut miles).await {
                 events.extend(self.event(&v, payload));
+            }
+            if miles != old_miles {
+                miles_before.entry(v.id.clone()).or_insert(old_miles);
+                self.mileage.insert(v.id.clone(), miles);
             }
             touched[at].1 = st;
         }
-        let writes: Vec<StateWrite> = touched
+        let mut writes: Vec<StateWrite> = touched
             .iter()
             .filter(|(_, st, before)| st.durable_differs(before))
             .map(|(v, st, _)| state("shift", &v.id.0, st))
             .collect();
+        for id in miles_before.keys() {
+            if let Some(m) = self.mileage.get(id) {
+                writes.push(state("mileage", &id.0, m));
+            }
+        }
         let stored = if writes.is_empty() && events.is_empty() {
             true
         } else {
@@ -670,6 +705,10 @@ impl Engine {
                 Ok(()) => true,
                 Err(e) => {
                     tracing::error!(error = %e, "crm rules: cannot store shift states");
+                    // The mileage events were not written: the CRM knows what it knew.
+                    for (id, m) in miles_before {
+                        self.mileage.insert(id, m);
+                    }
                     false
                 }
             }
@@ -699,6 +738,7 @@ impl Engine {
         v: &Vehicle,
         item: &crate::storage::WriteItem,
         st: &mut ShiftState,
+        miles: &mut MileageState,
     ) -> Vec<Payload> {
         let signal = self.rules.return_signals.get(item.protocol.name()).cloned();
         let rules = self.shift_rules();
@@ -730,13 +770,18 @@ impl Engine {
                     ShiftEvent::WantsToReturn { at } => (StageName::WantsToReturn, at),
                 };
                 tracing::info!(vehicle = %v.id, ?stage, %at, "crm: stage reached");
+                let tracker_km = p.odometer_m.map(|m| m / 1000.0);
+                let odometer_km = miles.to_write(tracker_km, np.gps_odometer_m);
+                if let Some(km) = odometer_km {
+                    miles.written(km, np.gps_odometer_m);
+                }
                 payloads.push(Payload::StageChanged {
                     stage,
                     at,
                     source: "tracker".into(),
                     lat: Some(p.lat),
                     lon: Some(p.lon),
-                    odometer_km: Some(p.odometer_m.unwrap_or(np.gps_odometer_m) / 1000.0),
+                    odometer_km,
                 });
             }
         }
@@ -845,17 +890,27 @@ impl Engine {
         let moved = v.status == handback::ISSUED && st.request_return(now).is_some();
         if moved {
             let (lat, lon) = self.last_pos.get(id).copied().unzip();
+            let mut miles = self.mileage.get(id).cloned().unwrap_or_default();
+            let odometer_km = self
+                .odometers
+                .get(id)
+                .and_then(|(t, gps)| miles.to_write(*t, *gps));
+            let mut states = vec![state("shift", &id.0, &st)];
+            if let (Some(km), Some((_, gps))) = (odometer_km, self.odometers.get(id)) {
+                miles.written(km, *gps);
+                states.push(state("mileage", &id.0, &miles));
+            }
             let payload = Payload::StageChanged {
                 stage: StageName::WantsToReturn,
                 at: now,
                 source: "api".into(),
                 lat,
                 lon,
-                odometer_km: self.odometer_km.get(id).copied(),
+                odometer_km,
             };
             let events = self.event(&v, payload).into_iter().collect();
-            self.commit(vec![state("shift", &id.0, &st)], events)
-                .await?;
+            self.commit(states, events).await?;
+            self.mileage.insert(id.clone(), miles);
             tracing::info!(vehicle = %id, actor, "crm: return requested");
             self.shifts.insert(id.clone(), st);
         }
@@ -969,6 +1024,8 @@ impl Engine {
     ) -> Result<InspectionState, CrmError> {
         let old = self.inspections.get(&v.id).cloned().unwrap_or_default();
         let mut st = old.clone();
+        let old_miles = self.mileage.get(&v.id).cloned().unwrap_or_default();
+        let mut miles = old_miles.clone();
         let mut payloads = Vec::new();
         let now = Utc::now();
         match op {
@@ -995,10 +1052,17 @@ impl Engine {
                     ));
                 }
                 st.complete(now, odometer_km);
-                payloads.push(Payload::Mileage {
-                    odometer_km,
-                    at: now,
-                });
+                // The entered mileage calibrates an odometer-less tracker; it is written
+                // only if it does not lower the CRM's.
+                let gps = self.odometers.get(&v.id).map_or(0.0, |(_, g)| *g);
+                let grows = miles.crm_km.map_or(true, |c| odometer_km >= c);
+                miles.written(odometer_km, gps);
+                if grows {
+                    payloads.push(Payload::Mileage {
+                        odometer_km,
+                        at: now,
+                    });
+                }
             }
             Some(InspectionOp::Documents { documents }) => {
                 for (name, date) in documents {
@@ -1013,7 +1077,7 @@ impl Engine {
         }
         let r = self.inspection_rules();
         let today = now.date_naive();
-        let flip = st.evaluate(today, self.odometer_km.get(&v.id).copied(), &r);
+        let flip = st.evaluate(today, self.odometer_now(&v.id), &r);
         for n in st.document_notices(today, &r) {
             payloads.push(Payload::DocumentExpiring {
                 document: n.document,
@@ -1048,12 +1112,23 @@ impl Engine {
             .filter_map(|p| self.event(v, p))
             .collect();
         if let Err(e) = self
-            .commit(vec![state("inspection", &v.id.0, &st)], events)
+            .commit(
+                if miles != old_miles {
+                    vec![
+                        state("inspection", &v.id.0, &st),
+                        state("mileage", &v.id.0, &miles),
+                    ]
+                } else {
+                    vec![state("inspection", &v.id.0, &st)]
+                },
+                events,
+            )
             .await
         {
             self.inspections.insert(v.id.clone(), old);
             return Err(e);
         }
+        self.mileage.insert(v.id.clone(), miles);
         if let Some((active, cause)) = flip {
             self.reason(&v.id, REASON_INSPECTION, active, actor, &cause)
                 .await;

@@ -78,6 +78,8 @@ pub struct Drive {
     pub s: i64,
     pub lat: f64,
     pub odo_m: f64,
+    /// The tracker reports its odometer (false: an odometer-less tracker).
+    pub odometer: bool,
     pub recs: Vec<AvlRecord>,
 }
 
@@ -88,6 +90,7 @@ impl Drive {
             s: 0,
             lat: 55.75,
             odo_m: 1_000_000.0,
+            odometer: true,
             recs: Vec::new(),
         }
     }
@@ -99,6 +102,13 @@ impl Drive {
             let m = speed / 3.6 * 5.0;
             self.lat += m / 111_195.0;
             self.odo_m += m.abs();
+            let mut io = vec![
+                (io::IGNITION, 1, u64::from(ignition)),
+                (io::MOVEMENT, 1, u64::from(speed != 0.0)),
+            ];
+            if self.odometer {
+                io.push((io::TOTAL_ODOMETER, 4, self.odo_m as u64));
+            }
             self.recs.push(AvlRecord {
                 time: self.t0 + chrono::Duration::seconds(self.s),
                 lat: self.lat,
@@ -107,11 +117,7 @@ impl Drive {
                 course: 0,
                 altitude: 150,
                 satellites: 12,
-                io: vec![
-                    (io::IGNITION, 1, u64::from(ignition)),
-                    (io::MOVEMENT, 1, u64::from(speed != 0.0)),
-                    (io::TOTAL_ODOMETER, 4, self.odo_m as u64),
-                ],
+                io,
             });
         }
         self
