@@ -363,3 +363,85 @@ async fn an_odometer_less_tracker_never_lowers_the_crm_mileage() {
     );
     daemon.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn driver_notes_are_russian_and_one_note_survives_a_timeout_retry() {
+    let amo = crm_fake::start("amocrm").await;
+    let dir = tempfile::tempdir().unwrap();
+    // A 1 s request timeout; the fake answers the first note 2.5 s late, after applying it.
+    let toml = crm_toml(&amo.url).replace("poll_ms = 50\n", "poll_ms = 50\ntimeout_s = 1\n");
+    let daemon = fleetgate::app::start_with(
+        common::config(dir.path(), &toml),
+        seams(Arc::new(MemoryBlockReasons::default())),
+    )
+    .await
+    .unwrap();
+    let api = Api::new(daemon.api_addr);
+    let (st, v) = api
+        .put(
+            "/api/v1/vehicles/car-n",
+            json!({ "status": "issued", "crm_deal_id": "9100", "driver_id": "drv-n" }),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    amo.fake
+        .delay_ms
+        .store(2500, std::sync::atomic::Ordering::Relaxed);
+    let (st, v) = api
+        .put(
+            "/api/v1/drivers/drv-n/balance",
+            json!({ "balance_rub": 4999.99 }),
+        )
+        .await;
+    assert_eq!((st, v["low"].clone()), (200, json!(true)), "{v}");
+    let settled = || async {
+        let (_, ob) = api.get("/api/v1/crm/outbox?status=all").await;
+        ob["counts"]["pending"] == 0 && ob["counts"]["delivered"].as_u64() > Some(0)
+    };
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !settled().await {
+        assert!(std::time::Instant::now() < until, "{:?}", amo.fake.calls());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let notes = amo.fake.notes.lock().unwrap().clone();
+    assert_eq!(notes.len(), 1, "one note despite the retry: {notes:?}");
+    let posts = amo.fake.ok("POST").len();
+    assert_eq!(
+        posts, 1,
+        "the retry looked the note up instead of posting it"
+    );
+    let (_, ob) = api.get("/api/v1/crm/outbox?status=delivered").await;
+    let msg = ob["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["payload"]["type"] == "driver_message")
+        .cloned()
+        .unwrap();
+    assert!(msg["attempts"].as_u64() >= Some(2), "it was retried: {msg}");
+    assert_eq!(
+        notes[0]["params"]["text"],
+        "Баланс 4 999,99 ₽ ниже минимума 5 000 ₽. Пополните баланс: после остановки \
+         автомобиль не заведётся."
+    );
+
+    // The inspection's note names its cause in Russian too.
+    for _ in 0..3 {
+        let (st, v) = api
+            .post("/api/v1/vehicles/car-n/inspection/postpone", json!({}))
+            .await;
+        assert_eq!(st, 200, "{v}");
+    }
+    assert!(crm_fake::wait_for(10, || amo.fake.notes.lock().unwrap().len() == 2).await);
+    let text = amo.fake.notes.lock().unwrap()[1]["params"]["text"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        text,
+        "Требуется техосмотр: ТО перенесено 3 раза (допускается не более 2). Пройдите ТО: \
+         после остановки автомобиль не заведётся."
+    );
+    assert!(!text.chars().any(|c| c.is_ascii_alphabetic()), "{text}");
+    daemon.stop().await;
+}

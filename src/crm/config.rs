@@ -246,6 +246,8 @@ pub struct RulesConfig {
     pub document_warn_days: i64,
     /// Return signals per protocol name: `teltonika = { input = 2 }`, `gt06 = { alarm = "sos" }`.
     pub return_signals: BTreeMap<String, ReturnSignal>,
+    /// Driver message templates (Russian).
+    pub messages: super::messages::Messages,
 }
 
 impl Default for RulesConfig {
@@ -263,6 +265,7 @@ impl Default for RulesConfig {
             inspection_grace_km: 1000.0,
             document_warn_days: 14,
             return_signals: BTreeMap::new(),
+            messages: super::messages::Messages::default(),
         }
     }
 }
@@ -302,6 +305,7 @@ impl RulesConfig {
                 "grace and warning days must not be negative",
             ));
         }
+        self.messages.validate()?;
         for (name, s) in &self.return_signals {
             if crate::protocols::Protocol::from_name(name).is_none() {
                 return Err(invalid(

@@ -979,10 +979,7 @@ impl Engine {
                         Payload::DriverMessage {
                             driver_id: Some(driver.to_string()),
                             reason: REASON_LOW_BALANCE.into(),
-                            text: format!(
-                                "Баланс {rub:.0} ₽ ниже минимума {min:.0} ₽. Пополните баланс: \
-                                 после остановки автомобиль не заведётся."
-                            ),
+                            text: self.rules.messages.low_balance(rub, min),
                         },
                     ));
                 }
@@ -997,7 +994,11 @@ impl Engine {
                 return Err(e);
             }
         }
-        let comment = format!("balance {rub:.2} RUB, minimum {min:.2}");
+        let comment = format!(
+            "баланс {}, минимум {}",
+            super::messages::rub(rub),
+            super::messages::rub(min)
+        );
         for v in &cars {
             // A low balance is re-asserted on every update: a car handed over since is covered.
             if outcome != BalanceOutcome::Stale && (st.low || flip == Some(false)) {
@@ -1100,10 +1101,7 @@ impl Engine {
                 payloads.push(Payload::DriverMessage {
                     driver_id: v.driver_id.clone(),
                     reason: REASON_INSPECTION.into(),
-                    text: format!(
-                        "Требуется техосмотр ({cause}). Пройдите ТО: после остановки автомобиль \
-                         не заведётся."
-                    ),
+                    text: self.rules.messages.inspection(cause),
                 });
             }
         }

@@ -15,6 +15,7 @@ pub mod engine;
 pub mod event;
 pub mod handback;
 pub mod memory;
+pub mod messages;
 pub mod mileage;
 pub mod outbox;
 pub mod ratelimit;

@@ -117,28 +117,33 @@ pub struct DocumentNotice {
 }
 
 impl InspectionState {
-    /// Why the car must be blocked now, if it must.
+    /// Why the car must be blocked now, if it must (Russian: it reaches the driver).
     pub fn block_cause(
         &self,
         today: NaiveDate,
         odometer_km: Option<f64>,
         r: &InspectionRules,
     ) -> Option<String> {
+        use super::messages::{group, times};
         if self.postponements > r.max_postponements {
             return Some(format!(
-                "inspection postponed {} times (at most {})",
-                self.postponements, r.max_postponements
+                "ТО перенесено {} {} (допускается не более {})",
+                self.postponements,
+                times(self.postponements),
+                r.max_postponements
             ));
         }
         if let Some(d) = self.due_date {
             if (today - d).num_days() > r.grace_days {
-                return Some(format!("inspection was due on {d}"));
+                return Some(format!("срок ТО истёк {}", d.format("%d.%m.%Y")));
             }
         }
         if let (Some(due), Some(km)) = (self.due_odometer_km, odometer_km) {
             if km > due + r.grace_km {
                 return Some(format!(
-                    "inspection was due at {due:.0} km, odometer {km:.0} km"
+                    "ТО было нужно на {} км, пробег {} км",
+                    group(due.max(0.0) as u64),
+                    group(km.max(0.0) as u64)
                 ));
             }
         }
@@ -156,7 +161,7 @@ impl InspectionState {
         let now = cause.is_some();
         (now != self.blocked).then(|| {
             self.blocked = now;
-            (now, cause.unwrap_or_else(|| "inspection done".into()))
+            (now, cause.unwrap_or_else(|| "ТО пройдено".into()))
         })
     }
 

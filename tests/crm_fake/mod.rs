@@ -29,6 +29,8 @@ pub struct Fake {
     pub calls: Mutex<Vec<Call>>,
     /// amoCRM leads by id: status_id, pipeline_id, custom fields by id.
     pub leads: Mutex<HashMap<u64, Value>>,
+    /// amoCRM notes as created: `{id, entity_id, note_type, params, created_at}`.
+    pub notes: Mutex<Vec<Value>>,
     /// Statuses to answer the next requests with, before serving normally.
     pub fail: Mutex<VecDeque<u16>>,
     recent: Mutex<VecDeque<Instant>>,
@@ -206,9 +208,46 @@ async fn amo(
             reply(200, json!({ "_embedded": { "leads": leads } }))
         }
         ("POST", "/api/v4/leads/notes", None) => {
-            let n = body.as_array().map_or(0, Vec::len);
-            let notes: Vec<Value> = (0..n).map(|i| json!({ "id": 1000 + i })).collect();
-            reply(200, json!({ "_embedded": { "notes": notes } }))
+            let mut created = Vec::new();
+            {
+                let mut all = fake.notes.lock().unwrap();
+                for n in body.as_array().cloned().unwrap_or_default() {
+                    let id = 1000 + all.len() as u64;
+                    let mut n = n.clone();
+                    n["id"] = id.into();
+                    n["created_at"] = unix_now().into();
+                    all.push(n);
+                    created.push(json!({ "id": id }));
+                }
+            }
+            let r = reply(200, json!({ "_embedded": { "notes": created } }));
+            // Applied, then slow to answer: the client may time out and retry.
+            let delay = fake.delay_ms.swap(0, std::sync::atomic::Ordering::Relaxed);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            r
+        }
+        ("GET", p, None) if p.ends_with("/notes") => {
+            let lead: u64 = p
+                .trim_start_matches("/api/v4/leads/")
+                .trim_end_matches("/notes")
+                .parse()
+                .unwrap_or(0);
+            let mut notes: Vec<Value> = fake
+                .notes
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|n| n["entity_id"] == lead)
+                .cloned()
+                .collect();
+            notes.reverse();
+            if notes.is_empty() {
+                reply(204, Value::Null)
+            } else {
+                reply(200, json!({ "_embedded": { "notes": notes } }))
+            }
         }
         ("GET", _, Some(id)) => {
             let l = fake.leads.lock().unwrap().get(&id).cloned();
