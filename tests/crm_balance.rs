@@ -33,6 +33,7 @@ impl Connector for Balances {
     fn name(&self) -> &'static str {
         "test"
     }
+    fn close(&self) {}
     async fn deliver(&self, events: &[OutboxEvent]) -> Vec<Outcome> {
         vec![Outcome::Delivered; events.len()]
     }

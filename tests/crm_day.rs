@@ -445,3 +445,43 @@ async fn driver_notes_are_russian_and_one_note_survives_a_timeout_retry() {
     assert!(!text.chars().any(|c| c.is_ascii_alphabetic()), "{text}");
     daemon.stop().await;
 }
+
+/// Shutdown (SIGTERM and `Running::stop` cancel the same token): the outbox starts no new
+/// request at once; the one in flight finishes or is left pending within the documented bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_starts_no_new_crm_request_and_ends_within_the_bound() {
+    let hook = crm_fake::start("webhook").await;
+    // Each request is applied at once and answered 3 s later: a slow CRM.
+    hook.fake
+        .delay_ms
+        .store(3000, std::sync::atomic::Ordering::Relaxed);
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        "[crm]\nkind = \"webhook\"\nurl = \"{}/events\"\nsecret = \"webhook-secret-123\"\n\
+         poll_ms = 50\ntimeout_s = 30\n",
+        hook.url
+    );
+    let daemon = fleetgate::app::start(common::config(dir.path(), &toml))
+        .await
+        .unwrap();
+    let api = Api::new(daemon.api_addr);
+    for i in 0..10 {
+        let path = format!("/api/v1/vehicles/car-s{i}");
+        let (st, v) = api.put(&path, json!({ "status": "issued" })).await;
+        assert_eq!(st, 200, "{v}");
+        let (st, v) = api.post(&format!("{path}/return-request"), json!({})).await;
+        assert_eq!(st, 202, "{v}");
+    }
+    // Ten events, one request in flight (3 s each: 30 s to send them all).
+    assert!(crm_fake::wait_for(10, || hook.fake.calls().len() == 1).await);
+    let started = std::time::Instant::now();
+    daemon.stop().await;
+    let took = started.elapsed();
+    let bound = fleetgate::crm::outbox::SHUTDOWN_GRACE + std::time::Duration::from_secs(3);
+    assert!(took <= bound, "shutdown took {took:?}");
+    assert_eq!(
+        hook.fake.calls().len(),
+        1,
+        "no request started after the shutdown began"
+    );
+}

@@ -305,6 +305,10 @@ impl Connector for AmoCrm {
         "amocrm"
     }
 
+    fn close(&self) {
+        self.limiter.close();
+    }
+
     async fn deliver(&self, events: &[OutboxEvent]) -> Vec<Outcome> {
         let mut out: Vec<Option<Outcome>> = vec![None; events.len()];
         let mut leads = Vec::new();

@@ -147,6 +147,10 @@ impl Connector for Bitrix24 {
         "bitrix24"
     }
 
+    fn close(&self) {
+        self.limiter.close();
+    }
+
     async fn deliver(&self, events: &[OutboxEvent]) -> Vec<Outcome> {
         let mut out = Vec::with_capacity(events.len());
         for e in events {

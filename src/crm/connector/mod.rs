@@ -60,6 +60,8 @@ pub trait Connector: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// Deliver events (at most one per vehicle, oldest first); one outcome per event, in order.
     async fn deliver(&self, events: &[OutboxEvent]) -> Vec<Outcome>;
+    /// Shutting down: start no further request (those in flight go on).
+    fn close(&self);
     /// The driver's balance as the CRM knows it, in roubles, with its time when known.
     async fn balance(&self, q: &BalanceQuery) -> Result<PulledBalance, ConnectorError>;
 }

@@ -83,6 +83,10 @@ impl Connector for Webhook {
         "webhook"
     }
 
+    fn close(&self) {
+        self.limiter.close();
+    }
+
     async fn deliver(&self, events: &[OutboxEvent]) -> Vec<Outcome> {
         let mut out = Vec::with_capacity(events.len());
         for e in events {
