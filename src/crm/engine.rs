@@ -937,7 +937,11 @@ impl Engine {
         if as_of.is_some_and(|t| t - now > chrono::Duration::minutes(5)) {
             return Err(CrmError::BadRequest("as_of is in the future".into()));
         }
-        self.refresh().await;
+        if source == BalanceSource::Pushed {
+            // A driver set on a car just before the push counts. A pulled balance comes from
+            // the list the rules just gave: no re-read per driver (1 500 per check otherwise).
+            self.refresh().await;
+        }
         let min = self.rules.balance_min_rub;
         let old = self.balances.get(driver).cloned().unwrap_or_default();
         let mut st = old.clone();
