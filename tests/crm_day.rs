@@ -485,3 +485,71 @@ async fn shutdown_starts_no_new_crm_request_and_ends_within_the_bound() {
         "no request started after the shutdown began"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bitrix24_comment_retried_after_a_timeout_is_added_once() {
+    let bx = crm_fake::start("bitrix24").await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        r#"
+[crm]
+kind = "bitrix24"
+webhook_url = "{}/rest/1/s3cr3t/"
+backoff_initial_s = 0.05
+backoff_max_s = 0.5
+poll_ms = 50
+timeout_s = 1
+[crm.stages]
+on_line = {{ stage_id = "C2:EXECUTING" }}
+wants_to_return = {{ stage_id = "C2:RETURN" }}
+"#,
+        bx.url
+    );
+    let daemon = common::start(dir.path(), &toml).await;
+    let api = Api::new(daemon.api_addr);
+    let (st, v) = api
+        .put(
+            "/api/v1/vehicles/car-x",
+            json!({ "status": "issued", "crm_deal_id": "9300", "driver_id": "drv-x" }),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    bx.fake
+        .delay_ms
+        .store(2500, std::sync::atomic::Ordering::Relaxed);
+    let (st, v) = api
+        .put(
+            "/api/v1/drivers/drv-x/balance",
+            json!({ "balance_rub": 120.5 }),
+        )
+        .await;
+    assert_eq!((st, v["low"].clone()), (200, json!(true)), "{v}");
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let (_, ob) = api.get("/api/v1/crm/outbox?status=all").await;
+        if ob["counts"]["pending"] == 0 && ob["counts"]["delivered"].as_u64() > Some(0) {
+            break;
+        }
+        assert!(std::time::Instant::now() < until, "{:?}", bx.fake.calls());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let comments = bx.fake.comments.lock().unwrap().clone();
+    assert_eq!(
+        comments.len(),
+        1,
+        "one comment despite the retry: {comments:?}"
+    );
+    assert!(
+        bx.fake
+            .calls()
+            .iter()
+            .any(|c| c.path.ends_with("crm.timeline.comment.list")),
+        "the retry looked it up"
+    );
+    assert_eq!(
+        comments[0]["COMMENT"],
+        "Баланс 120,50 ₽ ниже минимума 5 000 ₽. Пополните баланс: после остановки \
+         автомобиль не заведётся."
+    );
+    daemon.stop().await;
+}

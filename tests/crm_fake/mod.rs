@@ -31,6 +31,8 @@ pub struct Fake {
     pub leads: Mutex<HashMap<u64, Value>>,
     /// amoCRM notes as created: `{id, entity_id, note_type, params, created_at}`.
     pub notes: Mutex<Vec<Value>>,
+    /// Bitrix24 timeline comments as added: `{ID, ENTITY_ID, ENTITY_TYPE, COMMENT, CREATED}`.
+    pub comments: Mutex<Vec<Value>>,
     /// Statuses to answer the next requests with, before serving normally.
     pub fail: Mutex<VecDeque<u16>>,
     recent: Mutex<VecDeque<Instant>>,
@@ -302,7 +304,37 @@ async fn bitrix(
         "/rest/1/s3cr3t/crm.deal.update" if body["id"].is_string() => {
             reply(200, json!({ "result": true }))
         }
-        "/rest/1/s3cr3t/crm.timeline.comment.add" => reply(200, json!({ "result": 7 })),
+        "/rest/1/s3cr3t/crm.timeline.comment.add" => {
+            let id = {
+                let mut all = fake.comments.lock().unwrap();
+                let id = all.len() as u64 + 1;
+                let mut c = body["fields"].clone();
+                c["ID"] = id.to_string().into();
+                c["CREATED"] = chrono::Utc::now().to_rfc3339().into();
+                all.push(c);
+                id
+            };
+            let r = reply(200, json!({ "result": id }));
+            // Applied, then slow to answer: the client may time out and retry.
+            let delay = fake.delay_ms.swap(0, std::sync::atomic::Ordering::Relaxed);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            r
+        }
+        "/rest/1/s3cr3t/crm.timeline.comment.list" => {
+            let deal = body["filter"]["ENTITY_ID"].clone();
+            let mut list: Vec<Value> = fake
+                .comments
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|c| c["ENTITY_ID"] == deal)
+                .cloned()
+                .collect();
+            list.reverse();
+            reply(200, json!({ "result": list }))
+        }
         _ => reply(400, json!({ "error": "ERROR_METHOD_NOT_FOUND" })),
     }
 }

@@ -99,6 +99,30 @@ impl Bitrix24 {
         })
     }
 
+    /// Is this comment already on the deal (same text, created since the event was)?
+    /// `crm.timeline.comment.list` of the deal, newest first.
+    async fn comment_exists(&self, params: &Value, e: &OutboxEvent) -> Result<bool, Outcome> {
+        let f = &params["fields"];
+        let list = self
+            .rest(
+                "crm.timeline.comment.list",
+                &json!({ "filter": { "ENTITY_ID": f["ENTITY_ID"], "ENTITY_TYPE": "deal" },
+                         "order": { "ID": "DESC" } }),
+            )
+            .await?;
+        // The portal's clock and ours may differ by a little: a minute's slack.
+        let since = e.created_at - chrono::Duration::seconds(60);
+        Ok(list.as_array().is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c["COMMENT"] == f["COMMENT"]
+                    && c["CREATED"]
+                        .as_str()
+                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                        .is_some_and(|t| t >= since)
+            })
+        }))
+    }
+
     async fn rest(&self, method: &str, params: &Value) -> Result<Value, Outcome> {
         let _permit = self.limiter.acquire().await;
         let resp = self
@@ -154,7 +178,25 @@ impl Connector for Bitrix24 {
     async fn deliver(&self, events: &[OutboxEvent]) -> Vec<Outcome> {
         let mut out = Vec::with_capacity(events.len());
         for e in events {
-            out.push(match self.call(e) {
+            let call = self.call(e);
+            // A comment retried after an attempt that may have landed is looked up first:
+            // Bitrix24 has no idempotency key, and a second comment would show twice.
+            if let (Ok(Some(("crm.timeline.comment.add", params))), true) = (&call, e.attempts > 0)
+            {
+                match self.comment_exists(params, e).await {
+                    Ok(true) => {
+                        tracing::info!(key = %e.key, "crm: comment already in Bitrix24, not added again");
+                        out.push(Outcome::Delivered);
+                        continue;
+                    }
+                    Ok(false) => {}
+                    Err(o) => {
+                        out.push(o);
+                        continue;
+                    }
+                }
+            }
+            out.push(match call {
                 Err(err) => Outcome::Failed(err),
                 Ok(None) => Outcome::Delivered,
                 Ok(Some((method, params))) => match self.rest(method, &params).await {
