@@ -423,6 +423,8 @@ pub async fn start_with(
     let token = shutdown.clone();
     let done = tokio::spawn(async move {
         token.cancelled().await;
+        // No new CRM request from now on (the outbox is durable: the rest goes next start).
+        crm_tasks.stop_deliveries();
         tracing::info!("shutting down: no new connections; finishing frames in flight");
         for t in listener_tasks {
             let _ = t.await;

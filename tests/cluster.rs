@@ -532,7 +532,7 @@ async fn a_return_requested_through_one_instance_is_known_to_the_other() {
 }
 
 /// On a shared database the rules re-read the stored state before each batch (merging the
-/// drive in progress, which is not stored on every fix): a car driving for three minutes in
+/// drive in progress, which is not stored on every fix): a car driving for four minutes in
 /// several packets goes on line exactly once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_line_detection_spans_packets_on_a_shared_database() {
@@ -552,12 +552,15 @@ async fn on_line_detection_spans_packets_on_a_shared_database() {
         .await;
     assert_eq!(st, 200, "{v}");
     let mut t = login(b.addr(Protocol::Teltonika, Transport::Tcp).unwrap(), imei).await;
-    // 0 … 180 s of driving at 40 km/h, ignition on, six packets of three fixes.
-    for packet in 0..6 {
+    // 0 … 230 s of driving at 40 km/h (111 m every 10 s), ignition on, eight packets of three
+    // fixes: 3 minutes of movement and 1 km are reached only across packets.
+    for packet in 0..8 {
         let recs: Vec<AvlRecord> = (0..3)
             .map(|i| {
                 let s = packet * 30 + i * 10;
-                rec(200 - s, 40, true, Some(false))
+                let mut r = rec(250 - s, 40, true, Some(false));
+                r.lat += s as f64 * 0.0001;
+                r
             })
             .collect();
         send_records(&mut t, &recs).await;

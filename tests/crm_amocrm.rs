@@ -137,8 +137,9 @@ async fn replayed_shift_moves_the_deal_on_line_then_wants_to_return() {
         f(503).unwrap().as_str().unwrap().starts_with("55.75"),
         "location field"
     );
-    // On line after 2 min of driving (t = 60 + 120 s), with that fix's odometer, 120 001.44 km.
-    assert_eq!(f(501).unwrap(), json!(120001));
+    // On line after 3 min of movement (t = 50 + 180 s, 1.44 km), with that fix's odometer,
+    // 120 001.84 km.
+    assert_eq!(f(501).unwrap(), json!(120002));
 
     // The driver presses the return button (DIN2) while parked: one more PATCH, to the new stage.
     let press: Vec<_> = (36..39).map(|i| record(i * 10, 0, true)).collect();

@@ -1,5 +1,5 @@
-//! The balance rule on tokio's paused clock: drivers of cars on line are checked every
-//! 20 minutes; a balance under the minimum adds `low_balance` (and a driver message), a
+//! The balance rule on tokio's paused clock: the drivers of issued cars are checked every
+//! 20 minutes, on line or not; a balance under the minimum adds `low_balance` (and a driver message), a
 //! top-up lifts it. The rules run against in-memory storage (a database pool's timers would
 //! fire early on a paused clock) and the in-memory immobiliser seam.
 
@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{TimeZone, Utc};
-use fleetgate::crm::connector::{BalanceQuery, Connector, ConnectorError, Outcome};
+use fleetgate::crm::connector::{BalanceQuery, Connector, ConnectorError, Outcome, PulledBalance};
 use fleetgate::crm::engine::{self, Emit};
 use fleetgate::crm::event::{OutboxEvent, Payload};
 use fleetgate::crm::memory::{Everywhere, MemoryBlockReasons, MemoryCrmStore};
@@ -21,7 +21,8 @@ use tokio::sync::{mpsc, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-/// The CRM core's balances, as the periodic check pulls them.
+/// The CRM core's balances, as the periodic check pulls them: `rub` for drv-1, 12 000 ₽ for
+/// everyone else.
 struct Balances {
     rub: Mutex<f64>,
     asked: Mutex<Vec<(Instant, String)>>,
@@ -32,15 +33,21 @@ impl Connector for Balances {
     fn name(&self) -> &'static str {
         "test"
     }
+    fn close(&self) {}
     async fn deliver(&self, events: &[OutboxEvent]) -> Vec<Outcome> {
         vec![Outcome::Delivered; events.len()]
     }
-    async fn balance(&self, q: &BalanceQuery) -> Result<f64, ConnectorError> {
+    async fn balance(&self, q: &BalanceQuery) -> Result<PulledBalance, ConnectorError> {
         self.asked
             .lock()
             .unwrap()
             .push((Instant::now(), q.driver_id.clone()));
-        Ok(*self.rub.lock().unwrap())
+        let rub = if q.driver_id == "drv-1" {
+            *self.rub.lock().unwrap()
+        } else {
+            12_000.0
+        };
+        Ok(PulledBalance { rub, as_of: None })
     }
 }
 
@@ -137,7 +144,7 @@ async fn balance_checked_every_20_minutes_low_sets_reason_top_up_lifts() {
         Duration::from_secs(rules.balance_check_interval),
         stop.clone(),
     ));
-    // car-1 goes on line; car-2 never moves, so its driver is never checked.
+    // car-1 goes on line; car-2 never moves, and its driver is checked all the same.
     fixes.send(drive("dev-1")).await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(handle.shifts().await[&VehicleId("car-1".into())].on_line);
@@ -148,7 +155,7 @@ async fn balance_checked_every_20_minutes_low_sets_reason_top_up_lifts() {
         "not before 20 minutes"
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(crm.asked.lock().unwrap().len(), 1);
+    assert_eq!(crm.asked.lock().unwrap().len(), 2);
     assert!(reasons.calls().is_empty(), "12 000 ₽ is enough");
 
     *crm.rub.lock().unwrap() = 3_000.0;
@@ -198,10 +205,13 @@ async fn balance_checked_every_20_minutes_low_sets_reason_top_up_lifts() {
         asked,
         [
             (1200, "drv-1".into()),
+            (1200, "drv-2".into()),
             (2400, "drv-1".into()),
-            (3600, "drv-1".into())
+            (2400, "drv-2".into()),
+            (3600, "drv-1".into()),
+            (3600, "drv-2".into())
         ],
-        "a 20-minute cadence, only drivers on line"
+        "a 20-minute cadence, every issued car's driver"
     );
     stop.cancel();
 }

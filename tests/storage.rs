@@ -75,6 +75,7 @@ macro_rules! both {
 }
 
 both!(
+    crm_outbox_drops_a_vehicles_pending_events_of_a_deal_it_left,
     batch_round_trips_every_field,
     duplicates_are_stored_once,
     track_is_a_half_open_range_in_fix_order_with_a_limit,
@@ -621,6 +622,82 @@ async fn crm_outbox_heads_retries_and_dead_letters(c: Ctx) {
             .await
             .unwrap(),
         1
+    );
+}
+
+async fn crm_outbox_drops_a_vehicles_pending_events_of_a_deal_it_left(c: Ctx) {
+    use fleetgate::crm::event::{NewEvent, Payload, Status};
+    let now = Utc::now();
+    let ev = |car: &str, deal: Option<&str>| NewEvent {
+        vehicle_id: VehicleId(car.into()),
+        deal_id: deal.map(str::to_string),
+        payload: Payload::Mileage {
+            odometer_km: 1.0,
+            at: now,
+        },
+    };
+    c.store
+        .crm_commit(
+            &[],
+            &[
+                ev("car-a", Some("7")),
+                ev("car-a", Some("8")),
+                ev("car-a", None),
+                ev("car-b", Some("7")),
+            ],
+            now,
+            Duration::hours(1),
+        )
+        .await
+        .unwrap();
+    let car_a = VehicleId("car-a".into());
+    // A new deal 8: only deal 7's event goes; the deal-less one and car-b's stay.
+    let n = c
+        .store
+        .outbox_drop(&car_a, Some("8"), "left deal 7")
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let dropped = c
+        .store
+        .outbox_list(Some(Status::Dropped), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(dropped.len(), 1);
+    assert_eq!(
+        (
+            dropped[0].deal_id.as_deref(),
+            dropped[0].last_error.as_deref()
+        ),
+        (Some("7"), Some("left deal 7"))
+    );
+    // Handed back: every deal's pending event goes, the deal-less one stays.
+    assert_eq!(
+        c.store
+            .outbox_drop(&car_a, None, "handed back")
+            .await
+            .unwrap(),
+        1
+    );
+    let pending = c
+        .store
+        .outbox_list(Some(Status::Pending), None, 10)
+        .await
+        .unwrap();
+    let left: Vec<_> = pending
+        .iter()
+        .map(|e| (e.vehicle_id.0.as_str(), e.deal_id.as_deref()))
+        .collect();
+    assert_eq!(left, [("car-b", Some("7")), ("car-a", None)]);
+    let due = c.store.outbox_due(now, 10).await.unwrap();
+    assert_eq!(due.len(), 2, "a dropped head no longer holds the queue");
+    assert_eq!(
+        c.store
+            .outbox_purge(now + Duration::seconds(1))
+            .await
+            .unwrap(),
+        2,
+        "dropped events are purged like delivered ones"
     );
 }
 

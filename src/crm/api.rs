@@ -67,6 +67,9 @@ async fn return_request(
 #[serde(deny_unknown_fields)]
 pub struct BalanceBody {
     pub balance_rub: f64,
+    /// The balance's own time; absent = now. The newest balance wins.
+    #[serde(default)]
+    pub as_of: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 async fn put_balance(
@@ -82,7 +85,9 @@ async fn put_balance(
         ));
     }
     Ok(Json(
-        s.crm.set_balance(&id, b.balance_rub, &actor(a)).await?,
+        s.crm
+            .set_balance(&id, b.balance_rub, b.as_of, &actor(a))
+            .await?,
     ))
 }
 
@@ -185,7 +190,7 @@ async fn outbox(
         None | Some("all") => None,
         Some(x) => Some(Status::parse(x).ok_or_else(|| {
             ApiError::BadRequest(format!(
-                "status: '{x}' is not pending, delivered, dead or all"
+                "status: '{x}' is not pending, delivered, dead, dropped or all"
             ))
         })?),
     };
@@ -196,7 +201,12 @@ async fn outbox(
         .store
         .outbox_list(status, vehicle.as_ref(), limit)
         .await?;
-    let mut counts = BTreeMap::from([("pending", 0), ("delivered", 0), ("dead", 0)]);
+    let mut counts = BTreeMap::from([
+        ("pending", 0),
+        ("delivered", 0),
+        ("dead", 0),
+        ("dropped", 0),
+    ]);
     for (st, n) in s.crm.store.outbox_counts().await? {
         counts.insert(st.as_str(), n);
     }

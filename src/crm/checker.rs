@@ -1,6 +1,7 @@
-//! The periodic balance check: every `[rules] balance_check_interval`, the balance of every
-//! driver whose car is on line is pulled from the CRM and handed to the rules actor, which
-//! treats it exactly like a pushed `PUT /api/v1/drivers/{id}/balance`.
+//! The periodic balance check: every `[rules] balance_check_interval`, the balance of the
+//! driver of every issued car and of every driver whose cars carry `low_balance` (whatever
+//! their shift: a blocked car cannot drive, so only a check can lift its block) is pulled from
+//! the CRM and handed to the rules actor, which orders it against pushed balances by time.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,14 +24,14 @@ pub async fn run(
             _ = shutdown.cancelled() => break,
             _ = tick.tick() => {}
         }
-        let drivers = handle.on_line_drivers().await;
+        let drivers = handle.balance_targets().await;
         metrics::counter!("fleetgate_crm_balance_checks_total").increment(1);
         for q in drivers {
             if shutdown.is_cancelled() {
                 break;
             }
             match connector.balance(&q).await {
-                Ok(rub) => handle.pulled_balance(&q.driver_id, rub).await,
+                Ok(b) => handle.pulled_balance(&q.driver_id, b.rub, b.as_of).await,
                 Err(ConnectorError::NoBalance) => {
                     tracing::debug!("crm: balance pull not configured");
                     break;

@@ -222,8 +222,14 @@ pub struct ReturnSignal {
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RulesConfig {
-    /// Seconds of driving (ignition on, > 5 km/h, inside the service area) before "on line".
+    /// Seconds of movement (ignition on, > `moving_kmh`, inside the service area) within
+    /// `on_line_window` before "on line"; stops in between do not reset it.
     pub on_line_after: u64,
+    /// Kilometres driven (ignition on, inside the service area) within `on_line_window` before
+    /// "on line": a parking-lot shuffle is not a shift.
+    pub on_line_min_km: f64,
+    /// Seconds of the sliding window movement and distance are summed over.
+    pub on_line_window: u64,
     /// Speed above which the car counts as moving, km/h.
     pub moving_kmh: f64,
     /// Seconds without driving after which a new shift can start.
@@ -240,12 +246,16 @@ pub struct RulesConfig {
     pub document_warn_days: i64,
     /// Return signals per protocol name: `teltonika = { input = 2 }`, `gt06 = { alarm = "sos" }`.
     pub return_signals: BTreeMap<String, ReturnSignal>,
+    /// Driver message templates (Russian).
+    pub messages: super::messages::Messages,
 }
 
 impl Default for RulesConfig {
     fn default() -> Self {
         RulesConfig {
-            on_line_after: 120,
+            on_line_after: 180,
+            on_line_min_km: 1.0,
+            on_line_window: 600,
             moving_kmh: 5.0,
             shift_gap: 8 * 3600,
             balance_check_interval: 20 * 60,
@@ -255,6 +265,7 @@ impl Default for RulesConfig {
             inspection_grace_km: 1000.0,
             document_warn_days: 14,
             return_signals: BTreeMap::new(),
+            messages: super::messages::Messages::default(),
         }
     }
 }
@@ -264,10 +275,19 @@ impl RulesConfig {
         if self.on_line_after == 0 {
             return Err(invalid("rules.on_line_after", "must be at least 1 second"));
         }
-        if self.shift_gap <= self.on_line_after {
+        if self.on_line_window < self.on_line_after {
+            return Err(invalid(
+                "rules.on_line_window",
+                "must be at least rules.on_line_after",
+            ));
+        }
+        if !(self.on_line_min_km.is_finite() && self.on_line_min_km >= 0.0) {
+            return Err(invalid("rules.on_line_min_km", "must be a number >= 0"));
+        }
+        if self.shift_gap <= self.on_line_window {
             return Err(invalid(
                 "rules.shift_gap",
-                "must exceed rules.on_line_after",
+                "must exceed rules.on_line_window",
             ));
         }
         if self.balance_check_interval < 10 {
@@ -285,6 +305,7 @@ impl RulesConfig {
                 "grace and warning days must not be negative",
             ));
         }
+        self.messages.validate()?;
         for (name, s) in &self.return_signals {
             if crate::protocols::Protocol::from_name(name).is_none() {
                 return Err(invalid(
@@ -321,7 +342,9 @@ mod tests {
     fn defaults_are_the_issue_s() {
         let c = load("").unwrap();
         assert_eq!(c.crm.kind, "off");
-        assert_eq!(c.rules.on_line_after, 120);
+        assert_eq!(c.rules.on_line_after, 180);
+        assert_eq!(c.rules.on_line_min_km, 1.0);
+        assert_eq!(c.rules.on_line_window, 600);
         assert_eq!(c.rules.shift_gap, 8 * 3600);
         assert_eq!(c.rules.balance_check_interval, 1200);
         assert_eq!(c.rules.balance_min_rub, 5000.0);
@@ -364,7 +387,11 @@ mod tests {
             e.starts_with("rules.return_signals.teltonika.input:"),
             "{e}"
         );
-        let e = load("[rules]\nshift_gap = 60").unwrap_err();
+        let e = load("[rules]\nshift_gap = 600").unwrap_err();
         assert!(e.starts_with("rules.shift_gap:"), "{e}");
+        let e = load("[rules]\non_line_window = 60").unwrap_err();
+        assert!(e.starts_with("rules.on_line_window:"), "{e}");
+        let e = load("[rules]\non_line_min_km = -1.0").unwrap_err();
+        assert!(e.starts_with("rules.on_line_min_km:"), "{e}");
     }
 }

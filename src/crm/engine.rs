@@ -7,13 +7,15 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
-use chrono::{NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Notify};
 
 use super::connector::BalanceQuery;
 use super::event::{NewEvent, Payload, StageName};
-use super::rules::{BalanceState, InspectionRules, InspectionState};
+use super::handback::{self, Transition};
+use super::mileage::MileageState;
+use super::rules::{BalanceOutcome, BalanceSource, BalanceState, InspectionRules, InspectionState};
 use super::shift::{FixInput, ShiftEvent, ShiftRules, ShiftState};
 use super::{RulesConfig, Wiring, REASON_INSPECTION, REASON_LOW_BALANCE};
 use crate::model::{DeviceId, VehicleId};
@@ -75,7 +77,12 @@ pub struct ReturnOutcome {
 #[derive(Clone, Debug, Serialize)]
 pub struct BalanceView {
     pub driver_id: String,
+    /// The driver's balance now (the offered one, or a newer one known before it).
     pub balance_rub: Option<f64>,
+    /// The balance's own time.
+    pub as_of: Option<DateTime<Utc>>,
+    /// False when the offered balance was older than the one known.
+    pub applied: bool,
     pub low: bool,
     pub vehicles: Vec<VehicleId>,
 }
@@ -91,6 +98,9 @@ pub enum Cmd {
     Balance {
         driver: String,
         balance_rub: f64,
+        /// The balance's own time; `None` = now.
+        as_of: Option<DateTime<Utc>>,
+        source: BalanceSource,
         actor: String,
         reply: Option<Reply<BalanceView>>,
     },
@@ -103,8 +113,9 @@ pub enum Cmd {
     Shifts {
         reply: oneshot::Sender<HashMap<VehicleId, ShiftState>>,
     },
-    /// Drivers of vehicles on line, for the periodic balance check.
-    OnLineDrivers {
+    /// Drivers to check periodically: of every issued vehicle, and every driver whose cars
+    /// carry `low_balance`, whatever their shift.
+    BalanceTargets {
         reply: oneshot::Sender<Vec<BalanceQuery>>,
     },
     /// Re-read the vehicle list now (a status or driver changed); answers when done.
@@ -140,16 +151,20 @@ impl CrmHandle {
         .await
     }
 
+    /// A pushed balance; `as_of` is its own time (`None` = now).
     pub async fn set_balance(
         &self,
         driver: &str,
         balance_rub: f64,
+        as_of: Option<DateTime<Utc>>,
         actor: &str,
     ) -> Result<BalanceView, CrmError> {
         let (driver, actor) = (driver.to_string(), actor.to_string());
         self.ask(|reply| Cmd::Balance {
             driver,
             balance_rub,
+            as_of,
+            source: BalanceSource::Pushed,
             actor,
             reply: Some(reply),
         })
@@ -157,12 +172,19 @@ impl CrmHandle {
     }
 
     /// A pulled balance: no answer awaited.
-    pub async fn pulled_balance(&self, driver: &str, balance_rub: f64) {
+    pub async fn pulled_balance(
+        &self,
+        driver: &str,
+        balance_rub: f64,
+        as_of: Option<DateTime<Utc>>,
+    ) {
         let _ = self
             .tx
             .send(Cmd::Balance {
                 driver: driver.to_string(),
                 balance_rub,
+                as_of,
+                source: BalanceSource::Pulled,
                 actor: "crm-balance-check".into(),
                 reply: None,
             })
@@ -193,9 +215,10 @@ impl CrmHandle {
         rx.await.unwrap_or_default()
     }
 
-    pub async fn on_line_drivers(&self) -> Vec<BalanceQuery> {
+    /// Who the periodic balance check asks about (see [`Cmd::BalanceTargets`]).
+    pub async fn balance_targets(&self) -> Vec<BalanceQuery> {
         let (reply, rx) = oneshot::channel();
-        if self.tx.send(Cmd::OnLineDrivers { reply }).await.is_err() {
+        if self.tx.send(Cmd::BalanceTargets { reply }).await.is_err() {
             return Vec::new();
         }
         rx.await.unwrap_or_default()
@@ -221,7 +244,10 @@ pub struct Engine {
     shifts: HashMap<VehicleId, ShiftState>,
     balances: HashMap<String, BalanceState>,
     inspections: HashMap<VehicleId, InspectionState>,
-    odometer_km: HashMap<VehicleId, f64>,
+    /// The newest odometers per vehicle: the tracker's (km) if it reports one, the GPS sum (m).
+    odometers: HashMap<VehicleId, (Option<f64>, f64)>,
+    /// What the CRM knows of each vehicle's mileage (see [`mileage`](super::mileage)).
+    mileage: HashMap<VehicleId, MileageState>,
     last_pos: HashMap<VehicleId, (f64, f64)>,
     by_device: HashMap<DeviceId, VehicleId>,
     vehicles: HashMap<VehicleId, Vehicle>,
@@ -261,7 +287,8 @@ pub fn new(
         shifts: HashMap::new(),
         balances: HashMap::new(),
         inspections: HashMap::new(),
-        odometer_km: HashMap::new(),
+        odometers: HashMap::new(),
+        mileage: HashMap::new(),
         last_pos: HashMap::new(),
         by_device: HashMap::new(),
         vehicles: HashMap::new(),
@@ -338,6 +365,8 @@ impl Engine {
             }
             let row = self.store.crm_state("inspection", &v.0).await;
             put(&mut self.inspections, v.clone(), row);
+            let row = self.store.crm_state("mileage", &v.0).await;
+            put(&mut self.mileage, v.clone(), row);
         }
         if let Some(d) = driver {
             let row = self.store.crm_state("balance", d).await;
@@ -347,7 +376,9 @@ impl Engine {
 
     fn shift_rules(&self) -> ShiftRules {
         ShiftRules {
-            on_line_after: chrono::Duration::seconds(self.rules.on_line_after as i64),
+            min_moving: chrono::Duration::seconds(self.rules.on_line_after as i64),
+            min_distance_m: self.rules.on_line_min_km * 1000.0,
+            window: chrono::Duration::seconds(self.rules.on_line_window as i64),
             moving_kmh: self.rules.moving_kmh,
             shift_gap: chrono::Duration::seconds(self.rules.shift_gap as i64),
         }
@@ -406,6 +437,10 @@ impl Engine {
             .map(|(k, v)| (VehicleId(k), v))
             .collect();
         self.balances = load(self.store.crm_states("balance").await?);
+        self.mileage = load::<MileageState>(self.store.crm_states("mileage").await?)
+            .into_iter()
+            .map(|(k, v)| (VehicleId(k), v))
+            .collect();
         self.inspections = load::<InspectionState>(self.store.crm_states("inspection").await?)
             .into_iter()
             .map(|(k, v)| (VehicleId(k), v))
@@ -436,32 +471,71 @@ impl Engine {
                 return;
             }
         };
-        let mut returned = Vec::new();
-        for v in &list {
-            if let Some(old) = self.vehicles.get(&v.id) {
-                if old.status == "issued" && v.status != "issued" {
-                    returned.push(v.id.clone());
-                }
-            }
-        }
+        let changes: Vec<(Vehicle, Vehicle, Transition)> = list
+            .iter()
+            .filter_map(|v| {
+                let old = self.vehicles.get(&v.id)?;
+                let t = handback::transition(old, v);
+                (t != Transition::default()).then(|| (old.clone(), v.clone(), t))
+            })
+            .collect();
         self.misses.clear();
         self.by_device = list
             .iter()
             .filter_map(|v| v.device_id.clone().map(|d| (d, v.id.clone())))
             .collect();
         self.vehicles = list.into_iter().map(|v| (v.id.clone(), v)).collect();
-        for id in returned {
-            // Back from the driver: a new shift may start.
-            let Some(mut st) = self.shifts.get(&id).cloned() else {
-                continue;
-            };
-            st.end_shift();
-            if self
-                .commit(vec![state("shift", &id.0, &st)], Vec::new())
-                .await
-                .is_ok()
-            {
-                self.shifts.insert(id, st);
+        for (old, new, t) in changes {
+            self.hand_over(&old, &new, &t).await;
+        }
+    }
+
+    /// Act on a car leaving its driver or deal (see [`handback`]).
+    async fn hand_over(&mut self, old: &Vehicle, new: &Vehicle, t: &Transition) {
+        let id = &new.id;
+        if let Some(keep) = &t.drop_pending_except {
+            let why = format!(
+                "dropped: the car left deal {} (status {})",
+                handback::current_deal(old).unwrap_or("-"),
+                new.status
+            );
+            match self.store.outbox_drop(id, keep.as_deref(), &why).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    metrics::counter!("fleetgate_crm_events_dropped_total", "cause" => "handed_back")
+                        .increment(n);
+                    tracing::info!(vehicle = %id, n, "crm: pending events of the old deal dropped");
+                }
+                Err(e) => {
+                    tracing::error!(vehicle = %id, error = %e, "crm: old deal's events not dropped")
+                }
+            }
+        }
+        if t.end_shift {
+            // Back from the driver or on another deal: a new shift may start.
+            if let Some(mut st) = self.shifts.get(id).cloned() {
+                st.end_shift();
+                if self
+                    .commit(vec![state("shift", &id.0, &st)], Vec::new())
+                    .await
+                    .is_ok()
+                {
+                    self.shifts.insert(id.clone(), st);
+                }
+            }
+        }
+        if t.driver_changed {
+            // `low_balance` follows the driver: the next driver is not blocked for the last
+            // one's debt, and a driver in debt is blocked in any car.
+            let (was, is) = (self.driver_low(old), self.driver_low(new));
+            if was != is {
+                let comment = if is {
+                    "the new driver's balance is low"
+                } else {
+                    "another driver took the car"
+                };
+                self.reason(id, REASON_LOW_BALANCE, is, "crm-rules", comment)
+                    .await;
             }
         }
     }
@@ -495,6 +569,16 @@ impl Engine {
             .cloned()
     }
 
+    /// The vehicle's odometer now, km: the tracker's, else calibrated (see `mileage`).
+    fn odometer_now(&self, id: &VehicleId) -> Option<f64> {
+        let (tracker, gps) = self.odometers.get(id).copied()?;
+        self.mileage
+            .get(id)
+            .cloned()
+            .unwrap_or_default()
+            .odometer_km(tracker, gps)
+    }
+
     fn driver_low(&self, v: &Vehicle) -> bool {
         v.driver_id
             .as_ref()
@@ -518,7 +602,9 @@ impl Engine {
         if !self.emit.on {
             return None;
         }
-        if v.crm_deal_id.is_none() && !self.emit.without_deal {
+        // A car not issued has no current deal: nothing goes to the last driver's.
+        let deal = handback::current_deal(v).map(str::to_string);
+        if deal.is_none() && !self.emit.without_deal {
             metrics::counter!("fleetgate_crm_events_skipped_total", "kind" => payload.kind())
                 .increment(1);
             tracing::debug!(vehicle = %v.id, kind = payload.kind(), "no crm_deal_id: event not sent");
@@ -526,7 +612,7 @@ impl Engine {
         }
         Some(NewEvent {
             vehicle_id: v.id.clone(),
-            deal_id: v.crm_deal_id.clone(),
+            deal_id: deal,
             payload,
         })
     }
@@ -566,14 +652,17 @@ impl Engine {
         // shift as stored before it (to tell whether it must be written).
         let mut touched: Vec<(Vehicle, ShiftState, ShiftState)> = Vec::new();
         let mut events = Vec::new();
+        // Mileage states changed by this batch, as they were before it.
+        let mut miles_before: HashMap<VehicleId, MileageState> = HashMap::new();
         for c in batch {
             let item = &c.item;
             let Some(v) = self.vehicle_by_device(&item.device).await else {
                 continue;
             };
             if let Some(p) = &item.state.position {
-                let km = p.odometer_m.unwrap_or(item.state.gps_odometer_m) / 1000.0;
-                self.odometer_km.insert(v.id.clone(), km);
+                let tracker_km = p.odometer_m.map(|m| m / 1000.0);
+                self.odometers
+                    .insert(v.id.clone(), (tracker_km, item.state.gps_odometer_m));
                 self.last_pos.insert(v.id.clone(), (p.lat, p.lon));
             }
             let at = match touched.iter().position(|(t, _, _)| t.id == v.id) {
@@ -588,16 +677,27 @@ impl Engine {
                 }
             };
             let mut st = touched[at].1.clone();
-            for payload in self.shift_over(&v, item, &mut st).await {
+            let old_miles = self.mileage.get(&v.id).cloned().unwrap_or_default();
+            let mut miles = old_miles.clone();
+            for payload in self.shift_over(&v, item, &mut st, &mut miles).await {
                 events.extend(self.event(&v, payload));
+            }
+            if miles != old_miles {
+                miles_before.entry(v.id.clone()).or_insert(old_miles);
+                self.mileage.insert(v.id.clone(), miles);
             }
             touched[at].1 = st;
         }
-        let writes: Vec<StateWrite> = touched
+        let mut writes: Vec<StateWrite> = touched
             .iter()
             .filter(|(_, st, before)| st.durable_differs(before))
             .map(|(v, st, _)| state("shift", &v.id.0, st))
             .collect();
+        for id in miles_before.keys() {
+            if let Some(m) = self.mileage.get(id) {
+                writes.push(state("mileage", &id.0, m));
+            }
+        }
         let stored = if writes.is_empty() && events.is_empty() {
             true
         } else {
@@ -605,6 +705,10 @@ impl Engine {
                 Ok(()) => true,
                 Err(e) => {
                     tracing::error!(error = %e, "crm rules: cannot store shift states");
+                    // The mileage events were not written: the CRM knows what it knew.
+                    for (id, m) in miles_before {
+                        self.mileage.insert(id, m);
+                    }
                     false
                 }
             }
@@ -634,6 +738,7 @@ impl Engine {
         v: &Vehicle,
         item: &crate::storage::WriteItem,
         st: &mut ShiftState,
+        miles: &mut MileageState,
     ) -> Vec<Payload> {
         let signal = self.rules.return_signals.get(item.protocol.name()).cloned();
         let rules = self.shift_rules();
@@ -655,6 +760,9 @@ impl Engine {
                     .inside_service_area(&v.id, p.lat, p.lon)
                     .await,
                 return_signal,
+                issued: v.status == handback::ISSUED,
+                odometer_m: p.odometer_m,
+                gps_odometer_m: np.gps_odometer_m,
             };
             for ev in st.on_fix(&fix, &rules) {
                 let (stage, at) = match ev {
@@ -662,13 +770,18 @@ impl Engine {
                     ShiftEvent::WantsToReturn { at } => (StageName::WantsToReturn, at),
                 };
                 tracing::info!(vehicle = %v.id, ?stage, %at, "crm: stage reached");
+                let tracker_km = p.odometer_m.map(|m| m / 1000.0);
+                let odometer_km = miles.to_write(tracker_km, np.gps_odometer_m);
+                if let Some(km) = odometer_km {
+                    miles.written(km, np.gps_odometer_m);
+                }
                 payloads.push(Payload::StageChanged {
                     stage,
                     at,
                     source: "tracker".into(),
                     lat: Some(p.lat),
                     lon: Some(p.lon),
-                    odometer_km: Some(p.odometer_m.unwrap_or(np.gps_odometer_m) / 1000.0),
+                    odometer_km,
                 });
             }
         }
@@ -689,6 +802,8 @@ impl Engine {
             Cmd::Balance {
                 driver,
                 balance_rub,
+                as_of,
+                source,
                 actor,
                 reply,
             } => {
@@ -702,7 +817,9 @@ impl Engine {
                 for c in &cars {
                     self.reload(Some(c), None).await;
                 }
-                let r = self.balance(&driver, balance_rub, &actor).await;
+                let r = self
+                    .balance(&driver, balance_rub, as_of, source, &actor)
+                    .await;
                 if let Err(e) = &r {
                     tracing::error!(driver, error = %e, "crm rules: balance not applied");
                 }
@@ -728,13 +845,17 @@ impl Engine {
             Cmd::Shifts { reply } => {
                 let _ = reply.send(self.shifts.clone());
             }
-            Cmd::OnLineDrivers { reply } => {
+            Cmd::BalanceTargets { reply } => {
+                // Issued cars first: their deal is the driver's current one.
+                let mut cars: Vec<&Vehicle> = self
+                    .vehicles
+                    .values()
+                    .filter(|v| v.status == "issued" || self.driver_low(v))
+                    .collect();
+                cars.sort_by_key(|v| (v.status != "issued", v.crm_deal_id.is_none(), &v.id.0));
                 let mut seen = std::collections::BTreeSet::new();
-                let out = self
-                    .shifts
-                    .iter()
-                    .filter(|(_, s)| s.on_line)
-                    .filter_map(|(id, _)| self.vehicles.get(id))
+                let out = cars
+                    .into_iter()
                     .filter_map(|v| {
                         let d = v.driver_id.clone()?;
                         seen.insert(d.clone()).then(|| BalanceQuery {
@@ -765,20 +886,31 @@ impl Engine {
         let v = self.vehicle(id).await?;
         let mut st = self.shifts.get(id).cloned().unwrap_or_default();
         let now = Utc::now();
-        let moved = st.request_return(now).is_some();
+        // A car already handed back has no driver to return it.
+        let moved = v.status == handback::ISSUED && st.request_return(now).is_some();
         if moved {
             let (lat, lon) = self.last_pos.get(id).copied().unzip();
+            let mut miles = self.mileage.get(id).cloned().unwrap_or_default();
+            let odometer_km = self
+                .odometers
+                .get(id)
+                .and_then(|(t, gps)| miles.to_write(*t, *gps));
+            let mut states = vec![state("shift", &id.0, &st)];
+            if let (Some(km), Some((_, gps))) = (odometer_km, self.odometers.get(id)) {
+                miles.written(km, *gps);
+                states.push(state("mileage", &id.0, &miles));
+            }
             let payload = Payload::StageChanged {
                 stage: StageName::WantsToReturn,
                 at: now,
                 source: "api".into(),
                 lat,
                 lon,
-                odometer_km: self.odometer_km.get(id).copied(),
+                odometer_km,
             };
             let events = self.event(&v, payload).into_iter().collect();
-            self.commit(vec![state("shift", &id.0, &st)], events)
-                .await?;
+            self.commit(states, events).await?;
+            self.mileage.insert(id.clone(), miles);
             tracing::info!(vehicle = %id, actor, "crm: return requested");
             self.shifts.insert(id.clone(), st);
         }
@@ -793,16 +925,39 @@ impl Engine {
         &mut self,
         driver: &str,
         rub: f64,
+        as_of: Option<DateTime<Utc>>,
+        source: BalanceSource,
         actor: &str,
     ) -> Result<BalanceView, CrmError> {
         if !rub.is_finite() {
             return Err(CrmError::BadRequest("balance_rub must be a number".into()));
         }
-        self.refresh().await;
+        let now = Utc::now();
+        // A clock ahead would make this balance win over every later one.
+        if as_of.is_some_and(|t| t - now > chrono::Duration::minutes(5)) {
+            return Err(CrmError::BadRequest("as_of is in the future".into()));
+        }
+        if source == BalanceSource::Pushed {
+            // A driver set on a car just before the push counts. A pulled balance comes from
+            // the list the rules just gave: no re-read per driver (1 500 per check otherwise).
+            self.refresh().await;
+        }
         let min = self.rules.balance_min_rub;
         let old = self.balances.get(driver).cloned().unwrap_or_default();
         let mut st = old.clone();
-        let flip = st.update(rub, Utc::now(), min);
+        let outcome = st.offer(rub, as_of.unwrap_or(now), source, now, min);
+        let flip = match outcome {
+            BalanceOutcome::Applied(flip) => flip,
+            BalanceOutcome::Stale => {
+                tracing::info!(
+                    driver,
+                    rub,
+                    ?source,
+                    "crm: balance older than the known one, ignored"
+                );
+                None
+            }
+        };
         let cars: Vec<Vehicle> = self
             .vehicles
             .values()
@@ -828,26 +983,29 @@ impl Engine {
                         Payload::DriverMessage {
                             driver_id: Some(driver.to_string()),
                             reason: REASON_LOW_BALANCE.into(),
-                            text: format!(
-                                "Баланс {rub:.0} ₽ ниже минимума {min:.0} ₽. Пополните баланс: \
-                                 после остановки автомобиль не заведётся."
-                            ),
+                            text: self.rules.messages.low_balance(rub, min),
                         },
                     ));
                 }
             }
         }
-        if let Err(e) = self
-            .commit(vec![state("balance", driver, &st)], events)
-            .await
-        {
-            self.balances.insert(driver.to_string(), old);
-            return Err(e);
+        if st != old {
+            if let Err(e) = self
+                .commit(vec![state("balance", driver, &st)], events)
+                .await
+            {
+                self.balances.insert(driver.to_string(), old);
+                return Err(e);
+            }
         }
-        let comment = format!("balance {rub:.2} RUB, minimum {min:.2}");
+        let comment = format!(
+            "баланс {}, минимум {}",
+            super::messages::rub(rub),
+            super::messages::rub(min)
+        );
         for v in &cars {
             // A low balance is re-asserted on every update: a car handed over since is covered.
-            if st.low || flip == Some(false) {
+            if outcome != BalanceOutcome::Stale && (st.low || flip == Some(false)) {
                 self.reason(&v.id, REASON_LOW_BALANCE, st.low, actor, &comment)
                     .await;
             }
@@ -855,6 +1013,8 @@ impl Engine {
         Ok(BalanceView {
             driver_id: driver.to_string(),
             balance_rub: st.balance_rub,
+            as_of: st.as_of,
+            applied: outcome != BalanceOutcome::Stale,
             low: st.low,
             vehicles: cars.into_iter().map(|v| v.id).collect(),
         })
@@ -869,6 +1029,8 @@ impl Engine {
     ) -> Result<InspectionState, CrmError> {
         let old = self.inspections.get(&v.id).cloned().unwrap_or_default();
         let mut st = old.clone();
+        let old_miles = self.mileage.get(&v.id).cloned().unwrap_or_default();
+        let mut miles = old_miles.clone();
         let mut payloads = Vec::new();
         let now = Utc::now();
         match op {
@@ -895,10 +1057,17 @@ impl Engine {
                     ));
                 }
                 st.complete(now, odometer_km);
-                payloads.push(Payload::Mileage {
-                    odometer_km,
-                    at: now,
-                });
+                // The entered mileage calibrates an odometer-less tracker; it is written
+                // only if it does not lower the CRM's.
+                let gps = self.odometers.get(&v.id).map_or(0.0, |(_, g)| *g);
+                let grows = miles.crm_km.map_or(true, |c| odometer_km >= c);
+                miles.written(odometer_km, gps);
+                if grows {
+                    payloads.push(Payload::Mileage {
+                        odometer_km,
+                        at: now,
+                    });
+                }
             }
             Some(InspectionOp::Documents { documents }) => {
                 for (name, date) in documents {
@@ -913,7 +1082,7 @@ impl Engine {
         }
         let r = self.inspection_rules();
         let today = now.date_naive();
-        let flip = st.evaluate(today, self.odometer_km.get(&v.id).copied(), &r);
+        let flip = st.evaluate(today, self.odometer_now(&v.id), &r);
         for n in st.document_notices(today, &r) {
             payloads.push(Payload::DocumentExpiring {
                 document: n.document,
@@ -936,10 +1105,7 @@ impl Engine {
                 payloads.push(Payload::DriverMessage {
                     driver_id: v.driver_id.clone(),
                     reason: REASON_INSPECTION.into(),
-                    text: format!(
-                        "Требуется техосмотр ({cause}). Пройдите ТО: после остановки автомобиль \
-                         не заведётся."
-                    ),
+                    text: self.rules.messages.inspection(cause),
                 });
             }
         }
@@ -948,12 +1114,23 @@ impl Engine {
             .filter_map(|p| self.event(v, p))
             .collect();
         if let Err(e) = self
-            .commit(vec![state("inspection", &v.id.0, &st)], events)
+            .commit(
+                if miles != old_miles {
+                    vec![
+                        state("inspection", &v.id.0, &st),
+                        state("mileage", &v.id.0, &miles),
+                    ]
+                } else {
+                    vec![state("inspection", &v.id.0, &st)]
+                },
+                events,
+            )
             .await
         {
             self.inspections.insert(v.id.clone(), old);
             return Err(e);
         }
+        self.mileage.insert(v.id.clone(), miles);
         if let Some((active, cause)) = flip {
             self.reason(&v.id, REASON_INSPECTION, active, actor, &cause)
                 .await;

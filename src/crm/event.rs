@@ -80,6 +80,9 @@ pub enum Status {
     Pending,
     Delivered,
     Dead,
+    /// Never to be sent: about a deal the car has left (handed back, deal changed) or
+    /// superseded before delivery. Purged like delivered events.
+    Dropped,
 }
 
 impl Status {
@@ -88,6 +91,7 @@ impl Status {
             Status::Pending => "pending",
             Status::Delivered => "delivered",
             Status::Dead => "dead",
+            Status::Dropped => "dropped",
         }
     }
     pub fn parse(s: &str) -> Option<Status> {
@@ -95,6 +99,7 @@ impl Status {
             "pending" => Some(Status::Pending),
             "delivered" => Some(Status::Delivered),
             "dead" => Some(Status::Dead),
+            "dropped" => Some(Status::Dropped),
             _ => None,
         }
     }

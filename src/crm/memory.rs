@@ -248,6 +248,25 @@ impl CrmStore for MemoryCrmStore {
         }
         Ok(())
     }
+    async fn outbox_drop(
+        &self,
+        vehicle: &VehicleId,
+        keep_deal: Option<&str>,
+        why: &str,
+    ) -> Result<u64, StorageError> {
+        let mut n = 0;
+        for e in self.lock()?.outbox.iter_mut().filter(|e| {
+            e.status == Status::Pending
+                && e.vehicle_id == *vehicle
+                && e.deal_id.is_some()
+                && keep_deal.map_or(true, |k| e.deal_id.as_deref() != Some(k))
+        }) {
+            e.status = Status::Dropped;
+            e.last_error = Some(why.into());
+            n += 1;
+        }
+        Ok(n)
+    }
     async fn outbox_requeue(&self, id: i64, now: DateTime<Utc>) -> Result<bool, StorageError> {
         Ok(
             match self
@@ -284,10 +303,15 @@ impl CrmStore for MemoryCrmStore {
     }
     async fn outbox_counts(&self) -> Result<Vec<(Status, u64)>, StorageError> {
         let i = self.lock()?;
-        Ok([Status::Pending, Status::Delivered, Status::Dead]
-            .into_iter()
-            .map(|s| (s, i.outbox.iter().filter(|e| e.status == s).count() as u64))
-            .collect())
+        Ok([
+            Status::Pending,
+            Status::Delivered,
+            Status::Dead,
+            Status::Dropped,
+        ]
+        .into_iter()
+        .map(|s| (s, i.outbox.iter().filter(|e| e.status == s).count() as u64))
+        .collect())
     }
     async fn outbox_purge(&self, _before: DateTime<Utc>) -> Result<u64, StorageError> {
         Ok(0)

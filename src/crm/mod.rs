@@ -13,7 +13,10 @@ pub mod config;
 pub mod connector;
 pub mod engine;
 pub mod event;
+pub mod handback;
 pub mod memory;
+pub mod messages;
+pub mod mileage;
 pub mod outbox;
 pub mod ratelimit;
 pub mod rules;
@@ -93,11 +96,20 @@ pub struct CrmTasks {
     /// Outbox worker and balance checker: stopped by `stop`.
     pub workers: Vec<tokio::task::JoinHandle<()>>,
     pub stop: tokio_util::sync::CancellationToken,
+    /// Stops the outbox worker's deliveries (see [`CrmTasks::stop_deliveries`]).
+    pub deliveries: tokio_util::sync::CancellationToken,
 }
 
 impl CrmTasks {
+    /// Shutdown has begun: start no new CRM request from now on; what is in flight gets
+    /// [`outbox::SHUTDOWN_GRACE`], then stays pending for the next start.
+    pub fn stop_deliveries(&self) {
+        self.deliveries.cancel();
+    }
+
     /// Wait for the rules to finish the last commits, then stop the workers.
     pub async fn shutdown(self) {
+        self.deliveries.cancel();
         let _ = self.engine.await;
         self.stop.cancel();
         for w in self.workers {
@@ -151,6 +163,7 @@ pub fn start(
     let (tx, rx) = tokio::sync::mpsc::channel(config.pipeline.queue.max(64));
     let engine = tokio::spawn(eng.run(rx, cmds));
     let stop = tokio_util::sync::CancellationToken::new();
+    let deliveries = tokio_util::sync::CancellationToken::new();
     let mut workers = Vec::new();
     if let Some(c) = connector {
         tracing::info!(kind = c.name(), "crm connector ready");
@@ -162,7 +175,7 @@ pub fn start(
             cfg: config.crm.clone(),
             wake,
         };
-        workers.push(tokio::spawn(worker.run(stop.clone())));
+        workers.push(tokio::spawn(worker.run(deliveries.clone())));
         workers.push(tokio::spawn(checker::run(
             handle.clone(),
             c,
@@ -177,6 +190,7 @@ pub fn start(
             engine,
             workers,
             stop,
+            deliveries,
         },
     ))
 }

@@ -20,6 +20,11 @@ use crate::storage::CrmStore;
 /// Most events fetched per round (head events of distinct vehicles).
 const ROUND_MAX: u32 = 200;
 
+/// At shutdown, how long requests already in flight get to finish and be recorded before the
+/// round is abandoned (its events stay pending and go again at the next start, same keys).
+/// Well inside systemd's `TimeoutStopSec` (45 s in our unit), with the pipeline's drain.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 pub struct OutboxWorker {
     pub store: Arc<dyn CrmStore>,
     /// This instance's name: events are claimed under it (PostgreSQL), so instances sharing
@@ -34,6 +39,8 @@ pub struct OutboxWorker {
 }
 
 impl OutboxWorker {
+    /// Deliver until `shutdown`: from then on no request starts (the connector is closed), and
+    /// a round in flight gets [`SHUTDOWN_GRACE`] to finish.
     pub async fn run(self, shutdown: CancellationToken) {
         let poll = Duration::from_millis(self.cfg.poll_ms);
         let mut last_gauges = tokio::time::Instant::now() - Duration::from_secs(60);
@@ -54,11 +61,25 @@ impl OutboxWorker {
                 }
                 last_purge = tokio::time::Instant::now();
             }
-            let sent = match self.round().await {
-                Ok(n) => n,
-                Err(e) => {
-                    tracing::warn!(error = %e, "crm outbox: storage error");
-                    0
+            let stopping = async {
+                shutdown.cancelled().await;
+                self.connector.close();
+                tokio::time::sleep(SHUTDOWN_GRACE).await;
+            };
+            let sent = tokio::select! {
+                r = self.round() => match r {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "crm outbox: storage error");
+                        0
+                    }
+                },
+                _ = stopping => {
+                    tracing::warn!(
+                        "crm outbox: deliveries still in flight {SHUTDOWN_GRACE:?} after shutdown; \
+                         left pending"
+                    );
+                    break;
                 }
             };
             if sent > 0 {
@@ -69,7 +90,10 @@ impl OutboxWorker {
                 _ => poll,
             };
             tokio::select! {
-                _ = shutdown.cancelled() => break,
+                _ = shutdown.cancelled() => {
+                    self.connector.close();
+                    break;
+                }
                 _ = self.wake.notified() => {}
                 _ = tokio::time::sleep(wait.max(Duration::from_millis(10))) => {}
             }
@@ -159,7 +183,12 @@ impl OutboxWorker {
 
     async fn gauges(&self) {
         if let Ok(counts) = self.store.outbox_counts().await {
-            for s in [Status::Pending, Status::Delivered, Status::Dead] {
+            for s in [
+                Status::Pending,
+                Status::Delivered,
+                Status::Dead,
+                Status::Dropped,
+            ] {
                 let n = counts.iter().find(|(c, _)| *c == s).map_or(0, |(_, n)| *n);
                 metrics::gauge!("fleetgate_crm_outbox_events", "status" => s.as_str())
                     .set(n as f64);

@@ -16,6 +16,8 @@ pub struct RateLimiter {
     inner: Mutex<Bucket>,
     /// Woken when an in-flight request finishes and frees a window slot.
     freed: Notify,
+    /// Shutting down: no request starts any more (see [`RateLimiter::close`]).
+    closed: tokio_util::sync::CancellationToken,
 }
 
 struct Bucket {
@@ -73,7 +75,14 @@ impl RateLimiter {
                 in_flight: 0,
             }),
             freed: Notify::new(),
+            closed: tokio_util::sync::CancellationToken::new(),
         }
+    }
+
+    /// Let no further request start: every `acquire` from now on waits forever (its caller
+    /// is dropped by the shutdown's bound). Requests already holding a permit go on.
+    pub fn close(&self) {
+        self.closed.cancel();
     }
 
     /// Also never more than `n` requests within any `window`.
@@ -90,6 +99,9 @@ impl RateLimiter {
     /// Wait until one request may go; keep the permit until its response is in.
     pub async fn acquire(&self) -> Permit<'_> {
         loop {
+            if self.closed.is_cancelled() {
+                std::future::pending::<()>().await;
+            }
             let freed = self.freed.notified();
             let wait = match self.try_take(Instant::now()) {
                 Ok(permit) => return permit,

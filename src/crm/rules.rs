@@ -7,24 +7,72 @@ use std::collections::BTreeMap;
 use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
+/// Where a balance came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BalanceSource {
+    /// `PUT /api/v1/drivers/{id}/balance`.
+    Pushed,
+    /// The periodic check read it from the CRM.
+    Pulled,
+}
+
+/// What became of an offered balance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BalanceOutcome {
+    /// It is the driver's balance now; `Some(low)` when `low_balance` flips.
+    Applied(Option<bool>),
+    /// Older than the balance known, or a pulled value the CRM has not changed since the last
+    /// check: it says nothing new and the known balance stands.
+    Stale,
+}
+
 /// A driver's balance (scope `balance`, id = driver id).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct BalanceState {
     pub balance_rub: Option<f64>,
+    /// When this state was last changed here.
     pub updated_at: Option<DateTime<Utc>>,
+    /// The balance's own time: a push's `as_of` (or its arrival), the CRM's change time of a
+    /// pulled one (or the check's time). The newest wins.
+    #[serde(default)]
+    pub as_of: Option<DateTime<Utc>>,
+    /// The value the last check read from the CRM: the same value again is not news.
+    #[serde(default)]
+    pub pulled_rub: Option<f64>,
     /// `low_balance` is set for this driver's cars.
     pub low: bool,
 }
 
 impl BalanceState {
-    pub fn update(&mut self, balance_rub: f64, at: DateTime<Utc>, min_rub: f64) -> Option<bool> {
+    /// Offer a balance; newest by its own time wins. A pulled value counts only when the CRM
+    /// changed it since the last check: a balance pushed meanwhile is newer than a CRM field
+    /// nobody touched, however recently the deal itself was edited.
+    pub fn offer(
+        &mut self,
+        balance_rub: f64,
+        as_of: DateTime<Utc>,
+        source: BalanceSource,
+        now: DateTime<Utc>,
+        min_rub: f64,
+    ) -> BalanceOutcome {
+        if source == BalanceSource::Pulled {
+            let unchanged = self.pulled_rub == Some(balance_rub);
+            self.pulled_rub = Some(balance_rub);
+            if unchanged && self.balance_rub.is_some() {
+                return BalanceOutcome::Stale;
+            }
+        }
+        if self.as_of.or(self.updated_at).is_some_and(|t| as_of < t) {
+            return BalanceOutcome::Stale;
+        }
         self.balance_rub = Some(balance_rub);
-        self.updated_at = Some(at);
+        self.as_of = Some(as_of);
+        self.updated_at = Some(now);
         let low = balance_rub < min_rub;
-        (low != self.low).then(|| {
+        BalanceOutcome::Applied((low != self.low).then(|| {
             self.low = low;
             low
-        })
+        }))
     }
 }
 
@@ -69,28 +117,33 @@ pub struct DocumentNotice {
 }
 
 impl InspectionState {
-    /// Why the car must be blocked now, if it must.
+    /// Why the car must be blocked now, if it must (Russian: it reaches the driver).
     pub fn block_cause(
         &self,
         today: NaiveDate,
         odometer_km: Option<f64>,
         r: &InspectionRules,
     ) -> Option<String> {
+        use super::messages::{group, times};
         if self.postponements > r.max_postponements {
             return Some(format!(
-                "inspection postponed {} times (at most {})",
-                self.postponements, r.max_postponements
+                "ТО перенесено {} {} (допускается не более {})",
+                self.postponements,
+                times(self.postponements),
+                r.max_postponements
             ));
         }
         if let Some(d) = self.due_date {
             if (today - d).num_days() > r.grace_days {
-                return Some(format!("inspection was due on {d}"));
+                return Some(format!("срок ТО истёк {}", d.format("%d.%m.%Y")));
             }
         }
         if let (Some(due), Some(km)) = (self.due_odometer_km, odometer_km) {
             if km > due + r.grace_km {
                 return Some(format!(
-                    "inspection was due at {due:.0} km, odometer {km:.0} km"
+                    "ТО было нужно на {} км, пробег {} км",
+                    group(due.max(0.0) as u64),
+                    group(km.max(0.0) as u64)
                 ));
             }
         }
@@ -108,7 +161,7 @@ impl InspectionState {
         let now = cause.is_some();
         (now != self.blocked).then(|| {
             self.blocked = now;
-            (now, cause.unwrap_or_else(|| "inspection done".into()))
+            (now, cause.unwrap_or_else(|| "ТО пройдено".into()))
         })
     }
 
@@ -192,18 +245,61 @@ mod tests {
         NaiveDate::from_ymd_opt(2026, 11, d).unwrap()
     }
 
+    fn at(s: i64) -> DateTime<Utc> {
+        use chrono::TimeZone;
+        Utc.with_ymd_and_hms(2026, 11, 20, 8, 0, 0).unwrap() + chrono::Duration::seconds(s)
+    }
+
     #[test]
     fn balance_low_and_top_up() {
+        use BalanceOutcome::*;
         let mut b = BalanceState::default();
-        let t = Utc::now();
-        assert_eq!(b.update(12_000.0, t, 5000.0), None);
-        assert_eq!(b.update(4_999.0, t, 5000.0), Some(true));
-        assert_eq!(b.update(3_000.0, t, 5000.0), None, "still low: nothing new");
+        let push = |b: &mut BalanceState, rub, s| {
+            b.offer(rub, at(s), BalanceSource::Pushed, at(s), 5000.0)
+        };
+        assert_eq!(push(&mut b, 12_000.0, 0), Applied(None));
+        assert_eq!(push(&mut b, 4_999.99, 1), Applied(Some(true)));
         assert_eq!(
-            b.update(5_000.0, t, 5000.0),
-            Some(false),
+            push(&mut b, 3_000.0, 2),
+            Applied(None),
+            "still low: nothing new"
+        );
+        assert_eq!(
+            push(&mut b, 5_000.0, 3),
+            Applied(Some(false)),
             "at the minimum is enough"
         );
+    }
+
+    #[test]
+    fn newest_balance_by_its_own_time_wins_and_an_unchanged_pull_is_not_news() {
+        use BalanceOutcome::*;
+        let mut b = BalanceState::default();
+        let pull = |b: &mut BalanceState, rub, s| {
+            b.offer(rub, at(s), BalanceSource::Pulled, at(s), 5000.0)
+        };
+        assert_eq!(pull(&mut b, 9_000.0, 0), Applied(None));
+        // The case: 1 500 ₽ pushed, then the CRM's untouched 9 000 ₽ pulled 16 s later.
+        assert_eq!(
+            b.offer(1_500.0, at(100), BalanceSource::Pushed, at(100), 5000.0),
+            Applied(Some(true))
+        );
+        assert_eq!(
+            pull(&mut b, 9_000.0, 116),
+            Stale,
+            "the CRM did not change it"
+        );
+        assert_eq!(b.balance_rub, Some(1_500.0));
+        // A push dated before the known balance is older news.
+        assert_eq!(
+            b.offer(20_000.0, at(50), BalanceSource::Pushed, at(120), 5000.0),
+            Stale
+        );
+        // A pull whose CRM change time is older than the push loses too, even if changed.
+        assert_eq!(pull(&mut b, 8_000.0, 90), Stale);
+        // The CRM's balance raised after the push: the top-up counts.
+        assert_eq!(pull(&mut b, 9_500.0, 1300), Applied(Some(false)));
+        assert_eq!(b.balance_rub, Some(9_500.0));
     }
 
     #[test]

@@ -108,6 +108,10 @@ fn describe() {
         "CRM events not written, by kind"
     );
     describe_counter!(
+        "fleetgate_crm_events_dropped_total",
+        "Pending CRM events dropped unsent, by cause (handed_back)"
+    );
+    describe_counter!(
         "fleetgate_crm_balance_checks_total",
         "Periodic balance pulls from the CRM"
     );

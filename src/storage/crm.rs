@@ -71,6 +71,14 @@ pub trait CrmStore: Send + Sync + 'static {
         error: &str,
     ) -> Result<(), StorageError>;
     async fn outbox_dead(&self, id: i64, attempts: u32, error: &str) -> Result<(), StorageError>;
+    /// Drop the pending events of `vehicle` about a deal other than `keep_deal` (any deal when
+    /// `None`): the car left that deal. Events about no deal stay. Returns how many.
+    async fn outbox_drop(
+        &self,
+        vehicle: &VehicleId,
+        keep_deal: Option<&str>,
+        why: &str,
+    ) -> Result<u64, StorageError>;
     /// Put a dead event back in the queue (operator's retry); false if it was not dead.
     async fn outbox_requeue(&self, id: i64, now: DateTime<Utc>) -> Result<bool, StorageError>;
     /// Events, newest first, optionally of one status and/or vehicle.
@@ -135,6 +143,14 @@ impl CrmStore for std::sync::Arc<dyn Store> {
     }
     async fn outbox_dead(&self, id: i64, a: u32, e: &str) -> Result<(), StorageError> {
         (**self).outbox_dead(id, a, e).await
+    }
+    async fn outbox_drop(
+        &self,
+        v: &VehicleId,
+        keep: Option<&str>,
+        why: &str,
+    ) -> Result<u64, StorageError> {
+        (**self).outbox_drop(v, keep, why).await
     }
     async fn outbox_requeue(&self, id: i64, now: DateTime<Utc>) -> Result<bool, StorageError> {
         (**self).outbox_requeue(id, now).await
@@ -323,6 +339,26 @@ impl CrmStore for SqliteStore {
         Ok(())
     }
 
+    async fn outbox_drop(
+        &self,
+        vehicle: &VehicleId,
+        keep_deal: Option<&str>,
+        why: &str,
+    ) -> Result<u64, StorageError> {
+        let r = sqlx::query(
+            "UPDATE crm_outbox SET status = 'dropped', last_error = ? \
+             WHERE vehicle_id = ? AND status = 'pending' AND deal_id IS NOT NULL \
+             AND (? IS NULL OR deal_id <> ?)",
+        )
+        .bind(why)
+        .bind(&vehicle.0)
+        .bind(keep_deal)
+        .bind(keep_deal)
+        .execute(self.writer())
+        .await?;
+        Ok(r.rows_affected())
+    }
+
     async fn outbox_requeue(&self, id: i64, now: DateTime<Utc>) -> Result<bool, StorageError> {
         let r = sqlx::query(
             "UPDATE crm_outbox SET status = 'pending', next_attempt_at = ?, \
@@ -371,11 +407,14 @@ impl CrmStore for SqliteStore {
     }
 
     async fn outbox_purge(&self, before: DateTime<Utc>) -> Result<u64, StorageError> {
-        let r =
-            sqlx::query("DELETE FROM crm_outbox WHERE status = 'delivered' AND delivered_at < ?")
-                .bind(millis(before))
-                .execute(self.writer())
-                .await?;
+        let r = sqlx::query(
+            "DELETE FROM crm_outbox WHERE (status = 'delivered' AND delivered_at < ?) \
+                 OR (status = 'dropped' AND created_at < ?)",
+        )
+        .bind(millis(before))
+        .bind(millis(before))
+        .execute(self.writer())
+        .await?;
         Ok(r.rows_affected())
     }
 

@@ -1,7 +1,7 @@
 //! A Teltonika tracker as the end-to-end tests drive it: IMEI login, Codec 8E records that
 //! must be acked, and Codec 12 commands read off the wire.
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use fleetgate::protocols::teltonika::{encode_avl_packet, encode_imei, io, AvlRecord, CODEC_8E};
 
 use super::Tracker;
@@ -78,4 +78,68 @@ pub fn parked(ago_s: i64, dout1: Option<bool>) -> Vec<AvlRecord> {
         .rev()
         .map(|i| rec(ago_s + i, 0, false, dout1))
         .collect()
+}
+
+/// A car's tracker over a shift: one record every 5 s from `t0`, moving north (or south, at a
+/// negative speed) at the given speed, its odometer (`TOTAL_ODOMETER`) following the distance.
+pub struct Drive {
+    pub t0: DateTime<Utc>,
+    pub s: i64,
+    pub lat: f64,
+    pub odo_m: f64,
+    /// The tracker reports its odometer (false: an odometer-less tracker).
+    pub odometer: bool,
+    pub recs: Vec<AvlRecord>,
+}
+
+impl Drive {
+    pub fn new(t0: DateTime<Utc>) -> Drive {
+        Drive {
+            t0,
+            s: 0,
+            lat: 55.75,
+            odo_m: 1_000_000.0,
+            odometer: true,
+            recs: Vec::new(),
+        }
+    }
+
+    /// `secs` seconds at `speed` km/h (negative: southward), ignition as given.
+    pub fn go(&mut self, secs: i64, speed: f64, ignition: bool) -> &mut Drive {
+        for _ in 0..secs / 5 {
+            self.s += 5;
+            let m = speed / 3.6 * 5.0;
+            self.lat += m / 111_195.0;
+            self.odo_m += m.abs();
+            let mut io = vec![
+                (io::IGNITION, 1, u64::from(ignition)),
+                (io::MOVEMENT, 1, u64::from(speed != 0.0)),
+            ];
+            if self.odometer {
+                io.push((io::TOTAL_ODOMETER, 4, self.odo_m as u64));
+            }
+            self.recs.push(AvlRecord {
+                time: self.t0 + chrono::Duration::seconds(self.s),
+                lat: self.lat,
+                lon: 37.61,
+                speed_kmh: speed.abs() as u16,
+                course: 0,
+                altitude: 150,
+                satellites: 12,
+                io,
+            });
+        }
+        self
+    }
+
+    /// Skip `secs` seconds without a record (parked, tracker asleep).
+    pub fn pause(&mut self, secs: i64) -> &mut Drive {
+        self.s += secs;
+        self
+    }
+
+    /// Take the records made so far (to send them), keeping the car where it is.
+    pub fn take(&mut self) -> Vec<AvlRecord> {
+        std::mem::take(&mut self.recs)
+    }
 }

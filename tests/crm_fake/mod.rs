@@ -29,6 +29,10 @@ pub struct Fake {
     pub calls: Mutex<Vec<Call>>,
     /// amoCRM leads by id: status_id, pipeline_id, custom fields by id.
     pub leads: Mutex<HashMap<u64, Value>>,
+    /// amoCRM notes as created: `{id, entity_id, note_type, params, created_at}`.
+    pub notes: Mutex<Vec<Value>>,
+    /// Bitrix24 timeline comments as added: `{ID, ENTITY_ID, ENTITY_TYPE, COMMENT, CREATED}`.
+    pub comments: Mutex<Vec<Value>>,
     /// Statuses to answer the next requests with, before serving normally.
     pub fail: Mutex<VecDeque<u16>>,
     recent: Mutex<VecDeque<Instant>>,
@@ -109,7 +113,16 @@ impl Fake {
             .entry(lead)
             .or_insert_with(|| json!({ "id": lead, "fields": {} }));
         l["fields"][field.to_string()] = value;
+        // A manager's edit in the CRM: the lead's change time moves.
+        l["updated_at"] = unix_now().into();
     }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 fn json_resp(status: u16, v: Value) -> Response {
@@ -197,9 +210,46 @@ async fn amo(
             reply(200, json!({ "_embedded": { "leads": leads } }))
         }
         ("POST", "/api/v4/leads/notes", None) => {
-            let n = body.as_array().map_or(0, Vec::len);
-            let notes: Vec<Value> = (0..n).map(|i| json!({ "id": 1000 + i })).collect();
-            reply(200, json!({ "_embedded": { "notes": notes } }))
+            let mut created = Vec::new();
+            {
+                let mut all = fake.notes.lock().unwrap();
+                for n in body.as_array().cloned().unwrap_or_default() {
+                    let id = 1000 + all.len() as u64;
+                    let mut n = n.clone();
+                    n["id"] = id.into();
+                    n["created_at"] = unix_now().into();
+                    all.push(n);
+                    created.push(json!({ "id": id }));
+                }
+            }
+            let r = reply(200, json!({ "_embedded": { "notes": created } }));
+            // Applied, then slow to answer: the client may time out and retry.
+            let delay = fake.delay_ms.swap(0, std::sync::atomic::Ordering::Relaxed);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            r
+        }
+        ("GET", p, None) if p.ends_with("/notes") => {
+            let lead: u64 = p
+                .trim_start_matches("/api/v4/leads/")
+                .trim_end_matches("/notes")
+                .parse()
+                .unwrap_or(0);
+            let mut notes: Vec<Value> = fake
+                .notes
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|n| n["entity_id"] == lead)
+                .cloned()
+                .collect();
+            notes.reverse();
+            if notes.is_empty() {
+                reply(204, Value::Null)
+            } else {
+                reply(200, json!({ "_embedded": { "notes": notes } }))
+            }
         }
         ("GET", _, Some(id)) => {
             let l = fake.leads.lock().unwrap().get(&id).cloned();
@@ -216,7 +266,8 @@ async fn amo(
                         .unwrap_or_default();
                     reply(
                         200,
-                        json!({ "id": id, "status_id": l["status_id"], "custom_fields_values": cf }),
+                        json!({ "id": id, "status_id": l["status_id"], "pipeline_id": l["pipeline_id"],
+                                "updated_at": l["updated_at"], "custom_fields_values": cf }),
                     )
                 }
             }
@@ -253,7 +304,37 @@ async fn bitrix(
         "/rest/1/s3cr3t/crm.deal.update" if body["id"].is_string() => {
             reply(200, json!({ "result": true }))
         }
-        "/rest/1/s3cr3t/crm.timeline.comment.add" => reply(200, json!({ "result": 7 })),
+        "/rest/1/s3cr3t/crm.timeline.comment.add" => {
+            let id = {
+                let mut all = fake.comments.lock().unwrap();
+                let id = all.len() as u64 + 1;
+                let mut c = body["fields"].clone();
+                c["ID"] = id.to_string().into();
+                c["CREATED"] = chrono::Utc::now().to_rfc3339().into();
+                all.push(c);
+                id
+            };
+            let r = reply(200, json!({ "result": id }));
+            // Applied, then slow to answer: the client may time out and retry.
+            let delay = fake.delay_ms.swap(0, std::sync::atomic::Ordering::Relaxed);
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            r
+        }
+        "/rest/1/s3cr3t/crm.timeline.comment.list" => {
+            let deal = body["filter"]["ENTITY_ID"].clone();
+            let mut list: Vec<Value> = fake
+                .comments
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|c| c["ENTITY_ID"] == deal)
+                .cloned()
+                .collect();
+            list.reverse();
+            reply(200, json!({ "result": list }))
+        }
         _ => reply(400, json!({ "error": "ERROR_METHOD_NOT_FOUND" })),
     }
 }

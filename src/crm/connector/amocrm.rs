@@ -10,7 +10,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
-use super::{as_rub, classify, retry_after, BalanceQuery, Connector, ConnectorError, Outcome};
+use super::{
+    as_rub, classify, retry_after, BalanceQuery, Connector, ConnectorError, Outcome, PulledBalance,
+};
 use crate::crm::config::CrmConfig;
 use crate::crm::event::{OutboxEvent, Payload, StageName};
 use crate::crm::ratelimit::RateLimiter;
@@ -230,6 +232,48 @@ impl AmoCrm {
         }
     }
 
+    /// Is this note already on the deal (same text, created since the event was)? The newest
+    /// common notes of the deal are read: `GET /api/v4/leads/{id}/notes` (204 = none).
+    async fn note_exists(&self, note: &Value, e: &OutboxEvent) -> Result<bool, Outcome> {
+        let deal = note["entity_id"].as_u64().unwrap_or(0);
+        let path =
+            format!("/api/v4/leads/{deal}/notes?filter[note_type]=common&order[id]=desc&limit=50");
+        let _permit = self.limiter.acquire().await;
+        let resp = self
+            .http
+            .get(self.url(&path))
+            .bearer_auth(&self.cfg.token)
+            .send()
+            .await
+            .map_err(|err| Outcome::Retry {
+                error: format!("GET notes of lead {deal}: {err}"),
+                after: None,
+            })?;
+        let status = resp.status();
+        if status.as_u16() == 204 {
+            return Ok(false);
+        }
+        let text = resp.text().await.unwrap_or_default();
+        if !status.is_success() {
+            return Err(match classify(status, &text) {
+                Outcome::Failed(error) => Outcome::Retry { error, after: None },
+                o => o,
+            });
+        }
+        let list: Value = serde_json::from_str(&text).map_err(|err| Outcome::Retry {
+            error: format!("GET notes of lead {deal}: {err}"),
+            after: None,
+        })?;
+        // amoCRM's clock and ours may differ by a little: a minute's slack.
+        let since = e.created_at.timestamp() - 60;
+        Ok(list["_embedded"]["notes"].as_array().is_some_and(|ns| {
+            ns.iter().any(|n| {
+                n["params"]["text"] == note["params"]["text"]
+                    && n["created_at"].as_i64().is_some_and(|t| t >= since)
+            })
+        }))
+    }
+
     async fn add_notes(&self, notes: &[&Value]) -> Vec<Outcome> {
         let body = Value::Array(notes.iter().map(|v| (*v).clone()).collect());
         match self
@@ -261,6 +305,10 @@ impl Connector for AmoCrm {
         "amocrm"
     }
 
+    fn close(&self) {
+        self.limiter.close();
+    }
+
     async fn deliver(&self, events: &[OutboxEvent]) -> Vec<Outcome> {
         let mut out: Vec<Option<Outcome>> = vec![None; events.len()];
         let mut leads = Vec::new();
@@ -280,6 +328,24 @@ impl Connector for AmoCrm {
                 out[*i] = Some(o);
             }
         }
+        // A note retried after an attempt that may have landed (a timeout, a lost answer) is
+        // looked up first: amoCRM has no idempotency key, and a second note would show twice.
+        let mut fresh = Vec::new();
+        for (i, v) in notes {
+            if events[i].attempts == 0 {
+                fresh.push((i, v));
+                continue;
+            }
+            match self.note_exists(v, &events[i]).await {
+                Ok(true) => {
+                    tracing::info!(key = %events[i].key, "crm: note already in amoCRM, not posted again");
+                    out[i] = Some(Outcome::Delivered);
+                }
+                Ok(false) => fresh.push((i, v)),
+                Err(o) => out[i] = Some(o),
+            }
+        }
+        let notes = fresh;
         for chunk in notes.chunks(self.cfg.batch_max.max(1)) {
             let bodies: Vec<&Value> = chunk.iter().map(|(_, v)| *v).collect();
             for ((i, _), o) in chunk.iter().zip(self.add_notes(&bodies).await) {
@@ -296,7 +362,7 @@ impl Connector for AmoCrm {
             .collect()
     }
 
-    async fn balance(&self, q: &BalanceQuery) -> Result<f64, ConnectorError> {
+    async fn balance(&self, q: &BalanceQuery) -> Result<PulledBalance, ConnectorError> {
         let field = self.cfg.fields.balance_field_id;
         if field == 0 {
             return Err(ConnectorError::NoBalance);
@@ -313,13 +379,17 @@ impl Connector for AmoCrm {
             )
             .await
             .map_err(|o| ConnectorError::Response(format!("GET lead {deal}: {o:?}")))?;
-        lead["custom_fields_values"]
+        let rub = lead["custom_fields_values"]
             .as_array()
             .and_then(|fs| fs.iter().find(|f| f["field_id"].as_u64() == Some(field)))
             .and_then(|f| as_rub(&f["values"][0]["value"]))
             .ok_or_else(|| {
                 ConnectorError::Response(format!("lead {deal} has no numeric field {field}"))
-            })
+            })?;
+        let as_of = lead["updated_at"]
+            .as_i64()
+            .and_then(|t| chrono::DateTime::from_timestamp(t, 0));
+        Ok(PulledBalance { rub, as_of })
     }
 }
 

@@ -10,7 +10,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use serde_json::{json, Value};
 
-use super::{as_rub, classify, retry_after, BalanceQuery, Connector, ConnectorError, Outcome};
+use super::{
+    as_rub, classify, retry_after, BalanceQuery, Connector, ConnectorError, Outcome, PulledBalance,
+};
 use crate::crm::config::CrmConfig;
 use crate::crm::event::{OutboxEvent, Payload, StageName};
 use crate::crm::ratelimit::RateLimiter;
@@ -97,6 +99,30 @@ impl Bitrix24 {
         })
     }
 
+    /// Is this comment already on the deal (same text, created since the event was)?
+    /// `crm.timeline.comment.list` of the deal, newest first.
+    async fn comment_exists(&self, params: &Value, e: &OutboxEvent) -> Result<bool, Outcome> {
+        let f = &params["fields"];
+        let list = self
+            .rest(
+                "crm.timeline.comment.list",
+                &json!({ "filter": { "ENTITY_ID": f["ENTITY_ID"], "ENTITY_TYPE": "deal" },
+                         "order": { "ID": "DESC" } }),
+            )
+            .await?;
+        // The portal's clock and ours may differ by a little: a minute's slack.
+        let since = e.created_at - chrono::Duration::seconds(60);
+        Ok(list.as_array().is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c["COMMENT"] == f["COMMENT"]
+                    && c["CREATED"]
+                        .as_str()
+                        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                        .is_some_and(|t| t >= since)
+            })
+        }))
+    }
+
     async fn rest(&self, method: &str, params: &Value) -> Result<Value, Outcome> {
         let _permit = self.limiter.acquire().await;
         let resp = self
@@ -145,10 +171,32 @@ impl Connector for Bitrix24 {
         "bitrix24"
     }
 
+    fn close(&self) {
+        self.limiter.close();
+    }
+
     async fn deliver(&self, events: &[OutboxEvent]) -> Vec<Outcome> {
         let mut out = Vec::with_capacity(events.len());
         for e in events {
-            out.push(match self.call(e) {
+            let call = self.call(e);
+            // A comment retried after an attempt that may have landed is looked up first:
+            // Bitrix24 has no idempotency key, and a second comment would show twice.
+            if let (Ok(Some(("crm.timeline.comment.add", params))), true) = (&call, e.attempts > 0)
+            {
+                match self.comment_exists(params, e).await {
+                    Ok(true) => {
+                        tracing::info!(key = %e.key, "crm: comment already in Bitrix24, not added again");
+                        out.push(Outcome::Delivered);
+                        continue;
+                    }
+                    Ok(false) => {}
+                    Err(o) => {
+                        out.push(o);
+                        continue;
+                    }
+                }
+            }
+            out.push(match call {
                 Err(err) => Outcome::Failed(err),
                 Ok(None) => Outcome::Delivered,
                 Ok(Some((method, params))) => match self.rest(method, &params).await {
@@ -166,7 +214,7 @@ impl Connector for Bitrix24 {
         out
     }
 
-    async fn balance(&self, q: &BalanceQuery) -> Result<f64, ConnectorError> {
+    async fn balance(&self, q: &BalanceQuery) -> Result<PulledBalance, ConnectorError> {
         let code = &self.cfg.fields.balance_field_code;
         if code.is_empty() {
             return Err(ConnectorError::NoBalance);
@@ -179,7 +227,13 @@ impl Connector for Bitrix24 {
             .rest("crm.deal.get", &json!({ "id": deal }))
             .await
             .map_err(|o| ConnectorError::Response(format!("crm.deal.get {deal}: {o:?}")))?;
-        as_rub(&deal_json[code.as_str()])
-            .ok_or_else(|| ConnectorError::Response(format!("deal {deal} has no numeric {code}")))
+        let rub = as_rub(&deal_json[code.as_str()]).ok_or_else(|| {
+            ConnectorError::Response(format!("deal {deal} has no numeric {code}"))
+        })?;
+        let as_of = deal_json["DATE_MODIFY"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc));
+        Ok(PulledBalance { rub, as_of })
     }
 }

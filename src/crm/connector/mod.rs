@@ -36,6 +36,15 @@ pub struct BalanceQuery {
     pub deal_id: Option<String>,
 }
 
+/// A balance read from the CRM.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PulledBalance {
+    pub rub: f64,
+    /// When the CRM last changed the record holding it (amoCRM `updated_at`, Bitrix24
+    /// `DATE_MODIFY`, the webhook's `as_of`), when it says.
+    pub as_of: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectorError {
     #[error("http: {0}")]
@@ -51,8 +60,10 @@ pub trait Connector: Send + Sync + 'static {
     fn name(&self) -> &'static str;
     /// Deliver events (at most one per vehicle, oldest first); one outcome per event, in order.
     async fn deliver(&self, events: &[OutboxEvent]) -> Vec<Outcome>;
-    /// The driver's balance as the CRM knows it, in roubles.
-    async fn balance(&self, q: &BalanceQuery) -> Result<f64, ConnectorError>;
+    /// Shutting down: start no further request (those in flight go on).
+    fn close(&self);
+    /// The driver's balance as the CRM knows it, in roubles, with its time when known.
+    async fn balance(&self, q: &BalanceQuery) -> Result<PulledBalance, ConnectorError>;
 }
 
 /// Build the configured connector; `None` when `kind = "off"`.

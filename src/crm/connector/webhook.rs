@@ -7,7 +7,9 @@ use async_trait::async_trait;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use super::{as_rub, classify, retry_after, BalanceQuery, Connector, ConnectorError, Outcome};
+use super::{
+    as_rub, classify, retry_after, BalanceQuery, Connector, ConnectorError, Outcome, PulledBalance,
+};
 use crate::crm::config::CrmConfig;
 use crate::crm::event::OutboxEvent;
 use crate::crm::ratelimit::RateLimiter;
@@ -81,6 +83,10 @@ impl Connector for Webhook {
         "webhook"
     }
 
+    fn close(&self) {
+        self.limiter.close();
+    }
+
     async fn deliver(&self, events: &[OutboxEvent]) -> Vec<Outcome> {
         let mut out = Vec::with_capacity(events.len());
         for e in events {
@@ -89,7 +95,7 @@ impl Connector for Webhook {
         out
     }
 
-    async fn balance(&self, q: &BalanceQuery) -> Result<f64, ConnectorError> {
+    async fn balance(&self, q: &BalanceQuery) -> Result<PulledBalance, ConnectorError> {
         if self.cfg.balance_url.is_empty() {
             return Err(ConnectorError::NoBalance);
         }
@@ -118,9 +124,14 @@ impl Connector for Webhook {
             .json()
             .await
             .map_err(|e| ConnectorError::Response(format!("balance endpoint: {e}")))?;
-        v.get("balance_rub").and_then(as_rub).ok_or_else(|| {
+        let rub = v.get("balance_rub").and_then(as_rub).ok_or_else(|| {
             ConnectorError::Response(format!("balance endpoint: no numeric balance_rub in {v}"))
-        })
+        })?;
+        let as_of = v["as_of"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc));
+        Ok(PulledBalance { rub, as_of })
     }
 }
 

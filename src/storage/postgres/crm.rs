@@ -212,6 +212,25 @@ impl CrmStore for PostgresStore {
         Ok(())
     }
 
+    async fn outbox_drop(
+        &self,
+        vehicle: &VehicleId,
+        keep_deal: Option<&str>,
+        why: &str,
+    ) -> Result<u64, StorageError> {
+        let r = sqlx::query(
+            "UPDATE crm_outbox SET status = 'dropped', last_error = $1, locked_by = NULL, \
+             locked_until = NULL WHERE vehicle_id = $2 AND status = 'pending' \
+             AND deal_id IS NOT NULL AND ($3::TEXT IS NULL OR deal_id <> $3)",
+        )
+        .bind(why)
+        .bind(&vehicle.0)
+        .bind(keep_deal)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected())
+    }
+
     async fn outbox_requeue(&self, id: i64, now: DateTime<Utc>) -> Result<bool, StorageError> {
         let r = sqlx::query(
             "UPDATE crm_outbox SET status = 'pending', next_attempt_at = $1, \
@@ -259,11 +278,13 @@ impl CrmStore for PostgresStore {
     }
 
     async fn outbox_purge(&self, before: DateTime<Utc>) -> Result<u64, StorageError> {
-        let r =
-            sqlx::query("DELETE FROM crm_outbox WHERE status = 'delivered' AND delivered_at < $1")
-                .bind(millis(before))
-                .execute(&self.pool)
-                .await?;
+        let r = sqlx::query(
+            "DELETE FROM crm_outbox WHERE (status = 'delivered' AND delivered_at < $1) \
+                 OR (status = 'dropped' AND created_at < $1)",
+        )
+        .bind(millis(before))
+        .execute(&self.pool)
+        .await?;
         Ok(r.rows_affected())
     }
 

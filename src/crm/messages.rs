@@ -1,0 +1,165 @@
+//! Driver messages: Russian templates from `[rules.messages]` (with defaults), filled with
+//! amounts written the Russian way — `4 999,99 ₽`, grouped by spaces, a decimal comma, kopecks
+//! only when there are any, never rounded to whole roubles (4 999,99 ₽ is not 5 000 ₽).
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::ConfigError;
+
+/// Message templates; `{name}` is replaced by a value (see each field).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Messages {
+    /// `low_balance` is set: `{balance}`, `{min}` (amounts with ₽).
+    pub low_balance: String,
+    /// `inspection` is set: `{cause}` (why, in Russian).
+    pub inspection: String,
+}
+
+impl Default for Messages {
+    fn default() -> Self {
+        Messages {
+            low_balance: "Баланс {balance} ниже минимума {min}. Пополните баланс: после остановки \
+                          автомобиль не заведётся."
+                .into(),
+            inspection: "Требуется техосмотр: {cause}. Пройдите ТО: после остановки автомобиль \
+                         не заведётся."
+                .into(),
+        }
+    }
+}
+
+impl Messages {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check(
+            "rules.messages.low_balance",
+            &self.low_balance,
+            &["balance", "min"],
+        )?;
+        check("rules.messages.inspection", &self.inspection, &["cause"])
+    }
+
+    pub fn low_balance(&self, balance_rub: f64, min_rub: f64) -> String {
+        fill(
+            &self.low_balance,
+            &[("balance", rub(balance_rub)), ("min", rub(min_rub))],
+        )
+    }
+
+    pub fn inspection(&self, cause: &str) -> String {
+        fill(&self.inspection, &[("cause", cause.to_string())])
+    }
+}
+
+fn check(key: &str, template: &str, names: &[&str]) -> Result<(), ConfigError> {
+    let invalid = |m: String| ConfigError::Invalid {
+        key: key.into(),
+        message: m,
+    };
+    if template.trim().is_empty() {
+        return Err(invalid("must not be empty".into()));
+    }
+    let mut rest = template;
+    while let Some(i) = rest.find('{') {
+        let Some(j) = rest[i..].find('}') else {
+            return Err(invalid("an unclosed '{'".into()));
+        };
+        let name = &rest[i + 1..i + j];
+        if !names.contains(&name) {
+            return Err(invalid(format!(
+                "unknown placeholder {{{name}}} (known: {})",
+                names.join(", ")
+            )));
+        }
+        rest = &rest[i + j + 1..];
+    }
+    Ok(())
+}
+
+fn fill(template: &str, values: &[(&str, String)]) -> String {
+    values.iter().fold(template.to_string(), |t, (k, v)| {
+        t.replace(&format!("{{{k}}}"), v)
+    })
+}
+
+/// Digits grouped by three with spaces: `151 234`.
+pub fn group(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(' ');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// An amount in roubles: `4 999,99 ₽`, `9 000 ₽`, `-1 500,50 ₽`.
+pub fn rub(x: f64) -> String {
+    let kop = (x * 100.0).round();
+    let sign = if kop < 0.0 { "-" } else { "" };
+    let kop = kop.abs() as u64;
+    let (r, k) = (kop / 100, kop % 100);
+    if k == 0 {
+        format!("{sign}{} ₽", group(r))
+    } else {
+        format!("{sign}{},{k:02} ₽", group(r))
+    }
+}
+
+/// `раз` or `раза` after a count (2–4 раза, 5 раз, 12 раз, 22 раза).
+pub fn times(n: u32) -> &'static str {
+    match (n % 10, n % 100) {
+        (2..=4, m) if !(12..=14).contains(&m) => "раза",
+        _ => "раз",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn amounts_are_written_the_russian_way_without_rounding() {
+        assert_eq!(rub(4999.99), "4 999,99 ₽");
+        assert_eq!(rub(5000.0), "5 000 ₽");
+        assert_eq!(rub(9000.5), "9 000,50 ₽");
+        assert_eq!(rub(1_234_567.0), "1 234 567 ₽");
+        assert_eq!(rub(-1500.5), "-1 500,50 ₽");
+        assert_eq!(rub(0.0), "0 ₽");
+        assert_eq!(group(151_234), "151 234");
+    }
+
+    #[test]
+    fn the_default_low_balance_message_is_russian_and_exact() {
+        let m = Messages::default();
+        let text = m.low_balance(4999.99, 5000.0);
+        assert_eq!(
+            text,
+            "Баланс 4 999,99 ₽ ниже минимума 5 000 ₽. Пополните баланс: после остановки \
+             автомобиль не заведётся."
+        );
+        assert!(!text.chars().any(|c| c.is_ascii_alphabetic()), "{text}");
+    }
+
+    #[test]
+    fn counts_agree_with_their_noun() {
+        let words: Vec<_> = [1, 2, 3, 5, 12, 22, 111].map(times).into();
+        assert_eq!(words, ["раз", "раза", "раза", "раз", "раз", "раза", "раз"]);
+    }
+
+    #[test]
+    fn templates_name_only_known_placeholders() {
+        let mut m = Messages::default();
+        assert!(m.validate().is_ok());
+        m.low_balance = "Баланс {balanse}".into();
+        let e = m.validate().unwrap_err().to_string();
+        assert!(e.starts_with("rules.messages.low_balance:"), "{e}");
+        m.low_balance = String::new();
+        assert!(m.validate().is_err());
+        m = Messages::default();
+        m.inspection = "ТО {cause".into();
+        assert!(m.validate().is_err());
+    }
+}
