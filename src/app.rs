@@ -142,22 +142,30 @@ impl ZoneReloader {
         }
         let n = set.len();
         self.zones.install(set, files).await;
+        // Every file is in force again.
+        self.zones.set_broken_files(Vec::new());
         Ok(n)
     }
 }
 
 /// The zones at start: a broken zone file is left out, loudly, and the rest are in force,
 /// unless no service area is left (then nothing could see a car leave it: refuse to start).
+type LoadedZones = (
+    crate::geofence::ZoneSet,
+    crate::geofence::stage::FileZones,
+    Vec<String>,
+);
+
 async fn load_zones(
     config: &Config,
     store: &dyn storage::Store,
-) -> Result<(crate::geofence::ZoneSet, crate::geofence::stage::FileZones), StartError> {
+) -> Result<LoadedZones, StartError> {
     use crate::geofence::stage;
     let cfg = &config.geofences;
     let (files, broken) = stage::read_dir_lenient(std::path::Path::new(&cfg.dir));
     let set = stage::compose(&files, store, &cfg.debounce).await?;
     if broken.is_empty() {
-        return Ok((set, files));
+        return Ok((set, files, Vec::new()));
     }
     let all: Vec<String> = broken.iter().map(|e| e.to_string()).collect();
     if !set
@@ -173,8 +181,7 @@ async fn load_zones(
     for e in &all {
         tracing::error!(error = %e, "ZONE FILE LEFT OUT: its zones are not in force; the other zones are (fix it and send SIGHUP)");
     }
-    metrics::gauge!("fleetgate_zone_files_broken").set(broken.len() as f64);
-    Ok((set, files))
+    Ok((set, files, all))
 }
 
 /// How long connections get to finish their current frame at shutdown.
@@ -203,7 +210,7 @@ pub async fn start_with(
     let store = storage::open(&config.storage).await?;
     tracing::info!(backend = store.backend(), url = %storage::postgres::redact(&config.storage.url), "storage open, migrations applied");
     let states = store.device_states().await?;
-    let (zone_set, zone_files) = load_zones(&config, store.as_ref()).await?;
+    let (zone_set, zone_files, broken_zone_files) = load_zones(&config, store.as_ref()).await?;
     tracing::info!(zones = zone_set.len(), dir = %config.geofences.dir, "zones loaded");
     let (session_tx, session_rx) = tokio::sync::mpsc::channel(4096);
     let sessions = Sessions::with_policy(session_tx, config.devices.session_policy());
@@ -243,6 +250,7 @@ pub async fn start_with(
         vec![zone_notice_tx],
     )
     .await?;
+    zones.set_broken_files(broken_zone_files);
     crate::immobiliser::zone_rule::spawn(
         immobiliser.clone(),
         zone_notice_rx,

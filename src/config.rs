@@ -396,10 +396,10 @@ impl Config {
             )
         })?;
         for (i, t) in self.api.tokens.iter().enumerate() {
-            if t.secret().len() < 16 {
+            if t.secret().trim().len() < 16 || t.secret().chars().any(char::is_whitespace) {
                 return Err(invalid(
                     format!("api.tokens[{i}]"),
-                    "a token must be at least 16 characters",
+                    "a token must be at least 16 characters, none of them blank (spaces cannot be sent in a Bearer header)",
                 ));
             }
         }

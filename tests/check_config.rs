@@ -64,6 +64,7 @@ fn check_config_refuses_each_broken_config_naming_its_key() {
         ("takeover_silence_s = 0", format!("{storage}[devices]\ntakeover_silence_s = 0\n"), vec![area], "devices.takeover_silence_s: "),
         ("an unknown identity_conflict policy", format!("{storage}[devices]\nidentity_conflict = \"trust_all\"\n"), vec![area], "identity_conflict"),
         ("max_speed_kmh = 50", format!("{storage}[filters]\nmax_speed_kmh = 50\n"), vec![area], "filters.max_speed_kmh: "),
+        ("a token of 16 spaces", format!("{storage}[api]\ntokens = [\"                \"]\n"), vec![area], "api.tokens[0]: "),
         ("sqlite:// without a file", "[storage]\nurl = \"sqlite://\"\n".into(), vec![area], "storage.url: "),
         ("sqlite: with only options", "[storage]\nurl = \"sqlite:?mode=rwc\"\n".into(), vec![area], "storage.url: "),
         (

@@ -307,6 +307,9 @@ async fn a_broken_zone_file_at_start_keeps_the_other_zones_unless_no_service_are
         common::metric(&api, "fleetgate_zone_files_broken", &[]).await,
         1.0
     );
+    let (status, body) = api.text("/readyz").await;
+    assert_eq!(status, 200, "running, with the other zones in force");
+    assert!(body.contains("zone files left out"), "{body}");
     daemon.stop().await;
 
     // The service area's own file is the broken one: nothing could see a car leave.

@@ -95,7 +95,14 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
         return (StatusCode::SERVICE_UNAVAILABLE, why);
     }
     match s.store.ping().await {
-        Ok(()) => (StatusCode::OK, "ready".to_string()),
+        // Running, but not every zone is in force: say so (still ready: the others are).
+        Ok(()) => match s.zones.broken_files() {
+            broken if broken.is_empty() => (StatusCode::OK, "ready".to_string()),
+            broken => (
+                StatusCode::OK,
+                format!("ready; zone files left out: {}", broken.join("; ")),
+            ),
+        },
         Err(_) => (
             StatusCode::SERVICE_UNAVAILABLE,
             "storage unavailable".to_string(),

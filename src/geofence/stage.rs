@@ -65,9 +65,22 @@ pub struct ZonesHandle {
     /// Held from reviewing a change to installing it, so two edits (API, SIGHUP) never
     /// build on the same old set and undo each other.
     edits: Arc<tokio::sync::Mutex<()>>,
+    /// Zone files left out at start (broken), until a reload succeeds: `/readyz` says so.
+    broken: Arc<RwLock<Vec<String>>>,
 }
 
 impl ZonesHandle {
+    /// Zone files left out because they are broken (start-up or the last reload).
+    pub fn broken_files(&self) -> Vec<String> {
+        self.broken.read().expect("not poisoned").clone()
+    }
+
+    /// Record the zone files left out (empty: every file is in force).
+    pub fn set_broken_files(&self, files: Vec<String>) {
+        metrics::gauge!("fleetgate_zone_files_broken").set(files.len() as f64);
+        *self.broken.write().expect("not poisoned") = files;
+    }
+
     /// The zone set in force.
     pub fn current(&self) -> Arc<ZoneSet> {
         self.current.read().expect("not poisoned").clone()
@@ -272,6 +285,7 @@ pub async fn start(
         current: Arc::new(RwLock::new(set.clone())),
         files: Arc::new(RwLock::new(files)),
         edits: Arc::new(tokio::sync::Mutex::new(())),
+        broken: Arc::new(RwLock::new(Vec::new())),
     };
     let stage = Stage {
         set,

@@ -343,6 +343,10 @@ fn describe() {
         "Liveness probes that timed out (the systemd watchdog ping is withheld)"
     );
     describe_counter!(
+        "fleetgate_zone_reloads_total",
+        "Zone reloads on SIGHUP, by result (ok, error)"
+    );
+    describe_counter!(
         "fleetgate_ops_reloads_total",
         "Configuration reloads (SIGHUP) by result"
     );

@@ -180,10 +180,12 @@ async fn signals(
                 // Zone files and stored zones reload whatever became of the config file.
                 match zones.reload().await {
                     Ok(n) => {
+                        metrics::counter!("fleetgate_zone_reloads_total", "result" => "ok").increment(1);
                         tracing::info!(zones = n, "SIGHUP: zones reloaded");
                         status.push_str(&format!("; {n} zones loaded"));
                     }
                     Err(e) => {
+                        metrics::counter!("fleetgate_zone_reloads_total", "result" => "error").increment(1);
                         tracing::error!(error = %e, "SIGHUP: zones not reloaded, the old ones stay");
                         status.push_str(&format!("; zones NOT reloaded: {e}"));
                     }
