@@ -209,7 +209,9 @@ fn the_deb_packages_a_stripped_binary_under_the_name_the_readme_gives() {
         "cargo-deb maps target/release/ to the selected profile's directory"
     );
     assert!(
-        manifest["package"]["metadata"]["deb"].get("revision").is_none(),
+        manifest["package"]["metadata"]["deb"]
+            .get("revision")
+            .is_none(),
         "the README's file name assumes cargo-deb's default revision"
     );
 

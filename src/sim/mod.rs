@@ -191,6 +191,17 @@ impl Dater {
     }
 }
 
+/// How long `fleetgate sim` runs: `--duration` seconds (0 = until Ctrl-C); without it, a live
+/// run (`--rate` > 0, a demo) goes on until Ctrl-C and a flat-out one (a load test) takes 10 s.
+pub fn run_time(rate: f64, duration: Option<f64>) -> Option<Duration> {
+    match duration {
+        Some(d) if d > 0.0 => Some(Duration::from_secs_f64(d)),
+        Some(_) => None,
+        None if rate > 0.0 => None,
+        None => Some(Duration::from_secs(10)),
+    }
+}
+
 /// Run the simulation; returns the merged counters and the wall time they cover.
 pub async fn run(opts: SimOptions) -> Result<(Stats, Duration), SimError> {
     opts.validate()?;
@@ -487,6 +498,14 @@ mod tests {
     }
 
     #[test]
+    fn a_live_demo_runs_until_ctrl_c_unless_given_a_duration() {
+        assert_eq!(run_time(1.0, None), None, "the demo's cars keep driving");
+        assert_eq!(run_time(0.0, None), Some(Duration::from_secs(10)));
+        assert_eq!(run_time(1.0, Some(30.0)), Some(Duration::from_secs(30)));
+        assert_eq!(run_time(0.0, Some(0.0)), None, "0 = until Ctrl-C");
+    }
+
+    #[test]
     fn a_packet_of_live_records_ends_now_and_never_repeats_a_time() {
         let opts = SimOptions {
             protocol: SimProtocol::Wialon,
@@ -524,7 +543,9 @@ mod tests {
         let clock = fast.clock(at(0));
         let mut d = Dater::new(clock);
         let times: Vec<_> = (0..50).map(|_| d.next(1, at(0))[0].0).collect();
-        assert!(times.windows(2).all(|w| w[1] - w[0] == chrono::Duration::seconds(1)));
+        assert!(times
+            .windows(2)
+            .all(|w| w[1] - w[0] == chrono::Duration::seconds(1)));
         assert!(*times.last().unwrap() < at(0));
         // Teltonika dates milliseconds: the same rate is live.
         let tel = SimOptions {
