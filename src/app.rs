@@ -202,7 +202,8 @@ pub async fn start_with(
             soft_before = n.soft_before,
             soft = n.soft,
             hard = n.hard,
-            "open-files limit (RLIMIT_NOFILE) raised to the hard limit"
+            "{}",
+            n.describe()
         ),
         Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
     }

@@ -66,7 +66,8 @@ enum Command {
     /// percentiles (p50/p90/p99/max); errors (refused logins, wrong acks, dropped connections)
     /// are counted and the device reconnects and resends, as a tracker would.
     ///
-    /// Example: fleetgate sim --addr 127.0.0.1:5027 --devices 100 --rate 0 --duration 30
+    /// Example (load): fleetgate sim --addr 127.0.0.1:5027 --devices 100 --rate 0 --duration 30
+    /// Example (live demo, until Ctrl-C): fleetgate sim --addr 127.0.0.1:5027 --devices 50
     Sim {
         /// Listener of the chosen protocol, host:port (default: 127.0.0.1 and the protocol's
         /// default port: teltonika 5027, gt06 5023, wialon 5039).
@@ -85,9 +86,10 @@ enum Command {
         /// Packets per second per device; 0 = flat out (next packet as soon as the ack came).
         #[arg(long, default_value_t = 1.0)]
         rate: f64,
-        /// Seconds to run; 0 = until Ctrl-C.
-        #[arg(long, default_value_t = 10.0)]
-        duration: f64,
+        /// Seconds to run; 0 = until Ctrl-C. Default: until Ctrl-C when --rate is set (a live
+        /// demo), 10 s flat out (--rate 0).
+        #[arg(long)]
+        duration: Option<f64>,
         /// drive: radial trips; border: out of the service area; parking: into a parking lot;
         /// low-balance: the driver's balance drops (needs --api) and the car gets blocked;
         /// return: the driver presses "return" (DIN2) half-way and drives to the depot.
@@ -189,7 +191,7 @@ fn main() -> ExitCode {
                 devices,
                 records_per_packet,
                 rate,
-                duration: (duration > 0.0).then(|| std::time::Duration::from_secs_f64(duration)),
+                duration: fleetgate::sim::run_time(rate, duration),
                 scenario,
                 imei_base,
                 api,

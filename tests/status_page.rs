@@ -155,7 +155,15 @@ async fn status_page_draws_every_vehicle_in_headless_chromium() {
         page.matches("http://www.w3.org/2000/svg").count(),
         "no external resources"
     );
-    assert!(!page.contains("<link") && !page.contains(" src=") && !page.contains("@import"));
+    assert!(!page.contains(" src=") && !page.contains("@import"));
+    // The one link is the favicon, inline (a data: URI): no request for /favicon.ico.
+    assert_eq!(page.matches("<link").count(), 1, "only the favicon link");
+    assert!(
+        page.contains("<link rel=\"icon\" href=\"data:image/svg+xml,"),
+        "inline favicon"
+    );
+    // A #token=… pasted into an open tab (only the fragment changes, no reload) is taken.
+    assert!(page.contains("addEventListener(\"hashchange\""));
 
     let url = format!("http://{}/#token={TOKEN}", daemon.api_addr);
     let browser = chromium.clone();

@@ -186,3 +186,43 @@ fn example_config_is_valid_and_documents_every_key() {
     }
     assert!(missing.is_empty(), "not in the example config: {missing:?}");
 }
+
+/// The package's binary is stripped: the README's `cargo deb` command selects `[profile.deb]`,
+/// which has no debug info and strips symbols (cargo-deb keeps whatever a profile with debug
+/// info builds: 138 MB with the release profile's line tables), and the file it names is
+/// the one cargo-deb writes (`<name>_<version>-<revision>_<arch>.deb`, revision 1).
+#[test]
+fn the_deb_packages_a_stripped_binary_under_the_name_the_readme_gives() {
+    let manifest: toml::Value =
+        toml::from_str(&std::fs::read_to_string(repo("Cargo.toml")).unwrap()).unwrap();
+    let deb = &manifest["profile"]["deb"];
+    assert_eq!(deb["inherits"].as_str(), Some("release"));
+    assert_eq!(deb["debug"].as_bool(), Some(false), "{deb}");
+    assert_eq!(deb["strip"].as_str(), Some("symbols"), "{deb}");
+    let assets = manifest["package"]["metadata"]["deb"]["assets"]
+        .as_array()
+        .unwrap();
+    assert!(
+        assets
+            .iter()
+            .any(|a| a[0].as_str() == Some("target/release/fleetgate")),
+        "cargo-deb maps target/release/ to the selected profile's directory"
+    );
+    assert!(
+        manifest["package"]["metadata"]["deb"]
+            .get("revision")
+            .is_none(),
+        "the README's file name assumes cargo-deb's default revision"
+    );
+
+    let readme = std::fs::read_to_string(repo("README.md")).unwrap();
+    let line = readme
+        .lines()
+        .find(|l| l.trim_start().starts_with("cargo deb"))
+        .expect("the README's package command");
+    assert!(line.contains("cargo deb --profile deb"), "{line}");
+    assert!(
+        line.contains("target/debian/fleetgate_<version>-1_<arch>.deb"),
+        "{line}"
+    );
+}

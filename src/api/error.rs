@@ -83,3 +83,46 @@ pub fn object_body<T: serde::de::DeserializeOwned + Default>(
     }
     serde_json::from_value(value).map_err(|e| ApiError::BadRequest(format!("body: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Fails to compile when a variant is added: add it to the list below too.
+    fn _listed(e: &ApiError) {
+        match e {
+            ApiError::BadRequest(_)
+            | ApiError::NotFound(_)
+            | ApiError::Conflict(_)
+            | ApiError::Forbidden(_)
+            | ApiError::TooLarge(_)
+            | ApiError::Unauthorized
+            | ApiError::Storage(_) => {}
+        }
+    }
+
+    /// Every status the API answers with is in the README's error list.
+    #[test]
+    fn the_readme_lists_every_error_status() {
+        let readme = include_str!("../../README.md");
+        let line = readme
+            .split("\n\n")
+            .find(|p| p.starts_with("Errors are `{\"error\""))
+            .expect("the README's error paragraph");
+        for e in [
+            ApiError::BadRequest(String::new()),
+            ApiError::NotFound(String::new()),
+            ApiError::Conflict(String::new()),
+            ApiError::Forbidden(String::new()),
+            ApiError::TooLarge(String::new()),
+            ApiError::Unauthorized,
+            ApiError::Storage(String::new()),
+        ] {
+            let code = e.into_response().status();
+            assert!(
+                line.contains(code.as_str()),
+                "README's error list lacks {code}: {line}"
+            );
+        }
+    }
+}

@@ -292,7 +292,9 @@ pub struct EventsQuery {
     pub vehicle: Option<String>,
     #[serde(rename = "type")]
     pub kind: Option<String>,
+    #[serde(default, deserialize_with = "super::params::opt_time")]
     pub from: Option<DateTime<Utc>>,
+    #[serde(default, deserialize_with = "super::params::opt_time")]
     pub to: Option<DateTime<Utc>>,
     pub limit: Option<u32>,
 }

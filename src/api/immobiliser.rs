@@ -168,7 +168,9 @@ pub async fn command(
 #[derive(Debug, Deserialize)]
 pub struct AuditParams {
     pub vehicle: Option<String>,
+    #[serde(default, deserialize_with = "super::params::opt_time")]
     pub from: Option<DateTime<Utc>>,
+    #[serde(default, deserialize_with = "super::params::opt_time")]
     pub to: Option<DateTime<Utc>>,
     pub limit: Option<u32>,
 }

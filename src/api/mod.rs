@@ -7,6 +7,7 @@ mod geofences;
 mod immobiliser;
 pub mod map;
 mod meta;
+mod params;
 pub mod status;
 mod summary;
 mod vehicles;

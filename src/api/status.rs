@@ -107,7 +107,12 @@ pub async fn follow_reloads(
         let cfg = reloads.borrow_and_update().status.clone();
         match tokio::task::spawn_blocking(move || map::load(&cfg)).await {
             Ok(Ok(m)) => {
-                tracing::info!(zones = m.zones.len(), "status map layers reloaded");
+                // Only the extra `[status] map_layers` shapes: the zones in force are counted
+                // by the zones' own reload line and drawn from the live zone set.
+                tracing::info!(
+                    map_layers_shapes = m.zones.len(),
+                    "status map: [status] map_layers reloaded"
+                );
                 layers.set(m);
             }
             Ok(Err(e)) => {

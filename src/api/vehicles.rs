@@ -224,7 +224,9 @@ pub async fn put(
 
 #[derive(Debug, Deserialize)]
 pub struct TrackQuery {
+    #[serde(default, deserialize_with = "super::params::opt_time")]
     pub from: Option<DateTime<Utc>>,
+    #[serde(default, deserialize_with = "super::params::opt_time")]
     pub to: Option<DateTime<Utc>>,
     pub limit: Option<u32>,
 }

@@ -6,8 +6,13 @@
 //! CR/LF (or any control character) is written as an escape and one event stays one line: a
 //! device id cannot forge a second log line. The JSON format is safe by construction (serde
 //! escapes control characters in strings).
+//!
+//! Colour (ANSI escapes) only when stderr is a terminal and `NO_COLOR` is unset or empty
+//! (<https://no-color.org>): under systemd stderr is journald, which would store the escapes.
 
+use std::ffi::OsStr;
 use std::fmt::{self, Write as _};
+use std::io::IsTerminal;
 use std::sync::OnceLock;
 
 use tracing::field::{Field, Visit};
@@ -20,10 +25,17 @@ type Reloader = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
 
 static RELOAD: OnceLock<Reloader> = OnceLock::new();
 
+/// Whether the plain format may colour its output: only on a terminal, and never with a
+/// non-empty `NO_COLOR`.
+pub fn use_colour(terminal: bool, no_color: Option<&OsStr>) -> bool {
+    terminal && !matches!(no_color, Some(v) if !v.is_empty())
+}
+
 /// The subscriber both formats start from (JSON replaces the field formatter).
 fn builder<W>(
     filter: EnvFilter,
     writer: W,
+    ansi: bool,
 ) -> SubscriberBuilder<EscapedFields, Format, EnvFilter, W>
 where
     W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
@@ -31,12 +43,17 @@ where
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
+        .with_ansi(ansi)
         .fmt_fields(EscapedFields)
 }
 
 pub fn init(format: &str, filter: &str) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(filter));
-    let builder = builder(filter, std::io::stderr);
+    let ansi = use_colour(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    );
+    let builder = builder(filter, std::io::stderr, ansi);
     if format == "json" {
         let builder = builder.json().with_filter_reloading();
         let handle = builder.reload_handle();
@@ -181,8 +198,12 @@ mod tests {
     }
 
     fn captured(json: bool) -> String {
+        captured_with(json, false)
+    }
+
+    fn captured_with(json: bool, ansi: bool) -> String {
         let buf = Buf::default();
-        let b = builder(EnvFilter::new("info"), buf.clone()).with_ansi(false);
+        let b = builder(EnvFilter::new("info"), buf.clone(), ansi);
         if json {
             tracing::subscriber::with_default(b.json().finish(), log_forged);
         } else {
@@ -211,6 +232,33 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(out.trim_end()).unwrap();
         assert_eq!(v["fields"]["device"], FORGED);
         assert!(!out.contains('\r') && !out.contains('\u{1b}'), "{out:?}");
+    }
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(use_colour(true, None));
+        assert!(
+            use_colour(true, Some(OsStr::new(""))),
+            "an empty NO_COLOR is unset"
+        );
+        assert!(!use_colour(true, Some(OsStr::new("1"))));
+        assert!(
+            !use_colour(false, None),
+            "a pipe or journald gets no escapes"
+        );
+        assert!(!use_colour(false, Some(OsStr::new("1"))));
+    }
+
+    /// The decision reaches the output: colour writes escapes (the level, the span), no colour
+    /// writes none, the device's own ESC still escaped either way.
+    #[test]
+    fn plain_lines_carry_escapes_only_when_coloured() {
+        let plain = captured_with(false, use_colour(false, None));
+        assert!(!plain.contains('\u{1b}'), "{plain:?}");
+        let coloured = captured_with(false, use_colour(true, None));
+        assert!(coloured.contains("\u{1b}["), "{coloured:?}");
+        assert!(coloured.contains(r"\u{1b}[2K"), "{coloured:?}");
+        assert!(!coloured.contains("\u{1b}[2K"), "{coloured:?}");
     }
 
     #[test]

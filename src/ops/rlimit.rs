@@ -10,6 +10,22 @@ pub struct NoFile {
     pub hard: u64,
 }
 
+impl NoFile {
+    /// Whether the soft limit actually went up (it was already at the hard limit otherwise).
+    pub fn raised(&self) -> bool {
+        self.soft > self.soft_before
+    }
+
+    /// The start-up log line's message: says "raised" only when something changed.
+    pub fn describe(&self) -> &'static str {
+        if self.raised() {
+            "open-files limit (RLIMIT_NOFILE) raised to the hard limit"
+        } else {
+            "open-files limit (RLIMIT_NOFILE) already at the hard limit"
+        }
+    }
+}
+
 /// Raise the soft open-files limit to the hard limit.
 pub fn raise_nofile() -> std::io::Result<NoFile> {
     let mut lim = libc::rlimit {
@@ -48,6 +64,26 @@ mod tests {
         let n = raise_nofile().unwrap();
         assert_eq!(n.soft, n.hard);
         assert!(n.soft >= n.soft_before);
-        assert_eq!(raise_nofile().unwrap().soft_before, n.hard);
+        let again = raise_nofile().unwrap();
+        assert_eq!(again.soft_before, n.hard);
+        assert!(!again.raised(), "nothing left to raise: {again:?}");
+        assert!(again.describe().contains("already"), "{}", again.describe());
+    }
+
+    #[test]
+    fn only_a_change_is_called_raised() {
+        let up = NoFile {
+            soft_before: 1024,
+            soft: 524_288,
+            hard: 524_288,
+        };
+        assert!(up.raised());
+        assert!(up.describe().contains("raised"));
+        let same = NoFile {
+            soft_before: 524_288,
+            ..up
+        };
+        assert!(!same.raised());
+        assert!(!same.describe().contains("raised"), "{}", same.describe());
     }
 }

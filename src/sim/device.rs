@@ -31,6 +31,15 @@ impl SimProtocol {
         }
     }
 
+    /// The finest step of the protocol's fix time, milliseconds: two fixes of a device must
+    /// differ by at least this much, or the second is taken for a resend.
+    pub fn time_resolution_ms(self) -> i64 {
+        match self {
+            SimProtocol::Teltonika => 1,
+            SimProtocol::Gt06 | SimProtocol::Wialon => 1000,
+        }
+    }
+
     /// fleetgate's default port for the protocol.
     pub fn default_port(self) -> u16 {
         match self {
@@ -48,6 +57,8 @@ pub struct Record {
     pub fix: Fix,
     /// Teltonika DIN2: the "wants to return" button on the default profile.
     pub din2: bool,
+    /// The immobiliser relay (Teltonika DOUT1, Wialon output bit 0): on while blocked.
+    pub dout1: bool,
 }
 
 /// What the device expects back for what it sent.
@@ -168,6 +179,7 @@ fn avl(r: &Record) -> teltonika::AvlRecord {
             (io::IGNITION, 1, u64::from(r.fix.ignition)),
             (io::MOVEMENT, 1, u64::from(r.fix.speed_kmh > 0.0)),
             (io::DIN2, 1, u64::from(r.din2)),
+            (io::DOUT1, 1, u64::from(r.dout1)),
             (io::GSM_SIGNAL, 1, 4),
             (io::EXTERNAL_VOLTAGE, 2, 12_600),
             (io::TOTAL_ODOMETER, 4, r.fix.odometer_m as u64),
@@ -186,7 +198,7 @@ fn ips(r: &Record) -> wialon::IpsRecord {
         satellites: Some(11),
         hdop: Some(0.9),
         inputs: Some(u32::from(r.fix.ignition)),
-        outputs: Some(0),
+        outputs: Some(u32::from(r.dout1)),
         adc: Vec::new(),
         ibutton: None,
         params: vec![(
@@ -315,6 +327,23 @@ fn wialon_msg(buf: &mut BytesMut) -> Result<Option<ServerMsg>, String> {
     }))
 }
 
+/// The relay state an engine command asks for: `Some(true)` = cut the engine (block),
+/// `Some(false)` = release it; `None` for any other text. Knows the codecs' default texts
+/// (Teltonika `setdigout 1`, GT06 `Relay,1#`, Wialon `L1=1`) and their `0` counterparts.
+pub fn relay_command(text: &str) -> Option<bool> {
+    let t = text.trim().to_ascii_lowercase();
+    let arg = t
+        .strip_prefix("setdigout ")
+        .or_else(|| t.strip_prefix("relay,"))
+        .or_else(|| t.strip_prefix("l1="))?;
+    // `setdigout 1` names DOUT1 first; `setdigout 10` sets DOUT1 on and DOUT2 off.
+    match arg.chars().next() {
+        Some('1') => Some(true),
+        Some('0') => Some(false),
+        _ => None,
+    }
+}
+
 /// Whether `msg` is the answer `expect` waits for; `Err` says what came instead.
 pub fn matches(expect: Expect, msg: &ServerMsg) -> Result<(), String> {
     match (expect, msg) {
@@ -343,6 +372,7 @@ mod tests {
                 odometer_m: 1234.0,
             },
             din2: false,
+            dout1: i % 2 == 1,
         }
     }
 
@@ -392,6 +422,46 @@ mod tests {
         let mut b = BytesMut::from(&wialon::encode_message("stop", true)[..]);
         let m = next_message(SimProtocol::Wialon, false, &mut b).unwrap();
         assert!(matches!(m, Some(ServerMsg::Command { ref text, .. }) if text == "stop"));
+    }
+
+    /// The relay a simulated car reports is the one fleetgate reads as output 1 (what confirms
+    /// an immobiliser command).
+    #[test]
+    fn the_relay_output_reaches_the_decoded_position() {
+        for (p, proto) in [
+            (SimProtocol::Teltonika, Protocol::Teltonika),
+            (SimProtocol::Wialon, Protocol::Wialon),
+        ] {
+            for on in [false, true] {
+                let mut enc = Encoder::new(p, "356307042441013".into());
+                let mut session = proto.session(Transport::Tcp);
+                let mut packets = vec![enc.login()];
+                let mut r = rec(0);
+                r.dout1 = on;
+                enc.data(&[r], &mut packets);
+                let mut outputs = None;
+                for (bytes, _) in packets {
+                    let d = session.decode(&bytes, &DecodeCtx::now()).expect("decodes");
+                    if let Some(pos) = d.positions.first() {
+                        outputs = pos.outputs;
+                    }
+                }
+                assert_eq!(outputs.map(|o| o & 1 == 1), Some(on), "{p:?} dout1={on}");
+            }
+        }
+    }
+
+    #[test]
+    fn engine_commands_name_the_relay_state() {
+        assert_eq!(relay_command("setdigout 1"), Some(true));
+        assert_eq!(relay_command("setdigout 0"), Some(false));
+        assert_eq!(relay_command("setdigout 10"), Some(true));
+        assert_eq!(relay_command("Relay,1#"), Some(true));
+        assert_eq!(relay_command("RELAY,0#"), Some(false));
+        assert_eq!(relay_command("L1=1"), Some(true));
+        assert_eq!(relay_command("L1=0"), Some(false));
+        assert_eq!(relay_command("getinfo"), None);
+        assert_eq!(relay_command("setdigout ?1"), None);
     }
 
     #[test]

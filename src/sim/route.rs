@@ -1,7 +1,9 @@
 //! Where a simulated car drives: a pure kinematic model stepped one fix at a time. A car
 //! follows a bearing away from (or towards) a point, cruises at a target speed between 20 and
 //! 90 km/h that changes every few hundred metres, accelerates and brakes at ~2 m/s², and
-//! stops at "traffic lights" for 10–60 s. Deterministic per seed, so a run can be repeated.
+//! stops at "traffic lights" for 10–60 s. A car stands for [`START_WAIT_S`] before it sets
+//! off. An immobilised car brakes to a stop and switches off until released. Deterministic per
+//! seed, so a run can be repeated.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -12,6 +14,9 @@ pub const MOSCOW_CENTRE: (f64, f64) = (55.7539, 37.6208);
 const EARTH_R_M: f64 = 6_371_000.0;
 /// Braking and acceleration, m/s².
 const ACCEL: f64 = 2.0;
+/// Seconds a car stands, engine on, before it sets off: longer than the immobiliser's default
+/// `safe_for` (10 s), so a block asked for at the start of a demo goes out before the drive.
+pub const START_WAIT_S: f64 = 20.0;
 
 /// One sample of the car's state: what a tracker reports.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -54,6 +59,10 @@ pub struct Driver {
     leg: Leg,
     homeward: bool,
     parked: bool,
+    /// The immobiliser relay is on: no drive.
+    immobilised: bool,
+    /// Switched off after an immobilised stop.
+    engine_off: bool,
 }
 
 impl Driver {
@@ -70,11 +79,13 @@ impl Driver {
             speed_ms: 0.0,
             target_ms,
             segment_left_m,
-            stop_left_s: 0.0,
+            stop_left_s: START_WAIT_S,
             odometer_m: 0.0,
             leg,
             homeward: false,
             parked: false,
+            immobilised: false,
+            engine_off: false,
         }
     }
 
@@ -85,7 +96,7 @@ impl Driver {
             lon: self.lon,
             speed_kmh: self.speed_ms * 3.6,
             course: self.bearing.rem_euclid(360.0),
-            ignition: !self.parked,
+            ignition: !self.parked && !self.engine_off,
             odometer_m: self.odometer_m,
         }
     }
@@ -96,6 +107,15 @@ impl Driver {
         self.homeward = false;
     }
 
+    /// The immobiliser relay switched on (`true`: the car brakes to a stop and switches off)
+    /// or off (`false`: the engine starts and the car drives on).
+    pub fn set_immobilised(&mut self, on: bool) {
+        self.immobilised = on;
+        if !on {
+            self.engine_off = false;
+        }
+    }
+
     /// True once a parking car has arrived and switched off.
     pub fn parked(&self) -> bool {
         self.parked
@@ -104,6 +124,22 @@ impl Driver {
     /// Advance by `dt` seconds and return the new state.
     pub fn step(&mut self, dt: f64) -> Fix {
         if self.parked {
+            return self.fix();
+        }
+        if self.immobilised {
+            // No fuel: roll to a stop at the braking rate, then the driver switches off.
+            let v0 = self.speed_ms;
+            self.speed_ms = (v0 - ACCEL * dt).max(0.0);
+            let d = (v0 + self.speed_ms) / 2.0 * dt;
+            if d > 0.0 {
+                let (lat, lon) = destination((self.lat, self.lon), self.bearing, d);
+                self.lat = lat;
+                self.lon = lon;
+                self.odometer_m += d;
+            }
+            if self.speed_ms == 0.0 {
+                self.engine_off = true;
+            }
             return self.fix();
         }
         if self.stop_left_s > 0.0 {
@@ -236,6 +272,48 @@ mod tests {
         assert!(!f.ignition);
         assert_eq!(f.speed_kmh, 0.0);
         assert!(distance_m((f.lat, f.lon), target) < 20.0);
+    }
+
+    #[test]
+    fn a_car_stands_before_it_sets_off() {
+        let mut d = Driver::new(5, MOSCOW_CENTRE, 10.0, Leg::Radial { until_m: 5000.0 });
+        for _ in 0..START_WAIT_S as usize {
+            let f = d.step(1.0);
+            assert_eq!(f.speed_kmh, 0.0);
+            assert!(f.ignition);
+        }
+        let moved = (0..30).map(|_| d.step(1.0)).any(|f| f.speed_kmh > 0.0);
+        assert!(moved);
+    }
+
+    #[test]
+    fn an_immobilised_car_stops_switches_off_and_drives_on_when_released() {
+        let mut d = Driver::new(9, MOSCOW_CENTRE, 90.0, Leg::Outward);
+        let mut f = d.fix();
+        for _ in 0..200 {
+            f = d.step(1.0);
+            if f.speed_kmh > 30.0 {
+                break;
+            }
+        }
+        assert!(f.speed_kmh > 30.0, "{}", f.speed_kmh);
+        d.set_immobilised(true);
+        let mut prev = f;
+        for _ in 0..10 {
+            let g = d.step(1.0);
+            assert!(g.speed_kmh <= prev.speed_kmh, "slows down, never speeds up");
+            prev = g;
+        }
+        let parked_at = d.fix();
+        assert_eq!(parked_at.speed_kmh, 0.0);
+        assert!(!parked_at.ignition, "switched off once stopped");
+        for _ in 0..120 {
+            assert_eq!(d.step(1.0), parked_at, "stays where it stopped");
+        }
+        d.set_immobilised(false);
+        assert!(d.fix().ignition);
+        let drove = (0..120).map(|_| d.step(1.0)).any(|g| g.speed_kmh > 0.0);
+        assert!(drove, "drives on when released");
     }
 
     #[test]

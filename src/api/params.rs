@@ -1,0 +1,66 @@
+//! Query-string values with errors that say what was expected. A bad `from`/`to` otherwise
+//! surfaces as the deserializer's own words ("premature end of input"), which name neither
+//! the field nor the format.
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Deserializer};
+
+/// What a time in a query string must look like.
+pub const RFC3339_HINT: &str = "an RFC 3339 time such as 2026-05-01T12:00:00Z \
+     (a '+' in an offset must be sent as %2B)";
+
+/// An optional RFC 3339 time (`from`, `to`): absent or empty = `None`.
+pub fn opt_time<'de, D>(d: D) -> Result<Option<DateTime<Utc>>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    let Some(s) = Option::<String>::deserialize(d)? else {
+        return Ok(None);
+    };
+    if s.is_empty() {
+        return Ok(None);
+    }
+    parse_time(&s).map(Some).map_err(serde::de::Error::custom)
+}
+
+/// `s` as an RFC 3339 time, or an error quoting it and saying what was expected.
+pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("'{s}' is not {RFC3339_HINT}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    struct Q {
+        #[serde(default, deserialize_with = "opt_time")]
+        from: Option<DateTime<Utc>>,
+    }
+
+    fn q(s: &str) -> Result<Q, String> {
+        let uri: axum::http::Uri = format!("/x?{s}").parse().unwrap();
+        axum::extract::Query::<Q>::try_from_uri(&uri)
+            .map(|q| q.0)
+            .map_err(|e| e.body_text())
+    }
+
+    #[test]
+    fn a_bad_time_says_rfc_3339_is_expected_and_quotes_the_value() {
+        let e = q("from=yesterday").unwrap_err();
+        assert!(e.contains("'yesterday' is not an RFC 3339 time"), "{e}");
+        // An unescaped '+' arrives as a space: the hint says how to send it.
+        let e = q("from=2026-05-01T12:00:00+03:00").unwrap_err();
+        assert!(e.contains("%2B"), "{e}");
+    }
+
+    #[test]
+    fn good_absent_and_empty_times_parse() {
+        let t = q("from=2026-05-01T12:00:00%2B03:00").unwrap().from.unwrap();
+        assert_eq!(t.to_rfc3339(), "2026-05-01T09:00:00+00:00");
+        assert!(q("").unwrap().from.is_none());
+        assert!(q("from=").unwrap().from.is_none());
+    }
+}
