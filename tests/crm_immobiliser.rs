@@ -89,6 +89,16 @@ async fn low_balance_and_inspection_block_through_the_immobiliser_and_lift_in_tu
     set_balance(&api, "drv-21", 3_200.0).await;
     let v = wait_state(&api, "car-21", "block_pending").await;
     assert_eq!(v["immobiliser"]["reasons"], json!(["low_balance"]), "{v}");
+    // The reason is the rule's, not the API caller's; the caller is named in the comment.
+    let detail = &v["immobiliser"]["reason_details"][0];
+    assert_eq!(detail["actor"], "rule:low_balance", "{v}");
+    assert!(
+        detail["comment"]
+            .as_str()
+            .unwrap_or("")
+            .contains("источник"),
+        "{v}"
+    );
     send_records(&mut t, &[rec(35, 48, true, Some(false))]).await;
     assert!(
         t.read_for(600).await.is_empty(),

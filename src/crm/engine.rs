@@ -122,6 +122,9 @@ pub enum Cmd {
     Refresh { done: oneshot::Sender<()> },
 }
 
+/// The actor of the reasons the balance rule adds and lifts (as `rule:service_area` for zones).
+pub const RULE_LOW_BALANCE: &str = "rule:low_balance";
+
 /// Handle to the rules actor; cheap to clone.
 #[derive(Clone)]
 pub struct CrmHandle {
@@ -1006,8 +1009,16 @@ impl Engine {
         for v in &cars {
             // A low balance is re-asserted on every update: a car handed over since is covered.
             if outcome != BalanceOutcome::Stale && (st.low || flip == Some(false)) {
-                self.reason(&v.id, REASON_LOW_BALANCE, st.low, actor, &comment)
-                    .await;
+                // The reason is the rule's; who reported the balance goes in the comment.
+                let comment = format!("{comment}; источник: {actor}");
+                self.reason(
+                    &v.id,
+                    REASON_LOW_BALANCE,
+                    st.low,
+                    RULE_LOW_BALANCE,
+                    &comment,
+                )
+                .await;
             }
         }
         Ok(BalanceView {
