@@ -9,7 +9,8 @@ use serde::{Deserialize, Deserializer};
 pub const RFC3339_HINT: &str = "an RFC 3339 time such as 2026-05-01T12:00:00Z \
      (a '+' in an offset must be sent as %2B)";
 
-/// An optional RFC 3339 time (`from`, `to`): absent or empty = `None`.
+/// An optional RFC 3339 time (`from`, `to`): absent = `None`; empty is an error like any
+/// other value that is not a time (the OpenAPI document says `date-time`).
 pub fn opt_time<'de, D>(d: D) -> Result<Option<DateTime<Utc>>, D::Error>
 where
     D: Deserializer<'de>,
@@ -17,9 +18,6 @@ where
     let Some(s) = Option::<String>::deserialize(d)? else {
         return Ok(None);
     };
-    if s.is_empty() {
-        return Ok(None);
-    }
     parse_time(&s).map(Some).map_err(serde::de::Error::custom)
 }
 
@@ -57,10 +55,11 @@ mod tests {
     }
 
     #[test]
-    fn good_absent_and_empty_times_parse() {
+    fn good_and_absent_times_parse_and_an_empty_one_is_refused() {
         let t = q("from=2026-05-01T12:00:00%2B03:00").unwrap().from.unwrap();
         assert_eq!(t.to_rfc3339(), "2026-05-01T09:00:00+00:00");
         assert!(q("").unwrap().from.is_none());
-        assert!(q("from=").unwrap().from.is_none());
+        let e = q("from=").unwrap_err();
+        assert!(e.contains("'' is not an RFC 3339 time"), "{e}");
     }
 }

@@ -77,8 +77,12 @@ impl ZonesHandle {
 
     /// Record the zone files left out (empty: every file is in force).
     pub fn set_broken_files(&self, files: Vec<String>) {
-        metrics::gauge!("fleetgate_zone_files_broken").set(files.len() as f64);
-        *self.broken.write().expect("not poisoned") = files;
+        let mut broken = self.broken.write().expect("not poisoned");
+        // Only a change moves the gauge (several daemons may share one recorder in tests).
+        if *broken != files {
+            metrics::gauge!("fleetgate_zone_files_broken").set(files.len() as f64);
+        }
+        *broken = files;
     }
 
     /// The zone set in force.
