@@ -164,7 +164,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::CheckConfig { config, file } => match load(file.as_ref().or(config.as_ref())) {
-            Ok(c) => check_zones(&c),
+            Ok(c) => match check_storage(&c) {
+                Ok(()) => check_zones(&c),
+                Err(e) => {
+                    eprintln!("fleetgate: invalid configuration: storage.url: {e}");
+                    ExitCode::from(2)
+                }
+            },
             Err(code) => code,
         },
         Command::CorpusReport { dir } => corpus_report(&dir),
@@ -257,6 +263,50 @@ fn main() -> ExitCode {
 
 /// What `run` would leave out of the zone files (it starts without them, loudly, or not at
 /// all when no service area is left): reported here as errors, each naming the file.
+/// What `run` would meet when it opens an SQLite database: the file must not be a directory,
+/// and the nearest existing folder on its path must be a writable directory.
+fn check_storage(config: &Config) -> Result<(), String> {
+    use std::os::unix::ffi::OsStrExt;
+    let url = &config.storage.url;
+    let Some(path) = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+    else {
+        return Ok(());
+    };
+    let path = std::path::Path::new(path.split('?').next().unwrap_or(path));
+    if path
+        .as_os_str()
+        .as_bytes()
+        .windows(8)
+        .any(|w| w == b":memory:")
+    {
+        return Ok(());
+    }
+    if path.is_dir() {
+        return Err(format!(
+            "{} is a directory, not a database file",
+            path.display()
+        ));
+    }
+    let mut dir = path.parent().unwrap_or(std::path::Path::new("."));
+    if dir.as_os_str().is_empty() {
+        dir = std::path::Path::new(".");
+    }
+    while !dir.exists() {
+        dir = dir.parent().unwrap_or(std::path::Path::new("/"));
+    }
+    if !dir.is_dir() {
+        return Err(format!("{} is not a directory", dir.display()));
+    }
+    let c = std::ffi::CString::new(dir.as_os_str().as_bytes()).map_err(|e| e.to_string())?;
+    // SAFETY: `c` is a NUL-terminated path; access() only reads it.
+    if unsafe { libc::access(c.as_ptr(), libc::W_OK) } != 0 {
+        return Err(format!("{} is not writable by this user", dir.display()));
+    }
+    Ok(())
+}
+
 fn check_zones(config: &Config) -> ExitCode {
     let dir = std::path::Path::new(&config.geofences.dir);
     let (zones, broken) = fleetgate::geofence::stage::read_dir_lenient(dir);

@@ -65,6 +65,8 @@ fn check_config_refuses_each_broken_config_naming_its_key() {
         ("an unknown identity_conflict policy", format!("{storage}[devices]\nidentity_conflict = \"trust_all\"\n"), vec![area], "identity_conflict"),
         ("max_speed_kmh = 50", format!("{storage}[filters]\nmax_speed_kmh = 50\n"), vec![area], "filters.max_speed_kmh: "),
         ("a token of 16 spaces", format!("{storage}[api]\ntokens = [\"                \"]\n"), vec![area], "api.tokens[0]: "),
+        ("an SQLite database that is a directory", format!("[storage]\nurl = \"sqlite://{}\"\n", dir.path().display()), vec![area], "storage.url: "),
+        ("an SQLite folder under a file", format!("[storage]\nurl = \"sqlite://{}/fleetgate.toml/sub/db\"\n", dir.path().display()), vec![area], "storage.url: "),
         ("sqlite:// without a file", "[storage]\nurl = \"sqlite://\"\n".into(), vec![area], "storage.url: "),
         ("sqlite: with only options", "[storage]\nurl = \"sqlite:?mode=rwc\"\n".into(), vec![area], "storage.url: "),
         (
