@@ -11,7 +11,8 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use super::{
-    as_rub, classify, retry_after, BalanceQuery, Connector, ConnectorError, Outcome, PulledBalance,
+    as_rub, classify, retry_after, worse, BalanceQuery, Connector, ConnectorError, Outcome,
+    PulledBalance,
 };
 use crate::crm::config::CrmConfig;
 use crate::crm::event::{OutboxEvent, Payload, StageName};
@@ -43,7 +44,7 @@ impl AmoCrm {
         format!("{}{path}", self.cfg.base_url.trim_end_matches('/'))
     }
 
-    fn call(&self, e: &OutboxEvent) -> Result<Call, String> {
+    fn call(&self, e: &OutboxEvent) -> Result<Vec<Call>, String> {
         let deal: u64 = e
             .deal_id
             .as_deref()
@@ -73,7 +74,7 @@ impl AmoCrm {
                 json!({ "entity_id": deal, "note_type": "common", "params": { "text": text } }),
             )
         };
-        Ok(match &e.payload {
+        Ok(vec![match &e.payload {
             Payload::StageChanged {
                 stage,
                 lat,
@@ -105,10 +106,18 @@ impl AmoCrm {
                     (odometer_km.round() as i64).into(),
                 )],
             ),
-            Payload::BlockState { blocked, .. } => lead(
-                serde_json::Map::new(),
-                vec![field(f.blocked_field_id, (*blocked).into())],
-            ),
+            // The blocked field and a note naming the reasons: two calls, one event.
+            Payload::BlockState { blocked, text, .. } => {
+                let set = lead(
+                    serde_json::Map::new(),
+                    vec![field(f.blocked_field_id, (*blocked).into())],
+                );
+                return Ok(if text.is_empty() {
+                    vec![set]
+                } else {
+                    vec![set, note(text.clone())]
+                });
+            }
             Payload::DriverMessage { text, .. } => note(text.clone()),
             Payload::DocumentExpiring {
                 document,
@@ -119,7 +128,7 @@ impl AmoCrm {
             } else {
                 format!("Документ {document} истекает {expires_on} (осталось дней: {days_left})")
             }),
-        })
+        }])
     }
 
     async fn send(
@@ -310,22 +319,35 @@ impl Connector for AmoCrm {
     }
 
     async fn deliver(&self, events: &[OutboxEvent]) -> Vec<Outcome> {
+        // An event may need a lead update and a note: its outcome is the worse of the two.
         let mut out: Vec<Option<Outcome>> = vec![None; events.len()];
+        let put = |out: &mut Vec<Option<Outcome>>, i: usize, o: Outcome| {
+            out[i] = Some(match out[i].take() {
+                None => o,
+                Some(prev) => worse(prev, o),
+            });
+        };
         let mut leads = Vec::new();
         let mut notes = Vec::new();
         let calls: Vec<_> = events.iter().map(|e| self.call(e)).collect();
         for (i, c) in calls.iter().enumerate() {
             match c {
-                Err(e) => out[i] = Some(Outcome::Failed(e.clone())),
-                Ok(Call::Nothing) => out[i] = Some(Outcome::Delivered),
-                Ok(Call::Lead(v)) => leads.push((i, v)),
-                Ok(Call::Note(v)) => notes.push((i, v)),
+                Err(e) => put(&mut out, i, Outcome::Failed(e.clone())),
+                Ok(cs) => {
+                    for c in cs {
+                        match c {
+                            Call::Nothing => put(&mut out, i, Outcome::Delivered),
+                            Call::Lead(v) => leads.push((i, v)),
+                            Call::Note(v) => notes.push((i, v)),
+                        }
+                    }
+                }
             }
         }
         for chunk in leads.chunks(self.cfg.batch_max.max(1)) {
             let bodies: Vec<&Value> = chunk.iter().map(|(_, v)| *v).collect();
             for ((i, _), o) in chunk.iter().zip(self.patch_leads(&bodies).await) {
-                out[*i] = Some(o);
+                put(&mut out, *i, o);
             }
         }
         // A note retried after an attempt that may have landed (a timeout, a lost answer) is
@@ -339,17 +361,17 @@ impl Connector for AmoCrm {
             match self.note_exists(v, &events[i]).await {
                 Ok(true) => {
                     tracing::info!(key = %events[i].key, "crm: note already in amoCRM, not posted again");
-                    out[i] = Some(Outcome::Delivered);
+                    put(&mut out, i, Outcome::Delivered);
                 }
                 Ok(false) => fresh.push((i, v)),
-                Err(o) => out[i] = Some(o),
+                Err(o) => put(&mut out, i, o),
             }
         }
         let notes = fresh;
         for chunk in notes.chunks(self.cfg.batch_max.max(1)) {
             let bodies: Vec<&Value> = chunk.iter().map(|(_, v)| *v).collect();
             for ((i, _), o) in chunk.iter().zip(self.add_notes(&bodies).await) {
-                out[*i] = Some(o);
+                put(&mut out, *i, o);
             }
         }
         out.into_iter()

@@ -28,6 +28,15 @@ pub enum Outcome {
     Failed(String),
 }
 
+/// The outcome of an event made of several calls: a refusal beats a retry beats success.
+pub(crate) fn worse(a: Outcome, b: Outcome) -> Outcome {
+    match (a, b) {
+        (f @ Outcome::Failed(_), _) | (_, f @ Outcome::Failed(_)) => f,
+        (r @ Outcome::Retry { .. }, _) | (_, r @ Outcome::Retry { .. }) => r,
+        _ => Outcome::Delivered,
+    }
+}
+
 /// Who a balance check is about.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BalanceQuery {
