@@ -94,7 +94,11 @@ async fn a_manual_block_and_a_border_exit_reach_the_deal_only_once_the_car_confi
     assert_eq!(s, 200, "{b}");
     assert_eq!(b["immobiliser"]["state"], "block_pending", "{b}");
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(amo.fake.field_writes(502).is_empty(), "{:?}", amo.fake.calls());
+    assert!(
+        amo.fake.field_writes(502).is_empty(),
+        "{:?}",
+        amo.fake.calls()
+    );
     assert!(notes(&amo, 3100).is_empty());
 
     // Parked, ignition off: the block goes out; the tracker answers it.
@@ -118,7 +122,9 @@ async fn a_manual_block_and_a_border_exit_reach_the_deal_only_once_the_car_confi
     );
     assert!(
         crm_fake::wait_for(10, || notes(&amo, 3100)
-            == vec!["Автомобиль заблокирован: ручная блокировка: долг за аренду.".to_string()])
+            == vec![
+                "Автомобиль заблокирован: ручная блокировка: долг за аренду.".to_string()
+            ])
         .await,
         "{:?}",
         notes(&amo, 3100)
