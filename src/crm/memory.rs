@@ -271,6 +271,18 @@ impl CrmStore for MemoryCrmStore {
         }
         Ok(n)
     }
+    async fn outbox_drop_one(&self, id: i64, why: &str) -> Result<(), StorageError> {
+        if let Some(e) = self
+            .lock()?
+            .outbox
+            .iter_mut()
+            .find(|e| e.id == id && e.status == Status::Pending)
+        {
+            e.status = Status::Dropped;
+            e.last_error = Some(why.into());
+        }
+        Ok(())
+    }
     async fn outbox_requeue(&self, id: i64, now: DateTime<Utc>) -> Result<bool, StorageError> {
         Ok(
             match self

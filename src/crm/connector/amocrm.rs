@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use super::{
-    as_rub, classify, retry_after, worse, BalanceQuery, Connector, ConnectorError, Outcome,
-    PulledBalance,
+    as_rub, classify, retry_after, superseded, worse, BalanceQuery, Connector, ConnectorError,
+    DealNow, Outcome, PulledBalance,
 };
 use crate::crm::config::CrmConfig;
 use crate::crm::event::{OutboxEvent, Payload, StageName};
@@ -22,6 +22,9 @@ pub struct AmoCrm {
     cfg: CrmConfig,
     http: reqwest::Client,
     limiter: Arc<RateLimiter>,
+    /// Per lead, the `updated_at` our last PATCH got back: that change is ours, not a
+    /// manager's (see [`superseded`]).
+    own: std::sync::Mutex<std::collections::HashMap<u64, i64>>,
 }
 
 /// What one event asks of amoCRM.
@@ -37,7 +40,12 @@ fn field(id: u64, value: Value) -> Option<Value> {
 
 impl AmoCrm {
     pub fn new(cfg: CrmConfig, http: reqwest::Client, limiter: Arc<RateLimiter>) -> Self {
-        AmoCrm { cfg, http, limiter }
+        AmoCrm {
+            cfg,
+            http,
+            limiter,
+            own: Default::default(),
+        }
     }
 
     fn url(&self, path: &str) -> String {
@@ -158,6 +166,10 @@ impl AmoCrm {
                 after: Some(after),
             });
         }
+        // amoCRM answers a GET of a lead it does not have with 204 and no body.
+        if status.as_u16() == 204 {
+            return Ok(Value::Null);
+        }
         let text = resp.text().await.unwrap_or_default();
         if !status.is_success() {
             return Err(match classify(status, &text) {
@@ -172,6 +184,16 @@ impl AmoCrm {
             error: format!("{method} {path}: 200 with a body that is not JSON: {e}"),
             after: None,
         })
+    }
+
+    fn remember(&self, answer: &[Value]) {
+        if let Ok(mut own) = self.own.lock() {
+            for a in answer {
+                if let (Some(id), Some(t)) = (a["id"].as_u64(), a["updated_at"].as_i64()) {
+                    own.insert(id, t);
+                }
+            }
+        }
     }
 
     /// Check that the answer carries every lead we sent, with the status we asked for.
@@ -213,7 +235,10 @@ impl AmoCrm {
                 .send(reqwest::Method::PATCH, &format!("/api/v4/leads/{id}"), one)
                 .await
             {
-                Ok(a) => Self::verify_leads(leads, std::slice::from_ref(&a)),
+                Ok(a) => {
+                    self.remember(std::slice::from_ref(&a));
+                    Self::verify_leads(leads, std::slice::from_ref(&a))
+                }
                 Err(o) => vec![o],
             };
         }
@@ -227,6 +252,7 @@ impl AmoCrm {
                     .as_array()
                     .cloned()
                     .unwrap_or_default();
+                self.remember(&answer);
                 Self::verify_leads(leads, &answer)
             }
             // One bad lead fails a whole bulk call: find it by sending them one by one.
@@ -382,6 +408,49 @@ impl Connector for AmoCrm {
                 })
             })
             .collect()
+    }
+
+    async fn late_stage(&self, e: &OutboxEvent) -> Result<Option<String>, Outcome> {
+        let Payload::StageChanged { stage, .. } = &e.payload else {
+            return Ok(None);
+        };
+        let Some(deal) = e.deal_id.as_deref().and_then(|d| d.parse::<u64>().ok()) else {
+            return Ok(None);
+        };
+        let s = match stage {
+            StageName::OnLine => &self.cfg.stages.on_line,
+            StageName::WantsToReturn => &self.cfg.stages.wants_to_return,
+        };
+        let lead = self
+            .send(
+                reqwest::Method::GET,
+                &format!("/api/v4/leads/{deal}"),
+                &Value::Null,
+            )
+            .await?;
+        if lead.is_null() {
+            // No such lead: nothing to protect; the PATCH will tell.
+            return Ok(None);
+        }
+        let changed_at = lead["updated_at"]
+            .as_i64()
+            .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+            .ok_or_else(|| Outcome::Retry {
+                error: format!("GET lead {deal}: no updated_at"),
+                after: None,
+            })?;
+        let now = DealNow {
+            stage: format!("{}:{}", lead["pipeline_id"], lead["status_id"]),
+            changed_at,
+        };
+        let own = self
+            .own
+            .lock()
+            .ok()
+            .and_then(|o| o.get(&deal).copied())
+            .and_then(|t| chrono::DateTime::from_timestamp(t, 0));
+        let target = format!("{}:{}", s.pipeline_id, s.status_id);
+        Ok(superseded(e.created_at, &target, &now, own))
     }
 
     async fn balance(&self, q: &BalanceQuery) -> Result<PulledBalance, ConnectorError> {

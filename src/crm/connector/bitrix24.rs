@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use super::{
-    as_rub, classify, retry_after, worse, BalanceQuery, Connector, ConnectorError, Outcome,
-    PulledBalance,
+    as_rub, classify, retry_after, superseded, worse, BalanceQuery, Connector, ConnectorError,
+    DealNow, Outcome, PulledBalance,
 };
 use crate::crm::config::CrmConfig;
 use crate::crm::event::{OutboxEvent, Payload, StageName};
@@ -230,6 +230,36 @@ impl Connector for Bitrix24 {
             out.push(outcome);
         }
         out
+    }
+
+    /// `crm.deal.update` answers only `true`, so our own writes carry no time to remember;
+    /// events of one car go out in order, so a change after a pending event's creation is
+    /// not one of that car's own.
+    async fn late_stage(&self, e: &OutboxEvent) -> Result<Option<String>, Outcome> {
+        let Payload::StageChanged { stage, .. } = &e.payload else {
+            return Ok(None);
+        };
+        let Some(deal) = e.deal_id.as_deref() else {
+            return Ok(None);
+        };
+        let target = match stage {
+            StageName::OnLine => &self.cfg.stages.on_line.stage_id,
+            StageName::WantsToReturn => &self.cfg.stages.wants_to_return.stage_id,
+        };
+        let d = self.rest("crm.deal.get", &json!({ "id": deal })).await?;
+        let changed_at = d["DATE_MODIFY"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .ok_or_else(|| Outcome::Retry {
+                error: format!("crm.deal.get {deal}: no DATE_MODIFY"),
+                after: None,
+            })?;
+        let now = DealNow {
+            stage: d["STAGE_ID"].as_str().unwrap_or_default().to_string(),
+            changed_at,
+        };
+        Ok(superseded(e.created_at, target, &now, None))
     }
 
     async fn balance(&self, q: &BalanceQuery) -> Result<PulledBalance, ConnectorError> {
