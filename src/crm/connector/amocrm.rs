@@ -421,13 +421,19 @@ impl Connector for AmoCrm {
             StageName::OnLine => &self.cfg.stages.on_line,
             StageName::WantsToReturn => &self.cfg.stages.wants_to_return,
         };
-        let lead = self
+        let lead = match self
             .send(
                 reqwest::Method::GET,
                 &format!("/api/v4/leads/{deal}"),
                 &Value::Null,
             )
-            .await?;
+            .await
+        {
+            Ok(l) => l,
+            // Refused: nothing to protect; the PATCH will tell. Unreachable: retried.
+            Err(Outcome::Failed(_)) => return Ok(None),
+            Err(o) => return Err(o),
+        };
         if lead.is_null() {
             // No such lead: nothing to protect; the PATCH will tell.
             return Ok(None);

@@ -246,7 +246,13 @@ impl Connector for Bitrix24 {
             StageName::OnLine => &self.cfg.stages.on_line.stage_id,
             StageName::WantsToReturn => &self.cfg.stages.wants_to_return.stage_id,
         };
-        let d = self.rest("crm.deal.get", &json!({ "id": deal })).await?;
+        let d = match self.rest("crm.deal.get", &json!({ "id": deal })).await {
+            Ok(d) => d,
+            // Refused (no such deal, no right to read it): nothing to protect; the update
+            // will tell. Unreachable or throttled: retried, not sent blind.
+            Err(Outcome::Failed(_)) => return Ok(None),
+            Err(o) => return Err(o),
+        };
         let changed_at = d["DATE_MODIFY"]
             .as_str()
             .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
