@@ -162,6 +162,23 @@ pub(crate) fn classify(status: reqwest::StatusCode, body: &str) -> Outcome {
     }
 }
 
+/// A number that may arrive as a JSON number or a string (`"4 500,50"` too).
+pub(crate) fn as_rub(v: &serde_json::Value) -> Option<f64> {
+    match v {
+        serde_json::Value::Number(n) => n.as_f64(),
+        serde_json::Value::String(s) => {
+            let cleaned: String = s
+                .chars()
+                .filter(|c| !c.is_whitespace())
+                .map(|c| if c == ',' { '.' } else { c })
+                .collect();
+            cleaned.parse().ok()
+        }
+        _ => None,
+    }
+    .filter(|f: &f64| f.is_finite())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -197,21 +214,4 @@ mod tests {
             None
         );
     }
-}
-
-/// A number that may arrive as a JSON number or a string (`"4 500,50"` too).
-pub(crate) fn as_rub(v: &serde_json::Value) -> Option<f64> {
-    match v {
-        serde_json::Value::Number(n) => n.as_f64(),
-        serde_json::Value::String(s) => {
-            let cleaned: String = s
-                .chars()
-                .filter(|c| !c.is_whitespace())
-                .map(|c| if c == ',' { '.' } else { c })
-                .collect();
-            cleaned.parse().ok()
-        }
-        _ => None,
-    }
-    .filter(|f: &f64| f.is_finite())
 }
