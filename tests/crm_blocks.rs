@@ -2,7 +2,7 @@
 //! exit added on top) shows nothing on the deal while the block is only decided; once the
 //! tracker answers `setdigout 1` the amoCRM deal gets blocked = true and a note naming the
 //! reasons in Russian; lifting the last reason shows blocked = false only after the car
-//! confirms the unblock.
+//! confirms the unblock. Bitrix24 the same way: `UF_CRM_BLOCKED` `Y`/`N` and a timeline comment.
 
 mod common;
 mod crm_fake;
@@ -190,5 +190,106 @@ async fn a_manual_block_and_a_border_exit_reach_the_deal_only_once_the_car_confi
     );
     let l = amo.fake.leads.lock().unwrap()[&3100].clone();
     assert_eq!(l["fields"]["502"], json!(false), "{l}");
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bitrix24_shows_a_confirmed_block_and_unblock_with_a_comment_naming_the_reason() {
+    let bx = crm_fake::start("bitrix24").await;
+    let dir = tempfile::tempdir().unwrap();
+    let toml = format!(
+        r#"
+[immobiliser]
+safe_for = 10
+max_block_speed_kmh = 5
+[crm]
+kind = "bitrix24"
+webhook_url = "{}/rest/1/s3cr3t/"
+backoff_initial_s = 0.05
+backoff_max_s = 0.5
+poll_ms = 50
+[crm.stages]
+on_line = {{ stage_id = "C1:EXECUTING" }}
+wants_to_return = {{ stage_id = "C1:FINAL_INVOICE" }}
+[crm.fields]
+blocked_field_code = "UF_CRM_BLOCKED"
+"#,
+        bx.url
+    );
+    let daemon = common::start(dir.path(), &toml).await;
+    let api = Api::new(daemon.api_addr);
+    let imei = "356307042441302";
+    let (s, v) = api
+        .put(
+            "/api/v1/vehicles/car-32",
+            json!({ "device_id": imei, "protocol": "teltonika", "crm_deal_id": "3200",
+                    "driver_id": "drv-32", "status": "issued" }),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let mut t = login(
+        daemon.addr(Protocol::Teltonika, Transport::Tcp).unwrap(),
+        imei,
+    )
+    .await;
+    send_records(&mut t, &[rec(60, 40, true, Some(false))]).await;
+    let (s, b) = api
+        .post(
+            "/api/v1/vehicles/car-32/block",
+            json!({ "reason": "outside_service_area", "comment": "left MKAD" }),
+        )
+        .await;
+    assert_eq!(s, 200, "{b}");
+    send_records(&mut t, &parked(20, Some(false))).await;
+    assert_eq!(read_command(&mut t).await, "setdigout 1");
+    t.send(&encode_codec12_response(
+        b"DOUT1:1 DOUT2:IGNORED DOUT3:IGNORED",
+    ))
+    .await;
+    wait_state(&api, "car-32", "blocked").await;
+    let comments = |bx: &crm_fake::Server| -> Vec<Value> {
+        bx.fake
+            .comments
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|c| c["ENTITY_ID"] == "3200")
+            .map(|c| c["COMMENT"].clone())
+            .collect()
+    };
+    assert!(
+        crm_fake::wait_for(20, || comments(&bx)
+            == vec![json!(
+                "Автомобиль заблокирован: за пределами зоны обслуживания."
+            )])
+        .await,
+        "{:?}",
+        bx.fake.calls()
+    );
+    assert_eq!(bx.fake.deals.lock().unwrap()["3200"]["UF_CRM_BLOCKED"], "Y");
+
+    let (s, _) = api
+        .post(
+            "/api/v1/vehicles/car-32/unblock",
+            json!({ "reason": "outside_service_area", "comment": "back inside" }),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(read_command(&mut t).await, "setdigout 0");
+    t.send(&encode_codec12_response(
+        b"DOUT1:0 DOUT2:IGNORED DOUT3:IGNORED",
+    ))
+    .await;
+    wait_state(&api, "car-32", "running").await;
+    assert!(
+        crm_fake::wait_for(20, || comments(&bx).len() == 2).await,
+        "{:?}",
+        bx.fake.calls()
+    );
+    assert_eq!(
+        comments(&bx)[1],
+        "Автомобиль разблокирован: причин блокировки больше нет."
+    );
+    assert_eq!(bx.fake.deals.lock().unwrap()["3200"]["UF_CRM_BLOCKED"], "N");
     daemon.stop().await;
 }
