@@ -264,17 +264,26 @@ async fn inspection_postponed_three_times_blocks_and_completion_lifts() {
         ("inspection", true)
     );
     assert_eq!(calls[0].vehicle, car);
+    // The driver message, then (the reason in effect: no relay behind this seam) the deal
+    // shows the block with a note naming the reason.
     assert!(
-        crm_fake::wait_for(10, || amo.fake.ok("POST").len() == 1).await,
-        "driver message note"
+        crm_fake::wait_for(10, || amo.fake.ok("POST").len() == 2).await,
+        "driver message and block notes: {:?}",
+        amo.fake.calls()
     );
-    let note = &amo.fake.ok("POST")[0];
-    assert_eq!(note.path, "/api/v4/leads/notes");
-    assert_eq!(note.body[0]["entity_id"], 900);
-    assert!(note.body[0]["params"]["text"]
+    let posts = amo.fake.ok("POST");
+    assert!(posts
+        .iter()
+        .all(|n| n.path == "/api/v4/leads/notes" && n.body[0]["entity_id"] == 900));
+    assert!(posts[0].body[0]["params"]["text"]
         .as_str()
         .unwrap()
         .contains("техосмотр"));
+    assert_eq!(
+        posts[1].body[0]["params"]["text"],
+        "Автомобиль заблокирован: просрочен ТО."
+    );
+    assert!(crm_fake::wait_for(10, || amo.fake.field_writes(502) == vec![json!(true)]).await);
 
     let (st, v) = api
         .post(

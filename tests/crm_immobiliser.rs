@@ -130,6 +130,19 @@ async fn low_balance_and_inspection_block_through_the_immobiliser_and_lift_in_tu
         "{:?}",
         amo.fake.calls()
     );
+    assert!(
+        crm_fake::wait_for(10, || amo
+            .fake
+            .notes
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|n| n["entity_id"] == 2100
+                && n["params"]["text"] == "Автомобиль заблокирован: низкий баланс."))
+        .await,
+        "{:?}",
+        amo.fake.notes.lock().unwrap()
+    );
 
     // Inspection postponed three times: a second reason on an already blocked car.
     let due = (chrono::Utc::now() + chrono::Duration::days(10)).date_naive();
@@ -152,6 +165,12 @@ async fn low_balance_and_inspection_block_through_the_immobiliser_and_lift_in_tu
         json!(["inspection", "low_balance"]),
         "{v}"
     );
+    // The deal is told the reasons standing on the blocked car.
+    assert!(
+        crm_fake::wait_for(20, || amo.fake.field_writes(502).len() == 2).await,
+        "{:?}",
+        amo.fake.calls()
+    );
 
     // A top-up lifts low_balance only: the car stays blocked, nothing goes out.
     set_balance(&api, "drv-21", 12_000.0).await;
@@ -161,6 +180,11 @@ async fn low_balance_and_inspection_block_through_the_immobiliser_and_lift_in_tu
     assert!(
         t.read_for(600).await.is_empty(),
         "another reason stands: no unblock"
+    );
+    assert!(
+        crm_fake::wait_for(20, || amo.fake.field_writes(502).len() == 3).await,
+        "{:?}",
+        amo.fake.calls()
     );
 
     // Completing the inspection lifts the last reason: unblocked at once.
@@ -218,7 +242,8 @@ async fn low_balance_and_inspection_block_through_the_immobiliser_and_lift_in_tu
         "{:?}",
         amo.fake.calls()
     );
-    // One write per reason change: added, added, lifted (one still stands), lifted (none).
+    // One write per confirmed change: blocked, a second reason, one lifted (one still
+    // stands), unblocked once the car answered.
     assert_eq!(
         amo.fake.field_writes(502),
         vec![json!(true), json!(true), json!(true), json!(false)]

@@ -36,7 +36,8 @@ async fn register(api: &Api, id: &str, deal: &str, driver: &str) {
     assert_eq!(st, 200, "{v}");
 }
 
-/// A return request, an inspection postponed three times, then completed: five events.
+/// A return request, an inspection postponed three times, then completed: three events (the
+/// car has no tracker, so its block is never confirmed and never shown on the deal).
 async fn make_events(api: &Api, car: &str) {
     let (st, _) = api
         .post(&format!("/api/v1/vehicles/{car}/return-request"), json!({}))
@@ -105,14 +106,14 @@ async fn crm_outage_then_every_event_once_per_key_in_order_per_vehicle() {
     let v = wait_pending_zero(&api, 30).await;
     assert_eq!(v["counts"]["pending"], 0, "{v}");
     assert_eq!(v["counts"]["dead"], 0, "{v}");
-    assert_eq!(v["counts"]["delivered"], 15, "{v}");
+    assert_eq!(v["counts"]["delivered"], 9, "{v}");
 
     let calls = hook.fake.calls();
     assert!(calls.iter().any(|c| c.status == 429), "the outage happened");
     let applied: Vec<_> = calls.iter().filter(|c| c.status == 200).collect();
     let keys: HashSet<String> = applied.iter().map(|c| key(c)).collect();
     assert_eq!(keys.len(), applied.len(), "each key applied once");
-    assert_eq!(applied.len(), 15);
+    assert_eq!(applied.len(), 9);
     assert!(
         calls.iter().all(|c| c.status != 208),
         "nothing was re-sent after success"
@@ -149,16 +150,7 @@ async fn crm_outage_then_every_event_once_per_key_in_order_per_vehicle() {
             .filter(|c| c.body["vehicle_id"] == car)
             .map(|c| c.body["type"].as_str().unwrap())
             .collect();
-        assert_eq!(
-            kinds,
-            [
-                "stage_changed",
-                "block_state",
-                "driver_message",
-                "mileage",
-                "block_state"
-            ]
-        );
+        assert_eq!(kinds, ["stage_changed", "driver_message", "mileage"]);
     }
     let (_, metrics) = api.text("/metrics").await;
     assert!(
@@ -200,18 +192,14 @@ async fn undelivered_events_are_delivered_after_a_restart() {
         .iter()
         .map(|e| e["key"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(
-        pending.len(),
-        3,
-        "stage, block state, driver message: {before}"
-    );
+    assert_eq!(pending.len(), 2, "stage, driver message: {before}");
     daemon.stop().await;
 
     hook.fake.fail.lock().unwrap().clear();
     let daemon = common::start(dir.path(), &toml).await;
     let api = Api::new(daemon.api_addr);
     let v = wait_pending_zero(&api, 20).await;
-    assert_eq!(v["counts"]["delivered"], 3, "{v}");
+    assert_eq!(v["counts"]["delivered"], 2, "{v}");
     let applied: Vec<String> = hook
         .fake
         .calls()

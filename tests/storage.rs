@@ -76,6 +76,7 @@ macro_rules! both {
 
 both!(
     crm_outbox_drops_a_vehicles_pending_events_of_a_deal_it_left,
+    crm_outbox_drops_one_superseded_event_and_only_while_pending,
     batch_round_trips_every_field,
     duplicates_are_stored_once,
     track_is_a_half_open_range_in_fix_order_with_a_limit,
@@ -623,6 +624,51 @@ async fn crm_outbox_heads_retries_and_dead_letters(c: Ctx) {
             .unwrap(),
         1
     );
+}
+
+async fn crm_outbox_drops_one_superseded_event_and_only_while_pending(c: Ctx) {
+    use fleetgate::crm::event::{NewEvent, Payload, Status};
+    let now = Utc::now();
+    let ev = |km: f64| NewEvent {
+        vehicle_id: VehicleId("car-s".into()),
+        deal_id: Some("9".into()),
+        payload: Payload::Mileage {
+            odometer_km: km,
+            at: now,
+        },
+    };
+    c.store
+        .crm_commit(&[], &[ev(1.0), ev(2.0)], now, Duration::hours(1))
+        .await
+        .unwrap();
+    let head = c.store.outbox_due(now, 10).await.unwrap();
+    assert_eq!(head.len(), 1);
+    c.store
+        .outbox_drop_one(head[0].id, "superseded: moved by a manager")
+        .await
+        .unwrap();
+    let dropped = c
+        .store
+        .outbox_list(Some(Status::Dropped), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(dropped.len(), 1);
+    assert_eq!(
+        dropped[0].last_error.as_deref(),
+        Some("superseded: moved by a manager")
+    );
+    // The next event is the head now; a delivered one is never dropped.
+    let next = c.store.outbox_due(now, 10).await.unwrap();
+    assert_eq!(next.len(), 1);
+    assert_ne!(next[0].id, head[0].id);
+    c.store.outbox_delivered(next[0].id, now).await.unwrap();
+    c.store.outbox_drop_one(next[0].id, "late").await.unwrap();
+    let delivered = c
+        .store
+        .outbox_list(Some(Status::Delivered), None, 10)
+        .await
+        .unwrap();
+    assert_eq!(delivered.len(), 1);
 }
 
 async fn crm_outbox_drops_a_vehicles_pending_events_of_a_deal_it_left(c: Ctx) {

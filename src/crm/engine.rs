@@ -11,6 +11,7 @@ use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot, Notify};
 
+use super::blocks::{self, Shown};
 use super::connector::BalanceQuery;
 use super::event::{NewEvent, Payload, StageName};
 use super::handback::{self, Transition};
@@ -252,6 +253,8 @@ pub struct Engine {
     /// What the CRM knows of each vehicle's mileage (see [`mileage`](super::mileage)).
     mileage: HashMap<VehicleId, MileageState>,
     last_pos: HashMap<VehicleId, (f64, f64)>,
+    /// What each vehicle's deal was last told of its block (see [`blocks`]).
+    shown: HashMap<VehicleId, Shown>,
     by_device: HashMap<DeviceId, VehicleId>,
     vehicles: HashMap<VehicleId, Vehicle>,
     misses: HashMap<DeviceId, tokio::time::Instant>,
@@ -264,6 +267,10 @@ pub struct Engine {
 const REFRESH_EVERY: Duration = Duration::from_secs(30);
 const STEP: Duration = crate::pipeline::writer::SUBSCRIBER_STEP_TIMEOUT;
 const DATES_EVERY: Duration = Duration::from_secs(3600);
+/// How often the immobiliser's snapshot is read for confirmed blocks and unblocks: one
+/// in-memory read of every vehicle's state (1 500 cars: well under a millisecond), and a
+/// confirmation reaches the outbox within 2 s.
+const BLOCKS_EVERY: Duration = Duration::from_secs(2);
 
 /// Build the actor and its handle; run it with [`Engine::run`].
 pub fn new(
@@ -293,6 +300,7 @@ pub fn new(
         odometers: HashMap::new(),
         mileage: HashMap::new(),
         last_pos: HashMap::new(),
+        shown: HashMap::new(),
         by_device: HashMap::new(),
         vehicles: HashMap::new(),
         misses: HashMap::new(),
@@ -370,6 +378,8 @@ impl Engine {
             put(&mut self.inspections, v.clone(), row);
             let row = self.store.crm_state("mileage", &v.0).await;
             put(&mut self.mileage, v.clone(), row);
+            let row = self.store.crm_state("block_shown", &v.0).await;
+            put(&mut self.shown, v.clone(), row);
         }
         if let Some(d) = driver {
             let row = self.store.crm_state("balance", d).await;
@@ -407,6 +417,8 @@ impl Engine {
         }
         let mut refresh = tokio::time::interval(REFRESH_EVERY);
         let mut dates = tokio::time::interval(DATES_EVERY);
+        let mut blocks = tokio::time::interval(BLOCKS_EVERY);
+        blocks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         dates.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -425,6 +437,7 @@ impl Engine {
                 Some(m) = cmds.recv() => tokio::time::timeout(step, self.on_cmd(m)).await,
                 _ = refresh.tick() => tokio::time::timeout(step, self.refresh()).await,
                 _ = dates.tick() => tokio::time::timeout(step, self.check_dates()).await,
+                _ = blocks.tick() => tokio::time::timeout(step, self.watch_blocks()).await,
             };
             if done.is_err() {
                 metrics::counter!("fleetgate_crm_step_timeouts_total").increment(1);
@@ -445,6 +458,10 @@ impl Engine {
             .map(|(k, v)| (VehicleId(k), v))
             .collect();
         self.inspections = load::<InspectionState>(self.store.crm_states("inspection").await?)
+            .into_iter()
+            .map(|(k, v)| (VehicleId(k), v))
+            .collect();
+        self.shown = load::<Shown>(self.store.crm_states("block_shown").await?)
             .into_iter()
             .map(|(k, v)| (VehicleId(k), v))
             .collect();
@@ -512,6 +529,17 @@ impl Engine {
                 Err(e) => {
                     tracing::error!(vehicle = %id, error = %e, "crm: old deal's events not dropped")
                 }
+            }
+        }
+        if t.drop_pending_except.is_some() && self.shown.get(id).is_some_and(|s| s.blocked) {
+            // The next deal starts clean: a car still blocked is shown there once confirmed.
+            let clean = Shown::default();
+            if self
+                .commit(vec![state("block_shown", &id.0, &clean)], Vec::new())
+                .await
+                .is_ok()
+            {
+                self.shown.insert(id.clone(), clean);
             }
         }
         if t.end_shift {
@@ -587,18 +615,6 @@ impl Engine {
             .as_ref()
             .and_then(|d| self.balances.get(d))
             .is_some_and(|b| b.low)
-    }
-
-    /// The CRM-rule reasons active on a vehicle.
-    fn rule_reasons(&self, v: &Vehicle) -> Vec<String> {
-        let mut r = Vec::new();
-        if self.driver_low(v) {
-            r.push(REASON_LOW_BALANCE.to_string());
-        }
-        if self.inspections.get(&v.id).is_some_and(|i| i.blocked) {
-            r.push(REASON_INSPECTION.to_string());
-        }
-        r
     }
 
     fn event(&self, v: &Vehicle, payload: Payload) -> Option<NewEvent> {
@@ -969,27 +985,18 @@ impl Engine {
             .collect();
         self.balances.insert(driver.to_string(), st.clone());
         let mut events = Vec::new();
-        if let Some(low) = flip {
+        // The deal's blocked field follows the car's confirmation (`watch_blocks`); the
+        // driver is warned at once.
+        if flip == Some(true) {
             for v in &cars {
                 events.extend(self.event(
                     v,
-                    Payload::BlockState {
+                    Payload::DriverMessage {
+                        driver_id: Some(driver.to_string()),
                         reason: REASON_LOW_BALANCE.into(),
-                        active: low,
-                        blocked: !self.rule_reasons(v).is_empty(),
-                        reasons: self.rule_reasons(v),
+                        text: self.rules.messages.low_balance(rub, min),
                     },
                 ));
-                if low {
-                    events.extend(self.event(
-                        v,
-                        Payload::DriverMessage {
-                            driver_id: Some(driver.to_string()),
-                            reason: REASON_LOW_BALANCE.into(),
-                            text: self.rules.messages.low_balance(rub, min),
-                        },
-                    ));
-                }
             }
         }
         if st != old {
@@ -1106,12 +1113,6 @@ impl Engine {
         }
         self.inspections.insert(v.id.clone(), st.clone());
         if let Some((active, cause)) = &flip {
-            payloads.push(Payload::BlockState {
-                reason: REASON_INSPECTION.into(),
-                active: *active,
-                blocked: !self.rule_reasons(v).is_empty(),
-                reasons: self.rule_reasons(v),
-            });
             if *active {
                 payloads.push(Payload::DriverMessage {
                     driver_id: v.driver_id.clone(),
@@ -1147,6 +1148,63 @@ impl Engine {
                 .await;
         }
         Ok(st)
+    }
+
+    /// Tell each deal what its car confirmed (see [`blocks`]): blocked with the reasons named
+    /// in Russian, or unblocked. A car without a current deal waits for one.
+    async fn watch_blocks(&mut self) {
+        if !self.emit.on {
+            return;
+        }
+        let snap = self.wiring.reasons.snapshot().await;
+        let ids: Vec<VehicleId> = self.vehicles.keys().cloned().collect();
+        for id in ids {
+            let shown = self.shown.get(&id).cloned().unwrap_or_default();
+            if blocks::next(&shown, snap.get(&id)).is_none() {
+                continue;
+            }
+            // Another instance may have told the deal already.
+            self.reload(Some(&id), None).await;
+            let shown = self.shown.get(&id).cloned().unwrap_or_default();
+            let view = snap.get(&id);
+            let Some(next) = blocks::next(&shown, view) else {
+                continue;
+            };
+            let Some(v) = self.vehicles.get(&id).cloned() else {
+                continue;
+            };
+            if handback::current_deal(&v).is_none() && !self.emit.without_deal {
+                continue;
+            }
+            let text = if next.blocked {
+                let named: Vec<(String, Option<String>)> = next
+                    .reasons
+                    .iter()
+                    .map(|r| (r.clone(), view.and_then(|w| w.comments.get(r).cloned())))
+                    .collect();
+                self.rules.messages.blocked(&named)
+            } else {
+                self.rules.messages.unblocked()
+            };
+            let payload = Payload::BlockState {
+                blocked: next.blocked,
+                reasons: next.reasons.clone(),
+                text,
+            };
+            let events = self.event(&v, payload).into_iter().collect();
+            match self
+                .commit(vec![state("block_shown", &id.0, &next)], events)
+                .await
+            {
+                Ok(()) => {
+                    tracing::info!(vehicle = %id, blocked = next.blocked, reasons = ?next.reasons, "crm: confirmed block state sent to the deal");
+                    self.shown.insert(id, next);
+                }
+                Err(e) => {
+                    tracing::error!(vehicle = %id, error = %e, "crm rules: block state not stored")
+                }
+            }
+        }
     }
 
     async fn check_dates(&mut self) {

@@ -32,12 +32,13 @@ pub enum Payload {
     },
     /// The car's odometer (an inspection was completed, or a shift started).
     Mileage { odometer_km: f64, at: DateTime<Utc> },
-    /// A fleetgate rule added or lifted a block reason; `blocked` = any rule reason still on.
+    /// The car confirmed a block (`blocked`, with every reason standing, any source), or the
+    /// unblock once the last reason was lifted; `text` names the reasons in Russian (a note).
     BlockState {
-        reason: String,
-        active: bool,
         blocked: bool,
         reasons: Vec<String>,
+        #[serde(default)]
+        text: String,
     },
     /// A message the CRM should deliver to the driver (warning before/at a block).
     DriverMessage {

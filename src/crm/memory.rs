@@ -2,7 +2,7 @@
 //! as a bounding box, and a `CrmStore` for paused-clock tests. The daemon uses the first two
 //! until the immobiliser and the geofences are wired in.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
 
 use async_trait::async_trait;
@@ -27,7 +27,8 @@ pub struct ReasonCall {
 #[derive(Default)]
 pub struct MemoryBlockReasons {
     calls: Mutex<Vec<ReasonCall>>,
-    active: Mutex<HashMap<VehicleId, BTreeSet<String>>>,
+    /// Active reasons with their comments.
+    active: Mutex<HashMap<VehicleId, BTreeMap<String, String>>>,
 }
 
 impl MemoryBlockReasons {
@@ -38,7 +39,7 @@ impl MemoryBlockReasons {
         self.active
             .lock()
             .ok()
-            .and_then(|a| a.get(vehicle).cloned())
+            .and_then(|a| a.get(vehicle).map(|r| r.keys().cloned().collect()))
             .unwrap_or_default()
     }
 }
@@ -65,7 +66,7 @@ impl BlockReasons for MemoryBlockReasons {
         if let Ok(mut a) = self.active.lock() {
             let set = a.entry(vehicle.clone()).or_default();
             if active {
-                set.insert(reason.into());
+                set.insert(reason.into(), comment.into());
             } else {
                 set.remove(reason);
             }
@@ -80,9 +81,12 @@ impl BlockReasons for MemoryBlockReasons {
             .map(|(v, r)| {
                 (
                     v,
+                    // No relay to wait for: a reason is in effect at once.
                     BlockView {
-                        reasons: r.into_iter().collect(),
+                        reasons: r.keys().cloned().collect(),
                         pending: false,
+                        confirmed: true,
+                        comments: r.into_iter().filter(|(_, c)| !c.is_empty()).collect(),
                     },
                 )
             })
@@ -266,6 +270,18 @@ impl CrmStore for MemoryCrmStore {
             n += 1;
         }
         Ok(n)
+    }
+    async fn outbox_drop_one(&self, id: i64, why: &str) -> Result<(), StorageError> {
+        if let Some(e) = self
+            .lock()?
+            .outbox
+            .iter_mut()
+            .find(|e| e.id == id && e.status == Status::Pending)
+        {
+            e.status = Status::Dropped;
+            e.last_error = Some(why.into());
+        }
+        Ok(())
     }
     async fn outbox_requeue(&self, id: i64, now: DateTime<Utc>) -> Result<bool, StorageError> {
         Ok(

@@ -14,6 +14,10 @@ pub struct Messages {
     pub low_balance: String,
     /// `inspection` is set: `{cause}` (why, in Russian).
     pub inspection: String,
+    /// The car confirmed its block (a note on the deal): `{reasons}`, named in Russian.
+    pub blocked: String,
+    /// The last reason was lifted and the car confirmed the unblock.
+    pub unblocked: String,
 }
 
 impl Default for Messages {
@@ -25,6 +29,8 @@ impl Default for Messages {
             inspection: "Требуется техосмотр: {cause}. Пройдите ТО: после остановки автомобиль \
                          не заведётся."
                 .into(),
+            blocked: "Автомобиль заблокирован: {reasons}.".into(),
+            unblocked: "Автомобиль разблокирован: причин блокировки больше нет.".into(),
         }
     }
 }
@@ -36,7 +42,22 @@ impl Messages {
             &self.low_balance,
             &["balance", "min"],
         )?;
-        check("rules.messages.inspection", &self.inspection, &["cause"])
+        check("rules.messages.inspection", &self.inspection, &["cause"])?;
+        check("rules.messages.blocked", &self.blocked, &["reasons"])?;
+        check("rules.messages.unblocked", &self.unblocked, &[])
+    }
+
+    /// The note for a confirmed block; `reasons` are (name, comment) pairs.
+    pub fn blocked(&self, reasons: &[(String, Option<String>)]) -> String {
+        let names: Vec<String> = reasons
+            .iter()
+            .map(|(r, c)| reason_ru(r, c.as_deref()))
+            .collect();
+        fill(&self.blocked, &[("reasons", names.join("; "))])
+    }
+
+    pub fn unblocked(&self) -> String {
+        self.unblocked.clone()
     }
 
     pub fn low_balance(&self, balance_rub: f64, min_rub: f64) -> String {
@@ -80,6 +101,21 @@ fn fill(template: &str, values: &[(&str, String)]) -> String {
     values.iter().fold(template.to_string(), |t, (k, v)| {
         t.replace(&format!("{{{k}}}"), v)
     })
+}
+
+/// A block reason as a manager reads it. Reasons other rules may add are named as they are
+/// (they are `[a-z0-9_]` identifiers, quoted so they read as a name, not as prose).
+pub fn reason_ru(reason: &str, comment: Option<&str>) -> String {
+    match reason {
+        "outside_service_area" => "за пределами зоны обслуживания".into(),
+        "low_balance" => "низкий баланс".into(),
+        "inspection" => "просрочен ТО".into(),
+        "manual" => match comment.map(str::trim).filter(|c| !c.is_empty()) {
+            Some(c) => format!("ручная блокировка: {c}"),
+            None => "ручная блокировка".into(),
+        },
+        other => format!("причина «{other}»"),
+    }
 }
 
 /// Digits grouped by three with spaces: `151 234`.
@@ -141,6 +177,25 @@ mod tests {
              автомобиль не заведётся."
         );
         assert!(!text.chars().any(|c| c.is_ascii_alphabetic()), "{text}");
+    }
+
+    #[test]
+    fn block_notes_name_every_reason_in_russian() {
+        let m = Messages::default();
+        let text = m.blocked(&[
+            ("low_balance".into(), Some("баланс 100 ₽".into())),
+            ("manual".into(), Some("долг за аренду".into())),
+            ("outside_service_area".into(), None),
+            ("inspection".into(), None),
+        ]);
+        assert_eq!(
+            text,
+            "Автомобиль заблокирован: низкий баланс; ручная блокировка: долг за аренду; \
+             за пределами зоны обслуживания; просрочен ТО."
+        );
+        assert!(!text.chars().any(|c| c.is_ascii_alphabetic()), "{text}");
+        assert_eq!(reason_ru("manual", Some("  ")), "ручная блокировка");
+        assert!(!m.unblocked().chars().any(|c| c.is_ascii_alphabetic()));
     }
 
     #[test]

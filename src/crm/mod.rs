@@ -8,6 +8,7 @@
 //! immobiliser), and "inside the service area" comes from [`FleetZones`] (the geofences).
 
 pub mod api;
+pub mod blocks;
 pub mod checker;
 pub mod config;
 pub mod connector;
@@ -23,7 +24,7 @@ pub mod rules;
 pub mod shift;
 pub mod zones;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -44,6 +45,10 @@ pub struct BlockView {
     pub reasons: Vec<String>,
     /// A block was decided but not yet confirmed by the car (waiting for it to stop, offline…).
     pub pending: bool,
+    /// The car confirmed the block (it answered the command, or its telemetry shows it).
+    pub confirmed: bool,
+    /// The comment given with a reason, when there is one (an operator's for `manual`).
+    pub comments: BTreeMap<String, String>,
 }
 
 /// The immobiliser as the CRM rules see it. `set_reason` must be idempotent: the rules

@@ -12,8 +12,8 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::config::CrmConfig;
-use super::connector::{Connector, Outcome};
-use super::event::{OutboxEvent, Status};
+use super::connector::{Connector, Outcome, LATE_AFTER};
+use super::event::{OutboxEvent, Payload, Status};
 use super::ratelimit::backoff;
 use crate::storage::CrmStore;
 
@@ -129,9 +129,35 @@ impl OutboxWorker {
         if n == 0 {
             return Ok(1);
         }
-        let outcomes = self.connector.deliver(&live).await;
+        // Late stage events first check the deal; some are dropped, some cannot be checked.
+        let mut checked: Vec<(OutboxEvent, Outcome)> = Vec::new();
+        let mut send: Vec<OutboxEvent> = Vec::with_capacity(n);
+        for e in live {
+            let late = e.attempts > 0 || now - e.created_at >= LATE_AFTER;
+            if !late || !matches!(e.payload, Payload::StageChanged { .. }) {
+                send.push(e);
+                continue;
+            }
+            match self.late_check(&e).await? {
+                Ok(None) => send.push(e),
+                Ok(Some(why)) => {
+                    metrics::counter!("fleetgate_crm_events_dropped_total", "cause" => "superseded")
+                        .increment(1);
+                    tracing::info!(id = e.id, vehicle = %e.vehicle_id, deal = ?e.deal_id, %why, "crm stage event dropped");
+                    self.store.outbox_drop_one(e.id, &why).await?;
+                }
+                Err(o) => checked.push((e, o)),
+            }
+        }
+        let outcomes = if send.is_empty() {
+            Vec::new()
+        } else {
+            self.connector.deliver(&send).await
+        };
         let at = Utc::now();
-        for (e, o) in live.iter().zip(outcomes) {
+        let done: Vec<(OutboxEvent, Outcome)> =
+            send.into_iter().zip(outcomes).chain(checked).collect();
+        for (e, o) in done.iter().map(|(e, o)| (e, o.clone())) {
             let kind = e.payload.kind();
             match o {
                 Outcome::Delivered => {
@@ -167,6 +193,29 @@ impl OutboxWorker {
             }
         }
         Ok(n)
+    }
+
+    /// Is this late stage event superseded: by a newer stage event for the same deal still
+    /// pending (coalesced: only the newest goes), or by a change made in the CRM since?
+    async fn late_check(
+        &self,
+        e: &OutboxEvent,
+    ) -> Result<Result<Option<String>, Outcome>, crate::storage::StorageError> {
+        let pending = self
+            .store
+            .outbox_list(Some(Status::Pending), Some(&e.vehicle_id), 200)
+            .await?;
+        let newer = pending.iter().any(|p| {
+            p.id > e.id
+                && p.deal_id == e.deal_id
+                && matches!(p.payload, Payload::StageChanged { .. })
+        });
+        if newer {
+            return Ok(Ok(Some(
+                "superseded: a newer stage event for the deal is pending".into(),
+            )));
+        }
+        Ok(self.connector.late_stage(e).await)
     }
 
     async fn dead(

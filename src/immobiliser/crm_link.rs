@@ -1,5 +1,6 @@
 //! The CRM rules (`low_balance`, `inspection`) reach the engine block through the same
-//! [`ImmobiliserHandle::set_reason`] path as every other rule.
+//! [`ImmobiliserHandle::set_reason`] path as every other rule; the CRM learns from the
+//! snapshot when the car confirmed a block, for every reason (zones, operators, its own).
 
 use std::collections::HashMap;
 
@@ -35,7 +36,18 @@ impl BlockReasons for ImmobiliserHandle {
             .map(|(id, v)| {
                 let pending = matches!(v.state, ImmobState::BlockPending | ImmobState::Blocking);
                 let reasons = v.reasons.iter().map(|r| r.as_str().to_string()).collect();
-                (id, BlockView { reasons, pending })
+                let comments = v
+                    .reason_details
+                    .iter()
+                    .filter_map(|d| Some((d.reason.as_str().to_string(), d.comment.clone()?)))
+                    .collect();
+                let view = BlockView {
+                    reasons,
+                    pending,
+                    confirmed: v.state == ImmobState::Blocked,
+                    comments,
+                };
+                (id, view)
             })
             .collect()
     }

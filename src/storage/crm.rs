@@ -79,6 +79,8 @@ pub trait CrmStore: Send + Sync + 'static {
         keep_deal: Option<&str>,
         why: &str,
     ) -> Result<u64, StorageError>;
+    /// Drop one pending event (superseded: the CRM or a newer event moved its deal since).
+    async fn outbox_drop_one(&self, id: i64, why: &str) -> Result<(), StorageError>;
     /// Put a dead event back in the queue (operator's retry); false if it was not dead.
     async fn outbox_requeue(&self, id: i64, now: DateTime<Utc>) -> Result<bool, StorageError>;
     /// Events, newest first, optionally of one status and/or vehicle.
@@ -151,6 +153,9 @@ impl CrmStore for std::sync::Arc<dyn Store> {
         why: &str,
     ) -> Result<u64, StorageError> {
         (**self).outbox_drop(v, keep, why).await
+    }
+    async fn outbox_drop_one(&self, id: i64, why: &str) -> Result<(), StorageError> {
+        (**self).outbox_drop_one(id, why).await
     }
     async fn outbox_requeue(&self, id: i64, now: DateTime<Utc>) -> Result<bool, StorageError> {
         (**self).outbox_requeue(id, now).await
@@ -357,6 +362,18 @@ impl CrmStore for SqliteStore {
         .execute(self.writer())
         .await?;
         Ok(r.rows_affected())
+    }
+
+    async fn outbox_drop_one(&self, id: i64, why: &str) -> Result<(), StorageError> {
+        sqlx::query(
+            "UPDATE crm_outbox SET status = 'dropped', last_error = ? \
+             WHERE id = ? AND status = 'pending'",
+        )
+        .bind(why)
+        .bind(id)
+        .execute(self.writer())
+        .await?;
+        Ok(())
     }
 
     async fn outbox_requeue(&self, id: i64, now: DateTime<Utc>) -> Result<bool, StorageError> {

@@ -31,6 +31,8 @@ pub struct Fake {
     pub leads: Mutex<HashMap<u64, Value>>,
     /// amoCRM notes as created: `{id, entity_id, note_type, params, created_at}`.
     pub notes: Mutex<Vec<Value>>,
+    /// Bitrix24 deals by id as `crm.deal.update` left them, with `STAGE_ID` and `DATE_MODIFY`.
+    pub deals: Mutex<HashMap<String, Value>>,
     /// Bitrix24 timeline comments as added: `{ID, ENTITY_ID, ENTITY_TYPE, COMMENT, CREATED}`.
     pub comments: Mutex<Vec<Value>>,
     /// Statuses to answer the next requests with, before serving normally.
@@ -106,6 +108,25 @@ impl Fake {
         }
         r.push_back(now);
         r.len() > per_s
+    }
+    /// A manager moves an amoCRM lead to another stage in the CRM: its `updated_at` moves.
+    pub fn manager_moves(&self, lead: u64, pipeline_id: u64, status_id: u64) {
+        let mut leads = self.leads.lock().unwrap();
+        let l = leads
+            .entry(lead)
+            .or_insert_with(|| json!({ "id": lead, "fields": {} }));
+        l["pipeline_id"] = pipeline_id.into();
+        l["status_id"] = status_id.into();
+        l["updated_at"] = unix_now().into();
+    }
+    /// A manager moves a Bitrix24 deal to another stage: its `DATE_MODIFY` moves.
+    pub fn manager_moves_deal(&self, deal: &str, stage_id: &str) {
+        let mut deals = self.deals.lock().unwrap();
+        let d = deals
+            .entry(deal.to_string())
+            .or_insert_with(|| json!({ "ID": deal }));
+        d["STAGE_ID"] = stage_id.into();
+        d["DATE_MODIFY"] = chrono::Utc::now().to_rfc3339().into();
     }
     pub fn set_field(&self, lead: u64, field: u64, value: Value) {
         let mut leads = self.leads.lock().unwrap();
@@ -302,7 +323,31 @@ async fn bitrix(
     }
     match uri.path() {
         "/rest/1/s3cr3t/crm.deal.update" if body["id"].is_string() => {
+            let id = body["id"].as_str().unwrap_or_default().to_string();
+            {
+                let mut deals = fake.deals.lock().unwrap();
+                let d = deals
+                    .entry(id.clone())
+                    .or_insert_with(|| json!({ "ID": id }));
+                if let Some(fs) = body["fields"].as_object() {
+                    for (k, v) in fs {
+                        d[k.as_str()] = v.clone();
+                    }
+                }
+                d["DATE_MODIFY"] = chrono::Utc::now().to_rfc3339().into();
+            }
             reply(200, json!({ "result": true }))
+        }
+        // As the real portal: the deal's fields, `DATE_MODIFY` in ISO 8601 with its offset.
+        "/rest/1/s3cr3t/crm.deal.get" => {
+            let id = body["id"].as_str().unwrap_or_default().to_string();
+            match fake.deals.lock().unwrap().get(&id).cloned() {
+                Some(d) => reply(200, json!({ "result": d })),
+                None => reply(
+                    400,
+                    json!({ "error": "", "error_description": "Not found" }),
+                ),
+            }
         }
         "/rest/1/s3cr3t/crm.timeline.comment.add" => {
             let id = {

@@ -11,7 +11,8 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use super::{
-    as_rub, classify, retry_after, BalanceQuery, Connector, ConnectorError, Outcome, PulledBalance,
+    as_rub, classify, retry_after, superseded, worse, BalanceQuery, Connector, ConnectorError,
+    DealNow, Outcome, PulledBalance,
 };
 use crate::crm::config::CrmConfig;
 use crate::crm::event::{OutboxEvent, Payload, StageName};
@@ -21,6 +22,9 @@ pub struct AmoCrm {
     cfg: CrmConfig,
     http: reqwest::Client,
     limiter: Arc<RateLimiter>,
+    /// Per lead, the `updated_at` our last PATCH got back: that change is ours, not a
+    /// manager's (see [`superseded`]).
+    own: std::sync::Mutex<std::collections::HashMap<u64, i64>>,
 }
 
 /// What one event asks of amoCRM.
@@ -36,14 +40,19 @@ fn field(id: u64, value: Value) -> Option<Value> {
 
 impl AmoCrm {
     pub fn new(cfg: CrmConfig, http: reqwest::Client, limiter: Arc<RateLimiter>) -> Self {
-        AmoCrm { cfg, http, limiter }
+        AmoCrm {
+            cfg,
+            http,
+            limiter,
+            own: Default::default(),
+        }
     }
 
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.cfg.base_url.trim_end_matches('/'))
     }
 
-    fn call(&self, e: &OutboxEvent) -> Result<Call, String> {
+    fn call(&self, e: &OutboxEvent) -> Result<Vec<Call>, String> {
         let deal: u64 = e
             .deal_id
             .as_deref()
@@ -73,7 +82,7 @@ impl AmoCrm {
                 json!({ "entity_id": deal, "note_type": "common", "params": { "text": text } }),
             )
         };
-        Ok(match &e.payload {
+        Ok(vec![match &e.payload {
             Payload::StageChanged {
                 stage,
                 lat,
@@ -105,10 +114,18 @@ impl AmoCrm {
                     (odometer_km.round() as i64).into(),
                 )],
             ),
-            Payload::BlockState { blocked, .. } => lead(
-                serde_json::Map::new(),
-                vec![field(f.blocked_field_id, (*blocked).into())],
-            ),
+            // The blocked field and a note naming the reasons: two calls, one event.
+            Payload::BlockState { blocked, text, .. } => {
+                let set = lead(
+                    serde_json::Map::new(),
+                    vec![field(f.blocked_field_id, (*blocked).into())],
+                );
+                return Ok(if text.is_empty() {
+                    vec![set]
+                } else {
+                    vec![set, note(text.clone())]
+                });
+            }
             Payload::DriverMessage { text, .. } => note(text.clone()),
             Payload::DocumentExpiring {
                 document,
@@ -119,7 +136,7 @@ impl AmoCrm {
             } else {
                 format!("Документ {document} истекает {expires_on} (осталось дней: {days_left})")
             }),
-        })
+        }])
     }
 
     async fn send(
@@ -149,6 +166,10 @@ impl AmoCrm {
                 after: Some(after),
             });
         }
+        // amoCRM answers a GET of a lead it does not have with 204 and no body.
+        if status.as_u16() == 204 {
+            return Ok(Value::Null);
+        }
         let text = resp.text().await.unwrap_or_default();
         if !status.is_success() {
             return Err(match classify(status, &text) {
@@ -163,6 +184,16 @@ impl AmoCrm {
             error: format!("{method} {path}: 200 with a body that is not JSON: {e}"),
             after: None,
         })
+    }
+
+    fn remember(&self, answer: &[Value]) {
+        if let Ok(mut own) = self.own.lock() {
+            for a in answer {
+                if let (Some(id), Some(t)) = (a["id"].as_u64(), a["updated_at"].as_i64()) {
+                    own.insert(id, t);
+                }
+            }
+        }
     }
 
     /// Check that the answer carries every lead we sent, with the status we asked for.
@@ -204,7 +235,10 @@ impl AmoCrm {
                 .send(reqwest::Method::PATCH, &format!("/api/v4/leads/{id}"), one)
                 .await
             {
-                Ok(a) => Self::verify_leads(leads, std::slice::from_ref(&a)),
+                Ok(a) => {
+                    self.remember(std::slice::from_ref(&a));
+                    Self::verify_leads(leads, std::slice::from_ref(&a))
+                }
                 Err(o) => vec![o],
             };
         }
@@ -218,6 +252,7 @@ impl AmoCrm {
                     .as_array()
                     .cloned()
                     .unwrap_or_default();
+                self.remember(&answer);
                 Self::verify_leads(leads, &answer)
             }
             // One bad lead fails a whole bulk call: find it by sending them one by one.
@@ -310,22 +345,35 @@ impl Connector for AmoCrm {
     }
 
     async fn deliver(&self, events: &[OutboxEvent]) -> Vec<Outcome> {
+        // An event may need a lead update and a note: its outcome is the worse of the two.
         let mut out: Vec<Option<Outcome>> = vec![None; events.len()];
+        let put = |out: &mut Vec<Option<Outcome>>, i: usize, o: Outcome| {
+            out[i] = Some(match out[i].take() {
+                None => o,
+                Some(prev) => worse(prev, o),
+            });
+        };
         let mut leads = Vec::new();
         let mut notes = Vec::new();
         let calls: Vec<_> = events.iter().map(|e| self.call(e)).collect();
         for (i, c) in calls.iter().enumerate() {
             match c {
-                Err(e) => out[i] = Some(Outcome::Failed(e.clone())),
-                Ok(Call::Nothing) => out[i] = Some(Outcome::Delivered),
-                Ok(Call::Lead(v)) => leads.push((i, v)),
-                Ok(Call::Note(v)) => notes.push((i, v)),
+                Err(e) => put(&mut out, i, Outcome::Failed(e.clone())),
+                Ok(cs) => {
+                    for c in cs {
+                        match c {
+                            Call::Nothing => put(&mut out, i, Outcome::Delivered),
+                            Call::Lead(v) => leads.push((i, v)),
+                            Call::Note(v) => notes.push((i, v)),
+                        }
+                    }
+                }
             }
         }
         for chunk in leads.chunks(self.cfg.batch_max.max(1)) {
             let bodies: Vec<&Value> = chunk.iter().map(|(_, v)| *v).collect();
             for ((i, _), o) in chunk.iter().zip(self.patch_leads(&bodies).await) {
-                out[*i] = Some(o);
+                put(&mut out, *i, o);
             }
         }
         // A note retried after an attempt that may have landed (a timeout, a lost answer) is
@@ -339,17 +387,17 @@ impl Connector for AmoCrm {
             match self.note_exists(v, &events[i]).await {
                 Ok(true) => {
                     tracing::info!(key = %events[i].key, "crm: note already in amoCRM, not posted again");
-                    out[i] = Some(Outcome::Delivered);
+                    put(&mut out, i, Outcome::Delivered);
                 }
                 Ok(false) => fresh.push((i, v)),
-                Err(o) => out[i] = Some(o),
+                Err(o) => put(&mut out, i, o),
             }
         }
         let notes = fresh;
         for chunk in notes.chunks(self.cfg.batch_max.max(1)) {
             let bodies: Vec<&Value> = chunk.iter().map(|(_, v)| *v).collect();
             for ((i, _), o) in chunk.iter().zip(self.add_notes(&bodies).await) {
-                out[*i] = Some(o);
+                put(&mut out, *i, o);
             }
         }
         out.into_iter()
@@ -360,6 +408,55 @@ impl Connector for AmoCrm {
                 })
             })
             .collect()
+    }
+
+    async fn late_stage(&self, e: &OutboxEvent) -> Result<Option<String>, Outcome> {
+        let Payload::StageChanged { stage, .. } = &e.payload else {
+            return Ok(None);
+        };
+        let Some(deal) = e.deal_id.as_deref().and_then(|d| d.parse::<u64>().ok()) else {
+            return Ok(None);
+        };
+        let s = match stage {
+            StageName::OnLine => &self.cfg.stages.on_line,
+            StageName::WantsToReturn => &self.cfg.stages.wants_to_return,
+        };
+        let lead = match self
+            .send(
+                reqwest::Method::GET,
+                &format!("/api/v4/leads/{deal}"),
+                &Value::Null,
+            )
+            .await
+        {
+            Ok(l) => l,
+            // Refused: nothing to protect; the PATCH will tell. Unreachable: retried.
+            Err(Outcome::Failed(_)) => return Ok(None),
+            Err(o) => return Err(o),
+        };
+        if lead.is_null() {
+            // No such lead: nothing to protect; the PATCH will tell.
+            return Ok(None);
+        }
+        let changed_at = lead["updated_at"]
+            .as_i64()
+            .and_then(|t| chrono::DateTime::from_timestamp(t, 0))
+            .ok_or_else(|| Outcome::Retry {
+                error: format!("GET lead {deal}: no updated_at"),
+                after: None,
+            })?;
+        let now = DealNow {
+            stage: format!("{}:{}", lead["pipeline_id"], lead["status_id"]),
+            changed_at,
+        };
+        let own = self
+            .own
+            .lock()
+            .ok()
+            .and_then(|o| o.get(&deal).copied())
+            .and_then(|t| chrono::DateTime::from_timestamp(t, 0));
+        let target = format!("{}:{}", s.pipeline_id, s.status_id);
+        Ok(superseded(e.created_at, &target, &now, own))
     }
 
     async fn balance(&self, q: &BalanceQuery) -> Result<PulledBalance, ConnectorError> {

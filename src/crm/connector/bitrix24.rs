@@ -11,7 +11,8 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 
 use super::{
-    as_rub, classify, retry_after, BalanceQuery, Connector, ConnectorError, Outcome, PulledBalance,
+    as_rub, classify, retry_after, superseded, worse, BalanceQuery, Connector, ConnectorError,
+    DealNow, Outcome, PulledBalance,
 };
 use crate::crm::config::CrmConfig;
 use crate::crm::event::{OutboxEvent, Payload, StageName};
@@ -32,8 +33,9 @@ impl Bitrix24 {
         format!("{}/{method}", self.cfg.webhook_url.trim_end_matches('/'))
     }
 
-    /// The REST method and its parameters for one event; `None` when nothing is configured.
-    fn call(&self, e: &OutboxEvent) -> Result<Option<(&'static str, Value)>, String> {
+    /// The REST calls (method, parameters) for one event, in order; none when nothing is
+    /// configured.
+    fn call(&self, e: &OutboxEvent) -> Result<Vec<(&'static str, Value)>, String> {
         let deal = e
             .deal_id
             .as_deref()
@@ -81,12 +83,17 @@ impl Bitrix24 {
                 put(&f.mileage_field_code, (odometer_km.round() as i64).into());
                 update(fields)
             }
-            Payload::BlockState { blocked, .. } => {
+            // The blocked field and a comment naming the reasons.
+            Payload::BlockState { blocked, text, .. } => {
                 put(
                     &f.blocked_field_code,
                     (if *blocked { "Y" } else { "N" }).into(),
                 );
-                update(fields)
+                let mut calls: Vec<_> = update(fields).into_iter().collect();
+                if !text.is_empty() {
+                    calls.extend(comment(text.clone()));
+                }
+                return Ok(calls);
             }
             Payload::DriverMessage { text, .. } => comment(text.clone()),
             Payload::DocumentExpiring {
@@ -96,7 +103,9 @@ impl Bitrix24 {
             } => comment(format!(
                 "Документ {document}: срок {expires_on}, осталось дней: {days_left}"
             )),
-        })
+        }
+        .into_iter()
+        .collect())
     }
 
     /// Is this comment already on the deal (same text, created since the event was)?
@@ -121,6 +130,29 @@ impl Bitrix24 {
                         .is_some_and(|t| t >= since)
             })
         }))
+    }
+
+    /// One call of an event. A comment retried after an attempt that may have landed is
+    /// looked up first: Bitrix24 has no idempotency key, and a second comment would show twice.
+    async fn one(&self, e: &OutboxEvent, method: &str, params: &Value) -> Outcome {
+        if method == "crm.timeline.comment.add" && e.attempts > 0 {
+            match self.comment_exists(params, e).await {
+                Ok(true) => {
+                    tracing::info!(key = %e.key, "crm: comment already in Bitrix24, not added again");
+                    return Outcome::Delivered;
+                }
+                Ok(false) => {}
+                Err(o) => return o,
+            }
+        }
+        match self.rest(method, params).await {
+            Ok(Value::Bool(false)) | Ok(Value::Null) => Outcome::Retry {
+                error: format!("{method}: Bitrix24 answered result = false: nothing changed"),
+                after: None,
+            },
+            Ok(_) => Outcome::Delivered,
+            Err(o) => o,
+        }
     }
 
     async fn rest(&self, method: &str, params: &Value) -> Result<Value, Outcome> {
@@ -178,40 +210,62 @@ impl Connector for Bitrix24 {
     async fn deliver(&self, events: &[OutboxEvent]) -> Vec<Outcome> {
         let mut out = Vec::with_capacity(events.len());
         for e in events {
-            let call = self.call(e);
-            // A comment retried after an attempt that may have landed is looked up first:
-            // Bitrix24 has no idempotency key, and a second comment would show twice.
-            if let (Ok(Some(("crm.timeline.comment.add", params))), true) = (&call, e.attempts > 0)
-            {
-                match self.comment_exists(params, e).await {
-                    Ok(true) => {
-                        tracing::info!(key = %e.key, "crm: comment already in Bitrix24, not added again");
-                        out.push(Outcome::Delivered);
-                        continue;
-                    }
-                    Ok(false) => {}
-                    Err(o) => {
-                        out.push(o);
-                        continue;
-                    }
+            let calls = match self.call(e) {
+                Ok(c) => c,
+                Err(err) => {
+                    out.push(Outcome::Failed(err));
+                    continue;
+                }
+            };
+            let mut outcome = Outcome::Delivered;
+            for (method, params) in calls {
+                let o = self.one(e, method, &params).await;
+                let stop = o != Outcome::Delivered;
+                outcome = worse(outcome, o);
+                // The rest goes with the retry, in order.
+                if stop {
+                    break;
                 }
             }
-            out.push(match call {
-                Err(err) => Outcome::Failed(err),
-                Ok(None) => Outcome::Delivered,
-                Ok(Some((method, params))) => match self.rest(method, &params).await {
-                    Ok(Value::Bool(false)) | Ok(Value::Null) => Outcome::Retry {
-                        error: format!(
-                            "{method}: Bitrix24 answered result = false: nothing changed"
-                        ),
-                        after: None,
-                    },
-                    Ok(_) => Outcome::Delivered,
-                    Err(o) => o,
-                },
-            });
+            out.push(outcome);
         }
         out
+    }
+
+    /// `crm.deal.update` answers only `true`, so our own writes carry no time to remember;
+    /// events of one car go out in order, so a change after a pending event's creation is
+    /// not one of that car's own.
+    async fn late_stage(&self, e: &OutboxEvent) -> Result<Option<String>, Outcome> {
+        let Payload::StageChanged { stage, .. } = &e.payload else {
+            return Ok(None);
+        };
+        let Some(deal) = e.deal_id.as_deref() else {
+            return Ok(None);
+        };
+        let target = match stage {
+            StageName::OnLine => &self.cfg.stages.on_line.stage_id,
+            StageName::WantsToReturn => &self.cfg.stages.wants_to_return.stage_id,
+        };
+        let d = match self.rest("crm.deal.get", &json!({ "id": deal })).await {
+            Ok(d) => d,
+            // Refused (no such deal, no right to read it): nothing to protect; the update
+            // will tell. Unreachable or throttled: retried, not sent blind.
+            Err(Outcome::Failed(_)) => return Ok(None),
+            Err(o) => return Err(o),
+        };
+        let changed_at = d["DATE_MODIFY"]
+            .as_str()
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+            .map(|t| t.with_timezone(&chrono::Utc))
+            .ok_or_else(|| Outcome::Retry {
+                error: format!("crm.deal.get {deal}: no DATE_MODIFY"),
+                after: None,
+            })?;
+        let now = DealNow {
+            stage: d["STAGE_ID"].as_str().unwrap_or_default().to_string(),
+            changed_at,
+        };
+        Ok(superseded(e.created_at, target, &now, None))
     }
 
     async fn balance(&self, q: &BalanceQuery) -> Result<PulledBalance, ConnectorError> {

@@ -28,6 +28,50 @@ pub enum Outcome {
     Failed(String),
 }
 
+/// The outcome of an event made of several calls: a refusal beats a retry beats success.
+pub(crate) fn worse(a: Outcome, b: Outcome) -> Outcome {
+    match (a, b) {
+        (f @ Outcome::Failed(_), _) | (_, f @ Outcome::Failed(_)) => f,
+        (r @ Outcome::Retry { .. }, _) | (_, r @ Outcome::Retry { .. }) => r,
+        _ => Outcome::Delivered,
+    }
+}
+
+/// A stage event is late once it was retried or has waited this long: the deal is read before
+/// it is sent (an event on time costs no extra request).
+pub const LATE_AFTER: chrono::Duration = chrono::Duration::seconds(10);
+
+/// A deal as the CRM shows it now: its stage (connector-specific spelling) and last change.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DealNow {
+    pub stage: String,
+    pub changed_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Whether a late stage event is superseded: the CRM moved the deal to another stage after the
+/// event was created, and not by fleetgate's own write (`own_write`: the change time our last
+/// write of this deal got back). `Some(why)` drops it; a deal already at the event's stage, or
+/// unchanged since the event, gets it. CRM times have second precision: a change counts when it
+/// is in a later second than the event.
+pub fn superseded(
+    created: chrono::DateTime<chrono::Utc>,
+    target: &str,
+    now: &DealNow,
+    own_write: Option<chrono::DateTime<chrono::Utc>>,
+) -> Option<String> {
+    if now.stage == target || own_write == Some(now.changed_at) {
+        return None;
+    }
+    (now.changed_at.timestamp() > created.timestamp()).then(|| {
+        format!(
+            "superseded: the deal moved to stage {} at {} (the event is of {})",
+            now.stage,
+            now.changed_at.to_rfc3339(),
+            created.to_rfc3339()
+        )
+    })
+}
+
 /// Who a balance check is about.
 #[derive(Clone, Debug, PartialEq)]
 pub struct BalanceQuery {
@@ -64,6 +108,12 @@ pub trait Connector: Send + Sync + 'static {
     fn close(&self);
     /// The driver's balance as the CRM knows it, in roubles, with its time when known.
     async fn balance(&self, q: &BalanceQuery) -> Result<PulledBalance, ConnectorError>;
+    /// For a late stage event: read the deal and tell whether it is [`superseded`]. `Err`: the
+    /// deal could not be read (the event is retried, not sent blind). The webhook cannot
+    /// tell: its receiver orders events by `created_at`.
+    async fn late_stage(&self, _e: &OutboxEvent) -> Result<Option<String>, Outcome> {
+        Ok(None)
+    }
 }
 
 /// Build the configured connector; `None` when `kind = "off"`.
@@ -127,4 +177,41 @@ pub(crate) fn as_rub(v: &serde_json::Value) -> Option<f64> {
         _ => None,
     }
     .filter(|f: &f64| f.is_finite())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::{TimeZone, Utc};
+
+    fn at(s: i64) -> chrono::DateTime<Utc> {
+        Utc.timestamp_opt(1_800_000_000 + s, 0).unwrap()
+    }
+
+    #[test]
+    fn a_manager_move_after_the_event_supersedes_it_and_nothing_else_does() {
+        let created = at(0) + chrono::Duration::milliseconds(300);
+        let moved = |stage: &str, t| DealNow {
+            stage: stage.into(),
+            changed_at: at(t),
+        };
+        assert!(superseded(created, "7001:142001", &moved("7001:143", 40), None).is_some());
+        // Already where the event goes; unchanged since; changed by our own write.
+        assert_eq!(
+            superseded(created, "7001:142001", &moved("7001:142001", 40), None),
+            None
+        );
+        assert_eq!(
+            superseded(created, "7001:142001", &moved("7001:143", -60), None),
+            None
+        );
+        assert_eq!(
+            superseded(created, "7001:142001", &moved("7001:143", 0), None),
+            None
+        );
+        assert_eq!(
+            superseded(created, "7001:142001", &moved("7001:143", 40), Some(at(40))),
+            None
+        );
+    }
 }

@@ -231,6 +231,18 @@ impl CrmStore for PostgresStore {
         Ok(r.rows_affected())
     }
 
+    async fn outbox_drop_one(&self, id: i64, why: &str) -> Result<(), StorageError> {
+        sqlx::query(
+            "UPDATE crm_outbox SET status = 'dropped', last_error = $1, locked_by = NULL, \
+             locked_until = NULL WHERE id = $2 AND status = 'pending'",
+        )
+        .bind(why)
+        .bind(id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     async fn outbox_requeue(&self, id: i64, now: DateTime<Utc>) -> Result<bool, StorageError> {
         let r = sqlx::query(
             "UPDATE crm_outbox SET status = 'pending', next_attempt_at = $1, \
