@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use common::teltonika::{login, read_command, rec, send_records};
-use common::{Api, Tracker};
+use common::{wait_vehicle, Api, Tracker};
 use fleetgate::protocols::teltonika::{encode_avl_packet, encode_imei, AvlRecord, CODEC_8E};
 use fleetgate::protocols::{Protocol, Transport};
 use serde_json::{json, Value};
@@ -34,19 +34,6 @@ fn rec_at(ahead_s: i64, speed: u16, ignition: bool) -> AvlRecord {
     let mut r = rec(0, speed, ignition, None);
     r.time = Utc::now() + chrono::Duration::seconds(ahead_s);
     r
-}
-
-async fn wait_vehicle(api: &Api, id: &str, what: &str, f: impl Fn(&Value) -> bool) -> Value {
-    let mut last = Value::Null;
-    for _ in 0..400 {
-        let (_, v) = api.get(&format!("/api/v1/vehicles/{id}")).await;
-        if f(&v) {
-            return v;
-        }
-        last = v;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("vehicle {id}: {what} not reached: {last}");
 }
 
 /// A car driving at 55 km/h on its own TCP connection with a block reason standing.

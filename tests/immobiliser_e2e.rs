@@ -8,26 +8,12 @@ use std::time::Duration;
 
 use chrono::Utc;
 use common::teltonika::{login, parked, read_command, rec, send_records};
-use common::{Api, Tracker};
+use common::{wait_vehicle, Api, Tracker};
 use fleetgate::protocols::teltonika::{encode_avl_packet, encode_codec12_response, io, CODEC_8E};
 use fleetgate::protocols::{Protocol, Transport};
 use serde_json::{json, Value};
 
 const CFG: &str = "[immobiliser]\nsafe_for = 10\nmax_block_speed_kmh = 5\n";
-
-/// Poll until `f` accepts the vehicle view (20 s at most: CI machines are slow).
-async fn wait_vehicle(api: &Api, id: &str, what: &str, f: impl Fn(&Value) -> bool) -> Value {
-    let mut last = Value::Null;
-    for _ in 0..400 {
-        let (_, v) = api.get(&format!("/api/v1/vehicles/{id}")).await;
-        if f(&v) {
-            return v;
-        }
-        last = v;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("vehicle {id}: {what} not reached: {last}");
-}
 
 async fn wait_state(api: &Api, id: &str, state: &str) -> Value {
     wait_vehicle(api, id, state, |v| v["immobiliser"]["state"] == state).await

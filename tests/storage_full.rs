@@ -20,6 +20,24 @@ use sqlx::{Connection, SqliteConnection};
 
 struct Mount(std::path::PathBuf);
 
+impl Mount {
+    /// A tmpfs of `size` (e.g. `"6m"`) at `dir/mnt`; `None` where mounting is not allowed.
+    fn tmpfs(dir: &std::path::Path, size: &str) -> Option<Mount> {
+        let mnt = dir.join("mnt");
+        std::fs::create_dir(&mnt).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&mnt)
+            .status()
+            .is_ok_and(|s| s.success());
+        if !mounted {
+            println!("SKIPPED: cannot mount a tmpfs here (needs root)");
+            return None;
+        }
+        Some(Mount(mnt))
+    }
+}
+
 impl Drop for Mount {
     fn drop(&mut self) {
         let _ = Command::new("umount").arg("-l").arg(&self.0).status();
@@ -60,18 +78,10 @@ async fn send(addr: std::net::SocketAddr, imei: &str, i: i64, wait: Duration) ->
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_acks_and_heals_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        println!("SKIPPED: cannot mount a tmpfs here (needs root)");
+    let Some(mount) = Mount::tmpfs(dir.path(), "6m") else {
         return;
-    }
-    let _mount = Mount(mnt.clone());
+    };
+    let mnt = mount.0.clone();
     let db = mnt.join("fg.db");
     // The low-water mark off: this test is about SQLite hitting the wall itself.
     let d = teltonika_only(
@@ -176,18 +186,10 @@ async fn a_full_disk_refuses_acks_and_heals_without_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_low_water_mark_refuses_work_before_the_disk_is_full_and_resumes_by_itself() {
     let dir = tempfile::tempdir().unwrap();
-    let mnt = dir.path().join("mnt");
-    std::fs::create_dir(&mnt).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=12m", "tmpfs"])
-        .arg(&mnt)
-        .status()
-        .is_ok_and(|s| s.success());
-    if !mounted {
-        println!("SKIPPED: cannot mount a tmpfs here (needs root)");
+    let Some(mount) = Mount::tmpfs(dir.path(), "12m") else {
         return;
-    }
-    let _mount = Mount(mnt.clone());
+    };
+    let mnt = mount.0.clone();
     let db = mnt.join("fg.db");
     let d = teltonika_only(
         dir.path(),

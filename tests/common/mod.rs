@@ -172,3 +172,22 @@ pub async fn metric(api: &Api, name: &str, labels: &[(&str, &str)]) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// Poll until `f` accepts the vehicle view (20 s at most: CI machines are slow).
+pub async fn wait_vehicle(
+    api: &Api,
+    id: &str,
+    what: &str,
+    f: impl Fn(&serde_json::Value) -> bool,
+) -> serde_json::Value {
+    let mut last = serde_json::Value::Null;
+    for _ in 0..400 {
+        let (_, v) = api.get(&format!("/api/v1/vehicles/{id}")).await;
+        if f(&v) {
+            return v;
+        }
+        last = v;
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("vehicle {id}: {what} not reached: {last}");
+}
