@@ -76,6 +76,24 @@ async fn settled(api: &Api) -> Value {
     panic!("events still pending: {}", outbox_all(api).await);
 }
 
+/// Wait until outbox event `id` has been tried and refused at least once (or already
+/// dropped as superseded), so a test never races the first delivery attempt.
+async fn failed_once(api: &Api, id: i64) {
+    for _ in 0..200 {
+        let ob = outbox_all(api).await;
+        let tried = ob["events"].as_array().into_iter().flatten().any(|e| {
+            e["id"] == id
+                && (e["status"] == "dropped"
+                    || (e["status"] == "pending" && e["attempts"].as_u64() >= Some(1)))
+        });
+        if tried {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("event {id} never failed: {}", outbox_all(api).await);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stage_event_held_by_an_outage_does_not_overwrite_the_managers_move() {
     let amo = crm_fake::start("amocrm").await;
@@ -212,10 +230,15 @@ async fn stage_events_queued_for_one_deal_are_coalesced_and_a_bitrix24_manager_m
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert_eq!(ob["events"][0]["payload"]["stage"], "on_line", "{ob}");
+    // The on-line move has met the outage at least once before the driver asks to return.
+    failed_once(&api, 1).await;
     let (st, _) = api
         .post("/api/v1/vehicles/car-q/return-request", json!({}))
         .await;
     assert_eq!(st, 202);
+    // The return request has met it too: whatever batch was in flight when it was queued
+    // has come back failed, so the portal comes back to a queue of two.
+    failed_once(&api, 2).await;
 
     // Back up: only the newest stage goes out; the on-line move is coalesced away.
     bx.fake.fail.lock().unwrap().clear();
@@ -259,6 +282,8 @@ async fn stage_events_queued_for_one_deal_are_coalesced_and_a_bitrix24_manager_m
         pending["events"][0]["payload"]["stage"], "on_line",
         "{pending}"
     );
+    let id = pending["events"][0]["id"].as_i64().unwrap();
+    failed_once(&api, id).await;
     tokio::time::sleep(Duration::from_millis(1_200)).await;
     bx.fake.manager_moves_deal("9200", "C1:LOSE");
     bx.fake.fail.lock().unwrap().clear();
