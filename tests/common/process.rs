@@ -16,16 +16,32 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// `fleetgate run --config CONFIG`, quiet.
+/// `fleetgate run --config CONFIG`, quiet. The daemon is killed when the thread that started
+/// it ends (`PR_SET_PDEATHSIG`), so a test that panics or is interrupted never leaves a daemon
+/// holding ports and database connections for the tests after it.
 pub fn spawn(config: &std::path::Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_fleetgate"))
-        .args(["run", "--config"])
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fleetgate"));
+    cmd.args(["run", "--config"])
         .arg(config)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn fleetgate")
+        .stderr(Stdio::null());
+    dies_with_test(&mut cmd);
+    cmd.spawn().expect("spawn fleetgate")
+}
+
+/// The child gets SIGKILL when the spawning thread exits (Linux `PR_SET_PDEATHSIG`).
+pub fn dies_with_test(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
 }
 
 /// Until `/readyz` answers 200 (60 s at most: a loaded CI machine migrates slowly).
