@@ -57,16 +57,58 @@ pub struct Config {
     pub cluster: crate::cluster::ClusterConfig,
 }
 
-/// An API bearer token. Written either as a bare string or as `{ name, token }` so the audit
-/// log can say who acted.
+/// An API bearer token. Written either as a bare string or as `{ name, token, role }` so the
+/// audit log can say who acted and a dispatcher's screen can be given a token that only reads.
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(untagged)]
 pub enum TokenEntry {
     Bare(String),
-    Named { name: String, token: String },
+    Named {
+        name: String,
+        token: String,
+        /// `operate` (the default: every route) or `read` (GET only: the console shows no
+        /// block/unblock buttons and the API answers 403 to anything else). Kept as written
+        /// so a wrong value is reported by key (`api.tokens[i].role`) by validation.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        role: Option<String>,
+    },
+}
+
+/// What a token may do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TokenRole {
+    /// Read only: `GET` and `HEAD`.
+    Read,
+    /// Everything, as before roles existed.
+    #[default]
+    Operate,
+}
+
+impl TokenRole {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "read" => Some(TokenRole::Read),
+            "operate" => Some(TokenRole::Operate),
+            _ => None,
+        }
+    }
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TokenRole::Read => "read",
+            TokenRole::Operate => "operate",
+        }
+    }
 }
 
 impl TokenEntry {
+    /// A named token that may do everything.
+    pub fn named(name: &str, token: &str) -> Self {
+        TokenEntry::Named {
+            name: name.into(),
+            token: token.into(),
+            role: None,
+        }
+    }
     pub fn name(&self, index: usize) -> String {
         match self {
             TokenEntry::Bare(_) => format!("token{}", index + 1),
@@ -77,6 +119,15 @@ impl TokenEntry {
         match self {
             TokenEntry::Bare(t) => t,
             TokenEntry::Named { token, .. } => token,
+        }
+    }
+    pub fn role(&self) -> TokenRole {
+        match self {
+            TokenEntry::Bare(_) => TokenRole::Operate,
+            // Validation refuses any other value; an unvalidated one reads as the safer role.
+            TokenEntry::Named { role, .. } => role.as_deref().map_or(TokenRole::Operate, |r| {
+                TokenRole::parse(r).unwrap_or(TokenRole::Read)
+            }),
         }
     }
 }
@@ -402,6 +453,17 @@ impl Config {
                     "a token must be at least 16 characters, none of them blank (spaces cannot be sent in a Bearer header)",
                 ));
             }
+            if let TokenEntry::Named {
+                role: Some(role), ..
+            } = t
+            {
+                if TokenRole::parse(role).is_none() {
+                    return Err(invalid(
+                        format!("api.tokens[{i}].role"),
+                        format!("\"{role}\" is not a role: use \"read\" (GET only) or \"operate\""),
+                    ));
+                }
+            }
         }
         if !api.ip().is_loopback() && self.api.tokens.is_empty() {
             return Err(invalid(
@@ -669,6 +731,8 @@ mod tests {
         .unwrap();
         assert_eq!(c.api.tokens[1].name(1), "crm");
         assert_eq!(c.api.tokens[0].name(0), "token1");
+        assert_eq!(c.api.tokens[0].role(), TokenRole::Operate);
+        assert_eq!(c.api.tokens[1].role(), TokenRole::Operate);
         let l = c.listeners();
         assert!(l.contains(&(Protocol::Teltonika, "127.0.0.1:15027".parse().unwrap())));
         assert!(
@@ -786,5 +850,30 @@ mod tests {
             &[]
         )
         .is_ok());
+    }
+
+    #[test]
+    fn token_roles_parse_and_a_wrong_one_is_named() {
+        let c = load(
+            r#"
+            [api]
+            tokens = [
+              { name = "screen", token = "0123456789abcdef", role = "read" },
+              { name = "crm", token = "fedcba9876543210", role = "operate" },
+            ]
+            "#,
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.api.tokens[0].role(), TokenRole::Read);
+        assert_eq!(c.api.tokens[1].role(), TokenRole::Operate);
+        let e = load(
+            "[api]\ntokens = [{ name = \"x\", token = \"0123456789abcdef\", role = \"admin\" }]",
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.starts_with("api.tokens[0].role:"), "{e}");
+        assert!(e.contains("\"admin\""), "{e}");
     }
 }

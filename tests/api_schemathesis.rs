@@ -20,10 +20,7 @@ async fn schemathesis_finds_no_server_error_and_no_schema_mismatch() {
     println!("{}", String::from_utf8_lossy(&version.stdout).trim());
     let dir = tempfile::tempdir().unwrap();
     let mut config = common::config(dir.path(), "");
-    config.api.tokens = vec![fleetgate::config::TokenEntry::Named {
-        name: "schemathesis".into(),
-        token: TOKEN.into(),
-    }];
+    config.api.tokens = vec![fleetgate::config::TokenEntry::named("schemathesis", TOKEN)];
     let d = fleetgate::app::start(config).await.expect("starts");
     // A vehicle with a track, so the happy paths have data to return.
     let mut api = common::Api::new(d.api_addr);

@@ -91,10 +91,7 @@ fn geofences(zones: &std::path::Path) -> String {
 }
 
 async fn guarded_changes(mut config: fleetgate::config::Config, zones: &std::path::Path) {
-    config.api.tokens = vec![TokenEntry::Named {
-        name: "ops".into(),
-        token: OPS.into(),
-    }];
+    config.api.tokens = vec![TokenEntry::named("ops", OPS)];
     let daemon = fleetgate::app::start(config).await.expect("daemon starts");
     let mut api = Api::new(daemon.api_addr);
     api.token = Some(OPS.into());

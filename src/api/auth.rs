@@ -1,5 +1,7 @@
 //! Bearer-token authentication for `/api/*`. Tokens are compared in constant time; the
-//! matching token's name is attached to the request as the [`Actor`] for the audit trail.
+//! matching token's name is attached to the request as the [`Actor`] for the audit trail, and
+//! its role: a `read` token may only `GET`/`HEAD` (403 otherwise, counted), so the screen on a
+//! dispatcher's wall can hold a token that cannot stop a car.
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
@@ -8,10 +10,15 @@ use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 use super::AppState;
+use crate::config::TokenRole;
 
 /// Who made an API call: the configured token's name, or `anonymous` on an open loopback API.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Actor(pub String);
+
+/// The caller's role (an open loopback API operates).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Role(pub TokenRole);
 
 pub async fn require_token(
     State(state): State<AppState>,
@@ -19,8 +26,8 @@ pub async fn require_token(
     next: Next,
 ) -> Result<Response, ApiError> {
     let tokens = &state.config.api.tokens;
-    let actor = if tokens.is_empty() {
-        Actor("anonymous".into())
+    let (actor, role) = if tokens.is_empty() {
+        (Actor("anonymous".into()), TokenRole::Operate)
     } else {
         let presented = req
             .headers()
@@ -32,11 +39,11 @@ pub async fn require_token(
         let mut found = None;
         for (i, t) in tokens.iter().enumerate() {
             if bool::from(t.secret().as_bytes().ct_eq(presented.as_bytes())) {
-                found = Some(t.name(i));
+                found = Some((t.name(i), t.role()));
             }
         }
         match found {
-            Some(name) => Actor(name),
+            Some((name, role)) => (Actor(name), role),
             None => {
                 let now = std::time::Instant::now();
                 if let Some(suppressed) =
@@ -52,6 +59,20 @@ pub async fn require_token(
             }
         }
     };
+    let reads = matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    );
+    if role == TokenRole::Read && !reads {
+        metrics::counter!("fleetgate_api_forbidden_total", "reason" => "read_only_token")
+            .increment(1);
+        return Err(ApiError::Forbidden(format!(
+            "token \"{}\" is read-only (role = \"read\"): {} is not allowed",
+            actor.0,
+            req.method()
+        )));
+    }
     req.extensions_mut().insert(actor);
+    req.extensions_mut().insert(Role(role));
     Ok(next.run(req).await)
 }

@@ -1,7 +1,6 @@
-//! What the status page draws: zone outlines from GeoJSON (simplified with Douglas–Peucker for
-//! drawing; the 13,000-vertex service area becomes a few hundred points), and each vehicle as a
-//! dot whose state (on line, blocked, pending, offline) comes from the same views the
-//! vehicles API serves. What is drawn is the zone index in force (`[geofences]`, reloaded on
+//! What the console draws: zone outlines from GeoJSON (simplified with Douglas–Peucker for
+//! drawing; the 13,000-vertex service area becomes a few hundred points); the vehicles and
+//! their states come from [`super::fleet`]. What is drawn is the zone index in force (`[geofences]`, reloaded on
 //! SIGHUP and through the geofences API) plus any extra files in `[status] map_layers`; the
 //! simplified drawing is cached until either changes.
 
@@ -355,158 +354,10 @@ fn bbox(zones: &[MapZone]) -> Option<[f64; 4]> {
     b
 }
 
-/// A vehicle's dot colour.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum DotState {
-    Online,
-    Blocked,
-    Pending,
-    Offline,
-}
-
-/// A blocked car stays blocked (and a pending block pending) whether or not it is reporting:
-/// that is what the operator must see first. `immobiliser` is the vehicle view's
-/// `immobiliser.state` when the immobiliser reports one.
-pub fn classify(online: bool, immobiliser: Option<&str>) -> DotState {
-    match immobiliser {
-        Some("blocked" | "unblocking") => return DotState::Blocked,
-        Some("block_pending" | "blocking") => return DotState::Pending,
-        Some(s) if s.contains("pending") => return DotState::Pending,
-        _ => {}
-    }
-    if online {
-        DotState::Online
-    } else {
-        DotState::Offline
-    }
-}
-
-/// One dot on the map.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct MapVehicle {
-    pub id: String,
-    pub plate: Option<String>,
-    pub state: DotState,
-    pub lat: f64,
-    pub lon: f64,
-    pub speed_kmh: f64,
-    pub last_seen: Option<String>,
-}
-
-/// Fleet counts for the page's header.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
-pub struct Summary {
-    pub total: usize,
-    pub online: usize,
-    pub blocked: usize,
-    pub pending: usize,
-    pub offline: usize,
-    /// Registered but never located.
-    pub no_position: usize,
-    pub in_repair: usize,
-}
-
-/// `GET /api/v1/map/vehicles`.
-#[derive(Clone, Debug, Default, PartialEq, Serialize)]
-pub struct MapVehicles {
-    pub summary: Summary,
-    pub vehicles: Vec<MapVehicle>,
-}
-
-/// Dots and counts from the vehicle views (as `GET /api/v1/vehicles` serialises them, so
-/// fields other stages add — `immobiliser.state` — are picked up without coupling).
-pub fn vehicles_of(views: &[Value]) -> MapVehicles {
-    let mut out = MapVehicles::default();
-    for v in views {
-        let online = v.get("online").and_then(Value::as_bool).unwrap_or(false);
-        let immob = v
-            .get("immobiliser")
-            .and_then(|i| i.get("state"))
-            .and_then(Value::as_str);
-        let state = classify(online, immob);
-        let s = &mut out.summary;
-        s.total += 1;
-        match state {
-            DotState::Online => s.online += 1,
-            DotState::Blocked => s.blocked += 1,
-            DotState::Pending => s.pending += 1,
-            DotState::Offline => s.offline += 1,
-        }
-        if v.get("status").and_then(Value::as_str) == Some("in_repair") {
-            s.in_repair += 1;
-        }
-        let pos = v.get("position");
-        let (Some(lat), Some(lon)) = (
-            pos.and_then(|p| p.get("lat")).and_then(Value::as_f64),
-            pos.and_then(|p| p.get("lon")).and_then(Value::as_f64),
-        ) else {
-            s.no_position += 1;
-            continue;
-        };
-        out.vehicles.push(MapVehicle {
-            id: v
-                .get("id")
-                .and_then(Value::as_str)
-                .unwrap_or_default()
-                .to_string(),
-            plate: v.get("plate").and_then(Value::as_str).map(str::to_string),
-            state,
-            lat,
-            lon,
-            speed_kmh: pos
-                .and_then(|p| p.get("speed_kmh"))
-                .and_then(Value::as_f64)
-                .unwrap_or(0.0),
-            last_seen: v
-                .get("last_seen")
-                .and_then(Value::as_str)
-                .map(str::to_string),
-        });
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn states_put_blocks_before_connectivity() {
-        assert_eq!(classify(true, None), DotState::Online);
-        assert_eq!(classify(false, None), DotState::Offline);
-        assert_eq!(classify(true, Some("running")), DotState::Online);
-        assert_eq!(classify(false, Some("blocked")), DotState::Blocked);
-        assert_eq!(classify(true, Some("unblocking")), DotState::Blocked);
-        assert_eq!(classify(true, Some("block_pending")), DotState::Pending);
-        assert_eq!(classify(false, Some("blocking")), DotState::Pending);
-    }
-
-    #[test]
-    fn vehicles_without_a_position_are_counted_not_drawn() {
-        let views = vec![
-            json!({"id": "a", "online": true, "position": {"lat": 55.7, "lon": 37.6, "speed_kmh": 40.0}}),
-            json!({"id": "b", "online": false, "status": "in_repair", "position": null}),
-            json!({"id": "c", "online": true, "immobiliser": {"state": "blocked"},
-                   "position": {"lat": 55.8, "lon": 37.5}}),
-        ];
-        let m = vehicles_of(&views);
-        assert_eq!(m.vehicles.len(), 2);
-        assert_eq!(m.vehicles[1].state, DotState::Blocked);
-        assert_eq!(
-            m.summary,
-            Summary {
-                total: 3,
-                online: 1,
-                blocked: 1,
-                pending: 0,
-                offline: 1,
-                no_position: 1,
-                in_repair: 1
-            }
-        );
-    }
 
     #[test]
     fn polygons_multipolygons_and_circles_become_zones() {

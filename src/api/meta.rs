@@ -23,8 +23,11 @@ pub async fn openapi() -> impl IntoResponse {
     ([("content-type", "application/json")], OPENAPI_JSON)
 }
 
-pub async fn whoami(Extension(actor): Extension<Actor>) -> Json<serde_json::Value> {
-    Json(serde_json::json!({ "actor": actor.0 }))
+pub async fn whoami(
+    Extension(actor): Extension<Actor>,
+    Extension(role): Extension<super::auth::Role>,
+) -> Json<serde_json::Value> {
+    Json(serde_json::json!({ "actor": actor.0, "role": role.0.as_str() }))
 }
 
 /// Count (and log, rate-limited) requests refused because the body was over `max_body_bytes`.

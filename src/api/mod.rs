@@ -3,6 +3,7 @@
 
 mod auth;
 mod error;
+pub mod fleet;
 mod geofences;
 mod immobiliser;
 pub mod map;

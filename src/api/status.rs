@@ -8,7 +8,8 @@ use axum::response::{Html, IntoResponse};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use super::map::{self, MapData, MapVehicles};
+use super::fleet::{self, Fleet};
+use super::map::{self, MapData};
 use super::{ApiError, AppState};
 use crate::config::ConfigError;
 
@@ -87,14 +88,10 @@ pub async fn zones(State(s): State<AppState>) -> Json<MapData> {
     Json((*s.map.with_zones(s.zones.current())).clone())
 }
 
-/// `GET /api/v1/map/vehicles`: every located vehicle as a dot, and the fleet counts.
-pub async fn vehicles(State(s): State<AppState>) -> Result<Json<MapVehicles>, ApiError> {
-    let Json(views) = super::vehicles::list(State(s)).await?;
-    let views: Vec<serde_json::Value> = views
-        .iter()
-        .filter_map(|v| serde_json::to_value(v).ok())
-        .collect();
-    Ok(Json(map::vehicles_of(&views)))
+/// `GET /api/v1/map/vehicles`: every vehicle (dots for the located ones) and the fleet counts,
+/// in the vocabulary of [`fleet`].
+pub async fn vehicles(State(s): State<AppState>) -> Result<Json<Fleet>, ApiError> {
+    Ok(Json(fleet::current(&s).await?))
 }
 
 /// Reload the map layers whenever a new configuration is published (SIGHUP). A file that no

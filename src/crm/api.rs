@@ -1,7 +1,7 @@
 //! CRM routes under `/api/v1`: return requests, balances, inspections and documents, the
 //! outbox (dead letters) and the fleet summary.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -221,16 +221,23 @@ async fn retry(State(s): State<AppState>, Path(id): Path<i64>) -> Result<StatusC
     }
 }
 
-/// `GET /api/v1/fleet/summary`.
+/// `GET /api/v1/fleet/summary`: the counts of the console (`/api/v1/map/vehicles`), in the
+/// same words (see `api::fleet`), with the vehicle ids behind each count.
 #[derive(Debug, Default, Serialize)]
 pub struct FleetSummary {
     pub total: usize,
+    /// CRM stage "on line" (not asking to return).
     pub on_line: usize,
     pub wants_to_return: usize,
+    /// Engine confirmed cut (or being released): not the pending ones.
     pub blocked: usize,
+    /// Reasons standing on blocked or pending vehicles.
     pub blocked_by_reason: BTreeMap<String, usize>,
+    /// A block reason stands; the engine is not cut yet.
     pub block_pending: usize,
+    /// Connectivity: nothing heard for `[devices] offline_after_s`.
     pub offline: usize,
+    /// Debounced zone state (`zone.inside_service_area = false`).
     pub outside_service_area: usize,
     pub by_status: BTreeMap<String, usize>,
     pub in_repair: usize,
@@ -240,81 +247,52 @@ pub struct FleetSummary {
 }
 
 async fn summary(State(s): State<AppState>) -> Result<Json<FleetSummary>, ApiError> {
-    let vehicles = s.store.vehicles().await?;
-    let mut latest: HashMap<_, _> = s
-        .store
-        .device_states()
-        .await?
-        .into_iter()
-        .map(|d| (d.device_id.clone(), d))
-        .collect();
-    for d in s.pipeline.states().await {
-        latest.insert(d.device_id.clone(), d);
-    }
-    let shifts = s.crm.shifts().await;
-    let blocks = s.crm.wiring.reasons.snapshot().await;
+    use crate::api::fleet::{EngineWord, Stage};
+    let fleet = crate::api::fleet::current(&s).await?;
     let zones = &s.crm.wiring.zones;
-    let offline_after = chrono::Duration::seconds(s.config.devices.offline_after_s as i64);
-    let now = Utc::now();
+    // Reasons as the CRM rules see them (the immobiliser's, through its CRM link).
+    let reasons = s.crm.wiring.reasons.snapshot().await;
     let mut out = FleetSummary {
-        total: vehicles.len(),
+        total: fleet.summary.total,
+        on_line: fleet.summary.on_line,
+        wants_to_return: fleet.summary.wants_to_return,
+        blocked: fleet.summary.blocked,
+        block_pending: fleet.summary.pending,
+        offline: fleet.summary.offline,
+        outside_service_area: fleet.summary.outside_service_area,
+        in_repair: fleet.summary.in_repair,
         ..Default::default()
     };
-    let mut list = |k: &'static str, id: &VehicleId| {
-        out.vehicles.entry(k).or_default().push(id.clone());
-    };
-    let mut counts: Vec<(&'static str, VehicleId)> = Vec::new();
-    for v in &vehicles {
+    for v in &fleet.vehicles {
+        let id = VehicleId(v.id.clone());
+        let mut list = |k: &'static str| out.vehicles.entry(k).or_default().push(id.clone());
         *out.by_status.entry(v.status.clone()).or_default() += 1;
         if v.status == "in_repair" {
-            counts.push(("in_repair", v.id.clone()));
+            list("in_repair");
         }
-        if let Some(sh) = shifts.get(&v.id) {
-            if sh.on_line && !sh.wants_to_return {
-                counts.push(("on_line", v.id.clone()));
-            }
-            if sh.wants_to_return {
-                counts.push(("wants_to_return", v.id.clone()));
-            }
+        match v.stage {
+            Some(Stage::OnLine) => list("on_line"),
+            Some(Stage::WantsToReturn) => list("wants_to_return"),
+            None => {}
         }
-        if let Some(b) = blocks.get(&v.id) {
-            if !b.reasons.is_empty() {
-                counts.push(("blocked", v.id.clone()));
-                for r in &b.reasons {
-                    *out.blocked_by_reason.entry(r.clone()).or_default() += 1;
-                }
-            }
-            if b.pending {
-                counts.push(("block_pending", v.id.clone()));
-            }
+        match v.engine {
+            EngineWord::Blocked => list("blocked"),
+            EngineWord::Pending => list("block_pending"),
+            EngineWord::Running => {}
         }
-        let st = v.device_id.as_ref().and_then(|d| latest.get(d));
-        if st.map_or(true, |d| now - d.last_seen >= offline_after) {
-            counts.push(("offline", v.id.clone()));
+        if !v.online {
+            list("offline");
         }
-        if let Some(p) = st.and_then(|d| d.position.as_ref()) {
-            if !zones.inside_service_area(&v.id, p.lat, p.lon).await {
-                counts.push(("outside_service_area", v.id.clone()));
-            }
-            if let Some(lot) = zones.parking_lot(&v.id, p.lat, p.lon).await {
+        if v.inside_service_area == Some(false) {
+            list("outside_service_area");
+        }
+        for r in reasons.get(&id).map(|b| &b.reasons[..]).unwrap_or_default() {
+            *out.blocked_by_reason.entry(r.clone()).or_default() += 1;
+        }
+        if let (Some(lat), Some(lon)) = (v.lat, v.lon) {
+            if let Some(lot) = zones.parking_lot(&id, lat, lon).await {
                 *out.parking_lots.entry(lot).or_default() += 1;
             }
-        }
-    }
-    for (k, id) in &counts {
-        list(k, id);
-    }
-    for (k, ids) in &out.vehicles {
-        let n = ids.len();
-        match *k {
-            "on_line" => out.on_line = n,
-            "wants_to_return" => out.wants_to_return = n,
-            "blocked" => out.blocked = n,
-            "block_pending" => out.block_pending = n,
-            "offline" => out.offline = n,
-            "outside_service_area" => out.outside_service_area = n,
-            "in_repair" => out.in_repair = n,
-            _ => {}
         }
     }
     Ok(Json(out))

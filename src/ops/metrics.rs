@@ -256,6 +256,10 @@ fn describe() {
         "Unknown devices auto-registered"
     );
     describe_counter!(
+        "fleetgate_api_forbidden_total",
+        "API requests refused with 403 before reaching a route, by reason (read_only_token)"
+    );
+    describe_counter!(
         "fleetgate_api_errors_total",
         "API error responses by status"
     );
