@@ -461,6 +461,18 @@ async fn operator_console_lists_filters_blocks_and_goes_stale_in_a_real_browser(
         "document.getElementById('actionresult').textContent.includes('block accepted')",
         Duration::from_secs(10),
     );
+    // Pending is not blocked: the page and the CRM's summary say the same.
+    br.wait_for(
+        "document.getElementById('n-pending').textContent === '1' && \
+         document.getElementById('n-blocked').textContent === '0'",
+        Duration::from_secs(10),
+    );
+    let (_, fs) = api.get("/api/v1/fleet/summary").await;
+    assert_eq!(
+        (fs["blocked"].clone(), fs["block_pending"].clone()),
+        (serde_json::json!(0), serde_json::json!(1)),
+        "{fs}"
+    );
     // The car stands with the engine off: the block reaches the tracker.
     a.send(&encode_avl_packet(
         CODEC_8E,
@@ -499,6 +511,12 @@ async fn operator_console_lists_filters_blocks_and_goes_stale_in_a_real_browser(
         "document.getElementById('n-blocked').textContent === '1' && \
          document.querySelector('#vehicles circle[data-id=\"car-a\"]').classList.contains('blocked')",
         Duration::from_secs(10),
+    );
+    let (_, fs) = api.get("/api/v1/fleet/summary").await;
+    assert_eq!(
+        (fs["blocked"].clone(), fs["block_pending"].clone()),
+        (serde_json::json!(1), serde_json::json!(0)),
+        "{fs}"
     );
     br.wait_for(
         "document.getElementById('feed').textContent.includes('block reason manual added by ops')",
