@@ -163,11 +163,18 @@ pub(crate) fn classify(status: reqwest::StatusCode, body: &str) -> Outcome {
 }
 
 /// A number that may arrive as a JSON number or a string (`"4 500,50"` too).
+/// A money value as CRMs write it: a JSON number, `"9 000,00"` (amoCRM text field, spaces and a
+/// decimal comma), `"3000|RUB"` (Bitrix24's money field: amount, `|`, currency), `"1500 ₽"` or
+/// `"1500 руб."`. The currency is dropped (fleetgate counts roubles); anything else is `None`.
 pub(crate) fn as_rub(v: &serde_json::Value) -> Option<f64> {
     match v {
         serde_json::Value::Number(n) => n.as_f64(),
         serde_json::Value::String(s) => {
-            let cleaned: String = s
+            let amount = s.split('|').next().unwrap_or_default();
+            let amount = amount.trim_end_matches(|c: char| {
+                c.is_alphabetic() || c == '₽' || c == '.' || c.is_whitespace()
+            });
+            let cleaned: String = amount
                 .chars()
                 .filter(|c| !c.is_whitespace())
                 .map(|c| if c == ',' { '.' } else { c })
@@ -183,6 +190,28 @@ pub(crate) fn as_rub(v: &serde_json::Value) -> Option<f64> {
 mod tests {
     use super::*;
     use chrono::{TimeZone, Utc};
+    use serde_json::json;
+
+    #[test]
+    fn money_fields_read_in_every_form_the_crms_write_them() {
+        for (v, rub) in [
+            (json!(3000), Some(3000.0)),
+            (json!("3000|RUB"), Some(3000.0)),
+            (json!("2999.50|RUB"), Some(2999.5)),
+            (json!("9 000,00"), Some(9000.0)),
+            (json!("9\u{a0}000,00"), Some(9000.0)),
+            (json!("1500 ₽"), Some(1500.0)),
+            (json!("1500 руб."), Some(1500.0)),
+            (json!("-250|RUB"), Some(-250.0)),
+            (json!(""), None),
+            (json!("|RUB"), None),
+            (json!("abc"), None),
+            (json!(null), None),
+            (json!("NaN"), None),
+        ] {
+            assert_eq!(as_rub(&v), rub, "{v}");
+        }
+    }
 
     fn at(s: i64) -> chrono::DateTime<Utc> {
         Utc.timestamp_opt(1_800_000_000 + s, 0).unwrap()
