@@ -15,6 +15,7 @@ pub mod connector;
 pub mod engine;
 pub mod event;
 pub mod handback;
+pub mod inbound;
 pub mod memory;
 pub mod messages;
 pub mod mileage;
