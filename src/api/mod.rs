@@ -6,6 +6,7 @@ mod error;
 pub mod fleet;
 mod geofences;
 mod immobiliser;
+mod inbound;
 pub mod map;
 mod meta;
 mod params;
@@ -79,6 +80,9 @@ pub fn router(state: AppState) -> Router {
         .nest("/api/v1", api)
         .route("/", get(status::page))
         .route("/api/v1/openapi.json", get(meta::openapi))
+        // The CRMs' own webhooks: authenticated by their secret / application token, not a
+        // bearer token (amoCRM cannot send one).
+        .merge(inbound::routes())
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))

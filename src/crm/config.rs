@@ -85,6 +85,34 @@ pub struct CrmConfig {
     pub keep_delivered_days: u64,
     pub stages: Stages,
     pub fields: Fields,
+    /// `[crm.inbound]`: the CRM's own webhooks into fleetgate.
+    pub inbound: InboundConfig,
+}
+
+/// `[crm.inbound]`: amoCRM and Bitrix24 call fleetgate directly (no middleware).
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct InboundConfig {
+    /// amoCRM: the last path segment of `POST /api/v1/crm/inbound/amocrm/{secret}` (amoCRM
+    /// cannot send an Authorization header). Empty = the route answers 404. ≥ 16 characters of
+    /// `[A-Za-z0-9_-]`.
+    pub secret: String,
+    /// Bitrix24: the `auth[application_token]` its event handlers send. Empty = 404.
+    pub application_token: String,
+    /// A body delivered again within this many seconds acts once.
+    pub dedup_s: u64,
+    pub stages: super::inbound::InboundStages,
+}
+
+impl Default for InboundConfig {
+    fn default() -> Self {
+        InboundConfig {
+            secret: String::new(),
+            application_token: String::new(),
+            dedup_s: 3600,
+            stages: Default::default(),
+        }
+    }
 }
 
 impl Default for CrmConfig {
@@ -108,6 +136,7 @@ impl Default for CrmConfig {
             keep_delivered_days: 7,
             stages: Stages::default(),
             fields: Fields::default(),
+            inbound: InboundConfig::default(),
         }
     }
 }
@@ -205,6 +234,45 @@ impl CrmConfig {
         }
         if self.poll_ms == 0 || self.timeout_s == 0 {
             return Err(invalid("crm.poll_ms", "poll_ms and timeout_s must be > 0"));
+        }
+        let i = &self.inbound;
+        if !i.secret.is_empty()
+            && (i.secret.len() < 16
+                || !i
+                    .secret
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
+        {
+            return Err(invalid(
+                "crm.inbound.secret",
+                "at least 16 characters of A-Z, a-z, 0-9, _ and - (it is a URL path segment)",
+            ));
+        }
+        if !i.application_token.is_empty() && i.application_token.trim() != i.application_token {
+            return Err(invalid(
+                "crm.inbound.application_token",
+                "has leading or trailing spaces",
+            ));
+        }
+        if i.dedup_s == 0 {
+            return Err(invalid("crm.inbound.dedup_s", "must be at least 1"));
+        }
+        let st = &i.stages;
+        for (key, stage) in [
+            ("crm.inbound.stages.block", &st.block),
+            ("crm.inbound.stages.unblock", &st.unblock),
+            ("crm.inbound.stages.return", &st.return_),
+            ("crm.inbound.stages.issued", &st.issued),
+        ] {
+            if stage.pipeline_id != 0 && stage.status_id == 0 {
+                return Err(invalid(key, "needs status_id with pipeline_id"));
+            }
+        }
+        if st.block != Stage::default() && st.block == st.unblock {
+            return Err(invalid(
+                "crm.inbound.stages.unblock",
+                "is the same stage as crm.inbound.stages.block",
+            ));
         }
         Ok(())
     }
@@ -336,6 +404,40 @@ mod tests {
 
     fn load(text: &str) -> Result<Config, String> {
         Config::from_toml_with_env(text, "t", Vec::new()).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn inbound_webhooks_are_configured_by_key_and_bad_values_named() {
+        let c = load(
+            r#"
+            [crm.inbound]
+            secret = "amo-inbound-0123456789"
+            application_token = "bx-token"
+            [crm.inbound.stages]
+            block = { pipeline_id = 7001, status_id = 142005 }
+            return = { stage_id = "C1:RETURN" }
+            "#,
+        )
+        .unwrap();
+        assert_eq!(c.crm.inbound.stages.block.status_id, 142005);
+        assert_eq!(c.crm.inbound.stages.return_.stage_id, "C1:RETURN");
+        assert_eq!(c.crm.inbound.dedup_s, 3600);
+        for (text, key) in [
+            ("[crm.inbound]\nsecret = \"short\"", "crm.inbound.secret"),
+            ("[crm.inbound]\nsecret = \"has/slash-0123456789\"", "crm.inbound.secret"),
+            ("[crm.inbound]\ndedup_s = 0", "crm.inbound.dedup_s"),
+            (
+                "[crm.inbound.stages]\nblock = { pipeline_id = 7001 }",
+                "crm.inbound.stages.block",
+            ),
+            (
+                "[crm.inbound.stages]\nblock = { stage_id = \"X\" }\nunblock = { stage_id = \"X\" }",
+                "crm.inbound.stages.unblock",
+            ),
+        ] {
+            let e = load(text).unwrap_err();
+            assert!(e.starts_with(&format!("{key}:")), "{text}: {e}");
+        }
     }
 
     #[test]

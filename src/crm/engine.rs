@@ -132,6 +132,10 @@ pub struct CrmHandle {
     tx: mpsc::Sender<Cmd>,
     pub store: Arc<dyn CrmStore>,
     pub wiring: Wiring,
+    /// The CRM itself, for reading deals back after an inbound webhook (`None`: `kind = off`).
+    pub connector: Option<Arc<dyn super::connector::Connector>>,
+    /// Inbound webhook bodies already acted on (`[crm.inbound] dedup_s`).
+    pub inbound_seen: Arc<std::sync::Mutex<super::inbound::Seen>>,
 }
 
 impl CrmHandle {
@@ -286,6 +290,11 @@ pub fn new(
         tx,
         store: store.clone(),
         wiring: wiring.clone(),
+        connector: None,
+        inbound_seen: Arc::new(std::sync::Mutex::new(super::inbound::Seen::new(
+            std::time::Duration::from_secs(3600),
+            100_000,
+        ))),
     };
     let engine = Engine {
         store,

@@ -114,6 +114,8 @@ pub fn reason_ru(reason: &str, comment: Option<&str>) -> String {
             Some(c) => format!("ручная блокировка: {c}"),
             None => "ручная блокировка".into(),
         },
+        // Set by a manager moving the deal to the block stage in the CRM itself.
+        "crm_manual" => "блокировка менеджером в CRM".into(),
         other => format!("причина «{other}»"),
     }
 }
@@ -195,6 +197,7 @@ mod tests {
         );
         assert!(!text.chars().any(|c| c.is_ascii_alphabetic()), "{text}");
         assert_eq!(reason_ru("manual", Some("  ")), "ручная блокировка");
+        assert_eq!(reason_ru("crm_manual", None), "блокировка менеджером в CRM");
         assert!(!m.unblocked().chars().any(|c| c.is_ascii_alphabetic()));
     }
 

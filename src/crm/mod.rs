@@ -153,7 +153,7 @@ pub fn start(
         without_deal: config.crm.kind == "webhook",
     };
     let ttl = chrono::Duration::seconds(config.crm.event_ttl_s as i64);
-    let (eng, handle, cmds) = engine::new(
+    let (eng, mut handle, cmds) = engine::new(
         crm_store.clone(),
         wiring,
         config.rules.clone(),
@@ -162,6 +162,11 @@ pub fn start(
         wake.clone(),
     );
     // Other instances may share a PostgreSQL database and decide for the same vehicles.
+    handle.connector = connector.clone();
+    handle.inbound_seen = Arc::new(std::sync::Mutex::new(inbound::Seen::new(
+        std::time::Duration::from_secs(config.crm.inbound.dedup_s),
+        100_000,
+    )));
     let eng = eng.shared_database(
         config.storage.url.starts_with("postgres://")
             || config.storage.url.starts_with("postgresql://"),

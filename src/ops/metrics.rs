@@ -112,6 +112,14 @@ fn describe() {
         "Pending CRM events dropped unsent, by cause (handed_back)"
     );
     describe_counter!(
+        "fleetgate_crm_inbound_total",
+        "CRM webhooks received, by CRM and outcome (accepted, duplicate, ignored, refused, bad_request, not_configured)"
+    );
+    describe_counter!(
+        "fleetgate_crm_inbound_actions_total",
+        "What inbound CRM webhooks did, by CRM, action and outcome"
+    );
+    describe_counter!(
         "fleetgate_crm_balance_checks_total",
         "Periodic balance pulls from the CRM"
     );

@@ -268,6 +268,30 @@ impl Connector for Bitrix24 {
         Ok(superseded(e.created_at, target, &now, None))
     }
 
+    async fn read_deal(&self, deal: &str) -> Result<super::DealFacts, ConnectorError> {
+        let d = self
+            .rest("crm.deal.get", &json!({ "id": deal }))
+            .await
+            .map_err(|o| ConnectorError::Response(format!("crm.deal.get {deal}: {o:?}")))?;
+        let code = &self.cfg.fields.balance_field_code;
+        let text = |v: &serde_json::Value| match v {
+            serde_json::Value::String(s) if !s.is_empty() => Some(s.clone()),
+            serde_json::Value::Number(n) => Some(n.to_string()),
+            _ => None,
+        };
+        Ok(super::DealFacts {
+            stage_id: d["STAGE_ID"].as_str().unwrap_or_default().to_string(),
+            balance_rub: (!code.is_empty())
+                .then(|| as_rub(&d[code.as_str()]))
+                .flatten(),
+            modified_by: text(&d["MODIFY_BY_ID"]),
+            changed_at: d["DATE_MODIFY"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&chrono::Utc)),
+        })
+    }
+
     async fn balance(&self, q: &BalanceQuery) -> Result<PulledBalance, ConnectorError> {
         let code = &self.cfg.fields.balance_field_code;
         if code.is_empty() {

@@ -97,6 +97,21 @@ pub enum ConnectorError {
     Response(String),
     #[error("balance is not configured for this CRM")]
     NoBalance,
+    #[error("this CRM connector cannot read deals back")]
+    Unsupported,
+}
+
+/// A deal as read back after a webhook that carried only its id (Bitrix24).
+#[derive(Clone, Debug, PartialEq)]
+pub struct DealFacts {
+    /// Bitrix24 `STAGE_ID`.
+    pub stage_id: String,
+    /// The balance field (`[crm.fields] balance_field_code`), when configured and numeric.
+    pub balance_rub: Option<f64>,
+    /// `MODIFY_BY_ID`: who changed it last.
+    pub modified_by: Option<String>,
+    /// `DATE_MODIFY`.
+    pub changed_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 #[async_trait]
@@ -113,6 +128,10 @@ pub trait Connector: Send + Sync + 'static {
     /// tell: its receiver orders events by `created_at`.
     async fn late_stage(&self, _e: &OutboxEvent) -> Result<Option<String>, Outcome> {
         Ok(None)
+    }
+    /// Read a deal back (for inbound webhooks that name only the deal).
+    async fn read_deal(&self, _deal: &str) -> Result<DealFacts, ConnectorError> {
+        Err(ConnectorError::Unsupported)
     }
 }
 

@@ -1,0 +1,398 @@
+//! The CRM drives fleetgate through its own webhooks, no middleware. A fake amoCRM and a fake
+//! Bitrix24 answer fleetgate's calls as the real APIs do; the test plays the CRM's webhook
+//! sender with the real bodies (form-encoded, bracketed keys, no Authorization header):
+//! a manager's stage move blocks a parked car (the engine command reaches the tracker) and
+//! moving it back unblocks it; "Возврат" produces one return however often it is delivered; a
+//! duplicated webhook acts once; a wrong secret or token is refused (403) and counted; a
+//! balance typed into the deal sets the driver's balance; Bitrix24's event carries only the
+//! deal id, so the deal is read back (`3000|RUB` read as 3,000 ₽).
+
+mod common;
+mod crm_fake;
+
+use std::time::Duration;
+
+use common::teltonika::{login, parked, read_command, send_records};
+use common::Api;
+use fleetgate::protocols::teltonika::encode_codec12_response;
+use fleetgate::protocols::{Protocol, Transport};
+use serde_json::{json, Value};
+
+const SECRET: &str = "amo-inbound-0123456789";
+const BX_TOKEN: &str = "bx-app-token-abcdef";
+
+fn amo_config(amo_url: &str) -> String {
+    format!(
+        r#"
+[immobiliser]
+safe_for = 10
+max_block_speed_kmh = 5
+[crm]
+kind = "amocrm"
+base_url = "{amo_url}"
+token = "amo-long-lived-token"
+backoff_initial_s = 0.05
+backoff_max_s = 0.5
+poll_ms = 50
+[crm.stages]
+on_line = {{ pipeline_id = 7001, status_id = 142001 }}
+wants_to_return = {{ pipeline_id = 7001, status_id = 142002 }}
+[crm.fields]
+balance_field_id = 504
+[crm.inbound]
+secret = "{SECRET}"
+[crm.inbound.stages]
+block = {{ pipeline_id = 7001, status_id = 142005 }}
+return = {{ pipeline_id = 7001, status_id = 142009 }}
+"#
+    )
+}
+
+fn bitrix_config(url: &str) -> String {
+    format!(
+        r#"
+[immobiliser]
+safe_for = 10
+max_block_speed_kmh = 5
+[crm]
+kind = "bitrix24"
+webhook_url = "{url}/rest/1/s3cr3t/"
+backoff_initial_s = 0.05
+backoff_max_s = 0.5
+poll_ms = 50
+[crm.stages]
+on_line = {{ stage_id = "C1:EXECUTING" }}
+wants_to_return = {{ stage_id = "C1:FINAL_INVOICE" }}
+[crm.fields]
+balance_field_code = "UF_CRM_BALANCE"
+[crm.inbound]
+application_token = "{BX_TOKEN}"
+[crm.inbound.stages]
+block = {{ stage_id = "C1:BLOCK" }}
+"#
+    )
+}
+
+/// POST a form body as the CRM does: `application/x-www-form-urlencoded`, no bearer token.
+async fn webhook(api: &Api, path: &str, pairs: &[(&str, String)]) -> (u16, Value) {
+    let body: String = pairs
+        .iter()
+        .map(|(k, v)| format!("{}={}", urlencode(k), urlencode(v)))
+        .collect::<Vec<_>>()
+        .join("&");
+    let r = api
+        .client
+        .post(format!("{}{path}", api.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            b' ' => "+".into(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// amoCRM's status-change webhook for one lead.
+fn amo_status(lead: u64, status: u64, old: u64, user: u64) -> Vec<(&'static str, String)> {
+    vec![
+        ("leads[status][0][id]", lead.to_string()),
+        ("leads[status][0][status_id]", status.to_string()),
+        ("leads[status][0][pipeline_id]", "7001".into()),
+        ("leads[status][0][old_status_id]", old.to_string()),
+        ("leads[status][0][old_pipeline_id]", "7001".into()),
+        ("leads[status][0][modified_user_id]", user.to_string()),
+        ("account[id]", "29000000".into()),
+        ("account[subdomain]", "taxipark".into()),
+    ]
+}
+
+async fn reasons(api: &Api, id: &str) -> Value {
+    api.get(&format!("/api/v1/vehicles/{id}")).await.1["immobiliser"]["reason_details"].clone()
+}
+
+async fn wait_for<F: Fn(&Value) -> bool>(api: &Api, id: &str, what: &str, f: F) -> Value {
+    common::wait_vehicle(api, id, what, f).await
+}
+
+fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_amocrm_manager_blocks_unblocks_and_takes_a_car_back_from_inside_the_crm() {
+    let amo = crm_fake::start("amocrm").await;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = common::start(dir.path(), &amo_config(&amo.url)).await;
+    let api = Api::new(daemon.api_addr);
+    let imei = "356307042441501";
+    let (s, v) = api
+        .put(
+            "/api/v1/vehicles/car-51",
+            json!({ "device_id": imei, "protocol": "teltonika", "crm_deal_id": "5100",
+                    "driver_id": "drv-51", "status": "issued" }),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let mut t = login(
+        daemon.addr(Protocol::Teltonika, Transport::Tcp).unwrap(),
+        imei,
+    )
+    .await;
+    send_records(&mut t, &parked(30, Some(false))).await;
+    let inbound = format!("/api/v1/crm/inbound/amocrm/{SECRET}");
+
+    // A wrong secret: 403, counted, nothing done.
+    let (s, e) = webhook(
+        &api,
+        "/api/v1/crm/inbound/amocrm/not-the-secret-000000",
+        &amo_status(5100, 142005, 142001, 555),
+    )
+    .await;
+    assert_eq!(s, 403, "{e}");
+
+    // The manager drags the deal to "Блокировка": the car is parked, the block goes out.
+    let block = amo_status(5100, 142005, 142001, 555);
+    let (s, r) = webhook(&api, &inbound, &block).await;
+    assert_eq!((s, r["outcome"].clone()), (200, json!("accepted")), "{r}");
+    assert_eq!(read_command(&mut t).await, "setdigout 1");
+    t.send(&encode_codec12_response(b"DOUT1:1")).await;
+    let v = wait_for(&api, "car-51", "blocked", |v| {
+        v["immobiliser"]["state"] == "blocked"
+    })
+    .await;
+    let why = &v["immobiliser"]["reason_details"][0];
+    assert_eq!(why["reason"], "crm_manual", "{v}");
+    assert_eq!(
+        why["actor"], "amocrm:user:555",
+        "the audit names the CRM user: {v}"
+    );
+    // amoCRM delivers the same webhook again (it thought the first failed): acted once.
+    let (s, r) = webhook(&api, &inbound, &block).await;
+    assert_eq!((s, r["outcome"].clone()), (200, json!("duplicate")), "{r}");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(t.read_for(300).await.is_empty(), "no second command");
+    let (_, audit) = api.get("/api/v1/audit?vehicle=car-51").await;
+    let added = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|a| a["event"] == "reason_added" && a["reason"] == "crm_manual")
+        .count();
+    assert_eq!(added, 1, "{audit}");
+
+    // Moved back to "На линии": the CRM's block is lifted; the engine is released.
+    let (s, _) = webhook(&api, &inbound, &amo_status(5100, 142001, 142005, 555)).await;
+    assert_eq!(s, 200);
+    assert_eq!(read_command(&mut t).await, "setdigout 0");
+    t.send(&encode_codec12_response(b"DOUT1:0")).await;
+    wait_for(&api, "car-51", "running", |v| {
+        v["immobiliser"]["state"] == "running"
+    })
+    .await;
+    assert_eq!(reasons(&api, "car-51").await, json!([]));
+
+    // "Возврат": one return request, however many times the webhook comes.
+    let ret = amo_status(5100, 142009, 142001, 556);
+    for _ in 0..3 {
+        let (s, _) = webhook(&api, &inbound, &ret).await;
+        assert_eq!(s, 200);
+    }
+    for _ in 0..100 {
+        let events = api.get("/api/v1/crm/outbox?status=all").await.1;
+        let n = events["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["payload"]["stage"] == "wants_to_return")
+            .count();
+        if n >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let events = api.get("/api/v1/crm/outbox?status=all").await.1;
+    let returns: Vec<&Value> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["payload"]["stage"] == "wants_to_return")
+        .collect();
+    assert_eq!(returns.len(), 1, "{events}");
+
+    // A balance typed into the deal ("3 000"): the driver's balance; under 5,000 ₽ it blocks.
+    let (s, _) = webhook(
+        &api,
+        &inbound,
+        &[
+            ("leads[update][0][id]", "5100".into()),
+            (
+                "leads[update][0][updated_at]",
+                chrono::Utc::now().timestamp().to_string(),
+            ),
+            ("leads[update][0][custom_fields][0][id]", "504".into()),
+            ("leads[update][0][custom_fields][0][name]", "Баланс".into()),
+            (
+                "leads[update][0][custom_fields][0][values][0][value]",
+                "3 000".into(),
+            ),
+        ],
+    )
+    .await;
+    assert_eq!(s, 200);
+    wait_for(&api, "car-51", "low_balance", |v| {
+        v["immobiliser"]["reasons"]
+            .as_array()
+            .is_some_and(|r| r.iter().any(|x| x == "low_balance"))
+    })
+    .await;
+
+    // A deal no car is linked to: acknowledged (no retry loop for the CRM), counted, ignored.
+    let (s, r) = webhook(&api, &inbound, &amo_status(999_999, 142005, 142001, 1)).await;
+    assert_eq!((s, r["outcome"].clone()), (200, json!("accepted")));
+    // Not a form body at all: 400.
+    let r = api
+        .client
+        .post(format!("{}{inbound}", api.base))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body("leads[status=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400);
+
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, m) = api.text("/metrics").await;
+    // Metrics are per process and the Bitrix24 test runs beside this one: amoCRM's only.
+    let c = |labels: &[&str]| {
+        let mut l = vec!["crm=\"amocrm\""];
+        l.extend_from_slice(labels);
+        metric(&m, "fleetgate_crm_inbound_total", &l)
+    };
+    assert_eq!(c(&["outcome=\"refused\""]), 1.0, "{m}");
+    assert_eq!(
+        c(&["outcome=\"duplicate\""]),
+        3.0,
+        "block again + return twice: {m}"
+    );
+    assert_eq!(c(&["outcome=\"bad_request\""]), 1.0);
+    assert_eq!(
+        metric(
+            &m,
+            "fleetgate_crm_inbound_actions_total",
+            &["crm=\"amocrm\"", "action=\"deal\"", "outcome=\"unknown\""]
+        ),
+        1.0
+    );
+    // The CRM secret is not a bearer token, and the bearer-protected API is not reachable
+    // through the inbound path.
+    let (s, _) = webhook(&api, "/api/v1/crm/inbound/amocrm/", &block).await;
+    assert_eq!(s, 404);
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bitrix24_event_names_only_the_deal_so_it_is_read_back_and_acted_on() {
+    let bx = crm_fake::start("bitrix24").await;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = common::start(dir.path(), &bitrix_config(&bx.url)).await;
+    let api = Api::new(daemon.api_addr);
+    let imei = "356307042441601";
+    let (s, v) = api
+        .put(
+            "/api/v1/vehicles/car-61",
+            json!({ "device_id": imei, "protocol": "teltonika", "crm_deal_id": "6100",
+                    "driver_id": "drv-61", "status": "issued" }),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let mut t = login(
+        daemon.addr(Protocol::Teltonika, Transport::Tcp).unwrap(),
+        imei,
+    )
+    .await;
+    send_records(&mut t, &parked(30, Some(false))).await;
+    // In the portal a manager moves the deal to "Блокировка" and types the balance.
+    bx.fake.manager_moves_deal("6100", "C1:BLOCK");
+    {
+        let mut deals = bx.fake.deals.lock().unwrap();
+        let d = deals.get_mut("6100").unwrap();
+        d["UF_CRM_BALANCE"] = json!("3000|RUB");
+        d["MODIFY_BY_ID"] = json!("7");
+    }
+    let event = |token: &str| {
+        vec![
+            ("event", "ONCRMDEALUPDATE".to_string()),
+            ("data[FIELDS][ID]", "6100".into()),
+            ("ts", "1796630000".into()),
+            ("auth[domain]", "taxipark.bitrix24.ru".into()),
+            (
+                "auth[client_endpoint]",
+                "https://taxipark.bitrix24.ru/rest/".into(),
+            ),
+            ("auth[member_id]", "a1b2c3".into()),
+            ("auth[application_token]", token.to_string()),
+        ]
+    };
+    let (s, e) = webhook(
+        &api,
+        "/api/v1/crm/inbound/bitrix24",
+        &event("wrong-token-xyz"),
+    )
+    .await;
+    assert_eq!(s, 403, "{e}");
+    let (s, r) = webhook(&api, "/api/v1/crm/inbound/bitrix24", &event(BX_TOKEN)).await;
+    assert_eq!((s, r["outcome"].clone()), (200, json!("accepted")), "{r}");
+    assert_eq!(read_command(&mut t).await, "setdigout 1");
+    t.send(&encode_codec12_response(b"DOUT1:1")).await;
+    let v = wait_for(&api, "car-61", "blocked with both reasons", |v| {
+        v["immobiliser"]["state"] == "blocked"
+            && v["immobiliser"]["reasons"]
+                .as_array()
+                .is_some_and(|r| r.len() == 2)
+    })
+    .await;
+    assert_eq!(
+        v["immobiliser"]["reasons"],
+        json!(["crm_manual", "low_balance"]),
+        "{v}"
+    );
+    let crm_reason = v["immobiliser"]["reason_details"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["reason"] == "crm_manual")
+        .unwrap()
+        .clone();
+    assert_eq!(crm_reason["actor"], "bitrix24:user:7");
+    let (_, bal) = api
+        .put(
+            "/api/v1/drivers/drv-61/balance",
+            json!({ "balance_rub": 3000, "as_of": "2000-01-01T00:00:00Z" }),
+        )
+        .await;
+    assert_eq!(bal["balance_rub"], 3000.0, "the portal's 3000|RUB: {bal}");
+    assert!(
+        bx.fake
+            .calls()
+            .iter()
+            .any(|c| c.path.ends_with("crm.deal.get") && c.body["id"] == "6100"),
+        "the deal was read back"
+    );
+    daemon.stop().await;
+}
