@@ -396,3 +396,66 @@ async fn a_bitrix24_event_names_only_the_deal_so_it_is_read_back_and_acted_on() 
     );
     daemon.stop().await;
 }
+
+/// 1,500 drivers' balances read in a handful of requests: amoCRM `GET /api/v4/leads?filter[id][]`
+/// (250 a page), Bitrix24 `batch` of `crm.deal.list` (50 commands × 50 deals), answered by the
+/// fakes as the real APIs do; every driver gets their own deal's balance back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifteen_hundred_drivers_balances_cost_a_handful_of_requests_on_both_crms() {
+    use fleetgate::crm::connector::{self, BalanceQuery};
+    let qs: Vec<BalanceQuery> = (0..1500u64)
+        .map(|i| BalanceQuery {
+            driver_id: format!("drv-{i}"),
+            vehicle_id: format!("car-{i}"),
+            deal_id: Some((100_000 + i).to_string()),
+        })
+        .collect();
+
+    let amo = crm_fake::start("amocrm").await;
+    for i in 0..1500u64 {
+        amo.fake
+            .set_field(100_000 + i, 504, json!(format!("{} 000,00", i % 20)));
+    }
+    let cfg = fleetgate::config::Config::from_toml_with_env(&amo_config(&amo.url), "t", Vec::new())
+        .unwrap();
+    let c = connector::build(&cfg.crm).unwrap().unwrap();
+    let before = amo.fake.calls().len();
+    let got = c.balances(&qs).await;
+    let requests = amo.fake.calls().len() - before;
+    assert!(requests <= 10, "{requests} requests for 1,500 balances");
+    for (i, r) in got.iter().enumerate() {
+        let b = r.as_ref().unwrap_or_else(|e| panic!("drv-{i}: {e}"));
+        assert_eq!(b.rub, ((i % 20) * 1000) as f64, "drv-{i}");
+    }
+
+    let bx = crm_fake::start("bitrix24").await;
+    for i in 0..1500u64 {
+        let id = (100_000 + i).to_string();
+        bx.fake.manager_moves_deal(&id, "C1:EXECUTING");
+        bx.fake.deals.lock().unwrap().get_mut(&id).unwrap()["UF_CRM_BALANCE"] =
+            json!(format!("{}|RUB", i * 10));
+    }
+    let cfg =
+        fleetgate::config::Config::from_toml_with_env(&bitrix_config(&bx.url), "t", Vec::new())
+            .unwrap();
+    let c = connector::build(&cfg.crm).unwrap().unwrap();
+    let before = bx.fake.calls().len();
+    let mut missing = qs.clone();
+    missing.push(BalanceQuery {
+        driver_id: "drv-x".into(),
+        vehicle_id: "car-x".into(),
+        deal_id: Some("no-such-deal".into()),
+    });
+    let got = c.balances(&missing).await;
+    let requests = bx.fake.calls().len() - before;
+    assert!(requests <= 10, "{requests} requests for 1,500 balances");
+    for (i, r) in got.iter().take(1500).enumerate() {
+        let b = r.as_ref().unwrap_or_else(|e| panic!("drv-{i}: {e}"));
+        assert_eq!(b.rub, (i * 10) as f64, "drv-{i}");
+        assert!(b.as_of.is_some());
+    }
+    assert!(
+        got[1500].is_err(),
+        "a deal the portal does not have is an error, not 0 ₽"
+    );
+}

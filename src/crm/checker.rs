@@ -26,19 +26,24 @@ pub async fn run(
         }
         let drivers = handle.balance_targets().await;
         metrics::counter!("fleetgate_crm_balance_checks_total").increment(1);
-        for q in drivers {
+        // Many deals per request (amoCRM 250, Bitrix24 2,500); a slice at a time so that a
+        // shutdown is not held up by a whole fleet.
+        'check: for part in drivers.chunks(500) {
             if shutdown.is_cancelled() {
                 break;
             }
-            match connector.balance(&q).await {
-                Ok(b) => handle.pulled_balance(&q.driver_id, b.rub, b.as_of).await,
-                Err(ConnectorError::NoBalance) => {
-                    tracing::debug!("crm: balance pull not configured");
-                    break;
-                }
-                Err(e) => {
-                    metrics::counter!("fleetgate_crm_balance_check_errors_total").increment(1);
-                    tracing::warn!(driver = q.driver_id, error = %e, "crm: balance check failed");
+            let results = connector.balances(part).await;
+            for (q, r) in part.iter().zip(results) {
+                match r {
+                    Ok(b) => handle.pulled_balance(&q.driver_id, b.rub, b.as_of).await,
+                    Err(ConnectorError::NoBalance) => {
+                        tracing::debug!("crm: balance pull not configured");
+                        break 'check;
+                    }
+                    Err(e) => {
+                        metrics::counter!("fleetgate_crm_balance_check_errors_total").increment(1);
+                        tracing::warn!(driver = q.driver_id, error = %e, "crm: balance check failed");
+                    }
                 }
             }
         }

@@ -150,6 +150,20 @@ fn json_resp(status: u16, v: Value) -> Response {
     (StatusCode::from_u16(status).unwrap(), axum::Json(v)).into_response()
 }
 
+/// A lead as `GET /api/v4/leads…` returns it.
+fn lead_json(id: u64, l: &Value) -> Value {
+    let cf: Vec<Value> = l["fields"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| json!({ "field_id": k.parse::<u64>().unwrap(), "values": [{ "value": v }] }))
+                .collect()
+        })
+        .unwrap_or_default();
+    json!({ "id": id, "status_id": l["status_id"], "pipeline_id": l["pipeline_id"],
+            "updated_at": l["updated_at"], "custom_fields_values": cf })
+}
+
 fn apply_lead(fake: &Fake, patch: &Value) -> Value {
     let id = patch["id"].as_u64().unwrap_or(0);
     let mut leads = fake.leads.lock().unwrap();
@@ -276,21 +290,40 @@ async fn amo(
             let l = fake.leads.lock().unwrap().get(&id).cloned();
             match l {
                 None => reply(204, Value::Null),
-                Some(l) => {
-                    let cf: Vec<Value> = l["fields"]
-                        .as_object()
-                        .map(|m| {
-                            m.iter()
-                                .map(|(k, v)| json!({ "field_id": k.parse::<u64>().unwrap(), "values": [{ "value": v }] }))
-                                .collect()
-                        })
-                        .unwrap_or_default();
-                    reply(
-                        200,
-                        json!({ "id": id, "status_id": l["status_id"], "pipeline_id": l["pipeline_id"],
-                                "updated_at": l["updated_at"], "custom_fields_values": cf }),
-                    )
+                Some(l) => reply(200, lead_json(id, &l)),
+            }
+        }
+        // As the real API: `GET /api/v4/leads?filter[id][]=1&filter[id][]=2&limit=250`, at most
+        // 250 per page, 204 with no body when nothing matches.
+        ("GET", "/api/v4/leads", None) => {
+            let query = uri.query().unwrap_or_default();
+            let mut ids = Vec::new();
+            let mut limit = 50usize;
+            for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+                match k.as_ref() {
+                    "filter[id][]" | "filter[id]" => ids.extend(v.parse::<u64>().ok()),
+                    k if k.starts_with("filter[id][") => ids.extend(v.parse::<u64>().ok()),
+                    "limit" => limit = v.parse().unwrap_or(50),
+                    _ => {}
                 }
+            }
+            if limit > 250 {
+                return reply(
+                    400,
+                    json!({ "title": "Bad Request", "detail": "limit > 250" }),
+                );
+            }
+            let leads = fake.leads.lock().unwrap();
+            let found: Vec<Value> = ids
+                .iter()
+                .filter_map(|id| leads.get(id).map(|l| lead_json(*id, l)))
+                .take(limit)
+                .collect();
+            drop(leads);
+            if found.is_empty() {
+                reply(204, Value::Null)
+            } else {
+                reply(200, json!({ "_page": 1, "_embedded": { "leads": found } }))
             }
         }
         _ => reply(404, json!({ "title": "Not Found" })),
@@ -348,6 +381,66 @@ async fn bitrix(
                     json!({ "error": "", "error_description": "Not found" }),
                 ),
             }
+        }
+        // As the portal: `batch` with up to 50 commands, each a method and its query string;
+        // here `crm.deal.list` with `filter[@ID][]` (at most 50 rows a page) and `select`.
+        "/rest/1/s3cr3t/batch" => {
+            let Some(cmds) = body["cmd"].as_object() else {
+                return reply(
+                    400,
+                    json!({ "error": "INVALID_REQUEST", "error_description": "no cmd" }),
+                );
+            };
+            if cmds.len() > 50 {
+                return reply(
+                    400,
+                    json!({ "error": "INVALID_REQUEST", "error_description": "Max batch length exceeded" }),
+                );
+            }
+            let deals = fake.deals.lock().unwrap();
+            let mut result = serde_json::Map::new();
+            let mut errors = serde_json::Map::new();
+            for (key, c) in cmds {
+                let c = c.as_str().unwrap_or_default();
+                let (method, query) = c.split_once('?').unwrap_or((c, ""));
+                if method != "crm.deal.list" {
+                    errors.insert(key.clone(), json!({ "error": "ERROR_METHOD_NOT_FOUND" }));
+                    continue;
+                }
+                let mut ids = Vec::new();
+                let mut select = Vec::new();
+                for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+                    if k.starts_with("filter[@ID]") {
+                        ids.push(v.into_owned());
+                    } else if k.starts_with("select[") {
+                        select.push(v.into_owned());
+                    }
+                }
+                let rows: Vec<Value> = ids
+                    .iter()
+                    .filter_map(|id| deals.get(id))
+                    .take(50)
+                    .map(|d| {
+                        let mut row = serde_json::Map::new();
+                        for f in &select {
+                            row.insert(f.clone(), d.get(f).cloned().unwrap_or(Value::Null));
+                        }
+                        Value::Object(row)
+                    })
+                    .collect();
+                result.insert(key.clone(), Value::Array(rows));
+            }
+            drop(deals);
+            let errors = if errors.is_empty() {
+                json!([])
+            } else {
+                Value::Object(errors)
+            };
+            reply(
+                200,
+                json!({ "result": { "result": result, "result_error": errors, "result_total": {},
+                                    "result_next": {}, "result_time": {} } }),
+            )
         }
         "/rest/1/s3cr3t/crm.timeline.comment.add" => {
             let id = {

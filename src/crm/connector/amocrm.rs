@@ -459,6 +459,60 @@ impl Connector for AmoCrm {
         Ok(superseded(e.created_at, &target, &now, own))
     }
 
+    async fn balances(&self, qs: &[BalanceQuery]) -> Vec<Result<PulledBalance, ConnectorError>> {
+        let field = self.cfg.fields.balance_field_id;
+        if field == 0 {
+            return qs.iter().map(|_| Err(ConnectorError::NoBalance)).collect();
+        }
+        let mut ids: Vec<&str> = qs.iter().filter_map(|q| q.deal_id.as_deref()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        // `GET /api/v4/leads?filter[id][]=…&limit=250`: up to 250 leads per request.
+        let mut leads: std::collections::HashMap<String, Result<Value, String>> =
+            std::collections::HashMap::new();
+        for chunk in ids.chunks(250) {
+            let mut path = format!("/api/v4/leads?limit={}", chunk.len());
+            for id in chunk {
+                path.push_str("&filter%5Bid%5D%5B%5D=");
+                path.push_str(&urlencode(id));
+            }
+            match self.send(reqwest::Method::GET, &path, &Value::Null).await {
+                Ok(answer) => {
+                    let found = answer["_embedded"]["leads"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default();
+                    for l in found {
+                        let id = match &l["id"] {
+                            Value::Number(n) => n.to_string(),
+                            Value::String(s) => s.clone(),
+                            _ => continue,
+                        };
+                        leads.insert(id, Ok(l));
+                    }
+                }
+                Err(o) => {
+                    for id in chunk {
+                        leads.insert(id.to_string(), Err(format!("GET leads: {o:?}")));
+                    }
+                }
+            }
+        }
+        qs.iter()
+            .map(|q| {
+                let deal = q.deal_id.as_deref().ok_or_else(|| {
+                    ConnectorError::Response("the vehicle has no crm_deal_id".into())
+                })?;
+                let lead = match leads.get(deal) {
+                    Some(Ok(l)) => l,
+                    Some(Err(e)) => return Err(ConnectorError::Response(e.clone())),
+                    None => return Err(ConnectorError::Response(format!("lead {deal} not found"))),
+                };
+                lead_balance(lead, deal, field)
+            })
+            .collect()
+    }
+
     async fn balance(&self, q: &BalanceQuery) -> Result<PulledBalance, ConnectorError> {
         let field = self.cfg.fields.balance_field_id;
         if field == 0 {
@@ -476,18 +530,28 @@ impl Connector for AmoCrm {
             )
             .await
             .map_err(|o| ConnectorError::Response(format!("GET lead {deal}: {o:?}")))?;
-        let rub = lead["custom_fields_values"]
-            .as_array()
-            .and_then(|fs| fs.iter().find(|f| f["field_id"].as_u64() == Some(field)))
-            .and_then(|f| as_rub(&f["values"][0]["value"]))
-            .ok_or_else(|| {
-                ConnectorError::Response(format!("lead {deal} has no numeric field {field}"))
-            })?;
-        let as_of = lead["updated_at"]
-            .as_i64()
-            .and_then(|t| chrono::DateTime::from_timestamp(t, 0));
-        Ok(PulledBalance { rub, as_of })
+        lead_balance(&lead, deal, field)
     }
+}
+
+/// The balance field of a lead as amoCRM returns it.
+fn lead_balance(lead: &Value, deal: &str, field: u64) -> Result<PulledBalance, ConnectorError> {
+    let rub = lead["custom_fields_values"]
+        .as_array()
+        .and_then(|fs| fs.iter().find(|f| f["field_id"].as_u64() == Some(field)))
+        .and_then(|f| as_rub(&f["values"][0]["value"]))
+        .ok_or_else(|| {
+            ConnectorError::Response(format!("lead {deal} has no numeric field {field}"))
+        })?;
+    let as_of = lead["updated_at"]
+        .as_i64()
+        .and_then(|t| chrono::DateTime::from_timestamp(t, 0));
+    Ok(PulledBalance { rub, as_of })
+}
+
+/// Percent-encode a query value (deal ids are digits; anything else is escaped).
+fn urlencode(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 #[cfg(test)]

@@ -268,6 +268,78 @@ impl Connector for Bitrix24 {
         Ok(superseded(e.created_at, target, &now, None))
     }
 
+    async fn balances(&self, qs: &[BalanceQuery]) -> Vec<Result<PulledBalance, ConnectorError>> {
+        let code = self.cfg.fields.balance_field_code.clone();
+        if code.is_empty() {
+            return qs.iter().map(|_| Err(ConnectorError::NoBalance)).collect();
+        }
+        let mut ids: Vec<&str> = qs.iter().filter_map(|q| q.deal_id.as_deref()).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        // `batch`: up to 50 commands per call, each a `crm.deal.list` of up to 50 deals (one
+        // page): 2,500 deals per request.
+        let mut deals: std::collections::HashMap<String, Result<Value, String>> =
+            std::collections::HashMap::new();
+        for batch in ids.chunks(50 * 50) {
+            let mut cmd = serde_json::Map::new();
+            for (i, chunk) in batch.chunks(50).enumerate() {
+                let mut q = String::from("crm.deal.list?");
+                for (j, id) in chunk.iter().enumerate() {
+                    q.push_str(&format!("filter%5B%40ID%5D%5B{j}%5D={}&", enc(id)));
+                }
+                q.push_str(&format!(
+                    "select%5B0%5D=ID&select%5B1%5D={}&select%5B2%5D=DATE_MODIFY",
+                    enc(&code)
+                ));
+                cmd.insert(format!("c{i}"), Value::String(q));
+            }
+            match self.rest("batch", &json!({ "halt": 0, "cmd": cmd })).await {
+                Ok(r) => {
+                    for (i, chunk) in batch.chunks(50).enumerate() {
+                        let key = format!("c{i}");
+                        if let Some(list) = r["result"][&key].as_array() {
+                            for d in list {
+                                if let Some(id) = d["ID"].as_str() {
+                                    deals.insert(id.to_string(), Ok(d.clone()));
+                                }
+                            }
+                        } else {
+                            let why = r["result_error"][&key].to_string();
+                            for id in chunk {
+                                deals.insert(id.to_string(), Err(format!("crm.deal.list: {why}")));
+                            }
+                        }
+                    }
+                }
+                Err(o) => {
+                    for id in batch {
+                        deals.insert(id.to_string(), Err(format!("batch: {o:?}")));
+                    }
+                }
+            }
+        }
+        qs.iter()
+            .map(|q| {
+                let deal = q.deal_id.as_deref().ok_or_else(|| {
+                    ConnectorError::Response("the vehicle has no crm_deal_id".into())
+                })?;
+                let d = match deals.get(deal) {
+                    Some(Ok(d)) => d,
+                    Some(Err(e)) => return Err(ConnectorError::Response(e.clone())),
+                    None => return Err(ConnectorError::Response(format!("deal {deal} not found"))),
+                };
+                let rub = as_rub(&d[code.as_str()]).ok_or_else(|| {
+                    ConnectorError::Response(format!("deal {deal} has no numeric {code}"))
+                })?;
+                let as_of = d["DATE_MODIFY"]
+                    .as_str()
+                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                    .map(|t| t.with_timezone(&chrono::Utc));
+                Ok(PulledBalance { rub, as_of })
+            })
+            .collect()
+    }
+
     async fn read_deal(&self, deal: &str) -> Result<super::DealFacts, ConnectorError> {
         let d = self
             .rest("crm.deal.get", &json!({ "id": deal }))
@@ -314,4 +386,9 @@ impl Connector for Bitrix24 {
             .map(|t| t.with_timezone(&chrono::Utc));
         Ok(PulledBalance { rub, as_of })
     }
+}
+
+/// Percent-encode a value inside a `batch` command's query string.
+fn enc(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }

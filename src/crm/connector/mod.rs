@@ -129,6 +129,16 @@ pub trait Connector: Send + Sync + 'static {
     async fn late_stage(&self, _e: &OutboxEvent) -> Result<Option<String>, Outcome> {
         Ok(None)
     }
+    /// Balances of many drivers, one result per query in the same order. By default one
+    /// [`Connector::balance`] call each; amoCRM and Bitrix24 read many deals per request, so
+    /// 1,500 drivers cost a handful of requests per check.
+    async fn balances(&self, qs: &[BalanceQuery]) -> Vec<Result<PulledBalance, ConnectorError>> {
+        let mut out = Vec::with_capacity(qs.len());
+        for q in qs {
+            out.push(self.balance(q).await);
+        }
+        out
+    }
     /// Read a deal back (for inbound webhooks that name only the deal).
     async fn read_deal(&self, _deal: &str) -> Result<DealFacts, ConnectorError> {
         Err(ConnectorError::Unsupported)
