@@ -459,3 +459,62 @@ async fn fifteen_hundred_drivers_balances_cost_a_handful_of_requests_on_both_crm
         "a deal the portal does not have is an error, not 0 ₽"
     );
 }
+
+/// The CRM refuses fleetgate's token (revoked by an admin): not a per-event failure. The whole
+/// connector pauses `auth_pause_s` between tries instead of hammering the CRM at the retry
+/// backoff, `fleetgate_crm_auth_failed` says so, and once the token works again the queued
+/// event goes out by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_token_pauses_the_whole_connector_and_delivery_resumes_when_it_works() {
+    let amo = crm_fake::start("amocrm").await;
+    *amo.fake.token.lock().unwrap() = "the-token-was-revoked".into();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = amo_config(&amo.url).replace("poll_ms = 50", "poll_ms = 50\nauth_pause_s = 2");
+    let daemon = common::start(dir.path(), &cfg).await;
+    let api = Api::new(daemon.api_addr);
+    let (s, v) = api
+        .put(
+            "/api/v1/vehicles/car-71",
+            json!({ "crm_deal_id": "7100", "driver_id": "drv-71", "status": "issued" }),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = api
+        .post("/api/v1/vehicles/car-71/return-request", json!({}))
+        .await;
+    assert_eq!(s, 202);
+    assert!(crm_fake::wait_for(10, || !amo.fake.calls().is_empty()).await);
+    let first = std::time::Instant::now();
+    tokio::time::sleep(Duration::from_millis(3_500)).await;
+    let refused = amo.fake.calls().iter().filter(|c| c.status == 401).count();
+    // At the event's own backoff (0.05–0.5 s) that would be 10 or more requests.
+    assert!(
+        (1..=4).contains(&refused),
+        "{refused} refused requests in {:?}",
+        first.elapsed()
+    );
+    let (_, m) = api.text("/metrics").await;
+    assert_eq!(
+        metric(&m, "fleetgate_crm_auth_failed", &["crm=\"amocrm\""]),
+        1.0,
+        "{m}"
+    );
+    // An admin reissues the integration's token: the event goes out without anyone's help.
+    *amo.fake.token.lock().unwrap() = "amo-long-lived-token".into();
+    assert!(
+        crm_fake::wait_for(10, || !amo.fake.ok("PATCH").is_empty()).await,
+        "{:?}",
+        amo.fake.calls()
+    );
+    let mut gauge = 1.0;
+    for _ in 0..50 {
+        let (_, m) = api.text("/metrics").await;
+        gauge = metric(&m, "fleetgate_crm_auth_failed", &["crm=\"amocrm\""]);
+        if gauge == 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(gauge, 0.0);
+    daemon.stop().await;
+}

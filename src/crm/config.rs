@@ -79,6 +79,9 @@ pub struct CrmConfig {
     pub backoff_max_s: f64,
     /// Per-request timeout, seconds.
     pub timeout_s: u64,
+    /// The CRM refused the credentials (401/403): the whole connector waits this long before
+    /// it tries again.
+    pub auth_pause_s: u64,
     /// How often the worker looks for due events when idle, milliseconds.
     pub poll_ms: u64,
     /// Delivered events are kept this many days for the API, then purged.
@@ -132,6 +135,7 @@ impl Default for CrmConfig {
             backoff_initial_s: 1.0,
             backoff_max_s: 300.0,
             timeout_s: 15,
+            auth_pause_s: 60,
             poll_ms: 500,
             keep_delivered_days: 7,
             stages: Stages::default(),
@@ -234,6 +238,9 @@ impl CrmConfig {
         }
         if self.poll_ms == 0 || self.timeout_s == 0 {
             return Err(invalid("crm.poll_ms", "poll_ms and timeout_s must be > 0"));
+        }
+        if self.auth_pause_s == 0 {
+            return Err(invalid("crm.auth_pause_s", "must be at least 1"));
         }
         let i = &self.inbound;
         if !i.secret.is_empty()

@@ -111,6 +111,14 @@ fn describe() {
         "fleetgate_crm_events_dropped_total",
         "Pending CRM events dropped unsent, by cause (handed_back)"
     );
+    describe_gauge!(
+        "fleetgate_crm_auth_failed",
+        "1 while the CRM refuses fleetgate's credentials; the connector pauses"
+    );
+    describe_counter!(
+        "fleetgate_crm_auth_failures_total",
+        "Requests the CRM refused for credentials"
+    );
     describe_counter!(
         "fleetgate_crm_inbound_total",
         "CRM webhooks received, by CRM and outcome (accepted, duplicate, ignored, refused, bad_request, not_configured)"

@@ -38,7 +38,8 @@ pub struct Fake {
     /// Statuses to answer the next requests with, before serving normally.
     pub fail: Mutex<VecDeque<u16>>,
     recent: Mutex<VecDeque<Instant>>,
-    pub token: String,
+    /// The token the fake accepts (a manager may revoke or reissue it).
+    pub token: Mutex<String>,
     pub secret: String,
     /// Webhook: wait this long after applying (recording) a call before answering it, so a
     /// client killed meanwhile never learns that the call was applied.
@@ -213,7 +214,8 @@ async fn amo(
         return r;
     }
     let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
-    if auth != Some(&format!("Bearer {}", fake.token)) {
+    let expected = format!("Bearer {}", fake.token.lock().unwrap());
+    if auth != Some(expected.as_str()) {
         return reply(401, json!({ "title": "Unauthorized" }));
     }
     let path = uri.path().to_string();
@@ -537,7 +539,7 @@ pub async fn start_on(kind: &'static str, addr: SocketAddr) -> Server {
 /// while the CRM was "down", so no other socket could take its port meanwhile).
 pub async fn start_with(kind: &'static str, l: tokio::net::TcpListener) -> Server {
     let fake = Arc::new(Fake {
-        token: "amo-long-lived-token".into(),
+        token: Mutex::new("amo-long-lived-token".into()),
         secret: "webhook-secret-123".into(),
         ..Default::default()
     });

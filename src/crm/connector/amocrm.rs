@@ -25,6 +25,7 @@ pub struct AmoCrm {
     /// Per lead, the `updated_at` our last PATCH got back: that change is ours, not a
     /// manager's (see [`superseded`]).
     own: std::sync::Mutex<std::collections::HashMap<u64, i64>>,
+    auth: super::AuthWatch,
 }
 
 /// What one event asks of amoCRM.
@@ -40,11 +41,13 @@ fn field(id: u64, value: Value) -> Option<Value> {
 
 impl AmoCrm {
     pub fn new(cfg: CrmConfig, http: reqwest::Client, limiter: Arc<RateLimiter>) -> Self {
+        let auth = super::AuthWatch::new("amocrm", Duration::from_secs(cfg.auth_pause_s));
         AmoCrm {
             cfg,
             http,
             limiter,
             own: Default::default(),
+            auth,
         }
     }
 
@@ -171,6 +174,13 @@ impl AmoCrm {
             return Ok(Value::Null);
         }
         let text = resp.text().await.unwrap_or_default();
+        if matches!(status.as_u16(), 401 | 403) {
+            self.auth
+                .failed(&self.limiter, &format!("{method} {path}: {status}"))
+                .await;
+        } else if status.is_success() {
+            self.auth.ok();
+        }
         if !status.is_success() {
             return Err(match classify(status, &text) {
                 // A bad or expired token is not the event's fault: keep it until fixed or TTL.

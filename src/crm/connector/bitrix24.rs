@@ -22,11 +22,18 @@ pub struct Bitrix24 {
     cfg: CrmConfig,
     http: reqwest::Client,
     limiter: Arc<RateLimiter>,
+    auth: super::AuthWatch,
 }
 
 impl Bitrix24 {
     pub fn new(cfg: CrmConfig, http: reqwest::Client, limiter: Arc<RateLimiter>) -> Self {
-        Bitrix24 { cfg, http, limiter }
+        let auth = super::AuthWatch::new("bitrix24", Duration::from_secs(cfg.auth_pause_s));
+        Bitrix24 {
+            cfg,
+            http,
+            limiter,
+            auth,
+        }
     }
 
     fn url(&self, method: &str) -> String {
@@ -179,6 +186,18 @@ impl Bitrix24 {
                 error: format!("{method}: {status} QUERY_LIMIT_EXCEEDED"),
                 after: Some(d),
             });
+        }
+        let auth_refused = matches!(status.as_u16(), 401 | 403)
+            || matches!(
+                code,
+                "expired_token" | "INVALID_CREDENTIALS" | "NO_AUTH_FOUND" | "invalid_token"
+            );
+        if auth_refused {
+            self.auth
+                .failed(&self.limiter, &format!("{method}: {status} {code}"))
+                .await;
+        } else if status.is_success() && code.is_empty() {
+            self.auth.ok();
         }
         if !status.is_success() || !code.is_empty() {
             let desc = body["error_description"].as_str().unwrap_or("");

@@ -171,6 +171,58 @@ pub fn build(cfg: &CrmConfig) -> Result<Option<Arc<dyn Connector>>, ConnectorErr
     })
 }
 
+/// The CRM refusing fleetgate's credentials (401/403, Bitrix24 `expired_token`,
+/// `INVALID_CREDENTIALS`, `NO_AUTH_FOUND`) is not any one event's fault: the whole connector
+/// pauses for `[crm] auth_pause_s` (deliveries and balance checks alike wait on the shared rate
+/// limiter), `fleetgate_crm_auth_failed` is 1 and the error is logged at most once a minute.
+/// The first request after the pause probes; a success clears the state, so delivery resumes by
+/// itself once the token is fixed.
+pub(crate) struct AuthWatch {
+    crm: &'static str,
+    pause: Duration,
+    down: std::sync::atomic::AtomicBool,
+}
+
+impl AuthWatch {
+    pub(crate) fn new(crm: &'static str, pause: Duration) -> Self {
+        AuthWatch {
+            crm,
+            pause,
+            down: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    pub(crate) async fn failed(&self, limiter: &RateLimiter, detail: &str) {
+        use std::sync::atomic::Ordering;
+        self.down.store(true, Ordering::Relaxed);
+        metrics::gauge!("fleetgate_crm_auth_failed", "crm" => self.crm).set(1.0);
+        metrics::counter!("fleetgate_crm_auth_failures_total", "crm" => self.crm).increment(1);
+        if let Some(suppressed) = crate::ops::ratelimit::warnings()
+            .check(&format!("crm-auth/{}", self.crm), std::time::Instant::now())
+        {
+            tracing::error!(
+                crm = self.crm,
+                suppressed,
+                pause_s = self.pause.as_secs(),
+                "{}: the CRM refuses fleetgate's credentials ({detail}); the connector pauses and retries (logged at most once a minute)",
+                self.crm
+            );
+        }
+        limiter.pause(self.pause).await;
+    }
+
+    pub(crate) fn ok(&self) {
+        use std::sync::atomic::Ordering;
+        if self.down.swap(false, Ordering::Relaxed) {
+            metrics::gauge!("fleetgate_crm_auth_failed", "crm" => self.crm).set(0.0);
+            tracing::info!(
+                crm = self.crm,
+                "the CRM accepts fleetgate's credentials again; delivery resumes"
+            );
+        }
+    }
+}
+
 /// `Retry-After` in seconds (HTTP dates are rare from these APIs and are treated as absent).
 pub(crate) fn retry_after(h: &reqwest::header::HeaderMap) -> Option<Duration> {
     h.get(reqwest::header::RETRY_AFTER)
