@@ -518,3 +518,92 @@ async fn a_refused_token_pauses_the_whole_connector_and_delivery_resumes_when_it
     assert_eq!(gauge, 0.0);
     daemon.stop().await;
 }
+
+/// Before the inspection falls due the managers see it coming: a note and the days/km left in
+/// their field; a postponement carries its reason into the CRM note.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_crm_is_warned_before_the_inspection_and_told_why_it_was_postponed() {
+    let amo = crm_fake::start("amocrm").await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = amo_config(&amo.url).replace(
+        "balance_field_id = 504",
+        "balance_field_id = 504\ninspection_left_field_id = 506",
+    );
+    let daemon = common::start(dir.path(), &cfg).await;
+    let api = Api::new(daemon.api_addr);
+    let (s, v) = api
+        .put(
+            "/api/v1/vehicles/car-81",
+            json!({ "crm_deal_id": "8100", "driver_id": "drv-81", "status": "issued" }),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let notes = || -> Vec<String> {
+        amo.fake
+            .notes
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|n| n["entity_id"] == 8100)
+            .filter_map(|n| n["params"]["text"].as_str().map(str::to_string))
+            .collect()
+    };
+    // Due in 5 days (the warning comes 7 days before): warned at once, once.
+    let due = (chrono::Utc::now() + chrono::Duration::days(5)).date_naive();
+    let (s, st) = api
+        .post(
+            "/api/v1/vehicles/car-81/inspection",
+            json!({ "due_date": due }),
+        )
+        .await;
+    assert_eq!(s, 200, "{st}");
+    assert!(
+        crm_fake::wait_for(10, || notes().iter().any(|n| n == "Скоро ТО: 5 дн.")).await,
+        "{:?}",
+        notes()
+    );
+    assert!(
+        crm_fake::wait_for(10, || amo.fake.field_writes(506)
+            == vec![json!("до ТО: 5 дн.")])
+        .await,
+        "{:?}",
+        amo.fake.field_writes(506)
+    );
+    // The driver postpones it, with a reason; the note says how often and why.
+    let later = (chrono::Utc::now() + chrono::Duration::days(20)).date_naive();
+    let (s, st) = api
+        .post(
+            "/api/v1/vehicles/car-81/inspection/postpone",
+            json!({ "due_date": later, "reason": "сервис закрыт на ремонт" }),
+        )
+        .await;
+    assert_eq!(s, 200, "{st}");
+    assert_eq!(
+        st["postponement_log"][0]["reason"], "сервис закрыт на ремонт",
+        "{st}"
+    );
+    let expected = format!(
+        "ТО перенесено (1-й раз): сервис закрыт на ремонт; новый срок {}.",
+        later.format("%d.%m.%Y")
+    );
+    assert!(
+        crm_fake::wait_for(10, || notes().contains(&expected)).await,
+        "{:?}",
+        notes()
+    );
+    assert!(
+        crm_fake::wait_for(10, || amo.fake.field_writes(506).last()
+            == Some(&json!("до ТО: 20 дн.")))
+        .await,
+        "{:?}",
+        amo.fake.field_writes(506)
+    );
+    let (s, e) = api
+        .post(
+            "/api/v1/vehicles/car-81/inspection/postpone",
+            json!({ "reason": "x".repeat(501) }),
+        )
+        .await;
+    assert_eq!(s, 400, "{e}");
+    daemon.stop().await;
+}

@@ -123,16 +123,26 @@ async fn get_inspection(
     ))
 }
 
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct PostponeBody {
+    pub due_date: Option<NaiveDate>,
+    pub due_odometer_km: Option<f64>,
+    /// Why the driver postponed it (stored; shown in the CRM note; ≤ 500 characters).
+    pub reason: Option<String>,
+}
+
 async fn postpone(
     State(s): State<AppState>,
     Path(id): Path<String>,
     a: Option<Extension<Actor>>,
     body: axum::body::Bytes,
 ) -> Result<Json<InspectionState>, ApiError> {
-    let b: DueBody = crate::api::object_body(&body, true)?;
+    let b: PostponeBody = crate::api::object_body(&body, true)?;
     let op = InspectionOp::Postpone {
         due_date: b.due_date,
         due_odometer_km: b.due_odometer_km,
+        reason: b.reason,
     };
     Ok(Json(s.crm.inspection(VehicleId(id), op, &actor(a)).await?))
 }

@@ -47,6 +47,10 @@ pub struct Fields {
     pub blocked_field_code: String,
     pub location_field_code: String,
     pub balance_field_code: String,
+    /// Where the inspection's remaining days and km are written (amoCRM text field id /
+    /// Bitrix24 `UF_CRM_*`), e.g. `осталось 5 дн., 420 км`.
+    pub inspection_left_field_id: u64,
+    pub inspection_left_field_code: String,
 }
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -319,6 +323,10 @@ pub struct RulesConfig {
     pub inspection_grace_km: f64,
     /// Days before a document (diagnostic card, OSAGO) expires that a warning is sent.
     pub document_warn_days: i64,
+    /// Days before the inspection's `due_date` that a warning (event and CRM note) goes out.
+    pub inspection_warn_days: i64,
+    /// Kilometres before the inspection's `due_odometer_km` that the warning goes out.
+    pub inspection_warn_km: f64,
     /// Return signals per protocol name: `teltonika = { input = 2 }`, `gt06 = { alarm = "sos" }`.
     pub return_signals: BTreeMap<String, ReturnSignal>,
     /// Driver message templates (Russian).
@@ -339,6 +347,8 @@ impl Default for RulesConfig {
             inspection_grace_days: 3,
             inspection_grace_km: 1000.0,
             document_warn_days: 14,
+            inspection_warn_days: 7,
+            inspection_warn_km: 500.0,
             return_signals: BTreeMap::new(),
             messages: super::messages::Messages::default(),
         }
@@ -373,6 +383,14 @@ impl RulesConfig {
         }
         if !self.balance_min_rub.is_finite() {
             return Err(invalid("rules.balance_min_rub", "must be a number"));
+        }
+        if self.inspection_warn_days < 0
+            || !(self.inspection_warn_km.is_finite() && self.inspection_warn_km >= 0.0)
+        {
+            return Err(invalid(
+                "rules.inspection_warn_days",
+                "inspection_warn_days and inspection_warn_km must be 0 or more",
+            ));
         }
         if self.inspection_grace_days < 0 || self.document_warn_days < 0 {
             return Err(invalid(

@@ -56,6 +56,9 @@ pub enum InspectionOp {
     Postpone {
         due_date: Option<NaiveDate>,
         due_odometer_km: Option<f64>,
+        /// Why (stored, and shown in the CRM note).
+        #[serde(default)]
+        reason: Option<String>,
     },
     Complete {
         odometer_km: f64,
@@ -412,6 +415,8 @@ impl Engine {
             grace_days: self.rules.inspection_grace_days,
             grace_km: self.rules.inspection_grace_km,
             warn_days: self.rules.document_warn_days,
+            inspection_warn_days: self.rules.inspection_warn_days,
+            inspection_warn_km: self.rules.inspection_warn_km,
         }
     }
 
@@ -1076,7 +1081,37 @@ impl Engine {
             Some(InspectionOp::Postpone {
                 due_date,
                 due_odometer_km,
-            }) => st.postpone(due_date, due_odometer_km),
+                reason,
+            }) => {
+                let reason = reason
+                    .map(|r| r.trim().to_string())
+                    .filter(|r| !r.is_empty());
+                if reason.as_ref().is_some_and(|r| r.chars().count() > 500) {
+                    return Err(CrmError::BadRequest(
+                        "reason: at most 500 characters".into(),
+                    ));
+                }
+                st.postpone(due_date, due_odometer_km);
+                st.note_postponement(super::rules::Postponement {
+                    at: now,
+                    actor: actor.to_string(),
+                    reason: reason.clone(),
+                    due_date,
+                    due_odometer_km,
+                });
+                let left = st.left(now.date_naive(), self.odometer_now(&v.id));
+                payloads.push(Payload::InspectionDue {
+                    left_days: left.days,
+                    left_km: left.km,
+                    left_text: left.text_ru(),
+                    note: super::messages::postponed_ru(
+                        st.postponements,
+                        reason.as_deref(),
+                        st.due_date,
+                        st.due_odometer_km,
+                    ),
+                });
+            }
             Some(InspectionOp::Complete { odometer_km }) => {
                 if !odometer_km.is_finite() || odometer_km < 0.0 {
                     return Err(CrmError::BadRequest(
@@ -1110,6 +1145,19 @@ impl Engine {
         let r = self.inspection_rules();
         let today = now.date_naive();
         let flip = st.evaluate(today, self.odometer_now(&v.id), &r);
+        if let Some(left) = st.warning(today, self.odometer_now(&v.id), &r) {
+            payloads.push(Payload::InspectionDue {
+                left_days: left.days,
+                left_km: left.km,
+                left_text: left.text_ru(),
+                note: format!(
+                    "Скоро ТО: {}.",
+                    left.text_ru()
+                        .trim_start_matches("до ТО: ")
+                        .trim_end_matches('.')
+                ),
+            });
+        }
         for n in st.document_notices(today, &r) {
             payloads.push(Payload::DocumentExpiring {
                 document: n.document,

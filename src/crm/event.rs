@@ -46,6 +46,15 @@ pub enum Payload {
         reason: String,
         text: String,
     },
+    /// The inspection: due soon (`inspection_warn_days` / `inspection_warn_km`), or postponed
+    /// (`note` names how often and why). `left_text` goes to `[crm.fields]
+    /// inspection_left_field_*`, `note` to a CRM note.
+    InspectionDue {
+        left_days: Option<i64>,
+        left_km: Option<f64>,
+        left_text: String,
+        note: String,
+    },
     /// A dated document (diagnostic card, OSAGO) expires soon (`days_left` ≥ 0) or has expired.
     DocumentExpiring {
         document: String,
@@ -62,6 +71,7 @@ impl Payload {
             Payload::BlockState { .. } => "block_state",
             Payload::DriverMessage { .. } => "driver_message",
             Payload::DocumentExpiring { .. } => "document_expiring",
+            Payload::InspectionDue { .. } => "inspection_due",
         }
     }
 }

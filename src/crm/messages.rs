@@ -120,6 +120,34 @@ pub fn reason_ru(reason: &str, comment: Option<&str>) -> String {
     }
 }
 
+/// The CRM note for a postponed inspection: `ТО перенесено (2-й раз): шиномонтаж занят;
+/// новый срок 20.12.2026, 60 000 км.`
+pub fn postponed_ru(
+    times: u32,
+    reason: Option<&str>,
+    due_date: Option<chrono::NaiveDate>,
+    due_km: Option<f64>,
+) -> String {
+    let mut s = format!("ТО перенесено ({times}-й раз)");
+    if let Some(r) = reason {
+        s.push_str(": ");
+        s.push_str(r);
+    }
+    let mut due = Vec::new();
+    if let Some(d) = due_date {
+        due.push(d.format("%d.%m.%Y").to_string());
+    }
+    if let Some(k) = due_km {
+        due.push(format!("{} км", group(k.max(0.0).round() as u64)));
+    }
+    if !due.is_empty() {
+        s.push_str("; новый срок ");
+        s.push_str(&due.join(", "));
+    }
+    s.push('.');
+    s
+}
+
 /// Digits grouped by three with spaces: `151 234`.
 pub fn group(n: u64) -> String {
     let digits = n.to_string();

@@ -82,6 +82,54 @@ pub struct InspectionRules {
     pub grace_days: i64,
     pub grace_km: f64,
     pub warn_days: i64,
+    /// Days / km before the inspection falls due that the warning goes out.
+    pub inspection_warn_days: i64,
+    pub inspection_warn_km: f64,
+}
+
+/// One postponement, as the API recorded it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Postponement {
+    pub at: DateTime<Utc>,
+    pub actor: String,
+    pub reason: Option<String>,
+    pub due_date: Option<NaiveDate>,
+    pub due_odometer_km: Option<f64>,
+}
+
+/// How far the inspection is: `None` where that limit is not set (or not known).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct InspectionLeft {
+    pub days: Option<i64>,
+    pub km: Option<f64>,
+}
+
+impl InspectionLeft {
+    /// `осталось 5 дн., 420 км` / `просрочено на 2 дн.`: what the CRM field shows.
+    pub fn text_ru(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(d) = self.days {
+            parts.push(if d >= 0 {
+                format!("{d} дн.")
+            } else {
+                format!("просрочено на {} дн.", -d)
+            });
+        }
+        if let Some(k) = self.km {
+            parts.push(if k >= 0.0 {
+                format!("{} км", super::messages::group(k.round() as u64))
+            } else {
+                format!(
+                    "перепробег {} км",
+                    super::messages::group((-k).round() as u64)
+                )
+            });
+        }
+        if parts.is_empty() {
+            return "ТО не назначено".into();
+        }
+        format!("до ТО: {}", parts.join(", "))
+    }
 }
 
 /// A dated document: expiry date and which notices went out.
@@ -106,6 +154,13 @@ pub struct InspectionState {
     pub last_completed_odometer_km: Option<f64>,
     #[serde(default)]
     pub documents: BTreeMap<String, Document>,
+    /// The warning before the due date/mileage went out for the current schedule.
+    #[serde(default)]
+    pub warned: bool,
+    /// Every postponement since the last completed inspection, with its reason (newest last;
+    /// at most 20 kept).
+    #[serde(default)]
+    pub postponement_log: Vec<Postponement>,
 }
 
 /// What a document check found.
@@ -168,9 +223,11 @@ impl InspectionState {
     pub fn schedule(&mut self, due_date: Option<NaiveDate>, due_odometer_km: Option<f64>) {
         self.due_date = due_date;
         self.due_odometer_km = due_odometer_km;
+        self.warned = false;
     }
 
-    /// Postpone; a new due date/odometer may come with it. Counts either way.
+    /// Postpone; a new due date/odometer may come with it. Counts either way; the reason is
+    /// kept (and goes into the CRM note).
     pub fn postpone(&mut self, due_date: Option<NaiveDate>, due_odometer_km: Option<f64>) {
         self.postponements += 1;
         if due_date.is_some() {
@@ -179,9 +236,58 @@ impl InspectionState {
         if due_odometer_km.is_some() {
             self.due_odometer_km = due_odometer_km;
         }
+        if due_date.is_some() || due_odometer_km.is_some() {
+            self.warned = false;
+        }
+    }
+
+    /// Record why (and by whom) the last postponement was made.
+    pub fn note_postponement(&mut self, p: Postponement) {
+        self.postponement_log.push(p);
+        let n = self.postponement_log.len();
+        if n > 20 {
+            self.postponement_log.drain(..n - 20);
+        }
+    }
+
+    /// Days and km left before the inspection falls due (negative: overdue).
+    pub fn left(&self, today: NaiveDate, odometer_km: Option<f64>) -> InspectionLeft {
+        InspectionLeft {
+            days: self.due_date.map(|d| (d - today).num_days()),
+            km: self
+                .due_odometer_km
+                .zip(odometer_km)
+                .map(|(due, km)| due - km),
+        }
+    }
+
+    /// The warning before the inspection falls due: once per schedule, when it is within
+    /// `inspection_warn_days` or `inspection_warn_km` (and not yet overdue: that blocks).
+    pub fn warning(
+        &mut self,
+        today: NaiveDate,
+        odometer_km: Option<f64>,
+        r: &InspectionRules,
+    ) -> Option<InspectionLeft> {
+        if self.warned {
+            return None;
+        }
+        let left = self.left(today, odometer_km);
+        let soon_days = left
+            .days
+            .is_some_and(|d| (0..=r.inspection_warn_days).contains(&d));
+        let soon_km = left
+            .km
+            .is_some_and(|k| k >= 0.0 && k <= r.inspection_warn_km);
+        (soon_days || soon_km).then(|| {
+            self.warned = true;
+            left
+        })
     }
 
     pub fn complete(&mut self, at: DateTime<Utc>, odometer_km: f64) {
+        self.warned = false;
+        self.postponement_log.clear();
         self.postponements = 0;
         self.due_date = None;
         self.due_odometer_km = None;
@@ -239,7 +345,56 @@ mod tests {
         grace_days: 3,
         grace_km: 1000.0,
         warn_days: 14,
+        inspection_warn_days: 7,
+        inspection_warn_km: 500.0,
     };
+
+    #[test]
+    fn the_inspection_warning_goes_out_once_per_schedule_by_date_or_by_km() {
+        let mut st = InspectionState::default();
+        st.schedule(Some(day(20)), Some(60_000.0));
+        assert_eq!(
+            st.warning(day(10), Some(50_000.0), &R),
+            None,
+            "10 days, 10,000 km"
+        );
+        let w = st.warning(day(13), Some(50_000.0), &R).unwrap();
+        assert_eq!((w.days, w.km), (Some(7), Some(10_000.0)));
+        assert_eq!(w.text_ru(), "до ТО: 7 дн., 10 000 км");
+        assert_eq!(st.warning(day(14), Some(50_000.0), &R), None, "once");
+        // Postponed to a new date: warned again when that one nears.
+        st.postpone(Some(day(30)), None);
+        assert_eq!(st.warning(day(14), Some(50_000.0), &R), None);
+        let w = st.warning(day(14), Some(59_600.0), &R).unwrap();
+        assert_eq!(w.km, Some(400.0), "by mileage first");
+        // Overdue is the block rule's business, not a warning.
+        let mut late = InspectionState::default();
+        late.schedule(Some(day(1)), None);
+        assert_eq!(late.warning(day(5), None, &R), None);
+        assert_eq!(
+            late.left(day(5), None).text_ru(),
+            "до ТО: просрочено на 4 дн."
+        );
+    }
+
+    #[test]
+    fn postponement_reasons_are_kept_until_the_inspection_is_done() {
+        let mut st = InspectionState::default();
+        for i in 0..25 {
+            st.postpone(None, None);
+            st.note_postponement(Postponement {
+                at: at(i),
+                actor: "crm".into(),
+                reason: Some(format!("reason {i}")),
+                due_date: None,
+                due_odometer_km: None,
+            });
+        }
+        assert_eq!(st.postponement_log.len(), 20);
+        assert_eq!(st.postponement_log[19].reason.as_deref(), Some("reason 24"));
+        st.complete(at(100), 61_000.0);
+        assert!(st.postponement_log.is_empty());
+    }
 
     fn day(d: u32) -> NaiveDate {
         NaiveDate::from_ymd_opt(2026, 11, d).unwrap()

@@ -117,6 +117,22 @@ impl AmoCrm {
                     (odometer_km.round() as i64).into(),
                 )],
             ),
+            // The field with what is left before the inspection, and a note.
+            Payload::InspectionDue {
+                left_text, note: n, ..
+            } => {
+                let mut calls = Vec::new();
+                if f.inspection_left_field_id != 0 {
+                    calls.push(lead(
+                        serde_json::Map::new(),
+                        vec![field(f.inspection_left_field_id, left_text.clone().into())],
+                    ));
+                }
+                if !n.is_empty() {
+                    calls.push(note(n.clone()));
+                }
+                return Ok(calls);
+            }
             // The blocked field and a note naming the reasons: two calls, one event.
             Payload::BlockState { blocked, text, .. } => {
                 let set = lead(

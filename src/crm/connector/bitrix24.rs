@@ -90,6 +90,21 @@ impl Bitrix24 {
                 put(&f.mileage_field_code, (odometer_km.round() as i64).into());
                 update(fields)
             }
+            // The field with what is left before the inspection, and a comment.
+            Payload::InspectionDue {
+                left_text, note, ..
+            } => {
+                put(&f.inspection_left_field_code, left_text.clone().into());
+                let mut calls: Vec<_> = if fields.is_empty() {
+                    Vec::new()
+                } else {
+                    update(fields).into_iter().collect()
+                };
+                if !note.is_empty() {
+                    calls.extend(comment(note.clone()));
+                }
+                return Ok(calls);
+            }
             // The blocked field and a comment naming the reasons.
             Payload::BlockState { blocked, text, .. } => {
                 put(
