@@ -19,6 +19,7 @@ use super::{
     FrameCut, Protocol, ProtocolSpec, Session, Transport,
 };
 use crate::model::{AttrKey, AttrValue, Attributes, DeviceId, Position};
+use crate::protocols::{DecodeReason, MessageKind};
 
 const NAME: &str = "egts";
 /// Routed header (16) + the largest FDL (65535) + CRC-16.
@@ -183,7 +184,7 @@ pub fn next_frame(buf: &[u8]) -> Result<FrameCut, DecodeError> {
     if buf[0] != 0x01 {
         return Err(DecodeError::new(
             NAME,
-            "framing",
+            DecodeReason::Framing,
             0,
             format!("protocol version {:#04x}, expected 0x01", buf[0]),
         ));
@@ -192,7 +193,7 @@ pub fn next_frame(buf: &[u8]) -> Result<FrameCut, DecodeError> {
     if hl != 11 && hl != 16 {
         return Err(DecodeError::new(
             NAME,
-            "framing",
+            DecodeReason::Framing,
             3,
             format!("header length {hl}, expected 11 or 16"),
         ));
@@ -204,7 +205,7 @@ pub fn next_frame(buf: &[u8]) -> Result<FrameCut, DecodeError> {
     if hcs != buf[hl - 1] {
         return Err(DecodeError::new(
             NAME,
-            "crc",
+            DecodeReason::Crc,
             hl - 1,
             format!("header CRC {:#04x}, computed {hcs:#04x}", buf[hl - 1]),
         ));
@@ -214,7 +215,7 @@ pub fn next_frame(buf: &[u8]) -> Result<FrameCut, DecodeError> {
     if total > MAX_FRAME {
         return Err(DecodeError::new(
             NAME,
-            "too_large",
+            DecodeReason::TooLarge,
             5,
             format!("frame length {total} over {MAX_FRAME}"),
         ));
@@ -242,7 +243,7 @@ fn parse_header(frame: &[u8]) -> Result<Header, DecodeError> {
     if prv != 0x01 {
         return Err(DecodeError::new(
             NAME,
-            "unsupported",
+            DecodeReason::Unsupported,
             0,
             format!("protocol version {prv:#04x}"),
         ));
@@ -254,7 +255,7 @@ fn parse_header(frame: &[u8]) -> Result<Header, DecodeError> {
     if header_len != if routed { 16 } else { 11 } {
         return Err(DecodeError::new(
             NAME,
-            "framing",
+            DecodeReason::Framing,
             3,
             format!("header length {header_len} with RTE={routed}"),
         ));
@@ -263,7 +264,7 @@ fn parse_header(frame: &[u8]) -> Result<Header, DecodeError> {
     if he != 0 {
         return Err(DecodeError::new(
             NAME,
-            "unsupported",
+            DecodeReason::Unsupported,
             4,
             format!("header encoding {he}"),
         ));
@@ -279,7 +280,7 @@ fn parse_header(frame: &[u8]) -> Result<Header, DecodeError> {
     if hcs != computed {
         return Err(DecodeError::new(
             NAME,
-            "crc",
+            DecodeReason::Crc,
             header_len - 1,
             format!("header CRC {hcs:#04x}, computed {computed:#04x}"),
         ));
@@ -369,7 +370,7 @@ impl EgtsSession {
         if frame.len() < end + if h.data_len > 0 { 2 } else { 0 } {
             return Err(DecodeError::new(
                 NAME,
-                "truncated",
+                DecodeReason::Truncated,
                 frame.len(),
                 "frame shorter than FDL",
             ));
@@ -381,7 +382,7 @@ impl EgtsSession {
             if crc != crc_field {
                 return Err(DecodeError::new(
                     NAME,
-                    "crc",
+                    DecodeReason::Crc,
                     end,
                     format!("data CRC {crc_field:#06x}, computed {crc:#06x}"),
                 ));
@@ -390,7 +391,7 @@ impl EgtsSession {
         if h.flags & 0x18 != 0 || h.flags & 0x04 != 0 {
             return Err(DecodeError::new(
                 NAME,
-                "unsupported",
+                DecodeReason::Unsupported,
                 2,
                 "encrypted or compressed frame data",
             ));
@@ -407,7 +408,7 @@ impl EgtsSession {
             }
             other => Err(DecodeError::new(
                 NAME,
-                "unsupported",
+                DecodeReason::Unsupported,
                 9,
                 format!("packet type {other}"),
             )),
@@ -420,7 +421,7 @@ impl EgtsSession {
         let mut r = Reader::new(NAME, data);
         let _rpid = r.u16_le("RPID")?;
         let pr = r.u8("PR")?;
-        let mut d = Decoded::kind("ack");
+        let mut d = Decoded::kind(MessageKind::Ack);
         if pr != 0 {
             let mut st = Attributes::default();
             st.int("result", i64::from(pr));
@@ -431,7 +432,7 @@ impl EgtsSession {
             let out = self.decode_record(&rec)?;
             if out.command_response.is_some() {
                 d.command_response = out.command_response;
-                d.kind = "command_response";
+                d.kind = MessageKind::CommandResponse;
             }
         }
         Ok(d)
@@ -444,7 +445,7 @@ impl EgtsSession {
         packet_id: u16,
     ) -> Result<Decoded, DecodeError> {
         let mut r = Reader::new(NAME, data);
-        let mut d = Decoded::kind("data");
+        let mut d = Decoded::kind(MessageKind::Data);
         let mut acks: Vec<(u16, u8)> = Vec::new();
         let mut status = Attributes::default();
         let mut identified = false;
@@ -473,13 +474,13 @@ impl EgtsSession {
             d.device = self.device().cloned();
         }
         d.kind = if identified {
-            "login"
+            MessageKind::Login
         } else if d.command_response.is_some() {
-            "command_response"
+            MessageKind::CommandResponse
         } else if d.positions.is_empty() {
-            "other"
+            MessageKind::Other
         } else {
-            "data"
+            MessageKind::Data
         };
         if !status.is_empty() {
             d.status = Some(status);
@@ -738,8 +739,8 @@ fn decode_pos_data(s: &mut Reader<'_>, rec: &Record<'_>) -> Result<Position, Dec
     let odm = s.u24_le("ODM")?;
     let din = s.u8("DIN")?;
     let src = s.u8("SRC")?;
-    let time =
-        egts_time(ntm).ok_or_else(|| s.error("bad_time", format!("navigation time {ntm}")))?;
+    let time = egts_time(ntm)
+        .ok_or_else(|| s.error(DecodeReason::BadTime, format!("navigation time {ntm}")))?;
     let mut lat = f64::from(lat_raw) * 90.0 / f64::from(u32::MAX);
     let mut lon = f64::from(lon_raw) * 180.0 / f64::from(u32::MAX);
     if flags & 0x20 != 0 {

@@ -16,6 +16,7 @@ use super::{
     FrameCut, Protocol, ProtocolSpec, Session, Transport,
 };
 use crate::model::{AttrKey, AttrValue, DeviceId, Position};
+use crate::protocols::{DecodeReason, MessageKind};
 
 const NAME: &str = "gt06";
 /// A long frame can declare up to 65 535 bytes after its length field; a frame cut at its stop
@@ -306,7 +307,7 @@ pub fn next_frame(buf: &[u8]) -> Result<FrameCut, DecodeError> {
     if buf.len() >= MAX_FRAME {
         return Err(DecodeError::new(
             NAME,
-            "too_large",
+            DecodeReason::TooLarge,
             0,
             format!("no stop bits in {} bytes", buf.len()),
         ));
@@ -333,7 +334,7 @@ fn split_frame(frame: &[u8], verify_crc: bool) -> Result<Frame<'_>, DecodeError>
         _ => {
             return Err(DecodeError::new(
                 NAME,
-                "framing",
+                DecodeReason::Framing,
                 0,
                 "no 7878/7979 start bits",
             ))
@@ -342,7 +343,7 @@ fn split_frame(frame: &[u8], verify_crc: bool) -> Result<Frame<'_>, DecodeError>
     if !frame.ends_with(&[0x0d, 0x0a]) {
         return Err(DecodeError::new(
             NAME,
-            "framing",
+            DecodeReason::Framing,
             frame.len().saturating_sub(2),
             "no 0D0A stop bits",
         ));
@@ -359,7 +360,7 @@ fn split_frame(frame: &[u8], verify_crc: bool) -> Result<Frame<'_>, DecodeError>
     let end = frame.len() - 2;
     let body = frame
         .get(head..end)
-        .ok_or_else(|| DecodeError::new(NAME, "truncated", head, "no content"))?;
+        .ok_or_else(|| DecodeError::new(NAME, DecodeReason::Truncated, head, "no content"))?;
     let len_field = if extended { 2 } else { 1 };
     // Frames cut at their stop bits rather than by their length (WiFi reports, miscounting
     // firmwares) have no CRC where the length says; those cannot be verified.
@@ -371,7 +372,7 @@ fn split_frame(frame: &[u8], verify_crc: bool) -> Result<Frame<'_>, DecodeError>
         if got != want {
             return Err(DecodeError::new(
                 NAME,
-                "crc",
+                DecodeReason::Crc,
                 crc_at,
                 format!("CRC {got:#06x}, computed {want:#06x}"),
             ));
@@ -514,14 +515,14 @@ fn decode_message(
     use msg::*;
     let t = f.typ;
     let mut rec = Rec::new(ctx);
-    let mut d = Decoded::kind("data");
+    let mut d = Decoded::kind(MessageKind::Data);
     // The ack most messages want; cleared below for those that take none.
     let mut reply = Some(ack(t, f.serial));
 
     match t {
         LOGIN => {
             let id = imei_string(r.take(8, "IMEI")?);
-            d.kind = "login";
+            d.kind = MessageKind::Login;
             d.device = Some(DeviceId::new(id));
             *tz = 0;
             if left(r) >= 4 {
@@ -540,7 +541,7 @@ fn decode_message(
             return Ok(d);
         }
         HEARTBEAT => {
-            d.kind = "heartbeat";
+            d.kind = MessageKind::Heartbeat;
             let status = r.u8("terminal information")?;
             rec.p.attrs.flag("armed", status & 0x01 != 0);
             rec.p.ignition = Some(status & 0x02 != 0);
@@ -557,7 +558,7 @@ fn decode_message(
             }
         }
         ADDRESS_REQUEST => {
-            d.kind = "other";
+            d.kind = MessageKind::Other;
             let text = b"NA&&NA&&0##";
             let mut c = Vec::with_capacity(5 + text.len());
             c.push(text.len() as u8);
@@ -567,7 +568,7 @@ fn decode_message(
             return Ok(d);
         }
         TIME_REQUEST => {
-            d.kind = "time_request";
+            d.kind = MessageKind::TimeRequest;
             let n = ctx.now;
             let c = [
                 (n.year() - 2000).clamp(0, 255) as u8,
@@ -620,12 +621,12 @@ fn decode_message(
         WIFI_2 | WIFI_4 => wifi(f, r, &mut rec, &mut d, &mut reply)?,
         INFO if !f.extended => {
             reply = None;
-            d.kind = "info";
+            d.kind = MessageKind::Info;
             rec.p.power_v = Some(f64::from(r.i16("power")?) / 100.0);
         }
         INFO => {
             reply = None;
-            d.kind = "info";
+            d.kind = MessageKind::Info;
             info(f, r, &mut rec)?;
         }
         LBS_MULTIPLE_3 if v == Variant::Sr411Mini => {
@@ -645,7 +646,7 @@ fn decode_message(
         0x34 if v == Variant::Sl4x => multi_lbs(f, v, r, &mut rec, &mut d)?,
         WIFI_5 if !f.extended => multi_lbs(f, v, r, &mut rec, &mut d)?,
         STRING => {
-            d.kind = "command_response";
+            d.kind = MessageKind::CommandResponse;
             let len = usize::from(r.u8("command length")?);
             let flag = r.u32("server flag")?;
             // Some firmwares leave the command length at zero: the text then runs up to the
@@ -661,14 +662,14 @@ fn decode_message(
                 if let Some(iccid) = text.strip_prefix("<ICCID:") {
                     let iccid: String = iccid.chars().take(20).collect();
                     rec.p.attrs.text("iccid", iccid);
-                    d.kind = "info";
+                    d.kind = MessageKind::Info;
                 } else {
                     d.command_response = Some(response(text, flag));
                 }
             }
         }
         STATUS if left(r) == 16 => {
-            d.kind = "heartbeat";
+            d.kind = MessageKind::Heartbeat;
             r.skip(1, "information content")?;
             r.skip(2, "satellites")?;
             r.skip(1, "alarm")?;
@@ -715,13 +716,13 @@ fn decode_message(
         _ if supported(t, v) && !(f.extended && (t == GPS_LBS_STATUS_4 || t == STATUS_2)) => {
             if t == LBS_STATUS && v == Variant::Space10x {
                 // A multi-cell report of one firmware that is not answered; nothing we keep.
-                d.kind = "lbs";
+                d.kind = MessageKind::Lbs;
                 return Ok(d);
             }
             standard(f, v, r, &mut rec, &mut d, *tz)?;
         }
         ALARM => {
-            d.kind = "alarm";
+            d.kind = MessageKind::Alarm;
             let jc400 = v == Variant::Jc400;
             let extended_alarm = f.length > 12;
             if extended_alarm {
@@ -769,7 +770,7 @@ fn decode_message(
         }
         STRING_INFO => {
             reply = None;
-            d.kind = "command_response";
+            d.kind = MessageKind::CommandResponse;
             let flag = r.u32("server flag")?;
             let enc = r.u8("encoding")?;
             let raw = r.take(left(r), "content")?;
@@ -816,7 +817,7 @@ fn decode_message(
         }
         OBD => {
             reply = None;
-            d.kind = "obd";
+            d.kind = MessageKind::Obd;
             r.skip(6, "date")?;
             rec.p.ignition = Some(r.u8("ACC")? > 0);
             let n = r.remaining().saturating_sub(16);
@@ -836,7 +837,7 @@ fn decode_message(
         }
         SERIAL => {
             reply = None;
-            d.kind = "serial";
+            d.kind = MessageKind::Serial;
             r.skip(1, "external device type")?;
             let data = r.take(left(r), "serial data")?;
             let text = if data
@@ -850,7 +851,7 @@ fn decode_message(
             rec.p.attrs.text("result", text);
         }
         PERIPHERAL | DEVICE_STATUS => {
-            d.kind = "status";
+            d.kind = MessageKind::Status;
             let _time = r.u32("time")?;
             peripheral(t, r, &mut rec)?;
         }
@@ -861,7 +862,7 @@ fn decode_message(
             lbs(r, &mut rec, t, v, false)?;
         }
         _ => {
-            d.kind = "other";
+            d.kind = MessageKind::Other;
             d.reply = if !f.extended && !matches!(t, COMMAND_0 | COMMAND_1 | COMMAND_2) {
                 reply
             } else {
@@ -870,12 +871,12 @@ fn decode_message(
             return Ok(d);
         }
     }
-    if d.kind == "data" && rec.p.alarm.is_some() {
-        d.kind = "alarm";
-    } else if d.kind == "data" && t == STATUS {
-        d.kind = "heartbeat";
-    } else if d.kind == "data" && !rec.fix {
-        d.kind = "status";
+    if d.kind == MessageKind::Data && rec.p.alarm.is_some() {
+        d.kind = MessageKind::Alarm;
+    } else if d.kind == MessageKind::Data && t == STATUS {
+        d.kind = MessageKind::Heartbeat;
+    } else if d.kind == MessageKind::Data && !rec.fix {
+        d.kind = MessageKind::Status;
     }
     finish(rec, &mut d);
     d.reply = reply;
@@ -1475,7 +1476,7 @@ fn wifi(
     d: &mut Decoded,
     reply: &mut Option<Bytes>,
 ) -> Result<(), DecodeError> {
-    d.kind = "lbs";
+    d.kind = MessageKind::Lbs;
     let time = r.take(6, "time")?;
     let stamp = time
         .iter()
@@ -1552,7 +1553,7 @@ fn multi_lbs(
 ) -> Result<(), DecodeError> {
     use msg::*;
     let t = f.typ;
-    d.kind = "lbs";
+    d.kind = MessageKind::Lbs;
     r.skip(6, "date")?;
     let lead_ta = v == Variant::WanwayS20 || v == Variant::Sl4x;
     if lead_ta {

@@ -1,4 +1,5 @@
 use super::*;
+use crate::protocols::{DecodeReason, MessageKind};
 use chrono::TimeZone;
 
 fn feed(s: &mut EgtsSession, bytes: &[u8]) -> Result<Decoded, DecodeError> {
@@ -40,7 +41,7 @@ const DEVICE_RESPONSE: &str = "0100000b0003006c430004010000acfb";
 fn term_identity_with_imei_identifies_the_device_by_imei() {
     let mut s = EgtsSession::new();
     let d = feed(&mut s, &unhex(TERM_IDENTITY_IMEI)).unwrap();
-    assert_eq!(d.kind, "login");
+    assert_eq!(d.kind, MessageKind::Login);
     assert_eq!(d.device, Some(DeviceId::new("864495034643376")));
     assert!(d.positions.is_empty());
 }
@@ -92,7 +93,7 @@ fn blank_imei_falls_back_to_the_terminal_id() {
 fn pos_data_decodes_time_coordinates_speed_and_inputs() {
     let mut s = EgtsSession::new();
     let d = feed(&mut s, &unhex(POS_WITH_OID)).unwrap();
-    assert_eq!(d.kind, "data");
+    assert_eq!(d.kind, MessageKind::Data);
     assert_eq!(
         d.device,
         Some(DeviceId::new("1231580877")),
@@ -258,7 +259,7 @@ fn our_packet_ids_and_record_numbers_increment() {
 fn a_response_from_the_device_needs_no_reply() {
     let mut s = EgtsSession::new();
     let d = feed(&mut s, &unhex(DEVICE_RESPONSE)).unwrap();
-    assert_eq!(d.kind, "ack");
+    assert_eq!(d.kind, MessageKind::Ack);
     assert!(d.reply.is_none());
     assert!(d.positions.is_empty());
 }
@@ -268,7 +269,7 @@ fn bad_header_crc_is_refused_by_the_framer() {
     let mut pkt = unhex(POS_WITH_OID);
     pkt[10] ^= 0xff;
     let e = EgtsSession::new().next_frame(&pkt).unwrap_err();
-    assert_eq!(e.reason, "crc");
+    assert_eq!(e.reason, DecodeReason::Crc);
     assert_eq!(e.offset, 10);
 }
 
@@ -278,7 +279,7 @@ fn bad_data_crc_is_an_error_not_an_ack() {
     let n = pkt.len();
     pkt[n - 1] ^= 0xff;
     let e = feed(&mut EgtsSession::new(), &pkt).unwrap_err();
-    assert_eq!(e.reason, "crc");
+    assert_eq!(e.reason, DecodeReason::Crc);
 }
 
 #[test]
@@ -286,11 +287,11 @@ fn wrong_protocol_version_or_header_length_is_a_framing_error() {
     let mut s = EgtsSession::new();
     assert_eq!(
         s.next_frame(&[0x02, 0, 0, 11]).unwrap_err().reason,
-        "framing"
+        DecodeReason::Framing
     );
     assert_eq!(
         s.next_frame(&[0x01, 0, 0, 12]).unwrap_err().reason,
-        "framing"
+        DecodeReason::Framing
     );
 }
 
@@ -365,7 +366,7 @@ fn command_confirmation_becomes_a_command_response_and_is_acked() {
         &encode_command_confirmation(5, 6, 7, CC_OK, b"DOUT1:1 Timeout:INFINITY"),
     )
     .unwrap();
-    assert_eq!(d.kind, "command_response");
+    assert_eq!(d.kind, MessageKind::CommandResponse);
     assert_eq!(
         d.command_response,
         Some(CommandResponse {

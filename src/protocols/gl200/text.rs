@@ -15,6 +15,7 @@ use super::{model_of, NAME};
 use crate::model::{Attributes, DeviceId, Position};
 use crate::protocols::util::utc;
 use crate::protocols::{CommandResponse, DecodeCtx, DecodeError, Decoded};
+use crate::protocols::{DecodeReason, MessageKind};
 
 /// One parsed message: its fields and where the fixed ones are.
 struct Msg<'a> {
@@ -68,7 +69,7 @@ pub fn decode(frame: &[u8], ctx: &DecodeCtx, report_acks: bool) -> Result<Decode
     let s = std::str::from_utf8(body).map_err(|e| {
         DecodeError::new(
             NAME,
-            "framing",
+            DecodeReason::Framing,
             e.valid_up_to(),
             "text message is not ASCII",
         )
@@ -76,19 +77,19 @@ pub fn decode(frame: &[u8], ctx: &DecodeCtx, report_acks: bool) -> Result<Decode
     let Some((header, rest)) = s.split_once(':') else {
         return Err(DecodeError::new(
             NAME,
-            "framing",
+            DecodeReason::Framing,
             0,
             "no ':' after the message header",
         ));
     };
     if header == "+SACK" {
         // Our own acknowledgement echoed back: nothing to do.
-        return Ok(Decoded::kind("other"));
+        return Ok(Decoded::kind(MessageKind::Other));
     }
     if !matches!(header, "+RESP" | "+BUFF" | "+ACK") {
         return Err(DecodeError::new(
             NAME,
-            "framing",
+            DecodeReason::Framing,
             0,
             format!("unknown header {header:?}"),
         ));
@@ -101,7 +102,7 @@ pub fn decode(frame: &[u8], ctx: &DecodeCtx, report_acks: bool) -> Result<Decode
     else {
         return Err(DecodeError::new(
             NAME,
-            "unsupported",
+            DecodeReason::Unsupported,
             header.len() + 1,
             "message type is not GTxxx",
         ));
@@ -113,7 +114,7 @@ pub fn decode(frame: &[u8], ctx: &DecodeCtx, report_acks: bool) -> Result<Decode
     } else {
         return Err(DecodeError::new(
             NAME,
-            "bad_identity",
+            DecodeReason::BadIdentity,
             field_offset(&v, 2),
             "no IMEI in field 2 or 3",
         ));
@@ -157,7 +158,7 @@ fn field_offset(v: &[&str], i: usize) -> usize {
 fn decode_ack(msg: &Msg<'_>) -> Decoded {
     if msg.kind == "HBD" {
         // The heartbeat is answered with the protocol version and count it carried.
-        let mut d = Decoded::kind("heartbeat");
+        let mut d = Decoded::kind(MessageKind::Heartbeat);
         d.reply = Some(Bytes::from(format!(
             "+SACK:GTHBD,{},{}$",
             msg.version,
@@ -170,7 +171,7 @@ fn decode_ack(msg: &Msg<'_>) -> Decoded {
     let seq = is_hex(serial, 4)
         .then(|| u32::from_str_radix(serial, 16).ok())
         .flatten();
-    let mut d = Decoded::kind("command_response");
+    let mut d = Decoded::kind(MessageKind::CommandResponse);
     d.command_response = Some(CommandResponse {
         text: msg.v.join(","),
         success: Some(true),
@@ -224,7 +225,7 @@ fn decode_inf(msg: &Msg<'_>) -> Decoded {
     if let Ok(v) = msg.get(j).parse::<f64>() {
         a.float("battery_v", v);
     }
-    let mut d = Decoded::kind("status");
+    let mut d = Decoded::kind(MessageKind::Status);
     d.status = Some(a);
     d
 }
@@ -253,7 +254,7 @@ fn decode_ver(msg: &Msg<'_>) -> Decoded {
             a.text(k, f);
         }
     }
-    let mut d = Decoded::kind("status");
+    let mut d = Decoded::kind(MessageKind::Status);
     d.status = Some(a);
     d
 }
@@ -269,7 +270,7 @@ fn decode_power_event(msg: &Msg<'_>) -> Decoded {
             "power_off"
         },
     );
-    let mut d = Decoded::kind("alarm");
+    let mut d = Decoded::kind(MessageKind::Alarm);
     d.status = Some(a);
     d
 }
@@ -301,7 +302,7 @@ fn decode_cells(msg: &Msg<'_>) -> Decoded {
     if aps > 0 {
         a.int("wifi_aps", aps as i64);
     }
-    let mut d = Decoded::kind("lbs");
+    let mut d = Decoded::kind(MessageKind::Lbs);
     d.status = Some(a);
     d
 }
@@ -407,11 +408,11 @@ fn decode_report(msg: &Msg<'_>, ctx: &DecodeCtx) -> Decoded {
             push_cell(&mut a, &msg.v[i..i + 4]);
         }
         let kind = if alarm.is_some() {
-            "alarm"
+            MessageKind::Alarm
         } else if cell.is_some() {
-            "lbs"
+            MessageKind::Lbs
         } else {
-            "other"
+            MessageKind::Other
         };
         let mut d = Decoded::kind(kind);
         d.status = Some(a);
@@ -436,7 +437,11 @@ fn decode_report(msg: &Msg<'_>, ctx: &DecodeCtx) -> Decoded {
             std::mem::take(&mut extra).apply(p);
         }
     }
-    let mut d = Decoded::kind(if alarm.is_some() { "alarm" } else { "data" });
+    let mut d = Decoded::kind(if alarm.is_some() {
+        MessageKind::Alarm
+    } else {
+        MessageKind::Data
+    });
     d.positions = positions;
     d
 }

@@ -1,4 +1,5 @@
 use super::*;
+use crate::protocols::{DecodeReason, MessageKind};
 use chrono::TimeZone;
 
 fn ctx() -> DecodeCtx {
@@ -32,7 +33,7 @@ fn v1_sentence_decodes_fix_and_is_answered_with_v4_v1_and_server_time() {
     let pkt = b"*HQ,4210051415,V1,164549,A,0956.3869,N,08406.7068,W,000.00,000,221215,FFFFFBFF,712,01,0,0,6#";
     let d = feed(&mut tcp(), pkt).unwrap();
     assert_eq!(d.device, Some(DeviceId::new("4210051415")));
-    assert_eq!(d.kind, "data");
+    assert_eq!(d.kind, MessageKind::Data);
     let p = &d.positions[0];
     assert_eq!(
         p.fix_time,
@@ -194,7 +195,7 @@ fn binary_record_speed_is_bcd_knots() {
 #[test]
 fn heartbeat_is_echoed_up_to_its_type() {
     let d = feed(&mut tcp(), b"*HQ,135790246811220,HTBT,100#").unwrap();
-    assert_eq!(d.kind, "heartbeat");
+    assert_eq!(d.kind, MessageKind::Heartbeat);
     assert_eq!(d.reply.as_deref(), Some(&b"*HQ,135790246811220,HTBT#"[..]));
     assert_eq!(
         d.status.unwrap().get_name("battery_level"),
@@ -320,7 +321,10 @@ fn framing_splits_binary_then_text_and_back_to_back_records() {
 fn sentence_without_hash_beyond_max_frame_is_refused() {
     let mut buf = b"*HQ,1,V1,".to_vec();
     buf.resize(MAX_FRAME, b'1');
-    assert_eq!(tcp().next_frame(&buf).unwrap_err().reason, "too_large");
+    assert_eq!(
+        tcp().next_frame(&buf).unwrap_err().reason,
+        DecodeReason::TooLarge
+    );
 }
 
 #[test]
@@ -401,7 +405,7 @@ fn encoded_v1_sentence_decodes_to_the_same_fix() {
     assert_eq!(p.course, 275.0);
     assert_eq!(p.ignition, Some(true));
     let d = feed(&mut tcp(), &encode_heartbeat("4106011660", 80)).unwrap();
-    assert_eq!(d.kind, "heartbeat");
+    assert_eq!(d.kind, MessageKind::Heartbeat);
 }
 
 #[test]

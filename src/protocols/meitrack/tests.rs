@@ -1,4 +1,5 @@
 use super::*;
+use crate::protocols::DecodeReason;
 use chrono::TimeZone;
 
 // Real packets from Traccar's MeitrackProtocolDecoderTest (see protocols/meitrack/NOTICE.md).
@@ -103,7 +104,7 @@ fn bad_checksum_is_an_error_with_reason_crc() {
     let mut s = MeitrackSession::new(Transport::Tcp);
     let bad = with_crlf(&AAA.replace("*F3", "*F4"));
     let e = decode_one(&mut s, &bad).unwrap_err();
-    assert_eq!(e.reason, "crc");
+    assert_eq!(e.reason, DecodeReason::Crc);
 }
 
 #[test]
@@ -273,7 +274,10 @@ fn noise_before_the_marker_is_skipped() {
     let mut s = MeitrackSession::new(Transport::Tcp);
     assert_eq!(s.next_frame(b"xx$$A").unwrap(), FrameCut::Skip(2));
     assert_eq!(s.next_frame(b"garbage").unwrap(), FrameCut::Skip(7));
-    assert_eq!(s.next_frame(b"$$A99999999,").unwrap_err().reason, "framing");
+    assert_eq!(
+        s.next_frame(b"$$A99999999,").unwrap_err().reason,
+        DecodeReason::Framing
+    );
 }
 
 #[test]

@@ -1,4 +1,5 @@
 use super::*;
+use crate::protocols::{DecodeReason, MessageKind};
 use chrono::{TimeZone, Utc};
 
 /// Real packets from Traccar's RuptelaProtocolDecoderTest (see protocols/ruptela/NOTICE.md).
@@ -29,7 +30,7 @@ fn records_packet_decodes_fix_io_and_is_acked_with_command_100() {
     let mut s = RuptelaSession::new();
     let d = decode_one(&mut s, &hex::decode(RECORDS).unwrap()).unwrap();
     assert_eq!(d.device, Some(DeviceId::new("869153042601309")));
-    assert_eq!(d.kind, "data");
+    assert_eq!(d.kind, MessageKind::Data);
     assert_eq!(hex::encode(d.reply.unwrap()), "0002640113bc");
     assert_eq!(d.positions.len(), 1);
     let p = &d.positions[0];
@@ -80,7 +81,7 @@ fn heartbeat_is_answered_with_command_116() {
     let pkt = encode_device_packet(869153042601309, cmd::HEARTBEAT, &[]);
     let mut s = RuptelaSession::new();
     let d = decode_one(&mut s, &pkt).unwrap();
-    assert_eq!(d.kind, "heartbeat");
+    assert_eq!(d.kind, MessageKind::Heartbeat);
     assert_eq!(hex::encode(d.reply.unwrap()), "00027401862d");
 }
 
@@ -101,7 +102,7 @@ fn bad_crc_is_an_error_not_an_ack() {
     let n = pkt.len();
     pkt[n - 1] ^= 0x01;
     let e = decode_one(&mut RuptelaSession::new(), &pkt).unwrap_err();
-    assert_eq!(e.reason, "crc");
+    assert_eq!(e.reason, DecodeReason::Crc);
 }
 
 #[test]
@@ -166,7 +167,7 @@ fn oversized_length_is_refused() {
     let e = RuptelaSession::new()
         .next_frame(&[0xff, 0xff, 0])
         .unwrap_err();
-    assert_eq!(e.reason, "too_large");
+    assert_eq!(e.reason, DecodeReason::TooLarge);
 }
 
 #[test]
