@@ -46,8 +46,15 @@ pub const AUTH_SERVICE: u8 = 1;
 pub const TELEDATA_SERVICE: u8 = 2;
 pub const COMMANDS_SERVICE: u8 = 4;
 
-/// Processing result codes used in our replies.
+/// Processing result codes used in our replies (GOST R 54619 / Mintrans order 285, table of
+/// processing result codes).
 pub const RESULT_OK: u8 = 0;
+/// `EGTS_PC_HEADERCRC_ERROR`: the transport header's CRC-8 does not match.
+pub const RESULT_HEADERCRC_ERROR: u8 = 137;
+/// `EGTS_PC_DATACRC_ERROR`: the frame data's CRC-16 does not match.
+pub const RESULT_DATACRC_ERROR: u8 = 138;
+/// `EGTS_PC_INVDATALEN`: a record or subrecord length runs past the data that holds it.
+pub const RESULT_INVDATALEN: u8 = 139;
 pub const RESULT_AUTH_DENIED: u8 = 151;
 
 /// Subrecord types.
@@ -108,6 +115,9 @@ pub struct EgtsSession {
     /// The refusal to send instead of the last login's reply: the same record confirmation,
     /// then `EGTS_SR_RESULT_CODE` 151 (EGTS_PC_AUTH_DENIED).
     reject: Option<Bytes>,
+    /// The last header failed its CRC: its FDL cannot be trusted, so the bytes after it are
+    /// skipped up to the next header whose CRC holds.
+    resync: bool,
 }
 
 impl Default for EgtsSession {
@@ -124,6 +134,7 @@ impl EgtsSession {
             next_pid: 0,
             next_rn: 0,
             reject: None,
+            resync: false,
         }
     }
 
@@ -146,7 +157,20 @@ impl EgtsSession {
 
 impl Session for EgtsSession {
     fn next_frame(&mut self, buf: &[u8]) -> Result<FrameCut, DecodeError> {
-        next_frame(buf)
+        if self.resync {
+            match find_header(buf) {
+                Resync::At(0) => self.resync = false,
+                Resync::At(i) | Resync::Wait(i) if i > 0 => return Ok(FrameCut::Skip(i)),
+                Resync::Wait(_) => return Ok(FrameCut::NeedMore),
+                _ if buf.is_empty() => return Ok(FrameCut::NeedMore),
+                _ => return Ok(FrameCut::Skip(buf.len())),
+            }
+        }
+        let cut = next_frame(buf)?;
+        if let FrameCut::Frame(n) = cut {
+            self.resync = !header_crc_ok(&buf[..n]);
+        }
+        Ok(cut)
     }
 
     fn decode(&mut self, frame: &[u8], _ctx: &DecodeCtx) -> Result<Decoded, DecodeError> {
@@ -175,8 +199,47 @@ impl Session for EgtsSession {
     }
 }
 
-/// Cut one transport packet: the header is checked (version, length, CRC-8) as soon as it is
-/// complete, so a corrupt length never makes us buffer garbage.
+/// Where the search for the next header stands after a header with a bad CRC.
+enum Resync {
+    /// A header whose CRC holds starts here.
+    At(usize),
+    /// A header may start here; more bytes are needed to check it.
+    Wait(usize),
+    /// No header starts in the buffer.
+    Nowhere,
+}
+
+fn find_header(buf: &[u8]) -> Resync {
+    for (i, _) in buf.iter().enumerate().filter(|(_, &b)| b == 0x01) {
+        let Some(&hl) = buf.get(i + 3) else {
+            return Resync::Wait(i);
+        };
+        let hl = usize::from(hl);
+        if hl != 11 && hl != 16 {
+            continue;
+        }
+        let Some(h) = buf.get(i..i + hl) else {
+            return Resync::Wait(i);
+        };
+        if CRC8_EGTS.checksum(&h[..hl - 1]) == h[hl - 1] {
+            return Resync::At(i);
+        }
+    }
+    Resync::Nowhere
+}
+
+/// The frame starts with a whole header whose CRC-8 matches.
+fn header_crc_ok(frame: &[u8]) -> bool {
+    let hl = usize::from(frame.get(3).copied().unwrap_or(0));
+    hl >= 11
+        && frame
+            .get(..hl)
+            .is_some_and(|h| CRC8_EGTS.checksum(&h[..hl - 1]) == h[hl - 1])
+}
+
+/// Cut one transport packet: the header is checked (version, length) as soon as it is
+/// complete. A header whose CRC-8 fails is cut alone (its FDL cannot be trusted): decode
+/// answers it with `EGTS_PC_HEADERCRC_ERROR`, and the session skips to the next good header.
 pub fn next_frame(buf: &[u8]) -> Result<FrameCut, DecodeError> {
     if buf.len() < 4 {
         return Ok(FrameCut::NeedMore);
@@ -201,14 +264,8 @@ pub fn next_frame(buf: &[u8]) -> Result<FrameCut, DecodeError> {
     if buf.len() < hl {
         return Ok(FrameCut::NeedMore);
     }
-    let hcs = CRC8_EGTS.checksum(&buf[..hl - 1]);
-    if hcs != buf[hl - 1] {
-        return Err(DecodeError::new(
-            NAME,
-            DecodeReason::Crc,
-            hl - 1,
-            format!("header CRC {:#04x}, computed {hcs:#04x}", buf[hl - 1]),
-        ));
+    if !header_crc_ok(buf) {
+        return Ok(FrameCut::Frame(hl));
     }
     let fdl = usize::from(u16::from_le_bytes([buf[5], buf[6]]));
     let total = hl + fdl + if fdl > 0 { 2 } else { 0 };
@@ -364,7 +421,22 @@ fn dyn_key(prefix: &str, n: impl std::fmt::Display) -> AttrKey {
 }
 
 impl EgtsSession {
+    /// A `PT_RESPONSE` refusing the whole packet `packet_id` with a processing result code:
+    /// nothing of it is stored, and the terminal resends it at once instead of waiting for its
+    /// response timeout.
+    fn refuse(&mut self, packet_id: u16, result: u8, kind: MessageKind) -> Decoded {
+        let mut d = Decoded::kind(kind);
+        let pid = self.pid();
+        d.reply = Some(encode_response(pid, packet_id, result, &[], &mut || 0));
+        d
+    }
+
     fn decode_packet(&mut self, frame: &[u8]) -> Result<Decoded, DecodeError> {
+        if frame.len() >= 11 && !header_crc_ok(frame) {
+            // The PID of a header that failed its CRC is what the terminal will resend.
+            let packet_id = u16::from_le_bytes([frame[7], frame[8]]);
+            return Ok(self.refuse(packet_id, RESULT_HEADERCRC_ERROR, MessageKind::CrcError));
+        }
         let h = parse_header(frame)?;
         let end = h.header_len + h.data_len;
         if frame.len() < end + if h.data_len > 0 { 2 } else { 0 } {
@@ -380,12 +452,7 @@ impl EgtsSession {
             let crc_field = u16::from_le_bytes([frame[end], frame[end + 1]]);
             let crc = CRC16_CCITT_FALSE.checksum(data);
             if crc != crc_field {
-                return Err(DecodeError::new(
-                    NAME,
-                    DecodeReason::Crc,
-                    end,
-                    format!("data CRC {crc_field:#06x}, computed {crc:#06x}"),
-                ));
+                return Ok(self.refuse(h.packet_id, RESULT_DATACRC_ERROR, MessageKind::CrcError));
             }
         }
         if h.flags & 0x18 != 0 || h.flags & 0x04 != 0 {
@@ -396,8 +463,8 @@ impl EgtsSession {
                 "encrypted or compressed frame data",
             ));
         }
-        match h.packet_type {
-            PT_RESPONSE => self.decode_response(data, h.header_len),
+        let appdata = match h.packet_type {
+            PT_RESPONSE => return self.decode_response(data, h.header_len),
             PT_APPDATA => self.decode_appdata(data, h.header_len, h.packet_id),
             PT_SIGNED_APPDATA => {
                 let mut r = Reader::new(NAME, data);
@@ -406,12 +473,22 @@ impl EgtsSession {
                 let base = h.header_len + r.pos();
                 self.decode_appdata(r.rest(), base, h.packet_id)
             }
-            other => Err(DecodeError::new(
-                NAME,
-                DecodeReason::Unsupported,
-                9,
-                format!("packet type {other}"),
-            )),
+            other => {
+                return Err(DecodeError::new(
+                    NAME,
+                    DecodeReason::Unsupported,
+                    9,
+                    format!("packet type {other}"),
+                ))
+            }
+        };
+        match appdata {
+            // A record or subrecord length running past its data (the CRC held, so the
+            // terminal built it so): the standard's "incorrect data length".
+            Err(e) if e.reason == DecodeReason::Truncated => {
+                Ok(self.refuse(h.packet_id, RESULT_INVDATALEN, MessageKind::Invalid))
+            }
+            other => other,
         }
     }
 

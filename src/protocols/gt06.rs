@@ -362,9 +362,21 @@ fn split_frame(frame: &[u8], verify_crc: bool) -> Result<Frame<'_>, DecodeError>
         .get(head..end)
         .ok_or_else(|| DecodeError::new(NAME, DecodeReason::Truncated, head, "no content"))?;
     let len_field = if extended { 2 } else { 1 };
-    // Frames cut at their stop bits rather than by their length (WiFi reports, miscounting
-    // firmwares) have no CRC where the length says; those cannot be verified.
     let exact = length >= 5 && length == frame.len() - 4 - len_field;
+    // A frame cut at its stop bits rather than by its length byte has no CRC where the length
+    // says, so it cannot be verified: refused, unless the CRC check is off or the length byte
+    // is documented as something else (the WiFi reports put an access-point count there).
+    if !exact && verify_crc && !matches!(typ, msg::WIFI | msg::WIFI_2) {
+        return Err(DecodeError::new(
+            NAME,
+            DecodeReason::Crc,
+            2,
+            format!(
+                "length field {length}, but the stop bits end a frame of {}: the CRC cannot match",
+                frame.len() - 4 - len_field
+            ),
+        ));
+    }
     if exact && verify_crc {
         let crc_at = frame.len() - 4;
         let got = u16::from_be_bytes([frame[crc_at], frame[crc_at + 1]]);

@@ -263,6 +263,14 @@ fn decode_binary(frame: &[u8]) -> Result<Decoded, DecodeError> {
         + u32::from(b[15] >> 4);
     let lon_min = f64::from(lon_min_raw) / 10_000.0;
     let flags = b[15] & 0x0f;
+    if lat_min >= 60.0 || lon_min >= 60.0 {
+        return Err(DecodeError::new(
+            NAME,
+            DecodeReason::BadField,
+            1 + id_len + 6,
+            format!("coordinate minutes {lat_min} / {lon_min}: 60 or more"),
+        ));
+    }
     let mut lat = f64::from(lat_deg) + lat_min / 60.0;
     let mut lon = f64::from(lon_deg) + lon_min / 60.0;
     if flags & 0x04 == 0 {
@@ -407,6 +415,24 @@ fn decode_text(
         "V4" => decode_v4(&fields, ctx),
         "V1" => {
             let mut d = decode_position_sentence(&fields, 3, ctx);
+            if d.positions.is_empty() {
+                // Answering would tell the device a fix was taken that was not: the reply
+                // confirms only what was parsed. A corrupt fix is a counted refusal; a
+                // sentence without one (no fix yet, missing N/S) is kept unanswered.
+                if fields
+                    .get(5..8)
+                    .is_some_and(|c| minutes_over_59(c[0]) || minutes_over_59(c[2]))
+                {
+                    return Err(DecodeError::new(
+                        NAME,
+                        DecodeReason::BadField,
+                        0,
+                        "V1 coordinate with minutes of 60 or more",
+                    ));
+                }
+                d.device = device;
+                return Ok(d);
+            }
             d.reply = Some(Bytes::from(format!(
                 "*{maker_tag},{reply_id},V4,V1,{stamp}#"
             )));
@@ -456,6 +482,26 @@ fn decode_v4(fields: &[&str], ctx: &DecodeCtx) -> Decoded {
     d
 }
 
+/// A `ddmm.mmmm`, `-dd-mm.mmmm` or `dddmmmmmm` coordinate whose minutes are 60 or more.
+fn minutes_over_59(raw: &str) -> bool {
+    let s = raw.trim();
+    let minutes = if let Some(rest) = s.strip_prefix('-') {
+        rest.split_once('-').and_then(|(_, m)| parse_decimal(m))
+    } else if let Some((int, _)) = s.split_once('.') {
+        int.get(int.len().saturating_sub(2)..)
+            .filter(|_| int.len() >= 2)
+            .and_then(parse_uint)
+            .map(|m| m as f64)
+    } else if s.len() >= 7 {
+        s.get(s.len() - 6..)
+            .and_then(parse_uint)
+            .map(|m| m as f64 / 10_000.0)
+    } else {
+        None
+    };
+    minutes.is_some_and(|m| m >= 60.0)
+}
+
 /// `ddmm.mmmm` (any number of degree digits), `-dd-mm.mmmm`, or `dddmmmmmm` (minutes with four
 /// implied decimals); `None` when the field has none of these shapes.
 fn parse_coordinate(raw: &str, hemisphere: &str, max: f64) -> Option<f64> {
@@ -476,6 +522,10 @@ fn parse_coordinate(raw: &str, hemisphere: &str, max: f64) -> Option<f64> {
     } else {
         return None;
     };
+    // Minutes of 60 or more are not a coordinate (`5565.0000` is not 55° 65′): a corrupt fix.
+    if !(0.0..60.0).contains(&min) {
+        return None;
+    }
     let value = deg + min / 60.0;
     if !(value.is_finite() && value <= max) {
         return None;

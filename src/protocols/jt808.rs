@@ -616,7 +616,14 @@ impl Jt808Session {
         let full_id = decode_id(phone);
         let encrypted = props & 0x0400 != 0
             && !matches!(id, msg::LOCATION_REPORT_2 | msg::LOCATION_REPORT_BLIND);
-        let mut d = if encrypted {
+        let declared = usize::from(props & 0x03FF);
+        let mut d = if f.body.len() != declared {
+            // The checksum held, so the terminal built the message so: the standard's answer
+            // is 0x8001 result 2 ("message error"), and nothing of it is taken.
+            let mut d = Decoded::kind(MessageKind::Invalid);
+            d.reply = Some(self.general_response(&f, 2));
+            d
+        } else if encrypted {
             // RSA-encrypted body (bit 10; the lock messages use the bits otherwise): no keys here. Answered "not supported".
             let mut d = Decoded::kind(MessageKind::Other);
             d.reply = Some(self.general_response(&f, 3));

@@ -212,16 +212,29 @@ fn next_frame(buf: &[u8]) -> Result<FrameCut, DecodeError> {
             format!("length {len} too short"),
         ));
     }
+    let binary = is_binary(buf, comma);
+    // A text frame never holds `$$`: one inside the declared span is the next frame, and this
+    // one lost bytes (or miscounted). It ends there at the latest, so that the next frame is
+    // not swallowed with it.
+    let next_start = if binary {
+        None
+    } else {
+        buf[comma..]
+            .windows(2)
+            .position(|w| w == b"$$")
+            .map(|p| comma + p)
+    };
+    let fits = !matches!(next_start, Some(n) if n < total);
     // The declared length, when it lands on `*XX\r\n` (or on `*XX` at the end of what we have:
     // the line end is then skipped as the next frame's noise).
     // A bad checksum there is still this frame: decode reports it.
-    if buf.len() >= total && star_at(buf, total - 5) && &buf[total - 2..total] == b"\r\n" {
+    if fits && buf.len() >= total && star_at(buf, total - 5) && &buf[total - 2..total] == b"\r\n" {
         return Ok(FrameCut::Frame(total));
     }
-    if buf.len() == total - 2 && star_at(buf, total - 5) {
+    if fits && buf.len() == total - 2 && star_at(buf, total - 5) {
         return Ok(FrameCut::Frame(total - 2));
     }
-    if is_binary(buf, comma) {
+    if binary {
         return Ok(if buf.len() >= total {
             FrameCut::Frame(total)
         } else {
@@ -230,7 +243,10 @@ fn next_frame(buf: &[u8]) -> Result<FrameCut, DecodeError> {
     }
     // Text message whose declared length is off (some firmwares miscount): the frame ends
     // at the first `*XX` whose checksum matches, followed by CR LF or by the end of input.
-    let scan_end = buf.len().min(total + 16);
+    let scan_end = buf
+        .len()
+        .min(total + 16)
+        .min(next_start.unwrap_or(usize::MAX));
     for star in comma..scan_end.saturating_sub(2) {
         if buf[star] == b'*' && checksum_ok(buf, star) {
             let end = star + 3;
@@ -241,6 +257,11 @@ fn next_frame(buf: &[u8]) -> Result<FrameCut, DecodeError> {
                 None => FrameCut::NeedMore,
             });
         }
+    }
+    if let Some(n) = next_start {
+        // Nothing checks out before the next frame: this span fails alone (decode reports
+        // it), and framing resynchronises at that `$$`.
+        return Ok(FrameCut::Frame(n));
     }
     if buf.len() >= total + 16 {
         // Nothing checks out: hand over the declared length; decode reports the checksum.

@@ -259,7 +259,10 @@ fn decode_records(r: &mut Reader<'_>, extended: bool) -> Result<Decoded, DecodeE
         let secs = r.u32("time")?;
         let time =
             from_secs(i64::from(secs)).ok_or_else(|| r.error(DecodeReason::BadTime, "time"))?;
-        let _ts_ext = r.u8("timestamp extension")?;
+        // Records of one second differ by this byte: kept as milliseconds, it orders them
+        // within the second and keeps each its own row (a fix is keyed by its time).
+        let ts_ext = r.u8("timestamp extension")?;
+        let time = time + chrono::Duration::milliseconds(i64::from(ts_ext));
         let mut continuation = false;
         if extended {
             let ext = r.u8("record extension")?;

@@ -264,22 +264,75 @@ fn a_response_from_the_device_needs_no_reply() {
     assert!(d.positions.is_empty());
 }
 
+// Replies to refused packets: PT_RESPONSE, our PID 0, RPID 573a (POS_WITH_OID's PID), the
+// processing result code, no records; both checksums computed in a Python one-off (bitwise
+// CRC-8/0x31 and CRC-16/CCITT-FALSE), not by this crate.
+const HEADERCRC_ERROR_REPLY: &str = "0100000b000300000000503a57897159";
+const DATACRC_ERROR_REPLY: &str = "0100000b000300000000503a578a1269";
+const INVDATALEN_REPLY: &str = "0100000b000300000000503a578b3379";
+
 #[test]
-fn bad_header_crc_is_refused_by_the_framer() {
+fn bad_header_crc_is_answered_with_egts_pc_headercrc_error_137() {
     let mut pkt = unhex(POS_WITH_OID);
     pkt[10] ^= 0xff;
-    let e = EgtsSession::new().next_frame(&pkt).unwrap_err();
-    assert_eq!(e.reason, DecodeReason::Crc);
-    assert_eq!(e.offset, 10);
+    let mut s = EgtsSession::new();
+    // The header alone is cut: its FDL cannot be trusted.
+    assert_eq!(s.next_frame(&pkt).unwrap(), FrameCut::Frame(11));
+    let d = s.decode(&pkt[..11], &DecodeCtx::now()).unwrap();
+    assert_eq!(d.kind, MessageKind::CrcError);
+    assert!(d.positions.is_empty());
+    assert_eq!(hex::encode(d.reply.unwrap()), HEADERCRC_ERROR_REPLY);
 }
 
 #[test]
-fn bad_data_crc_is_an_error_not_an_ack() {
+fn after_a_bad_header_framing_resynchronises_at_the_next_good_header() {
+    let mut bad = unhex(POS_WITH_OID);
+    bad[10] ^= 0xff;
+    let mut buf = bad.clone();
+    buf.extend(unhex(POS_WITH_OID));
+    let mut s = EgtsSession::new();
+    let mut decoded = Vec::new();
+    while !buf.is_empty() {
+        match s.next_frame(&buf).unwrap() {
+            FrameCut::Frame(n) => {
+                decoded.push(s.decode(&buf[..n], &DecodeCtx::now()).unwrap());
+                buf.drain(..n);
+            }
+            FrameCut::Skip(n) => {
+                buf.drain(..n);
+            }
+            FrameCut::NeedMore => panic!("stuck with {} bytes", buf.len()),
+        }
+    }
+    let kinds: Vec<_> = decoded.iter().map(|d| d.kind).collect();
+    assert_eq!(kinds, [MessageKind::CrcError, MessageKind::Data]);
+    assert_eq!(decoded[1].positions.len(), 1, "the good packet is not lost");
+}
+
+#[test]
+fn bad_data_crc_is_answered_with_egts_pc_datacrc_error_138_and_nothing_is_taken() {
     let mut pkt = unhex(POS_WITH_OID);
     let n = pkt.len();
     pkt[n - 1] ^= 0xff;
-    let e = feed(&mut EgtsSession::new(), &pkt).unwrap_err();
-    assert_eq!(e.reason, DecodeReason::Crc);
+    let d = feed(&mut EgtsSession::new(), &pkt).unwrap();
+    assert_eq!(d.kind, MessageKind::CrcError);
+    assert!(d.positions.is_empty());
+    assert_eq!(d.device, None, "nothing of the packet is believed");
+    assert_eq!(hex::encode(d.reply.unwrap()), DATACRC_ERROR_REPLY);
+}
+
+#[test]
+fn a_record_longer_than_its_data_is_answered_with_egts_pc_invdatalen_139() {
+    // POS_WITH_OID's record says RL 26; make it 40 and keep both checksums right.
+    let good = unhex(POS_WITH_OID);
+    let mut sfrd = good[11..good.len() - 2].to_vec();
+    assert_eq!(&sfrd[..2], &[0x1a, 0x00]);
+    sfrd[0] = 40;
+    let pkt = packet(0x573a, PT_APPDATA, &sfrd);
+    let d = feed(&mut EgtsSession::new(), &pkt).unwrap();
+    assert_eq!(d.kind, MessageKind::Invalid);
+    assert!(d.positions.is_empty());
+    assert_eq!(hex::encode(d.reply.unwrap()), INVDATALEN_REPLY);
 }
 
 #[test]

@@ -125,6 +125,16 @@ pub fn ends_like_whole_message(buf: &[u8]) -> bool {
     let Ok(s) = std::str::from_utf8(buf) else {
         return false;
     };
+    let fields: Vec<&str> = s.rsplitn(4, ',').collect();
+    // GL100: `…,<ta>,<count>,<version>`.
+    if let [ver, count, ta, _] = fields[..] {
+        if super::text::is_gl100_tail(&[count, ver])
+            && ta.len() == 2
+            && ta.bytes().all(|b| b.is_ascii_digit())
+        {
+            return true;
+        }
+    }
     let mut it = s.rsplit(',');
     let (Some(count), Some(time), Some(before)) = (it.next(), it.next(), it.next()) else {
         return false;

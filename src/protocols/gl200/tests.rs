@@ -743,3 +743,65 @@ fn truncated_and_mutated_corpus_packets_never_panic() {
         }
     }
 }
+
+// GL100 (@Track air interface protocol, TRACGL100AN002): IMEI first, blocks
+// `reserved, reserved, gps fix, speed, heading, altitude, gps accuracy, lon, lat, time, mcc,
+// mnc, lac, cell, ta`, closed by `count, version`. The lines are the document's examples.
+const GL100_TRI: &str = "+RESP:GTTRI,359231030000010,1,0,0,1,4.3,92,70.0,1,121.354335,31.222073,20090101000000,0460,0000,18d8,6141,00,11F0,0102100203";
+const GL100_TRI_2: &str = "+RESP:GTTRI,359231030000010,2,0,0,1,4.3,92,70.0,1,121.354335,31.222073,20090101000000,0460,0000,18d8,6141,00,0,0,1,-3.6,145,30.0,2,121.354442,31.221940,20090101000100,0460,0000,18d8,6141,00,11F0,0102100203";
+const GL100_SZI: &str = "+RESP:GTSZI,359231030000010,0,3,0,1,4.3,92,70.0,1,121.354335,31.222073,20090101000000,0460,0000,18d8,6141,00,11F0,0102100203";
+
+#[test]
+fn gl100_blocks_are_read_in_the_gl100_order_not_the_gl200_one() {
+    let d = feed(&mut tcp(), format!("{GL100_TRI}\0").as_bytes()).unwrap();
+    assert_eq!(d.device, Some(DeviceId::new("359231030000010")));
+    let p = &d.positions[0];
+    assert_eq!(p.fix_time, time("2009-01-01 00:00:00"));
+    assert!(p.valid, "gps fix 1");
+    assert_eq!((p.lat, p.lon), (31.222073, 121.354335));
+    assert_eq!(p.speed_kmh, 4.3, "speed, not the accuracy field");
+    assert_eq!(p.course, 92.0, "heading, not the speed field");
+    assert_eq!(p.altitude, 70.0);
+    assert_eq!(p.attrs.get_name("hdop"), Some(&AttrValue::Float(1.0)));
+    assert_eq!(p.attrs.get_name("mcc"), Some(&AttrValue::Int(460)));
+    assert!(d.reply.is_none(), "GL100 reports take no +SACK");
+
+    let d = feed(&mut tcp(), format!("{GL100_TRI_2}\0").as_bytes()).unwrap();
+    assert_eq!(d.positions.len(), 2);
+    let p = &d.positions[1];
+    assert_eq!(p.fix_time, time("2009-01-01 00:01:00"));
+    assert_eq!((p.lat, p.lon), (31.221940, 121.354442));
+    assert_eq!(p.speed_kmh, 0.0, "-1-style unknown speed is not negative");
+    assert_eq!(p.course, 145.0);
+    assert_eq!(p.altitude, 30.0);
+
+    let d = feed(&mut tcp(), format!("{GL100_SZI}\0").as_bytes()).unwrap();
+    assert_eq!(d.positions[0].speed_kmh, 4.3);
+    assert_eq!(d.positions[0].course, 92.0);
+}
+
+#[test]
+fn a_gl100_line_without_a_tail_is_cut_at_its_closing_fields() {
+    let mut s = tcp();
+    // Cut short inside the block: not a whole message yet.
+    let cut = &GL100_TRI.as_bytes()[..GL100_TRI.len() - 12];
+    assert_eq!(s.next_frame(cut).unwrap(), FrameCut::NeedMore);
+    let d = feed(&mut s, GL100_TRI.as_bytes()).unwrap();
+    assert_eq!(d.positions.len(), 1);
+}
+
+#[test]
+fn a_report_whose_number_disagrees_with_its_blocks_is_refused() {
+    // Number 1, two blocks present.
+    let line = GL100_TRI_2.replacen(",2,0,0,1,", ",1,0,0,1,", 1);
+    let e = feed(&mut tcp(), format!("{line}\0").as_bytes()).unwrap_err();
+    assert_eq!(e.reason, DecodeReason::BadField, "{e}");
+    // Number 3, two blocks with a fix: both kept, the shortfall said.
+    let line = GL100_TRI_2.replacen(",2,0,0,1,", ",3,0,0,1,", 1);
+    let d = feed(&mut tcp(), format!("{line}\0").as_bytes()).unwrap();
+    assert_eq!(d.positions.len(), 2);
+    assert_eq!(
+        d.positions[1].attrs.get_name("points_declared"),
+        Some(&AttrValue::Int(3))
+    );
+}

@@ -27,6 +27,9 @@ struct Msg<'a> {
     imei_idx: usize,
     version: &'a str,
     model: &'static str,
+    /// The GL100 layout: IMEI first, blocks `fix, speed, heading, altitude, accuracy, lon,
+    /// lat, time, mcc, mnc, lac, cell, ta`, closed by `count, version` (no send time).
+    gl100: bool,
 }
 
 impl<'a> Msg<'a> {
@@ -120,13 +123,15 @@ pub fn decode(frame: &[u8], ctx: &DecodeCtx, report_acks: bool) -> Result<Decode
         ));
     };
     let version = if imei_idx == 2 { v[1] } else { "" };
+    let gl100 = imei_idx == 1 && is_gl100_tail(&v);
     let msg = Msg {
         header,
         kind,
         v,
         imei_idx,
         version,
-        model: model_of(version),
+        model: if gl100 { "GL100" } else { model_of(version) },
+        gl100,
     };
     let device = DeviceId::new(msg.get(imei_idx));
 
@@ -138,7 +143,7 @@ pub fn decode(frame: &[u8], ctx: &DecodeCtx, report_acks: bool) -> Result<Decode
             "VER" => decode_ver(&msg),
             "PNA" | "PFA" => decode_power_event(&msg),
             "GSM" | "LBS" | "WIF" => decode_cells(&msg),
-            _ => decode_report(&msg, ctx),
+            _ => decode_report(&msg, ctx)?,
         }
     };
     // In server-ack mode the device wants "+SACK:<count>$" for every message it sends; the
@@ -331,9 +336,38 @@ fn layout(kind: &str) -> Layout {
     }
 }
 
+/// `…,<count 4 hex>,<version 10 hex>`: how every GL100 message ends (GL100 @Track air
+/// interface protocol: `count num`, `ver HHHHSSPPPP`).
+pub fn is_gl100_tail(v: &[&str]) -> bool {
+    match v {
+        [.., count, ver] => is_hex(count, 4) && is_hex(ver, 10),
+        _ => false,
+    }
+}
+
+/// The `<Number>` field: how many position blocks the report says it carries. In the GL200
+/// family it is the field just before the first block (firmwares differ in the fields before
+/// it, not in that).
+fn declared_points(msg: &Msg<'_>, lay: Layout, first_anchor: Option<usize>) -> Option<usize> {
+    let f = match (msg.gl100, lay) {
+        // GTSOS, GTRTL, GTEST always say 0 (the document), with one block.
+        (true, _) if msg.kind == "TRI" => msg.get(msg.imei_idx + 1),
+        (true, _) => return None,
+        (false, Layout::Fri | Layout::Eri) => msg.get(first_anchor?.checked_sub(5)?),
+        _ => return None,
+    };
+    (!f.is_empty() && f.len() <= 2 && f.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| f.parse().ok())
+        .flatten()
+}
+
 /// Every other report: position blocks with type-specific fields around them.
-fn decode_report(msg: &Msg<'_>, ctx: &DecodeCtx) -> Decoded {
-    let lay = layout(msg.kind);
+fn decode_report(msg: &Msg<'_>, ctx: &DecodeCtx) -> Result<Decoded, DecodeError> {
+    let lay = if msg.gl100 {
+        Layout::Plain
+    } else {
+        layout(msg.kind)
+    };
     let first = msg.first_after_name();
     let report_type = match lay {
         Layout::Fri => msg.get(first + 1),
@@ -378,9 +412,28 @@ fn decode_report(msg: &Msg<'_>, ctx: &DecodeCtx) -> Decoded {
     let mut positions = Vec::with_capacity(anchors.len());
     let mut next = 0;
     for &a in &anchors {
-        let (p, n) = decode_block(msg, a, send_time.unwrap_or(ctx.now));
+        let (p, n) = if msg.gl100 {
+            decode_block_gl100(msg, a, ctx.now)
+        } else {
+            decode_block(msg, a, send_time.unwrap_or(ctx.now))
+        };
         positions.push(p);
         next = n;
+    }
+    let declared = declared_points(msg, lay, anchors.first().copied());
+    if let Some(n) = declared.filter(|&n| n < anchors.len()) {
+        // More blocks than the report says: the layout was misread, and its numbers would be
+        // wrong ones. Refused and counted rather than stored.
+        return Err(DecodeError::new(
+            NAME,
+            DecodeReason::BadField,
+            field_offset(&msg.v, first),
+            format!(
+                "GT{}: Number says {n} points, {} position blocks found",
+                msg.kind,
+                anchors.len()
+            ),
+        ));
     }
 
     let mut extra = Extra {
@@ -416,7 +469,7 @@ fn decode_report(msg: &Msg<'_>, ctx: &DecodeCtx) -> Decoded {
         };
         let mut d = Decoded::kind(kind);
         d.status = Some(a);
-        return d;
+        return Ok(d);
     }
 
     let last = positions.len() - 1;
@@ -435,6 +488,10 @@ fn decode_report(msg: &Msg<'_>, ctx: &DecodeCtx) -> Decoded {
         }
         if i == last {
             std::mem::take(&mut extra).apply(p);
+            if let Some(n) = declared.filter(|&n| n > anchors.len()) {
+                // Blocks without a fix (no coordinates) are not positions: say so.
+                p.attrs.int("points_declared", n as i64);
+            }
         }
     }
     let mut d = Decoded::kind(if alarm.is_some() {
@@ -443,7 +500,42 @@ fn decode_report(msg: &Msg<'_>, ctx: &DecodeCtx) -> Decoded {
         MessageKind::Data
     });
     d.positions = positions;
-    d
+    Ok(d)
+}
+
+/// One GL100 block around the longitude at `a`: `fix, speed, heading, altitude, accuracy`
+/// before it, `lat, time, mcc, mnc, lac, cell, ta` after; returns the position and the index
+/// of the first field after the block. GL100 reports carry no send time: a block without a
+/// GPS time takes the receive time.
+fn decode_block_gl100(msg: &Msg<'_>, a: usize, now: DateTime<Utc>) -> (Position, usize) {
+    let v = &msg.v;
+    let before = |k: usize| {
+        a.checked_sub(k)
+            .and_then(|i| v.get(i))
+            .copied()
+            .unwrap_or("")
+    };
+    let lon = v[a].parse::<f64>().unwrap_or(0.0);
+    let lat = v[a + 1].parse::<f64>().unwrap_or(0.0);
+    let (time, timed) = match parse_time(v[a + 2]) {
+        Some(t) => (t, true),
+        None => (now, false),
+    };
+    // `gps fix`: 1 successful, 0 failed.
+    let mut p = Position::new(time, timed && before(5) == "1", lat, lon);
+    p.speed_kmh = number(before(4)).max(0.0);
+    p.course = number(before(3));
+    p.altitude = number(before(2));
+    if let Ok(h) = before(1).parse::<f64>() {
+        p.attrs.float("hdop", h);
+    }
+    let mut next = a + 3;
+    if next + 4 <= v.len() && is_cell(&v[next..next + 4]) {
+        push_cell(&mut p.attrs, &v[next..next + 4]);
+    }
+    next += 5; // mcc, mnc, lac, cell, ta
+    push_common(msg, &mut p.attrs);
+    (p, next.min(v.len()))
 }
 
 /// Report-level values found after the last block.

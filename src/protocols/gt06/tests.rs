@@ -291,6 +291,31 @@ fn nt_layout_with_imei_and_device_time_is_recognised() {
 }
 
 #[test]
+fn a_length_byte_off_by_one_is_a_crc_error_not_an_acked_fix() {
+    // A 0x12 GPS frame with a right CRC (acked elsewhere in these tests), its length byte
+    // 0x1f made 0x20 and 0x1e: cut at the stop bits, its CRC cannot match what the length
+    // delimits.
+    let good = "78781f120f0a140e150bc505e51e780293a9e800540000f601006e0055da00035f240d0a";
+    assert!(one(good).reply.is_some());
+    for len in ["20", "1e"] {
+        let pkt = bytes(&format!("7878{len}{}", &good[6..]));
+        let mut s = Gt06Session::new();
+        let e = feed(&mut s, &pkt).unwrap_err();
+        assert_eq!(e.reason, DecodeReason::Crc, "length {len}: {e}");
+        // `crc_check = false` still takes it, as before.
+        let d = feed(&mut Gt06Session::without_crc_check(), &pkt).unwrap();
+        assert_eq!(d.positions.len(), 1, "length {len}");
+    }
+    // The real corpus packet whose length is one short (protocols/gt06 corpus line 115).
+    let e = feed(
+        &mut Gt06Session::new(),
+        &bytes("7878121011091c0b1b2999058508040097a89e0034520d0a"),
+    )
+    .unwrap_err();
+    assert_eq!(e.reason, DecodeReason::Crc);
+}
+
+#[test]
 fn bad_crc_is_an_error_with_reason_crc() {
     let mut pkt = bytes("78780d01012345678901234500018cdd0d0a");
     pkt[15] ^= 0xff;

@@ -66,6 +66,19 @@ fn location_report_decodes_fix_in_utc_and_is_acked_with_8001() {
 }
 
 #[test]
+fn a_body_length_field_that_disagrees_with_the_body_is_answered_result_2_and_not_taken() {
+    // The real location report above with its body length 0x22 made 0x23 and its checksum
+    // recomputed (a87e): a valid frame whose header contradicts its body.
+    let pkt = h("7e020000230014012499170007000000000000400e012af16f02cbd2ba000000000000150101194257010400000077a87e");
+    let d = feed(&mut Jt808Session::new(), &pkt).unwrap();
+    assert!(d.positions.is_empty(), "nothing stored");
+    assert_eq!(d.kind, MessageKind::Invalid);
+    // 8001: reply serial 0007, reply id 0200, result 2 ("message error"); XOR computed in a
+    // Python one-off.
+    assert_eq!(reply_hex(&d), "7e80010005001401249917000000070200023c7e");
+}
+
+#[test]
 fn location_items_speed_altitude_alarm_and_status_bits() {
     let fix = Fix {
         time: Utc.with_ymd_and_hms(2026, 5, 1, 7, 59, 30).unwrap(),

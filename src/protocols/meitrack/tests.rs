@@ -293,3 +293,18 @@ fn no_panic_on_truncations_and_mutations_of_corpus_packets() {
         }
     }
 }
+
+#[test]
+fn a_frame_cut_short_by_the_next_one_fails_alone_and_the_next_is_kept() {
+    // The first 60 bytes of AAA (its declared length 160 runs past the next `$$`), then a
+    // whole AAA with CR LF: the failed span ends at that `$$`, and the frame after it decodes.
+    let mut buf = AAA.as_bytes()[..60].to_vec();
+    buf.extend(with_crlf(AAA));
+    let mut s = MeitrackSession::new(Transport::Tcp);
+    assert_eq!(s.next_frame(&buf).unwrap(), FrameCut::Frame(60));
+    assert!(s.decode(&buf[..60], &ctx()).is_err());
+    let rest = &buf[60..];
+    assert_eq!(s.next_frame(rest).unwrap(), FrameCut::Frame(rest.len()));
+    let d = s.decode(rest, &ctx()).unwrap();
+    assert_eq!(d.positions.len(), 1, "the complete frame is not lost");
+}
