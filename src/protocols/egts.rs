@@ -628,133 +628,14 @@ impl EgtsSession {
             (AUTH_SERVICE, _) => {}
             (COMMANDS_SERVICE, sr::COMMAND_DATA) => decode_command_data(s, out)?,
             (_, sr::POS_DATA) => out.positions.push(decode_pos_data(s, rec)?),
-            (_, sr::EXT_POS_DATA) => {
-                let flags = s.u8("EXT_POS flags")?;
-                for (bit, key) in [(0x01, "vdop"), (0x02, "hdop"), (0x04, "pdop")] {
-                    if flags & bit != 0 {
-                        let v = f64::from(s.u16_le("DOP")?) / 100.0;
-                        extra(Extra::Attr(AttrKey::Name(key), AttrValue::Float(v)));
-                    }
-                }
-                if flags & 0x08 != 0 {
-                    extra(Extra::Satellites(u16::from(s.u8("SAT")?)));
-                }
-                if flags & 0x10 != 0 {
-                    let ns = s.u16_le("NS")?;
-                    extra(Extra::Attr(
-                        AttrKey::Name("nav_systems"),
-                        AttrValue::Int(i64::from(ns)),
-                    ));
-                }
-            }
-            (_, sr::AD_SENSORS_DATA) => {
-                let dioe = s.u8("DIOE")?;
-                let dout = s.u8("DOUT")?;
-                let asfe = s.u8("ASFE")?;
-                extra(Extra::Outputs(u32::from(dout)));
-                let mut high = 0u32;
-                for i in 0..8u32 {
-                    if dioe & (1 << i) != 0 {
-                        let v = s.u8("ADIO")?;
-                        if i < 3 {
-                            high |= u32::from(v) << (8 * (i + 1));
-                        } else {
-                            extra(Extra::Attr(
-                                dyn_key("adio", i + 1),
-                                AttrValue::Int(i64::from(v)),
-                            ));
-                        }
-                    }
-                }
-                if dioe & 0x07 != 0 {
-                    extra(Extra::InputsHigh(high));
-                }
-                for i in 0..8u32 {
-                    if asfe & (1 << i) != 0 {
-                        let v = s.u24_le("ANS")?;
-                        extra(Extra::Attr(
-                            dyn_key("adc", i + 1),
-                            AttrValue::Int(i64::from(v)),
-                        ));
-                    }
-                }
-            }
-            (_, sr::COUNTERS_DATA) => {
-                let cfe = s.u8("CFE")?;
-                for i in 0..8u32 {
-                    if cfe & (1 << i) != 0 {
-                        let v = s.u24_le("CN")?;
-                        extra(Extra::Attr(
-                            dyn_key("counter", i + 1),
-                            AttrValue::Int(i64::from(v)),
-                        ));
-                    }
-                }
-            }
-            (_, sr::STATE_DATA) if s.remaining() >= 5 => {
-                let st = s.u8("ST")?;
-                let main = s.u8("MPSV")?;
-                let backup = s.u8("BBV")?;
-                let internal = s.u8("IBV")?;
-                let flags = s.u8("state flags")?;
-                extra(Extra::Attr(
-                    AttrKey::Name("state"),
-                    AttrValue::Int(i64::from(st)),
-                ));
-                extra(Extra::PowerV(f64::from(main) / 10.0));
-                extra(Extra::Attr(
-                    AttrKey::Name("backup_battery_v"),
-                    AttrValue::Float(f64::from(backup) / 10.0),
-                ));
-                extra(Extra::Attr(
-                    AttrKey::Name("battery_v"),
-                    AttrValue::Float(f64::from(internal) / 10.0),
-                ));
-                extra(Extra::Attr(
-                    AttrKey::Name("state_flags"),
-                    AttrValue::Int(i64::from(flags)),
-                ));
-            }
-            (_, sr::ABS_DIG_SENS_DATA) => {
-                let v = s.u16_le("DSN/DSST")?;
-                let (state, number) = (v & 0x0F, v >> 4);
-                extra(Extra::Attr(
-                    dyn_key("din", number),
-                    AttrValue::Int(i64::from(state)),
-                ));
-            }
-            (_, sr::ABS_AN_SENS_DATA) => {
-                let n = s.u8("ASN")?;
-                let v = s.u24_le("ASV")?;
-                extra(Extra::Attr(dyn_key("adc", n), AttrValue::Int(i64::from(v))));
-            }
-            (_, sr::ABS_CNTR_DATA) => {
-                let n = s.u8("CN")?;
-                let v = s.u24_le("CNV")?;
-                extra(Extra::Attr(
-                    dyn_key("counter", n),
-                    AttrValue::Int(i64::from(v)),
-                ));
-            }
-            (_, sr::LIQUID_LEVEL_SENSOR) => {
-                let flags = s.u8("LLS flags")?;
-                let _addr = s.u16_le("MADDR")?;
-                let n = flags & 0x07;
-                if flags & 0x40 != 0 {
-                    extra(Extra::Attr(dyn_key("fuel_error", n), AttrValue::Bool(true)));
-                } else if flags & 0x08 != 0 {
-                    extra(Extra::Attr(
-                        dyn_key("fuel_raw", n),
-                        AttrValue::Bytes(s.rest().into()),
-                    ));
-                } else {
-                    let v = s.u32_le("LLSD")?;
-                    extra(Extra::Attr(
-                        dyn_key("fuel", n),
-                        AttrValue::Int(i64::from(v)),
-                    ));
-                }
-            }
+            (_, sr::EXT_POS_DATA) => decode_ext_pos_data(s, extra)?,
+            (_, sr::AD_SENSORS_DATA) => decode_ad_sensors(s, extra)?,
+            (_, sr::COUNTERS_DATA) => decode_counters(s, extra)?,
+            (_, sr::STATE_DATA) if s.remaining() >= 5 => decode_state(s, extra)?,
+            (_, sr::ABS_DIG_SENS_DATA) => decode_abs_dig_sens(s, extra)?,
+            (_, sr::ABS_AN_SENS_DATA) => decode_abs_an_sens(s, extra)?,
+            (_, sr::ABS_CNTR_DATA) => decode_abs_cntr(s, extra)?,
+            (_, sr::LIQUID_LEVEL_SENSOR) => decode_liquid_level(s, extra)?,
             // LOOPIN, ACCEL, passenger counters and anything else: kept raw, keyed by type.
             (_, other) => {
                 extra(Extra::Attr(
@@ -765,6 +646,166 @@ impl EgtsSession {
         }
         Ok(())
     }
+}
+
+/// EXT_POS_DATA: DOP values, satellites, navigation systems.
+fn decode_ext_pos_data(
+    s: &mut Reader<'_>,
+    extra: &mut dyn FnMut(Extra),
+) -> Result<(), DecodeError> {
+    let flags = s.u8("EXT_POS flags")?;
+    for (bit, key) in [(0x01, "vdop"), (0x02, "hdop"), (0x04, "pdop")] {
+        if flags & bit != 0 {
+            let v = f64::from(s.u16_le("DOP")?) / 100.0;
+            extra(Extra::Attr(AttrKey::Name(key), AttrValue::Float(v)));
+        }
+    }
+    if flags & 0x08 != 0 {
+        extra(Extra::Satellites(u16::from(s.u8("SAT")?)));
+    }
+    if flags & 0x10 != 0 {
+        let ns = s.u16_le("NS")?;
+        extra(Extra::Attr(
+            AttrKey::Name("nav_systems"),
+            AttrValue::Int(i64::from(ns)),
+        ));
+    }
+    Ok(())
+}
+
+/// AD_SENSORS_DATA: outputs, additional digital inputs, analogue inputs.
+fn decode_ad_sensors(s: &mut Reader<'_>, extra: &mut dyn FnMut(Extra)) -> Result<(), DecodeError> {
+    let dioe = s.u8("DIOE")?;
+    let dout = s.u8("DOUT")?;
+    let asfe = s.u8("ASFE")?;
+    extra(Extra::Outputs(u32::from(dout)));
+    let mut high = 0u32;
+    for i in 0..8u32 {
+        if dioe & (1 << i) != 0 {
+            let v = s.u8("ADIO")?;
+            if i < 3 {
+                high |= u32::from(v) << (8 * (i + 1));
+            } else {
+                extra(Extra::Attr(
+                    dyn_key("adio", i + 1),
+                    AttrValue::Int(i64::from(v)),
+                ));
+            }
+        }
+    }
+    if dioe & 0x07 != 0 {
+        extra(Extra::InputsHigh(high));
+    }
+    for i in 0..8u32 {
+        if asfe & (1 << i) != 0 {
+            let v = s.u24_le("ANS")?;
+            extra(Extra::Attr(
+                dyn_key("adc", i + 1),
+                AttrValue::Int(i64::from(v)),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// COUNTERS_DATA: the counters its CFE mask lists.
+fn decode_counters(s: &mut Reader<'_>, extra: &mut dyn FnMut(Extra)) -> Result<(), DecodeError> {
+    let cfe = s.u8("CFE")?;
+    for i in 0..8u32 {
+        if cfe & (1 << i) != 0 {
+            let v = s.u24_le("CN")?;
+            extra(Extra::Attr(
+                dyn_key("counter", i + 1),
+                AttrValue::Int(i64::from(v)),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// STATE_DATA: state, supply and battery voltages, flags.
+fn decode_state(s: &mut Reader<'_>, extra: &mut dyn FnMut(Extra)) -> Result<(), DecodeError> {
+    let st = s.u8("ST")?;
+    let main = s.u8("MPSV")?;
+    let backup = s.u8("BBV")?;
+    let internal = s.u8("IBV")?;
+    let flags = s.u8("state flags")?;
+    extra(Extra::Attr(
+        AttrKey::Name("state"),
+        AttrValue::Int(i64::from(st)),
+    ));
+    extra(Extra::PowerV(f64::from(main) / 10.0));
+    extra(Extra::Attr(
+        AttrKey::Name("backup_battery_v"),
+        AttrValue::Float(f64::from(backup) / 10.0),
+    ));
+    extra(Extra::Attr(
+        AttrKey::Name("battery_v"),
+        AttrValue::Float(f64::from(internal) / 10.0),
+    ));
+    extra(Extra::Attr(
+        AttrKey::Name("state_flags"),
+        AttrValue::Int(i64::from(flags)),
+    ));
+    Ok(())
+}
+
+/// ABS_DIG_SENS_DATA: one digital input state.
+fn decode_abs_dig_sens(
+    s: &mut Reader<'_>,
+    extra: &mut dyn FnMut(Extra),
+) -> Result<(), DecodeError> {
+    let v = s.u16_le("DSN/DSST")?;
+    let (state, number) = (v & 0x0F, v >> 4);
+    extra(Extra::Attr(
+        dyn_key("din", number),
+        AttrValue::Int(i64::from(state)),
+    ));
+    Ok(())
+}
+
+/// ABS_AN_SENS_DATA: one analogue input.
+fn decode_abs_an_sens(s: &mut Reader<'_>, extra: &mut dyn FnMut(Extra)) -> Result<(), DecodeError> {
+    let n = s.u8("ASN")?;
+    let v = s.u24_le("ASV")?;
+    extra(Extra::Attr(dyn_key("adc", n), AttrValue::Int(i64::from(v))));
+    Ok(())
+}
+
+/// ABS_CNTR_DATA: one counter.
+fn decode_abs_cntr(s: &mut Reader<'_>, extra: &mut dyn FnMut(Extra)) -> Result<(), DecodeError> {
+    let n = s.u8("CN")?;
+    let v = s.u24_le("CNV")?;
+    extra(Extra::Attr(
+        dyn_key("counter", n),
+        AttrValue::Int(i64::from(v)),
+    ));
+    Ok(())
+}
+
+/// LIQUID_LEVEL_SENSOR: a fuel level, raw sensor data or its error flag.
+fn decode_liquid_level(
+    s: &mut Reader<'_>,
+    extra: &mut dyn FnMut(Extra),
+) -> Result<(), DecodeError> {
+    let flags = s.u8("LLS flags")?;
+    let _addr = s.u16_le("MADDR")?;
+    let n = flags & 0x07;
+    if flags & 0x40 != 0 {
+        extra(Extra::Attr(dyn_key("fuel_error", n), AttrValue::Bool(true)));
+    } else if flags & 0x08 != 0 {
+        extra(Extra::Attr(
+            dyn_key("fuel_raw", n),
+            AttrValue::Bytes(s.rest().into()),
+        ));
+    } else {
+        let v = s.u32_le("LLSD")?;
+        extra(Extra::Attr(
+            dyn_key("fuel", n),
+            AttrValue::Int(i64::from(v)),
+        ));
+    }
+    Ok(())
 }
 
 fn apply_extra(p: &mut Position, e: Extra) {

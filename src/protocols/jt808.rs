@@ -662,220 +662,31 @@ impl Jt808Session {
             }
         }
         let body = f.body;
+        // Messages answered with 0x8001 result 0 fall through to the end; the others return
+        // their own answer (or none).
         let mut d = match f.id {
-            msg::TERMINAL_REGISTER => {
-                let mut d = Decoded::kind(MessageKind::Login);
-                let mut b = Vec::with_capacity(3 + full_id.len());
-                b.extend(f.serial.to_be_bytes());
-                b.push(0);
-                b.extend(full_id.as_bytes());
-                d.reply = Some(self.message(msg::TERMINAL_REGISTER_RESPONSE, &b));
-                return Ok(d);
-            }
-            msg::TERMINAL_AUTH => {
-                let mut d = Decoded::kind(MessageKind::Login);
-                let code = text_of(body);
-                if !code.is_empty() {
-                    let mut a = Attributes::default();
-                    a.text("auth_code", code);
-                    d.status = Some(a);
-                }
-                d
-            }
-            msg::HEARTBEAT => {
-                let mut d = Decoded::kind(MessageKind::Heartbeat);
-                if let [battery, rssi, status, ..] = body {
-                    let mut a = Attributes::default();
-                    a.int("battery_level", i64::from(*battery));
-                    a.int("rssi", i64::from(*rssi));
-                    a.int("status", i64::from(*status));
-                    d.status = Some(a);
-                }
-                d
-            }
+            msg::TERMINAL_REGISTER => return Ok(self.register(f, full_id)),
+            msg::TERMINAL_AUTH => messages::auth(body),
+            msg::HEARTBEAT => messages::heartbeat(body),
             msg::HEARTBEAT_2 | msg::TERMINAL_LOGOUT | msg::TIMEZONE_SYNC | msg::PHOTO => {
                 Decoded::kind(MessageKind::Other)
             }
-            msg::TERMINAL_GENERAL_RESPONSE => {
-                let mut r = Reader::new(NAME, body);
-                let serial = r.u16("reply serial")?;
-                let reply_id = r.u16("reply message id")?;
-                let result = r.u8("result")?;
-                let mut d = Decoded::kind(MessageKind::CommandResponse);
-                let outcome = match result {
-                    0 => "success",
-                    1 => "failure",
-                    2 => "message error",
-                    3 => "not supported",
-                    _ => "other",
-                };
-                d.command_response = Some(CommandResponse {
-                    text: format!("{reply_id:04X}: {outcome} ({result})"),
-                    success: Some(result == 0),
-                    seq: Some(u32::from(serial)),
-                });
-                return Ok(d);
-            }
-            msg::LOCATION_REPORT => {
-                let p = decode_location(body)?;
-                let mut d = Decoded::kind(if p.alarm.is_some() {
-                    MessageKind::Alarm
-                } else {
-                    MessageKind::Data
-                });
-                d.positions.push(p);
-                d
-            }
+            msg::TERMINAL_GENERAL_RESPONSE => return messages::terminal_response(body),
+            msg::LOCATION_REPORT => messages::location(body)?,
             msg::LOCATION_QUERY_RESPONSE | msg::VEHICLE_CONTROL_RESPONSE => {
-                let serial = Reader::new(NAME, body).u16("reply serial")?;
-                let p = decode_location(body.get(2..).unwrap_or(&[]))?;
-                let mut d = Decoded::kind(MessageKind::CommandResponse);
-                let text = if f.id == msg::VEHICLE_CONTROL_RESPONSE {
-                    format!(
-                        "vehicle control done, oil circuit {}",
-                        if p.outputs == Some(1) {
-                            "cut"
-                        } else {
-                            "connected"
-                        }
-                    )
-                } else {
-                    "location".to_string()
-                };
-                d.command_response = Some(CommandResponse {
-                    text,
-                    success: Some(true),
-                    seq: Some(u32::from(serial)),
-                });
-                d.positions.push(p);
-                return Ok(d);
+                return messages::location_answer(f.id, body)
             }
-            msg::LOCATION_BATCH_2 if body.len() == 7 => {
-                let mut d = Decoded::kind(MessageKind::Heartbeat);
-                let mut a = Attributes::default();
-                a.int("battery_level", i64::from(body[0]));
-                if let Ok(t) = bcd_time(&body[1..], 1) {
-                    a.text("device_time", t.to_rfc3339());
-                }
-                d.status = Some(a);
-                d
-            }
+            msg::LOCATION_BATCH_2 if body.len() == 7 => messages::battery_heartbeat(body),
             msg::LOCATION_BATCH | msg::LOCATION_BATCH_2 => decode_batch(f.id, body)?,
-            msg::LOCATION_REPORT_2 | msg::LOCATION_REPORT_BLIND => {
-                let mut d = Decoded::kind(MessageKind::Data);
-                d.positions.push(decode_location_2(f.id, body)?);
-                if f.props & 0x8000 != 0 {
-                    let mut b = f.id.to_be_bytes().to_vec();
-                    b.push(0);
-                    let head = Header {
-                        version: self.version,
-                        phone: f.phone.to_vec(),
-                        delimiter: self.delimiter,
-                    };
-                    d.reply = Some(encode_message(
-                        &head,
-                        msg::GENERAL_RESPONSE_2,
-                        Serial::Byte(1),
-                        &b,
-                    ));
-                }
-                return Ok(d);
-            }
-            msg::TIME_SYNC_REQUEST => {
-                let now = ctx.now;
-                let mut b = (now.year() as u16).to_be_bytes().to_vec();
-                b.extend(
-                    [
-                        now.month(),
-                        now.day(),
-                        now.hour(),
-                        now.minute(),
-                        now.second(),
-                    ]
-                    .map(|v| v as u8),
-                );
-                b.push(0);
-                let mut d = Decoded::kind(MessageKind::Other);
-                d.reply = Some(self.message(msg::TIME_SYNC_RESPONSE, &b));
-                return Ok(d);
-            }
-            msg::TERMINAL_ATTRIBUTES => {
-                let mut d = Decoded::kind(MessageKind::Other);
-                let mut a = Attributes::default();
-                if let Some(iccid) = body.get(34..44) {
-                    a.text("iccid", hex::encode(iccid));
-                }
-                if let Some(model) = body.get(7..27) {
-                    a.text("model", text_of(model));
-                }
-                d.status = Some(a);
-                d
-            }
+            msg::LOCATION_REPORT_2 | msg::LOCATION_REPORT_BLIND => return self.location_2(f),
+            msg::TIME_SYNC_REQUEST => return Ok(self.time_sync(ctx)),
+            msg::TERMINAL_ATTRIBUTES => messages::attributes(body),
             msg::TRANSPARENT => decode_transparent(body)?,
-            msg::REPORT_TEXT_MESSAGE => {
-                let mut d = Decoded::kind(MessageKind::CommandResponse);
-                let text = text_of(body.get(1..).unwrap_or(&[]));
-                d.command_response = Some(CommandResponse {
-                    text,
-                    success: None,
-                    seq: None,
-                });
-                d
-            }
-            msg::TEXT_MESSAGE_RESPONSE => {
-                let mut r = Reader::new(NAME, body);
-                let serial = r.u16("reply serial")?;
-                let units: Vec<u16> = r
-                    .rest()
-                    .chunks_exact(2)
-                    .map(|c| u16::from_be_bytes([c[0], c[1]]))
-                    .collect();
-                let text = String::from_utf16_lossy(&units)
-                    .trim_matches(|c: char| c.is_control() || c == ' ')
-                    .to_string();
-                let mut d = Decoded::kind(MessageKind::CommandResponse);
-                d.command_response = Some(CommandResponse {
-                    text,
-                    success: None,
-                    seq: Some(u32::from(serial)),
-                });
-                return Ok(d);
-            }
-            msg::COMMAND_RESPONSE => {
-                let mut r = Reader::new(NAME, body);
-                let len = r.u32("response length")? as usize;
-                let text = text_of(r.take(len.min(r.remaining()), "response")?);
-                let mut d = Decoded::kind(MessageKind::CommandResponse);
-                d.command_response = Some(CommandResponse {
-                    text,
-                    success: None,
-                    seq: None,
-                });
-                d
-            }
+            msg::REPORT_TEXT_MESSAGE => messages::report_text(body),
+            msg::TEXT_MESSAGE_RESPONSE => return messages::text_message_response(body),
+            msg::COMMAND_RESPONSE => messages::command_response(body)?,
             msg::DRIVER_IDENTITY => decode_driver(body),
-            msg::ACCELERATION => {
-                let mut d = Decoded::kind(MessageKind::Other);
-                let samples: Vec<String> = body
-                    .chunks_exact(12)
-                    .map(|c| {
-                        let w = |i: usize| {
-                            let v = u16::from_be_bytes([c[i], c[i + 1]]);
-                            let m = i32::from(v & 0x7FFF);
-                            if v & 0x8000 != 0 {
-                                -m
-                            } else {
-                                m
-                            }
-                        };
-                        format!("[{},{},{}]", w(6), w(8), w(10))
-                    })
-                    .collect();
-                let mut a = Attributes::default();
-                a.text("g_sensor", format!("[{}]", samples.join(",")));
-                d.status = Some(a);
-                return Ok(d);
-            }
+            msg::ACCELERATION => return Ok(messages::acceleration(body)),
             // Answers to platform queries: nothing to acknowledge.
             msg::PARAMETERS_RESPONSE => return Ok(Decoded::kind(MessageKind::CommandResponse)),
             _ if f.id & 0x8000 != 0 => return Ok(Decoded::kind(MessageKind::Other)),
@@ -889,6 +700,59 @@ impl Jt808Session {
         };
         d.reply = Some(self.general_response(f, 0));
         Ok(d)
+    }
+
+    /// 0x0100 registration: answered 0x8100 with result 0 and the terminal id as auth code.
+    fn register(&mut self, f: &Frame<'_>, full_id: &str) -> Decoded {
+        let mut d = Decoded::kind(MessageKind::Login);
+        let mut b = Vec::with_capacity(3 + full_id.len());
+        b.extend(f.serial.to_be_bytes());
+        b.push(0);
+        b.extend(full_id.as_bytes());
+        d.reply = Some(self.message(msg::TERMINAL_REGISTER_RESPONSE, &b));
+        d
+    }
+
+    /// The vendor location reports (one-byte serial); answered 0x4401 only when asked.
+    fn location_2(&mut self, f: &Frame<'_>) -> Result<Decoded, DecodeError> {
+        let mut d = Decoded::kind(MessageKind::Data);
+        d.positions.push(decode_location_2(f.id, f.body)?);
+        if f.props & 0x8000 != 0 {
+            let mut b = f.id.to_be_bytes().to_vec();
+            b.push(0);
+            let head = Header {
+                version: self.version,
+                phone: f.phone.to_vec(),
+                delimiter: self.delimiter,
+            };
+            d.reply = Some(encode_message(
+                &head,
+                msg::GENERAL_RESPONSE_2,
+                Serial::Byte(1),
+                &b,
+            ));
+        }
+        Ok(d)
+    }
+
+    /// 0x0109: answered 0x8109 with the server's UTC time and result 0.
+    fn time_sync(&mut self, ctx: &DecodeCtx) -> Decoded {
+        let now = ctx.now;
+        let mut b = (now.year() as u16).to_be_bytes().to_vec();
+        b.extend(
+            [
+                now.month(),
+                now.day(),
+                now.hour(),
+                now.minute(),
+                now.second(),
+            ]
+            .map(|v| v as u8),
+        );
+        b.push(0);
+        let mut d = Decoded::kind(MessageKind::Other);
+        d.reply = Some(self.message(msg::TIME_SYNC_RESPONSE, &b));
+        d
     }
 }
 
@@ -1325,6 +1189,8 @@ pub fn encode_terminal_response(
         &body,
     )
 }
+
+mod messages;
 
 #[cfg(test)]
 mod tests;
