@@ -6,6 +6,7 @@
 use bytes::{Buf, BytesMut};
 use tokio_util::codec::Decoder;
 
+use crate::protocols::DecodeReason;
 use crate::protocols::{DecodeCtx, DecodeError, Decoded, FrameCut, Session};
 
 #[derive(Debug, thiserror::Error)]
@@ -57,7 +58,7 @@ impl Decoder for SessionCodec {
                         let name = self.session.protocol().name();
                         return Err(DecodeError::new(
                             name,
-                            "too_large",
+                            DecodeReason::TooLarge,
                             0,
                             format!("no frame within {} bytes", self.max_frame),
                         )

@@ -74,7 +74,7 @@ pub async fn process(
 ) -> Step {
     let started = Instant::now();
     let proto = protocol.name();
-    metrics::counter!("fleetgate_ingest_messages_total", "protocol" => proto, "kind" => d.kind)
+    metrics::counter!("fleetgate_ingest_messages_total", "protocol" => proto, "kind" => d.kind.as_str())
         .increment(1);
     // Messages of kind `other` are logged by the caller, which holds the per-connection
     // log budget (a flood of them must not flood the journal).
@@ -195,6 +195,6 @@ pub async fn process(
 
 /// Count and log a frame the codec could not decode.
 pub fn count_decode_error(protocol: Protocol, e: &crate::protocols::DecodeError) {
-    metrics::counter!("fleetgate_ingest_decode_errors_total", "protocol" => protocol.name(), "reason" => e.reason)
+    metrics::counter!("fleetgate_ingest_decode_errors_total", "protocol" => protocol.name(), "reason" => e.reason.as_str())
         .increment(1);
 }

@@ -36,6 +36,7 @@ use super::sessions::Sessions;
 use super::Admission;
 use crate::model::DeviceId;
 use crate::pipeline::{Pipeline, PipelineError};
+use crate::protocols::DecodeReason;
 use crate::protocols::{mqtt_json, DecodeCtx, DecodeError, Decoded, FrameCut, Protocol, Transport};
 
 pub use commands::{MqttCommandError, MqttCommands};
@@ -266,12 +267,13 @@ async fn handle_once(ctx: &Ctx, p: &Publish) -> Outcome {
     let (protocol, decoded) = match decode_payload(&p.payload) {
         Ok(x) => x,
         Err(e) => {
-            metrics::counter!("fleetgate_ingest_decode_errors_total", "protocol" => "mqtt", "reason" => e.reason).increment(1);
+            metrics::counter!("fleetgate_ingest_decode_errors_total", "protocol" => "mqtt", "reason" => e.reason.as_str()).increment(1);
             tracing::warn!(topic, error = %e, "MQTT payload dropped");
             return dropped("decode");
         }
     };
-    metrics::counter!("fleetgate_mqtt_messages_total", "kind" => decoded.kind).increment(1);
+    metrics::counter!("fleetgate_mqtt_messages_total", "kind" => decoded.kind.as_str())
+        .increment(1);
     let device = match (topic::device_level(filter, topic), &decoded.device) {
         (Some(t), Some(b)) if t != b.as_str() => {
             tracing::warn!(topic, body = %b, "device id in the body differs from the topic's");
@@ -336,7 +338,7 @@ pub fn decode_payload(payload: &[u8]) -> Result<(Protocol, Decoded), DecodeError
                 }
                 _ => Err(DecodeError::new(
                     "teltonika",
-                    "framing",
+                    DecodeReason::Framing,
                     0,
                     "payload is not exactly one AVL packet",
                 )),
@@ -344,7 +346,7 @@ pub fn decode_payload(payload: &[u8]) -> Result<(Protocol, Decoded), DecodeError
         }
         _ => Err(DecodeError::new(
             "mqtt",
-            "unknown_payload",
+            DecodeReason::UnknownPayload,
             0,
             "neither a JSON position nor a Teltonika AVL packet",
         )),

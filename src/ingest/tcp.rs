@@ -20,6 +20,7 @@ use super::sessions::{Outbound, Registration, SessionEvent};
 use super::{count_decode_error, process, IngestCtx, Link};
 use crate::model::DeviceId;
 use crate::ops::ratelimit::Budget;
+use crate::protocols::{DecodeReason, MessageKind};
 use crate::protocols::{Decoded, Protocol, Transport};
 
 /// Bytes read per wakeup; the buffer grows for larger frames and is freed when drained.
@@ -99,7 +100,7 @@ fn connection(
                 // decode result is not kept in this future across the await.
                 let handled = match codec.decode(&mut buf) {
                     Ok(Some(Ok(decoded))) => {
-                        if decoded.kind == "other" {
+                        if decoded.kind == MessageKind::Other {
                             if let Some(suppressed) = chatter.allow(std::time::Instant::now()) {
                                 tracing::info!(
                                     device = ?device.as_ref().or(decoded.device.as_ref()),
@@ -135,7 +136,7 @@ fn connection(
                     Ok(None) => break,
                     Err(FrameError::Decode(e)) => {
                         count_decode_error(protocol, &e);
-                        if e.reason == "too_large" {
+                        if e.reason == DecodeReason::TooLarge {
                             super::violation::record(protocol, super::violation::MAX_FRAME, peer);
                             break 'conn "max_frame";
                         }

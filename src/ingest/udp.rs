@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 
 use super::udp_sources::{Admit, Sources};
 use super::{count_decode_error, process, IngestCtx, Link};
+use crate::protocols::MessageKind;
 use crate::protocols::{DecodeCtx, FrameCut, Protocol, Session, Transport};
 
 /// Sources not heard from for this long lose their session state.
@@ -129,7 +130,7 @@ fn on_datagram(
             Ok(FrameCut::NeedMore) => {
                 let e = crate::protocols::DecodeError::new(
                     protocol.name(),
-                    "truncated",
+                    crate::protocols::DecodeReason::Truncated,
                     0,
                     "datagram ends inside a frame",
                 );
@@ -150,7 +151,7 @@ fn on_datagram(
         };
         match session.decode(frame, &DecodeCtx::now()) {
             Ok(decoded) => {
-                if decoded.kind == "other" {
+                if decoded.kind == MessageKind::Other {
                     super::violation::info_limited(protocol, "other", &peer);
                 }
                 let ctx = ctx.clone();

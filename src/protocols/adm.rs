@@ -17,6 +17,7 @@ use super::{
     FrameCut, Protocol, ProtocolSpec, Session, Transport,
 };
 use crate::model::{AttrKey, AttrValue, DeviceId, Position};
+use crate::protocols::{DecodeReason, MessageKind};
 
 const NAME: &str = "adm";
 /// A packet is at most 255 bytes (one-byte size), plus an optional 15-byte IMEI prefix.
@@ -119,7 +120,7 @@ pub fn next_frame(buf: &[u8]) -> Result<FrameCut, DecodeError> {
     if size < 4 {
         return Err(DecodeError::new(
             NAME,
-            "framing",
+            DecodeReason::Framing,
             prefix + 2,
             format!("packet size {size}"),
         ));
@@ -144,7 +145,7 @@ pub fn decode(frame: &[u8]) -> Result<Decoded, DecodeError> {
     if size == CMD_RESPONSE_SIZE {
         let rest = r.rest();
         let text = rest.split(|&b| b == 0).next().unwrap_or(rest);
-        let mut d = Decoded::kind("command_response");
+        let mut d = Decoded::kind(MessageKind::CommandResponse);
         d.device = device;
         d.command_response = Some(CommandResponse {
             text: String::from_utf8_lossy(text)
@@ -158,7 +159,7 @@ pub fn decode(frame: &[u8]) -> Result<Decoded, DecodeError> {
     let kind = r.u8("type")?;
     let mut d = if kind == MSG_IMEI {
         let imei = read_imei(&mut r)?;
-        let mut d = Decoded::kind("login");
+        let mut d = Decoded::kind(MessageKind::Login);
         device = Some(imei);
         let mut st = crate::model::Attributes::default();
         st.int("device_number", i64::from(device_id));
@@ -171,12 +172,12 @@ pub fn decode(frame: &[u8]) -> Result<Decoded, DecodeError> {
         d.status = Some(st);
         d
     } else if kind & 0x03 == 0 {
-        let mut d = Decoded::kind("data");
+        let mut d = Decoded::kind(MessageKind::Data);
         d.positions.push(decode_data(&mut r, kind, device_id)?);
         d
     } else {
         // Photo chunks (0x0A) and the ADM5 variant: nothing for the fleet.
-        Decoded::kind("other")
+        Decoded::kind(MessageKind::Other)
     };
     d.device = device;
     Ok(d)
@@ -187,7 +188,7 @@ fn read_imei(r: &mut Reader<'_>) -> Result<DeviceId, DecodeError> {
     if !raw.iter().all(u8::is_ascii_digit) {
         return Err(DecodeError::new(
             NAME,
-            "bad_identity",
+            DecodeReason::BadIdentity,
             r.pos() - 15,
             "IMEI is not 15 digits",
         ));
@@ -214,8 +215,8 @@ fn decode_data(r: &mut Reader<'_>, kind: u8, device_id: u16) -> Result<Position,
     let secs = r.u32_le("time")?;
     let power = r.u16_le("power")?;
     let battery = r.u16_le("battery")?;
-    let time =
-        from_secs(i64::from(secs)).ok_or_else(|| r.error("bad_time", format!("time {secs}")))?;
+    let time = from_secs(i64::from(secs))
+        .ok_or_else(|| r.error(DecodeReason::BadTime, format!("time {secs}")))?;
 
     let (lat, lon) = if lat.is_finite() && lon.is_finite() {
         (lat, lon)

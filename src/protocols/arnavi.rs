@@ -20,6 +20,7 @@ use super::{
     Protocol, ProtocolSpec, Session, Transport,
 };
 use crate::model::{AttrKey, AttrValue, Attributes, DeviceId, Position, KNOTS_TO_KMH};
+use crate::protocols::{DecodeReason, MessageKind};
 
 const NAME: &str = "arnavi";
 
@@ -82,7 +83,7 @@ impl Session for ArnaviSession {
             _ => {
                 return Err(DecodeError::new(
                     NAME,
-                    "framing",
+                    DecodeReason::Framing,
                     0,
                     "not a header, package or $AV line",
                 ))
@@ -150,7 +151,7 @@ fn text_frame(buf: &[u8]) -> Result<FrameCut, DecodeError> {
         if i >= MAX_TEXT_LINE {
             return Err(DecodeError::new(
                 NAME,
-                "too_large",
+                DecodeReason::TooLarge,
                 i,
                 format!("text line over {MAX_TEXT_LINE} bytes"),
             ));
@@ -177,7 +178,7 @@ fn package_frame(buf: &[u8]) -> Result<FrameCut, DecodeError> {
         if i > MAX_FRAME {
             return Err(DecodeError::new(
                 NAME,
-                "too_large",
+                DecodeReason::TooLarge,
                 i,
                 format!("package over {MAX_FRAME} bytes"),
             ));
@@ -219,7 +220,7 @@ fn decode_header(frame: &[u8], ctx: &DecodeCtx) -> Result<Decoded, DecodeError> 
     r.skip(1, "header start")?;
     let version = r.u8("protocol version")?;
     let imei = r.u64_le("IMEI")?;
-    let mut d = Decoded::kind("login");
+    let mut d = Decoded::kind(MessageKind::Login);
     d.device = Some(DeviceId::new(imei.to_string()));
     d.reply = Some(header_reply(version, ctx.now));
     Ok(d)
@@ -231,7 +232,7 @@ fn decode_package(frame: &[u8]) -> Result<Decoded, DecodeError> {
     let parcel = r.u8("parcel number")?;
     if parcel == PARCEL_COMMAND_ANSWER {
         let body = &frame[2..frame.len().saturating_sub(1).max(2)];
-        let mut d = Decoded::kind("command_response");
+        let mut d = Decoded::kind(MessageKind::CommandResponse);
         d.command_response = Some(CommandResponse {
             text: hex::encode(body),
             success: None,
@@ -239,7 +240,7 @@ fn decode_package(frame: &[u8]) -> Result<Decoded, DecodeError> {
         });
         return Ok(d);
     }
-    let mut d = Decoded::kind("data");
+    let mut d = Decoded::kind(MessageKind::Data);
     loop {
         let at = r.pos();
         let kind = r.u8("packet type")?;
@@ -254,8 +255,9 @@ fn decode_package(frame: &[u8]) -> Result<Decoded, DecodeError> {
             // Pings, text messages, files and binary blobs carry nothing for the fleet.
             continue;
         }
-        let time = from_secs(i64::from(secs))
-            .ok_or_else(|| DecodeError::new(NAME, "bad_time", at + 3, format!("time {secs}")))?;
+        let time = from_secs(i64::from(secs)).ok_or_else(|| {
+            DecodeError::new(NAME, DecodeReason::BadTime, at + 3, format!("time {secs}"))
+        })?;
         match decode_tags(data, time) {
             Ok(p) => d.positions.push(p),
             Err(attrs) => {
@@ -266,7 +268,7 @@ fn decode_package(frame: &[u8]) -> Result<Decoded, DecodeError> {
         }
     }
     if d.positions.is_empty() && d.status.is_none() {
-        d.kind = "heartbeat";
+        d.kind = MessageKind::Heartbeat;
     }
     d.reply = Some(package_reply(parcel));
     Ok(d)
@@ -421,32 +423,38 @@ fn two(s: &str, i: usize) -> Option<u32> {
 
 fn decode_text(frame: &[u8], _ctx: &DecodeCtx) -> Result<Decoded, DecodeError> {
     let text = std::str::from_utf8(frame)
-        .map_err(|_| DecodeError::new(NAME, "framing", 0, "text line is not UTF-8"))?
+        .map_err(|_| DecodeError::new(NAME, DecodeReason::Framing, 0, "text line is not UTF-8"))?
         .trim_end_matches(['\r', '\n']);
     // The `*XX` checksum (XOR of the bytes between `$` and `*`) is not enforced: captured
     // lines carry mismatching values, and every field is checked on its own below.
     let body = text.rsplit_once('*').map_or(text, |(b, _)| b);
     let f: Vec<&str> = body.split(',').collect();
     if f.first() != Some(&"$AV") || f.len() < 3 {
-        return Err(DecodeError::new(NAME, "framing", 0, "not a $AV line"));
+        return Err(DecodeError::new(
+            NAME,
+            DecodeReason::Framing,
+            0,
+            "not a $AV line",
+        ));
     }
     let kind = f[1];
     let id = f[2];
     if id.is_empty() || !id.bytes().all(|b| b.is_ascii_alphanumeric()) {
         return Err(DecodeError::new(
             NAME,
-            "bad_identity",
+            DecodeReason::BadIdentity,
             4 + kind.len(),
             "device id",
         ));
     }
-    let mut d = Decoded::kind("other");
+    let mut d = Decoded::kind(MessageKind::Other);
     d.device = Some(DeviceId::new(id));
     if !matches!(kind, "V2" | "V3" | "V4") {
         // Device info (V3DI), SD card state (V6SD), GSM info (V3GSMINFO): nothing to act on.
         return Ok(d);
     }
-    let bad = |what: &str| DecodeError::new(NAME, "bad_field", 0, format!("{kind}: {what}"));
+    let bad =
+        |what: &str| DecodeError::new(NAME, DecodeReason::BadField, 0, format!("{kind}: {what}"));
     let li = f
         .iter()
         .position(|s| is_lat_field(s))
@@ -510,7 +518,7 @@ fn decode_text(frame: &[u8], _ctx: &DecodeCtx) -> Result<Decoded, DecodeError> {
             p.power_v = power;
             p.attrs = attrs;
             d.positions.push(p);
-            d.kind = "data";
+            d.kind = MessageKind::Data;
         }
         _ => {
             // No fix yet (zero coordinates, GPS-epoch date): the device state only.
@@ -524,7 +532,7 @@ fn decode_text(frame: &[u8], _ctx: &DecodeCtx) -> Result<Decoded, DecodeError> {
                 attrs.int("inputs", i64::from(v));
             }
             d.status = Some(attrs);
-            d.kind = "status";
+            d.kind = MessageKind::Status;
         }
     }
     Ok(d)

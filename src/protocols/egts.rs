@@ -19,6 +19,7 @@ use super::{
     FrameCut, Protocol, ProtocolSpec, Session, Transport,
 };
 use crate::model::{AttrKey, AttrValue, Attributes, DeviceId, Position};
+use crate::protocols::{DecodeReason, MessageKind};
 
 const NAME: &str = "egts";
 /// Routed header (16) + the largest FDL (65535) + CRC-16.
@@ -45,8 +46,15 @@ pub const AUTH_SERVICE: u8 = 1;
 pub const TELEDATA_SERVICE: u8 = 2;
 pub const COMMANDS_SERVICE: u8 = 4;
 
-/// Processing result codes used in our replies.
+/// Processing result codes used in our replies (GOST R 54619 / Mintrans order 285, table of
+/// processing result codes).
 pub const RESULT_OK: u8 = 0;
+/// `EGTS_PC_HEADERCRC_ERROR`: the transport header's CRC-8 does not match.
+pub const RESULT_HEADERCRC_ERROR: u8 = 137;
+/// `EGTS_PC_DATACRC_ERROR`: the frame data's CRC-16 does not match.
+pub const RESULT_DATACRC_ERROR: u8 = 138;
+/// `EGTS_PC_INVDATALEN`: a record or subrecord length runs past the data that holds it.
+pub const RESULT_INVDATALEN: u8 = 139;
 pub const RESULT_AUTH_DENIED: u8 = 151;
 
 /// Subrecord types.
@@ -107,6 +115,9 @@ pub struct EgtsSession {
     /// The refusal to send instead of the last login's reply: the same record confirmation,
     /// then `EGTS_SR_RESULT_CODE` 151 (EGTS_PC_AUTH_DENIED).
     reject: Option<Bytes>,
+    /// The last header failed its CRC: its FDL cannot be trusted, so the bytes after it are
+    /// skipped up to the next header whose CRC holds.
+    resync: bool,
 }
 
 impl Default for EgtsSession {
@@ -123,6 +134,7 @@ impl EgtsSession {
             next_pid: 0,
             next_rn: 0,
             reject: None,
+            resync: false,
         }
     }
 
@@ -145,7 +157,20 @@ impl EgtsSession {
 
 impl Session for EgtsSession {
     fn next_frame(&mut self, buf: &[u8]) -> Result<FrameCut, DecodeError> {
-        next_frame(buf)
+        if self.resync {
+            match find_header(buf) {
+                Resync::At(0) => self.resync = false,
+                Resync::At(i) | Resync::Wait(i) if i > 0 => return Ok(FrameCut::Skip(i)),
+                Resync::Wait(_) => return Ok(FrameCut::NeedMore),
+                _ if buf.is_empty() => return Ok(FrameCut::NeedMore),
+                _ => return Ok(FrameCut::Skip(buf.len())),
+            }
+        }
+        let cut = next_frame(buf)?;
+        if let FrameCut::Frame(n) = cut {
+            self.resync = !header_crc_ok(&buf[..n]);
+        }
+        Ok(cut)
     }
 
     fn decode(&mut self, frame: &[u8], _ctx: &DecodeCtx) -> Result<Decoded, DecodeError> {
@@ -174,8 +199,47 @@ impl Session for EgtsSession {
     }
 }
 
-/// Cut one transport packet: the header is checked (version, length, CRC-8) as soon as it is
-/// complete, so a corrupt length never makes us buffer garbage.
+/// Where the search for the next header stands after a header with a bad CRC.
+enum Resync {
+    /// A header whose CRC holds starts here.
+    At(usize),
+    /// A header may start here; more bytes are needed to check it.
+    Wait(usize),
+    /// No header starts in the buffer.
+    Nowhere,
+}
+
+fn find_header(buf: &[u8]) -> Resync {
+    for (i, _) in buf.iter().enumerate().filter(|(_, &b)| b == 0x01) {
+        let Some(&hl) = buf.get(i + 3) else {
+            return Resync::Wait(i);
+        };
+        let hl = usize::from(hl);
+        if hl != 11 && hl != 16 {
+            continue;
+        }
+        let Some(h) = buf.get(i..i + hl) else {
+            return Resync::Wait(i);
+        };
+        if CRC8_EGTS.checksum(&h[..hl - 1]) == h[hl - 1] {
+            return Resync::At(i);
+        }
+    }
+    Resync::Nowhere
+}
+
+/// The frame starts with a whole header whose CRC-8 matches.
+fn header_crc_ok(frame: &[u8]) -> bool {
+    let hl = usize::from(frame.get(3).copied().unwrap_or(0));
+    hl >= 11
+        && frame
+            .get(..hl)
+            .is_some_and(|h| CRC8_EGTS.checksum(&h[..hl - 1]) == h[hl - 1])
+}
+
+/// Cut one transport packet: the header is checked (version, length) as soon as it is
+/// complete. A header whose CRC-8 fails is cut alone (its FDL cannot be trusted): decode
+/// answers it with `EGTS_PC_HEADERCRC_ERROR`, and the session skips to the next good header.
 pub fn next_frame(buf: &[u8]) -> Result<FrameCut, DecodeError> {
     if buf.len() < 4 {
         return Ok(FrameCut::NeedMore);
@@ -183,7 +247,7 @@ pub fn next_frame(buf: &[u8]) -> Result<FrameCut, DecodeError> {
     if buf[0] != 0x01 {
         return Err(DecodeError::new(
             NAME,
-            "framing",
+            DecodeReason::Framing,
             0,
             format!("protocol version {:#04x}, expected 0x01", buf[0]),
         ));
@@ -192,7 +256,7 @@ pub fn next_frame(buf: &[u8]) -> Result<FrameCut, DecodeError> {
     if hl != 11 && hl != 16 {
         return Err(DecodeError::new(
             NAME,
-            "framing",
+            DecodeReason::Framing,
             3,
             format!("header length {hl}, expected 11 or 16"),
         ));
@@ -200,21 +264,15 @@ pub fn next_frame(buf: &[u8]) -> Result<FrameCut, DecodeError> {
     if buf.len() < hl {
         return Ok(FrameCut::NeedMore);
     }
-    let hcs = CRC8_EGTS.checksum(&buf[..hl - 1]);
-    if hcs != buf[hl - 1] {
-        return Err(DecodeError::new(
-            NAME,
-            "crc",
-            hl - 1,
-            format!("header CRC {:#04x}, computed {hcs:#04x}", buf[hl - 1]),
-        ));
+    if !header_crc_ok(buf) {
+        return Ok(FrameCut::Frame(hl));
     }
     let fdl = usize::from(u16::from_le_bytes([buf[5], buf[6]]));
     let total = hl + fdl + if fdl > 0 { 2 } else { 0 };
     if total > MAX_FRAME {
         return Err(DecodeError::new(
             NAME,
-            "too_large",
+            DecodeReason::TooLarge,
             5,
             format!("frame length {total} over {MAX_FRAME}"),
         ));
@@ -242,7 +300,7 @@ fn parse_header(frame: &[u8]) -> Result<Header, DecodeError> {
     if prv != 0x01 {
         return Err(DecodeError::new(
             NAME,
-            "unsupported",
+            DecodeReason::Unsupported,
             0,
             format!("protocol version {prv:#04x}"),
         ));
@@ -254,7 +312,7 @@ fn parse_header(frame: &[u8]) -> Result<Header, DecodeError> {
     if header_len != if routed { 16 } else { 11 } {
         return Err(DecodeError::new(
             NAME,
-            "framing",
+            DecodeReason::Framing,
             3,
             format!("header length {header_len} with RTE={routed}"),
         ));
@@ -263,7 +321,7 @@ fn parse_header(frame: &[u8]) -> Result<Header, DecodeError> {
     if he != 0 {
         return Err(DecodeError::new(
             NAME,
-            "unsupported",
+            DecodeReason::Unsupported,
             4,
             format!("header encoding {he}"),
         ));
@@ -279,7 +337,7 @@ fn parse_header(frame: &[u8]) -> Result<Header, DecodeError> {
     if hcs != computed {
         return Err(DecodeError::new(
             NAME,
-            "crc",
+            DecodeReason::Crc,
             header_len - 1,
             format!("header CRC {hcs:#04x}, computed {computed:#04x}"),
         ));
@@ -363,13 +421,28 @@ fn dyn_key(prefix: &str, n: impl std::fmt::Display) -> AttrKey {
 }
 
 impl EgtsSession {
+    /// A `PT_RESPONSE` refusing the whole packet `packet_id` with a processing result code:
+    /// nothing of it is stored, and the terminal resends it at once instead of waiting for its
+    /// response timeout.
+    fn refuse(&mut self, packet_id: u16, result: u8, kind: MessageKind) -> Decoded {
+        let mut d = Decoded::kind(kind);
+        let pid = self.pid();
+        d.reply = Some(encode_response(pid, packet_id, result, &[], &mut || 0));
+        d
+    }
+
     fn decode_packet(&mut self, frame: &[u8]) -> Result<Decoded, DecodeError> {
+        if frame.len() >= 11 && !header_crc_ok(frame) {
+            // The PID of a header that failed its CRC is what the terminal will resend.
+            let packet_id = u16::from_le_bytes([frame[7], frame[8]]);
+            return Ok(self.refuse(packet_id, RESULT_HEADERCRC_ERROR, MessageKind::CrcError));
+        }
         let h = parse_header(frame)?;
         let end = h.header_len + h.data_len;
         if frame.len() < end + if h.data_len > 0 { 2 } else { 0 } {
             return Err(DecodeError::new(
                 NAME,
-                "truncated",
+                DecodeReason::Truncated,
                 frame.len(),
                 "frame shorter than FDL",
             ));
@@ -379,24 +452,19 @@ impl EgtsSession {
             let crc_field = u16::from_le_bytes([frame[end], frame[end + 1]]);
             let crc = CRC16_CCITT_FALSE.checksum(data);
             if crc != crc_field {
-                return Err(DecodeError::new(
-                    NAME,
-                    "crc",
-                    end,
-                    format!("data CRC {crc_field:#06x}, computed {crc:#06x}"),
-                ));
+                return Ok(self.refuse(h.packet_id, RESULT_DATACRC_ERROR, MessageKind::CrcError));
             }
         }
         if h.flags & 0x18 != 0 || h.flags & 0x04 != 0 {
             return Err(DecodeError::new(
                 NAME,
-                "unsupported",
+                DecodeReason::Unsupported,
                 2,
                 "encrypted or compressed frame data",
             ));
         }
-        match h.packet_type {
-            PT_RESPONSE => self.decode_response(data, h.header_len),
+        let appdata = match h.packet_type {
+            PT_RESPONSE => return self.decode_response(data, h.header_len),
             PT_APPDATA => self.decode_appdata(data, h.header_len, h.packet_id),
             PT_SIGNED_APPDATA => {
                 let mut r = Reader::new(NAME, data);
@@ -405,12 +473,22 @@ impl EgtsSession {
                 let base = h.header_len + r.pos();
                 self.decode_appdata(r.rest(), base, h.packet_id)
             }
-            other => Err(DecodeError::new(
-                NAME,
-                "unsupported",
-                9,
-                format!("packet type {other}"),
-            )),
+            other => {
+                return Err(DecodeError::new(
+                    NAME,
+                    DecodeReason::Unsupported,
+                    9,
+                    format!("packet type {other}"),
+                ))
+            }
+        };
+        match appdata {
+            // A record or subrecord length running past its data (the CRC held, so the
+            // terminal built it so): the standard's "incorrect data length".
+            Err(e) if e.reason == DecodeReason::Truncated => {
+                Ok(self.refuse(h.packet_id, RESULT_INVDATALEN, MessageKind::Invalid))
+            }
+            other => other,
         }
     }
 
@@ -420,7 +498,7 @@ impl EgtsSession {
         let mut r = Reader::new(NAME, data);
         let _rpid = r.u16_le("RPID")?;
         let pr = r.u8("PR")?;
-        let mut d = Decoded::kind("ack");
+        let mut d = Decoded::kind(MessageKind::Ack);
         if pr != 0 {
             let mut st = Attributes::default();
             st.int("result", i64::from(pr));
@@ -431,7 +509,7 @@ impl EgtsSession {
             let out = self.decode_record(&rec)?;
             if out.command_response.is_some() {
                 d.command_response = out.command_response;
-                d.kind = "command_response";
+                d.kind = MessageKind::CommandResponse;
             }
         }
         Ok(d)
@@ -444,7 +522,7 @@ impl EgtsSession {
         packet_id: u16,
     ) -> Result<Decoded, DecodeError> {
         let mut r = Reader::new(NAME, data);
-        let mut d = Decoded::kind("data");
+        let mut d = Decoded::kind(MessageKind::Data);
         let mut acks: Vec<(u16, u8)> = Vec::new();
         let mut status = Attributes::default();
         let mut identified = false;
@@ -473,13 +551,13 @@ impl EgtsSession {
             d.device = self.device().cloned();
         }
         d.kind = if identified {
-            "login"
+            MessageKind::Login
         } else if d.command_response.is_some() {
-            "command_response"
+            MessageKind::CommandResponse
         } else if d.positions.is_empty() {
-            "other"
+            MessageKind::Other
         } else {
-            "data"
+            MessageKind::Data
         };
         if !status.is_empty() {
             d.status = Some(status);
@@ -550,133 +628,14 @@ impl EgtsSession {
             (AUTH_SERVICE, _) => {}
             (COMMANDS_SERVICE, sr::COMMAND_DATA) => decode_command_data(s, out)?,
             (_, sr::POS_DATA) => out.positions.push(decode_pos_data(s, rec)?),
-            (_, sr::EXT_POS_DATA) => {
-                let flags = s.u8("EXT_POS flags")?;
-                for (bit, key) in [(0x01, "vdop"), (0x02, "hdop"), (0x04, "pdop")] {
-                    if flags & bit != 0 {
-                        let v = f64::from(s.u16_le("DOP")?) / 100.0;
-                        extra(Extra::Attr(AttrKey::Name(key), AttrValue::Float(v)));
-                    }
-                }
-                if flags & 0x08 != 0 {
-                    extra(Extra::Satellites(u16::from(s.u8("SAT")?)));
-                }
-                if flags & 0x10 != 0 {
-                    let ns = s.u16_le("NS")?;
-                    extra(Extra::Attr(
-                        AttrKey::Name("nav_systems"),
-                        AttrValue::Int(i64::from(ns)),
-                    ));
-                }
-            }
-            (_, sr::AD_SENSORS_DATA) => {
-                let dioe = s.u8("DIOE")?;
-                let dout = s.u8("DOUT")?;
-                let asfe = s.u8("ASFE")?;
-                extra(Extra::Outputs(u32::from(dout)));
-                let mut high = 0u32;
-                for i in 0..8u32 {
-                    if dioe & (1 << i) != 0 {
-                        let v = s.u8("ADIO")?;
-                        if i < 3 {
-                            high |= u32::from(v) << (8 * (i + 1));
-                        } else {
-                            extra(Extra::Attr(
-                                dyn_key("adio", i + 1),
-                                AttrValue::Int(i64::from(v)),
-                            ));
-                        }
-                    }
-                }
-                if dioe & 0x07 != 0 {
-                    extra(Extra::InputsHigh(high));
-                }
-                for i in 0..8u32 {
-                    if asfe & (1 << i) != 0 {
-                        let v = s.u24_le("ANS")?;
-                        extra(Extra::Attr(
-                            dyn_key("adc", i + 1),
-                            AttrValue::Int(i64::from(v)),
-                        ));
-                    }
-                }
-            }
-            (_, sr::COUNTERS_DATA) => {
-                let cfe = s.u8("CFE")?;
-                for i in 0..8u32 {
-                    if cfe & (1 << i) != 0 {
-                        let v = s.u24_le("CN")?;
-                        extra(Extra::Attr(
-                            dyn_key("counter", i + 1),
-                            AttrValue::Int(i64::from(v)),
-                        ));
-                    }
-                }
-            }
-            (_, sr::STATE_DATA) if s.remaining() >= 5 => {
-                let st = s.u8("ST")?;
-                let main = s.u8("MPSV")?;
-                let backup = s.u8("BBV")?;
-                let internal = s.u8("IBV")?;
-                let flags = s.u8("state flags")?;
-                extra(Extra::Attr(
-                    AttrKey::Name("state"),
-                    AttrValue::Int(i64::from(st)),
-                ));
-                extra(Extra::PowerV(f64::from(main) / 10.0));
-                extra(Extra::Attr(
-                    AttrKey::Name("backup_battery_v"),
-                    AttrValue::Float(f64::from(backup) / 10.0),
-                ));
-                extra(Extra::Attr(
-                    AttrKey::Name("battery_v"),
-                    AttrValue::Float(f64::from(internal) / 10.0),
-                ));
-                extra(Extra::Attr(
-                    AttrKey::Name("state_flags"),
-                    AttrValue::Int(i64::from(flags)),
-                ));
-            }
-            (_, sr::ABS_DIG_SENS_DATA) => {
-                let v = s.u16_le("DSN/DSST")?;
-                let (state, number) = (v & 0x0F, v >> 4);
-                extra(Extra::Attr(
-                    dyn_key("din", number),
-                    AttrValue::Int(i64::from(state)),
-                ));
-            }
-            (_, sr::ABS_AN_SENS_DATA) => {
-                let n = s.u8("ASN")?;
-                let v = s.u24_le("ASV")?;
-                extra(Extra::Attr(dyn_key("adc", n), AttrValue::Int(i64::from(v))));
-            }
-            (_, sr::ABS_CNTR_DATA) => {
-                let n = s.u8("CN")?;
-                let v = s.u24_le("CNV")?;
-                extra(Extra::Attr(
-                    dyn_key("counter", n),
-                    AttrValue::Int(i64::from(v)),
-                ));
-            }
-            (_, sr::LIQUID_LEVEL_SENSOR) => {
-                let flags = s.u8("LLS flags")?;
-                let _addr = s.u16_le("MADDR")?;
-                let n = flags & 0x07;
-                if flags & 0x40 != 0 {
-                    extra(Extra::Attr(dyn_key("fuel_error", n), AttrValue::Bool(true)));
-                } else if flags & 0x08 != 0 {
-                    extra(Extra::Attr(
-                        dyn_key("fuel_raw", n),
-                        AttrValue::Bytes(s.rest().into()),
-                    ));
-                } else {
-                    let v = s.u32_le("LLSD")?;
-                    extra(Extra::Attr(
-                        dyn_key("fuel", n),
-                        AttrValue::Int(i64::from(v)),
-                    ));
-                }
-            }
+            (_, sr::EXT_POS_DATA) => decode_ext_pos_data(s, extra)?,
+            (_, sr::AD_SENSORS_DATA) => decode_ad_sensors(s, extra)?,
+            (_, sr::COUNTERS_DATA) => decode_counters(s, extra)?,
+            (_, sr::STATE_DATA) if s.remaining() >= 5 => decode_state(s, extra)?,
+            (_, sr::ABS_DIG_SENS_DATA) => decode_abs_dig_sens(s, extra)?,
+            (_, sr::ABS_AN_SENS_DATA) => decode_abs_an_sens(s, extra)?,
+            (_, sr::ABS_CNTR_DATA) => decode_abs_cntr(s, extra)?,
+            (_, sr::LIQUID_LEVEL_SENSOR) => decode_liquid_level(s, extra)?,
             // LOOPIN, ACCEL, passenger counters and anything else: kept raw, keyed by type.
             (_, other) => {
                 extra(Extra::Attr(
@@ -687,6 +646,166 @@ impl EgtsSession {
         }
         Ok(())
     }
+}
+
+/// EXT_POS_DATA: DOP values, satellites, navigation systems.
+fn decode_ext_pos_data(
+    s: &mut Reader<'_>,
+    extra: &mut dyn FnMut(Extra),
+) -> Result<(), DecodeError> {
+    let flags = s.u8("EXT_POS flags")?;
+    for (bit, key) in [(0x01, "vdop"), (0x02, "hdop"), (0x04, "pdop")] {
+        if flags & bit != 0 {
+            let v = f64::from(s.u16_le("DOP")?) / 100.0;
+            extra(Extra::Attr(AttrKey::Name(key), AttrValue::Float(v)));
+        }
+    }
+    if flags & 0x08 != 0 {
+        extra(Extra::Satellites(u16::from(s.u8("SAT")?)));
+    }
+    if flags & 0x10 != 0 {
+        let ns = s.u16_le("NS")?;
+        extra(Extra::Attr(
+            AttrKey::Name("nav_systems"),
+            AttrValue::Int(i64::from(ns)),
+        ));
+    }
+    Ok(())
+}
+
+/// AD_SENSORS_DATA: outputs, additional digital inputs, analogue inputs.
+fn decode_ad_sensors(s: &mut Reader<'_>, extra: &mut dyn FnMut(Extra)) -> Result<(), DecodeError> {
+    let dioe = s.u8("DIOE")?;
+    let dout = s.u8("DOUT")?;
+    let asfe = s.u8("ASFE")?;
+    extra(Extra::Outputs(u32::from(dout)));
+    let mut high = 0u32;
+    for i in 0..8u32 {
+        if dioe & (1 << i) != 0 {
+            let v = s.u8("ADIO")?;
+            if i < 3 {
+                high |= u32::from(v) << (8 * (i + 1));
+            } else {
+                extra(Extra::Attr(
+                    dyn_key("adio", i + 1),
+                    AttrValue::Int(i64::from(v)),
+                ));
+            }
+        }
+    }
+    if dioe & 0x07 != 0 {
+        extra(Extra::InputsHigh(high));
+    }
+    for i in 0..8u32 {
+        if asfe & (1 << i) != 0 {
+            let v = s.u24_le("ANS")?;
+            extra(Extra::Attr(
+                dyn_key("adc", i + 1),
+                AttrValue::Int(i64::from(v)),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// COUNTERS_DATA: the counters its CFE mask lists.
+fn decode_counters(s: &mut Reader<'_>, extra: &mut dyn FnMut(Extra)) -> Result<(), DecodeError> {
+    let cfe = s.u8("CFE")?;
+    for i in 0..8u32 {
+        if cfe & (1 << i) != 0 {
+            let v = s.u24_le("CN")?;
+            extra(Extra::Attr(
+                dyn_key("counter", i + 1),
+                AttrValue::Int(i64::from(v)),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// STATE_DATA: state, supply and battery voltages, flags.
+fn decode_state(s: &mut Reader<'_>, extra: &mut dyn FnMut(Extra)) -> Result<(), DecodeError> {
+    let st = s.u8("ST")?;
+    let main = s.u8("MPSV")?;
+    let backup = s.u8("BBV")?;
+    let internal = s.u8("IBV")?;
+    let flags = s.u8("state flags")?;
+    extra(Extra::Attr(
+        AttrKey::Name("state"),
+        AttrValue::Int(i64::from(st)),
+    ));
+    extra(Extra::PowerV(f64::from(main) / 10.0));
+    extra(Extra::Attr(
+        AttrKey::Name("backup_battery_v"),
+        AttrValue::Float(f64::from(backup) / 10.0),
+    ));
+    extra(Extra::Attr(
+        AttrKey::Name("battery_v"),
+        AttrValue::Float(f64::from(internal) / 10.0),
+    ));
+    extra(Extra::Attr(
+        AttrKey::Name("state_flags"),
+        AttrValue::Int(i64::from(flags)),
+    ));
+    Ok(())
+}
+
+/// ABS_DIG_SENS_DATA: one digital input state.
+fn decode_abs_dig_sens(
+    s: &mut Reader<'_>,
+    extra: &mut dyn FnMut(Extra),
+) -> Result<(), DecodeError> {
+    let v = s.u16_le("DSN/DSST")?;
+    let (state, number) = (v & 0x0F, v >> 4);
+    extra(Extra::Attr(
+        dyn_key("din", number),
+        AttrValue::Int(i64::from(state)),
+    ));
+    Ok(())
+}
+
+/// ABS_AN_SENS_DATA: one analogue input.
+fn decode_abs_an_sens(s: &mut Reader<'_>, extra: &mut dyn FnMut(Extra)) -> Result<(), DecodeError> {
+    let n = s.u8("ASN")?;
+    let v = s.u24_le("ASV")?;
+    extra(Extra::Attr(dyn_key("adc", n), AttrValue::Int(i64::from(v))));
+    Ok(())
+}
+
+/// ABS_CNTR_DATA: one counter.
+fn decode_abs_cntr(s: &mut Reader<'_>, extra: &mut dyn FnMut(Extra)) -> Result<(), DecodeError> {
+    let n = s.u8("CN")?;
+    let v = s.u24_le("CNV")?;
+    extra(Extra::Attr(
+        dyn_key("counter", n),
+        AttrValue::Int(i64::from(v)),
+    ));
+    Ok(())
+}
+
+/// LIQUID_LEVEL_SENSOR: a fuel level, raw sensor data or its error flag.
+fn decode_liquid_level(
+    s: &mut Reader<'_>,
+    extra: &mut dyn FnMut(Extra),
+) -> Result<(), DecodeError> {
+    let flags = s.u8("LLS flags")?;
+    let _addr = s.u16_le("MADDR")?;
+    let n = flags & 0x07;
+    if flags & 0x40 != 0 {
+        extra(Extra::Attr(dyn_key("fuel_error", n), AttrValue::Bool(true)));
+    } else if flags & 0x08 != 0 {
+        extra(Extra::Attr(
+            dyn_key("fuel_raw", n),
+            AttrValue::Bytes(s.rest().into()),
+        ));
+    } else {
+        let v = s.u32_le("LLSD")?;
+        extra(Extra::Attr(
+            dyn_key("fuel", n),
+            AttrValue::Int(i64::from(v)),
+        ));
+    }
+    Ok(())
 }
 
 fn apply_extra(p: &mut Position, e: Extra) {
@@ -738,8 +857,8 @@ fn decode_pos_data(s: &mut Reader<'_>, rec: &Record<'_>) -> Result<Position, Dec
     let odm = s.u24_le("ODM")?;
     let din = s.u8("DIN")?;
     let src = s.u8("SRC")?;
-    let time =
-        egts_time(ntm).ok_or_else(|| s.error("bad_time", format!("navigation time {ntm}")))?;
+    let time = egts_time(ntm)
+        .ok_or_else(|| s.error(DecodeReason::BadTime, format!("navigation time {ntm}")))?;
     let mut lat = f64::from(lat_raw) * 90.0 / f64::from(u32::MAX);
     let mut lon = f64::from(lon_raw) * 180.0 / f64::from(u32::MAX);
     if flags & 0x20 != 0 {

@@ -24,6 +24,7 @@ use super::{
     FrameCut, Protocol, ProtocolSpec, Session, Transport,
 };
 use crate::model::{AttrKey, AttrValue, Attributes, DeviceId, Position};
+use crate::protocols::{DecodeReason, MessageKind};
 
 const NAME: &str = "galileo";
 
@@ -259,7 +260,7 @@ fn next_frame(buf: &[u8]) -> Result<FrameCut, DecodeError> {
     if total > MAX_FRAME {
         return Err(DecodeError::new(
             NAME,
-            "too_large",
+            DecodeReason::TooLarge,
             1,
             format!("length {total} over {MAX_FRAME}"),
         ));
@@ -276,7 +277,7 @@ fn check_crc(frame: &[u8]) -> Result<u16, DecodeError> {
     if frame.len() < 5 {
         return Err(DecodeError::new(
             NAME,
-            "truncated",
+            DecodeReason::Truncated,
             frame.len(),
             "packet shorter than 5 bytes",
         ));
@@ -287,7 +288,7 @@ fn check_crc(frame: &[u8]) -> Result<u16, DecodeError> {
     if got != want {
         return Err(DecodeError::new(
             NAME,
-            "crc",
+            DecodeReason::Crc,
             n,
             format!("CRC {got:#06x}, computed {want:#06x}"),
         ));
@@ -320,17 +321,22 @@ fn decode_frame(frame: &[u8], ctx: &DecodeCtx) -> Result<(Decoded, Option<u16>),
         Some(&HEADER_PHOTO) => {
             let crc = check_crc(frame)?;
             // Image parts are not assembled: nothing in the fleet uses the cabin photos.
-            let mut d = Decoded::kind("photo");
+            let mut d = Decoded::kind(MessageKind::Photo);
             d.reply = Some(ack(HEADER_PHOTO, crc));
             Ok((d, None))
         }
         Some(other) => Err(DecodeError::new(
             NAME,
-            "framing",
+            DecodeReason::Framing,
             0,
             format!("header {other:#04x}"),
         )),
-        None => Err(DecodeError::new(NAME, "truncated", 0, "empty frame")),
+        None => Err(DecodeError::new(
+            NAME,
+            DecodeReason::Truncated,
+            0,
+            "empty frame",
+        )),
     }
 }
 
@@ -387,7 +393,7 @@ struct StreamOut {
 
 /// Decode the tags of a main packet (`base` is the offset of `body` in the frame, for errors).
 fn decode_tag_stream(body: &[u8], base: usize) -> Result<StreamOut, DecodeError> {
-    let mut d = Decoded::kind("data");
+    let mut d = Decoded::kind(MessageKind::Data);
     let mut device_number = None;
     let mut command: (Option<u32>, Option<String>) = (None, None);
     let mut rec = Record::new();
@@ -441,9 +447,13 @@ fn decode_tag_stream(body: &[u8], base: usize) -> Result<StreamOut, DecodeError>
             success: None,
             seq: command.0,
         });
-        d.kind = "command_response";
+        d.kind = MessageKind::CommandResponse;
     } else if d.positions.is_empty() {
-        d.kind = if d.device.is_some() { "login" } else { "other" };
+        d.kind = if d.device.is_some() {
+            MessageKind::Login
+        } else {
+            MessageKind::Other
+        };
     }
     if !leftover.is_empty() {
         d.status = Some(leftover);
@@ -490,7 +500,8 @@ fn apply_tag(r: &mut Reader<'_>, rec: &mut Record, id: u8, at: usize) -> Result<
         tag::TIME => {
             let s = r.u32_le("time")?;
             rec.time = Some(
-                from_secs(i64::from(s)).ok_or_else(|| r.error("bad_time", format!("time {s}")))?,
+                from_secs(i64::from(s))
+                    .ok_or_else(|| r.error(DecodeReason::BadTime, format!("time {s}")))?,
             );
         }
         tag::COORDINATES => {
@@ -574,7 +585,7 @@ fn apply_tag(r: &mut Reader<'_>, rec: &mut Record, id: u8, at: usize) -> Result<
             None => {
                 return Err(DecodeError::new(
                     NAME,
-                    "unsupported",
+                    DecodeReason::Unsupported,
                     at,
                     format!("unknown tag {id:#04x}"),
                 ));
@@ -606,7 +617,7 @@ fn decode_minimal(r: &mut Reader<'_>, now: DateTime<Utc>) -> Result<Position, De
     if time.is_some_and(|t| t > now + Duration::days(1)) {
         time = year_start(now.year() - 1).map(|t| t + Duration::seconds(secs));
     }
-    let time = time.ok_or_else(|| r.error("bad_time", "minimal data set time"))?;
+    let time = time.ok_or_else(|| r.error(DecodeReason::BadTime, "minimal data set time"))?;
     let mut p = Position::new(time, !invalid, lat, lon);
     if alarm {
         p.alarm = Some("general");
@@ -615,7 +626,7 @@ fn decode_minimal(r: &mut Reader<'_>, now: DateTime<Utc>) -> Result<Position, De
 }
 
 fn decode_compressed(body: &[u8], ctx: &DecodeCtx) -> Result<Decoded, DecodeError> {
-    let mut d = Decoded::kind("data");
+    let mut d = Decoded::kind(MessageKind::Data);
     let mut r = Reader::new(NAME, body);
     while !r.is_empty() {
         let p = decode_minimal(&mut r, ctx.now)?;
@@ -632,7 +643,7 @@ fn decode_compressed(body: &[u8], ctx: &DecodeCtx) -> Result<Decoded, DecodeErro
                     // Identification and command tags have no place in a compressed record.
                     return Err(DecodeError::new(
                         NAME,
-                        "unsupported",
+                        DecodeReason::Unsupported,
                         at,
                         format!("tag {id:#04x} in compressed record"),
                     ));
@@ -685,7 +696,7 @@ fn decode_iridium(frame: &[u8]) -> Result<Decoded, DecodeError> {
             _ => {}
         }
     }
-    let mut d = Decoded::kind("data");
+    let mut d = Decoded::kind(MessageKind::Data);
     if let Some(imei) = imei.filter(|s| s.bytes().all(|c| c.is_ascii_graphic())) {
         d.device = Some(DeviceId::new(imei));
     }
@@ -720,7 +731,7 @@ fn decode_iridium(frame: &[u8]) -> Result<Decoded, DecodeError> {
             if !attrs.is_empty() {
                 d.status = Some(attrs);
             }
-            d.kind = "other";
+            d.kind = MessageKind::Other;
         }
     }
     Ok(d)

@@ -16,6 +16,7 @@ use super::{
     FrameCut, Protocol, ProtocolSpec, Session, Transport,
 };
 use crate::model::{AttrKey, AttrValue, DeviceId, Position};
+use crate::protocols::{DecodeReason, MessageKind};
 
 const NAME: &str = "gt06";
 /// A long frame can declare up to 65 535 bytes after its length field; a frame cut at its stop
@@ -306,7 +307,7 @@ pub fn next_frame(buf: &[u8]) -> Result<FrameCut, DecodeError> {
     if buf.len() >= MAX_FRAME {
         return Err(DecodeError::new(
             NAME,
-            "too_large",
+            DecodeReason::TooLarge,
             0,
             format!("no stop bits in {} bytes", buf.len()),
         ));
@@ -333,7 +334,7 @@ fn split_frame(frame: &[u8], verify_crc: bool) -> Result<Frame<'_>, DecodeError>
         _ => {
             return Err(DecodeError::new(
                 NAME,
-                "framing",
+                DecodeReason::Framing,
                 0,
                 "no 7878/7979 start bits",
             ))
@@ -342,7 +343,7 @@ fn split_frame(frame: &[u8], verify_crc: bool) -> Result<Frame<'_>, DecodeError>
     if !frame.ends_with(&[0x0d, 0x0a]) {
         return Err(DecodeError::new(
             NAME,
-            "framing",
+            DecodeReason::Framing,
             frame.len().saturating_sub(2),
             "no 0D0A stop bits",
         ));
@@ -359,11 +360,23 @@ fn split_frame(frame: &[u8], verify_crc: bool) -> Result<Frame<'_>, DecodeError>
     let end = frame.len() - 2;
     let body = frame
         .get(head..end)
-        .ok_or_else(|| DecodeError::new(NAME, "truncated", head, "no content"))?;
+        .ok_or_else(|| DecodeError::new(NAME, DecodeReason::Truncated, head, "no content"))?;
     let len_field = if extended { 2 } else { 1 };
-    // Frames cut at their stop bits rather than by their length (WiFi reports, miscounting
-    // firmwares) have no CRC where the length says; those cannot be verified.
     let exact = length >= 5 && length == frame.len() - 4 - len_field;
+    // A frame cut at its stop bits rather than by its length byte has no CRC where the length
+    // says, so it cannot be verified: refused, unless the CRC check is off or the length byte
+    // is documented as something else (the WiFi reports put an access-point count there).
+    if !exact && verify_crc && !matches!(typ, msg::WIFI | msg::WIFI_2) {
+        return Err(DecodeError::new(
+            NAME,
+            DecodeReason::Crc,
+            2,
+            format!(
+                "length field {length}, but the stop bits end a frame of {}: the CRC cannot match",
+                frame.len() - 4 - len_field
+            ),
+        ));
+    }
     if exact && verify_crc {
         let crc_at = frame.len() - 4;
         let got = u16::from_be_bytes([frame[crc_at], frame[crc_at + 1]]);
@@ -371,7 +384,7 @@ fn split_frame(frame: &[u8], verify_crc: bool) -> Result<Frame<'_>, DecodeError>
         if got != want {
             return Err(DecodeError::new(
                 NAME,
-                "crc",
+                DecodeReason::Crc,
                 crc_at,
                 format!("CRC {got:#06x}, computed {want:#06x}"),
             ));
@@ -504,6 +517,29 @@ fn left(r: &Reader<'_>) -> usize {
     r.remaining().saturating_sub(4)
 }
 
+/// One message while it is decoded: the frame, the reader over its content, and what it
+/// becomes (a record, the decoded message, the ack).
+struct Msg<'m, 'b> {
+    f: &'m Frame<'m>,
+    v: Variant,
+    r: &'m mut Reader<'b>,
+    ctx: &'m DecodeCtx,
+    /// The connection's time zone offset (seconds), set by the login.
+    tz: &'m mut i32,
+    rec: Rec,
+    d: Decoded,
+    reply: Option<Bytes>,
+}
+
+/// What a message decoder leaves to `decode_message`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// The record becomes a position or the status, the kind is settled, the ack attached.
+    Finish,
+    /// The decoded message is complete as it is.
+    Done,
+}
+
 fn decode_message(
     f: &Frame<'_>,
     v: Variant,
@@ -513,369 +549,81 @@ fn decode_message(
 ) -> Result<Decoded, DecodeError> {
     use msg::*;
     let t = f.typ;
-    let mut rec = Rec::new(ctx);
-    let mut d = Decoded::kind("data");
-    // The ack most messages want; cleared below for those that take none.
-    let mut reply = Some(ack(t, f.serial));
+    let mut m = Msg {
+        f,
+        v,
+        r,
+        ctx,
+        tz,
+        rec: Rec::new(ctx),
+        d: Decoded::kind(MessageKind::Data),
+        // The ack most messages want; cleared for those that take none.
+        reply: Some(ack(t, f.serial)),
+    };
 
-    match t {
-        LOGIN => {
-            let id = imei_string(r.take(8, "IMEI")?);
-            d.kind = "login";
-            d.device = Some(DeviceId::new(id));
-            *tz = 0;
-            if left(r) >= 4 {
-                let _type_id = r.u16("type identifier")?;
-                let ext = r.u16("time zone")?;
-                let minutes = i32::from(ext >> 4);
-                let mut offset = (minutes / 100 * 60 + minutes % 100) * 60;
-                if ext & 0x08 != 0 {
-                    offset = -offset;
-                }
-                if offset.abs() <= 14 * 3600 {
-                    *tz = offset;
-                }
-            }
-            d.reply = reply;
-            return Ok(d);
+    let step = match t {
+        LOGIN => login(&mut m)?,
+        HEARTBEAT => heartbeat(&mut m)?,
+        ADDRESS_REQUEST => address_request(&mut m)?,
+        TIME_REQUEST => time_request(&mut m)?,
+        X1_GPS if v != Variant::Sl4x => x1_gps(&mut m)?,
+        WIFI if v != Variant::Rfid => {
+            wifi(f, m.r, &mut m.rec, &mut m.d, &mut m.reply)?;
+            Step::Finish
         }
-        HEARTBEAT => {
-            d.kind = "heartbeat";
-            let status = r.u8("terminal information")?;
-            rec.p.attrs.flag("armed", status & 0x01 != 0);
-            rec.p.ignition = Some(status & 0x02 != 0);
-            rec.p.attrs.flag("charging", status & 0x04 != 0);
-            // Bit 7: oil and electricity cut, as in the status message.
-            rec.set_output(status & 0x80 != 0);
-            if left(r) >= 2 {
-                let v = f64::from(r.u16("voltage")?) / 100.0;
-                rec.p.attrs.float("battery_v", v);
-            }
-            if left(r) >= 1 {
-                let rssi = r.u8("GSM signal")?;
-                rec.p.attrs.int("rssi", i64::from(rssi));
-            }
+        WIFI_2 | WIFI_4 => {
+            wifi(f, m.r, &mut m.rec, &mut m.d, &mut m.reply)?;
+            Step::Finish
         }
-        ADDRESS_REQUEST => {
-            d.kind = "other";
-            let text = b"NA&&NA&&0##";
-            let mut c = Vec::with_capacity(5 + text.len());
-            c.push(text.len() as u8);
-            c.extend_from_slice(&[0, 0, 0, 0]);
-            c.extend_from_slice(text);
-            d.reply = Some(build_packet(true, ADDRESS_RESPONSE, &c, 0));
-            return Ok(d);
-        }
-        TIME_REQUEST => {
-            d.kind = "time_request";
-            let n = ctx.now;
-            let c = [
-                (n.year() - 2000).clamp(0, 255) as u8,
-                n.month() as u8,
-                n.day() as u8,
-                n.hour() as u8,
-                n.minute() as u8,
-                n.second() as u8,
-            ];
-            d.reply = Some(build_packet(false, TIME_REQUEST, &c, f.serial));
-            return Ok(d);
-        }
-        X1_GPS if v != Variant::Sl4x => {
-            reply = None;
-            r.skip(4, "data and alarm")?;
-            gps(r, &mut rec, *tz, GpsOpts::STD)?;
-            let info = r.u16("terminal information")?;
-            rec.p.attrs.int("status", i64::from(info));
-            rec.p.odometer_m = Some(f64::from(r.u32("odometer")?));
-            let mcc = r.u16("MCC")?;
-            let mnc = r.u8("MNC")?;
-            let lac = r.u16("LAC")?;
-            let cid = r.u32("cell id")?;
-            cell(
-                &mut rec,
-                mcc,
-                u16::from(mnc),
-                u64::from(lac),
-                u64::from(cid),
-            );
-            let driver = r.u32("driver id")?;
-            if driver > 0 {
-                rec.p.attrs.text("driver_id", driver.to_string());
-            }
-            rec.p
-                .attrs
-                .float("battery_v", f64::from(r.u16("battery")?) / 100.0);
-            rec.p.power_v = Some(f64::from(r.u16("power")?) / 100.0);
-            let ports = r.u32("port info")?;
-            rec.p.inputs = Some(u32::from(r.u8("inputs")?));
-            rec.p.outputs = Some(u32::from(r.u8("outputs")?));
-            for i in 1..=((ports >> 20) & 0x0f) {
-                let v = f64::from(r.u16("ADC")?) / 100.0;
-                rec.p
-                    .attrs
-                    .push(AttrKey::Dyn(format!("adc{i}").into()), AttrValue::Float(v));
-            }
-        }
-        WIFI if v != Variant::Rfid => wifi(f, r, &mut rec, &mut d, &mut reply)?,
-        WIFI_2 | WIFI_4 => wifi(f, r, &mut rec, &mut d, &mut reply)?,
-        INFO if !f.extended => {
-            reply = None;
-            d.kind = "info";
-            rec.p.power_v = Some(f64::from(r.i16("power")?) / 100.0);
-        }
-        INFO => {
-            reply = None;
-            d.kind = "info";
-            info(f, r, &mut rec)?;
-        }
-        LBS_MULTIPLE_3 if v == Variant::Sr411Mini => {
-            gps(r, &mut rec, *tz, GpsOpts::STD)?;
-            lbs(r, &mut rec, t, v, false)?;
-            rec.p.ignition = Some(r.u8("ACC")? > 0);
-            rec.p.power_v = Some(f64::from(r.u16("power")?) / 100.0);
-            rec.p
-                .attrs
-                .float("battery_v", f64::from(r.u16("battery")?) / 100.0);
-        }
+        INFO if !f.extended => info_power(&mut m)?,
+        INFO => info_message(&mut m)?,
+        LBS_MULTIPLE_3 if v == Variant::Sr411Mini => sr411_mini(&mut m)?,
         LBS_MULTIPLE_1 | LBS_MULTIPLE_2 | LBS_MULTIPLE_3 | LBS_EXTEND | LBS_WIFI | LBS_2
         | WIFI_ALARM => {
-            multi_lbs(f, v, r, &mut rec, &mut d)?;
+            multi_lbs(f, v, m.r, &mut m.rec, &mut m.d)?;
+            Step::Finish
         }
-        WIFI_3 if v != Variant::Lw4g => multi_lbs(f, v, r, &mut rec, &mut d)?,
-        0x34 if v == Variant::Sl4x => multi_lbs(f, v, r, &mut rec, &mut d)?,
-        WIFI_5 if !f.extended => multi_lbs(f, v, r, &mut rec, &mut d)?,
-        STRING => {
-            d.kind = "command_response";
-            let len = usize::from(r.u8("command length")?);
-            let flag = r.u32("server flag")?;
-            // Some firmwares leave the command length at zero: the text then runs up to the
-            // language field, padded with NULs.
-            let n = if len >= 4 && len - 4 <= left(r) {
-                len - 4
-            } else {
-                left(r).saturating_sub(2)
-            };
-            let text = ascii(r.take(n, "command content")?);
-            let text = text.trim_end_matches('\0').to_string();
-            {
-                if let Some(iccid) = text.strip_prefix("<ICCID:") {
-                    let iccid: String = iccid.chars().take(20).collect();
-                    rec.p.attrs.text("iccid", iccid);
-                    d.kind = "info";
-                } else {
-                    d.command_response = Some(response(text, flag));
-                }
-            }
+        WIFI_3 if v != Variant::Lw4g => {
+            multi_lbs(f, v, m.r, &mut m.rec, &mut m.d)?;
+            Step::Finish
         }
-        STATUS if left(r) == 16 => {
-            d.kind = "heartbeat";
-            r.skip(1, "information content")?;
-            r.skip(2, "satellites")?;
-            r.skip(1, "alarm")?;
-            r.skip(1, "language")?;
-            rec.p
-                .attrs
-                .int("battery_level", i64::from(r.u8("battery level")?));
-            r.skip(1, "working mode")?;
-            r.skip(2, "working voltage")?;
-            r.skip(1, "reserved")?;
-            r.skip(4, "working times")?;
-            let raw = r.u16("temperature")?;
-            let mag = f64::from(raw & 0x7fff) / 10.0;
-            rec.p
-                .attrs
-                .float("temp1", if raw & 0x8000 != 0 { mag } else { -mag });
+        0x34 if v == Variant::Sl4x => {
+            multi_lbs(f, v, m.r, &mut m.rec, &mut m.d)?;
+            Step::Finish
         }
-        IBUTTON => {
-            r.skip(8, "IMEI")?;
-            gps(r, &mut rec, *tz, GpsOpts::STD)?;
-            lbs(r, &mut rec, t, v, false)?;
-            let hi = u64::from(r.u32("driver id")?);
-            let lo = u64::from(r.u16("driver id")?);
-            rec.p.attrs.text("driver_id", ((hi << 16) | lo).to_string());
+        WIFI_5 if !f.extended => {
+            multi_lbs(f, v, m.r, &mut m.rec, &mut m.d)?;
+            Step::Finish
         }
-        STATUS_2 if v == Variant::Trx16i => {
-            gps(r, &mut rec, *tz, GpsOpts::STD)?;
-            lbs(r, &mut rec, t, v, false)?;
-            rec.p.ignition = Some(r.u8("ACC")? > 0);
-            rec.p
-                .attrs
-                .int("upload_mode", i64::from(r.u8("upload mode")?));
-            rec.p.attrs.flag("archive", r.u8("re-upload")? > 0);
-            rec.p.odometer_m = Some(f64::from(r.u32("odometer")?));
-            rec.p.power_v = Some(f64::from(r.u16("power")?) / 100.0);
-            rec.p
-                .attrs
-                .float("battery_v", f64::from(r.u8("battery")?) / 10.0);
-            rec.p
-                .attrs
-                .int("hours_ms", i64::from(r.u24("engine hours")?) * 60_000);
-            driver_hex(r, &mut rec)?;
-        }
+        STRING => string_message(&mut m)?,
+        STATUS if left(m.r) == 16 => status_16(&mut m)?,
+        IBUTTON => ibutton(&mut m)?,
+        STATUS_2 if v == Variant::Trx16i => trx16i_status(&mut m)?,
         _ if supported(t, v) && !(f.extended && (t == GPS_LBS_STATUS_4 || t == STATUS_2)) => {
-            if t == LBS_STATUS && v == Variant::Space10x {
-                // A multi-cell report of one firmware that is not answered; nothing we keep.
-                d.kind = "lbs";
-                return Ok(d);
-            }
-            standard(f, v, r, &mut rec, &mut d, *tz)?;
+            standard_message(&mut m)?
         }
-        ALARM => {
-            d.kind = "alarm";
-            let jc400 = v == Variant::Jc400;
-            let extended_alarm = f.length > 12;
-            if extended_alarm {
-                if jc400 {
-                    r.skip(3, "marker and version")?;
-                }
-                let opts = GpsOpts {
-                    has_length: false,
-                    sats: jc400,
-                    speed: jc400,
-                    long_speed: jc400,
-                    swap: jc400,
-                };
-                gps(r, &mut rec, *tz, opts)?;
-            } else {
-                r.skip(6, "date")?;
-            }
-            if jc400 {
-                rec.p.power_v = Some(f64::from(r.u16("power")?) / 10.0);
-            }
-            let event = r.u8("event")?;
-            rec.p.attrs.int("event", i64::from(event));
-            rec.p
-                .attrs
-                .int("event_data", i64::from(r.u16("event data")?));
-            rec.alarm(match event {
-                0x01 if extended_alarm => Some("sos"),
-                0x01 => Some("general"),
-                0x0E => Some("low_power"),
-                0x76 => Some("temperature"),
-                0x80 => Some("vibration"),
-                0x87 => Some("overspeed"),
-                0x88 => Some("power_cut"),
-                0x90 => Some("acceleration"),
-                0x91 => Some("braking"),
-                0x92 => Some("cornering"),
-                0x93 => Some("accident"),
-                _ => None,
-            });
-            let files = left(r);
-            if files > 0 {
-                let s = ascii(r.take(files, "event files")?);
-                rec.p.attrs.text("event_files", s);
-            }
-        }
-        STRING_INFO => {
-            reply = None;
-            d.kind = "command_response";
-            let flag = r.u32("server flag")?;
-            let enc = r.u8("encoding")?;
-            let raw = r.take(left(r), "content")?;
-            let text = if enc == 1 { ascii(raw) } else { utf16be(raw) };
-            if let Some(p) = current_position(&text) {
-                rec.p = p;
-                rec.fix = true;
-            }
-            d.command_response = Some(response(text, flag));
-        }
-        GPS_LBS_STATUS_4 | WIFI_5 if f.extended => {
-            // AZ735 long frames: fix, cell, extra cells, WiFi, status; answered in the long form.
-            reply = Some(build_packet(true, t, &[], f.serial));
-            gps(
-                r,
-                &mut rec,
-                *tz,
-                GpsOpts {
-                    has_length: true,
-                    ..GpsOpts::STD
-                },
-            )?;
-            if lbs(r, &mut rec, t, v, true)? {
-                rec.p.attrs.int("rssi", i64::from(r.u8("signal")?));
-            }
-            let n = usize::from(r.u8("extra cells length")?);
-            r.skip(n, "extra cells")?;
-            let n = usize::from(r.u8("WiFi length")?);
-            r.skip(n, "WiFi")?;
-            let status = r.u8("status")?;
-            rec.p.attrs.int("status", i64::from(status));
-            if t == WIFI_5 {
-                match status {
-                    0xA0 => rec.p.attrs.flag("armed", true),
-                    0xA1 => rec.p.attrs.flag("armed", false),
-                    0xA2 | 0xA3 => rec.alarm(Some("low_battery")),
-                    0xA4 => rec.alarm(Some("general")),
-                    0xA5 => rec.alarm(Some("door")),
-                    _ => {}
-                }
-            }
-            let n = usize::from(r.u8("extension length")?);
-            r.skip(n, "extension")?;
-        }
-        OBD => {
-            reply = None;
-            d.kind = "obd";
-            r.skip(6, "date")?;
-            rec.p.ignition = Some(r.u8("ACC")? > 0);
-            let n = r.remaining().saturating_sub(16);
-            let text = ascii(r.take(n, "OBD data")?);
-            for pair in text.split(',') {
-                if let Some((k, val)) = pair.split_once('=') {
-                    rec.p.attrs.push(
-                        AttrKey::Dyn(format!("obd_{k}").into()),
-                        AttrValue::Text(val.into()),
-                    );
-                }
-            }
-        }
-        GPS_MODULAR => {
-            reply = Some(ack(GPS_MODULAR, f.serial));
-            modular(r, &mut rec)?;
-        }
-        SERIAL => {
-            reply = None;
-            d.kind = "serial";
-            r.skip(1, "external device type")?;
-            let data = r.take(left(r), "serial data")?;
-            let text = if data
-                .iter()
-                .all(|b| (0x20..0x7f).contains(b) || *b == b'\r' || *b == b'\n')
-            {
-                String::from_utf8_lossy(data).trim().to_string()
-            } else {
-                hex::encode(data)
-            };
-            rec.p.attrs.text("result", text);
-        }
-        PERIPHERAL | DEVICE_STATUS => {
-            d.kind = "status";
-            let _time = r.u32("time")?;
-            peripheral(t, r, &mut rec)?;
-        }
-        GPS_LBS_8 => {
-            reply = None;
-            gps(r, &mut rec, *tz, GpsOpts::STD)?;
-            r.skip(2, "upload mode")?;
-            lbs(r, &mut rec, t, v, false)?;
-        }
-        _ => {
-            d.kind = "other";
-            d.reply = if !f.extended && !matches!(t, COMMAND_0 | COMMAND_1 | COMMAND_2) {
-                reply
-            } else {
-                None
-            };
-            return Ok(d);
-        }
+        ALARM => alarm(&mut m)?,
+        STRING_INFO => string_info(&mut m)?,
+        GPS_LBS_STATUS_4 | WIFI_5 if f.extended => az735_long(&mut m)?,
+        OBD => obd(&mut m)?,
+        GPS_MODULAR => gps_modular(&mut m)?,
+        SERIAL => serial(&mut m)?,
+        PERIPHERAL | DEVICE_STATUS => peripheral_status(&mut m)?,
+        GPS_LBS_8 => gps_lbs_8(&mut m)?,
+        _ => other(&mut m)?,
+    };
+    let Msg {
+        mut d, rec, reply, ..
+    } = m;
+    if step == Step::Done {
+        return Ok(d);
     }
-    if d.kind == "data" && rec.p.alarm.is_some() {
-        d.kind = "alarm";
-    } else if d.kind == "data" && t == STATUS {
-        d.kind = "heartbeat";
-    } else if d.kind == "data" && !rec.fix {
-        d.kind = "status";
+    if d.kind == MessageKind::Data && rec.p.alarm.is_some() {
+        d.kind = MessageKind::Alarm;
+    } else if d.kind == MessageKind::Data && t == STATUS {
+        d.kind = MessageKind::Heartbeat;
+    } else if d.kind == MessageKind::Data && !rec.fix {
+        d.kind = MessageKind::Status;
     }
     finish(rec, &mut d);
     d.reply = reply;
@@ -1215,65 +963,7 @@ fn standard(
         lbs(r, rec, t, v, has_length)?;
     }
     if has_status(t, v) {
-        if lw4g {
-            r.skip(1, "network indicator")?;
-        }
-        terminal_info(r, rec, v)?;
-        if v == Variant::Obd6 {
-            let signal = r.u16("signal")?;
-            let sats = ((signal >> 10) & 0x1f) + ((signal >> 5) & 0x1f);
-            rec.p.satellites = Some(sats);
-            rec.p.attrs.int("rssi", i64::from(signal & 0x1f));
-            rec.alarm(alarm_name(u16::from(r.u8("alarm")?), v));
-            r.skip(1, "language")?;
-            rec.p
-                .attrs
-                .int("battery_level", i64::from(r.u8("battery level")?));
-            let mode = r.u8("working mode")?;
-            rec.p.power_v = Some(f64::from(r.u16("voltage")?) / 100.0);
-            r.skip(3, "reserved and working time")?;
-            if mode == 4 {
-                rec.p
-                    .attrs
-                    .float("temp1", f64::from(r.i16("temperature")?) / 10.0);
-            }
-        } else if v == Variant::Seeworld && f.length == 0x18 {
-            r.skip(3, "extension and voltage level")?;
-            rec.p.attrs.int("rssi", i64::from(r.u8("signal")?));
-            rec.p.power_v = Some(f64::from(r.u8("power")?));
-            r.skip(3, "language and switches")?;
-            rec.p.attrs.int("steps", i64::from(r.u32("steps")?));
-            rec.p
-                .attrs
-                .int("battery_level", i64::from(r.u8("battery level")?));
-            rec.p.attrs.flag("charging", r.u8("charge")? == 1);
-            rec.p.motion = Some(r.u8("motion")? == 1);
-        } else {
-            if lw4g || nt {
-                rec.p.power_v = Some(f64::from(r.u16("power")?) / 100.0);
-            }
-            let level = r.u8("voltage level")?;
-            if nt {
-                rec.p.attrs.float("battery_v", f64::from(level) / 10.0);
-            } else if level <= 6 {
-                rec.p.attrs.int("battery_level", i64::from(level) * 100 / 6);
-            } else if level <= 100 {
-                rec.p.attrs.int("battery_level", i64::from(level));
-            }
-            rec.p.attrs.int("rssi", i64::from(r.u8("GSM signal")?));
-            let mut ext = u16::from(r.u8("alarm")?);
-            if matches!(t, GPS_LBS_STATUS_3 | FENCE_MULTI | ALARM_MODULE) {
-                if let Some(&next) = r.rest().first() {
-                    ext += u16::from(next >> 4) << 8;
-                }
-            }
-            if v != Variant::Vxt01 {
-                rec.alarm(alarm_name(ext, v));
-                if v == Variant::Trx16i {
-                    rec.p.attrs.int("event", i64::from(ext));
-                }
-            }
-        }
+        status_block(f, v, r, rec)?;
     }
     if matches!(t, STATUS_2 | GPS_LBS_STATUS_3 | FENCE_MULTI | ALARM_MODULE) || lw4g || nt {
         r.skip(1, "language")?;
@@ -1283,25 +973,7 @@ fn standard(
         driver_hex(r, rec)?;
     }
     if t == STATUS_2 || t == ALARM_MODULE {
-        while left(r) > 0 {
-            let module = r.u16("module type")?;
-            let len = usize::from(r.u8("module length")?);
-            match module {
-                0x0018 => rec
-                    .p
-                    .attrs
-                    .float("battery_v", f64::from(r.u16("battery")?) / 100.0),
-                0x0032 => rec
-                    .p
-                    .attrs
-                    .int("startup_status", i64::from(r.u8("startup status")?)),
-                0x006A => rec
-                    .p
-                    .attrs
-                    .int("battery_level", i64::from(r.u8("battery level")?)),
-                _ => r.skip(len, "module")?,
-            }
-        }
+        status_modules(r, rec)?;
     }
     if lw4g {
         rec.p.odometer_m = Some(f64::from(r.u32("odometer")?));
@@ -1312,90 +984,10 @@ fn standard(
         rec.p.inputs = Some(u32::from(r.u16("inputs")?));
     }
     if t == GPS_LBS_1 {
-        match v {
-            Variant::Gt06eCard => {
-                rec.p.odometer_m = Some(f64::from(r.u32("odometer")?));
-                let n = usize::from(r.u8("card length")?);
-                let card = ascii(r.take(n, "card")?);
-                r.skip(2, "alarm and swiped")?;
-                rec.p.attrs.text("card", card.trim());
-            }
-            Variant::Benway => {
-                let mask = r.u16("mask")?;
-                rec.p.ignition = Some(mask & 0x8000 != 0);
-                if mask & 0x4000 != 0 {
-                    rec.p.inputs = Some(0b10);
-                }
-                if mask & 0x1000 != 0 {
-                    let mut value = i64::from(mask & 0x01ff);
-                    if mask & 0x0200 != 0 {
-                        value = -value;
-                    }
-                    rec.p.attrs.int("temp1", value);
-                } else {
-                    let value = f64::from(mask & 0x03ff);
-                    let adc = if mask & 0x2000 != 0 {
-                        value
-                    } else {
-                        value / 10.0
-                    };
-                    rec.p.attrs.float("adc1", adc);
-                }
-            }
-            Variant::Vxt01 => {
-                terminal_info(r, rec, v)?;
-                rec.p.power_v = Some(f64::from(r.u16("power")?) / 100.0);
-                rec.p.attrs.int("rssi", i64::from(r.u8("GSM signal")?));
-                r.skip(1, "alarm extension")?;
-            }
-            Variant::S5 => {
-                terminal_info(r, rec, v)?;
-                rec.p.power_v = Some(f64::from(r.u16("power")?) / 100.0);
-                rec.p.attrs.int("rssi", i64::from(r.u8("GSM signal")?));
-                rec.alarm(alarm_name(u16::from(r.u8("alarm")?), v));
-                rec.p.attrs.int("oil", i64::from(r.u16("oil")?));
-                let tb = r.u8("temperature")?;
-                let temp = if tb & 0x80 != 0 {
-                    -i64::from(tb & 0x7f)
-                } else {
-                    i64::from(tb)
-                };
-                rec.p.attrs.int("temp1", temp);
-                rec.p.odometer_m = Some(f64::from(r.u32("odometer")?) * 10.0);
-            }
-            Variant::Wetrust => {
-                rec.p.odometer_m = Some(f64::from(r.u32("odometer")?));
-                let n = usize::from(r.u8("card length")?);
-                let card = ascii(r.take(n, "card")?);
-                rec.p.attrs.text("card", card);
-                if r.u8("alarm")? > 0 {
-                    rec.alarm(Some("general"));
-                }
-                rec.p
-                    .attrs
-                    .int("card_status", i64::from(r.u8("card status")?));
-                rec.p
-                    .attrs
-                    .int("driving_time", i64::from(r.u16("driving time")?));
-            }
-            _ => {}
-        }
+        gps_lbs_1_tail(v, r, rec)?;
     }
     if t == GPS_LBS_2 && v == Variant::Seeworld {
-        rec.p.ignition = Some(r.u8("ACC")? > 0);
-        r.skip(2, "reporting mode")?;
-        rec.p.odometer_m = Some(f64::from(r.u32("odometer")?));
-        r.skip(4, "travel time")?;
-        let raw = r.u16("temperature")?;
-        let temp = if raw & 0x8000 != 0 {
-            -i64::from(raw & 0x7fff)
-        } else {
-            i64::from(raw)
-        };
-        rec.p.attrs.float("temp1", temp as f64 / 100.0);
-        rec.p
-            .attrs
-            .float("humidity", f64::from(r.u16("humidity")?) / 100.0);
+        seeworld_tail(r, rec)?;
     }
     if t == GPS_LBS_STATUS_4 && v == Variant::Sl4x && left(r) >= 2 {
         rec.p.altitude = f64::from(r.i16("altitude")?);
@@ -1459,6 +1051,195 @@ fn standard(
     Ok(())
 }
 
+/// The terminal information block: status bits, voltage, signal, alarm (by variant).
+fn status_block(
+    f: &Frame<'_>,
+    v: Variant,
+    r: &mut Reader<'_>,
+    rec: &mut Rec,
+) -> Result<(), DecodeError> {
+    use msg::*;
+    let t = f.typ;
+    let lw4g = t == WIFI_3 && v == Variant::Lw4g;
+    let nt = v == Variant::Nt;
+    if lw4g {
+        r.skip(1, "network indicator")?;
+    }
+    terminal_info(r, rec, v)?;
+    if v == Variant::Obd6 {
+        let signal = r.u16("signal")?;
+        let sats = ((signal >> 10) & 0x1f) + ((signal >> 5) & 0x1f);
+        rec.p.satellites = Some(sats);
+        rec.p.attrs.int("rssi", i64::from(signal & 0x1f));
+        rec.alarm(alarm_name(u16::from(r.u8("alarm")?), v));
+        r.skip(1, "language")?;
+        rec.p
+            .attrs
+            .int("battery_level", i64::from(r.u8("battery level")?));
+        let mode = r.u8("working mode")?;
+        rec.p.power_v = Some(f64::from(r.u16("voltage")?) / 100.0);
+        r.skip(3, "reserved and working time")?;
+        if mode == 4 {
+            rec.p
+                .attrs
+                .float("temp1", f64::from(r.i16("temperature")?) / 10.0);
+        }
+    } else if v == Variant::Seeworld && f.length == 0x18 {
+        r.skip(3, "extension and voltage level")?;
+        rec.p.attrs.int("rssi", i64::from(r.u8("signal")?));
+        rec.p.power_v = Some(f64::from(r.u8("power")?));
+        r.skip(3, "language and switches")?;
+        rec.p.attrs.int("steps", i64::from(r.u32("steps")?));
+        rec.p
+            .attrs
+            .int("battery_level", i64::from(r.u8("battery level")?));
+        rec.p.attrs.flag("charging", r.u8("charge")? == 1);
+        rec.p.motion = Some(r.u8("motion")? == 1);
+    } else {
+        if lw4g || nt {
+            rec.p.power_v = Some(f64::from(r.u16("power")?) / 100.0);
+        }
+        let level = r.u8("voltage level")?;
+        if nt {
+            rec.p.attrs.float("battery_v", f64::from(level) / 10.0);
+        } else if level <= 6 {
+            rec.p.attrs.int("battery_level", i64::from(level) * 100 / 6);
+        } else if level <= 100 {
+            rec.p.attrs.int("battery_level", i64::from(level));
+        }
+        rec.p.attrs.int("rssi", i64::from(r.u8("GSM signal")?));
+        let mut ext = u16::from(r.u8("alarm")?);
+        if matches!(t, GPS_LBS_STATUS_3 | FENCE_MULTI | ALARM_MODULE) {
+            if let Some(&next) = r.rest().first() {
+                ext += u16::from(next >> 4) << 8;
+            }
+        }
+        if v != Variant::Vxt01 {
+            rec.alarm(alarm_name(ext, v));
+            if v == Variant::Trx16i {
+                rec.p.attrs.int("event", i64::from(ext));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The module list of 0x27 / alarm-module frames: battery, startup status, battery level.
+fn status_modules(r: &mut Reader<'_>, rec: &mut Rec) -> Result<(), DecodeError> {
+    while left(r) > 0 {
+        let module = r.u16("module type")?;
+        let len = usize::from(r.u8("module length")?);
+        match module {
+            0x0018 => rec
+                .p
+                .attrs
+                .float("battery_v", f64::from(r.u16("battery")?) / 100.0),
+            0x0032 => rec
+                .p
+                .attrs
+                .int("startup_status", i64::from(r.u8("startup status")?)),
+            0x006A => rec
+                .p
+                .attrs
+                .int("battery_level", i64::from(r.u8("battery level")?)),
+            _ => r.skip(len, "module")?,
+        }
+    }
+    Ok(())
+}
+
+/// What each variant appends to 0x12: card, temperature/ADC, power, oil, odometer.
+fn gps_lbs_1_tail(v: Variant, r: &mut Reader<'_>, rec: &mut Rec) -> Result<(), DecodeError> {
+    match v {
+        Variant::Gt06eCard => {
+            rec.p.odometer_m = Some(f64::from(r.u32("odometer")?));
+            let n = usize::from(r.u8("card length")?);
+            let card = ascii(r.take(n, "card")?);
+            r.skip(2, "alarm and swiped")?;
+            rec.p.attrs.text("card", card.trim());
+        }
+        Variant::Benway => {
+            let mask = r.u16("mask")?;
+            rec.p.ignition = Some(mask & 0x8000 != 0);
+            if mask & 0x4000 != 0 {
+                rec.p.inputs = Some(0b10);
+            }
+            if mask & 0x1000 != 0 {
+                let mut value = i64::from(mask & 0x01ff);
+                if mask & 0x0200 != 0 {
+                    value = -value;
+                }
+                rec.p.attrs.int("temp1", value);
+            } else {
+                let value = f64::from(mask & 0x03ff);
+                let adc = if mask & 0x2000 != 0 {
+                    value
+                } else {
+                    value / 10.0
+                };
+                rec.p.attrs.float("adc1", adc);
+            }
+        }
+        Variant::Vxt01 => {
+            terminal_info(r, rec, v)?;
+            rec.p.power_v = Some(f64::from(r.u16("power")?) / 100.0);
+            rec.p.attrs.int("rssi", i64::from(r.u8("GSM signal")?));
+            r.skip(1, "alarm extension")?;
+        }
+        Variant::S5 => {
+            terminal_info(r, rec, v)?;
+            rec.p.power_v = Some(f64::from(r.u16("power")?) / 100.0);
+            rec.p.attrs.int("rssi", i64::from(r.u8("GSM signal")?));
+            rec.alarm(alarm_name(u16::from(r.u8("alarm")?), v));
+            rec.p.attrs.int("oil", i64::from(r.u16("oil")?));
+            let tb = r.u8("temperature")?;
+            let temp = if tb & 0x80 != 0 {
+                -i64::from(tb & 0x7f)
+            } else {
+                i64::from(tb)
+            };
+            rec.p.attrs.int("temp1", temp);
+            rec.p.odometer_m = Some(f64::from(r.u32("odometer")?) * 10.0);
+        }
+        Variant::Wetrust => {
+            rec.p.odometer_m = Some(f64::from(r.u32("odometer")?));
+            let n = usize::from(r.u8("card length")?);
+            let card = ascii(r.take(n, "card")?);
+            rec.p.attrs.text("card", card);
+            if r.u8("alarm")? > 0 {
+                rec.alarm(Some("general"));
+            }
+            rec.p
+                .attrs
+                .int("card_status", i64::from(r.u8("card status")?));
+            rec.p
+                .attrs
+                .int("driving_time", i64::from(r.u16("driving time")?));
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+/// Seeworld 0x22: ACC, odometer, temperature, humidity.
+fn seeworld_tail(r: &mut Reader<'_>, rec: &mut Rec) -> Result<(), DecodeError> {
+    rec.p.ignition = Some(r.u8("ACC")? > 0);
+    r.skip(2, "reporting mode")?;
+    rec.p.odometer_m = Some(f64::from(r.u32("odometer")?));
+    r.skip(4, "travel time")?;
+    let raw = r.u16("temperature")?;
+    let temp = if raw & 0x8000 != 0 {
+        -i64::from(raw & 0x7fff)
+    } else {
+        i64::from(raw)
+    };
+    rec.p.attrs.float("temp1", temp as f64 / 100.0);
+    rec.p
+        .attrs
+        .float("humidity", f64::from(r.u16("humidity")?) / 100.0);
+    Ok(())
+}
+
 fn driver_hex(r: &mut Reader<'_>, rec: &mut Rec) -> Result<(), DecodeError> {
     let raw = r.take(8, "RFID")?;
     if raw.iter().any(|&b| b != 0) {
@@ -1475,7 +1256,7 @@ fn wifi(
     d: &mut Decoded,
     reply: &mut Option<Bytes>,
 ) -> Result<(), DecodeError> {
-    d.kind = "lbs";
+    d.kind = MessageKind::Lbs;
     let time = r.take(6, "time")?;
     let stamp = time
         .iter()
@@ -1552,7 +1333,7 @@ fn multi_lbs(
 ) -> Result<(), DecodeError> {
     use msg::*;
     let t = f.typ;
-    d.kind = "lbs";
+    d.kind = MessageKind::Lbs;
     r.skip(6, "date")?;
     let lead_ta = v == Variant::WanwayS20 || v == Variant::Sl4x;
     if lead_ta {
@@ -1989,6 +1770,9 @@ pub fn encode_gps(fix: &GpsFix, serial: u16) -> Bytes {
     c.push(0x00); // real time, not re-uploaded
     build_packet(false, msg::GPS_LBS_2, &c, serial)
 }
+
+mod message;
+use message::*;
 
 #[cfg(test)]
 mod tests;

@@ -19,6 +19,7 @@ use super::{
     FrameCut, Protocol, ProtocolSpec, Session, Transport,
 };
 use crate::model::{AttrKey, AttrValue, Attributes, DeviceId, Position, KNOTS_TO_KMH};
+use crate::protocols::{DecodeReason, MessageKind};
 
 const NAME: &str = "h02";
 /// Largest frame accepted: text sentences are well under 512 bytes; `SMS` answers carry a few
@@ -69,7 +70,12 @@ impl Session for H02Session {
         let mut d = match frame.first() {
             Some(b'*') => {
                 let text = std::str::from_utf8(frame).map_err(|e| {
-                    DecodeError::new(NAME, "encoding", e.valid_up_to(), "sentence is not ASCII")
+                    DecodeError::new(
+                        NAME,
+                        DecodeReason::Encoding,
+                        e.valid_up_to(),
+                        "sentence is not ASCII",
+                    )
                 })?;
                 let d = decode_text(text, ctx, self.id.as_deref())?;
                 if let Some(m) = text
@@ -81,16 +87,23 @@ impl Session for H02Session {
                 d
             }
             Some(b'$') => decode_binary(frame)?,
-            Some(b'X') => Decoded::kind("other"),
+            Some(b'X') => Decoded::kind(MessageKind::Other),
             Some(&b) => {
                 return Err(DecodeError::new(
                     NAME,
-                    "framing",
+                    DecodeReason::Framing,
                     0,
                     format!("unknown marker {b:#04x}"),
                 ))
             }
-            None => return Err(DecodeError::new(NAME, "truncated", 0, "empty frame")),
+            None => {
+                return Err(DecodeError::new(
+                    NAME,
+                    DecodeReason::Truncated,
+                    0,
+                    "empty frame",
+                ))
+            }
         };
         match &d.device {
             Some(id) => self.id = Some(id.0.clone()),
@@ -135,13 +148,13 @@ fn tcp_frame(buf: &[u8]) -> Result<FrameCut, DecodeError> {
             }
             Some(_) => Err(DecodeError::new(
                 NAME,
-                "too_large",
+                DecodeReason::TooLarge,
                 0,
                 format!("sentence over {MAX_FRAME} bytes"),
             )),
             None if buf.len() >= MAX_FRAME => Err(DecodeError::new(
                 NAME,
-                "too_large",
+                DecodeReason::TooLarge,
                 0,
                 format!("no '#' within {MAX_FRAME} bytes"),
             )),
@@ -208,7 +221,7 @@ fn decode_binary(frame: &[u8]) -> Result<Decoded, DecodeError> {
     if frame.len() < need {
         return Err(DecodeError::new(
             NAME,
-            "truncated",
+            DecodeReason::Truncated,
             frame.len(),
             format!("binary record: need {need} bytes, have {}", frame.len()),
         ));
@@ -220,7 +233,12 @@ fn decode_binary(frame: &[u8]) -> Result<Decoded, DecodeError> {
     let b = &frame[1 + id_len..];
     let t = |i: usize, what: &str| {
         bcd(b[i]).ok_or_else(|| {
-            DecodeError::new(NAME, "bad_time", 1 + id_len + i, format!("{what} not BCD"))
+            DecodeError::new(
+                NAME,
+                DecodeReason::BadTime,
+                1 + id_len + i,
+                format!("{what} not BCD"),
+            )
         })
     };
     let (hh, mi, ss) = (t(0, "hour")?, t(1, "minute")?, t(2, "second")?);
@@ -228,7 +246,7 @@ fn decode_binary(frame: &[u8]) -> Result<Decoded, DecodeError> {
     let time = utc(2000 + yy as i32, mo, dd, hh, mi, ss).ok_or_else(|| {
         DecodeError::new(
             NAME,
-            "bad_time",
+            DecodeReason::BadTime,
             1 + id_len,
             format!("20{yy:02}-{mo:02}-{dd:02} {hh:02}:{mi:02}:{ss:02}"),
         )
@@ -245,6 +263,14 @@ fn decode_binary(frame: &[u8]) -> Result<Decoded, DecodeError> {
         + u32::from(b[15] >> 4);
     let lon_min = f64::from(lon_min_raw) / 10_000.0;
     let flags = b[15] & 0x0f;
+    if lat_min >= 60.0 || lon_min >= 60.0 {
+        return Err(DecodeError::new(
+            NAME,
+            DecodeReason::BadField,
+            1 + id_len + 6,
+            format!("coordinate minutes {lat_min} / {lon_min}: 60 or more"),
+        ));
+    }
     let mut lat = f64::from(lat_deg) + lat_min / 60.0;
     let mut lon = f64::from(lon_deg) + lon_min / 60.0;
     if flags & 0x04 == 0 {
@@ -265,7 +291,11 @@ fn decode_binary(frame: &[u8]) -> Result<Decoded, DecodeError> {
     }
     apply_status(&mut p, status);
 
-    let mut d = Decoded::kind(if p.alarm.is_some() { "alarm" } else { "data" });
+    let mut d = Decoded::kind(if p.alarm.is_some() {
+        MessageKind::Alarm
+    } else {
+        MessageKind::Data
+    });
     d.device = Some(DeviceId::new(id));
     d.positions.push(p);
     Ok(d)
@@ -325,7 +355,7 @@ fn decode_text(
     if fields.len() < 3 {
         return Err(DecodeError::new(
             NAME,
-            "framing",
+            DecodeReason::Framing,
             0,
             "sentence has no type field",
         ));
@@ -348,7 +378,7 @@ fn decode_text(
 
     let mut d = match kind.to_ascii_uppercase().as_str() {
         "V0" | "HTBT" => {
-            let mut d = Decoded::kind("heartbeat");
+            let mut d = Decoded::kind(MessageKind::Heartbeat);
             // Echo of the sentence up to the type.
             let head_len = 1 + maker.len() + 1 + fields[1].len() + 1 + kind.len();
             d.reply = text.get(..head_len).map(|h| Bytes::from(format!("{h}#")));
@@ -371,7 +401,7 @@ fn decode_text(
         "VP1" => decode_vp1(&fields)?,
         "SMS" => {
             let text = body.splitn(4, ',').nth(3).unwrap_or("").to_string();
-            let mut d = Decoded::kind("command_response");
+            let mut d = Decoded::kind(MessageKind::CommandResponse);
             let mut a = Attributes::default();
             a.text("result", text.as_str());
             d.status = Some(a);
@@ -385,6 +415,24 @@ fn decode_text(
         "V4" => decode_v4(&fields, ctx),
         "V1" => {
             let mut d = decode_position_sentence(&fields, 3, ctx);
+            if d.positions.is_empty() {
+                // Answering would tell the device a fix was taken that was not: the reply
+                // confirms only what was parsed. A corrupt fix is a counted refusal; a
+                // sentence without one (no fix yet, missing N/S) is kept unanswered.
+                if fields
+                    .get(5..8)
+                    .is_some_and(|c| minutes_over_59(c[0]) || minutes_over_59(c[2]))
+                {
+                    return Err(DecodeError::new(
+                        NAME,
+                        DecodeReason::BadField,
+                        0,
+                        "V1 coordinate with minutes of 60 or more",
+                    ));
+                }
+                d.device = device;
+                return Ok(d);
+            }
             d.reply = Some(Bytes::from(format!(
                 "*{maker_tag},{reply_id},V4,V1,{stamp}#"
             )));
@@ -410,7 +458,7 @@ fn decode_v4(fields: &[&str], ctx: &DecodeCtx) -> Decoded {
     let response = fields.get(3..response_end).unwrap_or(&[]);
     let mut d = match body_at {
         Some(i) => decode_position_sentence(fields, i, ctx),
-        None => Decoded::kind("command_response"),
+        None => Decoded::kind(MessageKind::CommandResponse),
     };
     let failed = response
         .iter()
@@ -430,8 +478,28 @@ fn decode_v4(fields: &[&str], ctx: &DecodeCtx) -> Decoded {
         },
         seq: None,
     });
-    d.kind = "command_response";
+    d.kind = MessageKind::CommandResponse;
     d
+}
+
+/// A `ddmm.mmmm`, `-dd-mm.mmmm` or `dddmmmmmm` coordinate whose minutes are 60 or more.
+fn minutes_over_59(raw: &str) -> bool {
+    let s = raw.trim();
+    let minutes = if let Some(rest) = s.strip_prefix('-') {
+        rest.split_once('-').and_then(|(_, m)| parse_decimal(m))
+    } else if let Some((int, _)) = s.split_once('.') {
+        int.get(int.len().saturating_sub(2)..)
+            .filter(|_| int.len() >= 2)
+            .and_then(parse_uint)
+            .map(|m| m as f64)
+    } else if s.len() >= 7 {
+        s.get(s.len() - 6..)
+            .and_then(parse_uint)
+            .map(|m| m as f64 / 10_000.0)
+    } else {
+        None
+    };
+    minutes.is_some_and(|m| m >= 60.0)
 }
 
 /// `ddmm.mmmm` (any number of degree digits), `-dd-mm.mmmm`, or `dddmmmmmm` (minutes with four
@@ -454,6 +522,10 @@ fn parse_coordinate(raw: &str, hemisphere: &str, max: f64) -> Option<f64> {
     } else {
         return None;
     };
+    // Minutes of 60 or more are not a coordinate (`5565.0000` is not 55° 65′): a corrupt fix.
+    if !(0.0..60.0).contains(&min) {
+        return None;
+    }
     let value = deg + min / 60.0;
     if !(value.is_finite() && value <= max) {
         return None;
@@ -482,9 +554,13 @@ fn parse_decimal(s: &str) -> Option<f64> {
 
 /// The standard position body starting at `fields[at]` (the time field).
 fn decode_position_sentence(fields: &[&str], at: usize, ctx: &DecodeCtx) -> Decoded {
-    let mut d = Decoded::kind("other");
+    let mut d = Decoded::kind(MessageKind::Other);
     if let Some(p) = parse_position_body(fields, at, ctx) {
-        d.kind = if p.alarm.is_some() { "alarm" } else { "data" };
+        d.kind = if p.alarm.is_some() {
+            MessageKind::Alarm
+        } else {
+            MessageKind::Data
+        };
         d.positions.push(p);
     }
     d
@@ -632,7 +708,7 @@ fn cells_attr(a: &mut Attributes, cells: &[[&str; 3]]) {
 
 /// `NBR,hhmmss,mcc,mnc,delay,count,(lac,cid,rssi)*,ddmmyy,status`: cell towers, no fix.
 fn decode_nbr(fields: &[&str]) -> Decoded {
-    let mut d = Decoded::kind("lbs");
+    let mut d = Decoded::kind(MessageKind::Lbs);
     let mut a = Attributes::default();
     int_attr(&mut a, "mcc", fields.get(4));
     int_attr(&mut a, "mnc", fields.get(5));
@@ -653,7 +729,7 @@ fn decode_nbr(fields: &[&str]) -> Decoded {
 
 /// `LINK,hhmmss,rssi,satellites,battery,steps,turnovers,ddmmyy,status`.
 fn decode_link(fields: &[&str]) -> Decoded {
-    let mut d = Decoded::kind("heartbeat");
+    let mut d = Decoded::kind(MessageKind::Heartbeat);
     let mut a = Attributes::default();
     int_attr(&mut a, "rssi", fields.get(4));
     int_attr(&mut a, "satellites", fields.get(5));
@@ -667,7 +743,7 @@ fn decode_link(fields: &[&str]) -> Decoded {
 
 /// `V3,hhmmss,<mcc><mnc>,count,(lac,cid,rssi,x)*,battery(hex),reboot,X,ddmmyy,status`.
 fn decode_v3(fields: &[&str]) -> Decoded {
-    let mut d = Decoded::kind("lbs");
+    let mut d = Decoded::kind(MessageKind::Lbs);
     let mut a = Attributes::default();
     if let Some(mm) = fields.get(4).filter(|s| s.len() > 3 && s.is_ascii()) {
         int_attr(&mut a, "mcc", Some(&&mm[..3]));
@@ -692,7 +768,7 @@ fn decode_v3(fields: &[&str]) -> Decoded {
 fn decode_vp1(fields: &[&str]) -> Result<Decoded, DecodeError> {
     match fields.get(3).copied() {
         Some("V") => {
-            let mut d = Decoded::kind("lbs");
+            let mut d = Decoded::kind(MessageKind::Lbs);
             let mut a = Attributes::default();
             int_attr(&mut a, "mcc", fields.get(4));
             int_attr(&mut a, "mnc", fields.get(5));
@@ -719,17 +795,17 @@ fn decode_vp1(fields: &[&str]) -> Result<Decoded, DecodeError> {
                     utc(2000 + n(4)? as i32, n(2)?, n(0)?, 0, 0, 0)
                 })
                 .flatten();
-            let mut d = Decoded::kind("other");
+            let mut d = Decoded::kind(MessageKind::Other);
             if let (Some(lat), Some(lon), Some(time)) = (lat, lon, time) {
                 let mut p = Position::new(time, true, lat, lon);
                 p.speed_kmh = parse_decimal(f(8)).unwrap_or(0.0) * KNOTS_TO_KMH;
                 p.course = parse_decimal(f(9)).unwrap_or(0.0);
-                d.kind = "data";
+                d.kind = MessageKind::Data;
                 d.positions.push(p);
             }
             Ok(d)
         }
-        _ => Ok(Decoded::kind("other")),
+        _ => Ok(Decoded::kind(MessageKind::Other)),
     }
 }
 

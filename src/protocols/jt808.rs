@@ -20,6 +20,7 @@ use super::{
     FrameCut, Protocol, ProtocolSpec, Session, Transport,
 };
 use crate::model::{AttrKey, AttrValue, Attributes, DeviceId, Position};
+use crate::protocols::{DecodeReason, MessageKind};
 
 const NAME: &str = "jt808";
 /// Largest frame accepted: the body length field has 10 bits (1023 bytes); with the header,
@@ -167,11 +168,16 @@ impl Session for Jt808Session {
             Some(&d @ (0x7E | 0xE7)) => self.decode_binary(frame, d, ctx),
             Some(&b) => Err(DecodeError::new(
                 NAME,
-                "framing",
+                DecodeReason::Framing,
                 0,
                 format!("unknown delimiter {b:#04x}"),
             )),
-            None => Err(DecodeError::new(NAME, "truncated", 0, "empty frame")),
+            None => Err(DecodeError::new(
+                NAME,
+                DecodeReason::Truncated,
+                0,
+                "empty frame",
+            )),
         }
     }
 
@@ -219,13 +225,13 @@ fn next_frame(buf: &[u8]) -> Result<FrameCut, DecodeError> {
         Some(i) if i + 2 <= MAX_FRAME => Ok(FrameCut::Frame(i + 2)),
         Some(_) => Err(DecodeError::new(
             NAME,
-            "too_large",
+            DecodeReason::TooLarge,
             0,
             format!("frame over {MAX_FRAME} bytes"),
         )),
         None if buf.len() >= MAX_FRAME => Err(DecodeError::new(
             NAME,
-            "too_large",
+            DecodeReason::TooLarge,
             0,
             format!("no closing delimiter within {MAX_FRAME} bytes"),
         )),
@@ -256,7 +262,7 @@ fn unescape(inner: &[u8], delimiter: u8) -> Result<Vec<u8>, DecodeError> {
                 _ => {
                     return Err(DecodeError::new(
                         NAME,
-                        "framing",
+                        DecodeReason::Framing,
                         i + 1,
                         format!(
                             "bad escape {b:#04x} {}",
@@ -382,7 +388,14 @@ struct Frame<'a> {
 
 fn bcd_time(b: &[u8], offset: usize) -> Result<DateTime<Utc>, DecodeError> {
     let d = |i: usize| b.get(i).copied().and_then(bcd);
-    let bad = || DecodeError::new(NAME, "bad_time", offset, format!("time {}", hex::encode(b)));
+    let bad = || {
+        DecodeError::new(
+            NAME,
+            DecodeReason::BadTime,
+            offset,
+            format!("time {}", hex::encode(b)),
+        )
+    };
     let (yy, mo, dd, hh, mi, ss) = (
         d(0).ok_or_else(bad)?,
         d(1).ok_or_else(bad)?,
@@ -511,12 +524,12 @@ impl Jt808Session {
     fn decode_text(&mut self, frame: &[u8], ctx: &DecodeCtx) -> Decoded {
         let sentence = String::from_utf8_lossy(frame).to_string();
         if sentence.contains("BASE,2") {
-            let mut d = Decoded::kind("heartbeat");
+            let mut d = Decoded::kind(MessageKind::Heartbeat);
             let stamp = ctx.now.format("%Y%m%d%H%M%S").to_string();
             d.reply = Some(Bytes::from(sentence.replace("TIME", &stamp)));
             return d;
         }
-        let mut d = Decoded::kind("command_response");
+        let mut d = Decoded::kind(MessageKind::CommandResponse);
         d.command_response = Some(CommandResponse {
             text: sentence,
             success: None,
@@ -536,7 +549,7 @@ impl Jt808Session {
             _ => {
                 return Err(DecodeError::new(
                     NAME,
-                    "framing",
+                    DecodeReason::Framing,
                     frame.len(),
                     "no closing delimiter",
                 ))
@@ -544,13 +557,18 @@ impl Jt808Session {
         };
         let data = unescape(inner, delimiter)?;
         let Some((&check, covered)) = data.split_last() else {
-            return Err(DecodeError::new(NAME, "truncated", 1, "empty message"));
+            return Err(DecodeError::new(
+                NAME,
+                DecodeReason::Truncated,
+                1,
+                "empty message",
+            ));
         };
         let computed = xor(covered);
         if computed != check {
             return Err(DecodeError::new(
                 NAME,
-                "crc",
+                DecodeReason::Crc,
                 frame.len() - 2,
                 format!("checksum {check:#04x}, computed {computed:#04x}"),
             ));
@@ -598,9 +616,16 @@ impl Jt808Session {
         let full_id = decode_id(phone);
         let encrypted = props & 0x0400 != 0
             && !matches!(id, msg::LOCATION_REPORT_2 | msg::LOCATION_REPORT_BLIND);
-        let mut d = if encrypted {
+        let declared = usize::from(props & 0x03FF);
+        let mut d = if f.body.len() != declared {
+            // The checksum held, so the terminal built the message so: the standard's answer
+            // is 0x8001 result 2 ("message error"), and nothing of it is taken.
+            let mut d = Decoded::kind(MessageKind::Invalid);
+            d.reply = Some(self.general_response(&f, 2));
+            d
+        } else if encrypted {
             // RSA-encrypted body (bit 10; the lock messages use the bits otherwise): no keys here. Answered "not supported".
-            let mut d = Decoded::kind("other");
+            let mut d = Decoded::kind(MessageKind::Other);
             d.reply = Some(self.general_response(&f, 3));
             d
         } else {
@@ -631,235 +656,103 @@ impl Jt808Session {
         if let Some((_, index)) = f.packet {
             if index > 1 {
                 // Continuation of a sub-packaged message: acknowledged, not reassembled.
-                let mut d = Decoded::kind("other");
+                let mut d = Decoded::kind(MessageKind::Other);
                 d.reply = Some(self.general_response(f, 0));
                 return Ok(d);
             }
         }
         let body = f.body;
+        // Messages answered with 0x8001 result 0 fall through to the end; the others return
+        // their own answer (or none).
         let mut d = match f.id {
-            msg::TERMINAL_REGISTER => {
-                let mut d = Decoded::kind("login");
-                let mut b = Vec::with_capacity(3 + full_id.len());
-                b.extend(f.serial.to_be_bytes());
-                b.push(0);
-                b.extend(full_id.as_bytes());
-                d.reply = Some(self.message(msg::TERMINAL_REGISTER_RESPONSE, &b));
-                return Ok(d);
-            }
-            msg::TERMINAL_AUTH => {
-                let mut d = Decoded::kind("login");
-                let code = text_of(body);
-                if !code.is_empty() {
-                    let mut a = Attributes::default();
-                    a.text("auth_code", code);
-                    d.status = Some(a);
-                }
-                d
-            }
-            msg::HEARTBEAT => {
-                let mut d = Decoded::kind("heartbeat");
-                if let [battery, rssi, status, ..] = body {
-                    let mut a = Attributes::default();
-                    a.int("battery_level", i64::from(*battery));
-                    a.int("rssi", i64::from(*rssi));
-                    a.int("status", i64::from(*status));
-                    d.status = Some(a);
-                }
-                d
-            }
+            msg::TERMINAL_REGISTER => return Ok(self.register(f, full_id)),
+            msg::TERMINAL_AUTH => messages::auth(body),
+            msg::HEARTBEAT => messages::heartbeat(body),
             msg::HEARTBEAT_2 | msg::TERMINAL_LOGOUT | msg::TIMEZONE_SYNC | msg::PHOTO => {
-                Decoded::kind("other")
+                Decoded::kind(MessageKind::Other)
             }
-            msg::TERMINAL_GENERAL_RESPONSE => {
-                let mut r = Reader::new(NAME, body);
-                let serial = r.u16("reply serial")?;
-                let reply_id = r.u16("reply message id")?;
-                let result = r.u8("result")?;
-                let mut d = Decoded::kind("command_response");
-                let outcome = match result {
-                    0 => "success",
-                    1 => "failure",
-                    2 => "message error",
-                    3 => "not supported",
-                    _ => "other",
-                };
-                d.command_response = Some(CommandResponse {
-                    text: format!("{reply_id:04X}: {outcome} ({result})"),
-                    success: Some(result == 0),
-                    seq: Some(u32::from(serial)),
-                });
-                return Ok(d);
-            }
-            msg::LOCATION_REPORT => {
-                let p = decode_location(body)?;
-                let mut d = Decoded::kind(if p.alarm.is_some() { "alarm" } else { "data" });
-                d.positions.push(p);
-                d
-            }
+            msg::TERMINAL_GENERAL_RESPONSE => return messages::terminal_response(body),
+            msg::LOCATION_REPORT => messages::location(body)?,
             msg::LOCATION_QUERY_RESPONSE | msg::VEHICLE_CONTROL_RESPONSE => {
-                let serial = Reader::new(NAME, body).u16("reply serial")?;
-                let p = decode_location(body.get(2..).unwrap_or(&[]))?;
-                let mut d = Decoded::kind("command_response");
-                let text = if f.id == msg::VEHICLE_CONTROL_RESPONSE {
-                    format!(
-                        "vehicle control done, oil circuit {}",
-                        if p.outputs == Some(1) {
-                            "cut"
-                        } else {
-                            "connected"
-                        }
-                    )
-                } else {
-                    "location".to_string()
-                };
-                d.command_response = Some(CommandResponse {
-                    text,
-                    success: Some(true),
-                    seq: Some(u32::from(serial)),
-                });
-                d.positions.push(p);
-                return Ok(d);
+                return messages::location_answer(f.id, body)
             }
-            msg::LOCATION_BATCH_2 if body.len() == 7 => {
-                let mut d = Decoded::kind("heartbeat");
-                let mut a = Attributes::default();
-                a.int("battery_level", i64::from(body[0]));
-                if let Ok(t) = bcd_time(&body[1..], 1) {
-                    a.text("device_time", t.to_rfc3339());
-                }
-                d.status = Some(a);
-                d
-            }
+            msg::LOCATION_BATCH_2 if body.len() == 7 => messages::battery_heartbeat(body),
             msg::LOCATION_BATCH | msg::LOCATION_BATCH_2 => decode_batch(f.id, body)?,
-            msg::LOCATION_REPORT_2 | msg::LOCATION_REPORT_BLIND => {
-                let mut d = Decoded::kind("data");
-                d.positions.push(decode_location_2(f.id, body)?);
-                if f.props & 0x8000 != 0 {
-                    let mut b = f.id.to_be_bytes().to_vec();
-                    b.push(0);
-                    let head = Header {
-                        version: self.version,
-                        phone: f.phone.to_vec(),
-                        delimiter: self.delimiter,
-                    };
-                    d.reply = Some(encode_message(
-                        &head,
-                        msg::GENERAL_RESPONSE_2,
-                        Serial::Byte(1),
-                        &b,
-                    ));
-                }
-                return Ok(d);
-            }
-            msg::TIME_SYNC_REQUEST => {
-                let now = ctx.now;
-                let mut b = (now.year() as u16).to_be_bytes().to_vec();
-                b.extend(
-                    [
-                        now.month(),
-                        now.day(),
-                        now.hour(),
-                        now.minute(),
-                        now.second(),
-                    ]
-                    .map(|v| v as u8),
-                );
-                b.push(0);
-                let mut d = Decoded::kind("other");
-                d.reply = Some(self.message(msg::TIME_SYNC_RESPONSE, &b));
-                return Ok(d);
-            }
-            msg::TERMINAL_ATTRIBUTES => {
-                let mut d = Decoded::kind("other");
-                let mut a = Attributes::default();
-                if let Some(iccid) = body.get(34..44) {
-                    a.text("iccid", hex::encode(iccid));
-                }
-                if let Some(model) = body.get(7..27) {
-                    a.text("model", text_of(model));
-                }
-                d.status = Some(a);
-                d
-            }
+            msg::LOCATION_REPORT_2 | msg::LOCATION_REPORT_BLIND => return self.location_2(f),
+            msg::TIME_SYNC_REQUEST => return Ok(self.time_sync(ctx)),
+            msg::TERMINAL_ATTRIBUTES => messages::attributes(body),
             msg::TRANSPARENT => decode_transparent(body)?,
-            msg::REPORT_TEXT_MESSAGE => {
-                let mut d = Decoded::kind("command_response");
-                let text = text_of(body.get(1..).unwrap_or(&[]));
-                d.command_response = Some(CommandResponse {
-                    text,
-                    success: None,
-                    seq: None,
-                });
-                d
-            }
-            msg::TEXT_MESSAGE_RESPONSE => {
-                let mut r = Reader::new(NAME, body);
-                let serial = r.u16("reply serial")?;
-                let units: Vec<u16> = r
-                    .rest()
-                    .chunks_exact(2)
-                    .map(|c| u16::from_be_bytes([c[0], c[1]]))
-                    .collect();
-                let text = String::from_utf16_lossy(&units)
-                    .trim_matches(|c: char| c.is_control() || c == ' ')
-                    .to_string();
-                let mut d = Decoded::kind("command_response");
-                d.command_response = Some(CommandResponse {
-                    text,
-                    success: None,
-                    seq: Some(u32::from(serial)),
-                });
-                return Ok(d);
-            }
-            msg::COMMAND_RESPONSE => {
-                let mut r = Reader::new(NAME, body);
-                let len = r.u32("response length")? as usize;
-                let text = text_of(r.take(len.min(r.remaining()), "response")?);
-                let mut d = Decoded::kind("command_response");
-                d.command_response = Some(CommandResponse {
-                    text,
-                    success: None,
-                    seq: None,
-                });
-                d
-            }
+            msg::REPORT_TEXT_MESSAGE => messages::report_text(body),
+            msg::TEXT_MESSAGE_RESPONSE => return messages::text_message_response(body),
+            msg::COMMAND_RESPONSE => messages::command_response(body)?,
             msg::DRIVER_IDENTITY => decode_driver(body),
-            msg::ACCELERATION => {
-                let mut d = Decoded::kind("other");
-                let samples: Vec<String> = body
-                    .chunks_exact(12)
-                    .map(|c| {
-                        let w = |i: usize| {
-                            let v = u16::from_be_bytes([c[i], c[i + 1]]);
-                            let m = i32::from(v & 0x7FFF);
-                            if v & 0x8000 != 0 {
-                                -m
-                            } else {
-                                m
-                            }
-                        };
-                        format!("[{},{},{}]", w(6), w(8), w(10))
-                    })
-                    .collect();
-                let mut a = Attributes::default();
-                a.text("g_sensor", format!("[{}]", samples.join(",")));
-                d.status = Some(a);
-                return Ok(d);
-            }
+            msg::ACCELERATION => return Ok(messages::acceleration(body)),
             // Answers to platform queries: nothing to acknowledge.
-            msg::PARAMETERS_RESPONSE => return Ok(Decoded::kind("command_response")),
-            _ if f.id & 0x8000 != 0 => return Ok(Decoded::kind("other")),
+            msg::PARAMETERS_RESPONSE => return Ok(Decoded::kind(MessageKind::CommandResponse)),
+            _ if f.id & 0x8000 != 0 => return Ok(Decoded::kind(MessageKind::Other)),
             _ => {
                 // A terminal message we do not know: answered "not supported" (result 3), so
                 // the device neither retransmits it nor takes it as processed.
-                let mut d = Decoded::kind("other");
+                let mut d = Decoded::kind(MessageKind::Other);
                 d.reply = Some(self.general_response(f, 3));
                 return Ok(d);
             }
         };
         d.reply = Some(self.general_response(f, 0));
         Ok(d)
+    }
+
+    /// 0x0100 registration: answered 0x8100 with result 0 and the terminal id as auth code.
+    fn register(&mut self, f: &Frame<'_>, full_id: &str) -> Decoded {
+        let mut d = Decoded::kind(MessageKind::Login);
+        let mut b = Vec::with_capacity(3 + full_id.len());
+        b.extend(f.serial.to_be_bytes());
+        b.push(0);
+        b.extend(full_id.as_bytes());
+        d.reply = Some(self.message(msg::TERMINAL_REGISTER_RESPONSE, &b));
+        d
+    }
+
+    /// The vendor location reports (one-byte serial); answered 0x4401 only when asked.
+    fn location_2(&mut self, f: &Frame<'_>) -> Result<Decoded, DecodeError> {
+        let mut d = Decoded::kind(MessageKind::Data);
+        d.positions.push(decode_location_2(f.id, f.body)?);
+        if f.props & 0x8000 != 0 {
+            let mut b = f.id.to_be_bytes().to_vec();
+            b.push(0);
+            let head = Header {
+                version: self.version,
+                phone: f.phone.to_vec(),
+                delimiter: self.delimiter,
+            };
+            d.reply = Some(encode_message(
+                &head,
+                msg::GENERAL_RESPONSE_2,
+                Serial::Byte(1),
+                &b,
+            ));
+        }
+        Ok(d)
+    }
+
+    /// 0x0109: answered 0x8109 with the server's UTC time and result 0.
+    fn time_sync(&mut self, ctx: &DecodeCtx) -> Decoded {
+        let now = ctx.now;
+        let mut b = (now.year() as u16).to_be_bytes().to_vec();
+        b.extend(
+            [
+                now.month(),
+                now.day(),
+                now.hour(),
+                now.minute(),
+                now.second(),
+            ]
+            .map(|v| v as u8),
+        );
+        b.push(0);
+        let mut d = Decoded::kind(MessageKind::Other);
+        d.reply = Some(self.message(msg::TIME_SYNC_RESPONSE, &b));
+        d
     }
 }
 
@@ -871,7 +764,7 @@ fn decode_batch(id: u16, body: &[u8]) -> Result<Decoded, DecodeError> {
         r.u16("record count")?;
         archive = r.u8("batch type")? == 1;
     }
-    let mut d = Decoded::kind("data");
+    let mut d = Decoded::kind(MessageKind::Data);
     let mut skipped = 0;
     while r.remaining() >= 2 {
         let len = if id == msg::LOCATION_BATCH {
@@ -920,7 +813,14 @@ fn decode_location_2(id: u16, body: &[u8]) -> Result<Position, DecodeError> {
         [dd, mo, yy, hh, mi, ss] => utc(2000 + yy as i32, mo, dd, hh, mi, ss),
         _ => None,
     }
-    .ok_or_else(|| DecodeError::new(NAME, "bad_time", at, format!("time {}", hex::encode(t))))?;
+    .ok_or_else(|| {
+        DecodeError::new(
+            NAME,
+            DecodeReason::BadTime,
+            at,
+            format!("time {}", hex::encode(t)),
+        )
+    })?;
     let lat_raw = bcd_number(r.take(4, "latitude")?);
     let lon_bytes = r.take(5, "longitude")?;
     let lon_raw = bcd_number(&lon_bytes[..4]) * 10 + u64::from(lon_bytes[4] >> 4);
@@ -985,7 +885,7 @@ fn decode_location_2(id: u16, body: &[u8]) -> Result<Position, DecodeError> {
 
 /// 0x0702 driver identity: card status, time, read result, name, certificate, issuer, validity.
 fn decode_driver(body: &[u8]) -> Decoded {
-    let mut d = Decoded::kind("other");
+    let mut d = Decoded::kind(MessageKind::Other);
     let mut a = Attributes::default();
     let mut r = Reader::new(NAME, body);
     let mut parse = || -> Result<(), DecodeError> {
@@ -1006,7 +906,7 @@ fn decode_driver(body: &[u8]) -> Decoded {
 fn decode_transparent(body: &[u8]) -> Result<Decoded, DecodeError> {
     let mut r = Reader::new(NAME, body);
     let kind = r.u8("transparent type")?;
-    let mut d = Decoded::kind("other");
+    let mut d = Decoded::kind(MessageKind::Other);
     match kind {
         0x40 | 0x41 => {
             let text = text_of(r.rest());
@@ -1081,7 +981,7 @@ fn decode_transparent(body: &[u8]) -> Result<Decoded, DecodeError> {
             if archive {
                 p.attrs.flag("archive", true);
             }
-            d.kind = "data";
+            d.kind = MessageKind::Data;
             d.positions.push(p);
         }
         0xFF => {
@@ -1093,7 +993,7 @@ fn decode_transparent(body: &[u8]) -> Result<Decoded, DecodeError> {
             p.altitude = f64::from(r.i16("altitude")?);
             p.speed_kmh = f64::from(r.u16("speed")?) / 10.0;
             p.course = f64::from(r.u16("course")?);
-            d.kind = "data";
+            d.kind = MessageKind::Data;
             d.positions.push(p);
         }
         0x53 | 0x54 => {
@@ -1114,7 +1014,7 @@ fn decode_transparent(body: &[u8]) -> Result<Decoded, DecodeError> {
                     hex::encode(r.rest()),
                 );
             }
-            d.kind = "data";
+            d.kind = MessageKind::Data;
             d.positions.push(p);
         }
         other => {
@@ -1289,6 +1189,8 @@ pub fn encode_terminal_response(
         &body,
     )
 }
+
+mod messages;
 
 #[cfg(test)]
 mod tests;

@@ -18,6 +18,7 @@ use super::{
     FrameCut, Protocol, ProtocolSpec, Session, Transport,
 };
 use crate::model::{AttrKey, AttrValue, Attributes, DeviceId, Position};
+use crate::protocols::{DecodeReason, MessageKind};
 
 const NAME: &str = "meitrack";
 /// CCE batches reach about 1.1 KiB and photo chunks (D00) about 1 KiB; 16 KiB is ample.
@@ -138,14 +139,26 @@ fn parse_header(buf: &[u8], marker: &[u8; 2]) -> Result<Option<(usize, usize)>, 
         return Ok(None);
     }
     if &buf[..2] != marker {
-        return Err(DecodeError::new(NAME, "framing", 0, "no $$ marker"));
+        return Err(DecodeError::new(
+            NAME,
+            DecodeReason::Framing,
+            0,
+            "no $$ marker",
+        ));
     }
     let mut len = 0usize;
     for (i, &c) in buf.iter().enumerate().skip(3) {
         match c {
             b',' if i > 3 => return Ok(Some((i, len))),
             b'0'..=b'9' if i < 9 => len = len * 10 + usize::from(c - b'0'),
-            _ => return Err(DecodeError::new(NAME, "framing", i, "bad length digits")),
+            _ => {
+                return Err(DecodeError::new(
+                    NAME,
+                    DecodeReason::Framing,
+                    i,
+                    "bad length digits",
+                ))
+            }
         }
     }
     Ok(None)
@@ -186,7 +199,7 @@ fn next_frame(buf: &[u8]) -> Result<FrameCut, DecodeError> {
     if total > MAX_FRAME {
         return Err(DecodeError::new(
             NAME,
-            "too_large",
+            DecodeReason::TooLarge,
             3,
             format!("length {len} over {MAX_FRAME}"),
         ));
@@ -194,21 +207,34 @@ fn next_frame(buf: &[u8]) -> Result<FrameCut, DecodeError> {
     if total < comma + 5 {
         return Err(DecodeError::new(
             NAME,
-            "framing",
+            DecodeReason::Framing,
             3,
             format!("length {len} too short"),
         ));
     }
+    let binary = is_binary(buf, comma);
+    // A text frame never holds `$$`: one inside the declared span is the next frame, and this
+    // one lost bytes (or miscounted). It ends there at the latest, so that the next frame is
+    // not swallowed with it.
+    let next_start = if binary {
+        None
+    } else {
+        buf[comma..]
+            .windows(2)
+            .position(|w| w == b"$$")
+            .map(|p| comma + p)
+    };
+    let fits = !matches!(next_start, Some(n) if n < total);
     // The declared length, when it lands on `*XX\r\n` (or on `*XX` at the end of what we have:
     // the line end is then skipped as the next frame's noise).
     // A bad checksum there is still this frame: decode reports it.
-    if buf.len() >= total && star_at(buf, total - 5) && &buf[total - 2..total] == b"\r\n" {
+    if fits && buf.len() >= total && star_at(buf, total - 5) && &buf[total - 2..total] == b"\r\n" {
         return Ok(FrameCut::Frame(total));
     }
-    if buf.len() == total - 2 && star_at(buf, total - 5) {
+    if fits && buf.len() == total - 2 && star_at(buf, total - 5) {
         return Ok(FrameCut::Frame(total - 2));
     }
-    if is_binary(buf, comma) {
+    if binary {
         return Ok(if buf.len() >= total {
             FrameCut::Frame(total)
         } else {
@@ -217,7 +243,10 @@ fn next_frame(buf: &[u8]) -> Result<FrameCut, DecodeError> {
     }
     // Text message whose declared length is off (some firmwares miscount): the frame ends
     // at the first `*XX` whose checksum matches, followed by CR LF or by the end of input.
-    let scan_end = buf.len().min(total + 16);
+    let scan_end = buf
+        .len()
+        .min(total + 16)
+        .min(next_start.unwrap_or(usize::MAX));
     for star in comma..scan_end.saturating_sub(2) {
         if buf[star] == b'*' && checksum_ok(buf, star) {
             let end = star + 3;
@@ -228,6 +257,11 @@ fn next_frame(buf: &[u8]) -> Result<FrameCut, DecodeError> {
                 None => FrameCut::NeedMore,
             });
         }
+    }
+    if let Some(n) = next_start {
+        // Nothing checks out before the next frame: this span fails alone (decode reports
+        // it), and framing resynchronises at that `$$`.
+        return Ok(FrameCut::Frame(n));
     }
     if buf.len() >= total + 16 {
         // Nothing checks out: hand over the declared length; decode reports the checksum.
@@ -240,17 +274,27 @@ fn next_frame(buf: &[u8]) -> Result<FrameCut, DecodeError> {
 pub fn decode(frame: &[u8], ctx: &DecodeCtx) -> Result<Decoded, DecodeError> {
     let body = frame.strip_suffix(b"\r\n").unwrap_or(frame);
     let Some((comma, _len)) = parse_header(body, b"$$")? else {
-        return Err(DecodeError::new(NAME, "truncated", body.len(), "header"));
+        return Err(DecodeError::new(
+            NAME,
+            DecodeReason::Truncated,
+            body.len(),
+            "header",
+        ));
     };
     let flag = body[2];
     if body.len() < comma + 4 {
-        return Err(DecodeError::new(NAME, "truncated", body.len(), "checksum"));
+        return Err(DecodeError::new(
+            NAME,
+            DecodeReason::Truncated,
+            body.len(),
+            "checksum",
+        ));
     }
     let star = body.len() - 3;
     if body[star] != b'*' {
         return Err(DecodeError::new(
             NAME,
-            "framing",
+            DecodeReason::Framing,
             star,
             "no *XX checksum at the end",
         ));
@@ -259,22 +303,26 @@ pub fn decode(frame: &[u8], ctx: &DecodeCtx) -> Result<Decoded, DecodeError> {
         let sent = String::from_utf8_lossy(&body[star + 1..]).into_owned();
         return Err(DecodeError::new(
             NAME,
-            "crc",
+            DecodeReason::Crc,
             star + 1,
             format!("checksum {sent}, computed {:02X}", checksum(&body[..=star])),
         ));
     }
     // ,IMEI,TYPE,data
     let content = &body[comma + 1..star];
-    let imei_end = content
-        .iter()
-        .position(|&c| c == b',')
-        .ok_or_else(|| DecodeError::new(NAME, "framing", comma + 1, "no comma after IMEI"))?;
+    let imei_end = content.iter().position(|&c| c == b',').ok_or_else(|| {
+        DecodeError::new(
+            NAME,
+            DecodeReason::Framing,
+            comma + 1,
+            "no comma after IMEI",
+        )
+    })?;
     let imei = &content[..imei_end];
     if imei.is_empty() || !imei.iter().all(u8::is_ascii_alphanumeric) {
         return Err(DecodeError::new(
             NAME,
-            "bad_identity",
+            DecodeReason::BadIdentity,
             comma + 1,
             "IMEI is not alphanumeric",
         ));
@@ -291,12 +339,12 @@ pub fn decode(frame: &[u8], ctx: &DecodeCtx) -> Result<Decoded, DecodeError> {
         b"CCE" => decode_cce(data, data_offset, ctx)?,
         b"AAC" => {
             // The device asks for a confirmation of its connection.
-            let mut d = Decoded::kind("heartbeat");
+            let mut d = Decoded::kind(MessageKind::Heartbeat);
             d.reply = Some(encode_frame(b"@@", flag, &imei, "AAC,1"));
             d
         }
         // Photo chunks: not stored by the fleet.
-        b"D00" => Decoded::kind("other"),
+        b"D00" => Decoded::kind(MessageKind::Other),
         b"AAA" | b"AFF" => decode_text_report(data, data_offset)?,
         _ => match decode_text_report(data, data_offset) {
             // Some command answers (A10 position query) are reports in the AAA layout.
@@ -310,7 +358,7 @@ pub fn decode(frame: &[u8], ctx: &DecodeCtx) -> Result<Decoded, DecodeError> {
 
 /// The device's answer to a command: `TYPE,result` as text.
 fn command_answer(kind: &[u8], data: &[u8]) -> Decoded {
-    let mut d = Decoded::kind("command_response");
+    let mut d = Decoded::kind(MessageKind::CommandResponse);
     let printable = data.iter().all(|c| c.is_ascii_graphic() || *c == b' ');
     let result = if printable {
         String::from_utf8_lossy(data).into_owned()
@@ -360,7 +408,7 @@ fn alarm_for_event(event: u32) -> Option<&'static str> {
 }
 
 fn field_err(offset: usize, what: &str) -> DecodeError {
-    DecodeError::new(NAME, "bad_field", offset, what.to_string())
+    DecodeError::new(NAME, DecodeReason::BadField, offset, what.to_string())
 }
 
 /// `yymmddHHMMSS`, UTC.
@@ -460,7 +508,11 @@ fn decode_text_report(data: &[u8], offset: usize) -> Result<Decoded, DecodeError
         };
         p.attrs.text(key, extra);
     }
-    let mut d = Decoded::kind(if p.alarm.is_some() { "alarm" } else { "data" });
+    let mut d = Decoded::kind(if p.alarm.is_some() {
+        MessageKind::Alarm
+    } else {
+        MessageKind::Data
+    });
     d.positions.push(p);
     Ok(d)
 }
@@ -475,12 +527,12 @@ fn decode_ccc(data: &[u8], offset: usize, flag: u8, imei: &str) -> Result<Decode
     if size < 52 {
         return Err(DecodeError::new(
             NAME,
-            "unsupported",
+            DecodeReason::Unsupported,
             offset + 2,
             format!("record size {size}"),
         ));
     }
-    let mut d = Decoded::kind("data");
+    let mut d = Decoded::kind(MessageKind::Data);
     let mut count = 0u32;
     while r.remaining() >= size {
         let rec = r.take(size, "record")?;
@@ -504,8 +556,8 @@ fn decode_ccc_record(r: &mut Reader<'_>) -> Result<Position, DecodeError> {
     let lat = f64::from(r.i32_le("latitude")?) / 1e6;
     let lon = f64::from(r.i32_le("longitude")?) / 1e6;
     let secs = r.u32_le("time")?;
-    let time =
-        from_secs(EPOCH_2000 + i64::from(secs)).ok_or_else(|| r.error("bad_time", "time"))?;
+    let time = from_secs(EPOCH_2000 + i64::from(secs))
+        .ok_or_else(|| r.error(DecodeReason::BadTime, "time"))?;
     let valid = r.u8("fix flag")? == 1;
     let sats = r.u8("satellites")?;
     let rssi = r.u8("GSM signal")?;
@@ -557,7 +609,7 @@ fn decode_cce(data: &[u8], offset: usize, ctx: &DecodeCtx) -> Result<Decoded, De
     let res = (|| {
         let _cached = r.u32_le("cached records")?;
         let count = r.u16_le("record count")?;
-        let mut d = Decoded::kind("data");
+        let mut d = Decoded::kind(MessageKind::Data);
         let mut status: Option<Attributes> = None;
         for _ in 0..count {
             let len = usize::from(r.u16_le("record length")?);
@@ -649,7 +701,7 @@ fn decode_cce_record(r: &mut Reader<'_>, ctx: &DecodeCtx) -> Result<CceRecord, D
             }
             0x04 => {
                 p.fix_time = from_secs(EPOCH_2000 + i64::from(raw))
-                    .ok_or_else(|| r.error("bad_time", "time"))?;
+                    .ok_or_else(|| r.error(DecodeReason::BadTime, "time"))?;
                 has_time = true;
             }
             0x0C => p.odometer_m = Some(f64::from(raw)),

@@ -8,6 +8,7 @@
 
 pub mod corpus;
 pub mod fuzz;
+mod labels;
 pub mod options;
 pub mod util;
 
@@ -32,6 +33,8 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 
 use crate::model::{Attributes, DeviceId, Position};
+
+pub use labels::{DecodeReason, MessageKind};
 
 /// The network transport a session runs over; some protocols frame differently on each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -89,12 +92,12 @@ pub struct Decoded {
     pub reply: Option<Bytes>,
     /// The answer to a command we sent.
     pub command_response: Option<CommandResponse>,
-    /// Message type label for metrics and logs (`"login"`, `"data"`, `"heartbeat"`…).
-    pub kind: &'static str,
+    /// Message type, the label for metrics and logs.
+    pub kind: MessageKind,
 }
 
 impl Decoded {
-    pub fn kind(kind: &'static str) -> Self {
+    pub fn kind(kind: MessageKind) -> Self {
         Decoded {
             kind,
             ..Decoded::default()
@@ -109,14 +112,14 @@ pub struct DecodeError {
     pub protocol: &'static str,
     pub offset: usize,
     pub what: String,
-    /// Short stable label for the rejects metric (`"crc"`, `"truncated"`, `"too_large"`…).
-    pub reason: &'static str,
+    /// Why, as the rejects metric counts it.
+    pub reason: DecodeReason,
 }
 
 impl DecodeError {
     pub fn new(
         protocol: &'static str,
-        reason: &'static str,
+        reason: DecodeReason,
         offset: usize,
         what: impl Into<String>,
     ) -> Self {

@@ -19,6 +19,7 @@ use serde::Deserialize;
 
 use super::{DecodeCtx, DecodeError, Decoded, FrameCut, Protocol, ProtocolSpec, Session};
 use crate::model::{AttrKey, AttrValue, Attributes, DeviceId, Position};
+use crate::protocols::{DecodeReason, MessageKind};
 
 pub const NAME: &str = "mqtt";
 
@@ -41,7 +42,7 @@ impl Session for JsonSession {
         if buf.len() > MAX_FRAME {
             return Err(DecodeError::new(
                 NAME,
-                "too_large",
+                DecodeReason::TooLarge,
                 0,
                 format!("payload of {} bytes over {MAX_FRAME}", buf.len()),
             ));
@@ -109,7 +110,7 @@ fn yes() -> bool {
 }
 
 fn bad(what: impl Into<String>) -> DecodeError {
-    DecodeError::new(NAME, "json", 0, what)
+    DecodeError::new(NAME, DecodeReason::Json, 0, what)
 }
 
 /// Decode one JSON payload: positions in the order given, the device when the body names one
@@ -123,7 +124,7 @@ pub fn decode(frame: &[u8]) -> Result<Decoded, DecodeError> {
     if items.is_empty() {
         return Err(bad("empty array"));
     }
-    let mut d = Decoded::kind("data");
+    let mut d = Decoded::kind(MessageKind::Data);
     for (i, j) in items.into_iter().enumerate() {
         if let Some(id) = &j.device_id {
             if id.is_empty() || id.len() > 64 || !id.chars().all(|c| c.is_ascii_graphic()) {

@@ -17,6 +17,7 @@ use super::{
     DecodeCtx, DecodeError, Decoded, FrameCut, Protocol, ProtocolSpec, Session, Transport,
 };
 use crate::model::{AttrKey, AttrValue, Attributes, DeviceId, Position, KNOTS_TO_KMH};
+use crate::protocols::{DecodeReason, MessageKind};
 
 const NAME: &str = "osmand";
 /// Largest request accepted (headers and body). A report is a few hundred bytes; batched
@@ -69,7 +70,7 @@ impl Session for OsmAndSession {
                 if buf.len() > MAX_FRAME {
                     return Err(DecodeError::new(
                         NAME,
-                        "too_large",
+                        DecodeReason::TooLarge,
                         0,
                         "request head over the limit",
                     ));
@@ -79,7 +80,7 @@ impl Session for OsmAndSession {
             Err(e) => {
                 return Err(DecodeError::new(
                     NAME,
-                    "framing",
+                    DecodeReason::Framing,
                     0,
                     format!("HTTP request: {e}"),
                 ))
@@ -90,7 +91,7 @@ impl Session for OsmAndSession {
         {
             return Err(DecodeError::new(
                 NAME,
-                "unsupported",
+                DecodeReason::Unsupported,
                 0,
                 "chunked request body",
             ));
@@ -98,14 +99,19 @@ impl Session for OsmAndSession {
         let body_len = match header(req.headers, "content-length") {
             None => 0,
             Some(v) => v.trim().parse::<usize>().map_err(|_| {
-                DecodeError::new(NAME, "framing", 0, format!("Content-Length {v:?}"))
+                DecodeError::new(
+                    NAME,
+                    DecodeReason::Framing,
+                    0,
+                    format!("Content-Length {v:?}"),
+                )
             })?,
         };
         let total = head_len.saturating_add(body_len);
         if total > MAX_FRAME {
             return Err(DecodeError::new(
                 NAME,
-                "too_large",
+                DecodeReason::TooLarge,
                 0,
                 format!("request of {total} bytes"),
             ));
@@ -125,7 +131,7 @@ impl Session for OsmAndSession {
             Ok(httparse::Status::Partial) => {
                 return Err(DecodeError::new(
                     NAME,
-                    "truncated",
+                    DecodeReason::Truncated,
                     frame.len(),
                     "incomplete request head",
                 ))
@@ -133,7 +139,7 @@ impl Session for OsmAndSession {
             Err(e) => {
                 return Err(DecodeError::new(
                     NAME,
-                    "framing",
+                    DecodeReason::Framing,
                     0,
                     format!("HTTP request: {e}"),
                 ))
@@ -366,14 +372,14 @@ fn decode_query(query: &str, ctx: &DecodeCtx) -> Decoded {
         p.attrs.text("wifi", wifis.join(";"));
     }
     let Some(device) = device else {
-        return bad("no_device");
+        return bad(MessageKind::NoDevice);
     };
     if let Some(t) = time {
         p.fix_time = t;
     }
     let mut d = Decoded {
         device: Some(device),
-        ..Decoded::kind("data")
+        ..Decoded::kind(MessageKind::Data)
     };
     match (lat, lon) {
         (Some(lat), Some(lon)) if lat.abs() <= 90.0 && lon.abs() <= 180.0 => {
@@ -383,13 +389,13 @@ fn decode_query(query: &str, ctx: &DecodeCtx) -> Decoded {
         }
         // Cell towers / Wi-Fi without GPS: kept as device state.
         _ if !cells.is_empty() || !wifis.is_empty() => {
-            d.kind = "lbs";
+            d.kind = MessageKind::Lbs;
             d.status = Some(status_of(p));
         }
         _ => {
             return Decoded {
                 device: d.device,
-                ..bad("no_location")
+                ..bad(MessageKind::NoLocation)
             }
         }
     }
@@ -397,7 +403,7 @@ fn decode_query(query: &str, ctx: &DecodeCtx) -> Decoded {
     d
 }
 
-fn bad(kind: &'static str) -> Decoded {
+fn bad(kind: MessageKind) -> Decoded {
     Decoded {
         reply: Some(Bytes::from_static(RESPONSE_BAD_REQUEST)),
         ..Decoded::kind(kind)
@@ -434,22 +440,22 @@ fn json_f64(v: Option<&Value>) -> Option<f64> {
     v.and_then(Value::as_f64).filter(|f| f.is_finite())
 }
 
-fn decode_json(body: &[u8], ctx: &DecodeCtx) -> Result<Decoded, &'static str> {
-    let root: Value = serde_json::from_slice(body).map_err(|_| "bad_json")?;
+fn decode_json(body: &[u8], ctx: &DecodeCtx) -> Result<Decoded, MessageKind> {
+    let root: Value = serde_json::from_slice(body).map_err(|_| MessageKind::BadJson)?;
     let id = match root.get("device_id") {
         Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
         Some(Value::Number(n)) => n.to_string(),
-        _ => return Err("no_device"),
+        _ => return Err(MessageKind::NoDevice),
     };
     // Batched uploads carry `location` as an array; each element is one report.
     let locations: Vec<&Value> = match root.get("location") {
         Some(Value::Array(a)) => a.iter().collect(),
         Some(l @ Value::Object(_)) => vec![l],
-        _ => return Err("no_location"),
+        _ => return Err(MessageKind::NoLocation),
     };
     let mut d = Decoded {
         device: Some(DeviceId::new(id)),
-        ..Decoded::kind("data")
+        ..Decoded::kind(MessageKind::Data)
     };
     for loc in locations {
         match json_location(loc, ctx) {
@@ -458,10 +464,10 @@ fn decode_json(body: &[u8], ctx: &DecodeCtx) -> Result<Decoded, &'static str> {
         }
     }
     if d.positions.is_empty() && d.status.is_none() {
-        return Err("no_location");
+        return Err(MessageKind::NoLocation);
     }
     if d.positions.is_empty() {
-        d.kind = "status";
+        d.kind = MessageKind::Status;
     }
     d.reply = Some(Bytes::from_static(RESPONSE_OK));
     Ok(d)

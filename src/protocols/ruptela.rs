@@ -16,6 +16,7 @@ use super::{
     FrameCut, Protocol, ProtocolSpec, Session, Transport,
 };
 use crate::model::{AttrKey, AttrValue, Attributes, DeviceId, Position};
+use crate::protocols::{DecodeReason, MessageKind};
 
 const NAME: &str = "ruptela";
 /// Devices send at most about 1 KiB per packet (records are split over packets with a
@@ -136,7 +137,7 @@ fn next_frame(buf: &[u8]) -> Result<FrameCut, DecodeError> {
     if total > MAX_FRAME {
         return Err(DecodeError::new(
             NAME,
-            "too_large",
+            DecodeReason::TooLarge,
             0,
             format!("length {len} over {MAX_FRAME}"),
         ));
@@ -144,7 +145,7 @@ fn next_frame(buf: &[u8]) -> Result<FrameCut, DecodeError> {
     if len < 9 {
         return Err(DecodeError::new(
             NAME,
-            "framing",
+            DecodeReason::Framing,
             0,
             format!("length {len} cannot hold IMEI and command"),
         ));
@@ -166,7 +167,7 @@ pub fn decode(frame: &[u8]) -> Result<Decoded, DecodeError> {
     if crc != crc_field {
         return Err(DecodeError::new(
             NAME,
-            "crc",
+            DecodeReason::Crc,
             2 + len,
             format!("CRC {crc_field:#06x}, computed {crc:#06x}"),
         ));
@@ -196,12 +197,12 @@ fn decode_body(body: &[u8]) -> Result<Decoded, DecodeError> {
             d
         }
         cmd::IDENTIFICATION => {
-            let mut d = Decoded::kind("login");
+            let mut d = Decoded::kind(MessageKind::Login);
             d.reply = Some(encode_server_packet(100 + cmd::IDENTIFICATION, &[0x01]));
             d
         }
         cmd::HEARTBEAT => {
-            let mut d = Decoded::kind("heartbeat");
+            let mut d = Decoded::kind(MessageKind::Heartbeat);
             d.reply = Some(encode_server_packet(100 + cmd::HEARTBEAT, &[0x01]));
             d
         }
@@ -209,13 +210,13 @@ fn decode_body(body: &[u8]) -> Result<Decoded, DecodeError> {
         | cmd::DEVICE_VERSION
         | cmd::FIRMWARE_UPDATE
         | cmd::SMS_VIA_GPRS_RESPONSE => {
-            let mut d = Decoded::kind("command_response");
+            let mut d = Decoded::kind(MessageKind::CommandResponse);
             d.command_response = Some(text_response(r.rest()));
             d
         }
         cmd::SET_IO | cmd::SET_CONNECTION | cmd::SET_ODOMETER => {
             let result = r.u8("result")?;
-            let mut d = Decoded::kind("command_response");
+            let mut d = Decoded::kind(MessageKind::CommandResponse);
             d.command_response = Some(CommandResponse {
                 text: result.to_string(),
                 success: Some(result == 1),
@@ -224,7 +225,7 @@ fn decode_body(body: &[u8]) -> Result<Decoded, DecodeError> {
             d
         }
         // File transfer (tachograph/camera) and anything newer: nothing to act on.
-        _ => Decoded::kind("other"),
+        _ => Decoded::kind(MessageKind::Other),
     };
     d.device = Some(device);
     Ok(d)
@@ -247,7 +248,7 @@ fn text_response(body: &[u8]) -> CommandResponse {
 /// Records of command 1 (8-bit IO ids, 8-bit event id) and command 68 (16-bit ids, record
 /// extension byte that lets several records carry the IO of one fix).
 fn decode_records(r: &mut Reader<'_>, extended: bool) -> Result<Decoded, DecodeError> {
-    let mut d = Decoded::kind("data");
+    let mut d = Decoded::kind(MessageKind::Data);
     let _records_left = r.u8("records left")?;
     let count = r.u8("record count")?;
     let mut status: Option<Attributes> = None;
@@ -256,8 +257,12 @@ fn decode_records(r: &mut Reader<'_>, extended: bool) -> Result<Decoded, DecodeE
     let mut last_was_position = false;
     for _ in 0..count {
         let secs = r.u32("time")?;
-        let time = from_secs(i64::from(secs)).ok_or_else(|| r.error("bad_time", "time"))?;
-        let _ts_ext = r.u8("timestamp extension")?;
+        let time =
+            from_secs(i64::from(secs)).ok_or_else(|| r.error(DecodeReason::BadTime, "time"))?;
+        // Records of one second differ by this byte: kept as milliseconds, it orders them
+        // within the second and keeps each its own row (a fix is keyed by its time).
+        let ts_ext = r.u8("timestamp extension")?;
+        let time = time + chrono::Duration::milliseconds(i64::from(ts_ext));
         let mut continuation = false;
         if extended {
             let ext = r.u8("record extension")?;
@@ -438,12 +443,13 @@ fn combine_driver_parts(p: &mut Position) {
 
 /// Command 9: diagnostic trouble codes, each with the fix where it was read.
 fn decode_dtcs(r: &mut Reader<'_>) -> Result<Decoded, DecodeError> {
-    let mut d = Decoded::kind("dtc");
+    let mut d = Decoded::kind(MessageKind::Dtc);
     let count = r.u8("DTC count")?;
     for _ in 0..count {
         r.skip(1, "reserved")?;
         let secs = r.u32("time")?;
-        let time = from_secs(i64::from(secs)).ok_or_else(|| r.error("bad_time", "time"))?;
+        let time =
+            from_secs(i64::from(secs)).ok_or_else(|| r.error(DecodeReason::BadTime, "time"))?;
         let lon = r.i32("longitude")?;
         let lat = r.i32("latitude")?;
         let archive = r.u8("archive flag")?;

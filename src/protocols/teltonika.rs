@@ -19,6 +19,7 @@ use super::{
     FrameCut, Protocol, ProtocolSpec, Session, Transport,
 };
 use crate::model::{AttrKey, AttrValue, Attributes, DeviceId, Position};
+use crate::protocols::{DecodeReason, MessageKind};
 
 const NAME: &str = "teltonika";
 /// Largest AVL packet accepted. Devices send at most 1280 bytes of records in one TCP packet
@@ -139,7 +140,7 @@ fn tcp_frame(buf: &[u8]) -> Result<FrameCut, DecodeError> {
             if rest[0] != 0 || rest[1] != 0 {
                 return Err(DecodeError::new(
                     NAME,
-                    "framing",
+                    DecodeReason::Framing,
                     0,
                     "AVL preamble is not four zero bytes",
                 ));
@@ -149,7 +150,7 @@ fn tcp_frame(buf: &[u8]) -> Result<FrameCut, DecodeError> {
             if total > MAX_FRAME {
                 return Err(DecodeError::new(
                     NAME,
-                    "too_large",
+                    DecodeReason::TooLarge,
                     4,
                     format!("data length {len} over {MAX_FRAME}"),
                 ));
@@ -165,7 +166,7 @@ fn tcp_frame(buf: &[u8]) -> Result<FrameCut, DecodeError> {
             if !(1..=32).contains(&len) {
                 return Err(DecodeError::new(
                     NAME,
-                    "framing",
+                    DecodeReason::Framing,
                     0,
                     format!("IMEI length {len} out of range"),
                 ));
@@ -193,19 +194,19 @@ fn udp_frame(buf: &[u8]) -> Result<FrameCut, DecodeError> {
 
 fn decode_tcp(frame: &[u8]) -> Result<Decoded, DecodeError> {
     if frame == [0xFF] {
-        return Ok(Decoded::kind("ping"));
+        return Ok(Decoded::kind(MessageKind::Ping));
     }
     if frame.len() >= 2 && frame.get(..2) != Some(&[0, 0][..]) {
         let imei = frame.get(2..).unwrap_or_default();
         if !imei.iter().all(u8::is_ascii_graphic) {
             return Err(DecodeError::new(
                 NAME,
-                "bad_identity",
+                DecodeReason::BadIdentity,
                 2,
                 "IMEI is not printable ASCII",
             ));
         }
-        let mut d = Decoded::kind("login");
+        let mut d = Decoded::kind(MessageKind::Login);
         d.device = Some(DeviceId::new(String::from_utf8_lossy(imei).into_owned()));
         d.reply = Some(Bytes::from_static(&[0x01]));
         return Ok(d);
@@ -213,7 +214,7 @@ fn decode_tcp(frame: &[u8]) -> Result<Decoded, DecodeError> {
     if frame.len() < 12 {
         return Err(DecodeError::new(
             NAME,
-            "truncated",
+            DecodeReason::Truncated,
             frame.len(),
             "AVL packet shorter than 12 bytes",
         ));
@@ -225,7 +226,7 @@ fn decode_tcp(frame: &[u8]) -> Result<Decoded, DecodeError> {
     if crc != crc_field {
         return Err(DecodeError::new(
             NAME,
-            "crc",
+            DecodeReason::Crc,
             frame.len() - 4,
             format!("CRC {crc_field:#010x}, computed {crc:#06x}"),
         ));
@@ -296,7 +297,7 @@ fn decode_body(r: &mut Reader<'_>, codec: u8, count: u8) -> Result<Decoded, Deco
             Ok(d)
         }
         CODEC_7 => {
-            let mut d = Decoded::kind("data");
+            let mut d = Decoded::kind(MessageKind::Data);
             let mut status = Attributes::default();
             for _ in 0..count {
                 let (p, located) = decode_gh3000_record(r)?;
@@ -316,7 +317,7 @@ fn decode_body(r: &mut Reader<'_>, codec: u8, count: u8) -> Result<Decoded, Deco
             Ok(d)
         }
         CODEC_12 | CODEC_13 | CODEC_14 => decode_command_frame(r, codec),
-        other => Err(r.error("unsupported", format!("codec {other:#04x}"))),
+        other => Err(r.error(DecodeReason::Unsupported, format!("codec {other:#04x}"))),
     }
 }
 
@@ -326,7 +327,7 @@ fn decode_avl_records(
     count: u8,
     wide16: bool,
 ) -> Result<Decoded, DecodeError> {
-    let mut d = Decoded::kind("data");
+    let mut d = Decoded::kind(MessageKind::Data);
     d.positions.reserve(count as usize);
     for _ in 0..count {
         d.positions.push(decode_avl_record(r, codec, wide16)?);
@@ -339,7 +340,7 @@ fn check_trailing_count(r: &mut Reader<'_>, count: u8) -> Result<(), DecodeError
     let n2 = r.u8("second record count")?;
     if n2 != count {
         return Err(r.error(
-            "count_mismatch",
+            DecodeReason::CountMismatch,
             format!("record counts {count} and {n2} differ"),
         ));
     }
@@ -353,7 +354,7 @@ fn decode_avl_record(r: &mut Reader<'_>, codec: u8, wide16: bool) -> Result<Posi
         .ok()
         .filter(|ms| *ms < 4_102_444_800_000)
         .and_then(from_millis)
-        .ok_or_else(|| r.error("bad_time", format!("timestamp {ts}")))?;
+        .ok_or_else(|| r.error(DecodeReason::BadTime, format!("timestamp {ts}")))?;
     let priority = r.u8("priority")?;
     let lon = f64::from(r.i32("longitude")?) / 1e7;
     let lat = f64::from(r.i32("latitude")?) / 1e7;
@@ -516,7 +517,8 @@ fn decode_gh3000_record(r: &mut Reader<'_>) -> Result<(Position, bool), DecodeEr
     const GH3000_EPOCH: i64 = 1_167_609_600; // 2007-01-01T00:00:00Z
     let raw = r.u32("time")?;
     let secs = GH3000_EPOCH + i64::from(raw & 0x3FFF_FFFF);
-    let time = from_secs(secs).ok_or_else(|| r.error("bad_time", format!("time {raw:#x}")))?;
+    let time =
+        from_secs(secs).ok_or_else(|| r.error(DecodeReason::BadTime, format!("time {raw:#x}")))?;
     let global = r.u8("global mask")?;
     let mut p = Position::new(time, false, 0.0, 0.0);
     let mut located = false;
@@ -577,7 +579,7 @@ fn decode_command_frame(r: &mut Reader<'_>, codec: u8) -> Result<Decoded, Decode
     let kind = r.u8("message type")?;
     let len = r.u32("response length")? as usize;
     let body = r.take(len, "response")?;
-    let mut d = Decoded::kind("command_response");
+    let mut d = Decoded::kind(MessageKind::CommandResponse);
     match (codec, kind) {
         (CODEC_12, 0x06) => d.command_response = Some(text_response(body, None)),
         (CODEC_13, 0x06) | (CODEC_13, 0x05) if body.len() >= 4 => {
@@ -595,7 +597,7 @@ fn decode_command_frame(r: &mut Reader<'_>, codec: u8) -> Result<Decoded, Decode
         }
         (CODEC_14, 0x11) => d.command_response = Some(text_response(b"", Some(false))),
         // Camera/file transfer (type 0x0D) and anything else: nothing for the fleet to act on.
-        _ => d.kind = "other",
+        _ => d.kind = MessageKind::Other,
     }
     Ok(d)
 }

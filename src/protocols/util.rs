@@ -4,7 +4,7 @@
 use chrono::{DateTime, NaiveDate, TimeZone, Utc};
 use crc::{Crc, CRC_16_ARC, CRC_16_IBM_SDLC, CRC_16_MODBUS, CRC_16_XMODEM};
 
-use super::DecodeError;
+use super::{DecodeError, DecodeReason};
 
 // Slice-by-16 tables (8 KiB each, built at compile time): a 25-record Teltonika packet is
 // ~2 KB, and a byte-at-a-time table made the CRC a third of its decode time.
@@ -71,7 +71,7 @@ impl<'a> Reader<'a> {
     }
 
     /// An error at the current offset.
-    pub fn error(&self, reason: &'static str, what: impl Into<String>) -> DecodeError {
+    pub fn error(&self, reason: DecodeReason, what: impl Into<String>) -> DecodeError {
         DecodeError::new(self.protocol, reason, self.pos, what)
     }
 
@@ -108,7 +108,7 @@ impl<'a> Reader<'a> {
     #[inline(never)]
     fn short_read(&self, n: usize, field: &'static str) -> DecodeError {
         self.error(
-            "truncated",
+            DecodeReason::Truncated,
             format!("{field}: need {n} bytes, {} left", self.remaining()),
         )
     }
@@ -218,7 +218,7 @@ mod tests {
         assert_eq!(r.u16("a").unwrap(), 0x0102);
         let e = r.u16("b").unwrap_err();
         assert_eq!(e.offset, 2);
-        assert_eq!(e.reason, "truncated");
+        assert_eq!(e.reason, DecodeReason::Truncated);
         assert_eq!(e.what, "b: need 2 bytes, 1 left");
         assert_eq!(r.pos(), 2, "a short read consumes nothing");
         assert_eq!(r.u8("c").unwrap(), 3);

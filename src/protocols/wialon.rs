@@ -23,6 +23,7 @@ use super::{
     FrameCut, Protocol, ProtocolSpec, Session, Transport,
 };
 use crate::model::{AttrKey, AttrValue, Attributes, DeviceId, Position};
+use crate::protocols::{DecodeReason, MessageKind};
 
 const NAME: &str = "wialon";
 /// Largest packet accepted. A black box batch of a few hundred extended messages fits well
@@ -138,7 +139,7 @@ impl Session for WialonSession {
             }
             b"P" => Decoded {
                 reply: Some(Bytes::from_static(b"#AP#\r\n")),
-                ..Decoded::kind("heartbeat")
+                ..Decoded::kind(MessageKind::Heartbeat)
             },
             b"SD" => decode_data(body, ctx, MsgKind::Short),
             b"D" => decode_data(body, ctx, MsgKind::Extended),
@@ -157,11 +158,11 @@ impl Session for WialonSession {
                         success,
                         seq: None,
                     }),
-                    ..Decoded::kind("command_response")
+                    ..Decoded::kind(MessageKind::CommandResponse)
                 }
             }
             // Photos (I), tachograph files (IT, T) and anything newer: nothing the fleet uses.
-            _ => Decoded::kind("other"),
+            _ => Decoded::kind(MessageKind::Other),
         };
         if d.device.is_none() {
             d.device = device;
@@ -221,7 +222,7 @@ impl WialonSession {
                 if total > MAX_FRAME {
                     return Err(DecodeError::new(
                         NAME,
-                        "too_large",
+                        DecodeReason::TooLarge,
                         0,
                         format!("image of {sz} bytes"),
                     ));
@@ -237,7 +238,7 @@ impl WialonSession {
         if buf.len() >= MAX_FRAME {
             return Err(DecodeError::new(
                 NAME,
-                "too_large",
+                DecodeReason::TooLarge,
                 0,
                 format!("no line end within {MAX_FRAME} bytes"),
             ));
@@ -272,16 +273,21 @@ fn split_header(line: &[u8]) -> Result<Header<'_>, DecodeError> {
     let first = line
         .iter()
         .position(|&b| b == b'#')
-        .ok_or_else(|| DecodeError::new(NAME, "framing", 0, "no '#' start byte"))?;
+        .ok_or_else(|| DecodeError::new(NAME, DecodeReason::Framing, 0, "no '#' start byte"))?;
     let rest = &line[first + 1..];
     let second = rest.iter().position(|&b| b == b'#').ok_or_else(|| {
-        DecodeError::new(NAME, "framing", first + 1, "no '#' after the packet type")
+        DecodeError::new(
+            NAME,
+            DecodeReason::Framing,
+            first + 1,
+            "no '#' after the packet type",
+        )
     })?;
     let kind = &rest[..second];
     if kind.is_empty() || kind.len() > 4 || !kind.iter().all(u8::is_ascii_uppercase) {
         return Err(DecodeError::new(
             NAME,
-            "framing",
+            DecodeReason::Framing,
             first + 1,
             format!("packet type {:?}", String::from_utf8_lossy(kind)),
         ));
@@ -412,14 +418,14 @@ fn reply(kind: &str, code: &str) -> Option<Bytes> {
 fn decode_login(body: &[u8]) -> (Decoded, Option<Version>) {
     let text = String::from_utf8_lossy(body);
     let fields: Vec<&str> = text.split(';').collect();
-    let mut d = Decoded::kind("login");
+    let mut d = Decoded::kind(MessageKind::Login);
     let (version, imei) = match fields.as_slice() {
         [v, imei, ..] if v.contains('.') => {
             let version = parse_version(v);
             if fields.len() >= 4 {
                 if let Some((data, crc)) = split_crc(body, b';') {
                     if !crc_ok(data, crc) {
-                        d.kind = "crc_error";
+                        d.kind = MessageKind::CrcError;
                         d.reply = reply("L", "10");
                         return (d, Some(version));
                     }
@@ -493,7 +499,7 @@ fn decode_data(body: &[u8], ctx: &DecodeCtx, kind: MsgKind) -> Decoded {
             if !crc_ok(data, crc) {
                 return Decoded {
                     reply: reply(tag, crc_code),
-                    ..Decoded::kind("crc_error")
+                    ..Decoded::kind(MessageKind::CrcError)
                 };
             }
             msg = &data[..data.len() - 1];
@@ -501,19 +507,19 @@ fn decode_data(body: &[u8], ctx: &DecodeCtx, kind: MsgKind) -> Decoded {
     }
     let text = String::from_utf8_lossy(msg);
     let fields: Vec<&str> = text.split(';').collect();
-    let mut d = Decoded::kind("data");
+    let mut d = Decoded::kind(MessageKind::Data);
     match parse_record(&fields, ctx, kind) {
         Ok(Record::Fix(p)) => {
             d.positions.push(p);
             d.reply = reply(tag, "1");
         }
         Ok(Record::NoFix(a)) => {
-            d.kind = "status";
+            d.kind = MessageKind::Status;
             d.status = Some(a);
             d.reply = reply(tag, "1");
         }
         Err(r) => {
-            d.kind = "invalid";
+            d.kind = MessageKind::Invalid;
             d.reply = reply(tag, r.code());
         }
     }
@@ -530,7 +536,7 @@ fn decode_black_box(body: &[u8], ctx: &DecodeCtx) -> Decoded {
                 if !crc_ok(data, crc) {
                     return Decoded {
                         reply: reply("B", ""),
-                        ..Decoded::kind("crc_error")
+                        ..Decoded::kind(MessageKind::CrcError)
                     };
                 }
                 msgs = &data[..data.len() - 1];
@@ -538,7 +544,7 @@ fn decode_black_box(body: &[u8], ctx: &DecodeCtx) -> Decoded {
         }
     }
     let text = String::from_utf8_lossy(msgs);
-    let mut d = Decoded::kind("data");
+    let mut d = Decoded::kind(MessageKind::Data);
     let mut accepted = 0usize;
     for m in text.split('|') {
         let fields: Vec<&str> = m.split(';').collect();
@@ -572,7 +578,7 @@ fn decode_driver_message(body: &[u8], version: Option<Version>) -> Decoded {
                 if !crc_ok(data, crc) {
                     return Decoded {
                         reply: reply("M", "01"),
-                        ..Decoded::kind("crc_error")
+                        ..Decoded::kind(MessageKind::CrcError)
                     };
                 }
                 msg = &data[..data.len() - 1];
@@ -587,7 +593,7 @@ fn decode_driver_message(body: &[u8], version: Option<Version>) -> Decoded {
             seq: None,
         }),
         reply: reply("M", "1"),
-        ..Decoded::kind("message")
+        ..Decoded::kind(MessageKind::Message)
     }
 }
 

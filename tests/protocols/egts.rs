@@ -120,16 +120,44 @@ async fn egts_tcp_session_authenticates_and_confirms_every_record() {
     let want = response(3, 3, &[(5, 2), (6, 2)], 5);
     assert_eq!(hex::encode(dev.read(want.len()).await), hex::encode(&want));
 
-    // A packet with a broken data CRC is not confirmed.
+    // Refused packets (GOST R 54619, processing result codes): a PT_RESPONSE to the packet
+    // with no record confirmed, so the terminal resends at once; nothing of them is stored.
+    let refusal = |pid: u16, rpid: u16, pr: u8| {
+        let mut sfrd = rpid.to_le_bytes().to_vec();
+        sfrd.push(pr);
+        packet(0, pid, &sfrd)
+    };
+    // A broken data CRC: EGTS_PC_DATACRC_ERROR (138).
     let mut bad = encode_teledata(4, 7, Some(tid), &[fix(9, 56.0)]).to_vec();
     let n = bad.len();
     bad[n - 1] ^= 0xFF;
     dev.send(&bad).await;
-    assert!(dev.read_for(300).await.is_empty(), "bad CRC not confirmed");
+    let want = refusal(4, 4, 138);
+    assert_eq!(hex::encode(dev.read(want.len()).await), hex::encode(&want));
+    // A broken header CRC: EGTS_PC_HEADERCRC_ERROR (137) …
+    let mut bad = encode_teledata(5, 8, Some(tid), &[fix(10, 56.1)]).to_vec();
+    bad[10] ^= 0xFF;
+    dev.send(&bad).await;
+    let want = refusal(5, 5, 137);
+    assert_eq!(hex::encode(dev.read(want.len()).await), hex::encode(&want));
+    // … and the connection goes on with the next good packet.
+    let third = [fix(5, 55.76)];
+    dev.send(&encode_teledata(6, 9, Some(tid), &third)).await;
+    let want = response(6, 6, &[(9, 2)], 7);
+    assert_eq!(hex::encode(dev.read(want.len()).await), hex::encode(&want));
+    // A record whose RL runs past the frame data (checksums right): EGTS_PC_INVDATALEN (139).
+    let good = encode_teledata(7, 10, Some(tid), &[fix(11, 56.2)]).to_vec();
+    let mut sfrd = good[11..good.len() - 2].to_vec();
+    let rl = u16::from_le_bytes([sfrd[0], sfrd[1]]) + 8;
+    sfrd[..2].copy_from_slice(&rl.to_le_bytes());
+    dev.send(&packet(1, 7, &sfrd)).await;
+    let want = refusal(7, 7, 139);
+    assert_eq!(hex::encode(dev.read(want.len()).await), hex::encode(&want));
 
     let expect: Vec<_> = first
         .iter()
         .chain(&second)
+        .chain(&third)
         .map(|f| Expect {
             time: f.time,
             lat: f.lat,

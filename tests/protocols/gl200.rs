@@ -141,3 +141,55 @@ async fn gl200_udp_reports_are_stored_and_heartbeat_answered() {
     assert_track(&d.track(imei).await, &want, 1e-6, 1e-6);
     d.stop().await;
 }
+
+/// A GL100 `+RESP:GTTRI` line as the GL100 @Track document lays it out (one block: reserved,
+/// reserved, gps fix, speed, heading, altitude, gps accuracy, lon, lat, gps time, mcc, mnc,
+/// lac, cell, ta; then count and version), without a tail.
+fn gl100_tri(imei: &str, s: i64, lat: f64, speed: f64, heading: u16) -> String {
+    format!(
+        "+RESP:GTTRI,{imei},1,0,0,1,{speed:.1},{heading},70.0,1,37.617300,{lat:.6},{},0250,0001,1A2B,3C4D,00,{:04X},0102100203",
+        t(s).format("%Y%m%d%H%M%S"),
+        s
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gl100_lines_without_a_tail_are_stored_with_their_own_speed_and_heading() {
+    let d = Daemon::start().await;
+    let imei = "359231030000011";
+    let mut dev = d.tcp(Protocol::Gl200).await;
+    dev.send(gl100_tri(imei, 0, 55.75, 4.3, 92).as_bytes())
+        .await;
+    dev.send(gl100_tri(imei, 20, 55.751, 12.5, 181).as_bytes())
+        .await;
+    // Nothing is answered: wait for the stored track instead.
+    let url =
+        format!("/api/v1/vehicles/{imei}/track?from=2026-11-20T00:00:00Z&to=2026-11-21T00:00:00Z");
+    for _ in 0..100 {
+        let (status, body) = d.api.get(&url).await;
+        if status == 200 && body.as_array().is_some_and(|a| a.len() >= 2) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let track = d.track(imei).await;
+    let want = [(0, 55.75, 4.3, 92.0), (20, 55.751, 12.5, 181.0)];
+    assert_track(
+        &track,
+        &want
+            .iter()
+            .map(|&(s, lat, speed, _)| Expect {
+                time: t(s),
+                lat,
+                lon: 37.617_3,
+                speed_kmh: speed,
+            })
+            .collect::<Vec<_>>(),
+        1e-6,
+        1e-6,
+    );
+    for (got, (_, _, _, course)) in track.iter().zip(want) {
+        assert_eq!(got["course"].as_f64(), Some(course), "{got}");
+    }
+    d.stop().await;
+}

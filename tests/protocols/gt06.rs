@@ -94,6 +94,29 @@ async fn gt06_tcp_session_acks_every_message_and_stores_every_fix() {
     dev.send(&bad).await;
     assert!(dev.read_for(300).await.is_empty(), "bad CRC not acked");
 
+    // A length byte one off (the CRC then cannot match the bytes it delimits): not acked,
+    // not stored, although the stop bits let the frame be cut (issue #20).
+    for delta in [1u8, 0xFF] {
+        let mut off = encode_gps(&fix(10, 55.81), 0x0141).to_vec();
+        off[2] = off[2].wrapping_add(delta);
+        dev.send(&off).await;
+        assert!(
+            dev.read_for(300).await.is_empty(),
+            "length byte {:#04x} acked",
+            off[2]
+        );
+    }
+    // The connection is kept for the next good frame.
+    let f = fix(4, 55.761);
+    dev.send(&encode_gps(&f, 0x0142)).await;
+    assert_eq!(dev.read(10).await, ack(0x22, 0x0142));
+    want.push(Expect {
+        time: f.time,
+        lat: f.lat,
+        lon: f.lon,
+        speed_kmh: f64::from(f.speed_kmh),
+    });
+
     // 1/1_800_000 degree units: exact to 1e-6.
     assert_track(&d.track(imei).await, &want, 1e-6, 1e-9);
     assert!(

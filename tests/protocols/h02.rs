@@ -62,12 +62,31 @@ async fn h02_tcp_text_and_binary_session_is_answered_and_stored() {
         want.push(expect(&f));
     }
 
+    // V1 sentences that yield no position are not answered (issue #20): missing N/S, and
+    // minutes of 60 or more (a refusal, counted).
+    for bad in [
+        format!("*HQ,{id},V1,120000,A,5545.0000,,03736.0000,E,010.00,090,201126,FFFFFBFF#"),
+        format!("*HQ,{id},V1,120000,A,5565.0000,N,03736.0000,E,010.00,090,201126,FFFFFBFF#"),
+    ] {
+        dev.send(bad.as_bytes()).await;
+        assert!(dev.read_for(300).await.is_empty(), "{bad} answered");
+    }
+
     dev.send(&encode_heartbeat(id, 80)).await;
     let echo = format!("*HQ,{id},HTBT#");
     assert_eq!(
         dev.read(echo.len()).await,
         echo.as_bytes(),
         "heartbeat echo"
+    );
+    // Answered after them on the same connection: the corrupt fix (minutes 65) was counted.
+    assert!(
+        d.metric(
+            "fleetgate_ingest_decode_errors_total",
+            &[("protocol", "h02"), ("reason", "bad_field")]
+        )
+        .await
+            >= 1.0
     );
 
     // Binary records: whole knots, no answer.

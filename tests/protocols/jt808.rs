@@ -41,6 +41,40 @@ fn general(platform_serial: u16, serial: u16, id: u16, result: u8) -> Vec<u8> {
     platform(0x8001, platform_serial, &body)
 }
 
+/// The same message with its body-length field one more than its body, the checksum made
+/// right again: escaping undone, properties changed, XOR recomputed, escaped again.
+fn with_body_length_off_by_one(msg: &[u8]) -> Vec<u8> {
+    let mut raw = Vec::new();
+    let mut it = msg[1..msg.len() - 1].iter();
+    while let Some(&b) = it.next() {
+        raw.push(match (b, it.clone().next()) {
+            (0x7D, Some(&0x02)) => {
+                it.next();
+                0x7E
+            }
+            (0x7D, Some(&0x01)) => {
+                it.next();
+                0x7D
+            }
+            _ => b,
+        });
+    }
+    raw.pop();
+    let props = u16::from_be_bytes([raw[2], raw[3]]);
+    raw[2..4].copy_from_slice(&(props + 1).to_be_bytes());
+    raw.push(raw.iter().fold(0u8, |a, b| a ^ b));
+    let mut out = vec![0x7E];
+    for b in raw {
+        match b {
+            0x7E => out.extend([0x7D, 0x02]),
+            0x7D => out.extend([0x7D, 0x01]),
+            _ => out.push(b),
+        }
+    }
+    out.push(0x7E);
+    out
+}
+
 async fn expect_reply(dev: &mut Tracker, want: &[u8], what: &str) {
     assert_eq!(
         hex::encode(dev.read(want.len()).await),
@@ -130,6 +164,18 @@ async fn jt808_tcp_session_gets_every_platform_response() {
         &mut dev,
         &general(pserial, 0x0200, 0x0F0F, 3),
         "unknown id answered",
+    )
+    .await;
+    pserial += 1;
+
+    // A body-length field that disagrees with the body (checksum valid): 0x8001 result 2
+    // ("message error"), and the fix in it is not stored (issue #20).
+    let lying = with_body_length_off_by_one(&encode_location(PHONE, 0x0300, &fix(90, 56.0, 1.0)));
+    dev.send(&lying).await;
+    expect_reply(
+        &mut dev,
+        &general(pserial, 0x0300, 0x0200, 2),
+        "body length mismatch answered result 2",
     )
     .await;
     pserial += 1;

@@ -31,12 +31,13 @@ fn rec(s: i64, lat: f64, speed: u16) -> Record {
 }
 
 /// An extended (command 68) records packet, laid out by hand: 16-bit IO ids, record extension
-/// byte, 16-bit event id.
-fn extended(imei: u64, recs: &[Record]) -> Vec<u8> {
+/// byte, 16-bit event id; `(timestamp extension, event)` per record.
+fn extended(imei: u64, recs: &[Record], ext_event: &[(u8, u16)]) -> Vec<u8> {
     let mut data = vec![0u8, recs.len() as u8];
-    for r in recs {
+    for (i, r) in recs.iter().enumerate() {
+        let (ts_ext, event) = ext_event.get(i).copied().unwrap_or((0, 0));
         data.extend((r.time.timestamp() as u32).to_be_bytes());
-        data.push(0); // timestamp extension
+        data.push(ts_ext); // timestamp extension
         data.push(0); // record extension: not merged
         data.push(0); // priority
         data.extend(((r.lon * 1e7).round() as i32).to_be_bytes());
@@ -46,7 +47,7 @@ fn extended(imei: u64, recs: &[Record]) -> Vec<u8> {
         data.push(r.satellites);
         data.extend(r.speed_kmh.to_be_bytes());
         data.push(10); // HDOP
-        data.extend(0u16.to_be_bytes()); // event id
+        data.extend(event.to_be_bytes()); // event id
         data.extend([1, 0, 5, 1]); // one 1-byte IO: id 5 (ignition) = 1
         data.extend([0, 0, 0]); // no 2, 4, 8-byte IO
     }
@@ -73,8 +74,14 @@ async fn ruptela_tcp_session_acks_standard_and_extended_records() {
     let second: Vec<_> = (3..5)
         .map(|i| rec(i * 10, 55.75 + i as f64 * 0.001, 40 + i as u16))
         .collect();
-    dev.send(&extended(imei, &second)).await;
+    dev.send(&extended(imei, &second, &[])).await;
     assert_eq!(dev.read(6).await, ack, "extended records get the same ack");
+    // Two records of one second that differ in the timestamp extension (and event): both are
+    // kept, ordered by the extension as milliseconds (issue #20).
+    let same_second = vec![rec(55, 55.755, 50), rec(55, 55.755, 51)];
+    dev.send(&extended(imei, &same_second, &[(0, 0), (1, 250)]))
+        .await;
+    assert_eq!(dev.read(6).await, ack);
 
     // Heartbeat (command 16) → command 116, "accepted".
     dev.send(&encode_device_packet(imei, 16, &[])).await;
@@ -96,10 +103,13 @@ async fn ruptela_tcp_session_acks_standard_and_extended_records() {
     dev.send(&bad).await;
     assert!(dev.read_for(300).await.is_empty(), "bad CRC not acked");
 
+    let mut same_second = same_second;
+    same_second[1].time += chrono::Duration::milliseconds(1);
     let want: Vec<_> = first
         .iter()
         .chain(&second)
         .chain(&third)
+        .chain(&same_second)
         .map(|r| Expect {
             time: r.time,
             lat: r.lat,

@@ -1,4 +1,5 @@
 use super::*;
+use crate::protocols::{DecodeReason, MessageKind};
 use chrono::TimeZone;
 
 fn unhex(s: &str) -> Vec<u8> {
@@ -52,7 +53,7 @@ fn imei_prefixed_data_packet_identifies_and_decodes_the_fix() {
 fn auth_packet_identifies_the_device_without_reply() {
     let mut s = AdmSession::new();
     let d = feed(&mut s, &unhex(AUTH)).unwrap();
-    assert_eq!(d.kind, "login");
+    assert_eq!(d.kind, MessageKind::Login);
     assert_eq!(d.device, Some(DeviceId::new("869153042523784")));
     assert!(d.positions.is_empty());
     assert!(d.reply.is_none());
@@ -102,7 +103,7 @@ fn can_block_tags_select_size_and_meaning() {
 #[test]
 fn command_answer_is_the_text_up_to_the_first_nul() {
     let d = feed(&mut AdmSession::new(), &unhex(COMMAND_ANSWER)).unwrap();
-    assert_eq!(d.kind, "command_response");
+    assert_eq!(d.kind, MessageKind::CommandResponse);
     let cr = d.command_response.unwrap();
     assert!(cr.text.starts_with("ID=1 Soft=0x51 GPS=1068"));
     assert!(cr.text.ends_with("In_alarm=0x00"));
@@ -124,7 +125,10 @@ fn concatenated_and_partial_packets_are_cut_by_the_size_byte() {
             "prefix {cut}"
         );
     }
-    assert_eq!(s.next_frame(&[1, 0, 2, 0]).unwrap_err().reason, "framing");
+    assert_eq!(
+        s.next_frame(&[1, 0, 2, 0]).unwrap_err().reason,
+        DecodeReason::Framing
+    );
 }
 
 #[test]

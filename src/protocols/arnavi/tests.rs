@@ -1,4 +1,5 @@
 use super::*;
+use crate::protocols::{DecodeReason, MessageKind};
 use chrono::TimeZone;
 
 // Real packets from the corpus (protocols/arnavi/corpus.jsonl, Traccar's decoder tests).
@@ -38,7 +39,7 @@ fn utc_s(s: &str) -> DateTime<Utc> {
 fn header_v1_identifies_the_device_and_is_answered_7b00007d() {
     let mut s = ArnaviSession::new();
     let d = feed(&mut s, &hex::decode(HEADER1).unwrap()).unwrap();
-    assert_eq!(d.kind, "login");
+    assert_eq!(d.kind, MessageKind::Login);
     // IMEI is a little-endian u64: 0x00030fc9f5450cf3.
     assert_eq!(d.device, Some(DeviceId::new("861785007918323")));
     assert_eq!(d.reply.as_deref(), Some(&[0x7B, 0x00, 0x00, 0x7D][..]));
@@ -133,7 +134,7 @@ fn text_packets_are_acked_without_positions() {
 fn command_answer_parcel_fd_is_a_response_and_is_not_acked() {
     let mut s = ArnaviSession::new();
     let d = feed(&mut s, &[0x5B, 0xFD, 0x00, 0x5D]).unwrap();
-    assert_eq!(d.kind, "command_response");
+    assert_eq!(d.kind, MessageKind::CommandResponse);
     assert_eq!(d.reply, None);
     assert_eq!(d.command_response.unwrap().text, "00");
 }
@@ -186,7 +187,10 @@ fn endless_text_line_is_refused() {
     let mut s = ArnaviSession::new();
     let mut line = b"$AV,".to_vec();
     line.resize(line.len() + 2000, b'1');
-    assert_eq!(s.next_frame(&line).unwrap_err().reason, "too_large");
+    assert_eq!(
+        s.next_frame(&line).unwrap_err().reason,
+        DecodeReason::TooLarge
+    );
 }
 
 #[test]

@@ -1,4 +1,5 @@
 use super::*;
+use crate::protocols::{DecodeReason, MessageKind};
 use chrono::TimeZone;
 
 fn feed(s: &mut EgtsSession, bytes: &[u8]) -> Result<Decoded, DecodeError> {
@@ -40,7 +41,7 @@ const DEVICE_RESPONSE: &str = "0100000b0003006c430004010000acfb";
 fn term_identity_with_imei_identifies_the_device_by_imei() {
     let mut s = EgtsSession::new();
     let d = feed(&mut s, &unhex(TERM_IDENTITY_IMEI)).unwrap();
-    assert_eq!(d.kind, "login");
+    assert_eq!(d.kind, MessageKind::Login);
     assert_eq!(d.device, Some(DeviceId::new("864495034643376")));
     assert!(d.positions.is_empty());
 }
@@ -92,7 +93,7 @@ fn blank_imei_falls_back_to_the_terminal_id() {
 fn pos_data_decodes_time_coordinates_speed_and_inputs() {
     let mut s = EgtsSession::new();
     let d = feed(&mut s, &unhex(POS_WITH_OID)).unwrap();
-    assert_eq!(d.kind, "data");
+    assert_eq!(d.kind, MessageKind::Data);
     assert_eq!(
         d.device,
         Some(DeviceId::new("1231580877")),
@@ -258,27 +259,80 @@ fn our_packet_ids_and_record_numbers_increment() {
 fn a_response_from_the_device_needs_no_reply() {
     let mut s = EgtsSession::new();
     let d = feed(&mut s, &unhex(DEVICE_RESPONSE)).unwrap();
-    assert_eq!(d.kind, "ack");
+    assert_eq!(d.kind, MessageKind::Ack);
     assert!(d.reply.is_none());
     assert!(d.positions.is_empty());
 }
 
+// Replies to refused packets: PT_RESPONSE, our PID 0, RPID 573a (POS_WITH_OID's PID), the
+// processing result code, no records; both checksums computed in a Python one-off (bitwise
+// CRC-8/0x31 and CRC-16/CCITT-FALSE), not by this crate.
+const HEADERCRC_ERROR_REPLY: &str = "0100000b000300000000503a57897159";
+const DATACRC_ERROR_REPLY: &str = "0100000b000300000000503a578a1269";
+const INVDATALEN_REPLY: &str = "0100000b000300000000503a578b3379";
+
 #[test]
-fn bad_header_crc_is_refused_by_the_framer() {
+fn bad_header_crc_is_answered_with_egts_pc_headercrc_error_137() {
     let mut pkt = unhex(POS_WITH_OID);
     pkt[10] ^= 0xff;
-    let e = EgtsSession::new().next_frame(&pkt).unwrap_err();
-    assert_eq!(e.reason, "crc");
-    assert_eq!(e.offset, 10);
+    let mut s = EgtsSession::new();
+    // The header alone is cut: its FDL cannot be trusted.
+    assert_eq!(s.next_frame(&pkt).unwrap(), FrameCut::Frame(11));
+    let d = s.decode(&pkt[..11], &DecodeCtx::now()).unwrap();
+    assert_eq!(d.kind, MessageKind::CrcError);
+    assert!(d.positions.is_empty());
+    assert_eq!(hex::encode(d.reply.unwrap()), HEADERCRC_ERROR_REPLY);
 }
 
 #[test]
-fn bad_data_crc_is_an_error_not_an_ack() {
+fn after_a_bad_header_framing_resynchronises_at_the_next_good_header() {
+    let mut bad = unhex(POS_WITH_OID);
+    bad[10] ^= 0xff;
+    let mut buf = bad.clone();
+    buf.extend(unhex(POS_WITH_OID));
+    let mut s = EgtsSession::new();
+    let mut decoded = Vec::new();
+    while !buf.is_empty() {
+        match s.next_frame(&buf).unwrap() {
+            FrameCut::Frame(n) => {
+                decoded.push(s.decode(&buf[..n], &DecodeCtx::now()).unwrap());
+                buf.drain(..n);
+            }
+            FrameCut::Skip(n) => {
+                buf.drain(..n);
+            }
+            FrameCut::NeedMore => panic!("stuck with {} bytes", buf.len()),
+        }
+    }
+    let kinds: Vec<_> = decoded.iter().map(|d| d.kind).collect();
+    assert_eq!(kinds, [MessageKind::CrcError, MessageKind::Data]);
+    assert_eq!(decoded[1].positions.len(), 1, "the good packet is not lost");
+}
+
+#[test]
+fn bad_data_crc_is_answered_with_egts_pc_datacrc_error_138_and_nothing_is_taken() {
     let mut pkt = unhex(POS_WITH_OID);
     let n = pkt.len();
     pkt[n - 1] ^= 0xff;
-    let e = feed(&mut EgtsSession::new(), &pkt).unwrap_err();
-    assert_eq!(e.reason, "crc");
+    let d = feed(&mut EgtsSession::new(), &pkt).unwrap();
+    assert_eq!(d.kind, MessageKind::CrcError);
+    assert!(d.positions.is_empty());
+    assert_eq!(d.device, None, "nothing of the packet is believed");
+    assert_eq!(hex::encode(d.reply.unwrap()), DATACRC_ERROR_REPLY);
+}
+
+#[test]
+fn a_record_longer_than_its_data_is_answered_with_egts_pc_invdatalen_139() {
+    // POS_WITH_OID's record says RL 26; make it 40 and keep both checksums right.
+    let good = unhex(POS_WITH_OID);
+    let mut sfrd = good[11..good.len() - 2].to_vec();
+    assert_eq!(&sfrd[..2], &[0x1a, 0x00]);
+    sfrd[0] = 40;
+    let pkt = packet(0x573a, PT_APPDATA, &sfrd);
+    let d = feed(&mut EgtsSession::new(), &pkt).unwrap();
+    assert_eq!(d.kind, MessageKind::Invalid);
+    assert!(d.positions.is_empty());
+    assert_eq!(hex::encode(d.reply.unwrap()), INVDATALEN_REPLY);
 }
 
 #[test]
@@ -286,11 +340,11 @@ fn wrong_protocol_version_or_header_length_is_a_framing_error() {
     let mut s = EgtsSession::new();
     assert_eq!(
         s.next_frame(&[0x02, 0, 0, 11]).unwrap_err().reason,
-        "framing"
+        DecodeReason::Framing
     );
     assert_eq!(
         s.next_frame(&[0x01, 0, 0, 12]).unwrap_err().reason,
-        "framing"
+        DecodeReason::Framing
     );
 }
 
@@ -365,7 +419,7 @@ fn command_confirmation_becomes_a_command_response_and_is_acked() {
         &encode_command_confirmation(5, 6, 7, CC_OK, b"DOUT1:1 Timeout:INFINITY"),
     )
     .unwrap();
-    assert_eq!(d.kind, "command_response");
+    assert_eq!(d.kind, MessageKind::CommandResponse);
     assert_eq!(
         d.command_response,
         Some(CommandResponse {

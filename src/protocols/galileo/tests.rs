@@ -1,4 +1,5 @@
 use super::*;
+use crate::protocols::{DecodeReason, MessageKind};
 
 // Real packets from the corpus (protocols/galileo/corpus.jsonl, Traccar's decoder tests).
 const HEAD: &str = "011380033836383230343030313534393038370432008590";
@@ -45,7 +46,7 @@ fn utc_s(s: &str) -> DateTime<Utc> {
 fn head_packet_identifies_the_device_and_is_acked_with_its_crc() {
     let mut s = GalileoSession::new();
     let d = feed(&mut s, &hex::decode(HEAD).unwrap()).unwrap();
-    assert_eq!(d.kind, "login");
+    assert_eq!(d.kind, MessageKind::Login);
     assert_eq!(d.device, Some(DeviceId::new("868204001549087")));
     assert!(d.positions.is_empty());
     // Ack = 0x02 + the packet's own CRC, low byte first (the packet ends 85 90).
@@ -115,7 +116,7 @@ fn bad_crc_is_an_error_not_an_ack() {
     let n = pkt.len();
     pkt[n - 1] ^= 0xff;
     let e = feed(&mut GalileoSession::new(), &pkt).unwrap_err();
-    assert_eq!(e.reason, "crc");
+    assert_eq!(e.reason, DecodeReason::Crc);
     assert_eq!(e.offset, n - 2);
 }
 
@@ -157,7 +158,7 @@ fn largest_declared_length_waits_for_data_instead_of_failing() {
 fn command_answer_becomes_a_command_response_with_the_command_number() {
     let mut s = GalileoSession::new();
     let d = feed(&mut s, &hex::decode(COMMAND_ANSWER).unwrap()).unwrap();
-    assert_eq!(d.kind, "command_response");
+    assert_eq!(d.kind, MessageKind::CommandResponse);
     assert!(d.positions.is_empty());
     assert_eq!(
         d.command_response,
@@ -341,7 +342,7 @@ fn unknown_tag_is_an_unsupported_error_naming_the_tag() {
     let body = [tag::RECORD_NUMBER, 1, 0, 0x21, 0, 0];
     let pkt = finish_packet(HEADER_MAIN, &body, false);
     let e = feed(&mut GalileoSession::new(), &pkt).unwrap_err();
-    assert_eq!(e.reason, "unsupported");
+    assert_eq!(e.reason, DecodeReason::Unsupported);
     assert_eq!(e.offset, 6);
     assert!(e.what.contains("0x21"));
 }

@@ -10,6 +10,7 @@ use super::NAME;
 use crate::model::{Attributes, DeviceId, Position};
 use crate::protocols::util::{from_secs, utc, Reader, CRC8_EGTS};
 use crate::protocols::{CommandResponse, DecodeError, Decoded};
+use crate::protocols::{DecodeReason, MessageKind};
 
 /// `+RSP` report types with an extra layout.
 pub const RSP_LCB: u8 = 3;
@@ -76,7 +77,7 @@ pub fn binary_frame_len(buf: &[u8]) -> Result<usize, DecodeError> {
     len.ok_or_else(|| {
         DecodeError::new(
             NAME,
-            "truncated",
+            DecodeReason::Truncated,
             buf.len(),
             format!("binary header needs {MIN_BINARY} bytes"),
         )
@@ -102,7 +103,7 @@ pub fn decode(frame: &[u8]) -> Result<Decoded, DecodeError> {
         _ => {
             // +HBD/+CRD/+BRD/+LGN: which fields are present depends on a per-device mask;
             // keep the message type only.
-            let mut d = Decoded::kind("other");
+            let mut d = Decoded::kind(MessageKind::Other);
             let mut a = Attributes::with_capacity(1);
             a.text("event", String::from_utf8_lossy(&header[1..]).into_owned());
             d.status = Some(a);
@@ -160,7 +161,7 @@ fn decode_rsp(r: &mut Reader<'_>, buffered: bool) -> Result<Decoded, DecodeError
     }
     r.skip(1, "motion status")?;
     let sats = r.u8("satellites")?;
-    let mut d = Decoded::kind("data");
+    let mut d = Decoded::kind(MessageKind::Data);
     d.device = Some(device);
     if kind == RSP_COMPRESSED {
         d.positions = decode_compressed(r)?;
@@ -206,8 +207,8 @@ fn read_block(r: &mut Reader<'_>) -> Result<Position, DecodeError> {
     let lon = f64::from(r.i32("longitude")?) / 1e6;
     let lat = f64::from(r.i32("latitude")?) / 1e6;
     let at = r.pos();
-    let time =
-        read_time(r)?.ok_or_else(|| DecodeError::new(NAME, "bad_time", at, "gps utc time"))?;
+    let time = read_time(r)?
+        .ok_or_else(|| DecodeError::new(NAME, DecodeReason::BadTime, at, "gps utc time"))?;
     let mut p = Position::new(time, hdop > 0, lat, lon);
     p.speed_kmh = f64::from(speed_whole) + f64::from(speed_tenths.min(9)) / 10.0;
     p.course = f64::from(course);
@@ -253,7 +254,7 @@ fn decode_compressed(r: &mut Reader<'_>) -> Result<Vec<Position>, DecodeError> {
             time += 1;
         }
         let Some(&first) = r.rest().first() else {
-            return Err(r.error("truncated", "compressed point"));
+            return Err(r.error(DecodeReason::Truncated, "compressed point"));
         };
         match first >> 6 {
             1 => {
@@ -280,7 +281,8 @@ fn decode_compressed(r: &mut Reader<'_>) -> Result<Vec<Position>, DecodeError> {
                 continue;
             }
         }
-        let at = from_secs(time).ok_or_else(|| r.error("bad_time", format!("time {time}")))?;
+        let at = from_secs(time)
+            .ok_or_else(|| r.error(DecodeReason::BadTime, format!("time {time}")))?;
         let mut p = Position::new(at, true, lat as f64 / 1e6, lon as f64 / 1e6);
         p.speed_kmh = speed as f64 / 10.0;
         p.course = heading as f64;
@@ -316,7 +318,11 @@ fn decode_evt(r: &mut Reader<'_>, buffered: bool) -> Result<Decoded, DecodeError
     if buffered {
         p.attrs.flag("buffered", true);
     }
-    let mut d = Decoded::kind(if p.alarm.is_some() { "alarm" } else { "data" });
+    let mut d = Decoded::kind(if p.alarm.is_some() {
+        MessageKind::Alarm
+    } else {
+        MessageKind::Data
+    });
     d.device = Some(device);
     d.positions.push(p);
     Ok(d)
@@ -338,7 +344,7 @@ fn decode_inf(r: &mut Reader<'_>) -> Result<Decoded, DecodeError> {
         format!("{:04X}", r.u16("protocol version")?),
     );
     a.text("firmware", format!("{:04X}", r.u16("firmware version")?));
-    let mut d = Decoded::kind("status");
+    let mut d = Decoded::kind(MessageKind::Status);
     d.device = Some(device);
     d.status = Some(a);
     Ok(d)
@@ -351,13 +357,13 @@ fn decode_ack(frame: &[u8]) -> Result<Decoded, DecodeError> {
     let Some(i) = at else {
         return Err(DecodeError::new(
             NAME,
-            "truncated",
+            DecodeReason::Truncated,
             frame.len(),
             "binary ack shorter than its trailer",
         ));
     };
     let seq = u32::from(u16::from_be_bytes([frame[i], frame[i + 1]]));
-    let mut d = Decoded::kind("command_response");
+    let mut d = Decoded::kind(MessageKind::CommandResponse);
     // Header, type, mask, length, device type, protocol and firmware versions, unique id.
     d.device = frame.get(12..20).filter(|_| i >= 20).map(unique_id);
     d.command_response = Some(CommandResponse {
@@ -388,7 +394,7 @@ fn decode_tlv(frame: &[u8]) -> Result<Decoded, DecodeError> {
     let length = usize::from(r.u16("frame length")?);
     if length != frame.len() {
         return Err(r.error(
-            "framing",
+            DecodeReason::Framing,
             format!("declared length {length}, frame {}", frame.len()),
         ));
     }
@@ -404,15 +410,18 @@ fn decode_tlv(frame: &[u8]) -> Result<Decoded, DecodeError> {
     r.skip(reserved, "reserved")?;
     let records_end = length
         .checked_sub(4)
-        .ok_or_else(|| r.error("framing", "frame too short"))?;
-    let mut d = Decoded::kind("data");
+        .ok_or_else(|| r.error(DecodeReason::Framing, "frame too short"))?;
+    let mut d = Decoded::kind(MessageKind::Data);
     d.device = Some(DeviceId::new(imei));
     while r.pos() < records_end {
         let start = r.pos();
         let len = var_len(&mut r, "record length")?;
         let end = start + len;
         if end > records_end || len < 8 {
-            return Err(r.error("framing", format!("record length {len} out of frame")));
+            return Err(r.error(
+                DecodeReason::Framing,
+                format!("record length {len} out of frame"),
+            ));
         }
         r.skip(4, "generated time")?;
         r.skip(2, "record count")?;
@@ -423,7 +432,7 @@ fn decode_tlv(frame: &[u8]) -> Result<Decoded, DecodeError> {
             let n = var_len(&mut r, "data length")?;
             let item = r.take(n, "data item")?;
             if r.pos() > end {
-                return Err(r.error("framing", "data item runs past its record"));
+                return Err(r.error(DecodeReason::Framing, "data item runs past its record"));
             }
             if id == 0x52 {
                 d.positions.push(read_gnss(item, event)?);
@@ -441,7 +450,7 @@ fn check_crc8(frame: &[u8]) -> Result<(), DecodeError> {
     if n < 4 {
         return Err(DecodeError::new(
             NAME,
-            "truncated",
+            DecodeReason::Truncated,
             n,
             "frame shorter than its tail",
         ));
@@ -451,7 +460,7 @@ fn check_crc8(frame: &[u8]) -> Result<(), DecodeError> {
     if want != got {
         return Err(DecodeError::new(
             NAME,
-            "crc",
+            DecodeReason::Crc,
             n - 2,
             format!("check byte {want:#04x}, computed {got:#04x}"),
         ));
@@ -469,7 +478,7 @@ fn decode_tlv_heartbeat(frame: &[u8]) -> Result<Decoded, DecodeError> {
     r.skip(5, "device type and versions")?;
     r.skip(4, "generated time")?;
     r.skip(2, "count number")?;
-    let mut d = Decoded::kind("heartbeat");
+    let mut d = Decoded::kind(MessageKind::Heartbeat);
     d.device = Some(DeviceId::new(imei_raw.get(1..).unwrap_or("")));
     Ok(d)
 }
@@ -481,7 +490,8 @@ fn read_gnss(item: &[u8], event: u8) -> Result<Position, DecodeError> {
     let lon = f64::from(r.i32("longitude")?) / 1e6;
     let lat = f64::from(r.i32("latitude")?) / 1e6;
     let t = r.u32("time")?;
-    let time = from_secs(i64::from(t)).ok_or_else(|| r.error("bad_time", format!("time {t}")))?;
+    let time = from_secs(i64::from(t))
+        .ok_or_else(|| r.error(DecodeReason::BadTime, format!("time {t}")))?;
     let mut p = Position::new(time, (flags >> 2) & 0b11 == 0b10, lat, lon);
     p.speed_kmh = f64::from(r.u16("speed")?) / 10.0;
     p.attrs.float("hdop", f64::from(r.u8("hdop")?) / 10.0);

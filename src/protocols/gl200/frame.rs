@@ -8,6 +8,7 @@
 
 use super::binary::{binary_frame_len, is_tlv};
 use super::{MAX_FRAME, NAME};
+use crate::protocols::DecodeReason;
 use crate::protocols::{DecodeError, FrameCut, Transport};
 
 /// Bytes needed before a binary header can be told from a text one and its length read.
@@ -42,7 +43,7 @@ pub fn next_frame(buf: &[u8], transport: Transport) -> Result<FrameCut, DecodeEr
         if len > MAX_FRAME {
             return Err(DecodeError::new(
                 NAME,
-                "too_large",
+                DecodeReason::TooLarge,
                 0,
                 format!("binary length {len} over {MAX_FRAME}"),
             ));
@@ -50,7 +51,7 @@ pub fn next_frame(buf: &[u8], transport: Transport) -> Result<FrameCut, DecodeEr
         if len < MIN_BINARY {
             return Err(DecodeError::new(
                 NAME,
-                "framing",
+                DecodeReason::Framing,
                 0,
                 format!("binary length {len} too short"),
             ));
@@ -111,7 +112,7 @@ fn text_frame(buf: &[u8], transport: Transport) -> Result<FrameCut, DecodeError>
 fn too_long() -> DecodeError {
     DecodeError::new(
         NAME,
-        "too_large",
+        DecodeReason::TooLarge,
         0,
         format!("text message without tail over {MAX_FRAME} bytes"),
     )
@@ -124,6 +125,16 @@ pub fn ends_like_whole_message(buf: &[u8]) -> bool {
     let Ok(s) = std::str::from_utf8(buf) else {
         return false;
     };
+    let fields: Vec<&str> = s.rsplitn(4, ',').collect();
+    // GL100: `…,<ta>,<count>,<version>`.
+    if let [ver, count, ta, _] = fields[..] {
+        if super::text::is_gl100_tail(&[count, ver])
+            && ta.len() == 2
+            && ta.bytes().all(|b| b.is_ascii_digit())
+        {
+            return true;
+        }
+    }
     let mut it = s.rsplit(',');
     let (Some(count), Some(time), Some(before)) = (it.next(), it.next(), it.next()) else {
         return false;

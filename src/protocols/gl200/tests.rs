@@ -3,6 +3,7 @@ use chrono::{TimeZone, Utc};
 use super::*;
 use crate::model::AttrValue;
 use crate::protocols::{corpus, CommandResponse};
+use crate::protocols::{DecodeReason, MessageKind};
 
 fn ctx() -> DecodeCtx {
     DecodeCtx {
@@ -43,7 +44,7 @@ fn heartbeat_is_answered_with_sack_gthbd_protocol_version_and_count() {
         b"+ACK:GTHBD,1A0401,135790246811220,,20100214093254,11F0$",
     )
     .unwrap();
-    assert_eq!(d.kind, "heartbeat");
+    assert_eq!(d.kind, MessageKind::Heartbeat);
     assert_eq!(d.device, Some(DeviceId::new("135790246811220")));
     assert_eq!(d.reply.as_deref(), Some(&b"+SACK:GTHBD,1A0401,11F0$"[..]));
     assert!(d.positions.is_empty());
@@ -78,7 +79,7 @@ fn reports_are_not_acked_unless_server_acks_are_enabled() {
 fn gv300_fixed_report_decodes_fix_power_mileage_hours_and_device_status() {
     let pkt = b"+RESP:GTFRI,060228,862894020178276,,15153,10,1,1,0.0,0,431.7,-63.169571,-17.776235,20160210153458,0736,0003,6AD4,80EF,00,34.9,00117:31:26,13442,15163,0,210101,,,,20160210113503,38EE$";
     let d = feed(&mut tcp(), pkt).unwrap();
-    assert_eq!(d.kind, "data");
+    assert_eq!(d.kind, MessageKind::Data);
     assert_eq!(d.device, Some(DeviceId::new("862894020178276")));
     assert_eq!(d.positions.len(), 1);
     let p = &d.positions[0];
@@ -151,7 +152,7 @@ fn ignition_off_without_fix_is_status_with_cell() {
     let pkt = b"+BUFF:GTIGF,840502,867963063190000,,0,0,,,,,,,0268,0006,22C4,13E5,00,,,20250116170541,22D0$";
     let d = feed(&mut tcp(), pkt).unwrap();
     assert!(d.positions.is_empty());
-    assert_eq!(d.kind, "lbs");
+    assert_eq!(d.kind, MessageKind::Lbs);
     let st = d.status.unwrap();
     assert_eq!(st.get_name("ignition"), Some(&AttrValue::Bool(false)));
     assert_eq!(st.get_name("mcc"), Some(&AttrValue::Int(268)));
@@ -162,7 +163,7 @@ fn ignition_off_without_fix_is_status_with_cell() {
 fn sos_report_raises_the_sos_alarm() {
     let pkt = b"+RESP:GTSOS,DF0200,868487004358800,cv100,,00,1,1,0.0,0,138.0,114.015465,22.537372,20210714115224,0460,0001,25F8,061A7D02,,,20210714195224,20210714195224,03A6$";
     let d = feed(&mut tcp(), pkt).unwrap();
-    assert_eq!(d.kind, "alarm");
+    assert_eq!(d.kind, MessageKind::Alarm);
     assert_eq!(d.positions[0].alarm, Some("sos"));
     assert_eq!(d.positions[0].fix_time, time("2021-07-14 11:52:24"));
 }
@@ -243,7 +244,7 @@ fn vin_before_the_device_name_is_kept_and_does_not_shift_fields() {
 fn information_report_is_status_with_external_power() {
     let pkt = b"+RESP:GTINF,6E0202,868589060187625,RA82,11,89883030000091225018,41,0,1,12349,,4.15,0,1,0,0,20240328231013,0,0,0,0,00,00,+0000,0,20240328231015,7D4F";
     let d = feed(&mut Gl200Session::new(Transport::Udp), pkt).unwrap();
-    assert_eq!(d.kind, "status");
+    assert_eq!(d.kind, MessageKind::Status);
     assert!(d.positions.is_empty());
     let st = d.status.unwrap();
     assert_eq!(st.get_name("power_v"), Some(&AttrValue::Float(12.349)));
@@ -262,7 +263,7 @@ fn command_ack_becomes_a_command_response_with_the_serial_as_seq() {
         b"+ACK:GTOUT,060100,135790246811220,,0012,20090214093254,11F0$",
     )
     .unwrap();
-    assert_eq!(d.kind, "command_response");
+    assert_eq!(d.kind, MessageKind::CommandResponse);
     assert_eq!(d.reply, None);
     assert_eq!(
         d.command_response,
@@ -422,16 +423,22 @@ fn udp_datagram_is_one_frame_even_without_tail() {
 fn oversized_frames_are_refused() {
     let mut long = b"+RESP:GTFRI,".to_vec();
     long.resize(MAX_FRAME + 10, b'1');
-    assert_eq!(tcp().next_frame(&long).unwrap_err().reason, "too_large");
+    assert_eq!(
+        tcp().next_frame(&long).unwrap_err().reason,
+        DecodeReason::TooLarge
+    );
     let mut bin = b"+RSP\x07\x00\xfc\x1f\xbf\xff\xff".to_vec();
     bin.extend_from_slice(&[0; 8]);
-    assert_eq!(tcp().next_frame(&bin).unwrap_err().reason, "too_large");
+    assert_eq!(
+        tcp().next_frame(&bin).unwrap_err().reason,
+        DecodeReason::TooLarge
+    );
     assert_eq!(
         tcp()
             .next_frame(b"+RSP\x07\x00\xfc\x1f\xbf\x00\x02")
             .unwrap_err()
             .reason,
-        "framing"
+        DecodeReason::Framing
     );
 }
 
@@ -440,27 +447,27 @@ fn malformed_text_is_an_error_naming_the_problem() {
     let e = tcp()
         .decode(b"+RESP:GTFRI,060100,notanimei,,\xff$", &ctx())
         .unwrap_err();
-    assert_eq!(e.reason, "framing");
+    assert_eq!(e.reason, DecodeReason::Framing);
     let e = tcp()
         .decode(b"+RESP:GTFRI,060100,notanimei,,,$", &ctx())
         .unwrap_err();
-    assert_eq!(e.reason, "bad_identity");
+    assert_eq!(e.reason, DecodeReason::BadIdentity);
     let e = tcp().decode(b"hello$", &ctx()).unwrap_err();
-    assert_eq!(e.reason, "framing");
+    assert_eq!(e.reason, DecodeReason::Framing);
 }
 
 #[test]
 fn unknown_report_type_keeps_its_fix_or_decodes_as_other() {
     let with_fix = b"+RESP:GTXYZ,060100,135790246811220,,7,1,4.3,92,70.0,121.354335,31.222073,20090214013254,0460,0000,18d8,6141,00,20090214093254,11F0$";
     let d = feed(&mut tcp(), with_fix).unwrap();
-    assert_eq!(d.kind, "data");
+    assert_eq!(d.kind, MessageKind::Data);
     assert_eq!(d.positions.len(), 1);
     let d = feed(
         &mut tcp(),
         b"+RESP:GTXYZ,060100,135790246811220,,7,20090214093254,11F0$",
     )
     .unwrap();
-    assert_eq!(d.kind, "other");
+    assert_eq!(d.kind, MessageKind::Other);
     assert!(d.positions.is_empty());
     assert!(d.device.is_some());
 }
@@ -485,7 +492,7 @@ fn binary_tlv_frame_with_a_bad_check_byte_is_a_crc_error() {
     let n = pkt.len();
     pkt[n - 2] ^= 0x01;
     let e = feed(&mut tcp(), &pkt).unwrap_err();
-    assert_eq!(e.reason, "crc");
+    assert_eq!(e.reason, DecodeReason::Crc);
     assert_eq!(e.offset, n - 2);
 }
 
@@ -494,7 +501,7 @@ fn binary_heartbeat_identifies_the_device() {
     // The example of Queclink's published GL601 frame description (check byte 0x14).
     let pkt = hex::decode("2b1018012345678901234580010007005e362f5a10f21424").unwrap();
     let d = feed(&mut tcp(), &pkt).unwrap();
-    assert_eq!(d.kind, "heartbeat");
+    assert_eq!(d.kind, MessageKind::Heartbeat);
     assert_eq!(d.device, Some(DeviceId::new("123456789012345")));
 }
 
@@ -658,7 +665,7 @@ fn binary_unique_id_is_an_imei_in_digit_pairs_or_a_device_name() {
 fn binary_information_frame_is_status_of_its_device() {
     let pkt = hex::decode("2b494e4601fd7f0076676231303000000045010202090104020500004100054007e107150b061d0000003f010e02580000000000d0312a1013648935103226313921591f1200000000000302680003189c1ac3001b02680003189c1ac4000d02680003189c1ac5001207e107150b0d3704f658060d0a").unwrap();
     let d = feed(&mut tcp(), &pkt).unwrap();
-    assert_eq!(d.kind, "status");
+    assert_eq!(d.kind, MessageKind::Status);
     assert_eq!(d.device, Some(DeviceId::new("gb100")));
     assert_eq!(
         d.status.unwrap().get_name("device_type"),
@@ -735,4 +742,66 @@ fn truncated_and_mutated_corpus_packets_never_panic() {
             let _ = tcp().decode(&m, &ctx());
         }
     }
+}
+
+// GL100 (@Track air interface protocol, TRACGL100AN002): IMEI first, blocks
+// `reserved, reserved, gps fix, speed, heading, altitude, gps accuracy, lon, lat, time, mcc,
+// mnc, lac, cell, ta`, closed by `count, version`. The lines are the document's examples.
+const GL100_TRI: &str = "+RESP:GTTRI,359231030000010,1,0,0,1,4.3,92,70.0,1,121.354335,31.222073,20090101000000,0460,0000,18d8,6141,00,11F0,0102100203";
+const GL100_TRI_2: &str = "+RESP:GTTRI,359231030000010,2,0,0,1,4.3,92,70.0,1,121.354335,31.222073,20090101000000,0460,0000,18d8,6141,00,0,0,1,-3.6,145,30.0,2,121.354442,31.221940,20090101000100,0460,0000,18d8,6141,00,11F0,0102100203";
+const GL100_SZI: &str = "+RESP:GTSZI,359231030000010,0,3,0,1,4.3,92,70.0,1,121.354335,31.222073,20090101000000,0460,0000,18d8,6141,00,11F0,0102100203";
+
+#[test]
+fn gl100_blocks_are_read_in_the_gl100_order_not_the_gl200_one() {
+    let d = feed(&mut tcp(), format!("{GL100_TRI}\0").as_bytes()).unwrap();
+    assert_eq!(d.device, Some(DeviceId::new("359231030000010")));
+    let p = &d.positions[0];
+    assert_eq!(p.fix_time, time("2009-01-01 00:00:00"));
+    assert!(p.valid, "gps fix 1");
+    assert_eq!((p.lat, p.lon), (31.222073, 121.354335));
+    assert_eq!(p.speed_kmh, 4.3, "speed, not the accuracy field");
+    assert_eq!(p.course, 92.0, "heading, not the speed field");
+    assert_eq!(p.altitude, 70.0);
+    assert_eq!(p.attrs.get_name("hdop"), Some(&AttrValue::Float(1.0)));
+    assert_eq!(p.attrs.get_name("mcc"), Some(&AttrValue::Int(460)));
+    assert!(d.reply.is_none(), "GL100 reports take no +SACK");
+
+    let d = feed(&mut tcp(), format!("{GL100_TRI_2}\0").as_bytes()).unwrap();
+    assert_eq!(d.positions.len(), 2);
+    let p = &d.positions[1];
+    assert_eq!(p.fix_time, time("2009-01-01 00:01:00"));
+    assert_eq!((p.lat, p.lon), (31.221940, 121.354442));
+    assert_eq!(p.speed_kmh, 0.0, "-1-style unknown speed is not negative");
+    assert_eq!(p.course, 145.0);
+    assert_eq!(p.altitude, 30.0);
+
+    let d = feed(&mut tcp(), format!("{GL100_SZI}\0").as_bytes()).unwrap();
+    assert_eq!(d.positions[0].speed_kmh, 4.3);
+    assert_eq!(d.positions[0].course, 92.0);
+}
+
+#[test]
+fn a_gl100_line_without_a_tail_is_cut_at_its_closing_fields() {
+    let mut s = tcp();
+    // Cut short inside the block: not a whole message yet.
+    let cut = &GL100_TRI.as_bytes()[..GL100_TRI.len() - 12];
+    assert_eq!(s.next_frame(cut).unwrap(), FrameCut::NeedMore);
+    let d = feed(&mut s, GL100_TRI.as_bytes()).unwrap();
+    assert_eq!(d.positions.len(), 1);
+}
+
+#[test]
+fn a_report_whose_number_disagrees_with_its_blocks_is_refused() {
+    // Number 1, two blocks present.
+    let line = GL100_TRI_2.replacen(",2,0,0,1,", ",1,0,0,1,", 1);
+    let e = feed(&mut tcp(), format!("{line}\0").as_bytes()).unwrap_err();
+    assert_eq!(e.reason, DecodeReason::BadField, "{e}");
+    // Number 3, two blocks with a fix: both kept, the shortfall said.
+    let line = GL100_TRI_2.replacen(",2,0,0,1,", ",3,0,0,1,", 1);
+    let d = feed(&mut tcp(), format!("{line}\0").as_bytes()).unwrap();
+    assert_eq!(d.positions.len(), 2);
+    assert_eq!(
+        d.positions[1].attrs.get_name("points_declared"),
+        Some(&AttrValue::Int(3))
+    );
 }

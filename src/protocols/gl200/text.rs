@@ -15,6 +15,7 @@ use super::{model_of, NAME};
 use crate::model::{Attributes, DeviceId, Position};
 use crate::protocols::util::utc;
 use crate::protocols::{CommandResponse, DecodeCtx, DecodeError, Decoded};
+use crate::protocols::{DecodeReason, MessageKind};
 
 /// One parsed message: its fields and where the fixed ones are.
 struct Msg<'a> {
@@ -26,6 +27,9 @@ struct Msg<'a> {
     imei_idx: usize,
     version: &'a str,
     model: &'static str,
+    /// The GL100 layout: IMEI first, blocks `fix, speed, heading, altitude, accuracy, lon,
+    /// lat, time, mcc, mnc, lac, cell, ta`, closed by `count, version` (no send time).
+    gl100: bool,
 }
 
 impl<'a> Msg<'a> {
@@ -68,7 +72,7 @@ pub fn decode(frame: &[u8], ctx: &DecodeCtx, report_acks: bool) -> Result<Decode
     let s = std::str::from_utf8(body).map_err(|e| {
         DecodeError::new(
             NAME,
-            "framing",
+            DecodeReason::Framing,
             e.valid_up_to(),
             "text message is not ASCII",
         )
@@ -76,19 +80,19 @@ pub fn decode(frame: &[u8], ctx: &DecodeCtx, report_acks: bool) -> Result<Decode
     let Some((header, rest)) = s.split_once(':') else {
         return Err(DecodeError::new(
             NAME,
-            "framing",
+            DecodeReason::Framing,
             0,
             "no ':' after the message header",
         ));
     };
     if header == "+SACK" {
         // Our own acknowledgement echoed back: nothing to do.
-        return Ok(Decoded::kind("other"));
+        return Ok(Decoded::kind(MessageKind::Other));
     }
     if !matches!(header, "+RESP" | "+BUFF" | "+ACK") {
         return Err(DecodeError::new(
             NAME,
-            "framing",
+            DecodeReason::Framing,
             0,
             format!("unknown header {header:?}"),
         ));
@@ -101,7 +105,7 @@ pub fn decode(frame: &[u8], ctx: &DecodeCtx, report_acks: bool) -> Result<Decode
     else {
         return Err(DecodeError::new(
             NAME,
-            "unsupported",
+            DecodeReason::Unsupported,
             header.len() + 1,
             "message type is not GTxxx",
         ));
@@ -113,19 +117,21 @@ pub fn decode(frame: &[u8], ctx: &DecodeCtx, report_acks: bool) -> Result<Decode
     } else {
         return Err(DecodeError::new(
             NAME,
-            "bad_identity",
+            DecodeReason::BadIdentity,
             field_offset(&v, 2),
             "no IMEI in field 2 or 3",
         ));
     };
     let version = if imei_idx == 2 { v[1] } else { "" };
+    let gl100 = imei_idx == 1 && is_gl100_tail(&v);
     let msg = Msg {
         header,
         kind,
         v,
         imei_idx,
         version,
-        model: model_of(version),
+        model: if gl100 { "GL100" } else { model_of(version) },
+        gl100,
     };
     let device = DeviceId::new(msg.get(imei_idx));
 
@@ -137,7 +143,7 @@ pub fn decode(frame: &[u8], ctx: &DecodeCtx, report_acks: bool) -> Result<Decode
             "VER" => decode_ver(&msg),
             "PNA" | "PFA" => decode_power_event(&msg),
             "GSM" | "LBS" | "WIF" => decode_cells(&msg),
-            _ => decode_report(&msg, ctx),
+            _ => decode_report(&msg, ctx)?,
         }
     };
     // In server-ack mode the device wants "+SACK:<count>$" for every message it sends; the
@@ -157,7 +163,7 @@ fn field_offset(v: &[&str], i: usize) -> usize {
 fn decode_ack(msg: &Msg<'_>) -> Decoded {
     if msg.kind == "HBD" {
         // The heartbeat is answered with the protocol version and count it carried.
-        let mut d = Decoded::kind("heartbeat");
+        let mut d = Decoded::kind(MessageKind::Heartbeat);
         d.reply = Some(Bytes::from(format!(
             "+SACK:GTHBD,{},{}$",
             msg.version,
@@ -170,7 +176,7 @@ fn decode_ack(msg: &Msg<'_>) -> Decoded {
     let seq = is_hex(serial, 4)
         .then(|| u32::from_str_radix(serial, 16).ok())
         .flatten();
-    let mut d = Decoded::kind("command_response");
+    let mut d = Decoded::kind(MessageKind::CommandResponse);
     d.command_response = Some(CommandResponse {
         text: msg.v.join(","),
         success: Some(true),
@@ -224,7 +230,7 @@ fn decode_inf(msg: &Msg<'_>) -> Decoded {
     if let Ok(v) = msg.get(j).parse::<f64>() {
         a.float("battery_v", v);
     }
-    let mut d = Decoded::kind("status");
+    let mut d = Decoded::kind(MessageKind::Status);
     d.status = Some(a);
     d
 }
@@ -253,7 +259,7 @@ fn decode_ver(msg: &Msg<'_>) -> Decoded {
             a.text(k, f);
         }
     }
-    let mut d = Decoded::kind("status");
+    let mut d = Decoded::kind(MessageKind::Status);
     d.status = Some(a);
     d
 }
@@ -269,7 +275,7 @@ fn decode_power_event(msg: &Msg<'_>) -> Decoded {
             "power_off"
         },
     );
-    let mut d = Decoded::kind("alarm");
+    let mut d = Decoded::kind(MessageKind::Alarm);
     d.status = Some(a);
     d
 }
@@ -301,7 +307,7 @@ fn decode_cells(msg: &Msg<'_>) -> Decoded {
     if aps > 0 {
         a.int("wifi_aps", aps as i64);
     }
-    let mut d = Decoded::kind("lbs");
+    let mut d = Decoded::kind(MessageKind::Lbs);
     d.status = Some(a);
     d
 }
@@ -330,9 +336,38 @@ fn layout(kind: &str) -> Layout {
     }
 }
 
+/// `…,<count 4 hex>,<version 10 hex>`: how every GL100 message ends (GL100 @Track air
+/// interface protocol: `count num`, `ver HHHHSSPPPP`).
+pub fn is_gl100_tail(v: &[&str]) -> bool {
+    match v {
+        [.., count, ver] => is_hex(count, 4) && is_hex(ver, 10),
+        _ => false,
+    }
+}
+
+/// The `<Number>` field: how many position blocks the report says it carries. In the GL200
+/// family it is the field just before the first block (firmwares differ in the fields before
+/// it, not in that).
+fn declared_points(msg: &Msg<'_>, lay: Layout, first_anchor: Option<usize>) -> Option<usize> {
+    let f = match (msg.gl100, lay) {
+        // GTSOS, GTRTL, GTEST always say 0 (the document), with one block.
+        (true, _) if msg.kind == "TRI" => msg.get(msg.imei_idx + 1),
+        (true, _) => return None,
+        (false, Layout::Fri | Layout::Eri) => msg.get(first_anchor?.checked_sub(5)?),
+        _ => return None,
+    };
+    (!f.is_empty() && f.len() <= 2 && f.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| f.parse().ok())
+        .flatten()
+}
+
 /// Every other report: position blocks with type-specific fields around them.
-fn decode_report(msg: &Msg<'_>, ctx: &DecodeCtx) -> Decoded {
-    let lay = layout(msg.kind);
+fn decode_report(msg: &Msg<'_>, ctx: &DecodeCtx) -> Result<Decoded, DecodeError> {
+    let lay = if msg.gl100 {
+        Layout::Plain
+    } else {
+        layout(msg.kind)
+    };
     let first = msg.first_after_name();
     let report_type = match lay {
         Layout::Fri => msg.get(first + 1),
@@ -377,9 +412,28 @@ fn decode_report(msg: &Msg<'_>, ctx: &DecodeCtx) -> Decoded {
     let mut positions = Vec::with_capacity(anchors.len());
     let mut next = 0;
     for &a in &anchors {
-        let (p, n) = decode_block(msg, a, send_time.unwrap_or(ctx.now));
+        let (p, n) = if msg.gl100 {
+            decode_block_gl100(msg, a, ctx.now)
+        } else {
+            decode_block(msg, a, send_time.unwrap_or(ctx.now))
+        };
         positions.push(p);
         next = n;
+    }
+    let declared = declared_points(msg, lay, anchors.first().copied());
+    if let Some(n) = declared.filter(|&n| n < anchors.len()) {
+        // More blocks than the report says: the layout was misread, and its numbers would be
+        // wrong ones. Refused and counted rather than stored.
+        return Err(DecodeError::new(
+            NAME,
+            DecodeReason::BadField,
+            field_offset(&msg.v, first),
+            format!(
+                "GT{}: Number says {n} points, {} position blocks found",
+                msg.kind,
+                anchors.len()
+            ),
+        ));
     }
 
     let mut extra = Extra {
@@ -407,15 +461,15 @@ fn decode_report(msg: &Msg<'_>, ctx: &DecodeCtx) -> Decoded {
             push_cell(&mut a, &msg.v[i..i + 4]);
         }
         let kind = if alarm.is_some() {
-            "alarm"
+            MessageKind::Alarm
         } else if cell.is_some() {
-            "lbs"
+            MessageKind::Lbs
         } else {
-            "other"
+            MessageKind::Other
         };
         let mut d = Decoded::kind(kind);
         d.status = Some(a);
-        return d;
+        return Ok(d);
     }
 
     let last = positions.len() - 1;
@@ -434,11 +488,54 @@ fn decode_report(msg: &Msg<'_>, ctx: &DecodeCtx) -> Decoded {
         }
         if i == last {
             std::mem::take(&mut extra).apply(p);
+            if let Some(n) = declared.filter(|&n| n > anchors.len()) {
+                // Blocks without a fix (no coordinates) are not positions: say so.
+                p.attrs.int("points_declared", n as i64);
+            }
         }
     }
-    let mut d = Decoded::kind(if alarm.is_some() { "alarm" } else { "data" });
+    let mut d = Decoded::kind(if alarm.is_some() {
+        MessageKind::Alarm
+    } else {
+        MessageKind::Data
+    });
     d.positions = positions;
-    d
+    Ok(d)
+}
+
+/// One GL100 block around the longitude at `a`: `fix, speed, heading, altitude, accuracy`
+/// before it, `lat, time, mcc, mnc, lac, cell, ta` after; returns the position and the index
+/// of the first field after the block. GL100 reports carry no send time: a block without a
+/// GPS time takes the receive time.
+fn decode_block_gl100(msg: &Msg<'_>, a: usize, now: DateTime<Utc>) -> (Position, usize) {
+    let v = &msg.v;
+    let before = |k: usize| {
+        a.checked_sub(k)
+            .and_then(|i| v.get(i))
+            .copied()
+            .unwrap_or("")
+    };
+    let lon = v[a].parse::<f64>().unwrap_or(0.0);
+    let lat = v[a + 1].parse::<f64>().unwrap_or(0.0);
+    let (time, timed) = match parse_time(v[a + 2]) {
+        Some(t) => (t, true),
+        None => (now, false),
+    };
+    // `gps fix`: 1 successful, 0 failed.
+    let mut p = Position::new(time, timed && before(5) == "1", lat, lon);
+    p.speed_kmh = number(before(4)).max(0.0);
+    p.course = number(before(3));
+    p.altitude = number(before(2));
+    if let Ok(h) = before(1).parse::<f64>() {
+        p.attrs.float("hdop", h);
+    }
+    let mut next = a + 3;
+    if next + 4 <= v.len() && is_cell(&v[next..next + 4]) {
+        push_cell(&mut p.attrs, &v[next..next + 4]);
+    }
+    next += 5; // mcc, mnc, lac, cell, ta
+    push_common(msg, &mut p.attrs);
+    (p, next.min(v.len()))
 }
 
 /// Report-level values found after the last block.

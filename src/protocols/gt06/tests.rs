@@ -3,6 +3,7 @@
 //! `05 | type | serial`) or come from the example in Concox's GT06 protocol document.
 
 use super::*;
+use crate::protocols::{DecodeReason, MessageKind};
 use chrono::TimeZone;
 
 fn ctx() -> DecodeCtx {
@@ -38,7 +39,7 @@ fn reply_hex(d: &Decoded) -> String {
 fn login_identifies_the_imei_and_acks_type_and_serial() {
     // The example of Concox's GT06 document: IMEI 123456789012345, serial 1, ack D9DC.
     let d = one("78780d01012345678901234500018cdd0d0a");
-    assert_eq!(d.kind, "login");
+    assert_eq!(d.kind, MessageKind::Login);
     assert_eq!(d.device, Some(DeviceId::new("123456789012345")));
     assert_eq!(reply_hex(&d), "787805010001d9dc0d0a");
     // A real device: serial 9.
@@ -126,7 +127,7 @@ fn gps_lbs_0x22_is_acked_with_its_serial() {
 fn status_0x13_terminal_info_maps_relay_charge_acc_and_battery() {
     // Terminal info 0xC4: oil/electricity cut (bit 7), GPS on, charging; voltage level 6.
     let d = one("78780a13c40604000201298f5b0d0a");
-    assert_eq!(d.kind, "heartbeat");
+    assert_eq!(d.kind, MessageKind::Heartbeat);
     assert!(d.positions.is_empty());
     let a = d.status.clone().unwrap();
     assert_eq!(a.get_name("outputs"), Some(&AttrValue::Int(1)));
@@ -140,7 +141,7 @@ fn status_0x13_terminal_info_maps_relay_charge_acc_and_battery() {
 #[test]
 fn heartbeat_0x23_reports_battery_and_is_acked() {
     let d = one("78780b23c00122040001000818720d0a");
-    assert_eq!(d.kind, "heartbeat");
+    assert_eq!(d.kind, MessageKind::Heartbeat);
     let a = d.status.clone().unwrap();
     assert_eq!(a.get_name("battery_v"), Some(&AttrValue::Float(2.9)));
     assert_eq!(
@@ -157,7 +158,7 @@ fn alarm_0x16_sos_is_raised_on_the_position() {
     let d = one(
         "787826161709130f3a2dcc02c55f2a089f9af9005c210901360481fe066d9b03413e420102035f92fe0d0a",
     );
-    assert_eq!(d.kind, "alarm");
+    assert_eq!(d.kind, MessageKind::Alarm);
     assert_eq!(d.positions[0].alarm, Some("sos"));
     assert_eq!(reply_hex(&d), "78780516035f41df0d0a");
 }
@@ -173,7 +174,7 @@ fn alarm_0x16_power_cut_from_terminal_info_bits() {
 #[test]
 fn lbs_only_messages_give_status_and_no_position() {
     let d = one("78783b2810010d02020201cc00287d001f713e287d001f7231287d001e232d287d001f4018000000000000000000000000000000000000ff00020005b14b0d0a");
-    assert_eq!(d.kind, "lbs");
+    assert_eq!(d.kind, MessageKind::Lbs);
     assert!(d.positions.is_empty());
     let a = d.status.clone().unwrap();
     assert_eq!(a.get_name("mcc"), Some(&AttrValue::Int(460)));
@@ -187,7 +188,7 @@ fn lbs_only_messages_give_status_and_no_position() {
 fn command_response_0x15_carries_text_success_and_server_flag() {
     // A real answer to a fuel-cut command (server flag 0, serial 0x013B).
     let d = one("78782d152500000000437574206f666620746865206675656c20737570706c793a2053756363657373210002013b898a0d0a");
-    assert_eq!(d.kind, "command_response");
+    assert_eq!(d.kind, MessageKind::CommandResponse);
     let r = d.command_response.unwrap();
     assert_eq!(r.text, "Cut off the fuel supply: Success!");
     assert_eq!(r.success, Some(true));
@@ -257,7 +258,7 @@ fn wifi_0x69_without_real_length_is_cut_at_stop_bits_and_answered_with_its_time(
     let pkt = bytes("787800691710231108500200cc080c4e2fa5640c4e2fa66e0d0a");
     let mut s = Gt06Session::new();
     let d = feed(&mut s, &pkt).unwrap();
-    assert_eq!(d.kind, "lbs");
+    assert_eq!(d.kind, MessageKind::Lbs);
     assert_eq!(reply_hex(&d), "787800691710231108500d0a");
 }
 
@@ -290,15 +291,40 @@ fn nt_layout_with_imei_and_device_time_is_recognised() {
 }
 
 #[test]
+fn a_length_byte_off_by_one_is_a_crc_error_not_an_acked_fix() {
+    // A 0x12 GPS frame with a right CRC (acked elsewhere in these tests), its length byte
+    // 0x1f made 0x20 and 0x1e: cut at the stop bits, its CRC cannot match what the length
+    // delimits.
+    let good = "78781f120f0a140e150bc505e51e780293a9e800540000f601006e0055da00035f240d0a";
+    assert!(one(good).reply.is_some());
+    for len in ["20", "1e"] {
+        let pkt = bytes(&format!("7878{len}{}", &good[6..]));
+        let mut s = Gt06Session::new();
+        let e = feed(&mut s, &pkt).unwrap_err();
+        assert_eq!(e.reason, DecodeReason::Crc, "length {len}: {e}");
+        // `crc_check = false` still takes it, as before.
+        let d = feed(&mut Gt06Session::without_crc_check(), &pkt).unwrap();
+        assert_eq!(d.positions.len(), 1, "length {len}");
+    }
+    // The real corpus packet whose length is one short (protocols/gt06 corpus line 115).
+    let e = feed(
+        &mut Gt06Session::new(),
+        &bytes("7878121011091c0b1b2999058508040097a89e0034520d0a"),
+    )
+    .unwrap_err();
+    assert_eq!(e.reason, DecodeReason::Crc);
+}
+
+#[test]
 fn bad_crc_is_an_error_with_reason_crc() {
     let mut pkt = bytes("78780d01012345678901234500018cdd0d0a");
     pkt[15] ^= 0xff;
     let e = feed(&mut Gt06Session::new(), &pkt).unwrap_err();
-    assert_eq!(e.reason, "crc");
+    assert_eq!(e.reason, DecodeReason::Crc);
     assert_eq!(e.offset, 14);
     // The lenient session decodes it.
     let d = feed(&mut Gt06Session::without_crc_check(), &pkt).unwrap();
-    assert_eq!(d.kind, "login");
+    assert_eq!(d.kind, MessageKind::Login);
 }
 
 #[test]
@@ -386,7 +412,7 @@ fn encoded_login_and_gps_decode_back() {
         cell: (250, 1, 7711, 0x01_2345),
     };
     let d = feed(&mut s, &encode_gps(&fix, 2)).unwrap();
-    assert_eq!(d.kind, "data");
+    assert_eq!(d.kind, MessageKind::Data);
     let p = &d.positions[0];
     assert_eq!(p.fix_time, fix.time);
     assert!(p.valid);

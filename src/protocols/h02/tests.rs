@@ -1,4 +1,5 @@
 use super::*;
+use crate::protocols::{DecodeReason, MessageKind};
 use chrono::TimeZone;
 
 fn ctx() -> DecodeCtx {
@@ -32,7 +33,7 @@ fn v1_sentence_decodes_fix_and_is_answered_with_v4_v1_and_server_time() {
     let pkt = b"*HQ,4210051415,V1,164549,A,0956.3869,N,08406.7068,W,000.00,000,221215,FFFFFBFF,712,01,0,0,6#";
     let d = feed(&mut tcp(), pkt).unwrap();
     assert_eq!(d.device, Some(DeviceId::new("4210051415")));
-    assert_eq!(d.kind, "data");
+    assert_eq!(d.kind, MessageKind::Data);
     let p = &d.positions[0];
     assert_eq!(
         p.fix_time,
@@ -91,6 +92,66 @@ fn coordinate_variants_dash_degrees_packed_minutes_and_short_degrees() {
     let d = feed(&mut tcp(), b"*HQ,9001000002,V8,213945,A,3542.2043,N,38.6508,W,0.00,170,221025,FBFFF9FF,0,0,0,0,22,31,126,0#").unwrap();
     assert!(close(d.positions[0].lon, -0.64418));
     assert!(d.reply.is_none(), "only V1 is answered");
+}
+
+#[test]
+fn a_v1_sentence_without_a_position_is_not_answered() {
+    for pkt in [
+        // Missing N/S.
+        &b"*HQ,4210051415,V1,164549,A,0956.3869,,08406.7068,W,000.00,000,221215,FFFFFBFF#"[..],
+        // Garbage after V1.
+        &b"*HQ,4210051415,V1,garbage,,#"[..],
+        // No fix yet (a real sentence of the corpus).
+        &b"*HQ,353505510948929,V1,,V,,N,,E,0.00,0,,FFFFF7FF,f0,a,11a0,c0c6#"[..],
+    ] {
+        let d = feed(&mut tcp(), pkt).unwrap();
+        assert!(d.positions.is_empty());
+        assert!(d.reply.is_none(), "{}", String::from_utf8_lossy(pkt));
+        assert!(d.device.is_some(), "the device is still identified");
+    }
+}
+
+#[test]
+fn v1_minutes_of_60_or_more_are_a_counted_refusal() {
+    for pkt in [
+        // Minutes of 65: not 55 degrees 65 minutes, a corrupt fix.
+        &b"*HQ,4210051415,V1,164549,A,5565.0000,N,03736.0000,E,000.00,000,221215,FFFFFBFF#"[..],
+        &b"*HQ,4210051415,V1,164549,A,5545.0000,N,03760.0000,E,000.00,000,221215,FFFFFBFF#"[..],
+    ] {
+        let mut s = tcp();
+        let Ok(FrameCut::Frame(n)) = s.next_frame(pkt) else {
+            panic!("not cut: {:?}", String::from_utf8_lossy(pkt));
+        };
+        let e = s.decode(&pkt[..n], &ctx()).unwrap_err();
+        assert_eq!(e.reason, DecodeReason::BadField, "{e}");
+    }
+    // 59.9999 minutes is still a coordinate.
+    let d = feed(
+        &mut tcp(),
+        b"*HQ,4210051415,V1,164549,A,5559.9999,N,03736.0000,E,000.00,000,221215,FFFFFBFF#",
+    )
+    .unwrap();
+    assert!(close(d.positions[0].lat, 55.0 + 59.9999 / 60.0));
+    assert!(d.reply.is_some());
+}
+
+#[test]
+fn binary_minutes_of_60_or_more_are_refused() {
+    let f = crate::protocols::h02::Fix {
+        time: Utc.with_ymd_and_hms(2026, 5, 1, 8, 0, 0).unwrap(),
+        valid: true,
+        lat: 55.75,
+        lon: 37.61,
+        speed_knots: 10.0,
+        course: 90,
+        status: 0xFFFF_FBFF,
+    };
+    let mut pkt = crate::protocols::h02::encode_binary("4210051415", &f).to_vec();
+    assert!(feed(&mut tcp(), &pkt).is_ok());
+    // Latitude minutes' first BCD byte (after `$`, 5 id bytes, 6 time bytes, 1 degree byte).
+    pkt[1 + 5 + 6 + 1] = 0x65;
+    let e = feed(&mut tcp(), &pkt).unwrap_err();
+    assert_eq!(e.reason, DecodeReason::BadField);
 }
 
 #[test]
@@ -194,7 +255,7 @@ fn binary_record_speed_is_bcd_knots() {
 #[test]
 fn heartbeat_is_echoed_up_to_its_type() {
     let d = feed(&mut tcp(), b"*HQ,135790246811220,HTBT,100#").unwrap();
-    assert_eq!(d.kind, "heartbeat");
+    assert_eq!(d.kind, MessageKind::Heartbeat);
     assert_eq!(d.reply.as_deref(), Some(&b"*HQ,135790246811220,HTBT#"[..]));
     assert_eq!(
         d.status.unwrap().get_name("battery_level"),
@@ -320,7 +381,10 @@ fn framing_splits_binary_then_text_and_back_to_back_records() {
 fn sentence_without_hash_beyond_max_frame_is_refused() {
     let mut buf = b"*HQ,1,V1,".to_vec();
     buf.resize(MAX_FRAME, b'1');
-    assert_eq!(tcp().next_frame(&buf).unwrap_err().reason, "too_large");
+    assert_eq!(
+        tcp().next_frame(&buf).unwrap_err().reason,
+        DecodeReason::TooLarge
+    );
 }
 
 #[test]
@@ -401,7 +465,7 @@ fn encoded_v1_sentence_decodes_to_the_same_fix() {
     assert_eq!(p.course, 275.0);
     assert_eq!(p.ignition, Some(true));
     let d = feed(&mut tcp(), &encode_heartbeat("4106011660", 80)).unwrap();
-    assert_eq!(d.kind, "heartbeat");
+    assert_eq!(d.kind, MessageKind::Heartbeat);
 }
 
 #[test]

@@ -1,4 +1,5 @@
 use super::*;
+use crate::protocols::{DecodeReason, MessageKind};
 use chrono::TimeZone;
 
 fn ctx() -> DecodeCtx {
@@ -65,6 +66,19 @@ fn location_report_decodes_fix_in_utc_and_is_acked_with_8001() {
 }
 
 #[test]
+fn a_body_length_field_that_disagrees_with_the_body_is_answered_result_2_and_not_taken() {
+    // The real location report above with its body length 0x22 made 0x23 and its checksum
+    // recomputed (a87e): a valid frame whose header contradicts its body.
+    let pkt = h("7e020000230014012499170007000000000000400e012af16f02cbd2ba000000000000150101194257010400000077a87e");
+    let d = feed(&mut Jt808Session::new(), &pkt).unwrap();
+    assert!(d.positions.is_empty(), "nothing stored");
+    assert_eq!(d.kind, MessageKind::Invalid);
+    // 8001: reply serial 0007, reply id 0200, result 2 ("message error"); XOR computed in a
+    // Python one-off.
+    assert_eq!(reply_hex(&d), "7e80010005001401249917000000070200023c7e");
+}
+
+#[test]
 fn location_items_speed_altitude_alarm_and_status_bits() {
     let fix = Fix {
         time: Utc.with_ymd_and_hms(2026, 5, 1, 7, 59, 30).unwrap(),
@@ -98,7 +112,7 @@ fn location_items_speed_altitude_alarm_and_status_bits() {
         "main power off outranks overspeed"
     );
     assert_eq!(p.outputs, Some(0));
-    assert_eq!(d.kind, "alarm");
+    assert_eq!(d.kind, MessageKind::Alarm);
     assert_eq!(d.device, Some(DeviceId::new("13800138000")));
 }
 
@@ -140,7 +154,7 @@ fn sample_fix() -> Fix {
 fn registration_is_answered_with_8100_result_0_and_auth_code() {
     let pkt = h("7e0100002d013511221122000500000000373031303748422d52303347424400000000000000000000003233363631303402cbd5424136383630387e");
     let d = feed(&mut Jt808Session::new(), &pkt).unwrap();
-    assert_eq!(d.kind, "login");
+    assert_eq!(d.kind, MessageKind::Login);
     assert_eq!(d.device, Some(DeviceId::new("13511221122")));
     assert!(d.positions.is_empty());
     // 8100: reply serial 0005, result 00, auth code "013511221122".
@@ -169,11 +183,11 @@ fn authentication_and_heartbeat_are_acked_with_8001() {
         &h("7e0102000e013511221122000661757468656e7469636174696f6e3f7e"),
     )
     .unwrap();
-    assert_eq!(d.kind, "login");
+    assert_eq!(d.kind, MessageKind::Login);
     assert_eq!(reply_hex(&d), "7e8001000501351122112200000006010200b57e");
     let mut s = Jt808Session::new();
     let d = feed(&mut s, &h("7e0002000004304832546500b7ca7e")).unwrap();
-    assert_eq!(d.kind, "heartbeat");
+    assert_eq!(d.kind, MessageKind::Heartbeat);
     assert_eq!(reply_hex(&d), "7e80010005043048325465000000b70002004e7e");
 }
 
@@ -201,7 +215,7 @@ fn reply_bytes_equal_to_delimiters_are_escaped() {
         "device side escaped too"
     );
     let d = feed(&mut Jt808Session::new(), &pkt).unwrap();
-    assert_eq!(d.kind, "heartbeat");
+    assert_eq!(d.kind, MessageKind::Heartbeat);
     assert_eq!(reply_hex(&d), "7e800100050135112211220000007d02000200cc7e");
 }
 
@@ -215,7 +229,10 @@ fn unescape_and_escape_follow_the_standard_example() {
     let mut out = Vec::new();
     escape_into(&mut out, &h("307e087d55"), 0x7E);
     assert_eq!(out, h("307d02087d0155"));
-    assert_eq!(unescape(&h("307d03"), 0x7E).unwrap_err().reason, "framing");
+    assert_eq!(
+        unescape(&h("307d03"), 0x7E).unwrap_err().reason,
+        DecodeReason::Framing
+    );
 }
 
 #[test]
@@ -223,7 +240,7 @@ fn bad_checksum_is_an_error_not_an_ack() {
     let mut pkt = h("7e0002000004304832546500b7ca7e");
     pkt[13] ^= 0x01;
     let e = feed(&mut Jt808Session::new(), &pkt).unwrap_err();
-    assert_eq!(e.reason, "crc");
+    assert_eq!(e.reason, DecodeReason::Crc);
 }
 
 #[test]
@@ -384,7 +401,10 @@ fn framing_handles_split_concatenated_noise_and_oversize() {
     );
     let mut big = vec![0x7E];
     big.resize(MAX_FRAME, 0x01);
-    assert_eq!(s.next_frame(&big).unwrap_err().reason, "too_large");
+    assert_eq!(
+        s.next_frame(&big).unwrap_err().reason,
+        DecodeReason::TooLarge
+    );
     assert_eq!(s.next_frame(b"(12,3").unwrap(), FrameCut::NeedMore);
 }
 
@@ -479,11 +499,11 @@ fn session_commands_need_identity_and_reuse_the_device_header() {
 fn device_encoders_round_trip() {
     let mut s = Jt808Session::new();
     let d = feed(&mut s, &encode_register("013800138000", 1)).unwrap();
-    assert_eq!(d.kind, "login");
+    assert_eq!(d.kind, MessageKind::Login);
     let code = &d.reply.unwrap()[16..28];
     assert_eq!(code, b"013800138000");
     let d = feed(&mut s, &encode_auth("013800138000", 2, "013800138000")).unwrap();
-    assert_eq!(d.kind, "login");
+    assert_eq!(d.kind, MessageKind::Login);
     let f = sample_fix();
     let d = feed(&mut s, &encode_location("013800138000", 3, &f)).unwrap();
     let p = &d.positions[0];
@@ -556,7 +576,7 @@ fn unknown_terminal_message_is_answered_not_supported() {
         &[1, 2, 3],
     );
     let d = feed(&mut Jt808Session::new(), &pkt).unwrap();
-    assert_eq!(d.kind, "other");
+    assert_eq!(d.kind, MessageKind::Other);
     assert!(d.positions.is_empty());
     assert_eq!(&d.reply.unwrap()[13..18], &[0x01, 0x01, 0x0F, 0x0F, 0x03]);
 }
@@ -582,7 +602,7 @@ fn truncated_location_body_reports_field_and_frame_offset() {
         body,
     );
     let e = feed(&mut Jt808Session::new(), &pkt).unwrap_err();
-    assert_eq!(e.reason, "truncated");
+    assert_eq!(e.reason, DecodeReason::Truncated);
     assert!(e.what.starts_with("course"), "{}", e.what);
     assert_eq!(
         e.offset,

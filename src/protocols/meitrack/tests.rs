@@ -1,4 +1,5 @@
 use super::*;
+use crate::protocols::DecodeReason;
 use chrono::TimeZone;
 
 // Real packets from Traccar's MeitrackProtocolDecoderTest (see protocols/meitrack/NOTICE.md).
@@ -103,7 +104,7 @@ fn bad_checksum_is_an_error_with_reason_crc() {
     let mut s = MeitrackSession::new(Transport::Tcp);
     let bad = with_crlf(&AAA.replace("*F3", "*F4"));
     let e = decode_one(&mut s, &bad).unwrap_err();
-    assert_eq!(e.reason, "crc");
+    assert_eq!(e.reason, DecodeReason::Crc);
 }
 
 #[test]
@@ -273,7 +274,10 @@ fn noise_before_the_marker_is_skipped() {
     let mut s = MeitrackSession::new(Transport::Tcp);
     assert_eq!(s.next_frame(b"xx$$A").unwrap(), FrameCut::Skip(2));
     assert_eq!(s.next_frame(b"garbage").unwrap(), FrameCut::Skip(7));
-    assert_eq!(s.next_frame(b"$$A99999999,").unwrap_err().reason, "framing");
+    assert_eq!(
+        s.next_frame(b"$$A99999999,").unwrap_err().reason,
+        DecodeReason::Framing
+    );
 }
 
 #[test]
@@ -288,4 +292,19 @@ fn no_panic_on_truncations_and_mutations_of_corpus_packets() {
             );
         }
     }
+}
+
+#[test]
+fn a_frame_cut_short_by_the_next_one_fails_alone_and_the_next_is_kept() {
+    // The first 60 bytes of AAA (its declared length 160 runs past the next `$$`), then a
+    // whole AAA with CR LF: the failed span ends at that `$$`, and the frame after it decodes.
+    let mut buf = AAA.as_bytes()[..60].to_vec();
+    buf.extend(with_crlf(AAA));
+    let mut s = MeitrackSession::new(Transport::Tcp);
+    assert_eq!(s.next_frame(&buf).unwrap(), FrameCut::Frame(60));
+    assert!(s.decode(&buf[..60], &ctx()).is_err());
+    let rest = &buf[60..];
+    assert_eq!(s.next_frame(rest).unwrap(), FrameCut::Frame(rest.len()));
+    let d = s.decode(rest, &ctx()).unwrap();
+    assert_eq!(d.positions.len(), 1, "the complete frame is not lost");
 }

@@ -1,6 +1,7 @@
 use chrono::TimeZone;
 
 use super::*;
+use crate::protocols::DecodeReason;
 
 fn ctx() -> DecodeCtx {
     DecodeCtx {
@@ -222,7 +223,7 @@ fn json_location_array_gives_one_position_each_and_numeric_device_id() {
 fn broken_json_or_missing_device_is_answered_400() {
     let d = feed(&post("application/json", "{\"location\":"));
     assert_eq!(d.reply.as_deref(), Some(RESPONSE_BAD_REQUEST));
-    assert_eq!(d.kind, "bad_json");
+    assert_eq!(d.kind, MessageKind::BadJson);
     let d = feed(&post(
         "application/json",
         r#"{"location":{"coords":{"latitude":1,"longitude":2}}}"#,
@@ -267,13 +268,16 @@ fn oversized_chunked_or_garbage_requests_are_refused() {
     );
     assert_eq!(
         s.next_frame(big.as_bytes()).unwrap_err().reason,
-        "too_large"
+        DecodeReason::TooLarge
     );
     let chunked = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
-    assert_eq!(s.next_frame(chunked).unwrap_err().reason, "unsupported");
+    assert_eq!(
+        s.next_frame(chunked).unwrap_err().reason,
+        DecodeReason::Unsupported
+    );
     assert_eq!(
         s.next_frame(b"\x00\x01garbage\r\n\r\n").unwrap_err().reason,
-        "framing"
+        DecodeReason::Framing
     );
 }
 

@@ -1,4 +1,5 @@
 use super::*;
+use crate::protocols::{DecodeReason, MessageKind};
 use chrono::{TimeZone, Utc};
 
 /// Real packets from Traccar's RuptelaProtocolDecoderTest (see protocols/ruptela/NOTICE.md).
@@ -29,7 +30,7 @@ fn records_packet_decodes_fix_io_and_is_acked_with_command_100() {
     let mut s = RuptelaSession::new();
     let d = decode_one(&mut s, &hex::decode(RECORDS).unwrap()).unwrap();
     assert_eq!(d.device, Some(DeviceId::new("869153042601309")));
-    assert_eq!(d.kind, "data");
+    assert_eq!(d.kind, MessageKind::Data);
     assert_eq!(hex::encode(d.reply.unwrap()), "0002640113bc");
     assert_eq!(d.positions.len(), 1);
     let p = &d.positions[0];
@@ -80,7 +81,7 @@ fn heartbeat_is_answered_with_command_116() {
     let pkt = encode_device_packet(869153042601309, cmd::HEARTBEAT, &[]);
     let mut s = RuptelaSession::new();
     let d = decode_one(&mut s, &pkt).unwrap();
-    assert_eq!(d.kind, "heartbeat");
+    assert_eq!(d.kind, MessageKind::Heartbeat);
     assert_eq!(hex::encode(d.reply.unwrap()), "00027401862d");
 }
 
@@ -101,7 +102,7 @@ fn bad_crc_is_an_error_not_an_ack() {
     let n = pkt.len();
     pkt[n - 1] ^= 0x01;
     let e = decode_one(&mut RuptelaSession::new(), &pkt).unwrap_err();
-    assert_eq!(e.reason, "crc");
+    assert_eq!(e.reason, DecodeReason::Crc);
 }
 
 #[test]
@@ -166,7 +167,7 @@ fn oversized_length_is_refused() {
     let e = RuptelaSession::new()
         .next_frame(&[0xff, 0xff, 0])
         .unwrap_err();
-    assert_eq!(e.reason, "too_large");
+    assert_eq!(e.reason, DecodeReason::TooLarge);
 }
 
 #[test]
@@ -291,4 +292,38 @@ fn dtc_packet_gives_positions_with_codes_and_its_own_ack() {
         Some(&AttrValue::Text("P0010".into()))
     );
     assert_eq!(hex::encode(d.reply.unwrap()), "00026d01c4a4");
+}
+
+#[test]
+fn records_of_one_second_are_kept_apart_by_the_timestamp_extension() {
+    // Two command-1 records at 2026-11-20 09:00:55, extension 0 and 1, events 0 and 7,
+    // laid out by hand from the Ruptela protocol document.
+    let mut data = vec![0u8, 2];
+    for (ext, event) in [(0u8, 0u8), (1, 7)] {
+        data.extend(1_795_165_255u32.to_be_bytes());
+        data.push(ext);
+        data.push(0); // priority
+        data.extend(376_173_000i32.to_be_bytes());
+        data.extend(557_550_000i32.to_be_bytes());
+        data.extend(1500i16.to_be_bytes());
+        data.extend(9000u16.to_be_bytes());
+        data.push(10); // satellites
+        data.extend(50u16.to_be_bytes());
+        data.push(10); // HDOP
+        data.push(event);
+        data.extend([0, 0, 0, 0]); // no IO
+    }
+    let pkt = encode_device_packet(863_071_014_445_404, 1, &data);
+    let d = decode_one(&mut RuptelaSession::new(), &pkt).unwrap();
+    let times: Vec<_> = d.positions.iter().map(|p| p.fix_time).collect();
+    let second = Utc.with_ymd_and_hms(2026, 11, 20, 9, 0, 55).unwrap();
+    assert_eq!(
+        times,
+        [second, second + chrono::Duration::milliseconds(1)],
+        "both kept, in extension order, each with its own time"
+    );
+    assert_eq!(
+        d.positions[1].attrs.get_name("event"),
+        Some(&AttrValue::Int(7))
+    );
 }

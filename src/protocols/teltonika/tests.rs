@@ -1,4 +1,5 @@
 use super::*;
+use crate::protocols::DecodeReason;
 use chrono::{Duration, TimeZone};
 
 fn feed(s: &mut TeltonikaSession, bytes: &[u8]) -> Result<Decoded, DecodeError> {
@@ -45,7 +46,7 @@ fn bad_crc_is_an_error_not_an_ack() {
     pkt[n - 1] ^= 0xff;
     let mut s = TeltonikaSession::new(Transport::Tcp);
     let e = feed(&mut s, &pkt).unwrap_err();
-    assert_eq!(e.reason, "crc");
+    assert_eq!(e.reason, DecodeReason::Crc);
 }
 
 #[test]
@@ -54,7 +55,7 @@ fn oversized_declared_length_is_refused_before_buffering() {
     let e = s
         .next_frame(&[0, 0, 0, 0, 0x7f, 0xff, 0xff, 0xff])
         .unwrap_err();
-    assert_eq!(e.reason, "too_large");
+    assert_eq!(e.reason, DecodeReason::TooLarge);
 }
 
 #[test]
@@ -359,7 +360,7 @@ fn record_errors_name_the_field_and_its_offset_in_the_frame() {
     pkt.extend_from_slice(&data);
     pkt.extend_from_slice(&crc.to_be_bytes());
     let e = feed(&mut TeltonikaSession::new(Transport::Tcp), &pkt).unwrap_err();
-    assert_eq!(e.reason, "truncated");
+    assert_eq!(e.reason, DecodeReason::Truncated);
     assert_eq!(
         e.offset, 18,
         "priority byte right after the 8-byte timestamp"

@@ -1,6 +1,7 @@
 use chrono::TimeZone;
 
 use super::*;
+use crate::protocols::{DecodeReason, MessageKind};
 
 fn ctx() -> DecodeCtx {
     DecodeCtx {
@@ -44,7 +45,7 @@ fn login_1_1_identifies_the_device_and_answers_al1() {
     let d = feed(&mut s, &line("#L#123456789012345;test"));
     assert_eq!(d.device, Some(DeviceId::new("123456789012345")));
     assert_eq!(reply(&d), "#AL#1\r\n");
-    assert_eq!(d.kind, "login");
+    assert_eq!(d.kind, MessageKind::Login);
     assert_eq!(s.version(), Some(Version::V1_1));
 }
 
@@ -65,7 +66,7 @@ fn login_2_0_with_wrong_crc_answers_al10_without_identifying() {
     let d = feed(&mut s, &line("#L#2.0;42001300083;;CE45"));
     assert_eq!(reply(&d), "#AL#10\r\n");
     assert_eq!(d.device, None);
-    assert_eq!(d.kind, "crc_error");
+    assert_eq!(d.kind, MessageKind::CrcError);
 }
 
 #[test]
@@ -80,7 +81,7 @@ fn refused_login_is_answered_al0() {
 fn ping_is_answered_ap() {
     let d = feed(&mut tcp(), &line("#P#"));
     assert_eq!(reply(&d), "#AP#\r\n");
-    assert_eq!(d.kind, "heartbeat");
+    assert_eq!(d.kind, MessageKind::Heartbeat);
     assert!(d.positions.is_empty());
 }
 
@@ -181,7 +182,7 @@ fn bad_crc_is_answered_with_each_packets_checksum_code() {
         &line("#D#220323;114150;2234.80479;N;11354.87786;E;0;NA;59;11;NA;NA;NA;;NA;d_battr:1:94,d_csq:1:21,di_light:1:1;E7CA"),
     );
     assert_eq!(reply(&d), "#AD#16\r\n");
-    assert_eq!(d.kind, "crc_error");
+    assert_eq!(d.kind, MessageKind::CrcError);
     assert!(d.positions.is_empty());
     let d = feed(
         &mut s,
@@ -367,7 +368,10 @@ fn line_without_end_over_the_limit_is_refused() {
     let mut s = tcp();
     let mut big = b"#D#".to_vec();
     big.resize(MAX_FRAME + 10, b'1');
-    assert_eq!(s.next_frame(&big).unwrap_err().reason, "too_large");
+    assert_eq!(
+        s.next_frame(&big).unwrap_err().reason,
+        DecodeReason::TooLarge
+    );
 }
 
 #[test]
@@ -380,7 +384,7 @@ fn photo_packet_frame_includes_its_binary_image() {
         FrameCut::NeedMore
     );
     assert_eq!(s.next_frame(&pkt).unwrap(), FrameCut::Frame(pkt.len()));
-    assert_eq!(s.decode(&pkt, &ctx()).unwrap().kind, "other");
+    assert_eq!(s.decode(&pkt, &ctx()).unwrap().kind, MessageKind::Other);
 }
 
 #[test]
