@@ -15,7 +15,7 @@ use tokio_util::task::TaskTracker;
 use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::ingest::{self, Admission, ConnLimits, IngestCtx, Sessions};
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, PipelineStart};
 use crate::protocols::{Protocol, Transport};
 use crate::storage::{self, StorageError};
 
@@ -264,11 +264,24 @@ pub async fn start_with(
             .or_else(|| Some(Arc::new(immobiliser.clone()) as Arc<dyn crate::crm::BlockReasons>)),
         ..crm_seams
     };
+    let crm_start = crate::crm::CrmStart {
+        crm: &config.crm,
+        rules: &config.rules,
+        queue: config.pipeline.queue,
+        shared_database: config.storage.url.starts_with("postgres://")
+            || config.storage.url.starts_with("postgresql://"),
+        claimer: config.cluster.instance(),
+        lease: Duration::from_secs(config.cluster.outbox_lease_s),
+    };
     let (crm, crm_tx, crm_tasks) =
-        crate::crm::start(&config, store.clone(), crm_seams, Arc::new(zones.clone()))
+        crate::crm::start(crm_start, store.clone(), crm_seams, Arc::new(zones.clone()))
             .map_err(|e| StartError::Crm(e.to_string()))?;
     let (pipeline, tasks) = Pipeline::start(
-        &config,
+        PipelineStart {
+            pipeline: &config.pipeline,
+            filters: &config.filters,
+            storage: &config.storage,
+        },
         store.clone(),
         states,
         vec![zones_tx, immob_tx, crm_tx],
@@ -387,12 +400,18 @@ pub async fn start_with(
     tokio::spawn(api::status::follow_reloads(
         map.clone(),
         reloads.subscribe(),
+        |c: &Arc<Config>| c.status.clone(),
     ));
     let health = crate::ops::service::Health::new(pipeline.downgrade(), ctx.limits.clone());
 
     let ready = Arc::new(AtomicBool::new(false));
     let state = AppState {
-        config: config.clone(),
+        settings: Arc::new(api::ApiSettings {
+            api: config.api.clone(),
+            status: config.status.clone(),
+            geofences: config.geofences.clone(),
+            offline_after_s: config.devices.offline_after_s,
+        }),
         store: store.clone(),
         pipeline: pipeline.clone(),
         admission,

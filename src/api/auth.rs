@@ -18,7 +18,7 @@ pub async fn require_token(
     mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let tokens = &state.config.api.tokens;
+    let tokens = &state.settings.api.tokens;
     let actor = if tokens.is_empty() {
         Actor("anonymous".into())
     } else {

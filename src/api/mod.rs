@@ -2,6 +2,7 @@
 //! bearer token when tokens are configured; `/healthz`, `/readyz` and `/metrics` stay open.
 
 mod auth;
+pub mod config;
 mod error;
 mod geofences;
 mod immobiliser;
@@ -21,7 +22,6 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 
-use crate::config::Config;
 use crate::ingest::Admission;
 use crate::pipeline::Pipeline;
 use crate::storage::Store;
@@ -30,10 +30,21 @@ pub use auth::Actor;
 pub use error::{object_body, ApiError};
 pub use meta::OPENAPI_JSON;
 
+/// The configuration the handlers read: the API's own sections and the one `[devices]` key
+/// it shows. Only `app` sees the whole `Config`.
+#[derive(Clone, Debug, Default)]
+pub struct ApiSettings {
+    pub api: config::ApiConfig,
+    pub status: status::StatusConfig,
+    pub geofences: crate::geofence::config::GeofencesConfig,
+    /// `[devices] offline_after_s`: a vehicle not heard from for this long shows offline.
+    pub offline_after_s: u64,
+}
+
 /// Shared state of every handler.
 #[derive(Clone)]
 pub struct AppState {
-    pub config: Arc<Config>,
+    pub settings: Arc<ApiSettings>,
     pub store: Arc<dyn Store>,
     pub pipeline: Pipeline,
     pub admission: Arc<Admission>,
@@ -82,7 +93,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
-            state.config.api.max_body_bytes,
+            state.settings.api.max_body_bytes,
         ))
         .layer(axum::middleware::from_fn(meta::count_refusals))
         .with_state(state)

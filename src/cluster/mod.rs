@@ -27,10 +27,10 @@ use sqlx::Row;
 pub use config::ClusterConfig;
 pub use serve::spawn;
 
-use crate::config::StorageConfig;
 use crate::immobiliser::handle::{ImmobView, ReasonChange};
 use crate::immobiliser::ImmobError;
 use crate::model::{DeviceId, VehicleId};
+use crate::storage::StorageConfig;
 use crate::storage::StorageError;
 
 /// The channel instances LISTEN on; the payload is the name of the instance to wake.

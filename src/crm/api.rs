@@ -254,7 +254,7 @@ async fn summary(State(s): State<AppState>) -> Result<Json<FleetSummary>, ApiErr
     let shifts = s.crm.shifts().await;
     let blocks = s.crm.wiring.reasons.snapshot().await;
     let zones = &s.crm.wiring.zones;
-    let offline_after = chrono::Duration::seconds(s.config.devices.offline_after_s as i64);
+    let offline_after = chrono::Duration::seconds(s.settings.offline_after_s as i64);
     let now = Utc::now();
     let mut out = FleetSummary {
         total: vehicles.len(),

@@ -5,14 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
-
-fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        message: message.into(),
-    }
-}
+use crate::config::error::{invalid, ConfigError};
 
 /// A stage of an amoCRM pipeline, or a Bitrix24 `STAGE_ID`.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]

@@ -123,10 +123,25 @@ impl CrmTasks {
     }
 }
 
+/// What `start` reads of the configuration: the CRM's own sections and the few facts it
+/// takes from others (only `app` sees the whole `Config`).
+pub struct CrmStart<'a> {
+    pub crm: &'a CrmConfig,
+    pub rules: &'a RulesConfig,
+    /// `[pipeline] queue`: the rules actor's inbox is at least this deep (at least 64).
+    pub queue: usize,
+    /// Other instances may share the database and decide for the same vehicles.
+    pub shared_database: bool,
+    /// `[cluster] instance_id`: who claims outbox rows.
+    pub claimer: String,
+    /// `[cluster] outbox_lease_s`.
+    pub lease: std::time::Duration,
+}
+
 /// Start the rules actor, the outbox worker and the balance checker. Returns the handle for
 /// the API, the sender to pass to `Pipeline::start` as a subscriber, and the tasks.
 pub fn start(
-    config: &crate::config::Config,
+    config: CrmStart<'_>,
     store: Arc<dyn crate::storage::Store>,
     seams: Seams,
     geofences: Arc<dyn FleetZones>,
@@ -145,7 +160,7 @@ pub fn start(
         zones: seams.zones.unwrap_or(geofences),
     };
     let crm_store: Arc<dyn crate::storage::CrmStore> = Arc::new(store);
-    let connector = connector::build(&config.crm)?;
+    let connector = connector::build(config.crm)?;
     let wake = Arc::new(tokio::sync::Notify::new());
     let emit = engine::Emit {
         on: connector.is_some(),
@@ -161,11 +176,8 @@ pub fn start(
         wake.clone(),
     );
     // Other instances may share a PostgreSQL database and decide for the same vehicles.
-    let eng = eng.shared_database(
-        config.storage.url.starts_with("postgres://")
-            || config.storage.url.starts_with("postgresql://"),
-    );
-    let (tx, rx) = tokio::sync::mpsc::channel(config.pipeline.queue.max(64));
+    let eng = eng.shared_database(config.shared_database);
+    let (tx, rx) = tokio::sync::mpsc::channel(config.queue.max(64));
     let engine = tokio::spawn(eng.run(rx, cmds));
     let stop = tokio_util::sync::CancellationToken::new();
     let deliveries = tokio_util::sync::CancellationToken::new();
@@ -174,8 +186,8 @@ pub fn start(
         tracing::info!(kind = c.name(), "crm connector ready");
         let worker = outbox::OutboxWorker {
             store: crm_store,
-            claimer: config.cluster.instance(),
-            lease: std::time::Duration::from_secs(config.cluster.outbox_lease_s),
+            claimer: config.claimer.clone(),
+            lease: config.lease,
             connector: c.clone(),
             cfg: config.crm.clone(),
             wake,

@@ -20,6 +20,7 @@
 //! let api = (vehicle_zones.inside_service_area(), vehicle_zones.zones().collect::<Vec<_>>());
 //! ```
 
+pub mod config;
 mod distance;
 pub mod edit;
 pub mod guard;

@@ -5,6 +5,7 @@
 pub mod admission;
 pub mod codec;
 pub mod command_queue;
+pub mod config;
 pub mod limits;
 pub mod mqtt;
 pub mod sessions;

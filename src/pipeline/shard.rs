@@ -8,10 +8,10 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
+use super::config::FiltersConfig;
 use super::filter::{self, haversine_m, LastFix, Reject};
 use super::writer::{WriteReq, WriterMsg};
 use super::{Accepted, ShardMsg};
-use crate::config::FiltersConfig;
 use crate::model::{DeviceId, Position};
 use crate::protocols::Protocol;
 use crate::storage::{DeviceState, NewPosition, StoredPosition, WriteItem};
