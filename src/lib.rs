@@ -19,3 +19,6 @@ pub mod protocols;
 pub mod replay;
 pub mod sim;
 pub mod storage;
+
+#[cfg(test)]
+mod module_graph;
