@@ -33,39 +33,6 @@ pub const KNOWN_EDGES: &[(&str, &str, &str)] = &[
         "immobiliser",
         "#16 item 2: immobiliser owns its store port",
     ),
-    // Issue #16 item 3: moves that follow in this branch.
-    (
-        "cluster",
-        "immobiliser",
-        "#16 item 3: serve/forwarding move into immobiliser",
-    ),
-    (
-        "cluster",
-        "ingest",
-        "#16 item 3: serve moves into immobiliser",
-    ),
-    ("crm", "api", "#16 item 3: crm/api.rs moves to api/crm.rs"),
-    ("ops", "app", "#16 item 3: ops/service.rs moves under app"),
-    (
-        "ops",
-        "config",
-        "#16 item 3: ops/{service,reload}.rs move under app",
-    ),
-    (
-        "ops",
-        "ingest",
-        "#16 item 3: ops/service.rs moves under app",
-    ),
-    (
-        "ops",
-        "pipeline",
-        "#16 item 3: ops/service.rs moves under app",
-    ),
-    (
-        "protocols",
-        "ingest",
-        "#16 item 3: ingest/codec.rs moves to protocols",
-    ),
 ];
 
 /// Files (relative to `src/`) left out: the crate root and the binary wire everything.

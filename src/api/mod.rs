@@ -3,6 +3,7 @@
 
 mod auth;
 pub mod config;
+mod crm;
 mod error;
 mod geofences;
 mod immobiliser;
@@ -76,7 +77,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/events", get(geofences::events))
         .route("/identity-conflicts", get(identity_conflicts))
-        .merge(crate::crm::api::routes())
+        .merge(crm::routes())
         .route("/map", get(status::zones))
         .route("/map/vehicles", get(status::vehicles))
         .merge(immobiliser::routes())

@@ -7,7 +7,6 @@
 //! Blocking is not done here: the rules add and lift reasons through [`BlockReasons`] (the
 //! immobiliser), and "inside the service area" comes from [`FleetZones`] (the geofences).
 
-pub mod api;
 pub mod blocks;
 pub mod checker;
 pub mod config;

@@ -7,7 +7,7 @@
 //! With several instances on one PostgreSQL (`Some(cluster)`), an actor keeps in memory only
 //! the vehicles whose tracker is connected to its instance: it takes a vehicle over from the
 //! database when the tracker connects (or a request for a vehicle connected nowhere arrives)
-//! and lets it go once the tracker is gone and the decision is stored. See `crate::cluster`.
+//! and lets it go once the tracker is gone and the decision is stored. See `super::cluster`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::cluster::Forwarded;
 use super::command::NewCommand;
 use super::config::ImmobiliserConfig;
 use super::handle::{machine_of, Request, Routing};
@@ -27,7 +28,7 @@ use super::safety::{DeviceEvidence, FixSnapshot};
 use super::{
     Command, CommandStatus, ImmobError, ImmobState, Intent, Machine, RetryPolicy, SafetyRules,
 };
-use crate::cluster::{Cluster, Forwarded};
+use crate::cluster::Cluster;
 use crate::ingest::sessions::{Outbound, SessionEvent, Sessions};
 use crate::model::{DeviceId, Origin, Position, VehicleId};
 use crate::pipeline::Committed;

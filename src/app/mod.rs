@@ -12,6 +12,9 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub mod reload;
+pub mod service;
+
 use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::ingest::{self, Admission, ConnLimits, IngestCtx, Sessions};
@@ -50,8 +53,8 @@ pub struct Running {
     pub zones: crate::geofence::stage::ZonesHandle,
     config: Arc<Config>,
     store: Arc<dyn storage::Store>,
-    reloads: crate::ops::reload::Reloads,
-    health: crate::ops::service::Health,
+    reloads: reload::Reloads,
+    health: service::Health,
 }
 
 impl Running {
@@ -84,12 +87,12 @@ impl Running {
     }
 
     /// The reload signal (SIGHUP): publish a new config, or subscribe a stage that reloads.
-    pub fn reloads(&self) -> crate::ops::reload::Reloads {
+    pub fn reloads(&self) -> reload::Reloads {
         self.reloads.clone()
     }
 
     /// What the systemd watchdog probes.
-    pub fn health(&self) -> crate::ops::service::Health {
+    pub fn health(&self) -> service::Health {
         self.health.clone()
     }
 
@@ -234,7 +237,7 @@ pub async fn start_with(
     .await?;
     let cluster_stop = CancellationToken::new();
     let cluster_task = cluster.clone().map(|c| {
-        crate::cluster::spawn(
+        crate::immobiliser::cluster::spawn(
             c,
             immobiliser.local(),
             sessions.clone(),
@@ -388,7 +391,7 @@ pub async fn start_with(
         listener_tasks.push(m.task);
         m.commands
     });
-    let reloads = crate::ops::reload::Reloads::new(config.clone());
+    let reloads = reload::Reloads::new(config.clone());
     let map = api::map::MapLayers::default();
     match api::map::load(&config.status) {
         Ok(m) => map.set(m),
@@ -402,7 +405,7 @@ pub async fn start_with(
         reloads.subscribe(),
         |c: &Arc<Config>| c.status.clone(),
     ));
-    let health = crate::ops::service::Health::new(pipeline.downgrade(), ctx.limits.clone());
+    let health = service::Health::new(pipeline.downgrade(), ctx.limits.clone());
 
     let ready = Arc::new(AtomicBool::new(false));
     let state = AppState {

@@ -11,10 +11,10 @@ use axum::{Extension, Json, Router};
 use chrono::{NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::engine::{BalanceView, CrmError, InspectionOp, ReturnOutcome};
-use super::event::{OutboxEvent, Status};
-use super::rules::InspectionState;
-use crate::api::{Actor, ApiError, AppState};
+use super::{Actor, ApiError, AppState};
+use crate::crm::engine::{BalanceView, CrmError, InspectionOp, ReturnOutcome};
+use crate::crm::event::{OutboxEvent, Status};
+use crate::crm::rules::InspectionState;
 use crate::model::VehicleId;
 
 impl From<CrmError> for ApiError {
@@ -129,7 +129,7 @@ async fn postpone(
     a: Option<Extension<Actor>>,
     body: axum::body::Bytes,
 ) -> Result<Json<InspectionState>, ApiError> {
-    let b: DueBody = crate::api::object_body(&body, true)?;
+    let b: DueBody = super::object_body(&body, true)?;
     let op = InspectionOp::Postpone {
         due_date: b.due_date,
         due_odometer_km: b.due_odometer_km,
