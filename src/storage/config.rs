@@ -40,12 +40,46 @@ impl Default for StorageConfig {
     }
 }
 
+/// The database behind `[storage] url`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+impl Backend {
+    /// The backend a URL names: `sqlite:…`, `postgres://…` or `postgresql://…`.
+    pub fn of_url(url: &str) -> Option<Backend> {
+        if url.starts_with("sqlite:") {
+            Some(Backend::Sqlite)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            Some(Backend::Postgres)
+        } else {
+            None
+        }
+    }
+
+    /// Several instances may share the database (PostgreSQL); SQLite is one instance's.
+    pub fn is_shared(self) -> bool {
+        self == Backend::Postgres
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+}
+
 impl StorageConfig {
+    /// The backend `url` names (`None` only before `validate`).
+    pub fn backend(&self) -> Option<Backend> {
+        Backend::of_url(&self.url)
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
-        if !(self.url.starts_with("sqlite:")
-            || self.url.starts_with("postgres://")
-            || self.url.starts_with("postgresql://"))
-        {
+        if self.backend().is_none() {
             return Err(invalid(
                 "storage.url",
                 format!("'{}' must start with sqlite:// or postgres://", self.url),
@@ -75,5 +109,24 @@ impl StorageConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_backend_is_named_by_the_url_scheme() {
+        for (url, b) in [
+            ("sqlite://data/x.db", Some(Backend::Sqlite)),
+            ("sqlite:x.db", Some(Backend::Sqlite)),
+            ("postgres://u@h/db", Some(Backend::Postgres)),
+            ("postgresql://u@h/db", Some(Backend::Postgres)),
+            ("mysql://u@h/db", None),
+        ] {
+            assert_eq!(Backend::of_url(url), b, "{url}");
+        }
+        assert!(Backend::Postgres.is_shared() && !Backend::Sqlite.is_shared());
     }
 }

@@ -19,7 +19,7 @@ use serde::Serialize;
 
 use crate::model::{DeviceId, Position, VehicleId};
 use crate::protocols::Protocol;
-pub use config::StorageConfig;
+pub use config::{Backend, StorageConfig};
 
 pub use crm::CrmStore;
 pub use immobiliser::ImmobiliserStore;
