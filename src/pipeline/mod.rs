@@ -36,10 +36,14 @@ pub struct Accepted {
     pub rejected: usize,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum PipelineError {
+    /// The commit failed (after its retries); shared by every waiter of the batch.
     #[error("storage: {0}")]
-    Storage(String),
+    Storage(#[source] Arc<crate::storage::StorageError>),
+    /// Refused before the commit: less than `[storage] min_free_mb` free.
+    #[error("storage: {0}")]
+    DiskLow(String),
     #[error("the pipeline is shutting down")]
     Closed,
 }

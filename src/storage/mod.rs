@@ -38,6 +38,12 @@ pub enum StorageError {
     Invalid(String),
     #[error("device {0} is already fitted to vehicle {1}")]
     DeviceTaken(String, String),
+    /// A step given a deadline did not finish in time (the retry policy tries again).
+    #[error("{what} took over {}s", after.as_secs())]
+    Timeout {
+        what: String,
+        after: std::time::Duration,
+    },
 }
 
 /// A position with what the pipeline computed for it.
