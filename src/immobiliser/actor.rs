@@ -48,10 +48,10 @@ async fn bounded<T>(
 ) -> Result<T, StorageError> {
     match tokio::time::timeout(STEP_TIMEOUT, fut).await {
         Ok(r) => r,
-        Err(_) => Err(StorageError::Db(sqlx::Error::Io(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("immobiliser: {what} took over {}s", STEP_TIMEOUT.as_secs()),
-        )))),
+        Err(_) => Err(StorageError::Timeout {
+            what: format!("immobiliser: {what}"),
+            after: STEP_TIMEOUT,
+        }),
     }
 }
 /// The actor's name in the audit when a fix (not a person) moved the state.
@@ -88,7 +88,6 @@ pub async fn start(
     committed: mpsc::Receiver<Arc<Committed>>,
     cluster: Option<Arc<Cluster>>,
 ) -> Result<(ImmobiliserHandle, ImmobiliserTask), StorageError> {
-    describe_metrics();
     // In a cluster nothing is held at start: vehicles are taken over as trackers connect.
     let snapshot = match cluster {
         None => store.immobiliser_load().await?,
@@ -1151,33 +1150,4 @@ fn snapshot(p: &Position) -> FixSnapshot {
         ignition: p.ignition,
         outputs: p.outputs,
     }
-}
-
-fn describe_metrics() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_gauge!(
-        "fleetgate_immobiliser_blocked_vehicles",
-        "Vehicles blocked, by standing reason"
-    );
-    describe_gauge!(
-        "fleetgate_immobiliser_pending_blocks",
-        "Vehicles waiting for safe conditions to be blocked"
-    );
-    describe_counter!(
-        "fleetgate_immobiliser_commands_total",
-        "Immobiliser commands reaching a status, by intent and outcome"
-    );
-    describe_counter!(
-        "fleetgate_immobiliser_commands_sent_total",
-        "Immobiliser commands written to devices (every attempt)"
-    );
-    describe_counter!(
-        "fleetgate_immobiliser_force_refused_total",
-        "Forced blocks refused because allow_force is off"
-    );
-    describe_histogram!(
-        "fleetgate_immobiliser_fix_to_command_seconds",
-        Unit::Seconds,
-        "From the fix that made a block safe reaching the gateway to the command on the wire"
-    );
 }
