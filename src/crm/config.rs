@@ -302,19 +302,19 @@ impl RulesConfig {
         for (name, s) in &self.return_signals {
             if crate::protocols::Protocol::from_name(name).is_none() {
                 return Err(invalid(
-                    &format!("rules.return_signals.{name}"),
+                    format!("rules.return_signals.{name}"),
                     "unknown protocol",
                 ));
             }
             if s.input.is_none() && s.alarm.is_none() {
                 return Err(invalid(
-                    &format!("rules.return_signals.{name}"),
+                    format!("rules.return_signals.{name}"),
                     "needs input or alarm",
                 ));
             }
             if matches!(s.input, Some(0) | Some(33..)) {
                 return Err(invalid(
-                    &format!("rules.return_signals.{name}.input"),
+                    format!("rules.return_signals.{name}.input"),
                     "inputs are numbered 1 to 32",
                 ));
             }
