@@ -54,7 +54,7 @@ impl BlockReasons for MemoryBlockReasons {
         active: bool,
         actor: &str,
         comment: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), super::ReasonError> {
         if let Ok(mut c) = self.calls.lock() {
             c.push(ReasonCall {
                 vehicle: vehicle.clone(),

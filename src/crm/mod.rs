@@ -50,6 +50,11 @@ pub struct BlockView {
     pub comments: BTreeMap<String, String>,
 }
 
+/// Why a block reason did not reach the immobiliser (its own error, kept as the source).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ReasonError(#[source] pub Box<dyn std::error::Error + Send + Sync>);
+
 /// The immobiliser as the CRM rules see it. `set_reason` must be idempotent: the rules
 /// re-assert their active reasons after every restart.
 #[async_trait]
@@ -61,7 +66,7 @@ pub trait BlockReasons: Send + Sync + 'static {
         active: bool,
         actor: &str,
         comment: &str,
-    ) -> Result<(), String>;
+    ) -> Result<(), ReasonError>;
     /// Every vehicle with a reason or a pending block.
     async fn snapshot(&self) -> HashMap<VehicleId, BlockView>;
 }
