@@ -37,7 +37,7 @@ pub enum StartError {
     #[error("{0}")]
     Mqtt(#[from] ingest::mqtt::MqttError),
     #[error("crm: {0}")]
-    Crm(String),
+    Crm(#[from] crate::crm::connector::ConnectorError),
 }
 
 /// A started daemon.
@@ -271,8 +271,7 @@ pub async fn start_with(
         store.clone(),
         crm_seams,
         Arc::new(zones.clone()),
-    )
-    .map_err(|e| StartError::Crm(e.to_string()))?;
+    )?;
 
     let (pipeline, pipeline_tasks) = Pipeline::start(
         PipelineStart {
