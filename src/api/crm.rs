@@ -23,7 +23,7 @@ impl From<CrmError> for ApiError {
             CrmError::NotFound(m) => ApiError::NotFound(m),
             CrmError::BadRequest(m) => ApiError::BadRequest(m),
             CrmError::Storage(s) => ApiError::from(s),
-            CrmError::Closed => ApiError::Storage("the CRM rules are shutting down".into()),
+            CrmError::Closed => ApiError::Unavailable("the CRM rules are shutting down".into()),
         }
     }
 }
