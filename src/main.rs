@@ -346,7 +346,7 @@ async fn run(config: Config, path: Option<PathBuf>) -> ExitCode {
         }
     };
     // sd_notify (READY/STATUS/WATCHDOG/STOPPING), SIGTERM/SIGINT shutdown, SIGHUP reload.
-    fleetgate::ops::service::serve(running, path).await;
+    fleetgate::app::service::serve(running, path).await;
     ExitCode::SUCCESS
 }
 

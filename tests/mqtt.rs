@@ -224,6 +224,63 @@ async fn json_and_codec8e_publishes_land_in_storage_and_the_api() {
 /// The real binary is SIGKILLed while a device keeps publishing, then started again with the
 /// same client id: the broker kept the session, queued what came meanwhile and redelivers
 /// what was never acked, so every message the broker accepted ends up stored exactly once.
+/// With `register_unknown = false`, an MQTT device taken out of its vehicle through the API
+/// is refused at its next message: the MQTT source reads the one admission cache the API
+/// clears (as the TCP listeners do, tests/teltonika_e2e.rs).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt_device_removed_from_its_vehicle_is_refused_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = unique("fgr");
+    let config = format!(
+        "{}[devices]\nregister_unknown = false\n",
+        mqtt_section(&format!("{prefix}-gw"), &prefix)
+    );
+    let daemon = common::start(dir.path(), &config).await;
+    let api = Api::new(daemon.api_addr);
+    let mut dev = Device::connect(&unique("dev")).await;
+    let phone = unique("phone");
+    let vehicle = format!("car-{phone}");
+    let (s, v) = api
+        .put(
+            &format!("/api/v1/vehicles/{vehicle}"),
+            serde_json::json!({"device_id": phone, "protocol": "mqtt"}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let topic = format!("{prefix}/{phone}/telemetry");
+    let fix = |minute: u32| {
+        format!(r#"{{"time":"2026-11-20T09:{minute:02}:00Z","lat":55.75,"lon":37.61}}"#)
+            .into_bytes()
+    };
+    publish_until_stored(&mut dev, &api, &topic, &vehicle, &fix(0), 1).await;
+
+    let refused = || {
+        common::metric(
+            &api,
+            "fleetgate_mqtt_dropped_total",
+            &[("reason", "refused")],
+        )
+    };
+    let before = refused().await;
+    let (s, v) = api
+        .put(
+            &format!("/api/v1/vehicles/{vehicle}"),
+            serde_json::json!({"device_id": unique("other")}),
+        )
+        .await;
+    assert_eq!(s, 200, "{v}");
+    dev.publish(&topic, fix(1)).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while refused().await <= before {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the removed device's message was not refused"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    daemon.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killed_and_restarted_gateway_loses_no_published_fix() {
     let dir = tempfile::tempdir().unwrap();

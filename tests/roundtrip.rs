@@ -4,8 +4,8 @@
 
 use bytes::BytesMut;
 use chrono::{DateTime, TimeZone, Utc};
-use fleetgate::ingest::codec::SessionCodec;
 use fleetgate::model::Position;
+use fleetgate::protocols::codec::SessionCodec;
 use fleetgate::protocols::DecodeReason;
 use fleetgate::protocols::{
     fuzz, CommandBody, CommandError, DeviceCommand, FrameCut, Protocol, Transport,

@@ -8,9 +8,9 @@ use axum::middleware::Next;
 use axum::response::Response;
 use subtle::ConstantTimeEq;
 
+use super::config::TokenRole;
 use super::error::ApiError;
 use super::AppState;
-use crate::config::TokenRole;
 
 /// Who made an API call: the configured token's name, or `anonymous` on an open loopback API.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,7 +25,7 @@ pub async fn require_token(
     mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
-    let tokens = &state.config.api.tokens;
+    let tokens = &state.settings.api.tokens;
     let (actor, role) = if tokens.is_empty() {
         (Actor("anonymous".into()), TokenRole::Operate)
     } else {

@@ -20,8 +20,13 @@ pub enum ApiError {
     TooLarge(String),
     #[error("missing or invalid bearer token")]
     Unauthorized,
+    /// The database failed (after the store's own retries).
     #[error("storage unavailable: {0}")]
-    Storage(String),
+    Storage(#[source] StorageError),
+    /// A stage cannot answer now (shutting down, another instance silent); said as the
+    /// storage case is, since to the caller it is the same: try again later.
+    #[error("storage unavailable: {0}")]
+    Unavailable(String),
 }
 
 impl From<StorageError> for ApiError {
@@ -29,7 +34,7 @@ impl From<StorageError> for ApiError {
         match e {
             StorageError::DeviceTaken(..) => ApiError::Conflict(e.to_string()),
             StorageError::Invalid(m) => ApiError::BadRequest(m),
-            other => ApiError::Storage(other.to_string()),
+            other => ApiError::Storage(other),
         }
     }
 }
@@ -43,7 +48,7 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Storage(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Storage(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         metrics::counter!("fleetgate_api_errors_total", "status" => status.as_str().to_string())
             .increment(1);
@@ -97,7 +102,8 @@ mod tests {
             | ApiError::Forbidden(_)
             | ApiError::TooLarge(_)
             | ApiError::Unauthorized
-            | ApiError::Storage(_) => {}
+            | ApiError::Storage(_)
+            | ApiError::Unavailable(_) => {}
         }
     }
 
@@ -116,7 +122,8 @@ mod tests {
             ApiError::Forbidden(String::new()),
             ApiError::TooLarge(String::new()),
             ApiError::Unauthorized,
-            ApiError::Storage(String::new()),
+            ApiError::Storage(StorageError::Invalid(String::new())),
+            ApiError::Unavailable(String::new()),
         ] {
             let code = e.into_response().status();
             assert!(

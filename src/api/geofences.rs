@@ -169,7 +169,7 @@ async fn apply(
     force: bool,
     save: impl for<'s> FnOnce(&'s dyn crate::storage::Store) -> StoreStep<'s>,
 ) -> Result<Verdict, ApiError> {
-    let cfg = &state.config.geofences;
+    let cfg = &state.settings.geofences;
     let _edit = state.zones.lock_edits().await;
     let current = state.zones.current();
     let mut zones: Vec<Zone> = current
@@ -228,7 +228,7 @@ async fn audit_forced(
     name: &str,
     verdict: &Verdict,
 ) -> Result<(), ApiError> {
-    let share = state.config.geofences.max_exit_share;
+    let share = state.settings.geofences.max_exit_share;
     tracing::warn!(
         zone = %name,
         actor = %actor.0,

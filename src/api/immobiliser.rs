@@ -34,7 +34,7 @@ impl From<ImmobError> for ApiError {
             ImmobError::ForceNotAllowed => ApiError::Forbidden(e.to_string()),
             ImmobError::UnknownVehicle(_) => ApiError::NotFound(e.to_string()),
             ImmobError::Storage(_) | ImmobError::Closed | ImmobError::OwnerSilent(..) => {
-                ApiError::Storage(e.to_string())
+                ApiError::Unavailable(e.to_string())
             }
         }
     }

@@ -74,7 +74,7 @@ fn first(s: &AppState, crm: &str, body: &[u8]) -> bool {
 
 async fn amocrm(State(s): State<AppState>, Path(secret): Path<String>, body: Bytes) -> Response {
     const CRM: &str = "amocrm";
-    let cfg = &s.config.crm.inbound;
+    let cfg = &s.crm.config.inbound;
     if cfg.secret.is_empty() {
         return answer(
             CRM,
@@ -103,7 +103,7 @@ async fn amocrm(State(s): State<AppState>, Path(secret): Path<String>, body: Byt
 
 async fn bitrix24(State(s): State<AppState>, body: Bytes) -> Response {
     const CRM: &str = "bitrix24";
-    let cfg = &s.config.crm.inbound;
+    let cfg = &s.crm.config.inbound;
     if cfg.application_token.is_empty() {
         return answer(
             CRM,
@@ -178,7 +178,7 @@ async fn act(s: &AppState, crm: &'static str, n: Notice) {
                 pipeline_id,
                 status_id,
             };
-            let a = stage_actions(&s.config.crm.inbound.stages, &now, standing);
+            let a = stage_actions(&s.crm.config.inbound.stages, &now, standing);
             (v, a, user)
         }
         Notice::LeadFields {
@@ -187,7 +187,7 @@ async fn act(s: &AppState, crm: &'static str, n: Notice) {
             updated_at,
             user,
         } => {
-            let id = s.config.crm.fields.balance_field_id;
+            let id = s.crm.config.fields.balance_field_id;
             let balance = fields
                 .iter()
                 .find(|(f, _)| id != 0 && *f == id)
@@ -227,7 +227,7 @@ async fn act(s: &AppState, crm: &'static str, n: Notice) {
             };
             let standing = crm_block_standing(s, &v.id).await;
             let mut a = stage_actions(
-                &s.config.crm.inbound.stages,
+                &s.crm.config.inbound.stages,
                 &StageNow::Bitrix(&facts.stage_id),
                 standing,
             );
@@ -251,32 +251,32 @@ async fn act(s: &AppState, crm: &'static str, n: Notice) {
     for a in actions {
         let name = a.name();
         let result: Result<(), String> = match a {
-            Action::Block => {
-                s.crm
-                    .wiring
-                    .reasons
-                    .set_reason(
-                        &deal.id,
-                        REASON_CRM_MANUAL,
-                        true,
-                        &actor,
-                        &format!("deal {deal_id} moved to the block stage in {crm}"),
-                    )
-                    .await
-            }
-            Action::Unblock => {
-                s.crm
-                    .wiring
-                    .reasons
-                    .set_reason(
-                        &deal.id,
-                        REASON_CRM_MANUAL,
-                        false,
-                        &actor,
-                        &format!("deal {deal_id} left the block stage in {crm}"),
-                    )
-                    .await
-            }
+            Action::Block => s
+                .crm
+                .wiring
+                .reasons
+                .set_reason(
+                    &deal.id,
+                    REASON_CRM_MANUAL,
+                    true,
+                    &actor,
+                    &format!("deal {deal_id} moved to the block stage in {crm}"),
+                )
+                .await
+                .map_err(|e| e.to_string()),
+            Action::Unblock => s
+                .crm
+                .wiring
+                .reasons
+                .set_reason(
+                    &deal.id,
+                    REASON_CRM_MANUAL,
+                    false,
+                    &actor,
+                    &format!("deal {deal_id} left the block stage in {crm}"),
+                )
+                .await
+                .map_err(|e| e.to_string()),
             Action::Return => s
                 .crm
                 .return_request(deal.id.clone(), &actor)

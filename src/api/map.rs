@@ -102,14 +102,7 @@ impl MapLayers {
         let mut all: Vec<MapZone> = zones
             .zones()
             .iter()
-            .filter_map(|z| {
-                let f = z.to_feature();
-                let geometry = f.get("geometry").unwrap_or(&Value::Null);
-                let props = f.get("properties").unwrap_or(&Value::Null);
-                zone(geometry, props, &z.name, files.tolerance_deg)
-                    .ok()
-                    .flatten()
-            })
+            .map(|z| drawn_zone(z, files.tolerance_deg))
             .collect();
         all.extend(files.zones.iter().cloned());
         all.sort_by_key(|z| draw_rank(&z.kind));
@@ -199,7 +192,49 @@ fn files(paths: &[String]) -> Result<Vec<PathBuf>, MapError> {
     Ok(out)
 }
 
-/// The zones of a GeoJSON document (FeatureCollection, Feature or bare geometry).
+/// A zone in force as drawn: read from its typed shape (the zone was parsed once, by
+/// `geofence::zone`).
+fn drawn_zone(z: &crate::geofence::Zone, tol: f64) -> MapZone {
+    let ring = |ls: &geo::LineString<f64>| -> Vec<[f64; 2]> {
+        let pts: Vec<[f64; 2]> = ls.0.iter().map(|c| [c.x, c.y]).collect();
+        simplify(&pts, tol)
+    };
+    let mut rings = Vec::new();
+    let mut circle = None;
+    match &z.shape {
+        crate::geofence::Shape::Area(mp) => {
+            for p in &mp.0 {
+                rings.extend(
+                    std::iter::once(p.exterior())
+                        .chain(p.interiors())
+                        .map(ring)
+                        .filter(|r| r.len() >= 4),
+                );
+            }
+        }
+        crate::geofence::Shape::Circle { center, radius_m } => {
+            circle = Some(Circle {
+                lon: center.x,
+                lat: center.y,
+                radius_m: *radius_m,
+            })
+        }
+    }
+    MapZone {
+        name: z.name.clone(),
+        title: z
+            .extra
+            .get("title")
+            .and_then(Value::as_str)
+            .map(str::to_string),
+        kind: z.kind.as_str().to_string(),
+        rings,
+        circle,
+    }
+}
+
+/// The zones of a GeoJSON document (FeatureCollection, Feature or bare geometry): the
+/// `[status] map_layers` files, drawings only (any kind, lines skipped), never zones in force.
 pub fn zones_of(
     doc: &Value,
     default_name: &str,
@@ -358,6 +393,36 @@ fn bbox(zones: &[MapZone]) -> Option<[f64; 4]> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn zones_in_force_are_drawn_from_their_typed_shape_as_from_their_geojson() {
+        let ring = |x: f64, y: f64, d: f64| {
+            json!([[x, y], [x + d, y], [x + d, y + d], [x, y + d], [x, y]])
+        };
+        let doc = json!({"type": "FeatureCollection", "features": [
+            {"type": "Feature", "properties": {"name": "city", "kind": "service_area", "title": "Город"},
+             "geometry": {"type": "Polygon", "coordinates": [ring(37.0, 55.0, 1.0), ring(37.4, 55.4, 0.2)]}},
+            {"type": "Feature", "properties": {"name": "lots", "kind": "parking"},
+             "geometry": {"type": "MultiPolygon", "coordinates": [[ring(37.1, 55.1, 0.01)], [ring(37.2, 55.2, 0.01)]]}},
+            {"type": "Feature", "properties": {"name": "depot", "kind": "depot", "radius_m": 150.0},
+             "geometry": {"type": "Point", "coordinates": [37.5, 55.5]}},
+        ]});
+        let typed = crate::geofence::zones_from_geojson(&doc, "t.geojson").unwrap();
+        assert_eq!(typed.len(), 3);
+        for z in &typed {
+            let via_json = zones_of(&z.to_feature(), &z.name, 0.0001).unwrap();
+            assert_eq!(vec![drawn_zone(z, 0.0001)], via_json, "{}", z.name);
+        }
+        assert_eq!(
+            drawn_zone(&typed[0], 0.0001).rings.len(),
+            2,
+            "the hole is drawn"
+        );
+        assert_eq!(
+            drawn_zone(&typed[0], 0.0001).title.as_deref(),
+            Some("Город")
+        );
+    }
 
     #[test]
     fn polygons_multipolygons_and_circles_become_zones() {

@@ -2,6 +2,8 @@
 //! bearer token when tokens are configured; `/healthz`, `/readyz` and `/metrics` stay open.
 
 mod auth;
+pub mod config;
+mod crm;
 mod error;
 pub mod fleet;
 mod geofences;
@@ -23,7 +25,6 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 
-use crate::config::Config;
 use crate::ingest::Admission;
 use crate::pipeline::Pipeline;
 use crate::storage::Store;
@@ -32,10 +33,21 @@ pub use auth::Actor;
 pub use error::{object_body, ApiError};
 pub use meta::OPENAPI_JSON;
 
+/// The configuration the handlers read: the API's own sections and the one `[devices]` key
+/// it shows. Only `app` sees the whole `Config`.
+#[derive(Clone, Debug, Default)]
+pub struct ApiSettings {
+    pub api: config::ApiConfig,
+    pub status: status::StatusConfig,
+    pub geofences: crate::geofence::config::GeofencesConfig,
+    /// `[devices] offline_after_s`: a vehicle not heard from for this long shows offline.
+    pub offline_after_s: u64,
+}
+
 /// Shared state of every handler.
 #[derive(Clone)]
 pub struct AppState {
-    pub config: Arc<Config>,
+    pub settings: Arc<ApiSettings>,
     pub store: Arc<dyn Store>,
     pub pipeline: Pipeline,
     pub admission: Arc<Admission>,
@@ -67,7 +79,7 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/events", get(geofences::events))
         .route("/identity-conflicts", get(identity_conflicts))
-        .merge(crate::crm::api::routes())
+        .merge(crm::routes())
         .route("/map", get(status::zones))
         .route("/map/vehicles", get(status::vehicles))
         .merge(immobiliser::routes())
@@ -87,7 +99,7 @@ pub fn router(state: AppState) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics_text))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
-            state.config.api.max_body_bytes,
+            state.settings.api.max_body_bytes,
         ))
         .layer(axum::middleware::from_fn(meta::count_refusals))
         .with_state(state)

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::fleet::{self, Fleet};
 use super::map::{self, MapData};
 use super::{ApiError, AppState};
-use crate::config::ConfigError;
+use crate::config::error::{invalid, ConfigError};
 
 const PAGE: &str = include_str!("status.html");
 
@@ -46,20 +46,16 @@ impl Default for StatusConfig {
 
 impl StatusConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |key: &str, message: String| ConfigError::Invalid {
-            key: format!("status.{key}"),
-            message,
-        };
         if !self.simplify_m.is_finite() || self.simplify_m < 0.0 {
-            return Err(invalid("simplify_m", "must be 0 or more metres".into()));
+            return Err(invalid("status.simplify_m", "must be 0 or more metres"));
         }
         if self.refresh_s == 0 {
-            return Err(invalid("refresh_s", "must be at least 1".into()));
+            return Err(invalid("status.refresh_s", "must be at least 1"));
         }
         for (i, p) in self.map_layers.iter().enumerate() {
             // A missing file is only a warning at load: the map is not worth refusing to start.
             if p.trim().is_empty() {
-                return Err(invalid(&format!("map_layers[{i}]"), "is empty".into()));
+                return Err(invalid(format!("status.map_layers[{i}]"), "is empty"));
             }
         }
         Ok(())
@@ -67,7 +63,7 @@ impl StatusConfig {
 }
 
 pub async fn page(State(s): State<AppState>) -> impl IntoResponse {
-    if !s.config.status.enabled {
+    if !s.settings.status.enabled {
         return (axum::http::StatusCode::NOT_FOUND, Html("")).into_response();
     }
     (
@@ -96,12 +92,14 @@ pub async fn vehicles(State(s): State<AppState>) -> Result<Json<Fleet>, ApiError
 
 /// Reload the map layers whenever a new configuration is published (SIGHUP). A file that no
 /// longer loads keeps the previous layers.
-pub async fn follow_reloads(
+/// `status` picks the `[status]` section out of whatever the reload channel carries.
+pub async fn follow_reloads<C: Send + Sync + 'static>(
     layers: map::MapLayers,
-    mut reloads: tokio::sync::watch::Receiver<std::sync::Arc<crate::config::Config>>,
+    mut reloads: tokio::sync::watch::Receiver<C>,
+    status: fn(&C) -> StatusConfig,
 ) {
     while reloads.changed().await.is_ok() {
-        let cfg = reloads.borrow_and_update().status.clone();
+        let cfg = status(&reloads.borrow_and_update());
         match tokio::task::spawn_blocking(move || map::load(&cfg)).await {
             Ok(Ok(m)) => {
                 // Only the extra `[status] map_layers` shapes: the zones in force are counted

@@ -50,7 +50,7 @@ fn view(
     live: Option<DeviceState>,
     zone: Option<crate::geofence::stage::Membership>,
 ) -> VehicleView {
-    let offline_after = Duration::seconds(state.config.devices.offline_after_s as i64);
+    let offline_after = Duration::seconds(state.settings.offline_after_s as i64);
     let last_seen = live.as_ref().map(|s| s.last_seen);
     let online = last_seen
         .map(|t| Utc::now() - t < offline_after)

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
+use crate::config::error::{invalid, ConfigError};
 
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -37,13 +37,6 @@ impl Default for ClusterConfig {
     }
 }
 
-fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: format!("cluster.{key}"),
-        message: message.into(),
-    }
-}
-
 impl ClusterConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let id = &self.instance_id;
@@ -53,7 +46,7 @@ impl ClusterConfig {
                 .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
         {
             return Err(invalid(
-                "instance_id",
+                "cluster.instance_id",
                 format!("'{id}': at most 64 of A-Z a-z 0-9 - _ ."),
             ));
         }
@@ -65,12 +58,12 @@ impl ClusterConfig {
             ("outbox_lease_s", self.outbox_lease_s),
         ] {
             if v == 0 {
-                return Err(invalid(key, "must be at least 1"));
+                return Err(invalid(format!("cluster.{key}"), "must be at least 1"));
             }
         }
         if self.session_ttl_s < 2 * self.heartbeat_s {
             return Err(invalid(
-                "session_ttl_s",
+                "cluster.session_ttl_s",
                 format!(
                     "{} must be at least twice heartbeat_s ({}), or live sessions expire",
                     self.session_ttl_s, self.heartbeat_s

@@ -6,46 +6,46 @@
 //! - **One owner per vehicle's immobiliser:** the instance holding the vehicle's tracker
 //!   connection runs its state machine (it sees the fixes that make a block safe and the
 //!   device's answers). A block or unblock arriving at another instance is forwarded to it
-//!   ([`Cluster::forward_change`]: a `cluster_requests` row, `NOTIFY fleetgate_requests`, a
-//!   poll as fallback) and answered with the vehicle's view. A vehicle whose tracker is
+//!   (`immobiliser::cluster::forward_change`: a `cluster_requests` row,
+//!   `NOTIFY fleetgate_requests`, a poll as fallback) and answered with the vehicle's view. A vehicle whose tracker is
 //!   connected nowhere is handled where the request arrives, from and back to the database;
 //!   whichever instance the tracker then connects to takes the vehicle over from the database.
+//!
+//! This module is the transport: sessions, requests and answers as rows. What the requests
+//! mean (and the task that serves them) belongs to the immobiliser (`immobiliser/cluster.rs`).
 //!
 //! SQLite is one instance: there is no cluster and none of this runs.
 
 pub mod config;
-mod serve;
 
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde::{Deserialize, Serialize};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use serde::Serialize;
+use sqlx::postgres::{PgConnectOptions, PgListener, PgPool, PgPoolOptions};
 use sqlx::Row;
 
 pub use config::ClusterConfig;
-pub use serve::spawn;
 
-use crate::config::StorageConfig;
-use crate::immobiliser::handle::{ImmobView, ReasonChange};
-use crate::immobiliser::ImmobError;
 use crate::model::{DeviceId, VehicleId};
+use crate::storage::StorageConfig;
 use crate::storage::StorageError;
 
 /// The channel instances LISTEN on; the payload is the name of the instance to wake.
-pub(crate) const CHANNEL: &str = "fleetgate_requests";
+const CHANNEL: &str = "fleetgate_requests";
 /// The database's clock in Unix milliseconds: instances' clocks may differ, its does not.
 const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
 
-/// What one instance asks of another.
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case")]
-pub enum Forwarded {
-    /// Add or lift a reason; answered with the vehicle's view.
-    Change { change: ReasonChange },
-    /// The vehicle's stored immobiliser changed elsewhere: reload it (no answer awaited).
-    Adopt { vehicle: VehicleId },
+/// How a forwarded request ended, as [`Cluster::await_reply`] saw it.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Reply {
+    /// The other instance's answer, as it stored it.
+    Answer(String),
+    /// Closed without an answer (the other instance gave up on it).
+    Unanswered,
+    /// No answer within `[cluster] forward_timeout_s`; the request is now closed.
+    TimedOut,
 }
 
 /// This instance's seat in the cluster.
@@ -131,7 +131,7 @@ impl Cluster {
     /// id) — which also restores a row whose write failed, and drops one whose delete failed —
     /// without taking a device from another live instance; drop long-dead instances' sessions
     /// and old requests.
-    async fn heartbeat(&self, live: &[(DeviceId, u64)]) -> Result<(), StorageError> {
+    pub async fn heartbeat(&self, live: &[(DeviceId, u64)]) -> Result<(), StorageError> {
         let devices: Vec<&str> = live.iter().map(|(d, _)| d.as_str()).collect();
         let conns: Vec<i64> = live.iter().map(|(_, c)| *c as i64).collect();
         let mut tx = self.pool.begin().await?;
@@ -181,8 +181,8 @@ impl Cluster {
         Ok(())
     }
 
-    /// Queue a request for instance `to` and wake it; returns the request's id.
-    pub async fn send(&self, to: &str, msg: &Forwarded) -> Result<i64, StorageError> {
+    /// Queue a request (`msg` as JSON) for instance `to` and wake it; returns its id.
+    pub async fn send(&self, to: &str, msg: &impl Serialize) -> Result<i64, StorageError> {
         let body = serde_json::to_string(msg)
             .map_err(|e| StorageError::Invalid(format!("cluster request: {e}")))?;
         let row = sqlx::query(&format!(
@@ -199,37 +199,9 @@ impl Cluster {
         Ok(row.try_get(0)?)
     }
 
-    /// Have the instance holding the vehicle's tracker make the change; wait for its answer
-    /// (at most `[cluster] forward_timeout_s`).
-    pub async fn forward_change(
-        &self,
-        to: &str,
-        change: ReasonChange,
-    ) -> Result<ImmobView, ImmobError> {
-        let result = self.forward_and_wait(to, change).await;
-        let outcome = match &result {
-            Ok(_) => "answered",
-            Err(ImmobError::OwnerSilent(..)) => "timeout",
-            Err(ImmobError::Storage(_)) => "error",
-            // The owner's own verdict (force refused, unknown vehicle…).
-            Err(_) => "answered",
-        };
-        metrics::counter!("fleetgate_cluster_forwarded_total", "outcome" => outcome).increment(1);
-        result
-    }
-
-    async fn forward_and_wait(
-        &self,
-        to: &str,
-        change: ReasonChange,
-    ) -> Result<ImmobView, ImmobError> {
-        let vehicle = change.vehicle.clone();
-        let storage = |e: StorageError| ImmobError::Storage(e.to_string());
-        let id = self
-            .send(to, &Forwarded::Change { change })
-            .await
-            .map_err(storage)?;
-        tracing::debug!(%vehicle, to, request = id, "immobiliser request forwarded");
+    /// Wait for the answer to request `id` (at most `[cluster] forward_timeout_s`), polling
+    /// with a backoff from 5 to 100 ms.
+    pub async fn await_reply(&self, id: i64) -> Result<Reply, StorageError> {
         let until = Instant::now() + Duration::from_secs(self.cfg.forward_timeout_s);
         let mut delay = Duration::from_millis(5);
         loop {
@@ -240,15 +212,10 @@ impl Cluster {
             )
             .bind(id)
             .fetch_optional(&self.pool)
-            .await
-            .map_err(|e| storage(e.into()))?;
+            .await?;
             if let Some(row) = row {
-                let answer: Option<String> = row.try_get(0).map_err(|e| storage(e.into()))?;
-                return match answer {
-                    Some(a) => serde_json::from_str::<Result<ImmobView, ImmobError>>(&a)
-                        .map_err(|e| ImmobError::Storage(format!("answer from {to}: {e}")))?,
-                    None => Err(self.gave_up(to)),
-                };
+                let answer: Option<String> = row.try_get(0)?;
+                return Ok(answer.map_or(Reply::Unanswered, Reply::Answer));
             }
             if Instant::now() >= until {
                 // Give up unless the answer is being written right now.
@@ -257,22 +224,50 @@ impl Cluster {
                 ))
                 .bind(id)
                 .execute(&self.pool)
-                .await
-                .map_err(|e| storage(e.into()))?;
+                .await?;
                 if r.rows_affected() == 1 {
-                    tracing::warn!(%vehicle, to, request = id, "instance holding the tracker did not answer");
-                    return Err(self.gave_up(to));
+                    return Ok(Reply::TimedOut);
                 }
             }
         }
     }
 
-    fn gave_up(&self, to: &str) -> ImmobError {
-        ImmobError::OwnerSilent(to.to_string(), self.cfg.forward_timeout_s)
+    /// `[cluster] forward_timeout_s`.
+    pub fn forward_timeout_s(&self) -> u64 {
+        self.cfg.forward_timeout_s
+    }
+
+    /// `[cluster] poll_ms`: how often requests are looked for without a notification.
+    pub fn poll_every(&self) -> Duration {
+        Duration::from_millis(self.cfg.poll_ms)
+    }
+
+    /// `[cluster] heartbeat_s`.
+    pub fn heartbeat_every(&self) -> Duration {
+        Duration::from_secs(self.cfg.heartbeat_s)
+    }
+
+    /// A connection LISTENing for requests to any instance (the payload names the instance);
+    /// `None` (polling only) when it cannot be had.
+    pub async fn listener(&self) -> Option<PgListener> {
+        let mut l = match PgListener::connect_with(&self.pool).await {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster: no LISTEN connection; polling only");
+                return None;
+            }
+        };
+        match l.listen(CHANNEL).await {
+            Ok(()) => Some(l),
+            Err(e) => {
+                tracing::warn!(error = %e, "cluster: LISTEN failed; polling only");
+                None
+            }
+        }
     }
 
     /// Claim the requests addressed to this instance.
-    async fn claim(&self) -> Result<Vec<(i64, String)>, StorageError> {
+    pub async fn claim(&self) -> Result<Vec<(i64, String)>, StorageError> {
         let rows = sqlx::query(&format!(
             "UPDATE cluster_requests SET claimed_at = {NOW_MS} WHERE id IN (\
              SELECT id FROM cluster_requests WHERE instance_id = $1 AND claimed_at IS NULL \
@@ -289,7 +284,7 @@ impl Cluster {
         Ok(out)
     }
 
-    async fn answer(&self, id: i64, answer: &str) -> Result<(), StorageError> {
+    pub async fn answer(&self, id: i64, answer: &str) -> Result<(), StorageError> {
         sqlx::query(&format!(
             "UPDATE cluster_requests SET answer = $1, done_at = {NOW_MS} WHERE id = $2 AND done_at IS NULL"
         ))
@@ -298,58 +293,5 @@ impl Cluster {
         .execute(&self.pool)
         .await?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::immobiliser::{BlockReason, ImmobState};
-
-    #[test]
-    fn requests_and_answers_survive_the_trip_through_the_database() {
-        let change = ReasonChange {
-            vehicle: VehicleId("car-7".into()),
-            reason: Some(BlockReason::manual()),
-            active: true,
-            force: true,
-            actor: "ops-ivanova".into(),
-            comment: Some("долг".into()),
-        };
-        let text = serde_json::to_string(&Forwarded::Change { change }).unwrap();
-        assert!(text.contains(r#""type":"change""#), "{text}");
-        match serde_json::from_str::<Forwarded>(&text).unwrap() {
-            Forwarded::Change { change } => {
-                assert_eq!(change.vehicle.0, "car-7");
-                assert_eq!(change.reason, Some(BlockReason::manual()));
-                assert!(change.active && change.force);
-                assert_eq!(change.comment.as_deref(), Some("долг"));
-            }
-            other => panic!("{other:?}"),
-        }
-        let ok: Result<ImmobView, ImmobError> = Ok(ImmobView {
-            state: ImmobState::Blocking,
-            reasons: vec![BlockReason::manual()],
-            since: Some(chrono::DateTime::from_timestamp(1_700_000_000, 0).unwrap()),
-            reason_details: Vec::new(),
-        });
-        let back: Result<ImmobView, ImmobError> =
-            serde_json::from_str(&serde_json::to_string(&ok).unwrap()).unwrap();
-        assert_eq!(back, ok);
-        for e in [
-            ImmobError::ForceNotAllowed,
-            ImmobError::UnknownVehicle("car-9".into()),
-            ImmobError::OwnerSilent("fg-b".into(), 15),
-        ] {
-            let r: Result<ImmobView, ImmobError> = Err(e.clone());
-            let back: Result<ImmobView, ImmobError> =
-                serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
-            assert_eq!(
-                back,
-                Err(e),
-                "the owner's verdict reaches the API unchanged"
-            );
-        }
-        assert!(serde_json::from_str::<Forwarded>(r#"{"type":"reboot"}"#).is_err());
     }
 }

@@ -5,14 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
-
-fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        message: message.into(),
-    }
-}
+use crate::config::error::{invalid, ConfigError};
 
 /// A stage of an amoCRM pipeline, or a Bitrix24 `STAGE_ID`.
 #[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
@@ -402,19 +395,19 @@ impl RulesConfig {
         for (name, s) in &self.return_signals {
             if crate::protocols::Protocol::from_name(name).is_none() {
                 return Err(invalid(
-                    &format!("rules.return_signals.{name}"),
+                    format!("rules.return_signals.{name}"),
                     "unknown protocol",
                 ));
             }
             if s.input.is_none() && s.alarm.is_none() {
                 return Err(invalid(
-                    &format!("rules.return_signals.{name}"),
+                    format!("rules.return_signals.{name}"),
                     "needs input or alarm",
                 ));
             }
             if matches!(s.input, Some(0) | Some(33..)) {
                 return Err(invalid(
-                    &format!("rules.return_signals.{name}.input"),
+                    format!("rules.return_signals.{name}.input"),
                     "inputs are numbered 1 to 32",
                 ));
             }

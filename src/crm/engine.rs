@@ -139,6 +139,8 @@ pub struct CrmHandle {
     pub connector: Option<Arc<dyn super::connector::Connector>>,
     /// Inbound webhook bodies already acted on (`[crm.inbound] dedup_s`).
     pub inbound_seen: Arc<std::sync::Mutex<super::inbound::Seen>>,
+    /// `[crm]` as started (inbound webhooks read their secrets, stages and fields here).
+    pub config: Arc<super::CrmConfig>,
 }
 
 impl CrmHandle {
@@ -294,6 +296,7 @@ pub fn new(
         store: store.clone(),
         wiring: wiring.clone(),
         connector: None,
+        config: Arc::new(super::CrmConfig::default()),
         inbound_seen: Arc::new(std::sync::Mutex::new(super::inbound::Seen::new(
             std::time::Duration::from_secs(3600),
             100_000,

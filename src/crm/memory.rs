@@ -1,6 +1,7 @@
-//! In-memory implementations of the CRM seams: block reasons that record every call, zones
-//! as a bounding box, and a `CrmStore` for paused-clock tests. The daemon uses the first two
-//! until the immobiliser and the geofences are wired in.
+//! In-memory implementations of the CRM seams, for tests: block reasons that record every
+//! call, zones as a bounding box (or everywhere), and a `CrmStore` for paused-clock tests.
+//! The daemon uses none of them: `app` wires in the immobiliser and the zone stage
+//! (`crm::start` falls back to recording reasons only for a caller that passes none).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -53,7 +54,7 @@ impl BlockReasons for MemoryBlockReasons {
         active: bool,
         actor: &str,
         comment: &str,
-    ) -> Result<(), String> {
+    ) -> Result<(), super::ReasonError> {
         if let Ok(mut c) = self.calls.lock() {
             c.push(ReasonCall {
                 vehicle: vehicle.clone(),

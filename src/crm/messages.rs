@@ -4,7 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::ConfigError;
+use crate::config::error::{invalid, ConfigError};
 
 /// Message templates; `{name}` is replaced by a value (see each field).
 #[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
@@ -73,21 +73,18 @@ impl Messages {
 }
 
 fn check(key: &str, template: &str, names: &[&str]) -> Result<(), ConfigError> {
-    let invalid = |m: String| ConfigError::Invalid {
-        key: key.into(),
-        message: m,
-    };
+    let bad = |m: String| invalid(key, m);
     if template.trim().is_empty() {
-        return Err(invalid("must not be empty".into()));
+        return Err(bad("must not be empty".into()));
     }
     let mut rest = template;
     while let Some(i) = rest.find('{') {
         let Some(j) = rest[i..].find('}') else {
-            return Err(invalid("an unclosed '{'".into()));
+            return Err(bad("an unclosed '{'".into()));
         };
         let name = &rest[i + 1..i + j];
         if !names.contains(&name) {
-            return Err(invalid(format!(
+            return Err(bad(format!(
                 "unknown placeholder {{{name}}} (known: {})",
                 names.join(", ")
             )));

@@ -7,7 +7,6 @@
 //! Blocking is not done here: the rules add and lift reasons through [`BlockReasons`] (the
 //! immobiliser), and "inside the service area" comes from [`FleetZones`] (the geofences).
 
-pub mod api;
 pub mod blocks;
 pub mod checker;
 pub mod config;
@@ -52,6 +51,11 @@ pub struct BlockView {
     pub comments: BTreeMap<String, String>,
 }
 
+/// Why a block reason did not reach the immobiliser (its own error, kept as the source).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ReasonError(#[source] pub Box<dyn std::error::Error + Send + Sync>);
+
 /// The immobiliser as the CRM rules see it. `set_reason` must be idempotent: the rules
 /// re-assert their active reasons after every restart.
 #[async_trait]
@@ -63,7 +67,7 @@ pub trait BlockReasons: Send + Sync + 'static {
         active: bool,
         actor: &str,
         comment: &str,
-    ) -> Result<(), String>;
+    ) -> Result<(), ReasonError>;
     /// Every vehicle with a reason or a pending block.
     async fn snapshot(&self) -> HashMap<VehicleId, BlockView>;
 }
@@ -124,10 +128,25 @@ impl CrmTasks {
     }
 }
 
+/// What `start` reads of the configuration: the CRM's own sections and the few facts it
+/// takes from others (only `app` sees the whole `Config`).
+pub struct CrmStart<'a> {
+    pub crm: &'a CrmConfig,
+    pub rules: &'a RulesConfig,
+    /// `[pipeline] queue`: the rules actor's inbox is at least this deep (at least 64).
+    pub queue: usize,
+    /// Other instances may share the database and decide for the same vehicles.
+    pub shared_database: bool,
+    /// `[cluster] instance_id`: who claims outbox rows.
+    pub claimer: String,
+    /// `[cluster] outbox_lease_s`.
+    pub lease: std::time::Duration,
+}
+
 /// Start the rules actor, the outbox worker and the balance checker. Returns the handle for
 /// the API, the sender to pass to `Pipeline::start` as a subscriber, and the tasks.
 pub fn start(
-    config: &crate::config::Config,
+    config: CrmStart<'_>,
     store: Arc<dyn crate::storage::Store>,
     seams: Seams,
     geofences: Arc<dyn FleetZones>,
@@ -146,7 +165,7 @@ pub fn start(
         zones: seams.zones.unwrap_or(geofences),
     };
     let crm_store: Arc<dyn crate::storage::CrmStore> = Arc::new(store);
-    let connector = connector::build(&config.crm)?;
+    let connector = connector::build(config.crm)?;
     let wake = Arc::new(tokio::sync::Notify::new());
     let emit = engine::Emit {
         on: connector.is_some(),
@@ -163,15 +182,13 @@ pub fn start(
     );
     // Other instances may share a PostgreSQL database and decide for the same vehicles.
     handle.connector = connector.clone();
+    handle.config = Arc::new(config.crm.clone());
     handle.inbound_seen = Arc::new(std::sync::Mutex::new(inbound::Seen::new(
         std::time::Duration::from_secs(config.crm.inbound.dedup_s),
         100_000,
     )));
-    let eng = eng.shared_database(
-        config.storage.url.starts_with("postgres://")
-            || config.storage.url.starts_with("postgresql://"),
-    );
-    let (tx, rx) = tokio::sync::mpsc::channel(config.pipeline.queue.max(64));
+    let eng = eng.shared_database(config.shared_database);
+    let (tx, rx) = tokio::sync::mpsc::channel(config.queue.max(64));
     let engine = tokio::spawn(eng.run(rx, cmds));
     let stop = tokio_util::sync::CancellationToken::new();
     let deliveries = tokio_util::sync::CancellationToken::new();
@@ -180,8 +197,8 @@ pub fn start(
         tracing::info!(kind = c.name(), "crm connector ready");
         let worker = outbox::OutboxWorker {
             store: crm_store,
-            claimer: config.cluster.instance(),
-            lease: std::time::Duration::from_secs(config.cluster.outbox_lease_s),
+            claimer: config.claimer.clone(),
+            lease: config.lease,
             connector: c.clone(),
             cfg: config.crm.clone(),
             wake,

@@ -10,16 +10,21 @@
 //!   (geometry, `[lat, lon]` order, how many cars it moves out of the service area).
 //! - [`tracker`]: [`VehicleZones`], the pure debounce state machine (fix time injected), and
 //!   [`JumpDetector`].
+//! - [`stage`]: the zone stage: one task fed by committed fixes (after the pipeline's
+//!   shards and writer), holding every vehicle's [`VehicleZones`], storing zone events and
+//!   sending notices to the immobiliser's zone rule.
+//! - [`config`]: the `[geofences]` section.
 //!
 //! Coordinates are WGS84 degrees; the API takes `(lat, lon)`, geometry stores `x = lon`.
 //! A point on a boundary is inside (as `geo::Intersects`).
 //!
 //! ```text
 //! let set = Arc::new(ZoneSet::load_dir("geofences")?);
-//! let events = vehicle_zones.observe(&set, &fix);          // per fix, in the shard worker
+//! let events = vehicle_zones.observe(&set, &fix);          // per committed fix, in the zone stage
 //! let api = (vehicle_zones.inside_service_area(), vehicle_zones.zones().collect::<Vec<_>>());
 //! ```
 
+pub mod config;
 mod distance;
 pub mod edit;
 pub mod guard;

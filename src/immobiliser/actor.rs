@@ -7,7 +7,7 @@
 //! With several instances on one PostgreSQL (`Some(cluster)`), an actor keeps in memory only
 //! the vehicles whose tracker is connected to its instance: it takes a vehicle over from the
 //! database when the tracker connects (or a request for a vehicle connected nowhere arrives)
-//! and lets it go once the tracker is gone and the decision is stored. See `crate::cluster`.
+//! and lets it go once the tracker is gone and the decision is stored. See `super::cluster`.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +18,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use super::cluster::Forwarded;
 use super::command::NewCommand;
 use super::config::ImmobiliserConfig;
 use super::handle::{machine_of, Request, Routing};
@@ -27,7 +28,7 @@ use super::safety::{DeviceEvidence, FixSnapshot};
 use super::{
     Command, CommandStatus, ImmobError, ImmobState, Intent, Machine, RetryPolicy, SafetyRules,
 };
-use crate::cluster::{Cluster, Forwarded};
+use crate::cluster::Cluster;
 use crate::ingest::sessions::{Outbound, SessionEvent, Sessions};
 use crate::model::{DeviceId, Origin, Position, VehicleId};
 use crate::pipeline::Committed;
@@ -47,10 +48,10 @@ async fn bounded<T>(
 ) -> Result<T, StorageError> {
     match tokio::time::timeout(STEP_TIMEOUT, fut).await {
         Ok(r) => r,
-        Err(_) => Err(StorageError::Db(sqlx::Error::Io(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            format!("immobiliser: {what} took over {}s", STEP_TIMEOUT.as_secs()),
-        )))),
+        Err(_) => Err(StorageError::Timeout {
+            what: format!("immobiliser: {what}"),
+            after: STEP_TIMEOUT,
+        }),
     }
 }
 /// The actor's name in the audit when a fix (not a person) moved the state.
@@ -87,7 +88,6 @@ pub async fn start(
     committed: mpsc::Receiver<Arc<Committed>>,
     cluster: Option<Arc<Cluster>>,
 ) -> Result<(ImmobiliserHandle, ImmobiliserTask), StorageError> {
-    describe_metrics();
     // In a cluster nothing is held at start: vehicles are taken over as trackers connect.
     let snapshot = match cluster {
         None => store.immobiliser_load().await?,
@@ -1150,33 +1150,4 @@ fn snapshot(p: &Position) -> FixSnapshot {
         ignition: p.ignition,
         outputs: p.outputs,
     }
-}
-
-fn describe_metrics() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
-    describe_gauge!(
-        "fleetgate_immobiliser_blocked_vehicles",
-        "Vehicles blocked, by standing reason"
-    );
-    describe_gauge!(
-        "fleetgate_immobiliser_pending_blocks",
-        "Vehicles waiting for safe conditions to be blocked"
-    );
-    describe_counter!(
-        "fleetgate_immobiliser_commands_total",
-        "Immobiliser commands reaching a status, by intent and outcome"
-    );
-    describe_counter!(
-        "fleetgate_immobiliser_commands_sent_total",
-        "Immobiliser commands written to devices (every attempt)"
-    );
-    describe_counter!(
-        "fleetgate_immobiliser_force_refused_total",
-        "Forced blocks refused because allow_force is off"
-    );
-    describe_histogram!(
-        "fleetgate_immobiliser_fix_to_command_seconds",
-        Unit::Seconds,
-        "From the fix that made a block safe reaching the gateway to the command on the wire"
-    );
 }

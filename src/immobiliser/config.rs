@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 
 use super::command::RetryPolicy;
 use super::safety::SafetyRules;
-use crate::config::ConfigError;
+use crate::config::error::{invalid, ConfigError};
 use crate::protocols::Protocol;
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -92,13 +92,6 @@ pub struct CommandProfile {
     pub unblock: Option<String>,
     /// The digital output (1-based) wired to the relay, for confirmation by telemetry.
     pub output: Option<u8>,
-}
-
-fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        message: message.into(),
-    }
 }
 
 /// Above this a "stopped" car is not stopped: a block would reach a car in traffic.

@@ -6,8 +6,8 @@ use std::collections::HashMap;
 
 use async_trait::async_trait;
 
-use super::{BlockReason, ImmobState, ImmobiliserHandle};
-use crate::crm::{BlockReasons, BlockView};
+use super::{BlockReason, ImmobError, ImmobState, ImmobiliserHandle};
+use crate::crm::{BlockReasons, BlockView, ReasonError};
 use crate::model::VehicleId;
 
 #[async_trait]
@@ -19,13 +19,14 @@ impl BlockReasons for ImmobiliserHandle {
         active: bool,
         actor: &str,
         comment: &str,
-    ) -> Result<(), String> {
-        let reason = BlockReason::parse(reason).map_err(|e| e.to_string())?;
+    ) -> Result<(), ReasonError> {
+        let refused = |e: ImmobError| ReasonError(Box::new(e));
+        let reason = BlockReason::parse(reason).map_err(refused)?;
         let comment = (!comment.is_empty()).then(|| comment.to_string());
         ImmobiliserHandle::set_reason(self, vehicle, reason, active, actor, comment)
             .await
             .map(|_| ())
-            .map_err(|e| e.to_string())
+            .map_err(refused)
     }
 
     async fn snapshot(&self) -> HashMap<VehicleId, BlockView> {

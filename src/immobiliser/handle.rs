@@ -165,7 +165,7 @@ impl ImmobiliserHandle {
                 .await
                 .map_err(|e| ImmobError::Storage(e.to_string()))?;
             if let Some(owner) = owner.filter(|o| o != r.cluster.instance()) {
-                return r.cluster.forward_change(&owner, change).await;
+                return super::cluster::forward_change(&r.cluster, &owner, change).await;
             }
         }
         let (reply, rx) = oneshot::channel();

@@ -8,12 +8,15 @@
 //!   batches, session events and [`ImmobiliserHandle`] requests; persists, then acts.
 //! - [`handle`]: [`ImmobiliserHandle`], the one path to add and lift reasons, and the view.
 //! - [`config`]: the `[immobiliser]` section, with per-model command profiles.
+//! - [`cluster`]: several instances on one PostgreSQL: forwarding a change to the instance
+//!   holding the tracker, and serving such requests.
 //!
 //! A vehicle is blocked while at least one [`BlockReason`] stands. Geofence rules
 //! (`outside_service_area`), CRM rules (`low_balance`, `inspection`) and operators (`manual`)
 //! all go through [`ImmobiliserHandle::set_reason`]: one path for every reason.
 
 pub mod actor;
+pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod crm_link;

@@ -3,8 +3,8 @@
 //! protocol's reply only once those positions are committed.
 
 pub mod admission;
-pub mod codec;
 pub mod command_queue;
+pub mod config;
 pub mod limits;
 pub mod mqtt;
 pub mod sessions;

@@ -14,12 +14,12 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::codec::{FrameError, SessionCodec};
 use super::limits::ConnSlot;
 use super::sessions::{Outbound, Registration, SessionEvent};
 use super::{count_decode_error, process, IngestCtx, Link};
 use crate::model::DeviceId;
 use crate::ops::ratelimit::Budget;
+use crate::protocols::codec::{FrameError, SessionCodec};
 use crate::protocols::{DecodeReason, MessageKind};
 use crate::protocols::{Decoded, Protocol, Transport};
 

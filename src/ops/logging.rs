@@ -25,6 +25,37 @@ type Reloader = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
 
 static RELOAD: OnceLock<Reloader> = OnceLock::new();
 
+/// `[log]`: the output format and the default filter.
+#[derive(Clone, Debug, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// `plain` or `json`.
+    pub format: String,
+    /// A `tracing` env-filter; `RUST_LOG` wins when set.
+    pub filter: String,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig {
+            format: "plain".into(),
+            filter: "info".into(),
+        }
+    }
+}
+
+impl LogConfig {
+    pub fn validate(&self) -> Result<(), crate::config::error::ConfigError> {
+        if !["plain", "json"].contains(&self.format.as_str()) {
+            return Err(crate::config::error::invalid(
+                "log.format",
+                "must be plain or json",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Whether the plain format may colour its output: only on a terminal, and never with a
 /// non-empty `NO_COLOR`.
 pub fn use_colour(terminal: bool, no_color: Option<&OsStr>) -> bool {

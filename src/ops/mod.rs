@@ -1,10 +1,8 @@
-//! Operations: metrics recorder, logging set-up, systemd integration (notify, watchdog,
-//! reload).
+//! Operations: metrics recorder, logging set-up, systemd notify and watchdog primitives, rate
+//! limits for warnings, the open-files limit. The daemon's supervisor and reloads live in `app`.
 
 pub mod logging;
 pub mod metrics;
 pub mod ratelimit;
-pub mod reload;
 pub mod rlimit;
-pub mod service;
 pub mod systemd;

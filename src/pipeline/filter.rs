@@ -3,7 +3,7 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::config::FiltersConfig;
+use super::config::FiltersConfig;
 use crate::model::Position;
 
 /// Why a fix was dropped.

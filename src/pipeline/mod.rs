@@ -3,8 +3,10 @@
 //! decoded positions to the shard and wait for the group commit before acking.
 
 pub mod clock;
+pub mod config;
 pub mod disk;
 pub mod filter;
+mod reanchor;
 pub mod retry;
 mod shard;
 pub mod storage_health;
@@ -18,7 +20,6 @@ use chrono::{DateTime, Utc};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
 use crate::model::{DeviceId, Origin, Position};
 use crate::protocols::Protocol;
 use crate::storage::{DeviceState, Store};
@@ -35,10 +36,14 @@ pub struct Accepted {
     pub rejected: usize,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum PipelineError {
+    /// The commit failed (after its retries); shared by every waiter of the batch.
     #[error("storage: {0}")]
-    Storage(String),
+    Storage(#[source] Arc<crate::storage::StorageError>),
+    /// Refused before the commit: less than `[storage] min_free_mb` free.
+    #[error("storage: {0}")]
+    DiskLow(String),
     #[error("the pipeline is shutting down")]
     Closed,
 }
@@ -87,6 +92,15 @@ pub struct Pipeline {
     storage: Arc<storage_health::StorageHealth>,
 }
 
+/// The sections `Pipeline::start` reads: its own, the filters its shards apply, and the
+/// writer's batching from `[storage]`.
+#[derive(Clone, Copy)]
+pub struct PipelineStart<'a> {
+    pub pipeline: &'a config::PipelineConfig,
+    pub filters: &'a config::FiltersConfig,
+    pub storage: &'a crate::storage::StorageConfig,
+}
+
 /// The running tasks, to be awaited at shutdown (shards first, then the writer).
 pub struct PipelineTasks {
     pub shards: Vec<JoinHandle<()>>,
@@ -96,7 +110,7 @@ pub struct PipelineTasks {
 impl Pipeline {
     /// Start the writer and the shards, seeded with the stored device states.
     pub fn start(
-        config: &Config,
+        config: PipelineStart<'_>,
         store: Arc<dyn Store>,
         states: Vec<DeviceState>,
         subscribers: Vec<mpsc::Sender<Arc<writer::Committed>>>,
@@ -115,7 +129,7 @@ impl Pipeline {
             },
             wrx,
         ));
-        let n = config.shards();
+        let n = config.pipeline.shards();
         let mut seeds: Vec<Vec<DeviceState>> = (0..n).map(|_| Vec::new()).collect();
         for s in states {
             seeds[shard_of(&s.device_id, n)].push(s);

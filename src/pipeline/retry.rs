@@ -76,6 +76,7 @@ impl RetryPolicy {
 /// A constraint violation or a bad query fails the same way every time and is not retried.
 pub fn is_transient(e: &StorageError) -> bool {
     let e = match e {
+        StorageError::Timeout { .. } => return true,
         StorageError::Db(e) => e,
         StorageError::Sqlite(rusqlite::Error::SqliteFailure(f, _)) => {
             return transient_code(&f.extended_code.to_string())
@@ -148,6 +149,12 @@ mod tests {
             std::io::Error::from(std::io::ErrorKind::ConnectionRefused)
         ))));
         assert!(!is_transient(&StorageError::Invalid("x".into())));
+        let timeout = StorageError::Timeout {
+            what: "commit attempt".into(),
+            after: Duration::from_secs(5),
+        };
+        assert!(is_transient(&timeout), "a deadline missed is tried again");
+        assert_eq!(timeout.to_string(), "commit attempt took over 5s");
         assert!(!is_transient(&StorageError::Db(sqlx::Error::RowNotFound)));
         let sqlite = |code| {
             StorageError::Sqlite(rusqlite::Error::SqliteFailure(

@@ -8,10 +8,11 @@ use rustc_hash::{FxHashMap, FxHashSet};
 use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
+use super::config::FiltersConfig;
 use super::filter::{self, haversine_m, LastFix, Reject};
+use super::reanchor::{JumpVerdict, Reanchor};
 use super::writer::{WriteReq, WriterMsg};
 use super::{Accepted, ShardMsg};
-use crate::config::FiltersConfig;
 use crate::model::{DeviceId, Position};
 use crate::protocols::Protocol;
 use crate::storage::{DeviceState, NewPosition, StoredPosition, WriteItem};
@@ -19,22 +20,6 @@ use crate::storage::{DeviceState, NewPosition, StoredPosition, WriteItem};
 /// Fix times remembered per device for duplicate detection; the database's primary key
 /// catches anything older.
 const RECENT_FIXES: usize = 2048;
-
-/// Fixes rejected as jumps that agree with one another (each plausible from the one before)
-/// and span at least [`REANCHOR_SPAN_S`] prove the anchor wrong, not them: the last accepted
-/// fix was itself the outlier (a bad first fix after power-up, a reflection taken after a
-/// long gap). Without this a device would have every true fix rejected for as long as it
-/// stays out of "reach" of that one bad fix — its track frozen, its zone exits missed.
-const REANCHOR_FIXES: u32 = 3;
-const REANCHOR_SPAN_S: i64 = 30;
-
-/// Consecutive jump-rejected fixes that agree with one another.
-#[derive(Clone, Copy, Debug)]
-struct JumpChain {
-    first: LastFix,
-    latest: LastFix,
-    count: u32,
-}
 
 #[derive(Default)]
 struct Recent {
@@ -70,7 +55,7 @@ struct Device {
     state: DeviceState,
     last: Option<LastFix>,
     /// Jump-rejected fixes agreeing with one another, since the last accepted fix.
-    chain: Option<JumpChain>,
+    reanchor: Reanchor,
     recent: Recent,
     /// Fix times handed to the writer whose commit has not returned yet (how many writes
     /// carry each). A resend of one of these is not a duplicate to ack at once: the first
@@ -92,7 +77,7 @@ impl Device {
                 gps_odometer_m: 0.0,
             },
             last: None,
-            chain: None,
+            reanchor: Reanchor::default(),
             recent: Recent::default(),
             pending: FxHashMap::default(),
             clock: Default::default(),
@@ -112,7 +97,7 @@ impl Device {
         Device {
             state,
             last,
-            chain: None,
+            reanchor: Reanchor::default(),
             recent,
             pending: FxHashMap::default(),
             clock: Default::default(),
@@ -328,32 +313,15 @@ impl Shard {
                         lat: p.lat,
                         lon: p.lon,
                     };
-                    let agrees = d.chain.as_ref().is_some_and(|c| {
-                        p.fix_time > c.latest.time
-                            && filter::check(&p, Some(&c.latest), now, filters).is_ok()
-                    });
-                    let c = match d.chain.as_mut() {
-                        Some(c) if agrees => {
-                            c.count += 1;
-                            c.latest = fix;
-                            *c
-                        }
-                        _ => *d.chain.insert(JumpChain {
-                            first: fix,
-                            latest: fix,
-                            count: 1,
-                        }),
-                    };
-                    if c.count >= REANCHOR_FIXES
-                        && (c.latest.time - c.first.time).num_seconds() >= REANCHOR_SPAN_S
-                    {
-                        tracing::info!(device = %id, fixes = c.count, "jump filter re-anchored: the previous fix was the outlier");
-                        d.chain = None;
+                    let plausible =
+                        |latest: &LastFix| filter::check(&p, Some(latest), now, filters).is_ok();
+                    if let JumpVerdict::Reanchor { fixes } = d.reanchor.jump(fix, plausible) {
+                        tracing::info!(device = %id, fixes, "jump filter re-anchored: the previous fix was the outlier");
                         reanchored = true;
                         verdict = Ok(());
                     }
                 }
-                Ok(()) => d.chain = None,
+                Ok(()) => d.reanchor.accepted(),
                 Err(_) => {}
             }
             if let Err(reason) = verdict {

@@ -134,7 +134,7 @@ async fn commit(store: &dyn Store, batch: &mut Vec<WriteReq>, rows: usize, cfg: 
     if let Some(Err(reason)) = cfg.disk.as_ref().map(|d| d.check(started)) {
         // Refused before SQLite hits the wall: nothing acked, the trackers resend later.
         cfg.health.record(Err(&reason), Instant::now());
-        let e = PipelineError::Storage(reason);
+        let e = PipelineError::DiskLow(reason);
         for (_, done) in waiters {
             let _ = done.send(Err(e.clone()));
         }
@@ -144,10 +144,10 @@ async fn commit(store: &dyn Store, batch: &mut Vec<WriteReq>, rows: usize, cfg: 
         .run(|| async {
             match tokio::time::timeout(ATTEMPT_TIMEOUT, store.write_batch(&items)).await {
                 Ok(r) => r,
-                Err(_) => Err(StorageError::Db(sqlx::Error::Io(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    format!("commit attempt took over {}s", ATTEMPT_TIMEOUT.as_secs()),
-                )))),
+                Err(_) => Err(StorageError::Timeout {
+                    what: "commit attempt".into(),
+                    after: ATTEMPT_TIMEOUT,
+                }),
             }
         })
         .await;
@@ -179,7 +179,7 @@ async fn commit(store: &dyn Store, batch: &mut Vec<WriteReq>, rows: usize, cfg: 
         Err(e) => {
             metrics::counter!("fleetgate_storage_commit_errors_total").increment(1);
             tracing::error!(error = %e, rows, "commit failed; trackers will not be acked and will resend");
-            let e = PipelineError::Storage(e.to_string());
+            let e = PipelineError::Storage(std::sync::Arc::new(e));
             for (_, done) in waiters {
                 let _ = done.send(Err(e.clone()));
             }

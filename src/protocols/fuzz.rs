@@ -18,8 +18,8 @@ use bytes::BytesMut;
 use chrono::{TimeZone, Utc};
 use tokio_util::codec::Decoder;
 
+use super::codec::SessionCodec;
 use super::{CommandBody, DecodeCtx, DeviceCommand, FrameCut, Protocol, Session, Transport};
-use crate::ingest::codec::SessionCodec;
 
 /// Real packets per protocol, and one login packet per protocol and transport that
 /// identifies a device, all taken from `protocols/<name>/corpus.jsonl`.

@@ -6,6 +6,7 @@
 //! decodes one frame ([`Session::decode`]). Replies are computed by the codec but sent by the
 //! connection only after the frame's positions are committed to storage.
 
+pub mod codec;
 pub mod corpus;
 pub mod fuzz;
 mod labels;

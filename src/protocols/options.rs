@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use super::gl200::{Gl200Session, DEFAULT_PASSWORD};
 use super::gt06::Gt06Session;
 use super::{Protocol, Session, Transport};
-use crate::config::ConfigError;
+use crate::config::error::{invalid, ConfigError};
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -67,10 +67,10 @@ impl ProtocolOptions {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let p = &self.gl200.password;
         if p.is_empty() || p.len() > 20 || !p.bytes().all(|b| b.is_ascii_alphanumeric()) {
-            return Err(ConfigError::Invalid {
-                key: "protocols.gl200.password".into(),
-                message: format!("'{p}' must be 1 to 20 ASCII letters or digits"),
-            });
+            return Err(invalid(
+                "protocols.gl200.password",
+                format!("'{p}' must be 1 to 20 ASCII letters or digits"),
+            ));
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 //! (`crate::pipeline::writer`); a batch is one transaction, and its positions count as
 //! acknowledged only once `write_batch` has returned.
 
+pub mod config;
 pub mod crm;
 pub mod immobiliser;
 pub mod postgres;
@@ -18,6 +19,7 @@ use serde::Serialize;
 
 use crate::model::{DeviceId, Position, VehicleId};
 use crate::protocols::Protocol;
+pub use config::{Backend, StorageConfig};
 
 pub use crm::CrmStore;
 pub use immobiliser::ImmobiliserStore;
@@ -36,6 +38,12 @@ pub enum StorageError {
     Invalid(String),
     #[error("device {0} is already fitted to vehicle {1}")]
     DeviceTaken(String, String),
+    /// A step given a deadline did not finish in time (the retry policy tries again).
+    #[error("{what} took over {}s", after.as_secs())]
+    Timeout {
+        what: String,
+        after: std::time::Duration,
+    },
 }
 
 /// A position with what the pipeline computed for it.
@@ -137,7 +145,7 @@ pub trait Store: zones::ZoneStore + CrmStore + ImmobiliserStore + Send + Sync + 
 }
 
 /// Open the store named by `[storage] url` and run its migrations.
-pub async fn open(cfg: &crate::config::StorageConfig) -> Result<Arc<dyn Store>, StorageError> {
+pub async fn open(cfg: &StorageConfig) -> Result<Arc<dyn Store>, StorageError> {
     if cfg.url.starts_with("sqlite:") {
         Ok(Arc::new(sqlite::SqliteStore::open(cfg).await?))
     } else if cfg.url.starts_with("postgres://") || cfg.url.starts_with("postgresql://") {

@@ -20,11 +20,11 @@ use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::Row;
 
+use super::config::StorageConfig;
 use super::{
     from_millis, millis, DeviceState, StorageError, Store, StoredPosition, TrackPoint, Vehicle,
     VehicleUpdate, WriteItem,
 };
-use crate::config::StorageConfig;
 use crate::model::{DeviceId, VehicleId};
 use arrays::{PositionArrays, StateArrays};
 

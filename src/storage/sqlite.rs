@@ -11,11 +11,11 @@ use sqlx::sqlite::{
 };
 use sqlx::{Row, SqlitePool};
 
+use super::config::StorageConfig;
 use super::{
     from_millis, millis, DeviceState, StorageError, Store, StoredPosition, TrackPoint, Vehicle,
     VehicleUpdate, WriteItem,
 };
-use crate::config::StorageConfig;
 use crate::model::{DeviceId, VehicleId};
 
 mod batch;

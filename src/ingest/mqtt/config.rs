@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::topic;
-use crate::config::ConfigError;
+use crate::config::error::{invalid, ConfigError};
 
 #[derive(Clone, Debug, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -65,13 +65,6 @@ pub struct BrokerAddr {
     pub port: u16,
 }
 
-fn invalid(key: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: format!("mqtt.{key}"),
-        message: message.into(),
-    }
-}
-
 /// `mqtt://host[:port]` / `tcp://…` / `mqtts://…` / `ssl://…`.
 pub fn parse_url(url: &str) -> Result<BrokerAddr, String> {
     let (scheme, rest) = url
@@ -125,7 +118,7 @@ impl MqttConfig {
         if !self.enabled() {
             return Ok(());
         }
-        parse_url(&self.url).map_err(|m| invalid("url", m))?;
+        parse_url(&self.url).map_err(|m| invalid("mqtt.url", m))?;
         if self.client_id.is_empty()
             || !self
                 .client_id
@@ -133,36 +126,39 @@ impl MqttConfig {
                 .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
         {
             return Err(invalid(
-                "client_id",
+                "mqtt.client_id",
                 "must be non-empty letters, digits, '-', '_' or '.' (a persistent session needs a stable id)",
             ));
         }
         if self.topics.is_empty() {
-            return Err(invalid("topics", "at least one topic filter"));
+            return Err(invalid("mqtt.topics", "at least one topic filter"));
         }
         for (i, t) in self.topics.iter().enumerate() {
-            topic::valid_filter(t).map_err(|m| invalid(&format!("topics[{i}]"), m))?;
+            topic::valid_filter(t).map_err(|m| invalid(format!("mqtt.topics[{i}]"), m))?;
         }
         if self.shared_group.contains(['/', '+', '#']) {
-            return Err(invalid("shared_group", "must not contain '/', '+' or '#'"));
+            return Err(invalid(
+                "mqtt.shared_group",
+                "must not contain '/', '+' or '#'",
+            ));
         }
         if self.username.is_empty() && !self.password.is_empty() {
-            return Err(invalid("password", "set without mqtt.username"));
+            return Err(invalid("mqtt.password", "set without mqtt.username"));
         }
-        check_template("command_topic", &self.command_topic)?;
-        check_template("response_topic", &self.response_topic)?;
+        check_template("mqtt.command_topic", &self.command_topic)?;
+        check_template("mqtt.response_topic", &self.response_topic)?;
         if self.max_inflight == 0 {
-            return Err(invalid("max_inflight", "must be at least 1"));
+            return Err(invalid("mqtt.max_inflight", "must be at least 1"));
         }
         if self.keep_alive_s < 5 {
-            return Err(invalid("keep_alive_s", "must be at least 5"));
+            return Err(invalid("mqtt.keep_alive_s", "must be at least 5"));
         }
         if self.session_idle_s == 0 {
-            return Err(invalid("session_idle_s", "must be at least 1"));
+            return Err(invalid("mqtt.session_idle_s", "must be at least 1"));
         }
         if self.reconnect_min_ms == 0 || self.reconnect_min_ms > self.reconnect_max_ms {
             return Err(invalid(
-                "reconnect_min_ms",
+                "mqtt.reconnect_min_ms",
                 "must be at least 1 and at most mqtt.reconnect_max_ms",
             ));
         }

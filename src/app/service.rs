@@ -10,10 +10,10 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 use super::reload::Reloads;
-use super::systemd::{self, Notifier};
-use crate::app::{Running, ZoneReloader};
+use super::{Running, ZoneReloader};
 use crate::config::Config;
 use crate::ingest::ConnLimits;
+use crate::ops::systemd::{self, Notifier};
 use crate::pipeline::storage_health::STALL_BOUND;
 use crate::pipeline::WeakPipeline;
 
@@ -208,7 +208,7 @@ fn reload(reloads: &Reloads, path: Option<&std::path::Path>) -> String {
         Ok(config) => {
             let filter = config.log.filter.clone();
             let restart = reloads.publish(config);
-            if let Err(e) = super::logging::set_filter(&filter) {
+            if let Err(e) = crate::ops::logging::set_filter(&filter) {
                 tracing::warn!(error = %e, "log filter not changed");
             }
             metrics::counter!("fleetgate_ops_reloads_total", "result" => "ok").increment(1);
@@ -243,7 +243,7 @@ async fn supervise(
     let tick = watchdog
         .map(|w| (w / 2).max(Duration::from_millis(10)))
         .unwrap_or(STATUS_EVERY);
-    let metrics = super::metrics::handle();
+    let metrics = crate::ops::metrics::handle();
     let mut rates = Rates::default();
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

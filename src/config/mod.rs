@@ -4,34 +4,22 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
 use crate::protocols::{Protocol, Transport};
 
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    #[error("cannot read {path}: {source}")]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path}: {message}")]
-    Parse { path: String, message: String },
-    #[error("{key}: {message}")]
-    Invalid { key: String, message: String },
-    /// An environment override names no key (a typo in the variable).
-    #[error("{var}: {message}")]
-    Env { var: String, message: String },
-}
+pub mod error;
 
-fn invalid(key: impl Into<String>, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key: key.into(),
-        message: message.into(),
-    }
-}
+pub use crate::api::config::{ApiConfig, TokenEntry, TokenRole};
+pub use crate::geofence::config::GeofencesConfig;
+pub use crate::ingest::config::{DevicesConfig, LimitsConfig};
+pub use crate::ops::logging::LogConfig;
+pub use crate::pipeline::config::{FiltersConfig, PipelineConfig};
+pub use crate::storage::config::StorageConfig;
+use error::invalid;
+pub use error::ConfigError;
 
 #[derive(Clone, Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, default)]
@@ -55,295 +43,6 @@ pub struct Config {
     /// Per-protocol session settings (`[protocols.gl200]`, `[protocols.gt06]`).
     pub protocols: crate::protocols::options::ProtocolOptions,
     pub cluster: crate::cluster::ClusterConfig,
-}
-
-/// An API bearer token. Written either as a bare string or as `{ name, token, role }` so the
-/// audit log can say who acted and a dispatcher's screen can be given a token that only reads.
-#[derive(Clone, Debug, Deserialize, Serialize, PartialEq, Eq)]
-#[serde(untagged)]
-pub enum TokenEntry {
-    Bare(String),
-    Named {
-        name: String,
-        token: String,
-        /// `operate` (the default: every route) or `read` (GET only: the console shows no
-        /// block/unblock buttons and the API answers 403 to anything else). Kept as written
-        /// so a wrong value is reported by key (`api.tokens[i].role`) by validation.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
-        role: Option<String>,
-    },
-}
-
-/// What a token may do.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum TokenRole {
-    /// Read only: `GET` and `HEAD`.
-    Read,
-    /// Everything, as before roles existed.
-    #[default]
-    Operate,
-}
-
-impl TokenRole {
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "read" => Some(TokenRole::Read),
-            "operate" => Some(TokenRole::Operate),
-            _ => None,
-        }
-    }
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            TokenRole::Read => "read",
-            TokenRole::Operate => "operate",
-        }
-    }
-}
-
-impl TokenEntry {
-    /// A named token that may do everything.
-    pub fn named(name: &str, token: &str) -> Self {
-        TokenEntry::Named {
-            name: name.into(),
-            token: token.into(),
-            role: None,
-        }
-    }
-    pub fn name(&self, index: usize) -> String {
-        match self {
-            TokenEntry::Bare(_) => format!("token{}", index + 1),
-            TokenEntry::Named { name, .. } => name.clone(),
-        }
-    }
-    pub fn secret(&self) -> &str {
-        match self {
-            TokenEntry::Bare(t) => t,
-            TokenEntry::Named { token, .. } => token,
-        }
-    }
-    pub fn role(&self) -> TokenRole {
-        match self {
-            TokenEntry::Bare(_) => TokenRole::Operate,
-            // Validation refuses any other value; an unvalidated one reads as the safer role.
-            TokenEntry::Named { role, .. } => role.as_deref().map_or(TokenRole::Operate, |r| {
-                TokenRole::parse(r).unwrap_or(TokenRole::Read)
-            }),
-        }
-    }
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct ApiConfig {
-    pub listen: String,
-    pub tokens: Vec<TokenEntry>,
-    /// Largest request body accepted, in bytes.
-    pub max_body_bytes: usize,
-}
-
-impl Default for ApiConfig {
-    fn default() -> Self {
-        ApiConfig {
-            listen: "127.0.0.1:8080".into(),
-            tokens: Vec::new(),
-            max_body_bytes: 1 << 20,
-        }
-    }
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct StorageConfig {
-    /// `sqlite://PATH` (created if missing) or `postgres://…`.
-    pub url: String,
-    /// Most rows one group commit writes. A commit takes whatever is queued up to this, so
-    /// a large cap costs nothing at low load; under load fewer, larger commits write each
-    /// B-tree page and fsync once for more rows (2,000 → 5,000: +40 % on SQLite flat out,
-    /// docs/performance.md).
-    pub batch_max_rows: usize,
-    /// Longest a record waits for others to share its commit, in milliseconds. 0: commit
-    /// what is queued at once (batches still form while a commit runs) — lowest latency, and
-    /// on SQLite no slower; PostgreSQL gains from 2 (docs/performance.md).
-    pub batch_max_wait_ms: u64,
-    /// SQLite `synchronous`: `full` survives power loss, `normal` survives a process crash.
-    pub sqlite_synchronous: String,
-    /// Pool size (PostgreSQL; SQLite uses one writer plus readers).
-    pub max_connections: u32,
-    /// SQLite: below this much free disk space (MB) new records are refused (not acked)
-    /// before the database hits a full disk; 0 turns the check off.
-    pub min_free_mb: u64,
-}
-
-impl Default for StorageConfig {
-    fn default() -> Self {
-        StorageConfig {
-            url: "sqlite://data/fleetgate.db".into(),
-            batch_max_rows: 10_000,
-            batch_max_wait_ms: 0,
-            sqlite_synchronous: "full".into(),
-            max_connections: 8,
-            min_free_mb: 128,
-        }
-    }
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct DevicesConfig {
-    /// Unknown devices become vehicles with id = device id; when false they are refused.
-    pub register_unknown: bool,
-    /// A device not heard from for this long is offline (TCP connected or not).
-    pub offline_after_s: u64,
-    /// A second live session claiming a device: `keep_established` (default), `hold`, `newest`.
-    pub identity_conflict: crate::ingest::sessions::ConflictPolicy,
-    /// A live session silent this long is taken for dead: a new one takes over without conflict.
-    pub takeover_silence_s: u64,
-    /// An unknown IMEI is registered only with a valid Luhn check digit (off: test rigs and
-    /// some clones send ids without one).
-    pub imei_check_digit: bool,
-}
-
-impl DevicesConfig {
-    pub fn session_policy(&self) -> crate::ingest::sessions::SessionPolicy {
-        crate::ingest::sessions::SessionPolicy {
-            conflict: self.identity_conflict,
-            takeover_silence: chrono::Duration::seconds(self.takeover_silence_s as i64),
-        }
-    }
-}
-
-impl Default for DevicesConfig {
-    fn default() -> Self {
-        DevicesConfig {
-            register_unknown: true,
-            offline_after_s: 600,
-            identity_conflict: Default::default(),
-            takeover_silence_s: 300,
-            imei_check_digit: false,
-        }
-    }
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct FiltersConfig {
-    /// Drop fixes the device marks invalid (no GPS lock).
-    pub invalid: bool,
-    /// Drop fixes at exactly 0°/0°.
-    pub zero: bool,
-    /// Drop fixes dated further than this into the future, in seconds.
-    pub max_future_s: i64,
-    /// A fix reporting a speed above this (km/h), negative or not a number is refused.
-    pub max_speed_kmh: f64,
-    /// Drop a fix implying a speed above this from the previous accepted fix (a GPS jump).
-    /// 0 disables.
-    pub max_implied_speed_kmh: f64,
-}
-
-impl Default for FiltersConfig {
-    fn default() -> Self {
-        FiltersConfig {
-            invalid: true,
-            zero: true,
-            max_future_s: 300,
-            max_speed_kmh: 400.0,
-            max_implied_speed_kmh: 300.0,
-        }
-    }
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct PipelineConfig {
-    /// Device workers; 0 = one per CPU.
-    pub shards: usize,
-    /// Messages a shard queues before connections wait (backpressure).
-    pub queue: usize,
-}
-
-impl Default for PipelineConfig {
-    fn default() -> Self {
-        PipelineConfig {
-            shards: 0,
-            queue: 1024,
-        }
-    }
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LimitsConfig {
-    /// A connection that has not identified itself within this many seconds is closed.
-    pub handshake_timeout_s: u64,
-    /// A connection silent for this long is closed.
-    pub idle_timeout_s: u64,
-    /// Most tracker connections held at once (all protocols).
-    pub max_connections: usize,
-    /// Most tracker connections from one IP address.
-    pub max_connections_per_ip: usize,
-    /// UDP sources (`ip:port`) whose sessions each UDP listener keeps; past it the least
-    /// recently heard is forgotten. ~0.3 KB each (docs/reliability.md).
-    pub udp_max_sources: usize,
-    /// Datagrams per second one UDP source may send (bursts up to one second's worth); more
-    /// are dropped unacked and counted.
-    pub udp_datagrams_per_s: u32,
-    /// Frames each UDP listener commits at once; more are dropped unacked and counted.
-    pub udp_max_queued: usize,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        LimitsConfig {
-            handshake_timeout_s: 60,
-            idle_timeout_s: 900,
-            max_connections: 100_000,
-            max_connections_per_ip: 10_000,
-            udp_max_sources: 100_000,
-            udp_datagrams_per_s: 50,
-            udp_max_queued: 1024,
-        }
-    }
-}
-
-/// `[geofences]`: where zone files live and how zone changes are debounced per zone kind.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct GeofencesConfig {
-    /// Directory of `*.geojson` zone files (loaded at start and on SIGHUP).
-    pub dir: String,
-    /// `[geofences.debounce.<kind>] fixes, secs, hysteresis_m` per zone kind.
-    pub debounce: crate::geofence::DebounceConfig,
-    /// Largest share (0–1) of the cars inside a service area one zone change may put
-    /// outside it without `force=true`.
-    pub max_exit_share: f64,
-}
-
-impl Default for GeofencesConfig {
-    fn default() -> Self {
-        GeofencesConfig {
-            dir: "geofences".into(),
-            debounce: Default::default(),
-            max_exit_share: 0.10,
-        }
-    }
-}
-
-#[derive(Clone, Debug, Deserialize, Serialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct LogConfig {
-    /// `plain` or `json`.
-    pub format: String,
-    /// A `tracing` env-filter; `RUST_LOG` wins when set.
-    pub filter: String,
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        LogConfig {
-            format: "plain".into(),
-            filter: "info".into(),
-        }
-    }
 }
 
 impl Config {
@@ -440,98 +139,10 @@ impl Config {
 
     /// Check every value that serde's types cannot, naming the key.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let api: SocketAddr = self.api.listen.parse().map_err(|_| {
-            invalid(
-                "api.listen",
-                format!("'{}' is not an ADDR:PORT socket address", self.api.listen),
-            )
-        })?;
-        for (i, t) in self.api.tokens.iter().enumerate() {
-            if t.secret().trim().len() < 16 || t.secret().chars().any(char::is_whitespace) {
-                return Err(invalid(
-                    format!("api.tokens[{i}]"),
-                    "a token must be at least 16 characters, none of them blank (spaces cannot be sent in a Bearer header)",
-                ));
-            }
-            if let TokenEntry::Named {
-                role: Some(role), ..
-            } = t
-            {
-                if TokenRole::parse(role).is_none() {
-                    return Err(invalid(
-                        format!("api.tokens[{i}].role"),
-                        format!("\"{role}\" is not a role: use \"read\" (GET only) or \"operate\""),
-                    ));
-                }
-            }
-        }
-        if !api.ip().is_loopback() && self.api.tokens.is_empty() {
-            return Err(invalid(
-                "api.tokens",
-                format!("the API listens on non-loopback {api} but no token is configured; refusing to start open"),
-            ));
-        }
-        if !(self.storage.url.starts_with("sqlite:")
-            || self.storage.url.starts_with("postgres://")
-            || self.storage.url.starts_with("postgresql://"))
-        {
-            return Err(invalid(
-                "storage.url",
-                format!(
-                    "'{}' must start with sqlite:// or postgres://",
-                    self.storage.url
-                ),
-            ));
-        }
-        if self.devices.takeover_silence_s == 0 {
-            return Err(invalid(
-                "devices.takeover_silence_s",
-                "must be at least 1 s (0 would let any new login take a live car's commands)",
-            ));
-        }
-        let sqlite_path = self
-            .storage
-            .url
-            .strip_prefix("sqlite://")
-            .or_else(|| self.storage.url.strip_prefix("sqlite:"))
-            .map(|rest| rest.split('?').next().unwrap_or(""));
-        if sqlite_path.is_some_and(|p| p.trim().is_empty()) {
-            return Err(invalid(
-                "storage.url",
-                format!(
-                    "'{}' names no database file (e.g. sqlite:///var/lib/fleetgate/fleetgate.db)",
-                    self.storage.url
-                ),
-            ));
-        }
-        for (key, v) in [
-            (
-                "limits.handshake_timeout_s",
-                self.limits.handshake_timeout_s,
-            ),
-            ("limits.idle_timeout_s", self.limits.idle_timeout_s),
-            ("limits.max_connections", self.limits.max_connections as u64),
-            (
-                "limits.max_connections_per_ip",
-                self.limits.max_connections_per_ip as u64,
-            ),
-        ] {
-            if v == 0 {
-                return Err(invalid(
-                    key,
-                    "must be at least 1 (0 would refuse or drop every tracker)",
-                ));
-            }
-        }
-        if self.storage.batch_max_rows == 0 {
-            return Err(invalid("storage.batch_max_rows", "must be at least 1"));
-        }
-        if !["off", "normal", "full", "extra"].contains(&self.storage.sqlite_synchronous.as_str()) {
-            return Err(invalid(
-                "storage.sqlite_synchronous",
-                "must be off, normal, full or extra",
-            ));
-        }
+        let api = self.api.validate()?;
+        self.storage.validate()?;
+        self.devices.validate()?;
+        self.limits.validate()?;
         for (name, addr) in &self.listeners {
             if Protocol::from_name(name).is_none() {
                 let known: Vec<_> = Protocol::ALL.iter().map(|p| p.name()).collect();
@@ -548,48 +159,10 @@ impl Config {
             }
         }
         self.check_ports(api)?;
-        for (key, value) in [
-            ("limits.udp_max_sources", self.limits.udp_max_sources),
-            (
-                "limits.udp_datagrams_per_s",
-                self.limits.udp_datagrams_per_s as usize,
-            ),
-            ("limits.udp_max_queued", self.limits.udp_max_queued),
-        ] {
-            if value == 0 {
-                return Err(invalid(key, "must be at least 1"));
-            }
-        }
-        if self.pipeline.queue == 0 {
-            return Err(invalid("pipeline.queue", "must be at least 1"));
-        }
-        if !["plain", "json"].contains(&self.log.format.as_str()) {
-            return Err(invalid("log.format", "must be plain or json"));
-        }
-        self.geofences.debounce.validate().map_err(|e| {
-            invalid(
-                format!("geofences.debounce.{}", e.split(':').next().unwrap_or("")),
-                e,
-            )
-        })?;
-        if !(self.filters.max_speed_kmh.is_finite() && self.filters.max_speed_kmh >= 100.0) {
-            return Err(invalid(
-                "filters.max_speed_kmh",
-                "must be a number of km/h, at least 100",
-            ));
-        }
-        if !(0.0..=1.0).contains(&self.geofences.max_exit_share) {
-            return Err(invalid(
-                "geofences.max_exit_share",
-                format!(
-                    "{} is not a share between 0 and 1 (0.10 = 10 %)",
-                    self.geofences.max_exit_share
-                ),
-            ));
-        }
-        if self.filters.max_future_s < 0 {
-            return Err(invalid("filters.max_future_s", "must not be negative"));
-        }
+        self.pipeline.validate()?;
+        self.log.validate()?;
+        self.geofences.validate()?;
+        self.filters.validate()?;
         self.mqtt.validate()?;
         self.crm.validate()?;
         self.rules.validate()?;
@@ -654,13 +227,7 @@ impl Config {
     }
 
     pub fn shards(&self) -> usize {
-        if self.pipeline.shards > 0 {
-            self.pipeline.shards
-        } else {
-            std::thread::available_parallelism()
-                .map(|n| n.get())
-                .unwrap_or(2)
-        }
+        self.pipeline.shards()
     }
 }
 

@@ -12,10 +12,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub mod reload;
+pub mod service;
+
 use crate::api::{self, AppState};
 use crate::config::Config;
 use crate::ingest::{self, Admission, ConnLimits, IngestCtx, Sessions};
-use crate::pipeline::Pipeline;
+use crate::pipeline::{Pipeline, PipelineStart};
 use crate::protocols::{Protocol, Transport};
 use crate::storage::{self, StorageError};
 
@@ -34,7 +37,7 @@ pub enum StartError {
     #[error("{0}")]
     Mqtt(#[from] ingest::mqtt::MqttError),
     #[error("crm: {0}")]
-    Crm(String),
+    Crm(#[from] crate::crm::connector::ConnectorError),
 }
 
 /// A started daemon.
@@ -50,8 +53,8 @@ pub struct Running {
     pub zones: crate::geofence::stage::ZonesHandle,
     config: Arc<Config>,
     store: Arc<dyn storage::Store>,
-    reloads: crate::ops::reload::Reloads,
-    health: crate::ops::service::Health,
+    reloads: reload::Reloads,
+    health: service::Health,
 }
 
 impl Running {
@@ -84,12 +87,12 @@ impl Running {
     }
 
     /// The reload signal (SIGHUP): publish a new config, or subscribe a stage that reloads.
-    pub fn reloads(&self) -> crate::ops::reload::Reloads {
+    pub fn reloads(&self) -> reload::Reloads {
         self.reloads.clone()
     }
 
     /// What the systemd watchdog probes.
-    pub fn health(&self) -> crate::ops::service::Health {
+    pub fn health(&self) -> service::Health {
         self.health.clone()
     }
 
@@ -191,22 +194,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
     start_with(config, crate::crm::Seams::default()).await
 }
 
-/// Start with the CRM rules wired to a given immobiliser and zones.
+/// Start with the CRM rules wired to a given immobiliser and zones. In order: storage, the
+/// zones, the immobiliser (and the cluster), the CRM, the pipeline feeding all three, the
+/// tracker listeners, MQTT, the API; then the task that shuts it all down in reverse.
 pub async fn start_with(
     config: Config,
     crm_seams: crate::crm::Seams,
 ) -> Result<Running, StartError> {
     let config = Arc::new(config);
-    match crate::ops::rlimit::raise_nofile() {
-        Ok(n) => tracing::info!(
-            soft_before = n.soft_before,
-            soft = n.soft,
-            hard = n.hard,
-            "{}",
-            n.describe()
-        ),
-        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
-    }
+    raise_open_files();
     let metrics = crate::ops::metrics::handle();
     let store = storage::open(&config.storage).await?;
     tracing::info!(backend = store.backend(), url = %storage::postgres::redact(&config.storage.url), "storage open, migrations applied");
@@ -215,12 +211,15 @@ pub async fn start_with(
     tracing::info!(zones = zone_set.len(), dir = %config.geofences.dir, "zones loaded");
     let (session_tx, session_rx) = tokio::sync::mpsc::channel(4096);
     let sessions = Sessions::with_policy(session_tx, config.devices.session_policy());
+
+    // The immobiliser, and on a shared database the cluster that forwards to it.
     let (immob_tx, immob_rx) = tokio::sync::mpsc::channel(config.pipeline.queue.max(16));
-    // Several instances may share a PostgreSQL database; SQLite is one instance.
-    let cluster = if store.backend() == "postgres" {
-        Some(crate::cluster::Cluster::connect(&config.storage, &config.cluster).await?)
-    } else {
-        None
+    let cluster = match config.storage.backend() {
+        // Several instances may share a PostgreSQL database; SQLite is one instance.
+        Some(b) if b.is_shared() => {
+            Some(crate::cluster::Cluster::connect(&config.storage, &config.cluster).await?)
+        }
+        _ => None,
     };
     let (immobiliser, immobiliser_task) = crate::immobiliser::start(
         &config.immobiliser,
@@ -234,13 +233,15 @@ pub async fn start_with(
     .await?;
     let cluster_stop = CancellationToken::new();
     let cluster_task = cluster.clone().map(|c| {
-        crate::cluster::spawn(
+        crate::immobiliser::cluster::spawn(
             c,
             immobiliser.local(),
             sessions.clone(),
             cluster_stop.clone(),
         )
     });
+
+    // The zones, whose notices drive the immobiliser's zone rule.
     let (zones_tx, zones_rx) = tokio::sync::mpsc::channel(config.pipeline.queue);
     let (zone_notice_tx, zone_notice_rx) = tokio::sync::mpsc::channel(1024);
     let (zones, zone_task) = crate::geofence::stage::start(
@@ -257,6 +258,7 @@ pub async fn start_with(
         zone_notice_rx,
         config.immobiliser.lift_on_return,
     );
+
     // The CRM rules add and lift `low_balance` / `inspection` through the immobiliser.
     let crm_seams = crate::crm::Seams {
         reasons: crm_seams
@@ -264,11 +266,19 @@ pub async fn start_with(
             .or_else(|| Some(Arc::new(immobiliser.clone()) as Arc<dyn crate::crm::BlockReasons>)),
         ..crm_seams
     };
-    let (crm, crm_tx, crm_tasks) =
-        crate::crm::start(&config, store.clone(), crm_seams, Arc::new(zones.clone()))
-            .map_err(|e| StartError::Crm(e.to_string()))?;
-    let (pipeline, tasks) = Pipeline::start(
-        &config,
+    let (crm, crm_tx, crm_tasks) = crate::crm::start(
+        crm_start(&config),
+        store.clone(),
+        crm_seams,
+        Arc::new(zones.clone()),
+    )?;
+
+    let (pipeline, pipeline_tasks) = Pipeline::start(
+        PipelineStart {
+            pipeline: &config.pipeline,
+            filters: &config.filters,
+            storage: &config.storage,
+        },
         store.clone(),
         states,
         vec![zones_tx, immob_tx, crm_tx],
@@ -280,87 +290,15 @@ pub async fn start_with(
         Admission::new(store.clone(), config.devices.register_unknown)
             .with_imei_check_digit(config.devices.imei_check_digit),
     );
-    let ctx = Arc::new(IngestCtx {
-        pipeline: pipeline.clone(),
-        admission: admission.clone(),
-        limits: ConnLimits::new(
-            config.limits.max_connections,
-            config.limits.max_connections_per_ip,
-        ),
-        handshake_timeout: Duration::from_secs(config.limits.handshake_timeout_s),
-        idle_timeout: Duration::from_secs(config.limits.idle_timeout_s),
+    let ctx = Arc::new(ingest_ctx(
+        &config,
+        pipeline.clone(),
+        admission.clone(),
         sessions,
-        protocols: config.protocols.clone(),
-        udp: ingest::udp::UdpLimits {
-            max_sources: config.limits.udp_max_sources,
-            datagrams_per_s: config.limits.udp_datagrams_per_s,
-            max_queued: config.limits.udp_max_queued,
-        },
-    });
-
+    ));
     let shutdown = CancellationToken::new();
     let conns = TaskTracker::new();
-    let mut bound = Vec::new();
-    let mut listener_tasks = Vec::new();
-    for (protocol, addr) in config.listeners() {
-        let key = format!("listeners.{}", protocol.name());
-        for &transport in protocol.transports() {
-            let local = match transport {
-                Transport::Tcp => {
-                    let l = TcpListener::bind(addr)
-                        .await
-                        .map_err(|source| StartError::Bind {
-                            key: key.clone(),
-                            addr,
-                            source,
-                        })?;
-                    let local = l.local_addr().map_err(|source| StartError::Bind {
-                        key: key.clone(),
-                        addr,
-                        source,
-                    })?;
-                    listener_tasks.push(tokio::spawn(ingest::tcp::serve(
-                        l,
-                        protocol,
-                        ctx.clone(),
-                        shutdown.clone(),
-                        conns.clone(),
-                    )));
-                    local
-                }
-                Transport::Udp => {
-                    // Share the TCP port number (an ephemeral TCP port is reused for UDP).
-                    let tcp_port = bound
-                        .iter()
-                        .find(|(p, t, _)| *p == protocol && *t == Transport::Tcp)
-                        .map(|(_, _, a): &(Protocol, Transport, SocketAddr)| a.port());
-                    let udp_addr = SocketAddr::new(addr.ip(), tcp_port.unwrap_or(addr.port()));
-                    let s = UdpSocket::bind(udp_addr)
-                        .await
-                        .map_err(|source| StartError::Bind {
-                            key: key.clone(),
-                            addr: udp_addr,
-                            source,
-                        })?;
-                    let local = s.local_addr().map_err(|source| StartError::Bind {
-                        key: key.clone(),
-                        addr,
-                        source,
-                    })?;
-                    listener_tasks.push(tokio::spawn(ingest::udp::serve(
-                        s,
-                        protocol,
-                        ctx.clone(),
-                        shutdown.clone(),
-                        conns.clone(),
-                    )));
-                    local
-                }
-            };
-            tracing::info!(protocol = protocol.name(), transport = ?transport, addr = %local, "listening");
-            bound.push((protocol, transport, local));
-        }
-    }
+    let (bound, mut listener_tasks) = bind_listeners(&config, &ctx, &shutdown, &conns).await?;
 
     // The MQTT source stops with the listeners: its in-flight messages commit before the
     // pipeline drains. Its devices get command sessions in the same registry as TCP ones.
@@ -375,24 +313,18 @@ pub async fn start_with(
         listener_tasks.push(m.task);
         m.commands
     });
-    let reloads = crate::ops::reload::Reloads::new(config.clone());
-    let map = api::map::MapLayers::default();
-    match api::map::load(&config.status) {
-        Ok(m) => map.set(m),
-        Err(e) => {
-            tracing::warn!(error = %e, "status map: extra layers not loaded");
-            map.set(api::map::empty(&config.status));
-        }
-    }
-    tokio::spawn(api::status::follow_reloads(
-        map.clone(),
-        reloads.subscribe(),
-    ));
-    let health = crate::ops::service::Health::new(pipeline.downgrade(), ctx.limits.clone());
 
+    let reloads = reload::Reloads::new(config.clone());
+    let map = status_map(&config, &reloads);
+    let health = service::Health::new(pipeline.downgrade(), ctx.limits.clone());
     let ready = Arc::new(AtomicBool::new(false));
     let state = AppState {
-        config: config.clone(),
+        settings: Arc::new(api::ApiSettings {
+            api: config.api.clone(),
+            status: config.status.clone(),
+            geofences: config.geofences.clone(),
+            offline_after_s: config.devices.offline_after_s,
+        }),
         store: store.clone(),
         pipeline: pipeline.clone(),
         admission,
@@ -404,71 +336,27 @@ pub async fn start_with(
         immobiliser,
         sessions: ctx.sessions.clone(),
     };
-    let api_addr = config.api_addr();
-    let api_listener = TcpListener::bind(api_addr)
-        .await
-        .map_err(|source| StartError::Bind {
-            key: "api.listen".into(),
-            addr: api_addr,
-            source,
-        })?;
-    let api_addr = api_listener
-        .local_addr()
-        .map_err(|source| StartError::Bind {
-            key: "api.listen".into(),
-            addr: api_addr,
-            source,
-        })?;
-    let api_shutdown = shutdown.clone();
-    let api_task = tokio::spawn(async move {
-        let app = api::router(state);
-        let _ = axum::serve(api_listener, app)
-            .with_graceful_shutdown(api_shutdown.cancelled_owned())
-            .await;
-    });
+    let (api_addr, api_task) = serve_api(config.api_addr(), state, &shutdown).await?;
     tracing::info!(addr = %api_addr, "API listening");
     ready.store(true, Ordering::Release);
 
-    let token = shutdown.clone();
-    let done = tokio::spawn(async move {
-        token.cancelled().await;
-        // No new CRM request from now on (the outbox is durable: the rest goes next start).
-        crm_tasks.stop_deliveries();
-        tracing::info!("shutting down: no new connections; finishing frames in flight");
-        for t in listener_tasks {
-            let _ = t.await;
-        }
-        conns.close();
-        if tokio::time::timeout(DRAIN_TIMEOUT, conns.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!(
-                "connections still busy after {DRAIN_TIMEOUT:?}; their unacked data will be resent"
-            );
-        }
-        let _ = api_task.await;
-        // Last handles to the pipeline go; shards drain, then the writer commits the rest.
-        drop(ctx);
-        drop(pipeline);
-        for s in tasks.shards {
-            let _ = s.await;
-        }
-        let _ = tasks.writer.await;
-        let _ = zone_task.await;
-        crm_tasks.shutdown().await;
-        cluster_stop.cancel();
-        if let Some(t) = cluster_task {
-            let _ = t.await;
-        }
-        immobiliser_task.stop().await;
-        if let Some(c) = &cluster {
-            if let Err(e) = c.leave().await {
-                tracing::warn!(error = %e, "cluster: sessions not cleared at shutdown");
-            }
-        }
-        tracing::info!("shutdown complete");
-    });
+    let done = tokio::spawn(shut_down(
+        shutdown.clone(),
+        Stopping {
+            crm_tasks,
+            listener_tasks,
+            conns,
+            api_task,
+            ctx,
+            pipeline,
+            pipeline_tasks,
+            zone_task,
+            cluster_stop,
+            cluster_task,
+            immobiliser_task,
+            cluster,
+        },
+    ));
     Ok(Running {
         api_addr,
         listeners: bound,
@@ -481,4 +369,221 @@ pub async fn start_with(
         reloads,
         health,
     })
+}
+
+fn raise_open_files() {
+    match crate::ops::rlimit::raise_nofile() {
+        Ok(n) => tracing::info!(
+            soft_before = n.soft_before,
+            soft = n.soft,
+            hard = n.hard,
+            "{}",
+            n.describe()
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot raise the open-files limit"),
+    }
+}
+
+/// The CRM's sections and the facts it takes from `[pipeline]`, `[storage]` and `[cluster]`.
+fn crm_start(config: &Config) -> crate::crm::CrmStart<'_> {
+    crate::crm::CrmStart {
+        crm: &config.crm,
+        rules: &config.rules,
+        queue: config.pipeline.queue,
+        shared_database: config.storage.backend().is_some_and(|b| b.is_shared()),
+        claimer: config.cluster.instance(),
+        lease: Duration::from_secs(config.cluster.outbox_lease_s),
+    }
+}
+
+/// What every connection task shares: `[devices]`, `[limits]` and `[protocols]` applied.
+fn ingest_ctx(
+    config: &Config,
+    pipeline: Pipeline,
+    admission: Arc<Admission>,
+    sessions: Arc<Sessions>,
+) -> IngestCtx {
+    IngestCtx {
+        pipeline,
+        admission,
+        limits: ConnLimits::new(
+            config.limits.max_connections,
+            config.limits.max_connections_per_ip,
+        ),
+        handshake_timeout: Duration::from_secs(config.limits.handshake_timeout_s),
+        idle_timeout: Duration::from_secs(config.limits.idle_timeout_s),
+        sessions,
+        protocols: config.protocols.clone(),
+        udp: ingest::udp::UdpLimits {
+            max_sources: config.limits.udp_max_sources,
+            datagrams_per_s: config.limits.udp_datagrams_per_s,
+            max_queued: config.limits.udp_max_queued,
+        },
+    }
+}
+
+/// A bind (or its `local_addr`) that failed, naming the config key that asked for it.
+fn bind_error(key: &str, addr: SocketAddr) -> impl FnOnce(std::io::Error) -> StartError + '_ {
+    move |source| StartError::Bind {
+        key: key.to_string(),
+        addr,
+        source,
+    }
+}
+
+type BoundListeners = (Vec<(Protocol, Transport, SocketAddr)>, Vec<JoinHandle<()>>);
+
+/// Bind every enabled tracker listener and start serving it; a protocol's UDP socket shares
+/// its TCP port number (so an ephemeral TCP port is reused for UDP).
+async fn bind_listeners(
+    config: &Config,
+    ctx: &Arc<IngestCtx>,
+    shutdown: &CancellationToken,
+    conns: &TaskTracker,
+) -> Result<BoundListeners, StartError> {
+    let mut bound: Vec<(Protocol, Transport, SocketAddr)> = Vec::new();
+    let mut tasks = Vec::new();
+    for (protocol, addr) in config.listeners() {
+        let key = format!("listeners.{}", protocol.name());
+        for &transport in protocol.transports() {
+            let local = match transport {
+                Transport::Tcp => {
+                    let l = TcpListener::bind(addr)
+                        .await
+                        .map_err(bind_error(&key, addr))?;
+                    let local = l.local_addr().map_err(bind_error(&key, addr))?;
+                    tasks.push(tokio::spawn(ingest::tcp::serve(
+                        l,
+                        protocol,
+                        ctx.clone(),
+                        shutdown.clone(),
+                        conns.clone(),
+                    )));
+                    local
+                }
+                Transport::Udp => {
+                    let tcp_port = bound
+                        .iter()
+                        .find(|(p, t, _)| *p == protocol && *t == Transport::Tcp)
+                        .map(|(_, _, a)| a.port());
+                    let udp_addr = SocketAddr::new(addr.ip(), tcp_port.unwrap_or(addr.port()));
+                    let s = UdpSocket::bind(udp_addr)
+                        .await
+                        .map_err(bind_error(&key, udp_addr))?;
+                    let local = s.local_addr().map_err(bind_error(&key, addr))?;
+                    tasks.push(tokio::spawn(ingest::udp::serve(
+                        s,
+                        protocol,
+                        ctx.clone(),
+                        shutdown.clone(),
+                        conns.clone(),
+                    )));
+                    local
+                }
+            };
+            tracing::info!(protocol = protocol.name(), transport = ?transport, addr = %local, "listening");
+            bound.push((protocol, transport, local));
+        }
+    }
+    Ok((bound, tasks))
+}
+
+/// The status page's extra map layers, reloaded on SIGHUP; a layer file that does not load
+/// is a warning, not a refusal to start.
+fn status_map(config: &Config, reloads: &reload::Reloads) -> api::map::MapLayers {
+    let map = api::map::MapLayers::default();
+    match api::map::load(&config.status) {
+        Ok(m) => map.set(m),
+        Err(e) => {
+            tracing::warn!(error = %e, "status map: extra layers not loaded");
+            map.set(api::map::empty(&config.status));
+        }
+    }
+    tokio::spawn(api::status::follow_reloads(
+        map.clone(),
+        reloads.subscribe(),
+        |c: &Arc<Config>| c.status.clone(),
+    ));
+    map
+}
+
+/// Bind the API and serve it until `shutdown`; returns the bound address.
+async fn serve_api(
+    addr: SocketAddr,
+    state: AppState,
+    shutdown: &CancellationToken,
+) -> Result<(SocketAddr, JoinHandle<()>), StartError> {
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(bind_error("api.listen", addr))?;
+    let local = listener
+        .local_addr()
+        .map_err(bind_error("api.listen", addr))?;
+    let stop = shutdown.clone();
+    let task = tokio::spawn(async move {
+        let app = api::router(state);
+        let _ = axum::serve(listener, app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await;
+    });
+    Ok((local, task))
+}
+
+/// Everything [`shut_down`] stops, in the order it stops them.
+struct Stopping {
+    crm_tasks: crate::crm::CrmTasks,
+    listener_tasks: Vec<JoinHandle<()>>,
+    conns: TaskTracker,
+    api_task: JoinHandle<()>,
+    ctx: Arc<IngestCtx>,
+    pipeline: Pipeline,
+    pipeline_tasks: crate::pipeline::PipelineTasks,
+    zone_task: JoinHandle<()>,
+    cluster_stop: CancellationToken,
+    cluster_task: Option<JoinHandle<()>>,
+    immobiliser_task: crate::immobiliser::ImmobiliserTask,
+    cluster: Option<Arc<crate::cluster::Cluster>>,
+}
+
+/// Wait for `token`, then stop in the order that loses nothing: no new CRM request, no new
+/// connection, frames in flight finished, the API, the shards and the writer drained, then
+/// the stages fed by committed fixes, the cluster, the immobiliser.
+async fn shut_down(token: CancellationToken, s: Stopping) {
+    token.cancelled().await;
+    // No new CRM request from now on (the outbox is durable: the rest goes next start).
+    s.crm_tasks.stop_deliveries();
+    tracing::info!("shutting down: no new connections; finishing frames in flight");
+    for t in s.listener_tasks {
+        let _ = t.await;
+    }
+    s.conns.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, s.conns.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "connections still busy after {DRAIN_TIMEOUT:?}; their unacked data will be resent"
+        );
+    }
+    let _ = s.api_task.await;
+    // Last handles to the pipeline go; shards drain, then the writer commits the rest.
+    drop(s.ctx);
+    drop(s.pipeline);
+    for t in s.pipeline_tasks.shards {
+        let _ = t.await;
+    }
+    let _ = s.pipeline_tasks.writer.await;
+    let _ = s.zone_task.await;
+    s.crm_tasks.shutdown().await;
+    s.cluster_stop.cancel();
+    if let Some(t) = s.cluster_task {
+        let _ = t.await;
+    }
+    s.immobiliser_task.stop().await;
+    if let Some(c) = &s.cluster {
+        if let Err(e) = c.leave().await {
+            tracing::warn!(error = %e, "cluster: sessions not cleared at shutdown");
+        }
+    }
+    tracing::info!("shutdown complete");
 }

@@ -11,10 +11,10 @@ use axum::{Extension, Json, Router};
 use chrono::{NaiveDate, Utc};
 use serde::{Deserialize, Serialize};
 
-use super::engine::{BalanceView, CrmError, InspectionOp, ReturnOutcome};
-use super::event::{OutboxEvent, Status};
-use super::rules::InspectionState;
-use crate::api::{Actor, ApiError, AppState};
+use super::{Actor, ApiError, AppState};
+use crate::crm::engine::{BalanceView, CrmError, InspectionOp, ReturnOutcome};
+use crate::crm::event::{OutboxEvent, Status};
+use crate::crm::rules::InspectionState;
 use crate::model::VehicleId;
 
 impl From<CrmError> for ApiError {
@@ -23,7 +23,7 @@ impl From<CrmError> for ApiError {
             CrmError::NotFound(m) => ApiError::NotFound(m),
             CrmError::BadRequest(m) => ApiError::BadRequest(m),
             CrmError::Storage(s) => ApiError::from(s),
-            CrmError::Closed => ApiError::Storage("the CRM rules are shutting down".into()),
+            CrmError::Closed => ApiError::Unavailable("the CRM rules are shutting down".into()),
         }
     }
 }
@@ -138,7 +138,7 @@ async fn postpone(
     a: Option<Extension<Actor>>,
     body: axum::body::Bytes,
 ) -> Result<Json<InspectionState>, ApiError> {
-    let b: PostponeBody = crate::api::object_body(&body, true)?;
+    let b: PostponeBody = super::object_body(&body, true)?;
     let op = InspectionOp::Postpone {
         due_date: b.due_date,
         due_odometer_km: b.due_odometer_km,

@@ -1,8 +1,8 @@
 //! Configuration reloads (SIGHUP). The signal handler re-reads the file and publishes the new
 //! [`Config`] here; every stage that can change without a restart follows its own receiver
-//! (the log filter, the status-page map layers, and the zone index once geofencing lands:
-//! `running.reloads().subscribe()` in `app::start`). Everything else is reported as needing a
-//! restart.
+//! (the log filter and the status-page map layers: `running.reloads().subscribe()`); the zones
+//! reload through [`super::ZoneReloader`] on the same signal (`service.rs`). Everything else
+//! is reported as needing a restart.
 
 use std::sync::Arc;
 
