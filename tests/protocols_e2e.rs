@@ -14,6 +14,7 @@ mod protocols {
     mod egts;
     mod galileo;
     mod gl200;
+    mod gps103;
     mod gt06;
     mod h02;
     mod jt808;

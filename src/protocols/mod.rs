@@ -16,6 +16,7 @@ pub mod arnavi;
 pub mod egts;
 pub mod galileo;
 pub mod gl200;
+pub mod gps103;
 pub mod gt06;
 pub mod h02;
 pub mod jt808;
@@ -211,6 +212,7 @@ pub enum Protocol {
     Meitrack,
     Jt808,
     OsmAnd,
+    Gps103,
     /// fleetgate's JSON position over MQTT (no socket listener of its own).
     Mqtt,
 }
@@ -290,7 +292,8 @@ impl Protocol {
             | Protocol::Adm
             | Protocol::Ruptela
             | Protocol::Gl200
-            | Protocol::Meitrack => IdForm::Imei,
+            | Protocol::Meitrack
+            | Protocol::Gps103 => IdForm::Imei,
             // H02 sends a 10- or 15-digit id, JT/T 808 a 12-digit BCD phone number, EGTS and
             // Arnavi a numeric terminal or unit id.
             Protocol::H02 | Protocol::Jt808 | Protocol::Egts | Protocol::Arnavi => {
@@ -314,6 +317,7 @@ impl Protocol {
         Protocol::Meitrack,
         Protocol::Jt808,
         Protocol::OsmAnd,
+        Protocol::Gps103,
         Protocol::Mqtt,
     ];
 
@@ -332,6 +336,7 @@ impl Protocol {
             Protocol::Meitrack => &meitrack::SPEC,
             Protocol::Jt808 => &jt808::SPEC,
             Protocol::OsmAnd => &osmand::SPEC,
+            Protocol::Gps103 => &gps103::SPEC,
             Protocol::Mqtt => &mqtt_json::SPEC,
         }
     }
