@@ -19,6 +19,7 @@ mod protocols {
     mod h02;
     mod jt808;
     mod meitrack;
+    mod navtelecom;
     mod osmand;
     mod ruptela;
     mod teltonika;

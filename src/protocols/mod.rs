@@ -22,6 +22,7 @@ pub mod h02;
 pub mod jt808;
 pub mod meitrack;
 pub mod mqtt_json;
+pub mod navtelecom;
 pub mod osmand;
 pub mod ruptela;
 pub mod teltonika;
@@ -213,6 +214,7 @@ pub enum Protocol {
     Jt808,
     OsmAnd,
     Gps103,
+    Navtelecom,
     /// fleetgate's JSON position over MQTT (no socket listener of its own).
     Mqtt,
 }
@@ -293,7 +295,8 @@ impl Protocol {
             | Protocol::Ruptela
             | Protocol::Gl200
             | Protocol::Meitrack
-            | Protocol::Gps103 => IdForm::Imei,
+            | Protocol::Gps103
+            | Protocol::Navtelecom => IdForm::Imei,
             // H02 sends a 10- or 15-digit id, JT/T 808 a 12-digit BCD phone number, EGTS and
             // Arnavi a numeric terminal or unit id.
             Protocol::H02 | Protocol::Jt808 | Protocol::Egts | Protocol::Arnavi => {
@@ -318,6 +321,7 @@ impl Protocol {
         Protocol::Jt808,
         Protocol::OsmAnd,
         Protocol::Gps103,
+        Protocol::Navtelecom,
         Protocol::Mqtt,
     ];
 
@@ -337,6 +341,7 @@ impl Protocol {
             Protocol::Jt808 => &jt808::SPEC,
             Protocol::OsmAnd => &osmand::SPEC,
             Protocol::Gps103 => &gps103::SPEC,
+            Protocol::Navtelecom => &navtelecom::SPEC,
             Protocol::Mqtt => &mqtt_json::SPEC,
         }
     }
