@@ -11,6 +11,7 @@ mod protocols {
 
     mod adm;
     mod arnavi;
+    mod autofon;
     mod egts;
     mod galileo;
     mod gl200;

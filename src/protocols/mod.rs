@@ -13,6 +13,7 @@ pub mod util;
 
 pub mod adm;
 pub mod arnavi;
+pub mod autofon;
 pub mod egts;
 pub mod galileo;
 pub mod gl200;
@@ -215,6 +216,7 @@ pub enum Protocol {
     OsmAnd,
     Gps103,
     Navtelecom,
+    Autofon,
     /// fleetgate's JSON position over MQTT (no socket listener of its own).
     Mqtt,
 }
@@ -296,7 +298,8 @@ impl Protocol {
             | Protocol::Gl200
             | Protocol::Meitrack
             | Protocol::Gps103
-            | Protocol::Navtelecom => IdForm::Imei,
+            | Protocol::Navtelecom
+            | Protocol::Autofon => IdForm::Imei,
             // H02 sends a 10- or 15-digit id, JT/T 808 a 12-digit BCD phone number, EGTS and
             // Arnavi a numeric terminal or unit id.
             Protocol::H02 | Protocol::Jt808 | Protocol::Egts | Protocol::Arnavi => {
@@ -322,6 +325,7 @@ impl Protocol {
         Protocol::OsmAnd,
         Protocol::Gps103,
         Protocol::Navtelecom,
+        Protocol::Autofon,
         Protocol::Mqtt,
     ];
 
@@ -342,6 +346,7 @@ impl Protocol {
             Protocol::OsmAnd => &osmand::SPEC,
             Protocol::Gps103 => &gps103::SPEC,
             Protocol::Navtelecom => &navtelecom::SPEC,
+            Protocol::Autofon => &autofon::SPEC,
             Protocol::Mqtt => &mqtt_json::SPEC,
         }
     }
