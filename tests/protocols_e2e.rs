@@ -21,6 +21,7 @@ mod protocols {
     mod jt808;
     mod meitrack;
     mod navtelecom;
+    mod omnicomm;
     mod osmand;
     mod ruptela;
     mod teltonika;

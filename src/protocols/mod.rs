@@ -24,6 +24,7 @@ pub mod jt808;
 pub mod meitrack;
 pub mod mqtt_json;
 pub mod navtelecom;
+pub mod omnicomm;
 pub mod osmand;
 pub mod ruptela;
 pub mod teltonika;
@@ -217,6 +218,7 @@ pub enum Protocol {
     Gps103,
     Navtelecom,
     Autofon,
+    Omnicomm,
     /// fleetgate's JSON position over MQTT (no socket listener of its own).
     Mqtt,
 }
@@ -302,9 +304,11 @@ impl Protocol {
             | Protocol::Autofon => IdForm::Imei,
             // H02 sends a 10- or 15-digit id, JT/T 808 a 12-digit BCD phone number, EGTS and
             // Arnavi a numeric terminal or unit id.
-            Protocol::H02 | Protocol::Jt808 | Protocol::Egts | Protocol::Arnavi => {
-                IdForm::Digits { max: 20 }
-            }
+            Protocol::H02
+            | Protocol::Jt808
+            | Protocol::Egts
+            | Protocol::Arnavi
+            | Protocol::Omnicomm => IdForm::Digits { max: 20 },
             Protocol::Wialon | Protocol::OsmAnd | Protocol::Mqtt => IdForm::Printable { max: 64 },
         }
     }
@@ -326,6 +330,7 @@ impl Protocol {
         Protocol::Gps103,
         Protocol::Navtelecom,
         Protocol::Autofon,
+        Protocol::Omnicomm,
         Protocol::Mqtt,
     ];
 
@@ -347,6 +352,7 @@ impl Protocol {
             Protocol::Gps103 => &gps103::SPEC,
             Protocol::Navtelecom => &navtelecom::SPEC,
             Protocol::Autofon => &autofon::SPEC,
+            Protocol::Omnicomm => &omnicomm::SPEC,
             Protocol::Mqtt => &mqtt_json::SPEC,
         }
     }
