@@ -8,10 +8,12 @@
 //! records (archive, answered `~A` + count), `~T` + event index + record (answered `~T` +
 //! index), `~C` + record (current state, answered `~C` + record number), `~X`/`~E` (FLEX 2.0
 //! extra records, answered by index/count), each closed by CRC-8 (poly 0x31, init 0xFF); a
-//! lone 0x7F is a keep-alive. The record layout is the negotiated mask (`flex.rs`).
+//! lone 0x7F is a keep-alive. The record layout is the negotiated mask (`flex.rs`). Devices
+//! not switched to FLEX send native NTCB records (`*>T`, `*>A`; `ntcb.rs`).
 //! Notes in our own words: `protocols/navtelecom/`.
 
 pub mod flex;
+mod ntcb;
 
 use bytes::Bytes;
 
@@ -280,7 +282,37 @@ impl NavtelecomSession {
             });
             return Ok(d);
         }
-        // Native NTCB telemetry (`*>T`, `*>A`) and queries: not decoded, not acknowledged.
+        if let Some(array) = match data.get(..3) {
+            Some(b"*>T") => Some(false),
+            Some(b"*>A") => Some(true),
+            _ => None,
+        } {
+            let recs = ntcb::records(&data[3..], array).ok_or_else(|| {
+                DecodeError::new(
+                    NAME,
+                    "truncated",
+                    19,
+                    "native NTCB record cut short or of an unknown format",
+                )
+            })?;
+            let mut d = Decoded::kind("data");
+            let ack = if array {
+                vec![b'*', b'<', b'A', recs.len() as u8]
+            } else {
+                let mut ack = b"*<T".to_vec();
+                ack.extend(recs.first().map_or(0, |r| r.number).to_le_bytes());
+                ack
+            };
+            for r in recs {
+                push(&mut d, r.position, r.status);
+            }
+            if d.positions.is_empty() {
+                d.kind = "status";
+            }
+            d.reply = reply(self, &ack);
+            return Ok(d);
+        }
+        // Queries and messages fleetgate does not use: not acknowledged.
         Ok(Decoded::kind("other"))
     }
 

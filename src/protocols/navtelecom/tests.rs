@@ -210,3 +210,36 @@ fn no_panic_on_truncations_and_mutations_of_corpus_packets() {
         }
     }
 }
+
+#[test]
+fn native_ntcb_records_decode_and_are_answered_with_number_or_count() {
+    // Traccar test data (NavisProtocolDecoderTest.testDecodeNtcb), with the fix its test gives.
+    let mut s = NavtelecomSession::default();
+    feed(
+        &mut s,
+        "404E5443010000007B000000130044342A3E533A383631373835303035323035303739",
+    )
+    .unwrap();
+    let d = feed(&mut s, "404e5443010000000000000059009adb2a3e54250000000000ff1500040b0a1008291838001200760ee600000000000000000000000f1500040b0a10ac20703fb1aec23f00000000320149668f430000000000000000000000000000000000000000000000f3808080").unwrap();
+    let p = &d.positions[0];
+    assert_eq!(
+        p.fix_time,
+        Utc.with_ymd_and_hms(2016, 11, 11, 21, 0, 4).unwrap()
+    );
+    assert!(
+        (p.lat - 53.74336).abs() < 1e-5 && (p.lon - 87.14437).abs() < 1e-5,
+        "{p:?}"
+    );
+    // Format 0x25 (5.2), record number 0: *<T + 0 (u32), to the ids of the device's header swapped.
+    assert_eq!(
+        p.attrs.get_name("format"),
+        Some(&crate::model::AttrValue::Int(0x25))
+    );
+    assert_eq!(
+        reply_hex(&d),
+        hex::encode(ntcb(0, 1, b"*<T\x00\x00\x00\x00"))
+    );
+    let d = feed(&mut s, "404e544301000000000000005a002e6c2a3e410125d7540100001512233a0b0a0f08026300000a000b000b00020000000000000000000c12233b0b0a0f03fd6d3f0fde603f00000000ba0051e0c845000000000000000000000000000000000000000000000080808080").unwrap();
+    assert_eq!(d.positions.len(), 1);
+    assert_eq!(reply_hex(&d), hex::encode(ntcb(0, 1, b"*<A\x01")));
+}
