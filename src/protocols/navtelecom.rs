@@ -256,7 +256,8 @@ impl NavtelecomSession {
                 )
             })?;
             self.mask = Some(m);
-            let mut d = Decoded::kind("flex_negotiation");
+            // The second half of the session set-up, counted with the handshake.
+            let mut d = Decoded::kind("login");
             d.reply = reply(
                 self,
                 &[
