@@ -587,12 +587,13 @@ pub struct Fix {
 }
 
 fn ddmm(v: f64, deg_digits: usize) -> String {
-    let a = v.abs();
-    let deg = a.trunc();
+    // In 1e-5 minutes, so rounding never prints 60 minutes.
+    let units = (v.abs() * 60.0 * 100_000.0).round() as u64;
+    let (deg, min) = (units / 6_000_000, units % 6_000_000);
     format!(
-        "{:0w$}{:08.5}",
-        deg as u32,
-        (a - deg) * 60.0,
+        "{deg:0w$}{:02}.{:05}",
+        min / 100_000,
+        min % 100_000,
         w = deg_digits
     )
 }
