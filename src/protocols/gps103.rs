@@ -52,7 +52,11 @@ impl Session for Gps103Session {
     fn next_frame(&mut self, buf: &[u8]) -> Result<FrameCut, DecodeError> {
         match self.transport {
             Transport::Udp if buf.is_empty() => Ok(FrameCut::NeedMore),
-            Transport::Udp => Ok(FrameCut::Frame(buf.len())),
+            // Cut as on TCP; the end of the datagram ends the last sentence.
+            Transport::Udp => match tcp_frame(buf)? {
+                FrameCut::NeedMore => Ok(FrameCut::Frame(buf.len())),
+                cut => Ok(cut),
+            },
             Transport::Tcp => tcp_frame(buf),
         }
     }

@@ -162,6 +162,16 @@ fn tcp_stream_is_cut_at_delimiters_and_where_the_next_message_starts() {
 }
 
 #[test]
+fn a_udp_datagram_may_carry_several_sentences_the_last_unterminated() {
+    let mut s = Gps103Session::new(Transport::Udp);
+    let dgram = b"359586015829802;imei:359586015829802,tracker,0809231929,,F,062947.294,A,2234.4026,N,11354.3277,E,0.00,";
+    assert_eq!(s.next_frame(dgram), Ok(FrameCut::Frame(16)));
+    let rest = &dgram[16..];
+    assert_eq!(s.next_frame(rest), Ok(FrameCut::Frame(rest.len())));
+    assert_eq!(s.decode(rest, &ctx()).unwrap().positions.len(), 1);
+}
+
+#[test]
 fn unterminated_corpus_sentences_decode_once_terminated() {
     // Traccar's tests feed its decoder without the framer, so 40 corpus packets lack the `;`
     // a device sends (corpus-misses.tsv). With it, each decodes as the corpus expects.
