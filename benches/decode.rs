@@ -2,7 +2,9 @@
 //! sends from its buffer); `corpus/<protocol>`: every real position packet of that protocol's
 //! corpus, decoded in turn (frame cut + decode), reported per record. Protocols whose devices
 //! send both binary and text frames (H02, Meitrack, Queclink, Arnavi) are measured per form:
-//! `corpus/<protocol>_binary` and `corpus/<protocol>_text`.
+//! `corpus/<protocol>_binary` and `corpus/<protocol>_text`. `navtelecom_flex30_4_records`: a
+//! real FLEX 3.0 archive, decoded after its `*>FLEX` negotiation (the corpus pass skips FLEX,
+//! whose records a fresh session cannot frame).
 //!
 //! Run: `cargo bench --bench decode`
 
@@ -132,5 +134,33 @@ fn is_text(frame: &[u8]) -> bool {
         .all(|&b| b.is_ascii_graphic() || matches!(b, b' ' | b'\r' | b'\n'))
 }
 
-criterion_group!(benches, teltonika_8e, corpus_positions);
+fn navtelecom_flex(c: &mut Criterion) {
+    // Traccar test data (protocols/navtelecom/corpus.jsonl, testDecodeFlex30).
+    let negotiation = hex::decode("404e544301000000000000002a005e6c2a3e464c4558b01e1efffffe300a08080ffffe08000000580028002bc0000000000000b4000000000000").unwrap();
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("protocols/navtelecom/corpus.jsonl");
+    let archive = corpus::load(&dir)
+        .unwrap()
+        .iter()
+        .filter(|e| e.test.ends_with("testDecodeFlex30") && e.expect == "positions")
+        .find_map(|e| e.bytes().ok())
+        .expect("the FLEX 3.0 archive");
+    let ctx = DecodeCtx::now();
+    let mut s = Protocol::Navtelecom.session(Transport::Tcp);
+    s.decode(&negotiation, &ctx).unwrap();
+    let mut g = c.benchmark_group("decode");
+    g.throughput(Throughput::Elements(4));
+    g.bench_function("navtelecom_flex30_4_records", |b| {
+        b.iter(|| {
+            let FrameCut::Frame(n) = s.next_frame(black_box(&archive)).unwrap() else {
+                panic!()
+            };
+            let d = s.decode(&archive[..n], &ctx).unwrap();
+            assert_eq!(d.positions.len(), 4);
+            black_box(d)
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, teltonika_8e, corpus_positions, navtelecom_flex);
 criterion_main!(benches);

@@ -11,13 +11,17 @@ mod protocols {
 
     mod adm;
     mod arnavi;
+    mod autofon;
     mod egts;
     mod galileo;
     mod gl200;
+    mod gps103;
     mod gt06;
     mod h02;
     mod jt808;
     mod meitrack;
+    mod navtelecom;
+    mod omnicomm;
     mod osmand;
     mod ruptela;
     mod teltonika;

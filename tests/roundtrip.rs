@@ -119,6 +119,86 @@ proptest! {
     }
 
     #[test]
+    fn gps103_reports_round_trip(
+        t in time_s(), tz in -660i32..=660, lat in -89.9f64..89.9, lon in -179.9f64..179.9,
+        knots100 in 0u32..20000, course100 in 0u32..36000,
+    ) {
+        use fleetgate::protocols::gps103::*;
+        let fix = Fix { time: t, tz_minutes: tz, lat, lon, speed_knots: knots100 as f64 / 100.0, course: course100 as f64 / 100.0, keyword: "tracker" };
+        let got = decode_all(Protocol::Gps103, &[encode_login("359586015829802"), encode_report("359586015829802", &fix)]);
+        prop_assert_eq!(got.len(), 1);
+        let p = &got[0];
+        prop_assert_eq!(p.fix_time, t, "local clock {} min from UTC", tz);
+        prop_assert!(close(p.lat, lat, 1e-6) && close(p.lon, lon, 1e-6), "{} {} vs {lat} {lon}", p.lat, p.lon);
+        prop_assert!(close(p.speed_kmh, knots100 as f64 / 100.0 * 1.852, 1e-6), "{}", p.speed_kmh);
+        prop_assert!(close(p.course, course100 as f64 / 100.0, 1e-9));
+    }
+
+    #[test]
+    fn navtelecom_flex_records_round_trip(
+        recs in prop::collection::vec(
+            (time_s(), -90.0f64..90.0, -180.0f64..180.0, 0f32..250.0, 0u16..360, any::<u8>()),
+            1..20),
+    ) {
+        use fleetgate::protocols::navtelecom::flex::{encode_record, Fix, FIX_FIELDS};
+        use fleetgate::protocols::navtelecom::*;
+        let fixes: Vec<Fix> = recs.iter().enumerate().map(|(i, &(time, lat, lon, speed_kmh, course, outputs))| Fix {
+            number: i as u32, time, lat, lon, speed_kmh, course, outputs,
+        }).collect();
+        let records: Vec<Vec<u8>> = fixes.iter().map(encode_record).collect();
+        let got = decode_all(Protocol::Navtelecom, &[
+            encode_handshake("866795033323864"),
+            encode_negotiation(30, FIX_FIELDS),
+            encode_archive(&records),
+        ]);
+        prop_assert_eq!(got.len(), fixes.len());
+        for (p, f) in got.iter().zip(&fixes) {
+            prop_assert_eq!(p.fix_time, f.time);
+            prop_assert!(close(p.lat, f.lat, 1e-6) && close(p.lon, f.lon, 1e-6), "{} {} vs {} {}", p.lat, p.lon, f.lat, f.lon);
+            prop_assert_eq!(p.speed_kmh, f64::from(f.speed_kmh));
+            prop_assert_eq!(p.course, f64::from(f.course));
+            prop_assert_eq!(p.outputs, Some(u32::from(f.outputs)));
+        }
+    }
+
+    #[test]
+    fn autofon_45_positions_round_trip(
+        t in time_s(), lat in -89.9f64..89.9, lon in -179.9f64..179.9, knots in any::<u8>(), course in 0u16..360,
+    ) {
+        use fleetgate::protocols::autofon::*;
+        let fix = Fix { time: t, lat, lon, speed_knots: knots, course };
+        let got = decode_all(Protocol::Autofon, &[encode_login_45("351513052899314"), encode_position_45(&fix)]);
+        prop_assert_eq!(got.len(), 1);
+        let p = &got[0];
+        prop_assert_eq!(p.fix_time, t);
+        prop_assert!(close(p.lat, lat, 1e-6) && close(p.lon, lon, 1e-6), "{} {} vs {lat} {lon}", p.lat, p.lon);
+        prop_assert!(close(p.speed_kmh, f64::from(knots) * 1.852, 1e-9));
+        prop_assert_eq!(p.course, f64::from(course));
+    }
+
+    #[test]
+    fn omnicomm_archive_records_round_trip(
+        recs in prop::collection::vec(
+            // From 2010 on: Omnicomm counts seconds from 2009-01-01.
+            (1_262_304_000i64..4_070_908_800, -90.0f64..90.0, -180.0f64..180.0, 0u32..3000, 0u16..360),
+            1..20),
+        first in any::<u32>(),
+    ) {
+        use fleetgate::protocols::omnicomm::*;
+        let fixes: Vec<Fix> = recs.iter().map(|&(s, lat, lon, speed10, course)| Fix {
+            time: Utc.timestamp_opt(s, 0).unwrap(), lat, lon, speed_kmh: f64::from(speed10) / 10.0, course,
+        }).collect();
+        let got = decode_all(Protocol::Omnicomm, &[encode_identification(353_961_569), encode_archive(first, &fixes)]);
+        prop_assert_eq!(got.len(), fixes.len());
+        for (p, f) in got.iter().zip(&fixes) {
+            prop_assert_eq!(p.fix_time, f.time);
+            prop_assert!(close(p.lat, f.lat, 1e-7) && close(p.lon, f.lon, 1e-7), "{} {} vs {} {}", p.lat, p.lon, f.lat, f.lon);
+            prop_assert!(close(p.speed_kmh, f.speed_kmh, 1e-9));
+            prop_assert_eq!(p.course, f64::from(f.course));
+        }
+    }
+
+    #[test]
     fn ruptela_records_round_trip(
         recs in prop::collection::vec(
             (time_s(), -90.0f64..90.0, -180.0f64..180.0, 0u16..300, 0u16..360, -500i32..5000, 0u8..30),

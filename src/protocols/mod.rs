@@ -15,14 +15,18 @@ pub mod util;
 
 pub mod adm;
 pub mod arnavi;
+pub mod autofon;
 pub mod egts;
 pub mod galileo;
 pub mod gl200;
+pub mod gps103;
 pub mod gt06;
 pub mod h02;
 pub mod jt808;
 pub mod meitrack;
 pub mod mqtt_json;
+pub mod navtelecom;
+pub mod omnicomm;
 pub mod osmand;
 pub mod ruptela;
 pub mod teltonika;
@@ -215,6 +219,10 @@ pub enum Protocol {
     Meitrack,
     Jt808,
     OsmAnd,
+    Gps103,
+    Navtelecom,
+    Autofon,
+    Omnicomm,
     /// fleetgate's JSON position over MQTT (no socket listener of its own).
     Mqtt,
 }
@@ -294,12 +302,17 @@ impl Protocol {
             | Protocol::Adm
             | Protocol::Ruptela
             | Protocol::Gl200
-            | Protocol::Meitrack => IdForm::Imei,
+            | Protocol::Meitrack
+            | Protocol::Gps103
+            | Protocol::Navtelecom
+            | Protocol::Autofon => IdForm::Imei,
             // H02 sends a 10- or 15-digit id, JT/T 808 a 12-digit BCD phone number, EGTS and
             // Arnavi a numeric terminal or unit id.
-            Protocol::H02 | Protocol::Jt808 | Protocol::Egts | Protocol::Arnavi => {
-                IdForm::Digits { max: 20 }
-            }
+            Protocol::H02
+            | Protocol::Jt808
+            | Protocol::Egts
+            | Protocol::Arnavi
+            | Protocol::Omnicomm => IdForm::Digits { max: 20 },
             Protocol::Wialon | Protocol::OsmAnd | Protocol::Mqtt => IdForm::Printable { max: 64 },
         }
     }
@@ -318,6 +331,10 @@ impl Protocol {
         Protocol::Meitrack,
         Protocol::Jt808,
         Protocol::OsmAnd,
+        Protocol::Gps103,
+        Protocol::Navtelecom,
+        Protocol::Autofon,
+        Protocol::Omnicomm,
         Protocol::Mqtt,
     ];
 
@@ -336,6 +353,10 @@ impl Protocol {
             Protocol::Meitrack => &meitrack::SPEC,
             Protocol::Jt808 => &jt808::SPEC,
             Protocol::OsmAnd => &osmand::SPEC,
+            Protocol::Gps103 => &gps103::SPEC,
+            Protocol::Navtelecom => &navtelecom::SPEC,
+            Protocol::Autofon => &autofon::SPEC,
+            Protocol::Omnicomm => &omnicomm::SPEC,
             Protocol::Mqtt => &mqtt_json::SPEC,
         }
     }
