@@ -19,7 +19,8 @@ use bytes::Bytes;
 
 use super::util::utc;
 use super::{
-    DecodeCtx, DecodeError, Decoded, FrameCut, Protocol, ProtocolSpec, Session, Transport,
+    DecodeCtx, DecodeError, DecodeReason, Decoded, FrameCut, MessageKind, Protocol, ProtocolSpec,
+    Session, Transport,
 };
 use crate::model::{Attributes, DeviceId, Position};
 
@@ -74,7 +75,12 @@ impl Session for AutofonSession {
             return Ok(FrameCut::NeedMore);
         };
         let len = frame_len(kind).ok_or_else(|| {
-            DecodeError::new(NAME, "framing", 0, format!("unknown type {kind:#04x}"))
+            DecodeError::new(
+                NAME,
+                DecodeReason::Framing,
+                0,
+                format!("unknown type {kind:#04x}"),
+            )
         })?;
         Ok(if buf.len() >= len {
             FrameCut::Frame(len)
@@ -86,14 +92,19 @@ impl Session for AutofonSession {
     fn decode(&mut self, f: &[u8], _ctx: &DecodeCtx) -> Result<Decoded, DecodeError> {
         let kind = *f
             .first()
-            .ok_or_else(|| DecodeError::new(NAME, "truncated", 0, "empty frame"))?;
+            .ok_or_else(|| DecodeError::new(NAME, DecodeReason::Truncated, 0, "empty frame"))?;
         let len = frame_len(kind).ok_or_else(|| {
-            DecodeError::new(NAME, "framing", 0, format!("unknown type {kind:#04x}"))
+            DecodeError::new(
+                NAME,
+                DecodeReason::Framing,
+                0,
+                format!("unknown type {kind:#04x}"),
+            )
         })?;
         if f.len() != len {
             return Err(DecodeError::new(
                 NAME,
-                "truncated",
+                DecodeReason::Truncated,
                 f.len(),
                 format!("type {kind:#04x} is {len} bytes, have {}", f.len()),
             ));
@@ -102,7 +113,7 @@ impl Session for AutofonSession {
         if matches!(kind, LOGIN_45 | POSITION_45) && checksum(body) != sum[0] {
             return Err(DecodeError::new(
                 NAME,
-                "crc",
+                DecodeReason::Crc,
                 len - 1,
                 format!("checksum {:#04x}, computed {:#04x}", sum[0], checksum(body)),
             ));
@@ -113,10 +124,15 @@ impl Session for AutofonSession {
                 let digits = hex::encode(&f[at..at + 8]);
                 let imei = &digits[1..];
                 if !imei.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(DecodeError::new(NAME, "bad_id", at, "IMEI is not BCD"));
+                    return Err(DecodeError::new(
+                        NAME,
+                        DecodeReason::BadIdentity,
+                        at,
+                        "IMEI is not BCD",
+                    ));
                 }
                 self.imei = Some(imei.to_string());
-                let mut d = Decoded::kind("login");
+                let mut d = Decoded::kind(MessageKind::Login);
                 d.device = Some(DeviceId::new(imei));
                 let mut reply = b"resp_crc=".to_vec();
                 reply.push(sum[0]);
@@ -124,13 +140,13 @@ impl Session for AutofonSession {
                 d
             }
             POSITION => {
-                let mut d = Decoded::kind("data");
+                let mut d = Decoded::kind(MessageKind::Data);
                 d.positions.extend(position(f[10], f[13], &f[44..77]));
                 d
             }
             HISTORY => {
                 let count = usize::from(f[1] & 0x0f).min((len - 5) / HISTORY_RECORD);
-                let mut d = Decoded::kind("data");
+                let mut d = Decoded::kind(MessageKind::Data);
                 for rec in f[4..].chunks_exact(HISTORY_RECORD).take(count) {
                     d.positions.extend(position(rec[0], rec[1], &rec[8..41]));
                 }
@@ -138,8 +154,8 @@ impl Session for AutofonSession {
             }
             _ => position_45(f),
         };
-        if d.kind == "data" && d.positions.is_empty() {
-            d.kind = "other";
+        if d.kind == MessageKind::Data && d.positions.is_empty() {
+            d.kind = MessageKind::Other;
         }
         d.device = self.imei.clone().map(DeviceId);
         Ok(d)
@@ -217,7 +233,7 @@ fn coordinate_45(deg: u8, b: &[u8]) -> f64 {
 /// 0–5 satellites), time hhmmss and date ddmmyy as 24-bit numbers, latitude, longitude, speed,
 /// course.
 fn position_45(f: &[u8]) -> Decoded {
-    let mut d = Decoded::kind("data");
+    let mut d = Decoded::kind(MessageKind::Data);
     let n24 = |b: &[u8]| u32::from_be_bytes([0, b[0], b[1], b[2]]);
     let (t, dt) = (n24(&f[16..19]), n24(&f[19..22]));
     let Some(time) = utc(
@@ -244,7 +260,11 @@ fn position_45(f: &[u8]) -> Decoded {
     }
     p.attrs.int("battery_level", i64::from(f[1] & 0x7F));
     p.attrs.int("temp1", i64::from(f[4] as i8));
-    d.kind = if p.alarm.is_some() { "alarm" } else { "data" };
+    d.kind = if p.alarm.is_some() {
+        MessageKind::Alarm
+    } else {
+        MessageKind::Data
+    };
     d.positions.push(p);
     d
 }

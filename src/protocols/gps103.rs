@@ -15,8 +15,8 @@ use chrono::{DateTime, Duration, NaiveDate, Utc};
 
 use super::util::utc;
 use super::{
-    CommandBody, CommandError, DecodeCtx, DecodeError, Decoded, DeviceCommand, FrameCut, Protocol,
-    ProtocolSpec, Session, Transport,
+    CommandBody, CommandError, DecodeCtx, DecodeError, DecodeReason, Decoded, DeviceCommand,
+    FrameCut, MessageKind, Protocol, ProtocolSpec, Session, Transport,
 };
 use crate::model::{Attributes, DeviceId, Position, KNOTS_TO_KMH};
 
@@ -63,7 +63,12 @@ impl Session for Gps103Session {
 
     fn decode(&mut self, frame: &[u8], ctx: &DecodeCtx) -> Result<Decoded, DecodeError> {
         let text = std::str::from_utf8(frame).map_err(|e| {
-            DecodeError::new(NAME, "encoding", e.valid_up_to(), "sentence is not ASCII")
+            DecodeError::new(
+                NAME,
+                DecodeReason::Encoding,
+                e.valid_up_to(),
+                "sentence is not ASCII",
+            )
         })?;
         let mut d = decode_sentence(text, ctx)?;
         match &d.device {
@@ -138,7 +143,7 @@ fn tcp_frame(buf: &[u8]) -> Result<FrameCut, DecodeError> {
 fn too_large() -> DecodeError {
     DecodeError::new(
         NAME,
-        "too_large",
+        DecodeReason::TooLarge,
         0,
         format!("no delimiter within {MAX_FRAME} bytes"),
     )
@@ -158,15 +163,20 @@ fn decode_sentence(text: &str, ctx: &DecodeCtx) -> Result<Decoded, DecodeError> 
     if let Some(rest) = body.strip_prefix("##,") {
         // Log-on request `##,imei:<IMEI>,A`.
         let id = rest.split(',').next().and_then(imei_of).ok_or_else(|| {
-            DecodeError::new(NAME, "framing", 3, "log-on request without an IMEI")
+            DecodeError::new(
+                NAME,
+                DecodeReason::Framing,
+                3,
+                "log-on request without an IMEI",
+            )
         })?;
-        let mut d = Decoded::kind("login");
+        let mut d = Decoded::kind(MessageKind::Login);
         d.device = Some(DeviceId::new(id));
         d.reply = Some(Bytes::from_static(b"LOAD"));
         return Ok(d);
     }
     if !body.is_empty() && body.len() <= 20 && body.bytes().all(|b| b.is_ascii_digit()) {
-        let mut d = Decoded::kind("heartbeat");
+        let mut d = Decoded::kind(MessageKind::Heartbeat);
         d.device = Some(DeviceId::new(body));
         d.reply = Some(Bytes::from_static(b"ON"));
         return Ok(d);
@@ -175,7 +185,7 @@ fn decode_sentence(text: &str, ctx: &DecodeCtx) -> Result<Decoded, DecodeError> 
     let Some(imei) = imei_of(fields[0]) else {
         return Err(DecodeError::new(
             NAME,
-            "framing",
+            DecodeReason::Framing,
             0,
             format!(
                 "expected `imei:<digits>`, `##,` or a bare IMEI, got {:?}",
@@ -188,7 +198,7 @@ fn decode_sentence(text: &str, ctx: &DecodeCtx) -> Result<Decoded, DecodeError> 
         decode_obd(&fields)
     } else if keyword.starts_with("vr") {
         // A chunk of a camera model's photo: not stored.
-        Decoded::kind("photo")
+        Decoded::kind(MessageKind::Photo)
     } else if body.ends_with('*') {
         decode_alternative(&fields)
     } else {
@@ -336,9 +346,9 @@ fn decode_report(fields: &[&str], ctx: &DecodeCtx) -> Decoded {
     let keyword = fields.get(1).copied().unwrap_or("");
     let alarm = alarm(keyword);
     let kind = |fix: bool| match (alarm, fix) {
-        (Some(_), _) => "alarm",
-        (None, true) => "data",
-        (None, false) => "lbs",
+        (Some(_), _) => MessageKind::Alarm,
+        (None, true) => MessageKind::Data,
+        (None, false) => MessageKind::Lbs,
     };
     if fields.get(4) != Some(&"F") {
         // No fix: `L,,,<lac hex>,,<cid hex>,...` or nothing at all.
@@ -367,7 +377,7 @@ fn decode_report(fields: &[&str], ctx: &DecodeCtx) -> Decoded {
     if let Some(p) = report_position(fields, ctx, alarm) {
         d.positions.push(p);
     } else {
-        d.kind = "other";
+        d.kind = MessageKind::Other;
     }
     d
 }
@@ -470,7 +480,7 @@ fn report_position(
 /// The variant ending in `*`: `imei,name,event,sensor id,sensor V,hhmmss,ddmmyy,rssi,fix(0/1),
 /// lat,lon (decimal degrees),speed km/h,course,altitude,hdop,satellites,ignition,charge,error`.
 fn decode_alternative(fields: &[&str]) -> Decoded {
-    let mut d = Decoded::kind("other");
+    let mut d = Decoded::kind(MessageKind::Other);
     let f = |i: usize| fields.get(i).copied().unwrap_or("");
     let (Some((h, mi, s)), Some(date)) = (utc_time(f(5)), Some(f(6)).filter(|v| v.len() == 6))
     else {
@@ -507,7 +517,7 @@ fn decode_alternative(fields: &[&str]) -> Decoded {
     if !f(2).starts_with('-') && !f(2).is_empty() {
         p.attrs.text("event", f(2));
     }
-    d.kind = "data";
+    d.kind = MessageKind::Data;
     d.positions.push(p);
     d
 }
@@ -515,7 +525,7 @@ fn decode_alternative(fields: &[&str]) -> Decoded {
 /// `OBD,yymmddhhmmss,odometer,fuel instant,fuel average,hours,speed,load %,coolant,throttle %,
 /// rpm,battery V,dtc...`: engine data without a fix, kept as status.
 fn decode_obd(fields: &[&str]) -> Decoded {
-    let mut d = Decoded::kind("obd");
+    let mut d = Decoded::kind(MessageKind::Obd);
     let mut a = Attributes::default();
     let f = |i: usize| fields.get(i).copied().unwrap_or("").trim();
     let int = |i: usize| f(i).trim_start_matches('+').parse::<i64>().ok();

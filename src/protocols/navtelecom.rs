@@ -19,8 +19,8 @@ use bytes::Bytes;
 
 use super::util::CRC8_EGTS;
 use super::{
-    CommandBody, CommandError, CommandResponse, DecodeCtx, DecodeError, Decoded, DeviceCommand,
-    FrameCut, Protocol, ProtocolSpec, Session, Transport,
+    CommandBody, CommandError, CommandResponse, DecodeCtx, DecodeError, DecodeReason, Decoded,
+    DeviceCommand, FrameCut, MessageKind, Protocol, ProtocolSpec, Session, Transport,
 };
 use crate::model::{DeviceId, Position};
 use flex::Mask;
@@ -70,8 +70,15 @@ impl Session for NavtelecomSession {
         let mut d = match frame.first() {
             Some(b'@') => self.decode_ntcb(frame)?,
             Some(b'~') => self.decode_flex(frame)?,
-            Some(0x7F) => Decoded::kind("heartbeat"),
-            _ => return Err(DecodeError::new(NAME, "framing", 0, "no frame marker")),
+            Some(0x7F) => Decoded::kind(MessageKind::Heartbeat),
+            _ => {
+                return Err(DecodeError::new(
+                    NAME,
+                    DecodeReason::Framing,
+                    0,
+                    "no frame marker",
+                ))
+            }
         };
         if d.device.is_none() {
             d.device = self.imei.clone().map(DeviceId);
@@ -144,7 +151,7 @@ impl NavtelecomSession {
         self.mask.as_ref().map(|m| m.record_len).ok_or_else(|| {
             DecodeError::new(
                 NAME,
-                "no_flex",
+                DecodeReason::Unsupported,
                 1,
                 format!("~{} before the *>FLEX negotiation", kind as char),
             )
@@ -159,7 +166,7 @@ impl NavtelecomSession {
             if len > MAX_FRAME {
                 Err(DecodeError::new(
                     NAME,
-                    "too_large",
+                    DecodeReason::TooLarge,
                     0,
                     format!("{len} bytes"),
                 ))
@@ -186,7 +193,7 @@ impl NavtelecomSession {
             },
             other => Err(DecodeError::new(
                 NAME,
-                "framing",
+                DecodeReason::Framing,
                 1,
                 format!("unknown FLEX message ~{}", other as char),
             )),
@@ -195,13 +202,18 @@ impl NavtelecomSession {
 
     fn decode_ntcb(&mut self, f: &[u8]) -> Result<Decoded, DecodeError> {
         if f.len() < NTCB_HEADER {
-            return Err(DecodeError::new(NAME, "truncated", f.len(), "NTCB header"));
+            return Err(DecodeError::new(
+                NAME,
+                DecodeReason::Truncated,
+                f.len(),
+                "NTCB header",
+            ));
         }
         let data = &f[NTCB_HEADER..];
         if xor(&f[..15]) != f[15] {
             return Err(DecodeError::new(
                 NAME,
-                "crc",
+                DecodeReason::Crc,
                 15,
                 format!("header XOR {:#04x}, computed {:#04x}", f[15], xor(&f[..15])),
             ));
@@ -209,7 +221,7 @@ impl NavtelecomSession {
         if xor(data) != f[14] {
             return Err(DecodeError::new(
                 NAME,
-                "crc",
+                DecodeReason::Crc,
                 14,
                 format!("data XOR {:#04x}, computed {:#04x}", f[14], xor(data)),
             ));
@@ -218,28 +230,35 @@ impl NavtelecomSession {
         self.ids = (id(4), id(8));
         let reply = |s: &Self, body: &[u8]| Some(ntcb(s.ids.1, s.ids.0, body));
         if data.is_empty() {
-            return Ok(Decoded::kind("heartbeat"));
+            return Ok(Decoded::kind(MessageKind::Heartbeat));
         }
         if let Some(imei) = data.strip_prefix(b"*>S:") {
             let imei = std::str::from_utf8(imei)
                 .ok()
                 .filter(|s| !s.is_empty() && s.len() <= 20 && s.bytes().all(|b| b.is_ascii_digit()))
-                .ok_or_else(|| DecodeError::new(NAME, "bad_id", 20, "IMEI is not digits"))?;
+                .ok_or_else(|| {
+                    DecodeError::new(NAME, DecodeReason::BadIdentity, 20, "IMEI is not digits")
+                })?;
             self.imei = Some(imei.to_string());
-            let mut d = Decoded::kind("login");
+            let mut d = Decoded::kind(MessageKind::Login);
             d.device = Some(DeviceId::new(imei));
             d.reply = reply(self, b"*<S");
             return Ok(d);
         }
         if let Some(rest) = data.strip_prefix(b"*>FLEX") {
             let [proto, version, structure, bits, mask @ ..] = rest else {
-                return Err(DecodeError::new(NAME, "truncated", 22, "*>FLEX header"));
+                return Err(DecodeError::new(
+                    NAME,
+                    DecodeReason::Truncated,
+                    22,
+                    "*>FLEX header",
+                ));
             };
             let bits = usize::from(*bits);
             if *proto != 0xB0 || mask.len() < bits.div_ceil(8) {
                 return Err(DecodeError::new(
                     NAME,
-                    "framing",
+                    DecodeReason::Framing,
                     22,
                     format!(
                         "*>FLEX protocol {proto:#04x}, {bits} fields, {} mask bytes",
@@ -250,14 +269,14 @@ impl NavtelecomSession {
             let m = Mask::from_bits(bits, mask).map_err(|field| {
                 DecodeError::new(
                     NAME,
-                    "flex_field",
+                    DecodeReason::BadField,
                     26,
                     format!("field {field} beyond FLEX 3.0"),
                 )
             })?;
             self.mask = Some(m);
             // The second half of the session set-up, counted with the handshake.
-            let mut d = Decoded::kind("login");
+            let mut d = Decoded::kind(MessageKind::Login);
             d.reply = reply(
                 self,
                 &[
@@ -269,7 +288,7 @@ impl NavtelecomSession {
         if let Some(answer) = data.strip_prefix(b"*@") {
             let text = String::from_utf8_lossy(data).into_owned();
             let upper = String::from_utf8_lossy(answer).to_ascii_uppercase();
-            let mut d = Decoded::kind("command_response");
+            let mut d = Decoded::kind(MessageKind::CommandResponse);
             d.command_response = Some(CommandResponse {
                 text,
                 success: if upper.contains("ERR") {
@@ -291,12 +310,12 @@ impl NavtelecomSession {
             let recs = ntcb::records(&data[3..], array).ok_or_else(|| {
                 DecodeError::new(
                     NAME,
-                    "truncated",
+                    DecodeReason::Truncated,
                     19,
                     "native NTCB record cut short or of an unknown format",
                 )
             })?;
-            let mut d = Decoded::kind("data");
+            let mut d = Decoded::kind(MessageKind::Data);
             let ack = if array {
                 vec![b'*', b'<', b'A', recs.len() as u8]
             } else {
@@ -308,24 +327,29 @@ impl NavtelecomSession {
                 push(&mut d, r.position, r.status);
             }
             if d.positions.is_empty() {
-                d.kind = "status";
+                d.kind = MessageKind::Status;
             }
             d.reply = reply(self, &ack);
             return Ok(d);
         }
         // Queries and messages fleetgate does not use: not acknowledged.
-        Ok(Decoded::kind("other"))
+        Ok(Decoded::kind(MessageKind::Other))
     }
 
     fn decode_flex(&mut self, f: &[u8]) -> Result<Decoded, DecodeError> {
         let Some((&crc, body)) = f.split_last() else {
-            return Err(DecodeError::new(NAME, "truncated", 0, "empty FLEX frame"));
+            return Err(DecodeError::new(
+                NAME,
+                DecodeReason::Truncated,
+                0,
+                "empty FLEX frame",
+            ));
         };
         let want = CRC8_EGTS.checksum(body);
         if crc != want {
             return Err(DecodeError::new(
                 NAME,
-                "crc",
+                DecodeReason::Crc,
                 f.len() - 1,
                 format!("CRC-8 {crc:#04x}, computed {want:#04x}"),
             ));
@@ -335,13 +359,12 @@ impl NavtelecomSession {
             body.get(at..at + 4)
                 .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
         };
-        let mut d = Decoded::kind("data");
+        let mut d = Decoded::kind(MessageKind::Data);
         match kind {
             b'A' | b'T' | b'C' => {
-                let mask = self
-                    .mask
-                    .clone()
-                    .ok_or_else(|| DecodeError::new(NAME, "no_flex", 1, "no FLEX negotiation"))?;
+                let mask = self.mask.clone().ok_or_else(|| {
+                    DecodeError::new(NAME, DecodeReason::Unsupported, 1, "no FLEX negotiation")
+                })?;
                 let (start, count) = match kind {
                     b'A' => (3, usize::from(body[2])),
                     b'T' => (6, 1),
@@ -350,9 +373,9 @@ impl NavtelecomSession {
                 let mut last_number = 0;
                 for i in 0..count {
                     let at = start + i * mask.record_len;
-                    let rec = body
-                        .get(at..at + mask.record_len)
-                        .ok_or_else(|| DecodeError::new(NAME, "truncated", at, "FLEX record"))?;
+                    let rec = body.get(at..at + mask.record_len).ok_or_else(|| {
+                        DecodeError::new(NAME, DecodeReason::Truncated, at, "FLEX record")
+                    })?;
                     let r = flex::decode_record(&mask, rec);
                     last_number = r.number;
                     push(&mut d, r.position, r.status);
@@ -367,7 +390,7 @@ impl NavtelecomSession {
             }
             b'X' | b'E' => {
                 // FLEX 2.0 extra records: acknowledged; their layout is model specific.
-                d.kind = "other";
+                d.kind = MessageKind::Other;
                 let mut ack = vec![b'~', kind];
                 if kind == b'X' {
                     ack.extend(u32_at(2).unwrap_or(0).to_le_bytes());
@@ -379,14 +402,14 @@ impl NavtelecomSession {
             other => {
                 return Err(DecodeError::new(
                     NAME,
-                    "framing",
+                    DecodeReason::Framing,
                     1,
                     format!("unknown FLEX message ~{}", other as char),
                 ))
             }
         }
-        if d.positions.is_empty() && d.kind == "data" {
-            d.kind = "status";
+        if d.positions.is_empty() && d.kind == MessageKind::Data {
+            d.kind = MessageKind::Status;
         }
         Ok(d)
     }

@@ -15,7 +15,8 @@ use chrono::{DateTime, Utc};
 
 use super::util::CRC16_CCITT_FALSE;
 use super::{
-    DecodeCtx, DecodeError, Decoded, FrameCut, Protocol, ProtocolSpec, Session, Transport,
+    DecodeCtx, DecodeError, DecodeReason, Decoded, FrameCut, MessageKind, Protocol, ProtocolSpec,
+    Session, Transport,
 };
 use crate::model::{Attributes, DeviceId, Position};
 use proto::Fields;
@@ -57,7 +58,7 @@ fn unescape(f: &[u8]) -> Result<Vec<u8>, DecodeError> {
                 other => {
                     return Err(DecodeError::new(
                         NAME,
-                        "escape",
+                        DecodeReason::Framing,
                         i,
                         format!("0xDB followed by {:?}", other.map(|(_, b)| *b)),
                     ))
@@ -132,17 +133,27 @@ impl Session for OmnicommSession {
 
     fn decode(&mut self, raw: &[u8], _ctx: &DecodeCtx) -> Result<Decoded, DecodeError> {
         if raw.first() != Some(&0xC0) {
-            return Err(DecodeError::new(NAME, "framing", 0, "no 0xC0 prefix"));
+            return Err(DecodeError::new(
+                NAME,
+                DecodeReason::Framing,
+                0,
+                "no 0xC0 prefix",
+            ));
         }
         let f = unescape(&raw[1..])?;
         if f.len() < 5 {
-            return Err(DecodeError::new(NAME, "truncated", f.len(), "frame header"));
+            return Err(DecodeError::new(
+                NAME,
+                DecodeReason::Truncated,
+                f.len(),
+                "frame header",
+            ));
         }
         let len = usize::from(u16::from_le_bytes([f[1], f[2]]));
         if f.len() != 3 + len + 2 {
             return Err(DecodeError::new(
                 NAME,
-                "length",
+                DecodeReason::Framing,
                 2,
                 format!("length {len}, frame carries {}", f.len().saturating_sub(5)),
             ));
@@ -153,7 +164,7 @@ impl Session for OmnicommSession {
         if got != want {
             return Err(DecodeError::new(
                 NAME,
-                "crc",
+                DecodeReason::Crc,
                 3 + len,
                 format!("CRC {got:#06x}, computed {want:#06x}"),
             ));
@@ -165,24 +176,31 @@ impl Session for OmnicommSession {
         };
         let mut d = match body[0] {
             IDENTIFICATION => {
-                let id = u32_at(0)
-                    .ok_or_else(|| DecodeError::new(NAME, "truncated", 3, "terminal id"))?;
+                let id = u32_at(0).ok_or_else(|| {
+                    DecodeError::new(NAME, DecodeReason::Truncated, 3, "terminal id")
+                })?;
                 self.id = Some(id.to_string());
-                let mut d = Decoded::kind("login");
+                let mut d = Decoded::kind(MessageKind::Login);
                 d.device = self.id.clone().map(DeviceId);
                 d.reply = Some(frame(ARCHIVE_INQUIRY, &0u32.to_le_bytes()));
                 d
             }
             ARCHIVE_DATA => {
-                let first = u32_at(0)
-                    .ok_or_else(|| DecodeError::new(NAME, "truncated", 3, "record number"))?;
-                let mut d = Decoded::kind("data");
+                let first = u32_at(0).ok_or_else(|| {
+                    DecodeError::new(NAME, DecodeReason::Truncated, 3, "record number")
+                })?;
+                let mut d = Decoded::kind(MessageKind::Data);
                 let mut at = 9;
                 let mut records = 0u32;
                 while at + 2 <= data.len() {
                     let n = usize::from(u16::from_le_bytes([data[at], data[at + 1]]));
                     let rec = data.get(at + 2..at + 2 + n).ok_or_else(|| {
-                        DecodeError::new(NAME, "truncated", 3 + at, "record longer than the frame")
+                        DecodeError::new(
+                            NAME,
+                            DecodeReason::Truncated,
+                            3 + at,
+                            "record longer than the frame",
+                        )
                     })?;
                     at += 2 + n;
                     records += 1;
@@ -193,7 +211,7 @@ impl Session for OmnicommSession {
                     }
                 }
                 if d.positions.is_empty() {
-                    d.kind = "status";
+                    d.kind = MessageKind::Status;
                 }
                 d.reply = Some(frame(
                     REMOVE_ARCHIVE,
@@ -201,7 +219,7 @@ impl Session for OmnicommSession {
                 ));
                 d
             }
-            _ => Decoded::kind("other"),
+            _ => Decoded::kind(MessageKind::Other),
         };
         if d.device.is_none() {
             d.device = self.id.clone().map(DeviceId);

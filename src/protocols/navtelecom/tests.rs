@@ -32,7 +32,7 @@ const DOC_FLEX: &str = "404e544301000000000000002a0046742a3e464c4558b01e1efffffe
 fn handshake_and_negotiation_are_answered_as_the_documents_examples() {
     let mut s = NavtelecomSession::default();
     let d = feed(&mut s, DOC_HANDSHAKE).unwrap();
-    assert_eq!(d.kind, "login");
+    assert_eq!(d.kind.as_str(), "login");
     assert_eq!(d.device, Some(DeviceId::new("866795033323864")));
     assert_eq!(reply_hex(&d), "404e544300000000010000000300455e2a3c53");
     let d = feed(&mut s, DOC_FLEX).unwrap();
@@ -124,14 +124,14 @@ fn archive_is_answered_with_its_count_and_a_bad_crc_is_refused() {
     let mut bad = pkt.to_vec();
     *bad.last_mut().unwrap() ^= 0xFF;
     let e = s.decode(&bad, &ctx()).unwrap_err();
-    assert_eq!(e.reason, "crc");
+    assert_eq!(e.reason.as_str(), "crc");
 }
 
 #[test]
 fn flex_data_before_negotiation_cannot_be_framed() {
     let mut s = NavtelecomSession::default();
     let e = s.next_frame(b"~A\x01\x00\x00").unwrap_err();
-    assert_eq!(e.reason, "no_flex");
+    assert_eq!(e.reason.as_str(), "unsupported");
 }
 
 #[test]
@@ -139,10 +139,10 @@ fn ntcb_checksums_are_checked() {
     let mut s = NavtelecomSession::default();
     let mut b = hex::decode(DOC_HANDSHAKE).unwrap();
     b[20] ^= 1; // a digit of the IMEI: data XOR no longer matches
-    assert_eq!(s.decode(&b, &ctx()).unwrap_err().reason, "crc");
+    assert_eq!(s.decode(&b, &ctx()).unwrap_err().reason.as_str(), "crc");
     let mut b = hex::decode(DOC_HANDSHAKE).unwrap();
     b[4] ^= 1; // receiver id: header XOR no longer matches
-    assert_eq!(s.decode(&b, &ctx()).unwrap_err().reason, "crc");
+    assert_eq!(s.decode(&b, &ctx()).unwrap_err().reason.as_str(), "crc");
 }
 
 #[test]
@@ -184,7 +184,10 @@ fn engine_commands_switch_output_1_in_an_ntcb_frame() {
 fn keep_alives_are_single_bytes_and_empty_ntcb_frames() {
     let mut s = NavtelecomSession::default();
     assert_eq!(s.next_frame(&[0x7F, b'~']), Ok(FrameCut::Frame(1)));
-    assert_eq!(s.decode(&[0x7F], &ctx()).unwrap().kind, "heartbeat");
+    assert_eq!(
+        s.decode(&[0x7F], &ctx()).unwrap().kind.as_str(),
+        "heartbeat"
+    );
     let empty = ntcb(1, 0, b"");
     assert_eq!(s.next_frame(&empty), Ok(FrameCut::Frame(16)));
     assert_eq!(s.decode(&empty, &ctx()).unwrap().reply, None);

@@ -51,7 +51,7 @@ fn archive_records_decode_and_are_answered_with_the_next_record_number() {
     let mut bad = hex::decode(pkt).unwrap();
     let n = bad.len();
     bad[n - 3] ^= 1;
-    assert_eq!(s.decode(&bad, &ctx()).unwrap_err().reason, "crc");
+    assert_eq!(s.decode(&bad, &ctx()).unwrap_err().reason.as_str(), "crc");
 }
 
 #[test]
