@@ -11,8 +11,9 @@ use super::{Actor, ApiError, AppState};
 use crate::geofence::edit::{self, fleet_positions, Proposal, Refusal, Verdict};
 use crate::geofence::{Zone, ZoneSet};
 use crate::model::VehicleId;
-use crate::storage::immobiliser::{AuditEntry, AuditPosition, ImmobChanges};
-use crate::storage::zones::{EventQuery, StoredZone, StoredZoneEvent};
+use crate::geofence::store::{EventQuery, StoredZone, StoredZoneEvent, ZoneStore};
+use crate::immobiliser::store::{AuditEntry, AuditPosition, ImmobChanges};
+use crate::pipeline::store::StorageError;
 
 fn feature_with_source(state: &AppState, z: &Zone) -> serde_json::Value {
     let mut f = z.to_feature();
@@ -134,7 +135,7 @@ pub async fn delete(
     q: Result<Query<ForceQuery>, QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let is_stored = state.store.zones().await?.iter().any(|z| z.name == name);
+    let is_stored = state.store.zones.zones().await?.iter().any(|z| z.name == name);
     if !is_stored {
         if state.zones.is_file_zone(&name) {
             return Err(ApiError::Conflict(format!(
@@ -154,7 +155,7 @@ pub async fn delete(
 }
 
 type StoreStep<'a> = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<bool, crate::storage::StorageError>> + Send + 'a>,
+    Box<dyn std::future::Future<Output = Result<bool, StorageError>> + Send + 'a>,
 >;
 
 /// Review the set in force with zone `name` replaced by `zone` (or removed), then store
@@ -167,7 +168,7 @@ async fn apply(
     name: &str,
     zone: Option<Zone>,
     force: bool,
-    save: impl for<'s> FnOnce(&'s dyn crate::storage::Store) -> StoreStep<'s>,
+    save: impl for<'s> FnOnce(&'s dyn ZoneStore) -> StoreStep<'s>,
 ) -> Result<Verdict, ApiError> {
     let cfg = &state.config.geofences;
     let _edit = state.zones.lock_edits().await;
@@ -181,7 +182,7 @@ async fn apply(
     zones.extend(zone);
     let candidate = ZoneSet::from_zones_with(zones, &cfg.debounce)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let fleet = fleet_positions(state.store.as_ref()).await?;
+    let fleet = fleet_positions(state.store.core.as_ref()).await?;
     let proposal = Proposal {
         current: &current,
         candidate: &candidate,
@@ -208,7 +209,7 @@ async fn apply(
             });
         }
     };
-    save(state.store.as_ref()).await?;
+    save(state.store.zones.as_ref()).await?;
     state.zones.install(candidate, state.zones.files()).await;
     for w in &verdict.warnings {
         tracing::warn!(zone = %name, actor = %actor.0, warning = %w, "zone stored with a warning");
@@ -238,7 +239,7 @@ async fn audit_forced(
     );
     metrics::counter!("fleetgate_zone_changes_forced_total").increment(1);
     let vehicles: std::collections::HashMap<_, _> = state
-        .store
+        .store.core
         .vehicles()
         .await?
         .into_iter()
@@ -278,7 +279,7 @@ async fn audit_forced(
         })
         .collect();
     state
-        .store
+        .store.immobiliser
         .immobiliser_apply(&ImmobChanges {
             audit,
             ..ImmobChanges::default()
@@ -319,5 +320,5 @@ pub async fn events(
         to: q.to,
         limit: q.limit.unwrap_or(10_000).clamp(1, 100_000),
     };
-    Ok(Json(state.store.zone_events(&query).await?))
+    Ok(Json(state.store.zones.zone_events(&query).await?))
 }

@@ -13,7 +13,7 @@ use super::{Actor, ApiError, AppState};
 use crate::immobiliser::actor::{ImmobView, ReasonChange};
 use crate::immobiliser::{BlockReason, Command, ImmobError};
 use crate::model::VehicleId;
-use crate::storage::immobiliser::{AuditEntry, AuditQuery};
+use crate::immobiliser::store::{AuditEntry, AuditQuery};
 
 /// Most rows one commands or audit request returns.
 const MAX_LIMIT: u32 = 10_000;
@@ -143,11 +143,11 @@ pub async fn commands(
 ) -> Result<Json<Vec<Command>>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let vehicle = VehicleId(id);
-    if state.store.vehicle(&vehicle).await?.is_none() {
+    if state.store.core.vehicle(&vehicle).await?.is_none() {
         return Err(ApiError::NotFound(format!("vehicle '{vehicle}' not found")));
     }
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_LIMIT);
-    Ok(Json(state.store.commands(&vehicle, limit).await?))
+    Ok(Json(state.store.immobiliser.commands(&vehicle, limit).await?))
 }
 
 pub async fn command(
@@ -158,7 +158,7 @@ pub async fn command(
         .parse()
         .map_err(|_| ApiError::BadRequest(format!("command id '{id}' is not a number")))?;
     state
-        .store
+        .store.immobiliser
         .command(n)
         .await?
         .map(Json)
@@ -191,5 +191,5 @@ pub async fn audit(
         to,
         limit: q.limit.unwrap_or(1000).clamp(1, MAX_LIMIT),
     };
-    Ok(Json(state.store.audit(&query).await?))
+    Ok(Json(state.store.immobiliser.audit(&query).await?))
 }

@@ -24,7 +24,7 @@ use axum::{Json, Router};
 use crate::config::Config;
 use crate::ingest::Admission;
 use crate::pipeline::Pipeline;
-use crate::storage::Store;
+use crate::storage::Stores;
 
 pub use auth::Actor;
 pub use error::{object_body, ApiError};
@@ -34,7 +34,8 @@ pub use meta::OPENAPI_JSON;
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
-    pub store: Arc<dyn Store>,
+    /// The database, one handle per port.
+    pub store: Stores,
     pub pipeline: Pipeline,
     pub admission: Arc<Admission>,
     /// Set once every listener is bound and storage is open.
@@ -95,7 +96,7 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     if let Err(why) = s.pipeline.storage_health().check(std::time::Instant::now()) {
         return (StatusCode::SERVICE_UNAVAILABLE, why);
     }
-    match s.store.ping().await {
+    match s.store.core.ping().await {
         // Running, but not every zone is in force: say so (still ready: the others are).
         Ok(()) => match s.zones.broken_files() {
             broken if broken.is_empty() => (StatusCode::OK, "ready".to_string()),

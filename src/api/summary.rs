@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::model::DeviceId;
 use crate::pipeline::filter::haversine_m;
-use crate::storage::{StorageError, Store, StoredPosition, TrackPoint};
+use crate::pipeline::store::{StorageError, Store, StoredPosition, TrackPoint};
 
 /// Points read per page: `/track`'s default page, well within its cap (`MAX_TRACK_LIMIT`), so
 /// a summary never holds more of a track than one `/track` answer would.

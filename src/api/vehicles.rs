@@ -10,7 +10,7 @@ use super::summary::{summarize, TrackSummary, PAGE};
 use super::{ApiError, AppState};
 use crate::model::{DeviceId, VehicleId};
 use crate::protocols::Protocol;
-use crate::storage::{DeviceState, StoredPosition, Vehicle, VehicleUpdate};
+use crate::pipeline::store::{DeviceState, StoredPosition, Vehicle, VehicleUpdate, VEHICLE_STATUSES};
 
 /// Most positions one track request returns.
 pub(super) const MAX_TRACK_LIMIT: u32 = 100_000;
@@ -101,11 +101,11 @@ async fn live_state(
     if let Some(s) = state.pipeline.state(device).await {
         return Ok(Some(s));
     }
-    Ok(state.store.device_state(device).await?)
+    Ok(state.store.core.device_state(device).await?)
 }
 
 pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<VehicleView>>, ApiError> {
-    let vehicles = state.store.vehicles().await?;
+    let vehicles = state.store.core.vehicles().await?;
     let live: std::collections::HashMap<_, _> = state
         .pipeline
         .states()
@@ -114,7 +114,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<VehicleView>
         .map(|s| (s.device_id.clone(), s))
         .collect();
     let stored: std::collections::HashMap<_, _> = state
-        .store
+        .store.core
         .device_states()
         .await?
         .into_iter()
@@ -143,7 +143,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<VehicleView>
 
 async fn find(state: &AppState, id: &str) -> Result<Vehicle, ApiError> {
     state
-        .store
+        .store.core
         .vehicle(&VehicleId(id.to_string()))
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("vehicle '{id}' not found")))
@@ -174,7 +174,7 @@ pub async fn put(
             ApiError::BadRequest(e.body_text())
         }
     })?;
-    let before = state.store.vehicle(&VehicleId(id.clone())).await?;
+    let before = state.store.core.vehicle(&VehicleId(id.clone())).await?;
     // A new vehicle's id must be safe to show and log; an existing one (say, a long id
     // registered before this check) stays editable.
     if before.is_none() {
@@ -188,10 +188,10 @@ pub async fn put(
         }
     }
     if let Some(s) = &update.status {
-        if !crate::storage::row::VEHICLE_STATUSES.contains(&s.as_str()) {
+        if !VEHICLE_STATUSES.contains(&s.as_str()) {
             return Err(ApiError::BadRequest(format!(
                 "status: '{s}' is not one of {}",
-                crate::storage::row::VEHICLE_STATUSES.join(", ")
+                VEHICLE_STATUSES.join(", ")
             )));
         }
     }
@@ -202,7 +202,7 @@ pub async fn put(
             ));
         }
     }
-    let v = state.store.upsert_vehicle(&VehicleId(id), &update).await?;
+    let v = state.store.core.upsert_vehicle(&VehicleId(id), &update).await?;
     state.admission.invalidate();
     // A tracker moved between cars: its old car's commands must never reach the new car.
     let old_device = before.and_then(|b| b.device_id);
@@ -252,7 +252,7 @@ pub async fn track(
     let Some(device) = v.device_id else {
         return Ok(Json(Vec::new()));
     };
-    Ok(Json(state.store.track(&device, from, to, limit).await?))
+    Ok(Json(state.store.core.track(&device, from, to, limit).await?))
 }
 
 pub async fn summary(
@@ -267,6 +267,6 @@ pub async fn summary(
         return Ok(Json(TrackSummary::default()));
     };
     Ok(Json(
-        summarize(state.store.as_ref(), &device, from, to, PAGE).await?,
+        summarize(state.store.core.as_ref(), &device, from, to, PAGE).await?,
     ))
 }

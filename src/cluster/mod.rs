@@ -31,7 +31,7 @@ use crate::config::StorageConfig;
 use crate::immobiliser::handle::{ImmobView, ReasonChange};
 use crate::immobiliser::ImmobError;
 use crate::model::{DeviceId, VehicleId};
-use crate::storage::StorageError;
+use crate::pipeline::store::StorageError;
 
 /// The channel instances LISTEN on; the payload is the name of the instance to wake.
 pub(crate) const CHANNEL: &str = "fleetgate_requests";

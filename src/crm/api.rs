@@ -240,9 +240,9 @@ pub struct FleetSummary {
 }
 
 async fn summary(State(s): State<AppState>) -> Result<Json<FleetSummary>, ApiError> {
-    let vehicles = s.store.vehicles().await?;
+    let vehicles = s.store.core.vehicles().await?;
     let mut latest: HashMap<_, _> = s
-        .store
+        .store.core
         .device_states()
         .await?
         .into_iter()

@@ -21,8 +21,8 @@ use super::shift::{FixInput, ShiftEvent, ShiftRules, ShiftState};
 use super::{RulesConfig, Wiring, REASON_INSPECTION, REASON_LOW_BALANCE};
 use crate::model::{DeviceId, VehicleId};
 use crate::pipeline::Committed;
-use crate::storage::crm::{CrmStore, StateWrite};
-use crate::storage::{StorageError, Vehicle};
+use super::store::{CrmStore, StateWrite};
+use crate::pipeline::store::{StorageError, Vehicle};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CrmError {
@@ -755,7 +755,7 @@ impl Engine {
     async fn shift_over(
         &self,
         v: &Vehicle,
-        item: &crate::storage::WriteItem,
+        item: &crate::pipeline::store::WriteItem,
         st: &mut ShiftState,
         miles: &mut MileageState,
     ) -> Vec<Payload> {

@@ -1,6 +1,7 @@
 //! In-memory implementations of the CRM seams: block reasons that record every call, zones
-//! as a bounding box, and a `CrmStore` for paused-clock tests. The daemon uses the first two
-//! until the immobiliser and the geofences are wired in.
+//! as a bounding box, and a [`CrmStore`] for tests on tokio's paused clock
+//! (`tests/crm_balance.rs`). The daemon falls back to the first when no immobiliser is wired
+//! in (`Seams::reasons` unset).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -11,8 +12,8 @@ use chrono::{DateTime, Utc};
 use super::event::{NewEvent, OutboxEvent, Status};
 use super::{BlockReasons, BlockView, FleetZones};
 use crate::model::VehicleId;
-use crate::storage::crm::{CrmStore, StateWrite};
-use crate::storage::{StorageError, Vehicle};
+use super::store::{CrmStore, StateWrite};
+use crate::pipeline::store::{StorageError, Vehicle};
 
 /// One `set_reason` call as received.
 #[derive(Clone, Debug, PartialEq)]

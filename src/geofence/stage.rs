@@ -20,8 +20,8 @@ use super::{
 };
 use crate::model::{DeviceId, VehicleId};
 use crate::pipeline::Committed;
-use crate::storage::zones::{StoredMembership, StoredZoneEvent, ZoneChange};
-use crate::storage::{StorageError, Store};
+use super::store::{StoredMembership, StoredZoneEvent, ZoneChange, ZoneStore};
+use crate::pipeline::store::StorageError;
 
 /// What the vehicle API shows: `zone: {inside_service_area, zones: [names]}`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -237,7 +237,7 @@ pub fn read_file(path: &Path) -> Result<Vec<Zone>, LoadError> {
 /// The file zones with the stored zones replacing those of the same name, indexed.
 pub async fn compose(
     files: &FileZones,
-    store: &dyn Store,
+    store: &dyn ZoneStore,
     debounce: &DebounceConfig,
 ) -> Result<ZoneSet, LoadError> {
     let mut by_name = files.clone();
@@ -261,7 +261,7 @@ struct Entry {
 
 struct Stage {
     set: Arc<ZoneSet>,
-    store: Arc<dyn Store>,
+    store: Arc<dyn ZoneStore>,
     devices: HashMap<DeviceId, Entry>,
     restored: HashMap<DeviceId, StoredMembership>,
     listeners: Vec<mpsc::Sender<ZoneNotice>>,
@@ -272,7 +272,7 @@ struct Stage {
 pub async fn start(
     set: ZoneSet,
     files: FileZones,
-    store: Arc<dyn Store>,
+    store: Arc<dyn ZoneStore>,
     committed: mpsc::Receiver<Arc<Committed>>,
     listeners: Vec<mpsc::Sender<ZoneNotice>>,
 ) -> Result<(ZonesHandle, tokio::task::JoinHandle<()>), StorageError> {
@@ -362,11 +362,10 @@ impl Stage {
         if !self.devices.contains_key(device) {
             let vehicle = self
                 .store
-                .vehicle_by_device(device)
+                .vehicle_of(device)
                 .await
                 .ok()
-                .flatten()
-                .map(|v| v.id);
+                .flatten();
             let zones = match self.restored.remove(device) {
                 Some(m) => VehicleZones::restore(&self.set, m.last_fix, &m.zones),
                 None => VehicleZones::new(),

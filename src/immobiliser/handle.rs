@@ -14,8 +14,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::{BlockReason, ImmobError, ImmobState, Machine};
 use crate::cluster::Cluster;
 use crate::model::VehicleId;
-use crate::storage::immobiliser::VehicleImmobRow;
-use crate::storage::Store;
+use super::store::{ImmobiliserStore, VehicleImmobRow};
 
 /// `immobiliser` in the vehicle view: `{state, reasons, since}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -124,7 +123,7 @@ pub(super) enum Request {
 #[derive(Clone)]
 pub(super) struct Routing {
     pub cluster: Arc<Cluster>,
-    pub store: Arc<dyn Store>,
+    pub store: Arc<dyn ImmobiliserStore>,
 }
 
 /// The one path by which every rule and the API add and lift reasons. Cheap to clone.

@@ -8,6 +8,8 @@
 //!   batches, session events and [`ImmobiliserHandle`] requests; persists, then acts.
 //! - [`handle`]: [`ImmobiliserHandle`], the one path to add and lift reasons, and the view.
 //! - [`config`]: the `[immobiliser]` section, with per-model command profiles.
+//! - [`store`]: [`store::ImmobiliserStore`], the storage port the actor persists through
+//!   (implemented by `crate::storage`).
 //!
 //! A vehicle is blocked while at least one [`BlockReason`] stands. Geofence rules
 //! (`outside_service_area`), CRM rules (`low_balance`, `inspection`) and operators (`manual`)
@@ -20,6 +22,7 @@ pub mod crm_link;
 pub mod handle;
 pub mod machine;
 pub mod safety;
+pub mod store;
 pub mod zone_rule;
 
 use std::fmt;

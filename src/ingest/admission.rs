@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use crate::model::{DeviceId, VehicleId};
 use crate::protocols::Protocol;
-use crate::storage::{StorageError, Store, VehicleUpdate};
+use crate::pipeline::store::{StorageError, Store, VehicleUpdate};
 
 pub struct Admission {
     store: Arc<dyn Store>,

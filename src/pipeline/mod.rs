@@ -8,6 +8,7 @@ pub mod filter;
 pub mod retry;
 mod shard;
 pub mod storage_health;
+pub mod store;
 pub mod writer;
 
 use std::hash::{Hash, Hasher};
@@ -21,7 +22,7 @@ use tokio::task::JoinHandle;
 use crate::config::Config;
 use crate::model::{DeviceId, Origin, Position};
 use crate::protocols::Protocol;
-use crate::storage::{DeviceState, Store};
+use store::{DeviceState, Store};
 
 pub use shard::Shard;
 pub use writer::Committed;

@@ -14,7 +14,7 @@ use super::{Accepted, ShardMsg};
 use crate::config::FiltersConfig;
 use crate::model::{DeviceId, Position};
 use crate::protocols::Protocol;
-use crate::storage::{DeviceState, NewPosition, StoredPosition, WriteItem};
+use super::store::{DeviceState, NewPosition, StoredPosition, WriteItem};
 
 /// Fix times remembered per device for duplicate detection; the database's primary key
 /// catches anything older.

@@ -1,88 +1,16 @@
-//! Persistence of geofences: API-managed zones, per-device debounced membership, and the
+//! [`ZoneStore`] on SQLite: API-managed zones, per-device debounced membership, and the
 //! confirmed enter/exit events.
 
 use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use serde::Serialize;
+use chrono::Utc;
 use sqlx::Row;
 
 use super::sqlite::SqliteStore;
-use super::{from_millis, millis, StorageError};
+use super::{from_millis, millis, StorageError, Store};
+use crate::geofence::store::{
+    EventQuery, StoredMembership, StoredZone, StoredZoneEvent, ZoneChange, ZoneStore,
+};
 use crate::model::{DeviceId, VehicleId};
-
-/// A zone as stored: its GeoJSON Feature text.
-#[derive(Clone, Debug, PartialEq)]
-pub struct StoredZone {
-    pub name: String,
-    pub kind: String,
-    pub feature: serde_json::Value,
-}
-
-/// A device's debounced membership, restored at start.
-#[derive(Clone, Debug, PartialEq)]
-pub struct StoredMembership {
-    pub device_id: DeviceId,
-    pub last_fix: DateTime<Utc>,
-    pub zones: Vec<String>,
-}
-
-/// One device's new membership and the events that led to it, stored together.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ZoneChange {
-    pub membership: StoredMembership,
-    pub events: Vec<StoredZoneEvent>,
-}
-
-/// A confirmed zone event as the API lists it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct StoredZoneEvent {
-    pub id: i64,
-    pub vehicle: Option<VehicleId>,
-    pub device_id: DeviceId,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub zone: String,
-    pub zone_kind: String,
-    pub time: DateTime<Utc>,
-    pub lat: f64,
-    pub lon: f64,
-}
-
-/// Filters of `GET /api/v1/events`.
-#[derive(Clone, Debug, Default)]
-pub struct EventQuery {
-    pub vehicle: Option<VehicleId>,
-    pub kind: Option<String>,
-    pub from: Option<DateTime<Utc>>,
-    pub to: Option<DateTime<Utc>>,
-    pub limit: u32,
-}
-
-#[async_trait]
-pub trait ZoneStore {
-    async fn zones(&self) -> Result<Vec<StoredZone>, StorageError>;
-    async fn put_zone(&self, zone: &StoredZone) -> Result<(), StorageError>;
-    /// True when a stored zone was deleted.
-    async fn delete_zone(&self, name: &str) -> Result<bool, StorageError>;
-    async fn memberships(&self) -> Result<Vec<StoredMembership>, StorageError>;
-    /// Save a device's membership and the events that changed it, in one transaction.
-    /// Store each device's new membership and the events that changed it, all in one
-    /// transaction (the zone stage hands over what one step of commits produced).
-    async fn save_zone_changes(&self, changes: &[ZoneChange]) -> Result<(), StorageError>;
-    /// One device's change on its own.
-    async fn save_zone_change(
-        &self,
-        membership: &StoredMembership,
-        events: &[StoredZoneEvent],
-    ) -> Result<(), StorageError> {
-        self.save_zone_changes(&[ZoneChange {
-            membership: membership.clone(),
-            events: events.to_vec(),
-        }])
-        .await
-    }
-    async fn zone_events(&self, q: &EventQuery) -> Result<Vec<StoredZoneEvent>, StorageError>;
-}
 
 #[async_trait]
 impl ZoneStore for SqliteStore {
@@ -177,6 +105,10 @@ impl ZoneStore for SqliteStore {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn vehicle_of(&self, device: &DeviceId) -> Result<Option<VehicleId>, StorageError> {
+        Ok(Store::vehicle_by_device(self, device).await?.map(|v| v.id))
     }
 
     async fn zone_events(&self, q: &EventQuery) -> Result<Vec<StoredZoneEvent>, StorageError> {

@@ -10,7 +10,8 @@ use sqlx::Row;
 use super::PostgresStore;
 use crate::crm::event::{NewEvent, OutboxEvent, Payload, Status};
 use crate::model::VehicleId;
-use crate::storage::crm::{new_key, CrmStore, StateWrite, OUTBOX_COLUMNS};
+use crate::crm::store::{CrmStore, StateWrite};
+use crate::storage::crm::{new_key, OUTBOX_COLUMNS};
 use crate::storage::{from_millis, millis, StorageError, Store, Vehicle};
 
 fn event_from_row(r: &PgRow) -> Result<OutboxEvent, StorageError> {

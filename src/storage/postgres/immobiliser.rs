@@ -15,11 +15,12 @@ use super::PostgresStore;
 use crate::immobiliser::machine::ReasonEntry;
 use crate::immobiliser::{BlockReason, Command, CommandStatus, ImmobState, Intent};
 use crate::model::{DeviceId, VehicleId};
-use crate::storage::immobiliser::{
-    AuditEntry, AuditPosition, AuditQuery, ImmobChanges, ImmobSnapshot, ImmobiliserStore,
-    VehicleImmobRow, AUDIT_SELECT, COMMAND_SELECT,
+use crate::immobiliser::store::{
+    AuditEntry, AuditPosition, AuditQuery, Fitting, ImmobChanges, ImmobSnapshot,
+    ImmobiliserStore, VehicleImmobRow,
 };
-use crate::storage::{from_millis, millis, StorageError};
+use crate::storage::immobiliser::{AUDIT_SELECT, COMMAND_SELECT};
+use crate::storage::{from_millis, millis, StorageError, Store};
 
 fn opt_time(r: &PgRow, i: usize) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
     Ok(r.try_get::<Option<i64>, _>(i)?.map(from_millis))
@@ -211,6 +212,17 @@ impl ImmobiliserStore for PostgresStore {
             .map(command_from_row)
             .collect::<Result<_, _>>()?;
         Ok((row, commands))
+    }
+
+    async fn fitting(&self, vehicle: &VehicleId) -> Result<Option<Fitting>, StorageError> {
+        Ok(Store::vehicle(self, vehicle).await?.map(|v| Fitting {
+            device: v.device_id,
+            protocol: v.protocol,
+        }))
+    }
+
+    async fn vehicle_of(&self, device: &DeviceId) -> Result<Option<VehicleId>, StorageError> {
+        Ok(Store::vehicle_by_device(self, device).await?.map(|v| v.id))
     }
 
     async fn reserve_command_ids(&self, n: u32) -> Result<Vec<i64>, StorageError> {

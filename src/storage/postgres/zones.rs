@@ -8,10 +8,10 @@ use sqlx::Row;
 
 use super::PostgresStore;
 use crate::model::{DeviceId, VehicleId};
-use crate::storage::zones::{
+use crate::geofence::store::{
     EventQuery, StoredMembership, StoredZone, StoredZoneEvent, ZoneChange, ZoneStore,
 };
-use crate::storage::{from_millis, millis, StorageError};
+use crate::storage::{from_millis, millis, StorageError, Store};
 
 #[async_trait]
 impl ZoneStore for PostgresStore {
@@ -107,6 +107,10 @@ impl ZoneStore for PostgresStore {
         }
         tx.commit().await?;
         Ok(())
+    }
+
+    async fn vehicle_of(&self, device: &DeviceId) -> Result<Option<VehicleId>, StorageError> {
+        Ok(Store::vehicle_by_device(self, device).await?.map(|v| v.id))
     }
 
     async fn zone_events(&self, q: &EventQuery) -> Result<Vec<StoredZoneEvent>, StorageError> {
