@@ -117,9 +117,8 @@ impl ZoneReloader {
         let cfg = &self.config.geofences;
         let _edit = self.zones.lock_edits().await;
         let files = crate::geofence::stage::read_dir(std::path::Path::new(&cfg.dir))?;
-        let set =
-            crate::geofence::stage::compose(&files, self.store.zones.as_ref(), &cfg.debounce)
-                .await?;
+        let set = crate::geofence::stage::compose(&files, self.store.zones.as_ref(), &cfg.debounce)
+            .await?;
         let current = self.zones.current();
         let fleet = edit::fleet_positions(self.store.core.as_ref()).await?;
         let proposal = edit::Proposal {
@@ -266,9 +265,13 @@ pub async fn start_with(
             .or_else(|| Some(Arc::new(immobiliser.clone()) as Arc<dyn crate::crm::BlockReasons>)),
         ..crm_seams
     };
-    let (crm, crm_tx, crm_tasks) =
-        crate::crm::start(&config, store.crm.clone(), crm_seams, Arc::new(zones.clone()))
-            .map_err(|e| StartError::Crm(e.to_string()))?;
+    let (crm, crm_tx, crm_tasks) = crate::crm::start(
+        &config,
+        store.crm.clone(),
+        crm_seams,
+        Arc::new(zones.clone()),
+    )
+    .map_err(|e| StartError::Crm(e.to_string()))?;
     let (pipeline, tasks) = Pipeline::start(
         &config,
         store.core.clone(),

@@ -7,18 +7,18 @@ use std::future::Future;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use fleetgate::config::StorageConfig;
-use fleetgate::immobiliser::machine::ReasonEntry;
-use fleetgate::immobiliser::{BlockReason, Command, CommandStatus, ImmobState, Intent};
-use fleetgate::model::{AttrKey, AttrValue, DeviceId, Position, VehicleId};
-use fleetgate::protocols::Protocol;
 use fleetgate::geofence::store::{
     EventQuery, StoredMembership, StoredZone, StoredZoneEvent, ZoneChange, ZoneStore,
 };
+use fleetgate::immobiliser::machine::ReasonEntry;
 use fleetgate::immobiliser::store::{
     AuditEntry, AuditPosition, AuditQuery, ImmobChanges, VehicleImmobRow,
 };
+use fleetgate::immobiliser::{BlockReason, Command, CommandStatus, ImmobState, Intent};
+use fleetgate::model::{AttrKey, AttrValue, DeviceId, Position, VehicleId};
+use fleetgate::protocols::Protocol;
 use fleetgate::storage::{
-    self, DeviceState, NewPosition, StorageError, Store, Stores, StoredPosition, VehicleUpdate,
+    self, DeviceState, NewPosition, StorageError, Store, StoredPosition, Stores, VehicleUpdate,
     WriteItem,
 };
 
@@ -168,7 +168,8 @@ async fn batch_round_trips_every_field(c: Ctx) {
     let bare = Position::new(minute(0), false, -33.9, 151.2);
     let server = minute(2);
     c.store
-        .core.write_batch(&[
+        .core
+        .write_batch(&[
             item("dev-a", vec![full.clone(), bare.clone()], server),
             item("dev-b", vec![], server),
         ])
@@ -185,7 +186,12 @@ async fn batch_round_trips_every_field(c: Ctx) {
     assert_eq!(track[1].attributes["driver"], "Иванов");
     assert_eq!(track[1].outputs, Some(u32::MAX));
     assert!(track_all(c.store.core.as_ref(), "dev-b").await.is_empty());
-    let b = c.store.core.device_state(&DeviceId::new("dev-b")).await.unwrap();
+    let b = c
+        .store
+        .core
+        .device_state(&DeviceId::new("dev-b"))
+        .await
+        .unwrap();
     assert_eq!(b.expect("state without a fix").position, None);
 }
 
@@ -199,7 +205,8 @@ async fn duplicates_are_stored_once(c: Ctx) {
     again.push(full_position(minute(3)));
     again.push(full_position(minute(7)));
     c.store
-        .core.write_batch(&[
+        .core
+        .write_batch(&[
             item("dup", again.clone(), minute(11)),
             item("dup", again, minute(11)),
         ])
@@ -221,7 +228,8 @@ async fn track_is_a_half_open_range_in_fix_order_with_a_limit(c: Ctx) {
         .map(|i| Position::new(minute(i), true, 55.0 + i as f64 * 0.001, 37.0))
         .collect();
     c.store
-        .core.write_batch(&[
+        .core
+        .write_batch(&[
             item("range", ps, minute(30)),
             item(
                 "other",
@@ -234,7 +242,8 @@ async fn track_is_a_half_open_range_in_fix_order_with_a_limit(c: Ctx) {
     let dev = DeviceId::new("range");
     let got = c
         .store
-        .core.track(&dev, minute(5), minute(10), 100)
+        .core
+        .track(&dev, minute(5), minute(10), 100)
         .await
         .unwrap();
     let minutes: Vec<_> = got.iter().map(|p| (p.time - t0()).num_minutes()).collect();
@@ -243,12 +252,18 @@ async fn track_is_a_half_open_range_in_fix_order_with_a_limit(c: Ctx) {
         [5, 6, 7, 8, 9],
         "from inclusive, to exclusive, one device only"
     );
-    let got = c.store.core.track(&dev, minute(0), minute(20), 3).await.unwrap();
+    let got = c
+        .store
+        .core
+        .track(&dev, minute(0), minute(20), 3)
+        .await
+        .unwrap();
     let minutes: Vec<_> = got.iter().map(|p| (p.time - t0()).num_minutes()).collect();
     assert_eq!(minutes, [0, 1, 2], "limit keeps the earliest");
     assert!(c
         .store
-        .core.track(&DeviceId::new("nobody"), minute(0), minute(20), 3)
+        .core
+        .track(&DeviceId::new("nobody"), minute(0), minute(20), 3)
         .await
         .unwrap()
         .is_empty());
@@ -256,17 +271,20 @@ async fn track_is_a_half_open_range_in_fix_order_with_a_limit(c: Ctx) {
 
 async fn device_state_keeps_the_latest_and_survives_reopening(c: Ctx) {
     c.store
-        .core.write_batch(&[item("st", vec![full_position(minute(5))], minute(6))])
+        .core
+        .write_batch(&[item("st", vec![full_position(minute(5))], minute(6))])
         .await
         .unwrap();
     // An older state arriving late (another batch that waited) does not overwrite a newer one.
     c.store
-        .core.write_batch(&[item("st", vec![full_position(minute(1))], minute(2))])
+        .core
+        .write_batch(&[item("st", vec![full_position(minute(1))], minute(2))])
         .await
         .unwrap();
     let s = c
         .store
-        .core.device_state(&DeviceId::new("st"))
+        .core
+        .device_state(&DeviceId::new("st"))
         .await
         .unwrap()
         .unwrap();
@@ -278,7 +296,8 @@ async fn device_state_keeps_the_latest_and_survives_reopening(c: Ctx) {
     assert_eq!(p.attributes["io239"], 1);
     // Several items for one device in one batch: the latest wins.
     c.store
-        .core.write_batch(&[
+        .core
+        .write_batch(&[
             item("st", vec![full_position(minute(9))], minute(9)),
             item("st", vec![full_position(minute(8))], minute(8)),
             item("st2", vec![], minute(1)),
@@ -287,13 +306,18 @@ async fn device_state_keeps_the_latest_and_survives_reopening(c: Ctx) {
         .unwrap();
     let s = c
         .store
-        .core.device_state(&DeviceId::new("st"))
+        .core
+        .device_state(&DeviceId::new("st"))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(s.position.unwrap().time, minute(9));
     assert_eq!(
-        c.store.core.device_state(&DeviceId::new("none")).await.unwrap(),
+        c.store
+            .core
+            .device_state(&DeviceId::new("none"))
+            .await
+            .unwrap(),
         None
     );
 
@@ -313,7 +337,8 @@ async fn vehicles_upsert_partially_and_a_device_fits_one_vehicle(c: Ctx) {
     let car = VehicleId("car-1".into());
     let v = c
         .store
-        .core.upsert_vehicle(
+        .core
+        .upsert_vehicle(
             &car,
             &VehicleUpdate {
                 device_id: Some("imei-1".into()),
@@ -327,7 +352,8 @@ async fn vehicles_upsert_partially_and_a_device_fits_one_vehicle(c: Ctx) {
     assert_eq!(v.plate.as_deref(), Some("A123BC77"));
     let v2 = c
         .store
-        .core.upsert_vehicle(
+        .core
+        .upsert_vehicle(
             &car,
             &VehicleUpdate {
                 status: Some("issued".into()),
@@ -349,7 +375,8 @@ async fn vehicles_upsert_partially_and_a_device_fits_one_vehicle(c: Ctx) {
 
     let taken = c
         .store
-        .core.upsert_vehicle(
+        .core
+        .upsert_vehicle(
             &VehicleId("car-2".into()),
             &VehicleUpdate {
                 device_id: Some("imei-1".into()),
@@ -362,12 +389,14 @@ async fn vehicles_upsert_partially_and_a_device_fits_one_vehicle(c: Ctx) {
         "{taken:?}"
     );
     c.store
-        .core.upsert_vehicle(&VehicleId("car-0".into()), &VehicleUpdate::default())
+        .core
+        .upsert_vehicle(&VehicleId("car-0".into()), &VehicleUpdate::default())
         .await
         .unwrap();
     let ids: Vec<_> = c
         .store
-        .core.vehicles()
+        .core
+        .vehicles()
         .await
         .unwrap()
         .into_iter()
@@ -376,13 +405,18 @@ async fn vehicles_upsert_partially_and_a_device_fits_one_vehicle(c: Ctx) {
     assert_eq!(ids, ["car-0", "car-1"]);
     let by_dev = c
         .store
-        .core.vehicle_by_device(&DeviceId::new("imei-1"))
+        .core
+        .vehicle_by_device(&DeviceId::new("imei-1"))
         .await
         .unwrap();
     assert_eq!(by_dev.map(|v| v.id), Some(car.clone()));
     assert_eq!(c.store.core.vehicle(&car).await.unwrap(), Some(v2));
     assert_eq!(
-        c.store.core.vehicle(&VehicleId("car-x".into())).await.unwrap(),
+        c.store
+            .core
+            .vehicle(&VehicleId("car-x".into()))
+            .await
+            .unwrap(),
         None
     );
 }
@@ -422,7 +456,8 @@ async fn zones_memberships_and_events_round_trip(c: Ctx) {
     moved.kind = "service_area".into();
     c.store.zones.put_zone(&moved).await.unwrap();
     c.store
-        .zones.put_zone(&StoredZone {
+        .zones
+        .put_zone(&StoredZone {
             name: "airport".into(),
             kind: "forbidden".into(),
             feature: serde_json::json!({"type": "Feature"}),
@@ -454,17 +489,23 @@ async fn zones_memberships_and_events_round_trip(c: Ctx) {
         zones: zones.iter().map(|z| z.to_string()).collect(),
     };
     c.store
-        .zones.save_zone_change(&m(1, &["depot"]), &[event(1, "enter", Some("car-z"))])
+        .zones
+        .save_zone_change(&m(1, &["depot"]), &[event(1, "enter", Some("car-z"))])
         .await
         .unwrap();
     c.store
-        .zones.save_zone_change(
+        .zones
+        .save_zone_change(
             &m(5, &[]),
             &[event(5, "exit", Some("car-z")), event(4, "exit", None)],
         )
         .await
         .unwrap();
-    c.store.zones.save_zone_change(&m(6, &[]), &[]).await.unwrap();
+    c.store
+        .zones
+        .save_zone_change(&m(6, &[]), &[])
+        .await
+        .unwrap();
     assert_eq!(c.store.zones.memberships().await.unwrap(), vec![m(6, &[])]);
 
     let all = stored_events(c.store.zones.as_ref(), 100).await;
@@ -482,7 +523,8 @@ async fn zones_memberships_and_events_round_trip(c: Ctx) {
     assert_eq!(all[1].vehicle, None);
     let exits = c
         .store
-        .zones.zone_events(&EventQuery {
+        .zones
+        .zone_events(&EventQuery {
             vehicle: Some(VehicleId("car-z".into())),
             kind: Some("exit".into()),
             from: Some(minute(2)),
@@ -506,7 +548,8 @@ async fn zones_memberships_and_events_round_trip(c: Ctx) {
     let mut enter = event(7, "enter", None);
     enter.device_id = DeviceId::new("z-2");
     c.store
-        .zones.save_zone_changes(&[
+        .zones
+        .save_zone_changes(&[
             ZoneChange {
                 membership: other("z-2", 7, &["depot"]),
                 events: vec![enter],
@@ -555,7 +598,8 @@ async fn crm_outbox_heads_retries_and_dead_letters(c: Ctx) {
         state: r#"{"on_line":true}"#.into(),
     };
     c.store
-        .crm.crm_commit(
+        .crm
+        .crm_commit(
             &[state],
             &[ev("car-a", 1.0), ev("car-a", 2.0), ev("car-b", 3.0)],
             now,
@@ -577,7 +621,8 @@ async fn crm_outbox_heads_retries_and_dead_letters(c: Ctx) {
     assert_ne!(due[0].key, due[1].key);
     // car-a's head backs off: its second event must wait behind it.
     c.store
-        .crm.outbox_retry(due[0].id, 1, now + Duration::seconds(30), "HTTP 500")
+        .crm
+        .outbox_retry(due[0].id, 1, now + Duration::seconds(30), "HTTP 500")
         .await
         .unwrap();
     c.store.crm.outbox_delivered(due[1].id, now).await.unwrap();
@@ -587,14 +632,16 @@ async fn crm_outbox_heads_retries_and_dead_letters(c: Ctx) {
         Some(storage_ms(now + Duration::seconds(30)))
     );
     c.store
-        .crm.outbox_dead(due[0].id, 2, "TTL expired")
+        .crm
+        .outbox_dead(due[0].id, 2, "TTL expired")
         .await
         .unwrap();
     let next = c.store.crm.outbox_due(now, 10).await.unwrap();
     assert_eq!(next.iter().map(km).collect::<Vec<_>>(), [2.0]);
     let dead = c
         .store
-        .crm.outbox_list(Some(Status::Dead), None, 10)
+        .crm
+        .outbox_list(Some(Status::Dead), None, 10)
         .await
         .unwrap();
     assert_eq!((dead.len(), dead[0].attempts), (1, 2));
@@ -619,7 +666,8 @@ async fn crm_outbox_heads_retries_and_dead_letters(c: Ctx) {
     );
     assert_eq!(
         c.store
-            .crm.outbox_purge(now + Duration::seconds(1))
+            .crm
+            .outbox_purge(now + Duration::seconds(1))
             .await
             .unwrap(),
         1
@@ -638,18 +686,21 @@ async fn crm_outbox_drops_one_superseded_event_and_only_while_pending(c: Ctx) {
         },
     };
     c.store
-        .crm.crm_commit(&[], &[ev(1.0), ev(2.0)], now, Duration::hours(1))
+        .crm
+        .crm_commit(&[], &[ev(1.0), ev(2.0)], now, Duration::hours(1))
         .await
         .unwrap();
     let head = c.store.crm.outbox_due(now, 10).await.unwrap();
     assert_eq!(head.len(), 1);
     c.store
-        .crm.outbox_drop_one(head[0].id, "superseded: moved by a manager")
+        .crm
+        .outbox_drop_one(head[0].id, "superseded: moved by a manager")
         .await
         .unwrap();
     let dropped = c
         .store
-        .crm.outbox_list(Some(Status::Dropped), None, 10)
+        .crm
+        .outbox_list(Some(Status::Dropped), None, 10)
         .await
         .unwrap();
     assert_eq!(dropped.len(), 1);
@@ -662,10 +713,15 @@ async fn crm_outbox_drops_one_superseded_event_and_only_while_pending(c: Ctx) {
     assert_eq!(next.len(), 1);
     assert_ne!(next[0].id, head[0].id);
     c.store.crm.outbox_delivered(next[0].id, now).await.unwrap();
-    c.store.crm.outbox_drop_one(next[0].id, "late").await.unwrap();
+    c.store
+        .crm
+        .outbox_drop_one(next[0].id, "late")
+        .await
+        .unwrap();
     let delivered = c
         .store
-        .crm.outbox_list(Some(Status::Delivered), None, 10)
+        .crm
+        .outbox_list(Some(Status::Delivered), None, 10)
         .await
         .unwrap();
     assert_eq!(delivered.len(), 1);
@@ -683,7 +739,8 @@ async fn crm_outbox_drops_a_vehicles_pending_events_of_a_deal_it_left(c: Ctx) {
         },
     };
     c.store
-        .crm.crm_commit(
+        .crm
+        .crm_commit(
             &[],
             &[
                 ev("car-a", Some("7")),
@@ -700,13 +757,15 @@ async fn crm_outbox_drops_a_vehicles_pending_events_of_a_deal_it_left(c: Ctx) {
     // A new deal 8: only deal 7's event goes; the deal-less one and car-b's stay.
     let n = c
         .store
-        .crm.outbox_drop(&car_a, Some("8"), "left deal 7")
+        .crm
+        .outbox_drop(&car_a, Some("8"), "left deal 7")
         .await
         .unwrap();
     assert_eq!(n, 1);
     let dropped = c
         .store
-        .crm.outbox_list(Some(Status::Dropped), None, 10)
+        .crm
+        .outbox_list(Some(Status::Dropped), None, 10)
         .await
         .unwrap();
     assert_eq!(dropped.len(), 1);
@@ -720,14 +779,16 @@ async fn crm_outbox_drops_a_vehicles_pending_events_of_a_deal_it_left(c: Ctx) {
     // Handed back: every deal's pending event goes, the deal-less one stays.
     assert_eq!(
         c.store
-            .crm.outbox_drop(&car_a, None, "handed back")
+            .crm
+            .outbox_drop(&car_a, None, "handed back")
             .await
             .unwrap(),
         1
     );
     let pending = c
         .store
-        .crm.outbox_list(Some(Status::Pending), None, 10)
+        .crm
+        .outbox_list(Some(Status::Pending), None, 10)
         .await
         .unwrap();
     let left: Vec<_> = pending
@@ -739,7 +800,8 @@ async fn crm_outbox_drops_a_vehicles_pending_events_of_a_deal_it_left(c: Ctx) {
     assert_eq!(due.len(), 2, "a dropped head no longer holds the queue");
     assert_eq!(
         c.store
-            .crm.outbox_purge(now + Duration::seconds(1))
+            .crm
+            .outbox_purge(now + Duration::seconds(1))
             .await
             .unwrap(),
         2,
@@ -764,7 +826,8 @@ async fn outbox_claims_split_events_between_instances_and_leases_expire() {
         };
         let evs = [ev("car-a", 1.0), ev("car-a", 2.0), ev("car-b", 3.0)];
         c.store
-            .crm.crm_commit(&[], &evs, now, Duration::hours(1))
+            .crm
+            .crm_commit(&[], &evs, now, Duration::hours(1))
             .await
             .unwrap();
         let lease = Duration::seconds(60);
@@ -776,13 +839,24 @@ async fn outbox_claims_split_events_between_instances_and_leases_expire() {
                 })
                 .collect::<Vec<_>>()
         };
-        let a = c.store.crm.outbox_claim(now, 1, "fg-a", lease).await.unwrap();
+        let a = c
+            .store
+            .crm
+            .outbox_claim(now, 1, "fg-a", lease)
+            .await
+            .unwrap();
         assert_eq!(km(&a), [1.0], "one head, the oldest");
-        let b = c.store.crm.outbox_claim(now, 10, "fg-b", lease).await.unwrap();
+        let b = c
+            .store
+            .crm
+            .outbox_claim(now, 10, "fg-b", lease)
+            .await
+            .unwrap();
         assert_eq!(km(&b), [3.0], "car-a's head is fg-a's; its 2nd event waits");
         assert!(c
             .store
-            .crm.outbox_claim(now, 10, "fg-b", lease)
+            .crm
+            .outbox_claim(now, 10, "fg-b", lease)
             .await
             .unwrap()
             .is_empty());
@@ -795,19 +869,22 @@ async fn outbox_claims_split_events_between_instances_and_leases_expire() {
         let later = now + lease + Duration::seconds(1);
         let b2 = c
             .store
-            .crm.outbox_claim(later, 10, "fg-b", lease)
+            .crm
+            .outbox_claim(later, 10, "fg-b", lease)
             .await
             .unwrap();
         assert_eq!(km(&b2), [1.0, 3.0]);
         c.store.crm.outbox_delivered(b2[0].id, later).await.unwrap();
         c.store
-            .crm.outbox_retry(b2[1].id, 1, later, "HTTP 500")
+            .crm
+            .outbox_retry(b2[1].id, 1, later, "HTTP 500")
             .await
             .unwrap();
         // Delivered: car-a's next event is the head; a retried event is free to claim at once.
         let a2 = c
             .store
-            .crm.outbox_claim(later, 10, "fg-a", lease)
+            .crm
+            .outbox_claim(later, 10, "fg-a", lease)
             .await
             .unwrap();
         assert_eq!(km(&a2), [2.0, 3.0]);
@@ -961,7 +1038,8 @@ async fn immobiliser_states_commands_and_audit_round_trip(c: Ctx) {
     };
     c.store.immobiliser.immobiliser_apply(&first).await.unwrap();
     c.store
-        .immobiliser.immobiliser_apply(&ImmobChanges::default())
+        .immobiliser
+        .immobiliser_apply(&ImmobChanges::default())
         .await
         .unwrap();
 
@@ -992,7 +1070,8 @@ async fn immobiliser_states_commands_and_audit_round_trip(c: Ctx) {
     let mut later = audit_entry(10, minute(9), "v-1", "reason_lifted");
     later.actor = "ops-petrov".into();
     c.store
-        .immobiliser.immobiliser_apply(&ImmobChanges {
+        .immobiliser
+        .immobiliser_apply(&ImmobChanges {
             vehicles: vec![lifted.clone()],
             commands: vec![sent.clone()],
             audit: vec![later, audit_entry(12, minute(5), "v-1", "command_sent")],
@@ -1002,24 +1081,37 @@ async fn immobiliser_states_commands_and_audit_round_trip(c: Ctx) {
 
     let mut expect_sent = sent.clone();
     expect_sent.actor = block.actor.clone();
-    assert_eq!(c.store.immobiliser.command(1).await.unwrap(), Some(expect_sent.clone()));
-    assert_eq!(c.store.immobiliser.command(2).await.unwrap(), Some(confirmed.clone()));
+    assert_eq!(
+        c.store.immobiliser.command(1).await.unwrap(),
+        Some(expect_sent.clone())
+    );
+    assert_eq!(
+        c.store.immobiliser.command(2).await.unwrap(),
+        Some(confirmed.clone())
+    );
     assert_eq!(c.store.immobiliser.command(99).await.unwrap(), None);
     let v1_cmds = c
         .store
-        .immobiliser.commands(&VehicleId("v-1".into()), 10)
+        .immobiliser
+        .commands(&VehicleId("v-1".into()), 10)
         .await
         .unwrap();
     assert_eq!(v1_cmds, vec![acked.clone(), confirmed, expect_sent.clone()]);
     let ids = |cs: Vec<Command>| cs.iter().map(|c| c.id).collect::<Vec<_>>();
     assert_eq!(
-        ids(c.store.immobiliser.commands(&VehicleId("v-1".into()), 2).await.unwrap()),
+        ids(c
+            .store
+            .immobiliser
+            .commands(&VehicleId("v-1".into()), 2)
+            .await
+            .unwrap()),
         vec![3, 2],
         "newest first, limited"
     );
     assert!(c
         .store
-        .immobiliser.commands(&VehicleId("v-9".into()), 10)
+        .immobiliser
+        .commands(&VehicleId("v-9".into()), 10)
         .await
         .unwrap()
         .is_empty());
@@ -1032,7 +1124,8 @@ async fn immobiliser_states_commands_and_audit_round_trip(c: Ctx) {
     };
     let all = c
         .store
-        .immobiliser.audit(&q(None, minute(0), minute(60), 100))
+        .immobiliser
+        .audit(&q(None, minute(0), minute(60), 100))
         .await
         .unwrap();
     // Audit ids come from the database in insertion order (the ids given are ignored):
@@ -1056,7 +1149,8 @@ async fn immobiliser_states_commands_and_audit_round_trip(c: Ctx) {
     );
     let v1_audit = c
         .store
-        .immobiliser.audit(&q(Some("v-1"), minute(1), minute(5), 100))
+        .immobiliser
+        .audit(&q(Some("v-1"), minute(1), minute(5), 100))
         .await
         .unwrap();
     assert_eq!(
@@ -1066,7 +1160,8 @@ async fn immobiliser_states_commands_and_audit_round_trip(c: Ctx) {
     );
     let limited = c
         .store
-        .immobiliser.audit(&q(Some("v-1"), minute(0), minute(60), 2))
+        .immobiliser
+        .audit(&q(Some("v-1"), minute(0), minute(60), 2))
         .await
         .unwrap();
     assert_eq!(limited.iter().map(|a| a.id).collect::<Vec<_>>(), vec![4, 1]);

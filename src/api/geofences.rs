@@ -9,10 +9,10 @@ use serde::Deserialize;
 
 use super::{Actor, ApiError, AppState};
 use crate::geofence::edit::{self, fleet_positions, Proposal, Refusal, Verdict};
-use crate::geofence::{Zone, ZoneSet};
-use crate::model::VehicleId;
 use crate::geofence::store::{EventQuery, StoredZone, StoredZoneEvent, ZoneStore};
+use crate::geofence::{Zone, ZoneSet};
 use crate::immobiliser::store::{AuditEntry, AuditPosition, ImmobChanges};
+use crate::model::VehicleId;
 use crate::pipeline::store::StorageError;
 
 fn feature_with_source(state: &AppState, z: &Zone) -> serde_json::Value {
@@ -135,7 +135,13 @@ pub async fn delete(
     q: Result<Query<ForceQuery>, QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let is_stored = state.store.zones.zones().await?.iter().any(|z| z.name == name);
+    let is_stored = state
+        .store
+        .zones
+        .zones()
+        .await?
+        .iter()
+        .any(|z| z.name == name);
     if !is_stored {
         if state.zones.is_file_zone(&name) {
             return Err(ApiError::Conflict(format!(
@@ -154,9 +160,8 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-type StoreStep<'a> = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<bool, StorageError>> + Send + 'a>,
->;
+type StoreStep<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool, StorageError>> + Send + 'a>>;
 
 /// Review the set in force with zone `name` replaced by `zone` (or removed), then store
 /// (`save`) and install it; a refusal stores nothing. Edits are serialised, and the set is
@@ -239,7 +244,8 @@ async fn audit_forced(
     );
     metrics::counter!("fleetgate_zone_changes_forced_total").increment(1);
     let vehicles: std::collections::HashMap<_, _> = state
-        .store.core
+        .store
+        .core
         .vehicles()
         .await?
         .into_iter()
@@ -279,7 +285,8 @@ async fn audit_forced(
         })
         .collect();
     state
-        .store.immobiliser
+        .store
+        .immobiliser
         .immobiliser_apply(&ImmobChanges {
             audit,
             ..ImmobChanges::default()

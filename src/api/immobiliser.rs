@@ -11,9 +11,9 @@ use serde::{Deserialize, Serialize};
 
 use super::{Actor, ApiError, AppState};
 use crate::immobiliser::actor::{ImmobView, ReasonChange};
+use crate::immobiliser::store::{AuditEntry, AuditQuery};
 use crate::immobiliser::{BlockReason, Command, ImmobError};
 use crate::model::VehicleId;
-use crate::immobiliser::store::{AuditEntry, AuditQuery};
 
 /// Most rows one commands or audit request returns.
 const MAX_LIMIT: u32 = 10_000;
@@ -147,7 +147,9 @@ pub async fn commands(
         return Err(ApiError::NotFound(format!("vehicle '{vehicle}' not found")));
     }
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_LIMIT);
-    Ok(Json(state.store.immobiliser.commands(&vehicle, limit).await?))
+    Ok(Json(
+        state.store.immobiliser.commands(&vehicle, limit).await?,
+    ))
 }
 
 pub async fn command(
@@ -158,7 +160,8 @@ pub async fn command(
         .parse()
         .map_err(|_| ApiError::BadRequest(format!("command id '{id}' is not a number")))?;
     state
-        .store.immobiliser
+        .store
+        .immobiliser
         .command(n)
         .await?
         .map(Json)

@@ -9,8 +9,10 @@ use serde::{Deserialize, Serialize};
 use super::summary::{summarize, TrackSummary, PAGE};
 use super::{ApiError, AppState};
 use crate::model::{DeviceId, VehicleId};
+use crate::pipeline::store::{
+    DeviceState, StoredPosition, Vehicle, VehicleUpdate, VEHICLE_STATUSES,
+};
 use crate::protocols::Protocol;
-use crate::pipeline::store::{DeviceState, StoredPosition, Vehicle, VehicleUpdate, VEHICLE_STATUSES};
 
 /// Most positions one track request returns.
 pub(super) const MAX_TRACK_LIMIT: u32 = 100_000;
@@ -114,7 +116,8 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<VehicleView>
         .map(|s| (s.device_id.clone(), s))
         .collect();
     let stored: std::collections::HashMap<_, _> = state
-        .store.core
+        .store
+        .core
         .device_states()
         .await?
         .into_iter()
@@ -143,7 +146,8 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<VehicleView>
 
 async fn find(state: &AppState, id: &str) -> Result<Vehicle, ApiError> {
     state
-        .store.core
+        .store
+        .core
         .vehicle(&VehicleId(id.to_string()))
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("vehicle '{id}' not found")))
@@ -202,7 +206,11 @@ pub async fn put(
             ));
         }
     }
-    let v = state.store.core.upsert_vehicle(&VehicleId(id), &update).await?;
+    let v = state
+        .store
+        .core
+        .upsert_vehicle(&VehicleId(id), &update)
+        .await?;
     state.admission.invalidate();
     // A tracker moved between cars: its old car's commands must never reach the new car.
     let old_device = before.and_then(|b| b.device_id);
@@ -252,7 +260,9 @@ pub async fn track(
     let Some(device) = v.device_id else {
         return Ok(Json(Vec::new()));
     };
-    Ok(Json(state.store.core.track(&device, from, to, limit).await?))
+    Ok(Json(
+        state.store.core.track(&device, from, to, limit).await?,
+    ))
 }
 
 pub async fn summary(

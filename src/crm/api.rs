@@ -242,7 +242,8 @@ pub struct FleetSummary {
 async fn summary(State(s): State<AppState>) -> Result<Json<FleetSummary>, ApiError> {
     let vehicles = s.store.core.vehicles().await?;
     let mut latest: HashMap<_, _> = s
-        .store.core
+        .store
+        .core
         .device_states()
         .await?
         .into_iter()

@@ -18,11 +18,11 @@ use super::handback::{self, Transition};
 use super::mileage::MileageState;
 use super::rules::{BalanceOutcome, BalanceSource, BalanceState, InspectionRules, InspectionState};
 use super::shift::{FixInput, ShiftEvent, ShiftRules, ShiftState};
+use super::store::{CrmStore, StateWrite};
 use super::{RulesConfig, Wiring, REASON_INSPECTION, REASON_LOW_BALANCE};
 use crate::model::{DeviceId, VehicleId};
-use crate::pipeline::Committed;
-use super::store::{CrmStore, StateWrite};
 use crate::pipeline::store::{StorageError, Vehicle};
+use crate::pipeline::Committed;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CrmError {

@@ -10,9 +10,9 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::event::{NewEvent, OutboxEvent, Status};
+use super::store::{CrmStore, StateWrite};
 use super::{BlockReasons, BlockView, FleetZones};
 use crate::model::VehicleId;
-use super::store::{CrmStore, StateWrite};
 use crate::pipeline::store::{StorageError, Vehicle};
 
 /// One `set_reason` call as received.

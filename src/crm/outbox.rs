@@ -219,12 +219,7 @@ impl OutboxWorker {
         Ok(self.connector.late_stage(e).await)
     }
 
-    async fn dead(
-        &self,
-        e: &OutboxEvent,
-        attempts: u32,
-        error: &str,
-    ) -> Result<(), StorageError> {
+    async fn dead(&self, e: &OutboxEvent, attempts: u32, error: &str) -> Result<(), StorageError> {
         metrics::counter!("fleetgate_crm_outbox_dead_total", "kind" => e.payload.kind())
             .increment(1);
         tracing::warn!(id = e.id, key = %e.key, vehicle = %e.vehicle_id, kind = e.payload.kind(), %error, "crm event dead-lettered");

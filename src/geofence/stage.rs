@@ -14,14 +14,14 @@ use std::time::Instant;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
+use super::store::{StoredMembership, StoredZoneEvent, ZoneChange, ZoneStore};
 use super::{
     zones_from_geojson, DebounceConfig, Fix, VehicleZones, Zone, ZoneError, ZoneEvent, ZoneKind,
     ZoneSet,
 };
 use crate::model::{DeviceId, VehicleId};
-use crate::pipeline::Committed;
-use super::store::{StoredMembership, StoredZoneEvent, ZoneChange, ZoneStore};
 use crate::pipeline::store::StorageError;
+use crate::pipeline::Committed;
 
 /// What the vehicle API shows: `zone: {inside_service_area, zones: [names]}`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -360,12 +360,7 @@ impl Stage {
 
     async fn entry(&mut self, device: &DeviceId) -> &mut Entry {
         if !self.devices.contains_key(device) {
-            let vehicle = self
-                .store
-                .vehicle_of(device)
-                .await
-                .ok()
-                .flatten();
+            let vehicle = self.store.vehicle_of(device).await.ok().flatten();
             let zones = match self.restored.remove(device) {
                 Some(m) => VehicleZones::restore(&self.set, m.last_fix, &m.zones),
                 None => VehicleZones::new(),

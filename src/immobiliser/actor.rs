@@ -24,16 +24,16 @@ use super::handle::{machine_of, Request, Routing};
 pub use super::handle::{ImmobView, ImmobiliserHandle, ReasonChange, ReasonView};
 use super::machine::{ReasonEntry, Step};
 use super::safety::{DeviceEvidence, FixSnapshot};
+use super::store::{AuditEntry, AuditPosition, ImmobChanges, ImmobiliserStore, VehicleImmobRow};
 use super::{
     Command, CommandStatus, ImmobError, ImmobState, Intent, Machine, RetryPolicy, SafetyRules,
 };
 use crate::cluster::{Cluster, Forwarded};
 use crate::ingest::sessions::{Outbound, SessionEvent, Sessions};
 use crate::model::{DeviceId, Origin, Position, VehicleId};
+use crate::pipeline::store::{DeviceState, StorageError};
 use crate::pipeline::Committed;
 use crate::protocols::{CommandBody, CommandResponse, DeviceCommand};
-use super::store::{AuditEntry, AuditPosition, ImmobChanges, ImmobiliserStore, VehicleImmobRow};
-use crate::pipeline::store::{DeviceState, StorageError};
 
 /// Requests a handle can queue before callers wait.
 const REQUEST_QUEUE: usize = 256;

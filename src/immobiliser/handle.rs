@@ -11,10 +11,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use super::store::{ImmobiliserStore, VehicleImmobRow};
 use super::{BlockReason, ImmobError, ImmobState, Machine};
 use crate::cluster::Cluster;
 use crate::model::VehicleId;
-use super::store::{ImmobiliserStore, VehicleImmobRow};
 
 /// `immobiliser` in the vehicle view: `{state, reasons, since}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

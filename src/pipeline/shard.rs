@@ -9,12 +9,12 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
 use super::filter::{self, haversine_m, LastFix, Reject};
+use super::store::{DeviceState, NewPosition, StoredPosition, WriteItem};
 use super::writer::{WriteReq, WriterMsg};
 use super::{Accepted, ShardMsg};
 use crate::config::FiltersConfig;
 use crate::model::{DeviceId, Position};
 use crate::protocols::Protocol;
-use super::store::{DeviceState, NewPosition, StoredPosition, WriteItem};
 
 /// Fix times remembered per device for duplicate detection; the database's primary key
 /// catches anything older.

@@ -124,7 +124,6 @@ pub trait Store: Send + Sync + 'static {
     fn backend(&self) -> &'static str;
 }
 
-
 /// A stored fix, in the JSON shape of the track API.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct StoredPosition {

@@ -1,15 +1,14 @@
-//! [`CrmStore`] on SQLite: rule state and the outbox.
+//! The CRM's statements and row decoders, shared by both backends, and [`CrmStore`] on
+//! SQLite: rule state and the outbox.
 
-use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use sqlx::sqlite::SqliteRow;
-use sqlx::Row;
-
+use super::sql::Cols;
 use super::sqlite::SqliteStore;
 use super::{from_millis, millis, StorageError, Store};
 use crate::crm::event::{NewEvent, OutboxEvent, Payload, Status};
 use crate::crm::store::{CrmStore, StateWrite};
 use crate::model::VehicleId;
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
 /// A fresh idempotency key: vehicle, creation time and 64 random bits.
 pub(crate) fn new_key(vehicle: &VehicleId, now: DateTime<Utc>) -> String {
@@ -25,25 +24,60 @@ pub(crate) const OUTBOX_COLUMNS: &str =
     "id, idem_key, vehicle_id, deal_id, payload, status, attempts, \
      created_at, expires_at, next_attempt_at, last_error, delivered_at";
 
-fn event_from_row(r: &SqliteRow) -> Result<OutboxEvent, StorageError> {
-    let payload: String = r.try_get(4)?;
-    let payload: Payload = serde_json::from_str(&payload)
+pub(crate) fn outbox_event(r: &impl Cols) -> Result<OutboxEvent, StorageError> {
+    let payload: Payload = serde_json::from_str(&r.text("payload")?)
         .map_err(|e| StorageError::Invalid(format!("crm_outbox.payload: {e}")))?;
-    let status: String = r.try_get(5)?;
     Ok(OutboxEvent {
-        id: r.try_get(0)?,
-        key: r.try_get(1)?,
-        vehicle_id: VehicleId(r.try_get(2)?),
-        deal_id: r.try_get(3)?,
+        id: r.int("id")?,
+        key: r.text("idem_key")?,
+        vehicle_id: VehicleId(r.text("vehicle_id")?),
+        deal_id: r.opt_text("deal_id")?,
         payload,
-        status: Status::parse(&status).unwrap_or(Status::Pending),
-        attempts: r.try_get::<i64, _>(6)? as u32,
-        created_at: from_millis(r.try_get(7)?),
-        expires_at: from_millis(r.try_get(8)?),
-        next_attempt_at: from_millis(r.try_get(9)?),
-        last_error: r.try_get(10)?,
-        delivered_at: r.try_get::<Option<i64>, _>(11)?.map(from_millis),
+        status: Status::parse(&r.text("status")?).unwrap_or(Status::Pending),
+        attempts: r.int("attempts")?.clamp(0, i64::from(u32::MAX)) as u32,
+        created_at: r.time("created_at")?,
+        expires_at: r.time("expires_at")?,
+        next_attempt_at: r.time("next_attempt_at")?,
+        last_error: r.opt_text("last_error")?,
+        delivered_at: r.opt_time("delivered_at")?,
     })
+}
+
+/// Write one rule state: `$1` scope, `$2` id, `$3` JSON, `$4` now.
+pub(crate) const UPSERT_STATE: &str =
+    "INSERT INTO crm_state (scope, id, state, updated_at) VALUES ($1, $2, $3, $4) \
+     ON CONFLICT (scope, id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at";
+
+/// Every rule state of scope `$1`.
+pub(crate) const STATES_OF_SCOPE: &str =
+    "SELECT id, state FROM crm_state WHERE scope = $1 ORDER BY id";
+
+/// Enqueue one event: `$1` key, `$2` vehicle, `$3` deal, `$4` kind, `$5` payload, `$6` now
+/// (created and first due), `$7` expiry.
+pub(crate) const ENQUEUE: &str =
+    "INSERT INTO crm_outbox (idem_key, vehicle_id, deal_id, kind, payload, status, \
+     attempts, created_at, expires_at, next_attempt_at) \
+     VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $7, $6)";
+
+/// Events, newest first, of status `$1` and vehicle `$2` (either `NULL`: any), at most `$3`.
+pub(crate) fn outbox_list() -> String {
+    format!(
+        "SELECT {OUTBOX_COLUMNS} FROM crm_outbox WHERE (CAST($1 AS TEXT) IS NULL OR status = $1) \
+         AND (CAST($2 AS TEXT) IS NULL OR vehicle_id = $2) ORDER BY id DESC LIMIT $3"
+    )
+}
+
+/// Count per status.
+pub(crate) const COUNTS: &str = "SELECT status, COUNT(*) AS n FROM crm_outbox GROUP BY status";
+
+pub(crate) fn counts(rows: &[impl Cols]) -> Result<Vec<(Status, u64)>, StorageError> {
+    let mut out = Vec::new();
+    for r in rows {
+        if let Some(s) = Status::parse(&r.text("status")?) {
+            out.push((s, r.int("n")?.max(0) as u64));
+        }
+    }
+    Ok(out)
 }
 
 #[async_trait]
@@ -57,48 +91,39 @@ impl CrmStore for SqliteStore {
     ) -> Result<(), StorageError> {
         let mut tx = self.writer().begin().await?;
         for s in states {
-            sqlx::query(
-                "INSERT INTO crm_state (scope, id, state, updated_at) VALUES (?, ?, ?, ?) \
-                 ON CONFLICT (scope, id) DO UPDATE SET state = excluded.state, \
-                 updated_at = excluded.updated_at",
-            )
-            .bind(s.scope)
-            .bind(&s.id)
-            .bind(&s.state)
-            .bind(millis(now))
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(UPSERT_STATE)
+                .bind(s.scope)
+                .bind(&s.id)
+                .bind(&s.state)
+                .bind(millis(now))
+                .execute(&mut *tx)
+                .await?;
         }
         for e in events {
             let payload = serde_json::to_string(&e.payload)
                 .map_err(|err| StorageError::Invalid(format!("crm event: {err}")))?;
-            sqlx::query(
-                "INSERT INTO crm_outbox (idem_key, vehicle_id, deal_id, kind, payload, status, \
-                 attempts, created_at, expires_at, next_attempt_at) \
-                 VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
-            )
-            .bind(new_key(&e.vehicle_id, now))
-            .bind(&e.vehicle_id.0)
-            .bind(&e.deal_id)
-            .bind(e.payload.kind())
-            .bind(payload)
-            .bind(millis(now))
-            .bind(millis(now + ttl))
-            .bind(millis(now))
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(ENQUEUE)
+                .bind(new_key(&e.vehicle_id, now))
+                .bind(&e.vehicle_id.0)
+                .bind(&e.deal_id)
+                .bind(e.payload.kind())
+                .bind(payload)
+                .bind(millis(now))
+                .bind(millis(now + ttl))
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())
     }
 
     async fn crm_states(&self, scope: &str) -> Result<Vec<(String, String)>, StorageError> {
-        let rows = sqlx::query("SELECT id, state FROM crm_state WHERE scope = ? ORDER BY id")
+        let rows = sqlx::query(STATES_OF_SCOPE)
             .bind(scope)
             .fetch_all(self.reader())
             .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .map(|r| Ok((r.text("id")?, r.text("state")?)))
             .collect()
     }
 
@@ -117,7 +142,7 @@ impl CrmStore for SqliteStore {
         .bind(limit as i64)
         .fetch_all(self.reader())
         .await?;
-        rows.iter().map(event_from_row).collect()
+        rows.iter().map(outbox_event).collect()
     }
 
     async fn outbox_next_due(&self) -> Result<Option<DateTime<Utc>>, StorageError> {
@@ -227,32 +252,18 @@ impl CrmStore for SqliteStore {
         vehicle: Option<&VehicleId>,
         limit: u32,
     ) -> Result<Vec<OutboxEvent>, StorageError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {OUTBOX_COLUMNS} FROM crm_outbox WHERE (? IS NULL OR status = ?) \
-             AND (? IS NULL OR vehicle_id = ?) ORDER BY id DESC LIMIT ?"
-        ))
-        .bind(status.map(Status::as_str))
-        .bind(status.map(Status::as_str))
-        .bind(vehicle.map(|v| v.0.as_str()))
-        .bind(vehicle.map(|v| v.0.as_str()))
-        .bind(limit as i64)
-        .fetch_all(self.reader())
-        .await?;
-        rows.iter().map(event_from_row).collect()
+        let rows = sqlx::query(&outbox_list())
+            .bind(status.map(Status::as_str))
+            .bind(vehicle.map(|v| v.0.as_str()))
+            .bind(limit as i64)
+            .fetch_all(self.reader())
+            .await?;
+        rows.iter().map(outbox_event).collect()
     }
 
     async fn outbox_counts(&self) -> Result<Vec<(Status, u64)>, StorageError> {
-        let rows = sqlx::query("SELECT status, COUNT(*) FROM crm_outbox GROUP BY status")
-            .fetch_all(self.reader())
-            .await?;
-        let mut out = Vec::new();
-        for r in rows {
-            let s: String = r.try_get(0)?;
-            if let Some(s) = Status::parse(&s) {
-                out.push((s, r.try_get::<i64, _>(1)? as u64));
-            }
-        }
-        Ok(out)
+        let rows = sqlx::query(COUNTS).fetch_all(self.reader()).await?;
+        counts(&rows)
     }
 
     async fn outbox_purge(&self, before: DateTime<Utc>) -> Result<u64, StorageError> {

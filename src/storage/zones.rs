@@ -1,53 +1,110 @@
-//! [`ZoneStore`] on SQLite: API-managed zones, per-device debounced membership, and the
+//! The geofences' statements and row decoders, shared by both backends, and [`ZoneStore`]
+//! on SQLite: API-managed zones, per-device debounced membership, and the
 //! confirmed enter/exit events.
 
-use async_trait::async_trait;
-use chrono::Utc;
-use sqlx::Row;
-
+use super::sql::{Cols, Dialect};
 use super::sqlite::SqliteStore;
-use super::{from_millis, millis, StorageError, Store};
+use super::{millis, StorageError, Store};
 use crate::geofence::store::{
     EventQuery, StoredMembership, StoredZone, StoredZoneEvent, ZoneChange, ZoneStore,
 };
 use crate::model::{DeviceId, VehicleId};
+use async_trait::async_trait;
+use chrono::Utc;
+
+/// Every stored zone, by name.
+pub(crate) fn zones(d: Dialect) -> String {
+    format!(
+        "SELECT name, kind, {} FROM zones ORDER BY name",
+        d.json("feature")
+    )
+}
+
+/// Store zone `$1` of kind `$2` with Feature `$3` (JSON text) at `$4`.
+pub(crate) fn put_zone(d: Dialect) -> String {
+    format!(
+        "INSERT INTO zones (name, kind, feature, updated_at) VALUES ($1, $2, {}, $4) \
+         ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, feature = excluded.feature, \
+         updated_at = excluded.updated_at",
+        d.json_param(3)
+    )
+}
+
+pub(crate) const DELETE_ZONE: &str = "DELETE FROM zones WHERE name = $1";
+
+pub(crate) fn memberships(d: Dialect) -> String {
+    format!(
+        "SELECT device_id, last_fix, {} FROM zone_state",
+        d.json("zones")
+    )
+}
+
+/// Store device `$1`'s membership: last fix `$2`, zone names `$3` (a JSON array).
+pub(crate) fn upsert_membership(d: Dialect) -> String {
+    format!(
+        "INSERT INTO zone_state (device_id, last_fix, zones) VALUES ($1, $2, {}) \
+         ON CONFLICT (device_id) DO UPDATE SET last_fix = excluded.last_fix, zones = excluded.zones",
+        d.json_param(3)
+    )
+}
+
+/// The columns [`zone_event`] reads.
+pub(crate) const EVENT_SELECT: &str =
+    "SELECT id, vehicle_id, device_id, type, zone, zone_kind, time, lat, lon FROM zone_events WHERE 1 = 1";
+
+pub(crate) fn zone(r: &impl Cols) -> Result<StoredZone, StorageError> {
+    Ok(StoredZone {
+        name: r.text("name")?,
+        kind: r.text("kind")?,
+        feature: serde_json::from_str(&r.text("feature")?)
+            .map_err(|e| StorageError::Invalid(format!("stored zone: {e}")))?,
+    })
+}
+
+pub(crate) fn membership(r: &impl Cols) -> Result<StoredMembership, StorageError> {
+    Ok(StoredMembership {
+        device_id: DeviceId(r.text("device_id")?),
+        last_fix: r.time("last_fix")?,
+        zones: serde_json::from_str(&r.text("zones")?).unwrap_or_default(),
+    })
+}
+
+pub(crate) fn zone_event(r: &impl Cols) -> Result<StoredZoneEvent, StorageError> {
+    Ok(StoredZoneEvent {
+        id: r.int("id")?,
+        vehicle: r.opt_text("vehicle_id")?.map(VehicleId),
+        device_id: DeviceId(r.text("device_id")?),
+        kind: r.text("type")?,
+        zone: r.text("zone")?,
+        zone_kind: r.text("zone_kind")?,
+        time: r.time("time")?,
+        lat: r.real("lat")?,
+        lon: r.real("lon")?,
+    })
+}
+
+const SQL: Dialect = Dialect::Sqlite;
 
 #[async_trait]
 impl ZoneStore for SqliteStore {
     async fn zones(&self) -> Result<Vec<StoredZone>, StorageError> {
-        let rows = sqlx::query("SELECT name, kind, feature FROM zones ORDER BY name")
-            .fetch_all(self.reader())
-            .await?;
-        rows.iter()
-            .map(|r| {
-                let feature: String = r.try_get(2)?;
-                Ok(StoredZone {
-                    name: r.try_get(0)?,
-                    kind: r.try_get(1)?,
-                    feature: serde_json::from_str(&feature)
-                        .map_err(|e| StorageError::Invalid(format!("stored zone: {e}")))?,
-                })
-            })
-            .collect()
+        let rows = sqlx::query(&zones(SQL)).fetch_all(self.reader()).await?;
+        rows.iter().map(zone).collect()
     }
 
     async fn put_zone(&self, zone: &StoredZone) -> Result<(), StorageError> {
-        sqlx::query(
-            "INSERT INTO zones (name, kind, feature, updated_at) VALUES (?, ?, ?, ?) \
-             ON CONFLICT(name) DO UPDATE SET kind = excluded.kind, feature = excluded.feature, \
-             updated_at = excluded.updated_at",
-        )
-        .bind(&zone.name)
-        .bind(&zone.kind)
-        .bind(zone.feature.to_string())
-        .bind(millis(Utc::now()))
-        .execute(self.writer())
-        .await?;
+        sqlx::query(&put_zone(SQL))
+            .bind(&zone.name)
+            .bind(&zone.kind)
+            .bind(zone.feature.to_string())
+            .bind(millis(Utc::now()))
+            .execute(self.writer())
+            .await?;
         Ok(())
     }
 
     async fn delete_zone(&self, name: &str) -> Result<bool, StorageError> {
-        let r = sqlx::query("DELETE FROM zones WHERE name = ?")
+        let r = sqlx::query(DELETE_ZONE)
             .bind(name)
             .execute(self.writer())
             .await?;
@@ -55,19 +112,10 @@ impl ZoneStore for SqliteStore {
     }
 
     async fn memberships(&self) -> Result<Vec<StoredMembership>, StorageError> {
-        let rows = sqlx::query("SELECT device_id, last_fix, zones FROM zone_state")
+        let rows = sqlx::query(&memberships(SQL))
             .fetch_all(self.reader())
             .await?;
-        rows.iter()
-            .map(|r| {
-                let zones: String = r.try_get(2)?;
-                Ok(StoredMembership {
-                    device_id: DeviceId(r.try_get(0)?),
-                    last_fix: from_millis(r.try_get(1)?),
-                    zones: serde_json::from_str(&zones).unwrap_or_default(),
-                })
-            })
-            .collect()
+        rows.iter().map(membership).collect()
     }
 
     async fn save_zone_changes(&self, changes: &[ZoneChange]) -> Result<(), StorageError> {
@@ -77,15 +125,12 @@ impl ZoneStore for SqliteStore {
             events,
         } in changes
         {
-            sqlx::query(
-                "INSERT INTO zone_state (device_id, last_fix, zones) VALUES (?, ?, ?) \
-                 ON CONFLICT(device_id) DO UPDATE SET last_fix = excluded.last_fix, zones = excluded.zones",
-            )
-            .bind(m.device_id.as_str())
-            .bind(millis(m.last_fix))
-            .bind(serde_json::to_string(&m.zones).unwrap_or_else(|_| "[]".into()))
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(&upsert_membership(SQL))
+                .bind(m.device_id.as_str())
+                .bind(millis(m.last_fix))
+                .bind(serde_json::to_string(&m.zones).unwrap_or_else(|_| "[]".into()))
+                .execute(&mut *tx)
+                .await?;
             for e in events {
                 sqlx::query(
                     "INSERT INTO zone_events (vehicle_id, device_id, type, zone, zone_kind, time, lat, lon) \
@@ -112,9 +157,7 @@ impl ZoneStore for SqliteStore {
     }
 
     async fn zone_events(&self, q: &EventQuery) -> Result<Vec<StoredZoneEvent>, StorageError> {
-        let mut b = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "SELECT id, vehicle_id, device_id, type, zone, zone_kind, time, lat, lon FROM zone_events WHERE 1 = 1",
-        );
+        let mut b = sqlx::QueryBuilder::<sqlx::Sqlite>::new(EVENT_SELECT);
         if let Some(v) = &q.vehicle {
             b.push(" AND vehicle_id = ").push_bind(v.0.clone());
         }
@@ -130,20 +173,6 @@ impl ZoneStore for SqliteStore {
         b.push(" ORDER BY time, id LIMIT ")
             .push_bind(i64::from(q.limit));
         let rows = b.build().fetch_all(self.reader()).await?;
-        rows.iter()
-            .map(|r| {
-                Ok(StoredZoneEvent {
-                    id: r.try_get(0)?,
-                    vehicle: r.try_get::<Option<String>, _>(1)?.map(VehicleId),
-                    device_id: DeviceId(r.try_get(2)?),
-                    kind: r.try_get(3)?,
-                    zone: r.try_get(4)?,
-                    zone_kind: r.try_get(5)?,
-                    time: from_millis(r.try_get(6)?),
-                    lat: r.try_get(7)?,
-                    lon: r.try_get(8)?,
-                })
-            })
-            .collect()
+        rows.iter().map(zone_event).collect()
     }
 }

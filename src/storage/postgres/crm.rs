@@ -1,39 +1,20 @@
-//! [`CrmStore`] on PostgreSQL: the SQLite implementation's statements with `$n` parameters,
-//! plus claims (`locked_by`, `locked_until`, `0006_outbox_lease.sql`) so that instances
+//! [`CrmStore`] on PostgreSQL: the statements and row decoders shared with SQLite
+//! (`storage::crm`), plus claims (`locked_by`, `locked_until`, `0006_outbox_lease.sql`) so that instances
 //! sharing the database deliver each event once and a vehicle's events in order.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::PgRow;
-use sqlx::Row;
 
 use super::PostgresStore;
-use crate::crm::event::{NewEvent, OutboxEvent, Payload, Status};
-use crate::model::VehicleId;
+use crate::crm::event::{NewEvent, OutboxEvent, Status};
 use crate::crm::store::{CrmStore, StateWrite};
-use crate::storage::crm::{new_key, OUTBOX_COLUMNS};
+use crate::model::VehicleId;
+use crate::storage::crm::{
+    counts, new_key, outbox_event, outbox_list, COUNTS, ENQUEUE, OUTBOX_COLUMNS, STATES_OF_SCOPE,
+    UPSERT_STATE,
+};
+use crate::storage::sql::Cols;
 use crate::storage::{from_millis, millis, StorageError, Store, Vehicle};
-
-fn event_from_row(r: &PgRow) -> Result<OutboxEvent, StorageError> {
-    let payload: String = r.try_get(4)?;
-    let payload: Payload = serde_json::from_str(&payload)
-        .map_err(|e| StorageError::Invalid(format!("crm_outbox.payload: {e}")))?;
-    let status: String = r.try_get(5)?;
-    Ok(OutboxEvent {
-        id: r.try_get(0)?,
-        key: r.try_get(1)?,
-        vehicle_id: VehicleId(r.try_get(2)?),
-        deal_id: r.try_get(3)?,
-        payload,
-        status: Status::parse(&status).unwrap_or(Status::Pending),
-        attempts: r.try_get::<i32, _>(6)? as u32,
-        created_at: from_millis(r.try_get(7)?),
-        expires_at: from_millis(r.try_get(8)?),
-        next_attempt_at: from_millis(r.try_get(9)?),
-        last_error: r.try_get(10)?,
-        delivered_at: r.try_get::<Option<i64>, _>(11)?.map(from_millis),
-    })
-}
 
 const HEADS: &str = "status = 'pending' AND id = (SELECT MIN(id) FROM crm_outbox p \
      WHERE p.status = 'pending' AND p.vehicle_id = o.vehicle_id)";
@@ -49,47 +30,39 @@ impl CrmStore for PostgresStore {
     ) -> Result<(), StorageError> {
         let mut tx = self.pool.begin().await?;
         for s in states {
-            sqlx::query(
-                "INSERT INTO crm_state (scope, id, state, updated_at) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (scope, id) DO UPDATE SET state = excluded.state, \
-                 updated_at = excluded.updated_at",
-            )
-            .bind(s.scope)
-            .bind(&s.id)
-            .bind(&s.state)
-            .bind(millis(now))
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(UPSERT_STATE)
+                .bind(s.scope)
+                .bind(&s.id)
+                .bind(&s.state)
+                .bind(millis(now))
+                .execute(&mut *tx)
+                .await?;
         }
         for e in events {
             let payload = serde_json::to_string(&e.payload)
                 .map_err(|err| StorageError::Invalid(format!("crm event: {err}")))?;
-            sqlx::query(
-                "INSERT INTO crm_outbox (idem_key, vehicle_id, deal_id, kind, payload, status, \
-                 attempts, created_at, expires_at, next_attempt_at) \
-                 VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $7, $6)",
-            )
-            .bind(new_key(&e.vehicle_id, now))
-            .bind(&e.vehicle_id.0)
-            .bind(&e.deal_id)
-            .bind(e.payload.kind())
-            .bind(payload)
-            .bind(millis(now))
-            .bind(millis(now + ttl))
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(ENQUEUE)
+                .bind(new_key(&e.vehicle_id, now))
+                .bind(&e.vehicle_id.0)
+                .bind(&e.deal_id)
+                .bind(e.payload.kind())
+                .bind(payload)
+                .bind(millis(now))
+                .bind(millis(now + ttl))
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())
     }
 
     async fn crm_states(&self, scope: &str) -> Result<Vec<(String, String)>, StorageError> {
-        let rows = sqlx::query("SELECT id, state FROM crm_state WHERE scope = $1 ORDER BY id")
+        let rows = sqlx::query(STATES_OF_SCOPE)
             .bind(scope)
             .fetch_all(&self.pool)
             .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .map(|r| Ok((r.text("id")?, r.text("state")?)))
             .collect()
     }
 
@@ -116,7 +89,7 @@ impl CrmStore for PostgresStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(event_from_row).collect()
+        rows.iter().map(outbox_event).collect()
     }
 
     /// Only a vehicle's oldest pending event is ever claimable, and it stays pending while
@@ -150,7 +123,7 @@ impl CrmStore for PostgresStore {
         .await?;
         let mut events = rows
             .iter()
-            .map(event_from_row)
+            .map(outbox_event)
             .collect::<Result<Vec<_>, _>>()?;
         events.sort_by_key(|e| e.id);
         Ok(events)
@@ -264,30 +237,18 @@ impl CrmStore for PostgresStore {
         vehicle: Option<&VehicleId>,
         limit: u32,
     ) -> Result<Vec<OutboxEvent>, StorageError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {OUTBOX_COLUMNS} FROM crm_outbox WHERE ($1::text IS NULL OR status = $1) \
-             AND ($2::text IS NULL OR vehicle_id = $2) ORDER BY id DESC LIMIT $3"
-        ))
-        .bind(status.map(Status::as_str))
-        .bind(vehicle.map(|v| v.0.as_str()))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(event_from_row).collect()
+        let rows = sqlx::query(&outbox_list())
+            .bind(status.map(Status::as_str))
+            .bind(vehicle.map(|v| v.0.as_str()))
+            .bind(i64::from(limit))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(outbox_event).collect()
     }
 
     async fn outbox_counts(&self) -> Result<Vec<(Status, u64)>, StorageError> {
-        let rows = sqlx::query("SELECT status, COUNT(*) FROM crm_outbox GROUP BY status")
-            .fetch_all(&self.pool)
-            .await?;
-        let mut out = Vec::new();
-        for r in rows {
-            let s: String = r.try_get(0)?;
-            if let Some(s) = Status::parse(&s) {
-                out.push((s, r.try_get::<i64, _>(1)? as u64));
-            }
-        }
-        Ok(out)
+        let rows = sqlx::query(COUNTS).fetch_all(&self.pool).await?;
+        counts(&rows)
     }
 
     async fn outbox_purge(&self, before: DateTime<Utc>) -> Result<u64, StorageError> {
