@@ -86,6 +86,7 @@ both!(
     zones_memberships_and_events_round_trip,
     crm_outbox_heads_retries_and_dead_letters,
     immobiliser_states_commands_and_audit_round_trip,
+    crm_states_are_read_together_in_the_order_asked,
 );
 
 fn t0() -> DateTime<Utc> {
@@ -578,6 +579,59 @@ async fn zones_memberships_and_events_round_trip(c: Ctx) {
     let all = stored_events(c.store.zones.as_ref(), 100).await;
     assert_eq!(all.len(), 4);
     assert_eq!(all[3].device_id, DeviceId::new("z-2"));
+}
+
+/// The rules re-read a vehicle's rows in one call: each key answered in its place, a missing
+/// row as `None`, a key asked twice answered twice.
+async fn crm_states_are_read_together_in_the_order_asked(c: Ctx) {
+    use fleetgate::crm::store::StateWrite;
+    let write = |scope: &'static str, id: &str, state: &str| StateWrite {
+        scope,
+        id: id.into(),
+        state: state.into(),
+    };
+    c.store
+        .crm
+        .crm_commit(
+            &[
+                write("shift", "car-a", r#"{"s":1}"#),
+                write("mileage", "car-a", r#"{"m":2}"#),
+                write("shift", "car-b", r#"{"s":3}"#),
+                write("balance", "drv-1", r#"{"b":4}"#),
+            ],
+            &[],
+            Utc::now(),
+            Duration::hours(1),
+        )
+        .await
+        .unwrap();
+    let keys = [
+        ("shift", "car-a"),
+        ("inspection", "car-a"),
+        ("mileage", "car-a"),
+        ("balance", "drv-1"),
+        ("shift", "car-a"),
+        ("balance", "car-a"),
+    ];
+    let got = c.store.crm.crm_state_many(&keys).await.unwrap();
+    let text = |s: &str| Some(s.to_string());
+    assert_eq!(
+        got,
+        [
+            text(r#"{"s":1}"#),
+            None,
+            text(r#"{"m":2}"#),
+            text(r#"{"b":4}"#),
+            text(r#"{"s":1}"#),
+            None
+        ]
+    );
+    assert!(c.store.crm.crm_state_many(&[]).await.unwrap().is_empty());
+    // One row on its own reads the same.
+    assert_eq!(
+        c.store.crm.crm_state("shift", "car-b").await.unwrap(),
+        text(r#"{"s":3}"#)
+    );
 }
 
 async fn crm_outbox_heads_retries_and_dead_letters(c: Ctx) {

@@ -40,6 +40,18 @@ pub trait CrmStore: Send + Sync + 'static {
             .find(|(k, _)| k == id)
             .map(|(_, s)| s))
     }
+    /// Several rule states at once, `(scope, id)` each, answered in the order asked: what an
+    /// instance re-reads before deciding for a vehicle another one may have decided for.
+    async fn crm_state_many(
+        &self,
+        keys: &[(&str, &str)],
+    ) -> Result<Vec<Option<String>>, StorageError> {
+        let mut out = Vec::with_capacity(keys.len());
+        for (scope, id) in keys {
+            out.push(self.crm_state(scope, id).await?);
+        }
+        Ok(out)
+    }
     /// The oldest pending event of each vehicle, if due by `now`; at most `limit`.
     async fn outbox_due(
         &self,

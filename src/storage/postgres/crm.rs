@@ -76,6 +76,29 @@ impl CrmStore for PostgresStore {
         )
     }
 
+    /// One round trip for all of them (the rules re-read five rows per vehicle per step).
+    async fn crm_state_many(
+        &self,
+        keys: &[(&str, &str)],
+    ) -> Result<Vec<Option<String>>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT s.scope, s.id, s.state FROM crm_state s \
+             JOIN UNNEST($1::text[], $2::text[]) AS k(scope, id) ON s.scope = k.scope AND s.id = k.id",
+        )
+        .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut found = std::collections::HashMap::with_capacity(rows.len());
+        for r in &rows {
+            found.insert((r.text("scope")?, r.text("id")?), r.text("state")?);
+        }
+        Ok(keys
+            .iter()
+            .map(|(s, i)| found.get(&(s.to_string(), i.to_string())).cloned())
+            .collect())
+    }
+
     async fn outbox_due(
         &self,
         now: DateTime<Utc>,
