@@ -7,9 +7,10 @@ use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
+use super::rows;
 use super::{Actor, ApiError, AppState};
 use crate::geofence::edit::{self, fleet_positions, Proposal, Refusal, Verdict};
-use crate::geofence::store::{EventQuery, StoredZone, StoredZoneEvent, ZoneStore};
+use crate::geofence::store::{EventQuery, StoredZone, ZoneStore};
 use crate::geofence::{Zone, ZoneSet};
 use crate::immobiliser::store::{AuditEntry, AuditPosition, ImmobChanges};
 use crate::model::VehicleId;
@@ -311,7 +312,7 @@ pub struct EventsQuery {
 pub async fn events(
     State(state): State<AppState>,
     q: Result<Query<EventsQuery>, QueryRejection>,
-) -> Result<Json<Vec<StoredZoneEvent>>, ApiError> {
+) -> Result<Json<Vec<rows::ZoneEvent>>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     if let Some(k) = &q.kind {
         if k != "enter" && k != "exit" {
@@ -327,5 +328,7 @@ pub async fn events(
         to: q.to,
         limit: q.limit.unwrap_or(10_000).clamp(1, 100_000),
     };
-    Ok(Json(state.store.zones.zone_events(&query).await?))
+    Ok(Json(rows::all(
+        state.store.zones.zone_events(&query).await?,
+    )))
 }

@@ -9,9 +9,10 @@ use axum::{Extension, Json, Router};
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::rows;
 use super::{Actor, ApiError, AppState};
 use crate::immobiliser::actor::{ImmobView, ReasonChange};
-use crate::immobiliser::store::{AuditEntry, AuditQuery};
+use crate::immobiliser::store::AuditQuery;
 use crate::immobiliser::{BlockReason, Command, ImmobError};
 use crate::model::VehicleId;
 
@@ -181,7 +182,7 @@ pub struct AuditParams {
 pub async fn audit(
     State(state): State<AppState>,
     q: Result<Query<AuditParams>, QueryRejection>,
-) -> Result<Json<Vec<AuditEntry>>, ApiError> {
+) -> Result<Json<Vec<rows::Audit>>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let to = q.to.unwrap_or_else(|| Utc::now() + Duration::minutes(10));
     let from = q.from.unwrap_or(to - Duration::hours(24));
@@ -194,5 +195,7 @@ pub async fn audit(
         to,
         limit: q.limit.unwrap_or(1000).clamp(1, MAX_LIMIT),
     };
-    Ok(Json(state.store.immobiliser.audit(&query).await?))
+    Ok(Json(rows::all(
+        state.store.immobiliser.audit(&query).await?,
+    )))
 }

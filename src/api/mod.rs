@@ -8,6 +8,7 @@ mod immobiliser;
 pub mod map;
 mod meta;
 mod params;
+pub mod rows;
 pub mod status;
 mod summary;
 mod vehicles;

@@ -6,12 +6,11 @@ use axum::Json;
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::rows;
 use super::summary::{summarize, TrackSummary, PAGE};
 use super::{ApiError, AppState};
 use crate::model::{DeviceId, VehicleId};
-use crate::pipeline::store::{
-    DeviceState, StoredPosition, Vehicle, VehicleUpdate, VEHICLE_STATUSES,
-};
+use crate::pipeline::store::{DeviceState, StoredPosition, Vehicle, VEHICLE_STATUSES};
 use crate::protocols::Protocol;
 
 /// Most positions one track request returns.
@@ -35,7 +34,7 @@ pub struct LatestPosition {
 #[derive(Debug, Serialize)]
 pub struct VehicleView {
     #[serde(flatten)]
-    pub vehicle: Vehicle,
+    pub vehicle: rows::Vehicle,
     pub online: bool,
     pub last_seen: Option<DateTime<Utc>>,
     pub position: Option<LatestPosition>,
@@ -76,7 +75,7 @@ fn view(
             outputs: p.outputs,
         });
     VehicleView {
-        vehicle,
+        vehicle: vehicle.into(),
         online,
         last_seen,
         position,
@@ -169,7 +168,7 @@ pub async fn get_one(
 pub async fn put(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    body: Result<Json<VehicleUpdate>, JsonRejection>,
+    body: Result<Json<rows::VehicleBody>, JsonRejection>,
 ) -> Result<Json<VehicleView>, ApiError> {
     let Json(update) = body.map_err(|e| {
         if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
@@ -209,7 +208,7 @@ pub async fn put(
     let v = state
         .store
         .core
-        .upsert_vehicle(&VehicleId(id), &update)
+        .upsert_vehicle(&VehicleId(id), &update.into())
         .await?;
     state.admission.invalidate();
     // A tracker moved between cars: its old car's commands must never reach the new car.
@@ -252,7 +251,7 @@ pub async fn track(
     State(state): State<AppState>,
     Path(id): Path<String>,
     q: Result<Query<TrackQuery>, QueryRejection>,
-) -> Result<Json<Vec<StoredPosition>>, ApiError> {
+) -> Result<Json<Vec<rows::Position>>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let (from, to) = range(&q)?;
     let limit = q.limit.unwrap_or(10_000).clamp(1, MAX_TRACK_LIMIT);
@@ -260,9 +259,9 @@ pub async fn track(
     let Some(device) = v.device_id else {
         return Ok(Json(Vec::new()));
     };
-    Ok(Json(
+    Ok(Json(rows::all(
         state.store.core.track(&device, from, to, limit).await?,
-    ))
+    )))
 }
 
 pub async fn summary(

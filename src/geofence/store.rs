@@ -3,7 +3,6 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 
 use crate::model::{DeviceId, VehicleId};
 use crate::pipeline::store::StorageError;
@@ -31,13 +30,13 @@ pub struct ZoneChange {
     pub events: Vec<StoredZoneEvent>,
 }
 
-/// A confirmed zone event as the API lists it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// A confirmed zone event.
+#[derive(Clone, Debug, PartialEq)]
 pub struct StoredZoneEvent {
     pub id: i64,
     pub vehicle: Option<VehicleId>,
     pub device_id: DeviceId,
-    #[serde(rename = "type")]
+    /// `enter` or `exit` (the column `type`).
     pub kind: String,
     pub zone: String,
     pub zone_kind: String,

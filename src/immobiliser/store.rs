@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use serde::Serialize;
 
 use super::machine::ReasonEntry;
 use super::{BlockReason, Command, ImmobState};
@@ -31,7 +30,7 @@ pub struct Fitting {
 }
 
 /// One audit record: what happened to which car, who did it, and where the car was.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct AuditEntry {
     pub id: i64,
     pub time: DateTime<Utc>,
@@ -51,7 +50,7 @@ pub struct AuditEntry {
     pub position: Option<AuditPosition>,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct AuditPosition {
     pub time: DateTime<Utc>,
     pub lat: f64,

@@ -6,7 +6,6 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
 
 use crate::model::{DeviceId, Position, VehicleId};
 use crate::protocols::Protocol;
@@ -57,7 +56,7 @@ pub struct TrackPoint {
 }
 
 /// The latest state of one device after a batch.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct DeviceState {
     pub device_id: DeviceId,
     pub protocol: String,
@@ -124,8 +123,8 @@ pub trait Store: Send + Sync + 'static {
     fn backend(&self) -> &'static str;
 }
 
-/// A stored fix, in the JSON shape of the track API.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+/// A stored fix (the API serves it as `api::rows::Position`).
+#[derive(Clone, Debug, PartialEq)]
 pub struct StoredPosition {
     pub time: DateTime<Utc>,
     pub server_time: DateTime<Utc>,
@@ -143,7 +142,6 @@ pub struct StoredPosition {
     pub inputs: Option<u32>,
     pub outputs: Option<u32>,
     pub power_v: Option<f64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub alarm: Option<String>,
     pub attributes: serde_json::Value,
 }
@@ -174,7 +172,7 @@ impl StoredPosition {
 }
 
 /// A vehicle as registered.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Vehicle {
     pub id: VehicleId,
     pub device_id: Option<DeviceId>,
@@ -187,9 +185,8 @@ pub struct Vehicle {
     pub updated_at: DateTime<Utc>,
 }
 
-/// `PUT /api/v1/vehicles/{id}`: fields to set; absent fields keep their value.
-#[derive(Clone, Debug, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+/// A vehicle's fields to set (`None` keeps a field's value).
+#[derive(Clone, Debug, Default)]
 pub struct VehicleUpdate {
     pub device_id: Option<String>,
     pub protocol: Option<String>,
