@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use super::sql::{unknown, Cols};
+use super::sql::{unknown, Bind, Cols};
 use super::sqlite::SqliteStore;
 use super::{from_millis, millis, StorageError, Store};
 use crate::immobiliser::machine::ReasonEntry;
@@ -125,6 +125,30 @@ pub(crate) const UPSERT_COMMAND: &str =
      acknowledged_at = excluded.acknowledged_at, confirmed_at = excluded.confirmed_at, \
      finished_at = excluded.finished_at, response = excluded.response, error = excluded.error";
 
+/// [`UPSERT_COMMAND`] for command `c`.
+pub(crate) fn bind_command<'q, Q: Bind<'q>>(q: Q, c: &'q Command) -> Q {
+    q.int(c.id)
+        .text(&c.vehicle_id.0)
+        .opt_text(c.device_id.as_ref().map(|d| d.as_str()))
+        .text(c.intent.as_str())
+        .opt_text(c.text.as_deref())
+        .int(i64::from(c.output))
+        .text(c.status.as_str())
+        .flag(c.forced)
+        .text(&c.reasons)
+        .text(&c.actor)
+        .int(i64::from(c.attempts))
+        .int(millis(c.created_at))
+        .int(millis(c.next_attempt_at))
+        .opt_int(c.sent_at.map(millis))
+        .opt_int(c.acknowledged_at.map(millis))
+        .opt_int(c.confirmed_at.map(millis))
+        .opt_int(c.finished_at.map(millis))
+        .int(millis(c.expires_at))
+        .opt_text(c.response.as_deref())
+        .opt_text(c.error.as_deref())
+}
+
 /// Insert or replace a vehicle's state: `$1` vehicle, `$2` state, `$3` since, `$4` now.
 pub(crate) const DELETE_REASONS: &str = "DELETE FROM immobiliser_reasons WHERE vehicle_id = $1";
 
@@ -229,27 +253,7 @@ impl ImmobiliserStore for SqliteStore {
             }
         }
         for c in &ch.commands {
-            sqlx::query(UPSERT_COMMAND)
-                .bind(c.id)
-                .bind(&c.vehicle_id.0)
-                .bind(c.device_id.as_ref().map(|d| d.as_str()))
-                .bind(c.intent.as_str())
-                .bind(&c.text)
-                .bind(i64::from(c.output))
-                .bind(c.status.as_str())
-                .bind(c.forced)
-                .bind(&c.reasons)
-                .bind(&c.actor)
-                .bind(i64::from(c.attempts))
-                .bind(millis(c.created_at))
-                .bind(millis(c.next_attempt_at))
-                .bind(c.sent_at.map(millis))
-                .bind(c.acknowledged_at.map(millis))
-                .bind(c.confirmed_at.map(millis))
-                .bind(c.finished_at.map(millis))
-                .bind(millis(c.expires_at))
-                .bind(&c.response)
-                .bind(&c.error)
+            bind_command(sqlx::query(UPSERT_COMMAND), c)
                 .execute(&mut *tx)
                 .await?;
         }

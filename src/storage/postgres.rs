@@ -18,12 +18,10 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::Row;
 
 use super::sql::{self, Dialect};
 use super::{
-    from_millis, millis, DeviceState, StorageError, Store, StoredPosition, TrackPoint, Vehicle,
-    VehicleUpdate, WriteItem,
+    DeviceState, StorageError, Store, StoredPosition, TrackPoint, Vehicle, VehicleUpdate, WriteItem,
 };
 use crate::config::StorageConfig;
 use crate::model::{DeviceId, VehicleId};
@@ -179,11 +177,7 @@ impl Store for PostgresStore {
         to: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<StoredPosition>, StorageError> {
-        let rows = sqlx::query(&sql::track(SQL))
-            .bind(device.as_str())
-            .bind(millis(from))
-            .bind(millis(to))
-            .bind(i64::from(limit))
+        let rows = sql::bind_range(sqlx::query(&sql::track(SQL)), device, from, to, limit)
             .fetch_all(&self.pool)
             .await?;
         Ok(rows.iter().map(sql::position).collect::<Result<_, _>>()?)
@@ -196,23 +190,13 @@ impl Store for PostgresStore {
         to: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<TrackPoint>, StorageError> {
-        let rows = sqlx::query(sql::TRACK_POINTS)
-            .bind(device.as_str())
-            .bind(millis(from))
-            .bind(millis(to))
-            .bind(i64::from(limit))
+        let rows = sql::bind_range(sqlx::query(sql::TRACK_POINTS), device, from, to, limit)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(TrackPoint {
-                    time: from_millis(r.try_get("fix_time")?),
-                    lat: r.try_get("lat")?,
-                    lon: r.try_get("lon")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StorageError::from)
+        Ok(rows
+            .iter()
+            .map(sql::track_point)
+            .collect::<Result<_, _>>()?)
     }
 
     async fn vehicles(&self) -> Result<Vec<Vehicle>, StorageError> {
@@ -243,22 +227,14 @@ impl Store for PostgresStore {
         id: &VehicleId,
         u: &VehicleUpdate,
     ) -> Result<Vehicle, StorageError> {
-        let now = millis(Utc::now());
+        let now = Utc::now();
         let mut tx = self.pool.begin().await?;
         if let Some(dev) = &u.device_id {
             if let Some(owner) = device_owner(&mut tx, dev, &id.0).await? {
                 return Err(StorageError::DeviceTaken(dev.clone(), owner));
             }
         }
-        let upserted = sqlx::query(sql::UPSERT_VEHICLE)
-            .bind(&id.0)
-            .bind(&u.device_id)
-            .bind(&u.protocol)
-            .bind(&u.plate)
-            .bind(&u.driver_id)
-            .bind(&u.crm_deal_id)
-            .bind(&u.status)
-            .bind(now)
+        let upserted = sql::bind_vehicle(sqlx::query(sql::UPSERT_VEHICLE), id, u, now)
             .execute(&mut *tx)
             .await;
         if let Err(e) = upserted {

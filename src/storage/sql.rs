@@ -10,9 +10,9 @@ use sqlx::postgres::PgRow;
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Column, Row, TypeInfo};
 
-use super::from_millis;
+use super::{from_millis, millis};
 use crate::model::{DeviceId, VehicleId};
-use crate::pipeline::store::{DeviceState, StoredPosition, Vehicle};
+use crate::pipeline::store::{DeviceState, StoredPosition, TrackPoint, Vehicle, VehicleUpdate};
 
 /// Which SQL a statement is rendered for, where the two differ.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,6 +137,14 @@ pub(crate) const TRACK_POINTS: &str =
     "SELECT fix_time, lat, lon FROM positions WHERE device_id = $1 AND fix_time >= $2 \
      AND fix_time < $3 ORDER BY fix_time LIMIT $4";
 
+pub(crate) fn track_point(r: &impl Cols) -> Result<TrackPoint, sqlx::Error> {
+    Ok(TrackPoint {
+        time: r.time("fix_time")?,
+        lat: r.real("lat")?,
+        lon: r.real("lon")?,
+    })
+}
+
 fn json_value(text: Option<String>) -> serde_json::Value {
     text.and_then(|a| serde_json::from_str(&a).ok())
         .unwrap_or(serde_json::Value::Null)
@@ -238,4 +246,72 @@ pub(crate) fn vehicle(r: &impl Cols) -> Result<Vehicle, sqlx::Error> {
         created_at: r.time("created_at")?,
         updated_at: r.time("updated_at")?,
     })
+}
+
+/// A statement's parameters bound the same way on both backends, so that a statement shared
+/// by them is also filled once (`bind_command`, `bind_vehicle`…). Integers bind as `i64`:
+/// PostgreSQL assigns them to its INTEGER columns.
+pub(crate) trait Bind<'q>: Sized {
+    fn int(self, v: i64) -> Self;
+    fn opt_int(self, v: Option<i64>) -> Self;
+    fn text(self, v: &'q str) -> Self;
+    fn opt_text(self, v: Option<&'q str>) -> Self;
+    fn flag(self, v: bool) -> Self;
+}
+
+impl<'q, DB> Bind<'q> for sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
+where
+    DB: sqlx::Database,
+    i64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<i64>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    bool: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+{
+    fn int(self, v: i64) -> Self {
+        self.bind(v)
+    }
+    fn opt_int(self, v: Option<i64>) -> Self {
+        self.bind(v)
+    }
+    fn text(self, v: &'q str) -> Self {
+        self.bind(v)
+    }
+    fn opt_text(self, v: Option<&'q str>) -> Self {
+        self.bind(v)
+    }
+    fn flag(self, v: bool) -> Self {
+        self.bind(v)
+    }
+}
+
+/// [`track`] or [`TRACK_POINTS`] for `device`, `[from, to)`, at most `limit`.
+pub(crate) fn bind_range<'q, Q: Bind<'q>>(
+    q: Q,
+    device: &'q DeviceId,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    limit: u32,
+) -> Q {
+    q.text(device.as_str())
+        .int(millis(from))
+        .int(millis(to))
+        .int(i64::from(limit))
+}
+
+/// [`UPSERT_VEHICLE`] for vehicle `id` with `u`, at `now`.
+pub(crate) fn bind_vehicle<'q, Q: Bind<'q>>(
+    q: Q,
+    id: &'q VehicleId,
+    u: &'q VehicleUpdate,
+    now: DateTime<Utc>,
+) -> Q {
+    q.text(&id.0)
+        .opt_text(u.device_id.as_deref())
+        .opt_text(u.protocol.as_deref())
+        .opt_text(u.plate.as_deref())
+        .opt_text(u.driver_id.as_deref())
+        .opt_text(u.crm_deal_id.as_deref())
+        .opt_text(u.status.as_deref())
+        .int(millis(now))
 }

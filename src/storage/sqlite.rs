@@ -7,12 +7,11 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use sqlx::SqlitePool;
 
 use super::sql::{self, Dialect};
 use super::{
-    from_millis, millis, DeviceState, StorageError, Store, StoredPosition, TrackPoint, Vehicle,
-    VehicleUpdate, WriteItem,
+    DeviceState, StorageError, Store, StoredPosition, TrackPoint, Vehicle, VehicleUpdate, WriteItem,
 };
 use crate::config::StorageConfig;
 use crate::model::{DeviceId, VehicleId};
@@ -153,11 +152,7 @@ impl Store for SqliteStore {
         to: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<StoredPosition>, StorageError> {
-        let rows = sqlx::query(&sql::track(SQL))
-            .bind(device.as_str())
-            .bind(millis(from))
-            .bind(millis(to))
-            .bind(i64::from(limit))
+        let rows = sql::bind_range(sqlx::query(&sql::track(SQL)), device, from, to, limit)
             .fetch_all(&self.reader)
             .await?;
         Ok(rows.iter().map(sql::position).collect::<Result<_, _>>()?)
@@ -170,23 +165,13 @@ impl Store for SqliteStore {
         to: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<TrackPoint>, StorageError> {
-        let rows = sqlx::query(sql::TRACK_POINTS)
-            .bind(device.as_str())
-            .bind(millis(from))
-            .bind(millis(to))
-            .bind(i64::from(limit))
+        let rows = sql::bind_range(sqlx::query(sql::TRACK_POINTS), device, from, to, limit)
             .fetch_all(&self.reader)
             .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(TrackPoint {
-                    time: from_millis(r.try_get("fix_time")?),
-                    lat: r.try_get("lat")?,
-                    lon: r.try_get("lon")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StorageError::from)
+        Ok(rows
+            .iter()
+            .map(sql::track_point)
+            .collect::<Result<_, _>>()?)
     }
 
     async fn vehicles(&self) -> Result<Vec<Vehicle>, StorageError> {
@@ -217,7 +202,7 @@ impl Store for SqliteStore {
         id: &VehicleId,
         u: &VehicleUpdate,
     ) -> Result<Vehicle, StorageError> {
-        let now = millis(Utc::now());
+        let now = Utc::now();
         let mut tx = self.writer.begin().await?;
         if let Some(dev) = &u.device_id {
             let owner: Option<String> = sqlx::query_scalar(sql::DEVICE_OWNER)
@@ -229,15 +214,7 @@ impl Store for SqliteStore {
                 return Err(StorageError::DeviceTaken(dev.clone(), owner));
             }
         }
-        sqlx::query(sql::UPSERT_VEHICLE)
-            .bind(&id.0)
-            .bind(&u.device_id)
-            .bind(&u.protocol)
-            .bind(&u.plate)
-            .bind(&u.driver_id)
-            .bind(&u.crm_deal_id)
-            .bind(&u.status)
-            .bind(now)
+        sql::bind_vehicle(sqlx::query(sql::UPSERT_VEHICLE), id, u, now)
             .execute(&mut *tx)
             .await?;
         let row = sqlx::query(&format!("{} WHERE id = $1", sql::VEHICLE_SELECT))

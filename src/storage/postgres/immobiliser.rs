@@ -17,8 +17,8 @@ use crate::immobiliser::store::{
 use crate::immobiliser::{BlockReason, Command, ImmobState};
 use crate::model::{DeviceId, VehicleId};
 use crate::storage::immobiliser::{
-    audit, command, open_commands, reason_entry, snapshot, AUDIT_SELECT, COMMAND_SELECT,
-    DELETE_REASONS, REASONS, STATES, UPSERT_COMMAND, UPSERT_STATE,
+    audit, bind_command, command, open_commands, reason_entry, snapshot, AUDIT_SELECT,
+    COMMAND_SELECT, DELETE_REASONS, REASONS, STATES, UPSERT_COMMAND, UPSERT_STATE,
 };
 use crate::storage::sql::{unknown, Cols};
 use crate::storage::{millis, StorageError, Store};
@@ -149,27 +149,7 @@ impl ImmobiliserStore for PostgresStore {
         // One statement per command, in order, as on SQLite: should a decision carry the same
         // id twice, the last version wins (one UNNEST upsert would fail on it instead).
         for c in &ch.commands {
-            sqlx::query(UPSERT_COMMAND)
-                .bind(c.id)
-                .bind(&c.vehicle_id.0)
-                .bind(c.device_id.as_ref().map(|d| d.as_str()))
-                .bind(c.intent.as_str())
-                .bind(&c.text)
-                .bind(i32::from(c.output))
-                .bind(c.status.as_str())
-                .bind(c.forced)
-                .bind(&c.reasons)
-                .bind(&c.actor)
-                .bind(i64::from(c.attempts))
-                .bind(millis(c.created_at))
-                .bind(millis(c.next_attempt_at))
-                .bind(c.sent_at.map(millis))
-                .bind(c.acknowledged_at.map(millis))
-                .bind(c.confirmed_at.map(millis))
-                .bind(c.finished_at.map(millis))
-                .bind(millis(c.expires_at))
-                .bind(&c.response)
-                .bind(&c.error)
+            bind_command(sqlx::query(UPSERT_COMMAND), c)
                 .execute(&mut *tx)
                 .await?;
         }
