@@ -1,7 +1,7 @@
 //! In-memory implementations of the CRM seams: block reasons that record every call, zones
 //! as a bounding box, and a [`CrmStore`] for tests on tokio's paused clock
-//! (`tests/crm_balance.rs`). The daemon falls back to the first when no immobiliser is wired
-//! in (`Seams::reasons` unset).
+//! (`tests/crm_balance.rs`). [`super::start`] falls back to the first when
+//! `Seams::reasons` is unset; the daemon always sets it to the immobiliser.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;

@@ -15,11 +15,10 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
-use crate::model::DeviceId;
-
 use crate::crm::store::CrmStore;
 use crate::geofence::store::ZoneStore;
 use crate::immobiliser::store::ImmobiliserStore;
+use crate::model::DeviceId;
 pub use crate::pipeline::store::{
     DeviceState, NewPosition, StorageError, Store, StoredPosition, TrackPoint, Vehicle,
     VehicleUpdate, WriteItem,
