@@ -7,6 +7,7 @@
 pub mod crm;
 pub mod immobiliser;
 pub mod postgres;
+mod reads;
 mod sql;
 pub mod sqlite;
 pub mod zones;

@@ -19,6 +19,7 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
+use super::reads;
 use super::sql::{self, Dialect};
 use super::{
     DeviceState, StorageError, Store, StoredPosition, TrackPoint, Vehicle, VehicleUpdate, WriteItem,
@@ -153,21 +154,11 @@ impl Store for PostgresStore {
     }
 
     async fn device_states(&self) -> Result<Vec<DeviceState>, StorageError> {
-        let rows = sqlx::query(&sql::device_states(SQL))
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows
-            .iter()
-            .map(sql::device_state)
-            .collect::<Result<_, _>>()?)
+        reads::device_states(&self.pool, SQL).await
     }
 
     async fn device_state(&self, device: &DeviceId) -> Result<Option<DeviceState>, StorageError> {
-        let row = sqlx::query(&format!("{} WHERE device_id = $1", sql::device_states(SQL)))
-            .bind(device.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.as_ref().map(sql::device_state).transpose()?)
+        reads::device_state(&self.pool, SQL, device).await
     }
 
     async fn track(
@@ -177,10 +168,7 @@ impl Store for PostgresStore {
         to: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<StoredPosition>, StorageError> {
-        let rows = sql::bind_range(sqlx::query(&sql::track(SQL)), device, from, to, limit)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.iter().map(sql::position).collect::<Result<_, _>>()?)
+        reads::track(&self.pool, SQL, device, from, to, limit).await
     }
 
     async fn track_points(
@@ -190,36 +178,19 @@ impl Store for PostgresStore {
         to: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<TrackPoint>, StorageError> {
-        let rows = sql::bind_range(sqlx::query(sql::TRACK_POINTS), device, from, to, limit)
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows
-            .iter()
-            .map(sql::track_point)
-            .collect::<Result<_, _>>()?)
+        reads::track_points(&self.pool, device, from, to, limit).await
     }
 
     async fn vehicles(&self) -> Result<Vec<Vehicle>, StorageError> {
-        let rows = sqlx::query(&format!("{} ORDER BY id", sql::VEHICLE_SELECT))
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.iter().map(sql::vehicle).collect::<Result<_, _>>()?)
+        reads::vehicles(&self.pool).await
     }
 
     async fn vehicle(&self, id: &VehicleId) -> Result<Option<Vehicle>, StorageError> {
-        let row = sqlx::query(&format!("{} WHERE id = $1", sql::VEHICLE_SELECT))
-            .bind(&id.0)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.as_ref().map(sql::vehicle).transpose()?)
+        reads::vehicle_where(&self.pool, "id", &id.0).await
     }
 
     async fn vehicle_by_device(&self, device: &DeviceId) -> Result<Option<Vehicle>, StorageError> {
-        let row = sqlx::query(&format!("{} WHERE device_id = $1", sql::VEHICLE_SELECT))
-            .bind(device.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.as_ref().map(sql::vehicle).transpose()?)
+        reads::vehicle_where(&self.pool, "device_id", device.as_str()).await
     }
 
     async fn upsert_vehicle(
