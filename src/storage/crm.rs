@@ -1,7 +1,7 @@
 //! The CRM's statements and row decoders, shared by both backends, and [`CrmStore`] on
 //! SQLite: rule state and the outbox.
 
-use super::sql::Cols;
+use super::sql::{Bind, Cols};
 use super::sqlite::SqliteStore;
 use super::{from_millis, millis, StorageError, Store};
 use crate::crm::event::{NewEvent, OutboxEvent, Payload, Status};
@@ -41,6 +41,47 @@ pub(crate) fn outbox_event(r: &impl Cols) -> Result<OutboxEvent, StorageError> {
         last_error: r.opt_text("last_error")?,
         delivered_at: r.opt_time("delivered_at")?,
     })
+}
+
+/// [`CrmStore::crm_commit`] inside the transaction `conn` is in, on either backend.
+pub(crate) async fn commit<DB>(
+    conn: &mut DB::Connection,
+    states: &[StateWrite],
+    events: &[NewEvent],
+    now: DateTime<Utc>,
+    ttl: chrono::Duration,
+) -> Result<(), StorageError>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    for<'q> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>: Bind<'q>,
+{
+    for s in states {
+        sqlx::query::<DB>(UPSERT_STATE)
+            .text(s.scope)
+            .text(&s.id)
+            .text(&s.state)
+            .int(millis(now))
+            .execute(&mut *conn)
+            .await?;
+    }
+    for e in events {
+        let payload = serde_json::to_string(&e.payload)
+            .map_err(|err| StorageError::Invalid(format!("crm event: {err}")))?;
+        let key = new_key(&e.vehicle_id, now);
+        sqlx::query::<DB>(ENQUEUE)
+            .text(&key)
+            .text(&e.vehicle_id.0)
+            .opt_text(e.deal_id.as_deref())
+            .text(e.payload.kind())
+            .text(&payload)
+            .int(millis(now))
+            .int(millis(now + ttl))
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Write one rule state: `$1` scope, `$2` id, `$3` JSON, `$4` now.
@@ -90,29 +131,7 @@ impl CrmStore for SqliteStore {
         ttl: chrono::Duration,
     ) -> Result<(), StorageError> {
         let mut tx = self.writer().begin().await?;
-        for s in states {
-            sqlx::query(UPSERT_STATE)
-                .bind(s.scope)
-                .bind(&s.id)
-                .bind(&s.state)
-                .bind(millis(now))
-                .execute(&mut *tx)
-                .await?;
-        }
-        for e in events {
-            let payload = serde_json::to_string(&e.payload)
-                .map_err(|err| StorageError::Invalid(format!("crm event: {err}")))?;
-            sqlx::query(ENQUEUE)
-                .bind(new_key(&e.vehicle_id, now))
-                .bind(&e.vehicle_id.0)
-                .bind(&e.deal_id)
-                .bind(e.payload.kind())
-                .bind(payload)
-                .bind(millis(now))
-                .bind(millis(now + ttl))
-                .execute(&mut *tx)
-                .await?;
-        }
+        commit::<sqlx::Sqlite>(&mut tx, states, events, now, ttl).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -10,8 +10,7 @@ use crate::crm::event::{NewEvent, OutboxEvent, Status};
 use crate::crm::store::{CrmStore, StateWrite};
 use crate::model::VehicleId;
 use crate::storage::crm::{
-    counts, new_key, outbox_event, outbox_list, COUNTS, ENQUEUE, OUTBOX_COLUMNS, STATES_OF_SCOPE,
-    UPSERT_STATE,
+    commit, counts, outbox_event, outbox_list, COUNTS, OUTBOX_COLUMNS, STATES_OF_SCOPE,
 };
 use crate::storage::sql::Cols;
 use crate::storage::{from_millis, millis, StorageError, Store, Vehicle};
@@ -29,29 +28,7 @@ impl CrmStore for PostgresStore {
         ttl: chrono::Duration,
     ) -> Result<(), StorageError> {
         let mut tx = self.pool.begin().await?;
-        for s in states {
-            sqlx::query(UPSERT_STATE)
-                .bind(s.scope)
-                .bind(&s.id)
-                .bind(&s.state)
-                .bind(millis(now))
-                .execute(&mut *tx)
-                .await?;
-        }
-        for e in events {
-            let payload = serde_json::to_string(&e.payload)
-                .map_err(|err| StorageError::Invalid(format!("crm event: {err}")))?;
-            sqlx::query(ENQUEUE)
-                .bind(new_key(&e.vehicle_id, now))
-                .bind(&e.vehicle_id.0)
-                .bind(&e.deal_id)
-                .bind(e.payload.kind())
-                .bind(payload)
-                .bind(millis(now))
-                .bind(millis(now + ttl))
-                .execute(&mut *tx)
-                .await?;
-        }
+        commit::<sqlx::Postgres>(&mut tx, states, events, now, ttl).await?;
         tx.commit().await?;
         Ok(())
     }
