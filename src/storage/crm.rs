@@ -1,6 +1,7 @@
 //! The CRM's statements and row decoders, shared by both backends, and [`CrmStore`] on
 //! SQLite: rule state and the outbox.
 
+use super::reads;
 use super::sql::{Bind, Cols};
 use super::sqlite::SqliteStore;
 use super::{from_millis, millis, StorageError, Store};
@@ -137,13 +138,7 @@ impl CrmStore for SqliteStore {
     }
 
     async fn crm_states(&self, scope: &str) -> Result<Vec<(String, String)>, StorageError> {
-        let rows = sqlx::query(STATES_OF_SCOPE)
-            .bind(scope)
-            .fetch_all(self.reader())
-            .await?;
-        rows.iter()
-            .map(|r| Ok((r.text("id")?, r.text("state")?)))
-            .collect()
+        reads::crm_states(self.reader(), scope).await
     }
 
     async fn outbox_due(
@@ -271,18 +266,11 @@ impl CrmStore for SqliteStore {
         vehicle: Option<&VehicleId>,
         limit: u32,
     ) -> Result<Vec<OutboxEvent>, StorageError> {
-        let rows = sqlx::query(&outbox_list())
-            .bind(status.map(Status::as_str))
-            .bind(vehicle.map(|v| v.0.as_str()))
-            .bind(limit as i64)
-            .fetch_all(self.reader())
-            .await?;
-        rows.iter().map(outbox_event).collect()
+        reads::outbox_list(self.reader(), status, vehicle, limit).await
     }
 
     async fn outbox_counts(&self) -> Result<Vec<(Status, u64)>, StorageError> {
-        let rows = sqlx::query(COUNTS).fetch_all(self.reader()).await?;
-        counts(&rows)
+        reads::outbox_counts(self.reader()).await
     }
 
     async fn outbox_purge(&self, before: DateTime<Utc>) -> Result<u64, StorageError> {

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use super::reads;
 use super::sql::{unknown, Bind, Cols};
 use super::sqlite::SqliteStore;
 use super::{from_millis, millis, StorageError, Store};
@@ -291,22 +292,11 @@ impl ImmobiliserStore for SqliteStore {
         vehicle: &VehicleId,
         limit: u32,
     ) -> Result<Vec<Command>, StorageError> {
-        let rows = sqlx::query(&format!(
-            "{COMMAND_SELECT} WHERE vehicle_id = $1 ORDER BY id DESC LIMIT $2"
-        ))
-        .bind(&vehicle.0)
-        .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await?;
-        Ok(rows.iter().map(command).collect::<Result<_, _>>()?)
+        reads::commands(&self.reader, vehicle, limit).await
     }
 
     async fn command(&self, id: i64) -> Result<Option<Command>, StorageError> {
-        let row = sqlx::query(&format!("{COMMAND_SELECT} WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.reader)
-            .await?;
-        Ok(row.as_ref().map(command).transpose()?)
+        reads::command(&self.reader, id).await
     }
 
     async fn audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, StorageError> {

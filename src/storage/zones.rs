@@ -2,6 +2,7 @@
 //! on SQLite: API-managed zones, per-device debounced membership, and the
 //! confirmed enter/exit events.
 
+use super::reads;
 use super::sql::{Cols, Dialect};
 use super::sqlite::SqliteStore;
 use super::{millis, StorageError, Store};
@@ -88,8 +89,7 @@ const SQL: Dialect = Dialect::Sqlite;
 #[async_trait]
 impl ZoneStore for SqliteStore {
     async fn zones(&self) -> Result<Vec<StoredZone>, StorageError> {
-        let rows = sqlx::query(&zones(SQL)).fetch_all(self.reader()).await?;
-        rows.iter().map(zone).collect()
+        reads::zones(self.reader(), SQL).await
     }
 
     async fn put_zone(&self, zone: &StoredZone) -> Result<(), StorageError> {
@@ -112,10 +112,7 @@ impl ZoneStore for SqliteStore {
     }
 
     async fn memberships(&self) -> Result<Vec<StoredMembership>, StorageError> {
-        let rows = sqlx::query(&memberships(SQL))
-            .fetch_all(self.reader())
-            .await?;
-        rows.iter().map(membership).collect()
+        reads::memberships(self.reader(), SQL).await
     }
 
     async fn save_zone_changes(&self, changes: &[ZoneChange]) -> Result<(), StorageError> {

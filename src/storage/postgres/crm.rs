@@ -9,9 +9,8 @@ use super::PostgresStore;
 use crate::crm::event::{NewEvent, OutboxEvent, Status};
 use crate::crm::store::{CrmStore, StateWrite};
 use crate::model::VehicleId;
-use crate::storage::crm::{
-    commit, counts, outbox_event, outbox_list, COUNTS, OUTBOX_COLUMNS, STATES_OF_SCOPE,
-};
+use crate::storage::crm::{commit, outbox_event, OUTBOX_COLUMNS};
+use crate::storage::reads;
 use crate::storage::sql::Cols;
 use crate::storage::{from_millis, millis, StorageError, Store, Vehicle};
 
@@ -34,13 +33,7 @@ impl CrmStore for PostgresStore {
     }
 
     async fn crm_states(&self, scope: &str) -> Result<Vec<(String, String)>, StorageError> {
-        let rows = sqlx::query(STATES_OF_SCOPE)
-            .bind(scope)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| Ok((r.text("id")?, r.text("state")?)))
-            .collect()
+        reads::crm_states(&self.pool, scope).await
     }
 
     async fn crm_state(&self, scope: &str, id: &str) -> Result<Option<String>, StorageError> {
@@ -237,18 +230,11 @@ impl CrmStore for PostgresStore {
         vehicle: Option<&VehicleId>,
         limit: u32,
     ) -> Result<Vec<OutboxEvent>, StorageError> {
-        let rows = sqlx::query(&outbox_list())
-            .bind(status.map(Status::as_str))
-            .bind(vehicle.map(|v| v.0.as_str()))
-            .bind(i64::from(limit))
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(outbox_event).collect()
+        reads::outbox_list(&self.pool, status, vehicle, limit).await
     }
 
     async fn outbox_counts(&self) -> Result<Vec<(Status, u64)>, StorageError> {
-        let rows = sqlx::query(COUNTS).fetch_all(&self.pool).await?;
-        counts(&rows)
+        reads::outbox_counts(&self.pool).await
     }
 
     async fn outbox_purge(&self, before: DateTime<Utc>) -> Result<u64, StorageError> {

@@ -20,6 +20,7 @@ use crate::storage::immobiliser::{
     audit, bind_command, command, open_commands, reason_entry, snapshot, AUDIT_SELECT,
     COMMAND_SELECT, DELETE_REASONS, REASONS, STATES, UPSERT_COMMAND, UPSERT_STATE,
 };
+use crate::storage::reads;
 use crate::storage::sql::{unknown, Cols};
 use crate::storage::{millis, StorageError, Store};
 
@@ -203,22 +204,11 @@ impl ImmobiliserStore for PostgresStore {
         vehicle: &VehicleId,
         limit: u32,
     ) -> Result<Vec<Command>, StorageError> {
-        let rows = sqlx::query(&format!(
-            "{COMMAND_SELECT} WHERE vehicle_id = $1 ORDER BY id DESC LIMIT $2"
-        ))
-        .bind(&vehicle.0)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows.iter().map(command).collect::<Result<_, _>>()?)
+        reads::commands(&self.pool, vehicle, limit).await
     }
 
     async fn command(&self, id: i64) -> Result<Option<Command>, StorageError> {
-        let row = sqlx::query(&format!("{COMMAND_SELECT} WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.as_ref().map(command).transpose()?)
+        reads::command(&self.pool, id).await
     }
 
     async fn audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, StorageError> {

@@ -10,11 +10,9 @@ use crate::geofence::store::{
     EventQuery, StoredMembership, StoredZone, StoredZoneEvent, ZoneChange, ZoneStore,
 };
 use crate::model::{DeviceId, VehicleId};
+use crate::storage::reads;
 use crate::storage::sql::Dialect;
-use crate::storage::zones::{
-    membership, memberships, put_zone, upsert_membership, zone, zone_event, zones, DELETE_ZONE,
-    EVENT_SELECT,
-};
+use crate::storage::zones::{put_zone, upsert_membership, zone_event, DELETE_ZONE, EVENT_SELECT};
 use crate::storage::{millis, StorageError, Store};
 
 const SQL: Dialect = Dialect::Postgres;
@@ -22,8 +20,7 @@ const SQL: Dialect = Dialect::Postgres;
 #[async_trait]
 impl ZoneStore for PostgresStore {
     async fn zones(&self) -> Result<Vec<StoredZone>, StorageError> {
-        let rows = sqlx::query(&zones(SQL)).fetch_all(&self.pool).await?;
-        rows.iter().map(zone).collect()
+        reads::zones(&self.pool, SQL).await
     }
 
     async fn put_zone(&self, zone: &StoredZone) -> Result<(), StorageError> {
@@ -46,8 +43,7 @@ impl ZoneStore for PostgresStore {
     }
 
     async fn memberships(&self) -> Result<Vec<StoredMembership>, StorageError> {
-        let rows = sqlx::query(&memberships(SQL)).fetch_all(&self.pool).await?;
-        rows.iter().map(membership).collect()
+        reads::memberships(&self.pool, SQL).await
     }
 
     async fn save_zone_changes(&self, changes: &[ZoneChange]) -> Result<(), StorageError> {
