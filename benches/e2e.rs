@@ -161,7 +161,7 @@ fn storage_ceiling(rt: &tokio::runtime::Runtime, url: &str, o: &Opts) -> f64 {
     };
     rt.block_on(async {
         let store = match fleetgate::storage::open(&cfg).await {
-            Ok(s) => s,
+            Ok(s) => s.core,
             Err(e) => {
                 println!("storage ceiling on {url}: not measured ({e})");
                 return 0.0;

@@ -53,7 +53,8 @@ fn storage(c: &mut Criterion) {
     };
     let store = rt
         .block_on(fleetgate::storage::open(&sqlite))
-        .expect("sqlite");
+        .expect("sqlite")
+        .core;
     bench_store(c, &rt, "sqlite_full_5000_rows", store);
 
     match pg::Schema::create(&rt, "fgstorage") {
@@ -65,7 +66,8 @@ fn storage(c: &mut Criterion) {
             };
             let store = rt
                 .block_on(fleetgate::storage::open(&pg))
-                .expect("postgres");
+                .expect("postgres")
+                .core;
             bench_store(c, &rt, "postgres_5000_rows", store);
             schema.drop(&rt);
         }

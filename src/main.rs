@@ -248,7 +248,7 @@ fn main() -> ExitCode {
             runtime().block_on(async {
                 match fleetgate::storage::open(&config.storage).await {
                     Ok(s) => {
-                        println!("migrations applied ({})", s.backend());
+                        println!("migrations applied ({})", s.core.backend());
                         ExitCode::SUCCESS
                     }
                     Err(e) => {

@@ -1,30 +1,30 @@
-//! One storage behaviour, two backends: every test below is written once against `dyn Store`
-//! and run against SQLite (a temp file) and PostgreSQL (a private schema, see `common::pg`).
+//! One storage behaviour, two backends: every test below is written once against the ports
+//! (`Stores`) and run against SQLite (a temp file) and PostgreSQL (a private schema, see `common::pg`).
 
 mod common;
 
 use std::future::Future;
-use std::sync::Arc;
 
 use chrono::{DateTime, Duration, TimeZone, Utc};
 use fleetgate::config::StorageConfig;
+use fleetgate::geofence::store::{
+    EventQuery, StoredMembership, StoredZone, StoredZoneEvent, ZoneChange, ZoneStore,
+};
 use fleetgate::immobiliser::machine::ReasonEntry;
+use fleetgate::immobiliser::store::{
+    AuditEntry, AuditPosition, AuditQuery, ImmobChanges, VehicleImmobRow,
+};
 use fleetgate::immobiliser::{BlockReason, Command, CommandStatus, ImmobState, Intent};
 use fleetgate::model::{AttrKey, AttrValue, DeviceId, Position, VehicleId};
 use fleetgate::protocols::Protocol;
-use fleetgate::storage::immobiliser::{
-    AuditEntry, AuditPosition, AuditQuery, ImmobChanges, VehicleImmobRow,
-};
-use fleetgate::storage::zones::{
-    EventQuery, StoredMembership, StoredZone, StoredZoneEvent, ZoneChange,
-};
 use fleetgate::storage::{
-    self, DeviceState, NewPosition, StorageError, Store, StoredPosition, VehicleUpdate, WriteItem,
+    self, DeviceState, NewPosition, StorageError, Store, StoredPosition, Stores, VehicleUpdate,
+    WriteItem,
 };
 
 /// What a test gets: the open store and the config that opened it (to reopen it).
 struct Ctx {
-    store: Arc<dyn Store>,
+    store: Stores,
     cfg: StorageConfig,
 }
 
@@ -39,7 +39,7 @@ where
         ..Default::default()
     };
     let store = storage::open(&cfg).await.expect("open sqlite");
-    assert_eq!(store.backend(), "sqlite");
+    assert_eq!(store.core.backend(), "sqlite");
     test(Ctx { store, cfg }).await;
 }
 
@@ -55,7 +55,7 @@ where
         ..Default::default()
     };
     let store = storage::open(&cfg).await.expect("open postgres");
-    assert_eq!(store.backend(), "postgres");
+    assert_eq!(store.core.backend(), "postgres");
     test(Ctx { store, cfg }).await;
     drop(schema);
 }
@@ -86,6 +86,7 @@ both!(
     zones_memberships_and_events_round_trip,
     crm_outbox_heads_retries_and_dead_letters,
     immobiliser_states_commands_and_audit_round_trip,
+    crm_states_are_read_together_in_the_order_asked,
 );
 
 fn t0() -> DateTime<Utc> {
@@ -137,7 +138,7 @@ fn item(device: &str, positions: Vec<Position>, last_seen: DateTime<Utc>) -> Wri
 }
 
 /// The zone events stored (any vehicle, kind or time; in time order), at most `limit`.
-async fn stored_events(store: &dyn Store, limit: u32) -> Vec<StoredZoneEvent> {
+async fn stored_events(store: &dyn ZoneStore, limit: u32) -> Vec<StoredZoneEvent> {
     store
         .zone_events(&EventQuery {
             limit,
@@ -168,13 +169,14 @@ async fn batch_round_trips_every_field(c: Ctx) {
     let bare = Position::new(minute(0), false, -33.9, 151.2);
     let server = minute(2);
     c.store
+        .core
         .write_batch(&[
             item("dev-a", vec![full.clone(), bare.clone()], server),
             item("dev-b", vec![], server),
         ])
         .await
         .unwrap();
-    let track = track_all(c.store.as_ref(), "dev-a").await;
+    let track = track_all(c.store.core.as_ref(), "dev-a").await;
     assert_eq!(track.len(), 2);
     // Fix order, not write order.
     let mut expect_bare = StoredPosition::from_position(&bare, server, 5.0);
@@ -184,28 +186,34 @@ async fn batch_round_trips_every_field(c: Ctx) {
     assert_eq!(track[1], expect_full);
     assert_eq!(track[1].attributes["driver"], "Иванов");
     assert_eq!(track[1].outputs, Some(u32::MAX));
-    assert!(track_all(c.store.as_ref(), "dev-b").await.is_empty());
-    let b = c.store.device_state(&DeviceId::new("dev-b")).await.unwrap();
+    assert!(track_all(c.store.core.as_ref(), "dev-b").await.is_empty());
+    let b = c
+        .store
+        .core
+        .device_state(&DeviceId::new("dev-b"))
+        .await
+        .unwrap();
     assert_eq!(b.expect("state without a fix").position, None);
 }
 
 async fn duplicates_are_stored_once(c: Ctx) {
     let ps: Vec<_> = (0..5).map(|i| full_position(minute(i))).collect();
     let batch = [item("dup", ps.clone(), minute(10))];
-    c.store.write_batch(&batch).await.unwrap();
+    c.store.core.write_batch(&batch).await.unwrap();
     // A re-sent batch, and a duplicate inside one batch, insert nothing twice.
-    c.store.write_batch(&batch).await.unwrap();
+    c.store.core.write_batch(&batch).await.unwrap();
     let mut again = ps[3..].to_vec();
     again.push(full_position(minute(3)));
     again.push(full_position(minute(7)));
     c.store
+        .core
         .write_batch(&[
             item("dup", again.clone(), minute(11)),
             item("dup", again, minute(11)),
         ])
         .await
         .unwrap();
-    let track = track_all(c.store.as_ref(), "dup").await;
+    let track = track_all(c.store.core.as_ref(), "dup").await;
     let minutes: Vec<_> = track
         .iter()
         .map(|p| (p.time - t0()).num_minutes())
@@ -221,6 +229,7 @@ async fn track_is_a_half_open_range_in_fix_order_with_a_limit(c: Ctx) {
         .map(|i| Position::new(minute(i), true, 55.0 + i as f64 * 0.001, 37.0))
         .collect();
     c.store
+        .core
         .write_batch(&[
             item("range", ps, minute(30)),
             item(
@@ -234,6 +243,7 @@ async fn track_is_a_half_open_range_in_fix_order_with_a_limit(c: Ctx) {
     let dev = DeviceId::new("range");
     let got = c
         .store
+        .core
         .track(&dev, minute(5), minute(10), 100)
         .await
         .unwrap();
@@ -243,11 +253,17 @@ async fn track_is_a_half_open_range_in_fix_order_with_a_limit(c: Ctx) {
         [5, 6, 7, 8, 9],
         "from inclusive, to exclusive, one device only"
     );
-    let got = c.store.track(&dev, minute(0), minute(20), 3).await.unwrap();
+    let got = c
+        .store
+        .core
+        .track(&dev, minute(0), minute(20), 3)
+        .await
+        .unwrap();
     let minutes: Vec<_> = got.iter().map(|p| (p.time - t0()).num_minutes()).collect();
     assert_eq!(minutes, [0, 1, 2], "limit keeps the earliest");
     assert!(c
         .store
+        .core
         .track(&DeviceId::new("nobody"), minute(0), minute(20), 3)
         .await
         .unwrap()
@@ -256,16 +272,19 @@ async fn track_is_a_half_open_range_in_fix_order_with_a_limit(c: Ctx) {
 
 async fn device_state_keeps_the_latest_and_survives_reopening(c: Ctx) {
     c.store
+        .core
         .write_batch(&[item("st", vec![full_position(minute(5))], minute(6))])
         .await
         .unwrap();
     // An older state arriving late (another batch that waited) does not overwrite a newer one.
     c.store
+        .core
         .write_batch(&[item("st", vec![full_position(minute(1))], minute(2))])
         .await
         .unwrap();
     let s = c
         .store
+        .core
         .device_state(&DeviceId::new("st"))
         .await
         .unwrap()
@@ -278,6 +297,7 @@ async fn device_state_keeps_the_latest_and_survives_reopening(c: Ctx) {
     assert_eq!(p.attributes["io239"], 1);
     // Several items for one device in one batch: the latest wins.
     c.store
+        .core
         .write_batch(&[
             item("st", vec![full_position(minute(9))], minute(9)),
             item("st", vec![full_position(minute(8))], minute(8)),
@@ -287,32 +307,38 @@ async fn device_state_keeps_the_latest_and_survives_reopening(c: Ctx) {
         .unwrap();
     let s = c
         .store
+        .core
         .device_state(&DeviceId::new("st"))
         .await
         .unwrap()
         .unwrap();
     assert_eq!(s.position.unwrap().time, minute(9));
     assert_eq!(
-        c.store.device_state(&DeviceId::new("none")).await.unwrap(),
+        c.store
+            .core
+            .device_state(&DeviceId::new("none"))
+            .await
+            .unwrap(),
         None
     );
 
     // Reopening runs the migrations again (a no-op) and sees the same data.
     drop(c.store);
     let store = storage::open(&c.cfg).await.expect("reopen");
-    let mut all = store.device_states().await.unwrap();
+    let mut all = store.core.device_states().await.unwrap();
     all.sort_by(|a, b| a.device_id.cmp(&b.device_id));
     let ids: Vec<_> = all.iter().map(|s| s.device_id.as_str()).collect();
     assert_eq!(ids, ["st", "st2"]);
     assert_eq!(all[0].gps_odometer_m, 10.0);
-    assert_eq!(track_all(store.as_ref(), "st").await.len(), 4);
-    store.ping().await.unwrap();
+    assert_eq!(track_all(store.core.as_ref(), "st").await.len(), 4);
+    store.core.ping().await.unwrap();
 }
 
 async fn vehicles_upsert_partially_and_a_device_fits_one_vehicle(c: Ctx) {
     let car = VehicleId("car-1".into());
     let v = c
         .store
+        .core
         .upsert_vehicle(
             &car,
             &VehicleUpdate {
@@ -327,6 +353,7 @@ async fn vehicles_upsert_partially_and_a_device_fits_one_vehicle(c: Ctx) {
     assert_eq!(v.plate.as_deref(), Some("A123BC77"));
     let v2 = c
         .store
+        .core
         .upsert_vehicle(
             &car,
             &VehicleUpdate {
@@ -349,6 +376,7 @@ async fn vehicles_upsert_partially_and_a_device_fits_one_vehicle(c: Ctx) {
 
     let taken = c
         .store
+        .core
         .upsert_vehicle(
             &VehicleId("car-2".into()),
             &VehicleUpdate {
@@ -362,11 +390,13 @@ async fn vehicles_upsert_partially_and_a_device_fits_one_vehicle(c: Ctx) {
         "{taken:?}"
     );
     c.store
+        .core
         .upsert_vehicle(&VehicleId("car-0".into()), &VehicleUpdate::default())
         .await
         .unwrap();
     let ids: Vec<_> = c
         .store
+        .core
         .vehicles()
         .await
         .unwrap()
@@ -376,13 +406,18 @@ async fn vehicles_upsert_partially_and_a_device_fits_one_vehicle(c: Ctx) {
     assert_eq!(ids, ["car-0", "car-1"]);
     let by_dev = c
         .store
+        .core
         .vehicle_by_device(&DeviceId::new("imei-1"))
         .await
         .unwrap();
     assert_eq!(by_dev.map(|v| v.id), Some(car.clone()));
-    assert_eq!(c.store.vehicle(&car).await.unwrap(), Some(v2));
+    assert_eq!(c.store.core.vehicle(&car).await.unwrap(), Some(v2));
     assert_eq!(
-        c.store.vehicle(&VehicleId("car-x".into())).await.unwrap(),
+        c.store
+            .core
+            .vehicle(&VehicleId("car-x".into()))
+            .await
+            .unwrap(),
         None
     );
 }
@@ -397,11 +432,11 @@ async fn large_batch_is_one_commit(c: Ctx) {
             item(&format!("bulk-{d:02}"), ps, minute(60))
         })
         .collect();
-    c.store.write_batch(&items).await.unwrap();
-    assert_eq!(c.store.device_states().await.unwrap().len(), 50);
+    c.store.core.write_batch(&items).await.unwrap();
+    assert_eq!(c.store.core.device_states().await.unwrap().len(), 50);
     for d in [0, 17, 49] {
         assert_eq!(
-            track_all(c.store.as_ref(), &format!("bulk-{d:02}"))
+            track_all(c.store.core.as_ref(), &format!("bulk-{d:02}"))
                 .await
                 .len(),
             60
@@ -417,11 +452,12 @@ async fn zones_memberships_and_events_round_trip(c: Ctx) {
         kind: "depot".into(),
         feature: feature.clone(),
     };
-    c.store.put_zone(&depot).await.unwrap();
+    c.store.zones.put_zone(&depot).await.unwrap();
     let mut moved = depot.clone();
     moved.kind = "service_area".into();
-    c.store.put_zone(&moved).await.unwrap();
+    c.store.zones.put_zone(&moved).await.unwrap();
     c.store
+        .zones
         .put_zone(&StoredZone {
             name: "airport".into(),
             kind: "forbidden".into(),
@@ -429,12 +465,12 @@ async fn zones_memberships_and_events_round_trip(c: Ctx) {
         })
         .await
         .unwrap();
-    let zones = c.store.zones().await.unwrap();
+    let zones = c.store.zones.zones().await.unwrap();
     assert_eq!(zones.len(), 2);
     assert_eq!(zones[0].name, "airport", "ordered by name");
     assert_eq!(zones[1], moved, "replaced, GeoJSON intact");
-    assert!(c.store.delete_zone("airport").await.unwrap());
-    assert!(!c.store.delete_zone("airport").await.unwrap());
+    assert!(c.store.zones.delete_zone("airport").await.unwrap());
+    assert!(!c.store.zones.delete_zone("airport").await.unwrap());
 
     let dev = DeviceId::new("z-1");
     let event = |i: i64, kind: &str, vehicle: Option<&str>| StoredZoneEvent {
@@ -454,20 +490,26 @@ async fn zones_memberships_and_events_round_trip(c: Ctx) {
         zones: zones.iter().map(|z| z.to_string()).collect(),
     };
     c.store
+        .zones
         .save_zone_change(&m(1, &["depot"]), &[event(1, "enter", Some("car-z"))])
         .await
         .unwrap();
     c.store
+        .zones
         .save_zone_change(
             &m(5, &[]),
             &[event(5, "exit", Some("car-z")), event(4, "exit", None)],
         )
         .await
         .unwrap();
-    c.store.save_zone_change(&m(6, &[]), &[]).await.unwrap();
-    assert_eq!(c.store.memberships().await.unwrap(), vec![m(6, &[])]);
+    c.store
+        .zones
+        .save_zone_change(&m(6, &[]), &[])
+        .await
+        .unwrap();
+    assert_eq!(c.store.zones.memberships().await.unwrap(), vec![m(6, &[])]);
 
-    let all = stored_events(c.store.as_ref(), 100).await;
+    let all = stored_events(c.store.zones.as_ref(), 100).await;
     let kinds: Vec<_> = all
         .iter()
         .map(|e| (e.kind.as_str(), (e.time - t0()).num_minutes()))
@@ -482,6 +524,7 @@ async fn zones_memberships_and_events_round_trip(c: Ctx) {
     assert_eq!(all[1].vehicle, None);
     let exits = c
         .store
+        .zones
         .zone_events(&EventQuery {
             vehicle: Some(VehicleId("car-z".into())),
             kind: Some("exit".into()),
@@ -494,7 +537,7 @@ async fn zones_memberships_and_events_round_trip(c: Ctx) {
     assert_eq!(exits.len(), 1);
     assert_eq!(exits[0].time, minute(5));
     assert_eq!((exits[0].lat, exits[0].lon), (55.75, 37.55));
-    let first = stored_events(c.store.as_ref(), 1).await;
+    let first = stored_events(c.store.zones.as_ref(), 1).await;
     assert_eq!(first.len(), 1);
 
     // Several devices' changes in one call are one transaction: all of them land.
@@ -506,6 +549,7 @@ async fn zones_memberships_and_events_round_trip(c: Ctx) {
     let mut enter = event(7, "enter", None);
     enter.device_id = DeviceId::new("z-2");
     c.store
+        .zones
         .save_zone_changes(&[
             ZoneChange {
                 membership: other("z-2", 7, &["depot"]),
@@ -522,7 +566,7 @@ async fn zones_memberships_and_events_round_trip(c: Ctx) {
         ])
         .await
         .unwrap();
-    let mut ms = c.store.memberships().await.unwrap();
+    let mut ms = c.store.zones.memberships().await.unwrap();
     ms.sort_by(|a, b| a.device_id.as_str().cmp(b.device_id.as_str()));
     assert_eq!(
         ms,
@@ -532,14 +576,67 @@ async fn zones_memberships_and_events_round_trip(c: Ctx) {
             other("z-3", 8, &[])
         ]
     );
-    let all = stored_events(c.store.as_ref(), 100).await;
+    let all = stored_events(c.store.zones.as_ref(), 100).await;
     assert_eq!(all.len(), 4);
     assert_eq!(all[3].device_id, DeviceId::new("z-2"));
 }
 
+/// The rules re-read a vehicle's rows in one call: each key answered in its place, a missing
+/// row as `None`, a key asked twice answered twice.
+async fn crm_states_are_read_together_in_the_order_asked(c: Ctx) {
+    use fleetgate::crm::store::StateWrite;
+    let write = |scope: &'static str, id: &str, state: &str| StateWrite {
+        scope,
+        id: id.into(),
+        state: state.into(),
+    };
+    c.store
+        .crm
+        .crm_commit(
+            &[
+                write("shift", "car-a", r#"{"s":1}"#),
+                write("mileage", "car-a", r#"{"m":2}"#),
+                write("shift", "car-b", r#"{"s":3}"#),
+                write("balance", "drv-1", r#"{"b":4}"#),
+            ],
+            &[],
+            Utc::now(),
+            Duration::hours(1),
+        )
+        .await
+        .unwrap();
+    let keys = [
+        ("shift", "car-a"),
+        ("inspection", "car-a"),
+        ("mileage", "car-a"),
+        ("balance", "drv-1"),
+        ("shift", "car-a"),
+        ("balance", "car-a"),
+    ];
+    let got = c.store.crm.crm_state_many(&keys).await.unwrap();
+    let text = |s: &str| Some(s.to_string());
+    assert_eq!(
+        got,
+        [
+            text(r#"{"s":1}"#),
+            None,
+            text(r#"{"m":2}"#),
+            text(r#"{"b":4}"#),
+            text(r#"{"s":1}"#),
+            None
+        ]
+    );
+    assert!(c.store.crm.crm_state_many(&[]).await.unwrap().is_empty());
+    // One row on its own reads the same.
+    assert_eq!(
+        c.store.crm.crm_state("shift", "car-b").await.unwrap(),
+        text(r#"{"s":3}"#)
+    );
+}
+
 async fn crm_outbox_heads_retries_and_dead_letters(c: Ctx) {
     use fleetgate::crm::event::{NewEvent, Payload, Status};
-    use fleetgate::storage::crm::StateWrite;
+    use fleetgate::crm::store::StateWrite;
     let now = Utc::now();
     let ev = |car: &str, odometer_km: f64| NewEvent {
         vehicle_id: VehicleId(car.into()),
@@ -555,6 +652,7 @@ async fn crm_outbox_heads_retries_and_dead_letters(c: Ctx) {
         state: r#"{"on_line":true}"#.into(),
     };
     c.store
+        .crm
         .crm_commit(
             &[state],
             &[ev("car-a", 1.0), ev("car-a", 2.0), ev("car-b", 3.0)],
@@ -564,11 +662,11 @@ async fn crm_outbox_heads_retries_and_dead_letters(c: Ctx) {
         .await
         .unwrap();
     assert_eq!(
-        c.store.crm_states("shift").await.unwrap(),
+        c.store.crm.crm_states("shift").await.unwrap(),
         [("car-a".to_string(), r#"{"on_line":true}"#.to_string())]
     );
     // Only the oldest pending event of each vehicle is due.
-    let due = c.store.outbox_due(now, 10).await.unwrap();
+    let due = c.store.crm.outbox_due(now, 10).await.unwrap();
     let km = |e: &fleetgate::crm::event::OutboxEvent| match e.payload {
         Payload::Mileage { odometer_km, .. } => odometer_km,
         _ => -1.0,
@@ -577,29 +675,32 @@ async fn crm_outbox_heads_retries_and_dead_letters(c: Ctx) {
     assert_ne!(due[0].key, due[1].key);
     // car-a's head backs off: its second event must wait behind it.
     c.store
+        .crm
         .outbox_retry(due[0].id, 1, now + Duration::seconds(30), "HTTP 500")
         .await
         .unwrap();
-    c.store.outbox_delivered(due[1].id, now).await.unwrap();
-    assert!(c.store.outbox_due(now, 10).await.unwrap().is_empty());
+    c.store.crm.outbox_delivered(due[1].id, now).await.unwrap();
+    assert!(c.store.crm.outbox_due(now, 10).await.unwrap().is_empty());
     assert_eq!(
-        c.store.outbox_next_due().await.unwrap(),
+        c.store.crm.outbox_next_due().await.unwrap(),
         Some(storage_ms(now + Duration::seconds(30)))
     );
     c.store
+        .crm
         .outbox_dead(due[0].id, 2, "TTL expired")
         .await
         .unwrap();
-    let next = c.store.outbox_due(now, 10).await.unwrap();
+    let next = c.store.crm.outbox_due(now, 10).await.unwrap();
     assert_eq!(next.iter().map(km).collect::<Vec<_>>(), [2.0]);
     let dead = c
         .store
+        .crm
         .outbox_list(Some(Status::Dead), None, 10)
         .await
         .unwrap();
     assert_eq!((dead.len(), dead[0].attempts), (1, 2));
     assert_eq!(dead[0].last_error.as_deref(), Some("TTL expired"));
-    let mut counts = c.store.outbox_counts().await.unwrap();
+    let mut counts = c.store.crm.outbox_counts().await.unwrap();
     counts.sort_by_key(|(s, _)| s.as_str());
     assert_eq!(
         counts,
@@ -609,9 +710,9 @@ async fn crm_outbox_heads_retries_and_dead_letters(c: Ctx) {
             (Status::Pending, 1)
         ]
     );
-    assert!(c.store.outbox_requeue(dead[0].id, now).await.unwrap());
-    assert!(!c.store.outbox_requeue(dead[0].id, now).await.unwrap());
-    let due = c.store.outbox_due(now, 10).await.unwrap();
+    assert!(c.store.crm.outbox_requeue(dead[0].id, now).await.unwrap());
+    assert!(!c.store.crm.outbox_requeue(dead[0].id, now).await.unwrap());
+    let due = c.store.crm.outbox_due(now, 10).await.unwrap();
     assert_eq!(
         due.iter().map(km).collect::<Vec<_>>(),
         [1.0],
@@ -619,6 +720,7 @@ async fn crm_outbox_heads_retries_and_dead_letters(c: Ctx) {
     );
     assert_eq!(
         c.store
+            .crm
             .outbox_purge(now + Duration::seconds(1))
             .await
             .unwrap(),
@@ -638,17 +740,20 @@ async fn crm_outbox_drops_one_superseded_event_and_only_while_pending(c: Ctx) {
         },
     };
     c.store
+        .crm
         .crm_commit(&[], &[ev(1.0), ev(2.0)], now, Duration::hours(1))
         .await
         .unwrap();
-    let head = c.store.outbox_due(now, 10).await.unwrap();
+    let head = c.store.crm.outbox_due(now, 10).await.unwrap();
     assert_eq!(head.len(), 1);
     c.store
+        .crm
         .outbox_drop_one(head[0].id, "superseded: moved by a manager")
         .await
         .unwrap();
     let dropped = c
         .store
+        .crm
         .outbox_list(Some(Status::Dropped), None, 10)
         .await
         .unwrap();
@@ -658,13 +763,18 @@ async fn crm_outbox_drops_one_superseded_event_and_only_while_pending(c: Ctx) {
         Some("superseded: moved by a manager")
     );
     // The next event is the head now; a delivered one is never dropped.
-    let next = c.store.outbox_due(now, 10).await.unwrap();
+    let next = c.store.crm.outbox_due(now, 10).await.unwrap();
     assert_eq!(next.len(), 1);
     assert_ne!(next[0].id, head[0].id);
-    c.store.outbox_delivered(next[0].id, now).await.unwrap();
-    c.store.outbox_drop_one(next[0].id, "late").await.unwrap();
+    c.store.crm.outbox_delivered(next[0].id, now).await.unwrap();
+    c.store
+        .crm
+        .outbox_drop_one(next[0].id, "late")
+        .await
+        .unwrap();
     let delivered = c
         .store
+        .crm
         .outbox_list(Some(Status::Delivered), None, 10)
         .await
         .unwrap();
@@ -683,6 +793,7 @@ async fn crm_outbox_drops_a_vehicles_pending_events_of_a_deal_it_left(c: Ctx) {
         },
     };
     c.store
+        .crm
         .crm_commit(
             &[],
             &[
@@ -700,12 +811,14 @@ async fn crm_outbox_drops_a_vehicles_pending_events_of_a_deal_it_left(c: Ctx) {
     // A new deal 8: only deal 7's event goes; the deal-less one and car-b's stay.
     let n = c
         .store
+        .crm
         .outbox_drop(&car_a, Some("8"), "left deal 7")
         .await
         .unwrap();
     assert_eq!(n, 1);
     let dropped = c
         .store
+        .crm
         .outbox_list(Some(Status::Dropped), None, 10)
         .await
         .unwrap();
@@ -720,6 +833,7 @@ async fn crm_outbox_drops_a_vehicles_pending_events_of_a_deal_it_left(c: Ctx) {
     // Handed back: every deal's pending event goes, the deal-less one stays.
     assert_eq!(
         c.store
+            .crm
             .outbox_drop(&car_a, None, "handed back")
             .await
             .unwrap(),
@@ -727,6 +841,7 @@ async fn crm_outbox_drops_a_vehicles_pending_events_of_a_deal_it_left(c: Ctx) {
     );
     let pending = c
         .store
+        .crm
         .outbox_list(Some(Status::Pending), None, 10)
         .await
         .unwrap();
@@ -735,10 +850,11 @@ async fn crm_outbox_drops_a_vehicles_pending_events_of_a_deal_it_left(c: Ctx) {
         .map(|e| (e.vehicle_id.0.as_str(), e.deal_id.as_deref()))
         .collect();
     assert_eq!(left, [("car-b", Some("7")), ("car-a", None)]);
-    let due = c.store.outbox_due(now, 10).await.unwrap();
+    let due = c.store.crm.outbox_due(now, 10).await.unwrap();
     assert_eq!(due.len(), 2, "a dropped head no longer holds the queue");
     assert_eq!(
         c.store
+            .crm
             .outbox_purge(now + Duration::seconds(1))
             .await
             .unwrap(),
@@ -764,6 +880,7 @@ async fn outbox_claims_split_events_between_instances_and_leases_expire() {
         };
         let evs = [ev("car-a", 1.0), ev("car-a", 2.0), ev("car-b", 3.0)];
         c.store
+            .crm
             .crm_commit(&[], &evs, now, Duration::hours(1))
             .await
             .unwrap();
@@ -776,18 +893,29 @@ async fn outbox_claims_split_events_between_instances_and_leases_expire() {
                 })
                 .collect::<Vec<_>>()
         };
-        let a = c.store.outbox_claim(now, 1, "fg-a", lease).await.unwrap();
+        let a = c
+            .store
+            .crm
+            .outbox_claim(now, 1, "fg-a", lease)
+            .await
+            .unwrap();
         assert_eq!(km(&a), [1.0], "one head, the oldest");
-        let b = c.store.outbox_claim(now, 10, "fg-b", lease).await.unwrap();
+        let b = c
+            .store
+            .crm
+            .outbox_claim(now, 10, "fg-b", lease)
+            .await
+            .unwrap();
         assert_eq!(km(&b), [3.0], "car-a's head is fg-a's; its 2nd event waits");
         assert!(c
             .store
+            .crm
             .outbox_claim(now, 10, "fg-b", lease)
             .await
             .unwrap()
             .is_empty());
         assert_eq!(
-            c.store.outbox_next_due().await.unwrap(),
+            c.store.crm.outbox_next_due().await.unwrap(),
             Some(storage_ms(now + lease)),
             "claimed heads are due again when their lease ends"
         );
@@ -795,18 +923,21 @@ async fn outbox_claims_split_events_between_instances_and_leases_expire() {
         let later = now + lease + Duration::seconds(1);
         let b2 = c
             .store
+            .crm
             .outbox_claim(later, 10, "fg-b", lease)
             .await
             .unwrap();
         assert_eq!(km(&b2), [1.0, 3.0]);
-        c.store.outbox_delivered(b2[0].id, later).await.unwrap();
+        c.store.crm.outbox_delivered(b2[0].id, later).await.unwrap();
         c.store
+            .crm
             .outbox_retry(b2[1].id, 1, later, "HTTP 500")
             .await
             .unwrap();
         // Delivered: car-a's next event is the head; a retried event is free to claim at once.
         let a2 = c
             .store
+            .crm
             .outbox_claim(later, 10, "fg-a", lease)
             .await
             .unwrap();
@@ -863,11 +994,11 @@ fn audit_entry(id: i64, time: DateTime<Utc>, vehicle: &str, event: &str) -> Audi
 }
 
 async fn immobiliser_states_commands_and_audit_round_trip(c: Ctx) {
-    let empty = c.store.immobiliser_load().await.unwrap();
+    let empty = c.store.immobiliser.immobiliser_load().await.unwrap();
     assert!(empty.vehicles.is_empty() && empty.open_commands.is_empty());
     // Command ids are reserved from the database: never handed out twice.
-    let first_ids = c.store.reserve_command_ids(4).await.unwrap();
-    let more_ids = c.store.reserve_command_ids(3).await.unwrap();
+    let first_ids = c.store.immobiliser.reserve_command_ids(4).await.unwrap();
+    let more_ids = c.store.immobiliser.reserve_command_ids(3).await.unwrap();
     assert_eq!((first_ids.len(), more_ids.len()), (4, 3));
     let mut reserved: Vec<i64> = first_ids.iter().chain(&more_ids).copied().collect();
     reserved.sort();
@@ -959,13 +1090,14 @@ async fn immobiliser_states_commands_and_audit_round_trip(c: Ctx) {
             audit_entry(8, minute(1), "v-1", "reason_added"),
         ],
     };
-    c.store.immobiliser_apply(&first).await.unwrap();
+    c.store.immobiliser.immobiliser_apply(&first).await.unwrap();
     c.store
+        .immobiliser
         .immobiliser_apply(&ImmobChanges::default())
         .await
         .unwrap();
 
-    let snap = c.store.immobiliser_load().await.unwrap();
+    let snap = c.store.immobiliser.immobiliser_load().await.unwrap();
     assert_eq!(
         snap.vehicles,
         vec![v2.clone(), v1.clone()],
@@ -992,6 +1124,7 @@ async fn immobiliser_states_commands_and_audit_round_trip(c: Ctx) {
     let mut later = audit_entry(10, minute(9), "v-1", "reason_lifted");
     later.actor = "ops-petrov".into();
     c.store
+        .immobiliser
         .immobiliser_apply(&ImmobChanges {
             vehicles: vec![lifted.clone()],
             commands: vec![sent.clone()],
@@ -1002,23 +1135,36 @@ async fn immobiliser_states_commands_and_audit_round_trip(c: Ctx) {
 
     let mut expect_sent = sent.clone();
     expect_sent.actor = block.actor.clone();
-    assert_eq!(c.store.command(1).await.unwrap(), Some(expect_sent.clone()));
-    assert_eq!(c.store.command(2).await.unwrap(), Some(confirmed.clone()));
-    assert_eq!(c.store.command(99).await.unwrap(), None);
+    assert_eq!(
+        c.store.immobiliser.command(1).await.unwrap(),
+        Some(expect_sent.clone())
+    );
+    assert_eq!(
+        c.store.immobiliser.command(2).await.unwrap(),
+        Some(confirmed.clone())
+    );
+    assert_eq!(c.store.immobiliser.command(99).await.unwrap(), None);
     let v1_cmds = c
         .store
+        .immobiliser
         .commands(&VehicleId("v-1".into()), 10)
         .await
         .unwrap();
     assert_eq!(v1_cmds, vec![acked.clone(), confirmed, expect_sent.clone()]);
     let ids = |cs: Vec<Command>| cs.iter().map(|c| c.id).collect::<Vec<_>>();
     assert_eq!(
-        ids(c.store.commands(&VehicleId("v-1".into()), 2).await.unwrap()),
+        ids(c
+            .store
+            .immobiliser
+            .commands(&VehicleId("v-1".into()), 2)
+            .await
+            .unwrap()),
         vec![3, 2],
         "newest first, limited"
     );
     assert!(c
         .store
+        .immobiliser
         .commands(&VehicleId("v-9".into()), 10)
         .await
         .unwrap()
@@ -1032,6 +1178,7 @@ async fn immobiliser_states_commands_and_audit_round_trip(c: Ctx) {
     };
     let all = c
         .store
+        .immobiliser
         .audit(&q(None, minute(0), minute(60), 100))
         .await
         .unwrap();
@@ -1056,6 +1203,7 @@ async fn immobiliser_states_commands_and_audit_round_trip(c: Ctx) {
     );
     let v1_audit = c
         .store
+        .immobiliser
         .audit(&q(Some("v-1"), minute(1), minute(5), 100))
         .await
         .unwrap();
@@ -1066,6 +1214,7 @@ async fn immobiliser_states_commands_and_audit_round_trip(c: Ctx) {
     );
     let limited = c
         .store
+        .immobiliser
         .audit(&q(Some("v-1"), minute(0), minute(60), 2))
         .await
         .unwrap();
@@ -1074,10 +1223,10 @@ async fn immobiliser_states_commands_and_audit_round_trip(c: Ctx) {
     // Everything survives reopening the database.
     drop(c.store);
     let store = storage::open(&c.cfg).await.unwrap();
-    let snap = store.immobiliser_load().await.unwrap();
+    let snap = store.immobiliser.immobiliser_load().await.unwrap();
     assert_eq!(snap.vehicles, vec![v2, lifted]);
     assert_eq!(snap.open_commands, vec![expect_sent, acked]);
-    let after = store.reserve_command_ids(2).await.unwrap();
+    let after = store.immobiliser.reserve_command_ids(2).await.unwrap();
     assert!(
         after.iter().all(|id| !reserved.contains(id)),
         "reservations survive reopening: {after:?} vs {reserved:?}"

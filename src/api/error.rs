@@ -4,7 +4,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 
-use crate::storage::StorageError;
+use crate::pipeline::store::StorageError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {

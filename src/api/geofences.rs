@@ -7,12 +7,14 @@ use axum::{Extension, Json};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
+use super::rows;
 use super::{Actor, ApiError, AppState};
 use crate::geofence::edit::{self, fleet_positions, Proposal, Refusal, Verdict};
+use crate::geofence::store::{EventQuery, StoredZone, ZoneStore};
 use crate::geofence::{Zone, ZoneSet};
+use crate::immobiliser::store::{AuditEntry, AuditPosition, ImmobChanges};
 use crate::model::VehicleId;
-use crate::storage::immobiliser::{AuditEntry, AuditPosition, ImmobChanges};
-use crate::storage::zones::{EventQuery, StoredZone, StoredZoneEvent};
+use crate::pipeline::store::StorageError;
 
 fn feature_with_source(state: &AppState, z: &Zone) -> serde_json::Value {
     let mut f = z.to_feature();
@@ -134,7 +136,13 @@ pub async fn delete(
     q: Result<Query<ForceQuery>, QueryRejection>,
 ) -> Result<StatusCode, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let is_stored = state.store.zones().await?.iter().any(|z| z.name == name);
+    let is_stored = state
+        .store
+        .zones
+        .zones()
+        .await?
+        .iter()
+        .any(|z| z.name == name);
     if !is_stored {
         if state.zones.is_file_zone(&name) {
             return Err(ApiError::Conflict(format!(
@@ -153,9 +161,8 @@ pub async fn delete(
     Ok(StatusCode::NO_CONTENT)
 }
 
-type StoreStep<'a> = std::pin::Pin<
-    Box<dyn std::future::Future<Output = Result<bool, crate::storage::StorageError>> + Send + 'a>,
->;
+type StoreStep<'a> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool, StorageError>> + Send + 'a>>;
 
 /// Review the set in force with zone `name` replaced by `zone` (or removed), then store
 /// (`save`) and install it; a refusal stores nothing. Edits are serialised, and the set is
@@ -167,7 +174,7 @@ async fn apply(
     name: &str,
     zone: Option<Zone>,
     force: bool,
-    save: impl for<'s> FnOnce(&'s dyn crate::storage::Store) -> StoreStep<'s>,
+    save: impl for<'s> FnOnce(&'s dyn ZoneStore) -> StoreStep<'s>,
 ) -> Result<Verdict, ApiError> {
     let cfg = &state.settings.geofences;
     let _edit = state.zones.lock_edits().await;
@@ -181,7 +188,7 @@ async fn apply(
     zones.extend(zone);
     let candidate = ZoneSet::from_zones_with(zones, &cfg.debounce)
         .map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let fleet = fleet_positions(state.store.as_ref()).await?;
+    let fleet = fleet_positions(state.store.core.as_ref()).await?;
     let proposal = Proposal {
         current: &current,
         candidate: &candidate,
@@ -208,7 +215,7 @@ async fn apply(
             });
         }
     };
-    save(state.store.as_ref()).await?;
+    save(state.store.zones.as_ref()).await?;
     state.zones.install(candidate, state.zones.files()).await;
     for w in &verdict.warnings {
         tracing::warn!(zone = %name, actor = %actor.0, warning = %w, "zone stored with a warning");
@@ -239,6 +246,7 @@ async fn audit_forced(
     metrics::counter!("fleetgate_zone_changes_forced_total").increment(1);
     let vehicles: std::collections::HashMap<_, _> = state
         .store
+        .core
         .vehicles()
         .await?
         .into_iter()
@@ -279,6 +287,7 @@ async fn audit_forced(
         .collect();
     state
         .store
+        .immobiliser
         .immobiliser_apply(&ImmobChanges {
             audit,
             ..ImmobChanges::default()
@@ -303,7 +312,7 @@ pub struct EventsQuery {
 pub async fn events(
     State(state): State<AppState>,
     q: Result<Query<EventsQuery>, QueryRejection>,
-) -> Result<Json<Vec<StoredZoneEvent>>, ApiError> {
+) -> Result<Json<Vec<rows::ZoneEvent>>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     if let Some(k) = &q.kind {
         if k != "enter" && k != "exit" {
@@ -319,5 +328,7 @@ pub async fn events(
         to: q.to,
         limit: q.limit.unwrap_or(10_000).clamp(1, 100_000),
     };
-    Ok(Json(state.store.zone_events(&query).await?))
+    Ok(Json(rows::all(
+        state.store.zones.zone_events(&query).await?,
+    )))
 }

@@ -9,11 +9,12 @@ use axum::{Extension, Json, Router};
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::rows;
 use super::{Actor, ApiError, AppState};
 use crate::immobiliser::actor::{ImmobView, ReasonChange};
+use crate::immobiliser::store::AuditQuery;
 use crate::immobiliser::{BlockReason, Command, ImmobError};
 use crate::model::VehicleId;
-use crate::storage::immobiliser::{AuditEntry, AuditQuery};
 
 /// Most rows one commands or audit request returns.
 const MAX_LIMIT: u32 = 10_000;
@@ -143,11 +144,13 @@ pub async fn commands(
 ) -> Result<Json<Vec<Command>>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let vehicle = VehicleId(id);
-    if state.store.vehicle(&vehicle).await?.is_none() {
+    if state.store.core.vehicle(&vehicle).await?.is_none() {
         return Err(ApiError::NotFound(format!("vehicle '{vehicle}' not found")));
     }
     let limit = q.limit.unwrap_or(100).clamp(1, MAX_LIMIT);
-    Ok(Json(state.store.commands(&vehicle, limit).await?))
+    Ok(Json(
+        state.store.immobiliser.commands(&vehicle, limit).await?,
+    ))
 }
 
 pub async fn command(
@@ -159,6 +162,7 @@ pub async fn command(
         .map_err(|_| ApiError::BadRequest(format!("command id '{id}' is not a number")))?;
     state
         .store
+        .immobiliser
         .command(n)
         .await?
         .map(Json)
@@ -178,7 +182,7 @@ pub struct AuditParams {
 pub async fn audit(
     State(state): State<AppState>,
     q: Result<Query<AuditParams>, QueryRejection>,
-) -> Result<Json<Vec<AuditEntry>>, ApiError> {
+) -> Result<Json<Vec<rows::Audit>>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let to = q.to.unwrap_or_else(|| Utc::now() + Duration::minutes(10));
     let from = q.from.unwrap_or(to - Duration::hours(24));
@@ -191,5 +195,7 @@ pub async fn audit(
         to,
         limit: q.limit.unwrap_or(1000).clamp(1, MAX_LIMIT),
     };
-    Ok(Json(state.store.audit(&query).await?))
+    Ok(Json(rows::all(
+        state.store.immobiliser.audit(&query).await?,
+    )))
 }

@@ -150,7 +150,7 @@ async fn act_all(s: AppState, crm: &'static str, notices: Vec<Notice>) {
 
 /// The vehicle linked to a deal (`crm_deal_id`).
 async fn by_deal(s: &AppState, deal: &str) -> Option<crate::storage::Vehicle> {
-    match s.store.vehicles().await {
+    match s.store.core.vehicles().await {
         Ok(vs) => vs
             .into_iter()
             .find(|v| v.crm_deal_id.as_deref() == Some(deal)),
@@ -287,7 +287,7 @@ async fn act(s: &AppState, crm: &'static str, n: Notice) {
                 if deal.status == "issued" {
                     Ok(())
                 } else {
-                    let update = crate::storage::VehicleUpdate {
+                    let update = super::rows::VehicleBody {
                         status: Some("issued".into()),
                         ..Default::default()
                     };

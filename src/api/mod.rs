@@ -12,6 +12,7 @@ mod inbound;
 pub mod map;
 mod meta;
 mod params;
+pub mod rows;
 pub mod status;
 mod summary;
 mod vehicles;
@@ -27,7 +28,7 @@ use axum::{Json, Router};
 
 use crate::ingest::Admission;
 use crate::pipeline::Pipeline;
-use crate::storage::Store;
+use crate::storage::Stores;
 
 pub use auth::Actor;
 pub use error::{object_body, ApiError};
@@ -48,7 +49,8 @@ pub struct ApiSettings {
 #[derive(Clone)]
 pub struct AppState {
     pub settings: Arc<ApiSettings>,
-    pub store: Arc<dyn Store>,
+    /// The database, one handle per port.
+    pub store: Stores,
     pub pipeline: Pipeline,
     pub admission: Arc<Admission>,
     /// Set once every listener is bound and storage is open.
@@ -112,7 +114,7 @@ async fn readyz(State(s): State<AppState>) -> impl IntoResponse {
     if let Err(why) = s.pipeline.storage_health().check(std::time::Instant::now()) {
         return (StatusCode::SERVICE_UNAVAILABLE, why);
     }
-    match s.store.ping().await {
+    match s.store.core.ping().await {
         // Running, but not every zone is in force: say so (still ready: the others are).
         Ok(()) => match s.zones.broken_files() {
             broken if broken.is_empty() => (StatusCode::OK, "ready".to_string()),

@@ -6,9 +6,10 @@
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
 
+use super::rows;
 use crate::model::DeviceId;
 use crate::pipeline::filter::haversine_m;
-use crate::storage::{StorageError, Store, StoredPosition, TrackPoint};
+use crate::pipeline::store::{StorageError, Store, TrackPoint};
 
 /// Points read per page: `/track`'s default page, well within its cap (`MAX_TRACK_LIMIT`), so
 /// a summary never holds more of a track than one `/track` answer would.
@@ -19,8 +20,8 @@ const _: () = assert!(PAGE <= super::vehicles::MAX_TRACK_LIMIT);
 pub struct TrackSummary {
     pub count: usize,
     pub distance_km: f64,
-    pub first: Option<StoredPosition>,
-    pub last: Option<StoredPosition>,
+    pub first: Option<rows::Position>,
+    pub last: Option<rows::Position>,
 }
 
 /// A running count and distance fed with the track's points in fix-time order, page by page.
@@ -70,7 +71,12 @@ pub async fn summarize(
     }
     let row = |p: Option<TrackPoint>| async move {
         match p {
-            Some(p) => Ok(store.track(device, p.time, to, 1).await?.into_iter().next()),
+            Some(p) => Ok(store
+                .track(device, p.time, to, 1)
+                .await?
+                .into_iter()
+                .next()
+                .map(rows::Position::from)),
             None => Ok::<_, StorageError>(None),
         }
     };

@@ -6,11 +6,12 @@ use axum::Json;
 use chrono::{DateTime, Duration, Utc};
 use serde::{Deserialize, Serialize};
 
+use super::rows;
 use super::summary::{summarize, TrackSummary, PAGE};
 use super::{ApiError, AppState};
 use crate::model::{DeviceId, VehicleId};
+use crate::pipeline::store::{DeviceState, StoredPosition, Vehicle, VEHICLE_STATUSES};
 use crate::protocols::Protocol;
-use crate::storage::{DeviceState, StoredPosition, Vehicle, VehicleUpdate};
 
 /// Most positions one track request returns.
 pub(super) const MAX_TRACK_LIMIT: u32 = 100_000;
@@ -33,7 +34,7 @@ pub struct LatestPosition {
 #[derive(Debug, Serialize)]
 pub struct VehicleView {
     #[serde(flatten)]
-    pub vehicle: Vehicle,
+    pub vehicle: rows::Vehicle,
     pub online: bool,
     pub last_seen: Option<DateTime<Utc>>,
     pub position: Option<LatestPosition>,
@@ -74,7 +75,7 @@ fn view(
             outputs: p.outputs,
         });
     VehicleView {
-        vehicle,
+        vehicle: vehicle.into(),
         online,
         last_seen,
         position,
@@ -101,11 +102,11 @@ async fn live_state(
     if let Some(s) = state.pipeline.state(device).await {
         return Ok(Some(s));
     }
-    Ok(state.store.device_state(device).await?)
+    Ok(state.store.core.device_state(device).await?)
 }
 
 pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<VehicleView>>, ApiError> {
-    let vehicles = state.store.vehicles().await?;
+    let vehicles = state.store.core.vehicles().await?;
     let live: std::collections::HashMap<_, _> = state
         .pipeline
         .states()
@@ -115,6 +116,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<VehicleView>
         .collect();
     let stored: std::collections::HashMap<_, _> = state
         .store
+        .core
         .device_states()
         .await?
         .into_iter()
@@ -144,6 +146,7 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<VehicleView>
 async fn find(state: &AppState, id: &str) -> Result<Vehicle, ApiError> {
     state
         .store
+        .core
         .vehicle(&VehicleId(id.to_string()))
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("vehicle '{id}' not found")))
@@ -165,7 +168,7 @@ pub async fn get_one(
 pub async fn put(
     State(state): State<AppState>,
     Path(id): Path<String>,
-    body: Result<Json<VehicleUpdate>, JsonRejection>,
+    body: Result<Json<rows::VehicleBody>, JsonRejection>,
 ) -> Result<Json<VehicleView>, ApiError> {
     let Json(update) = body.map_err(|e| {
         if e.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
@@ -174,7 +177,7 @@ pub async fn put(
             ApiError::BadRequest(e.body_text())
         }
     })?;
-    let before = state.store.vehicle(&VehicleId(id.clone())).await?;
+    let before = state.store.core.vehicle(&VehicleId(id.clone())).await?;
     // A new vehicle's id must be safe to show and log; an existing one (say, a long id
     // registered before this check) stays editable.
     if before.is_none() {
@@ -188,10 +191,10 @@ pub async fn put(
         }
     }
     if let Some(s) = &update.status {
-        if !crate::storage::row::VEHICLE_STATUSES.contains(&s.as_str()) {
+        if !VEHICLE_STATUSES.contains(&s.as_str()) {
             return Err(ApiError::BadRequest(format!(
                 "status: '{s}' is not one of {}",
-                crate::storage::row::VEHICLE_STATUSES.join(", ")
+                VEHICLE_STATUSES.join(", ")
             )));
         }
     }
@@ -202,7 +205,11 @@ pub async fn put(
             ));
         }
     }
-    let v = state.store.upsert_vehicle(&VehicleId(id), &update).await?;
+    let v = state
+        .store
+        .core
+        .upsert_vehicle(&VehicleId(id), &update.into())
+        .await?;
     state.admission.invalidate();
     // A tracker moved between cars: its old car's commands must never reach the new car.
     let old_device = before.and_then(|b| b.device_id);
@@ -244,7 +251,7 @@ pub async fn track(
     State(state): State<AppState>,
     Path(id): Path<String>,
     q: Result<Query<TrackQuery>, QueryRejection>,
-) -> Result<Json<Vec<StoredPosition>>, ApiError> {
+) -> Result<Json<Vec<rows::Position>>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let (from, to) = range(&q)?;
     let limit = q.limit.unwrap_or(10_000).clamp(1, MAX_TRACK_LIMIT);
@@ -252,7 +259,9 @@ pub async fn track(
     let Some(device) = v.device_id else {
         return Ok(Json(Vec::new()));
     };
-    Ok(Json(state.store.track(&device, from, to, limit).await?))
+    Ok(Json(rows::all(
+        state.store.core.track(&device, from, to, limit).await?,
+    )))
 }
 
 pub async fn summary(
@@ -267,6 +276,6 @@ pub async fn summary(
         return Ok(Json(TrackSummary::default()));
     };
     Ok(Json(
-        summarize(state.store.as_ref(), &device, from, to, PAGE).await?,
+        summarize(state.store.core.as_ref(), &device, from, to, PAGE).await?,
     ))
 }

@@ -52,7 +52,7 @@ pub struct Running {
     /// The zone stage, for status and reloads.
     pub zones: crate::geofence::stage::ZonesHandle,
     config: Arc<Config>,
-    store: Arc<dyn storage::Store>,
+    store: storage::Stores,
     reloads: reload::Reloads,
     health: service::Health,
 }
@@ -107,7 +107,7 @@ impl Running {
 pub struct ZoneReloader {
     zones: crate::geofence::stage::ZonesHandle,
     config: Arc<Config>,
-    store: Arc<dyn storage::Store>,
+    store: storage::Stores,
 }
 
 impl ZoneReloader {
@@ -120,10 +120,10 @@ impl ZoneReloader {
         let cfg = &self.config.geofences;
         let _edit = self.zones.lock_edits().await;
         let files = crate::geofence::stage::read_dir(std::path::Path::new(&cfg.dir))?;
-        let set =
-            crate::geofence::stage::compose(&files, self.store.as_ref(), &cfg.debounce).await?;
+        let set = crate::geofence::stage::compose(&files, self.store.zones.as_ref(), &cfg.debounce)
+            .await?;
         let current = self.zones.current();
-        let fleet = edit::fleet_positions(self.store.as_ref()).await?;
+        let fleet = edit::fleet_positions(self.store.core.as_ref()).await?;
         let proposal = edit::Proposal {
             current: &current,
             candidate: &set,
@@ -161,7 +161,7 @@ type LoadedZones = (
 
 async fn load_zones(
     config: &Config,
-    store: &dyn storage::Store,
+    store: &dyn crate::geofence::store::ZoneStore,
 ) -> Result<LoadedZones, StartError> {
     use crate::geofence::stage;
     let cfg = &config.geofences;
@@ -205,9 +205,10 @@ pub async fn start_with(
     raise_open_files();
     let metrics = crate::ops::metrics::handle();
     let store = storage::open(&config.storage).await?;
-    tracing::info!(backend = store.backend(), url = %storage::postgres::redact(&config.storage.url), "storage open, migrations applied");
-    let states = store.device_states().await?;
-    let (zone_set, zone_files, broken_zone_files) = load_zones(&config, store.as_ref()).await?;
+    tracing::info!(backend = store.core.backend(), url = %storage::postgres::redact(&config.storage.url), "storage open, migrations applied");
+    let states = store.core.device_states().await?;
+    let (zone_set, zone_files, broken_zone_files) =
+        load_zones(&config, store.zones.as_ref()).await?;
     tracing::info!(zones = zone_set.len(), dir = %config.geofences.dir, "zones loaded");
     let (session_tx, session_rx) = tokio::sync::mpsc::channel(4096);
     let sessions = Sessions::with_policy(session_tx, config.devices.session_policy());
@@ -223,7 +224,7 @@ pub async fn start_with(
     };
     let (immobiliser, immobiliser_task) = crate::immobiliser::start(
         &config.immobiliser,
-        store.clone(),
+        store.immobiliser.clone(),
         sessions.clone(),
         &states,
         session_rx,
@@ -247,7 +248,7 @@ pub async fn start_with(
     let (zones, zone_task) = crate::geofence::stage::start(
         zone_set,
         zone_files,
-        store.clone(),
+        store.zones.clone(),
         zones_rx,
         vec![zone_notice_tx],
     )
@@ -268,7 +269,7 @@ pub async fn start_with(
     };
     let (crm, crm_tx, crm_tasks) = crate::crm::start(
         crm_start(&config),
-        store.clone(),
+        store.crm.clone(),
         crm_seams,
         Arc::new(zones.clone()),
     )?;
@@ -279,7 +280,7 @@ pub async fn start_with(
             filters: &config.filters,
             storage: &config.storage,
         },
-        store.clone(),
+        store.core.clone(),
         states,
         vec![zones_tx, immob_tx, crm_tx],
     );
@@ -287,7 +288,7 @@ pub async fn start_with(
     // One admission cache for the API and the listeners: the API's `PUT` clears the very
     // cache the listeners read.
     let admission = Arc::new(
-        Admission::new(store.clone(), config.devices.register_unknown)
+        Admission::new(store.core.clone(), config.devices.register_unknown)
             .with_imei_check_digit(config.devices.imei_check_digit),
     );
     let ctx = Arc::new(ingest_ctx(

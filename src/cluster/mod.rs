@@ -29,8 +29,8 @@ use sqlx::Row;
 pub use config::ClusterConfig;
 
 use crate::model::{DeviceId, VehicleId};
+use crate::pipeline::store::StorageError;
 use crate::storage::StorageConfig;
-use crate::storage::StorageError;
 
 /// The channel instances LISTEN on; the payload is the name of the instance to wake.
 const CHANNEL: &str = "fleetgate_requests";

@@ -18,11 +18,11 @@ use super::handback::{self, Transition};
 use super::mileage::MileageState;
 use super::rules::{BalanceOutcome, BalanceSource, BalanceState, InspectionRules, InspectionState};
 use super::shift::{FixInput, ShiftEvent, ShiftRules, ShiftState};
+use super::store::{CrmStore, StateWrite};
 use super::{RulesConfig, Wiring, REASON_INSPECTION, REASON_LOW_BALANCE};
 use crate::model::{DeviceId, VehicleId};
+use crate::pipeline::store::{StorageError, Vehicle};
 use crate::pipeline::Committed;
-use crate::storage::crm::{CrmStore, StateWrite};
-use crate::storage::{StorageError, Vehicle};
 
 #[derive(Debug, thiserror::Error)]
 pub enum CrmError {
@@ -362,26 +362,44 @@ impl Engine {
         fn put<K: std::hash::Hash + Eq, T: serde::de::DeserializeOwned>(
             map: &mut HashMap<K, T>,
             key: K,
-            row: Result<Option<String>, StorageError>,
+            row: Option<String>,
         ) {
             match row {
-                Ok(Some(s)) => match serde_json::from_str(&s) {
+                Some(s) => match serde_json::from_str(&s) {
                     Ok(v) => {
                         map.insert(key, v);
                     }
                     Err(e) => tracing::warn!(error = %e, "crm rules: unreadable stored state"),
                 },
-                Ok(None) => {
+                None => {
                     map.remove(&key);
                 }
-                Err(e) => tracing::warn!(error = %e, "crm rules: state not re-read"),
             }
         }
+        // Every row this step depends on, in one round trip.
+        let mut keys: Vec<(&str, &str)> = Vec::with_capacity(5);
+        if let Some(v) = vehicle {
+            for scope in ["shift", "inspection", "mileage", "block_shown"] {
+                keys.push((scope, v.0.as_str()));
+            }
+        }
+        if let Some(d) = driver {
+            keys.push(("balance", d));
+        }
+        if keys.is_empty() {
+            return;
+        }
+        let mut rows = match self.store.crm_state_many(&keys).await {
+            Ok(rows) => rows.into_iter(),
+            Err(e) => {
+                tracing::warn!(error = %e, "crm rules: state not re-read");
+                return;
+            }
+        };
         if let Some(v) = vehicle {
             // The shift's progress on the fix stream is not stored on every fix: merge.
             let mut stored = HashMap::new();
-            let row = self.store.crm_state("shift", &v.0).await;
-            put(&mut stored, v.clone(), row);
+            put(&mut stored, v.clone(), rows.next().flatten());
             match (stored.remove(v), self.shifts.get_mut(v)) {
                 (Some(s), Some(mine)) => mine.adopt_durable(&s),
                 (Some(s), None) => {
@@ -389,16 +407,12 @@ impl Engine {
                 }
                 (None, _) => {}
             }
-            let row = self.store.crm_state("inspection", &v.0).await;
-            put(&mut self.inspections, v.clone(), row);
-            let row = self.store.crm_state("mileage", &v.0).await;
-            put(&mut self.mileage, v.clone(), row);
-            let row = self.store.crm_state("block_shown", &v.0).await;
-            put(&mut self.shown, v.clone(), row);
+            put(&mut self.inspections, v.clone(), rows.next().flatten());
+            put(&mut self.mileage, v.clone(), rows.next().flatten());
+            put(&mut self.shown, v.clone(), rows.next().flatten());
         }
         if let Some(d) = driver {
-            let row = self.store.crm_state("balance", d).await;
-            put(&mut self.balances, d.to_string(), row);
+            put(&mut self.balances, d.to_string(), rows.next().flatten());
         }
     }
 
@@ -772,7 +786,7 @@ impl Engine {
     async fn shift_over(
         &self,
         v: &Vehicle,
-        item: &crate::storage::WriteItem,
+        item: &crate::pipeline::store::WriteItem,
         st: &mut ShiftState,
         miles: &mut MileageState,
     ) -> Vec<Payload> {

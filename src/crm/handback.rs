@@ -13,7 +13,7 @@
 //! deal (amoCRM/Bitrix24 skip them; the webhook sends `deal_id: null`), so a returned car
 //! driven to the depot can never move its old deal back to On line.
 
-use crate::storage::Vehicle;
+use crate::pipeline::store::Vehicle;
 
 /// The status of a car out with a driver.
 pub const ISSUED: &str = "issued";

@@ -1,7 +1,7 @@
-//! In-memory implementations of the CRM seams, for tests: block reasons that record every
-//! call, zones as a bounding box (or everywhere), and a `CrmStore` for paused-clock tests.
-//! The daemon uses none of them: `app` wires in the immobiliser and the zone stage
-//! (`crm::start` falls back to recording reasons only for a caller that passes none).
+//! In-memory implementations of the CRM seams: block reasons that record every call, zones
+//! as a bounding box, and a [`CrmStore`] for tests on tokio's paused clock
+//! (`tests/crm_balance.rs`). [`super::start`] falls back to the first when
+//! `Seams::reasons` is unset; the daemon always sets it to the immobiliser.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Mutex;
@@ -10,10 +10,10 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use super::event::{NewEvent, OutboxEvent, Status};
+use super::store::{CrmStore, StateWrite};
 use super::{BlockReasons, BlockView, FleetZones};
 use crate::model::VehicleId;
-use crate::storage::crm::{CrmStore, StateWrite};
-use crate::storage::{StorageError, Vehicle};
+use crate::pipeline::store::{StorageError, Vehicle};
 
 /// One `set_reason` call as received.
 #[derive(Clone, Debug, PartialEq)]

@@ -22,6 +22,7 @@ pub mod outbox;
 pub mod ratelimit;
 pub mod rules;
 pub mod shift;
+pub mod store;
 pub mod zones;
 
 use std::collections::{BTreeMap, HashMap};
@@ -147,7 +148,7 @@ pub struct CrmStart<'a> {
 /// the API, the sender to pass to `Pipeline::start` as a subscriber, and the tasks.
 pub fn start(
     config: CrmStart<'_>,
-    store: Arc<dyn crate::storage::Store>,
+    store: Arc<dyn store::CrmStore>,
     seams: Seams,
     geofences: Arc<dyn FleetZones>,
 ) -> Result<
@@ -164,7 +165,6 @@ pub fn start(
             .unwrap_or_else(|| Arc::new(memory::MemoryBlockReasons::default())),
         zones: seams.zones.unwrap_or(geofences),
     };
-    let crm_store: Arc<dyn crate::storage::CrmStore> = Arc::new(store);
     let connector = connector::build(config.crm)?;
     let wake = Arc::new(tokio::sync::Notify::new());
     let emit = engine::Emit {
@@ -173,7 +173,7 @@ pub fn start(
     };
     let ttl = chrono::Duration::seconds(config.crm.event_ttl_s as i64);
     let (eng, mut handle, cmds) = engine::new(
-        crm_store.clone(),
+        store.clone(),
         wiring,
         config.rules.clone(),
         emit,
@@ -196,7 +196,7 @@ pub fn start(
     if let Some(c) = connector {
         tracing::info!(kind = c.name(), "crm connector ready");
         let worker = outbox::OutboxWorker {
-            store: crm_store,
+            store,
             claimer: config.claimer.clone(),
             lease: config.lease,
             connector: c.clone(),

@@ -15,7 +15,8 @@ use super::config::CrmConfig;
 use super::connector::{Connector, Outcome, LATE_AFTER};
 use super::event::{OutboxEvent, Payload, Status};
 use super::ratelimit::backoff;
-use crate::storage::CrmStore;
+use super::store::CrmStore;
+use crate::pipeline::store::StorageError;
 
 /// Most events fetched per round (head events of distinct vehicles).
 const ROUND_MAX: u32 = 200;
@@ -102,7 +103,7 @@ impl OutboxWorker {
     }
 
     /// Deliver what is due; returns how many events were attempted.
-    pub async fn round(&self) -> Result<usize, crate::storage::StorageError> {
+    pub async fn round(&self) -> Result<usize, StorageError> {
         let now = Utc::now();
         let lease = chrono::Duration::from_std(self.lease).unwrap_or(chrono::Duration::MAX);
         let due = self
@@ -200,7 +201,7 @@ impl OutboxWorker {
     async fn late_check(
         &self,
         e: &OutboxEvent,
-    ) -> Result<Result<Option<String>, Outcome>, crate::storage::StorageError> {
+    ) -> Result<Result<Option<String>, Outcome>, StorageError> {
         let pending = self
             .store
             .outbox_list(Some(Status::Pending), Some(&e.vehicle_id), 200)
@@ -218,12 +219,7 @@ impl OutboxWorker {
         Ok(self.connector.late_stage(e).await)
     }
 
-    async fn dead(
-        &self,
-        e: &OutboxEvent,
-        attempts: u32,
-        error: &str,
-    ) -> Result<(), crate::storage::StorageError> {
+    async fn dead(&self, e: &OutboxEvent, attempts: u32, error: &str) -> Result<(), StorageError> {
         metrics::counter!("fleetgate_crm_outbox_dead_total", "kind" => e.payload.kind())
             .increment(1);
         tracing::warn!(id = e.id, key = %e.key, vehicle = %e.vehicle_id, kind = e.payload.kind(), %error, "crm event dead-lettered");

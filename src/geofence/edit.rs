@@ -5,7 +5,7 @@
 use super::guard::{self, Exits};
 use super::{Zone, ZoneSet};
 use crate::model::DeviceId;
-use crate::storage::{StorageError, Store};
+use crate::pipeline::store::{StorageError, Store};
 
 /// A device's last stored position.
 #[derive(Clone, Debug, PartialEq)]

@@ -8,6 +8,8 @@
 //!   boundary distances from a lazily built edge R-tree (`distance`).
 //! - [`guard`] and [`edit`]: checks a zone change passes before it is stored or installed
 //!   (geometry, `[lat, lon]` order, how many cars it moves out of the service area).
+//! - [`stage`]: the task that runs committed fixes through every device's zones and stores
+//!   memberships and events through [`store::ZoneStore`], the geofences' storage port.
 //! - [`tracker`]: [`VehicleZones`], the pure debounce state machine (fix time injected), and
 //!   [`JumpDetector`].
 //! - [`stage`]: the zone stage: one task fed by committed fixes (after the pipeline's
@@ -31,6 +33,7 @@ pub mod guard;
 pub mod index;
 mod pip;
 pub mod stage;
+pub mod store;
 pub mod tracker;
 pub mod zone;
 

@@ -14,14 +14,14 @@ use std::time::Instant;
 use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
+use super::store::{StoredMembership, StoredZoneEvent, ZoneChange, ZoneStore};
 use super::{
     zones_from_geojson, DebounceConfig, Fix, VehicleZones, Zone, ZoneError, ZoneEvent, ZoneKind,
     ZoneSet,
 };
 use crate::model::{DeviceId, VehicleId};
+use crate::pipeline::store::StorageError;
 use crate::pipeline::Committed;
-use crate::storage::zones::{StoredMembership, StoredZoneEvent, ZoneChange};
-use crate::storage::{StorageError, Store};
 
 /// What the vehicle API shows: `zone: {inside_service_area, zones: [names]}`.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
@@ -237,7 +237,7 @@ pub fn read_file(path: &Path) -> Result<Vec<Zone>, LoadError> {
 /// The file zones with the stored zones replacing those of the same name, indexed.
 pub async fn compose(
     files: &FileZones,
-    store: &dyn Store,
+    store: &dyn ZoneStore,
     debounce: &DebounceConfig,
 ) -> Result<ZoneSet, LoadError> {
     let mut by_name = files.clone();
@@ -261,7 +261,7 @@ struct Entry {
 
 struct Stage {
     set: Arc<ZoneSet>,
-    store: Arc<dyn Store>,
+    store: Arc<dyn ZoneStore>,
     devices: HashMap<DeviceId, Entry>,
     restored: HashMap<DeviceId, StoredMembership>,
     listeners: Vec<mpsc::Sender<ZoneNotice>>,
@@ -272,7 +272,7 @@ struct Stage {
 pub async fn start(
     set: ZoneSet,
     files: FileZones,
-    store: Arc<dyn Store>,
+    store: Arc<dyn ZoneStore>,
     committed: mpsc::Receiver<Arc<Committed>>,
     listeners: Vec<mpsc::Sender<ZoneNotice>>,
 ) -> Result<(ZonesHandle, tokio::task::JoinHandle<()>), StorageError> {
@@ -360,13 +360,7 @@ impl Stage {
 
     async fn entry(&mut self, device: &DeviceId) -> &mut Entry {
         if !self.devices.contains_key(device) {
-            let vehicle = self
-                .store
-                .vehicle_by_device(device)
-                .await
-                .ok()
-                .flatten()
-                .map(|v| v.id);
+            let vehicle = self.store.vehicle_of(device).await.ok().flatten();
             let zones = match self.restored.remove(device) {
                 Some(m) => VehicleZones::restore(&self.set, m.last_fix, &m.zones),
                 None => VehicleZones::new(),

@@ -25,16 +25,16 @@ use super::handle::{machine_of, Request, Routing};
 pub use super::handle::{ImmobView, ImmobiliserHandle, ReasonChange, ReasonView};
 use super::machine::{ReasonEntry, Step};
 use super::safety::{DeviceEvidence, FixSnapshot};
+use super::store::{AuditEntry, AuditPosition, ImmobChanges, ImmobiliserStore, VehicleImmobRow};
 use super::{
     Command, CommandStatus, ImmobError, ImmobState, Intent, Machine, RetryPolicy, SafetyRules,
 };
 use crate::cluster::Cluster;
 use crate::ingest::sessions::{Outbound, SessionEvent, Sessions};
 use crate::model::{DeviceId, Origin, Position, VehicleId};
+use crate::pipeline::store::{DeviceState, StorageError};
 use crate::pipeline::Committed;
 use crate::protocols::{CommandBody, CommandResponse, DeviceCommand};
-use crate::storage::immobiliser::{AuditEntry, AuditPosition, ImmobChanges, VehicleImmobRow};
-use crate::storage::{DeviceState, StorageError, Store};
 
 /// Requests a handle can queue before callers wait.
 const REQUEST_QUEUE: usize = 256;
@@ -81,7 +81,7 @@ impl ImmobiliserTask {
 /// with its last stored fix.
 pub async fn start(
     config: &ImmobiliserConfig,
-    store: Arc<dyn Store>,
+    store: Arc<dyn ImmobiliserStore>,
     sessions: Arc<Sessions>,
     states: &[DeviceState],
     events: mpsc::Receiver<SessionEvent>,
@@ -121,9 +121,8 @@ pub async fn start(
     // No evidence survives a restart: a block waits for fixes on the device's new session.
     let _ = states;
     for v in snapshot.vehicles {
-        let row = store.vehicle(&v.vehicle_id).await?;
-        let (device, protocol) = row.map(|x| (x.device_id, x.protocol)).unwrap_or_default();
-        actor.bind(&v.vehicle_id, device, protocol);
+        let at = store.fitting(&v.vehicle_id).await?.unwrap_or_default();
+        actor.bind(&v.vehicle_id, at.device, at.protocol);
         actor.machines.insert(
             v.vehicle_id,
             Machine {
@@ -157,7 +156,7 @@ struct Actor {
     cfg: ImmobiliserConfig,
     rules: SafetyRules,
     policy: RetryPolicy,
-    store: Arc<dyn Store>,
+    store: Arc<dyn ImmobiliserStore>,
     sessions: Arc<Sessions>,
     machines: HashMap<VehicleId, Machine>,
     device_vehicle: HashMap<DeviceId, VehicleId>,
@@ -293,11 +292,10 @@ impl Actor {
                 let _ = reply.send(result);
             }
             Request::Rebind { vehicle, reply } => {
-                let result = match self.store.vehicle(&vehicle).await {
-                    Ok(row) => {
-                        let (device, protocol) =
-                            row.map(|x| (x.device_id, x.protocol)).unwrap_or_default();
-                        self.bind(&vehicle, device, protocol);
+                let result = match self.store.fitting(&vehicle).await {
+                    Ok(at) => {
+                        let at = at.unwrap_or_default();
+                        self.bind(&vehicle, at.device, at.protocol);
                         // Commands of the old pairing are retired here, before anything goes out.
                         self.dispatch();
                         match self.flush().await {
@@ -341,10 +339,10 @@ impl Actor {
                 if let Err(e) = cluster.session_online(device, *conn).await {
                     tracing::warn!(%device, error = %e, "cluster: session not recorded");
                 }
-                match self.store.vehicle_by_device(device).await {
+                match self.store.vehicle_of(device).await {
                     Ok(Some(v)) => {
-                        if let Err(e) = self.adopt(&v.id).await {
-                            tracing::error!(vehicle = %v.id, error = %e, "immobiliser: vehicle not taken over");
+                        if let Err(e) = self.adopt(&v).await {
+                            tracing::error!(vehicle = %v, error = %e, "immobiliser: vehicle not taken over");
                         }
                     }
                     Ok(None) => {}
@@ -367,10 +365,9 @@ impl Actor {
     /// may have changed it). Commands still in a connection's queue stay there only if the
     /// database still has them open.
     async fn adopt(&mut self, vehicle: &VehicleId) -> Result<(), StorageError> {
-        let row = self.store.vehicle(vehicle).await?;
-        let (device, protocol) = row.map(|x| (x.device_id, x.protocol)).unwrap_or_default();
+        let at = self.store.fitting(vehicle).await?.unwrap_or_default();
         let (state, open) = self.store.immobiliser_vehicle(vehicle).await?;
-        self.bind(vehicle, device, protocol);
+        self.bind(vehicle, at.device, at.protocol);
         self.forget(vehicle);
         if let Some(v) = state {
             self.machines.insert(vehicle.clone(), machine_of(v));
@@ -456,13 +453,13 @@ impl Actor {
     }
 
     async fn change(&mut self, ch: ReasonChange) -> Result<ImmobView, ImmobError> {
-        let row = self
+        let at = self
             .store
-            .vehicle(&ch.vehicle)
+            .fitting(&ch.vehicle)
             .await
             .map_err(|e| ImmobError::Storage(e.to_string()))?
             .ok_or_else(|| ImmobError::UnknownVehicle(ch.vehicle.0.clone()))?;
-        self.bind(&ch.vehicle, row.device_id.clone(), row.protocol.clone());
+        self.bind(&ch.vehicle, at.device, at.protocol);
         let now = Utc::now();
         let safe = self.safe_conn(&ch.vehicle).is_some();
         let vehicle = ch.vehicle.clone();

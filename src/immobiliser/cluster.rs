@@ -18,7 +18,7 @@ use super::{ImmobError, ImmobiliserHandle};
 use crate::cluster::{Cluster, Reply};
 use crate::ingest::Sessions;
 use crate::model::VehicleId;
-use crate::storage::StorageError;
+use crate::pipeline::store::StorageError;
 
 /// What one instance asks of another.
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -11,11 +11,10 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use super::store::{ImmobiliserStore, VehicleImmobRow};
 use super::{BlockReason, ImmobError, ImmobState, Machine};
 use crate::cluster::Cluster;
 use crate::model::VehicleId;
-use crate::storage::immobiliser::VehicleImmobRow;
-use crate::storage::Store;
 
 /// `immobiliser` in the vehicle view: `{state, reasons, since}`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -124,7 +123,7 @@ pub(super) enum Request {
 #[derive(Clone)]
 pub(super) struct Routing {
     pub cluster: Arc<Cluster>,
-    pub store: Arc<dyn Store>,
+    pub store: Arc<dyn ImmobiliserStore>,
 }
 
 /// The one path by which every rule and the API add and lift reasons. Cheap to clone.

@@ -10,6 +10,8 @@
 //! - [`config`]: the `[immobiliser]` section, with per-model command profiles.
 //! - [`cluster`]: several instances on one PostgreSQL: forwarding a change to the instance
 //!   holding the tracker, and serving such requests.
+//! - [`store`]: [`store::ImmobiliserStore`], the storage port the actor persists through
+//!   (implemented by `crate::storage`).
 //!
 //! A vehicle is blocked while at least one [`BlockReason`] stands. Geofence rules
 //! (`outside_service_area`), CRM rules (`low_balance`, `inspection`) and operators (`manual`)
@@ -23,6 +25,7 @@ pub mod crm_link;
 pub mod handle;
 pub mod machine;
 pub mod safety;
+pub mod store;
 pub mod zone_rule;
 
 use std::fmt;

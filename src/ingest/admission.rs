@@ -5,8 +5,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 
 use crate::model::{DeviceId, VehicleId};
+use crate::pipeline::store::{StorageError, Store, VehicleUpdate};
 use crate::protocols::Protocol;
-use crate::storage::{StorageError, Store, VehicleUpdate};
 
 pub struct Admission {
     store: Arc<dyn Store>,

@@ -10,6 +10,7 @@ mod reanchor;
 pub mod retry;
 mod shard;
 pub mod storage_health;
+pub mod store;
 pub mod writer;
 
 use std::hash::{Hash, Hasher};
@@ -22,7 +23,7 @@ use tokio::task::JoinHandle;
 
 use crate::model::{DeviceId, Origin, Position};
 use crate::protocols::Protocol;
-use crate::storage::{DeviceState, Store};
+use store::{DeviceState, Store};
 
 pub use shard::Shard;
 pub use writer::Committed;
@@ -40,7 +41,7 @@ pub struct Accepted {
 pub enum PipelineError {
     /// The commit failed (after its retries); shared by every waiter of the batch.
     #[error("storage: {0}")]
-    Storage(#[source] Arc<crate::storage::StorageError>),
+    Storage(#[source] Arc<store::StorageError>),
     /// Refused before the commit: less than `[storage] min_free_mb` free.
     #[error("storage: {0}")]
     DiskLow(String),

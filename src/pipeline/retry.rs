@@ -8,7 +8,7 @@
 use std::future::Future;
 use std::time::Duration;
 
-use crate::storage::StorageError;
+use super::store::StorageError;
 
 /// When to try a failed commit again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -11,11 +11,11 @@ use tokio::sync::mpsc;
 use super::config::FiltersConfig;
 use super::filter::{self, haversine_m, LastFix, Reject};
 use super::reanchor::{JumpVerdict, Reanchor};
+use super::store::{DeviceState, NewPosition, StoredPosition, WriteItem};
 use super::writer::{WriteReq, WriterMsg};
 use super::{Accepted, ShardMsg};
 use crate::model::{DeviceId, Position};
 use crate::protocols::Protocol;
-use crate::storage::{DeviceState, NewPosition, StoredPosition, WriteItem};
 
 /// Fix times remembered per device for duplicate detection; the database's primary key
 /// catches anything older.

@@ -8,8 +8,8 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot};
 
+use super::store::{StorageError, Store, WriteItem};
 use super::{Accepted, PipelineError};
-use crate::storage::{StorageError, Store, WriteItem};
 
 /// Longest one commit attempt may take. The databases time out what they can see (SQLite's
 /// busy timeout, the pool's acquire timeout), but not a connection whose network path died

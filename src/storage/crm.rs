@@ -1,183 +1,15 @@
-//! Persistence of the CRM track: rule state and the outbox. Rule state and the events it
-//! causes are written in one transaction (`crm_commit`), so an event exists exactly when its
-//! state change does — the outbox worker then delivers it at least once.
+//! The CRM's statements and row decoders, shared by both backends, and [`CrmStore`] on
+//! SQLite: rule state and the outbox.
 
-use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use sqlx::sqlite::SqliteRow;
-use sqlx::Row;
-
+use super::reads;
+use super::sql::{Bind, Cols};
 use super::sqlite::SqliteStore;
 use super::{from_millis, millis, StorageError, Store};
 use crate::crm::event::{NewEvent, OutboxEvent, Payload, Status};
+use crate::crm::store::{CrmStore, StateWrite};
 use crate::model::VehicleId;
-
-/// One rule-state row: `scope` (`shift`, `balance`, `inspection`), id, JSON state.
-#[derive(Clone, Debug, PartialEq)]
-pub struct StateWrite {
-    pub scope: &'static str,
-    pub id: String,
-    pub state: String,
-}
-
-#[async_trait]
-pub trait CrmStore: Send + Sync + 'static {
-    /// Write rule states and enqueue events, in one transaction. `ttl` bounds delivery.
-    async fn crm_commit(
-        &self,
-        states: &[StateWrite],
-        events: &[NewEvent],
-        now: DateTime<Utc>,
-        ttl: chrono::Duration,
-    ) -> Result<(), StorageError>;
-    /// Every rule state of a scope: (id, JSON).
-    async fn crm_states(&self, scope: &str) -> Result<Vec<(String, String)>, StorageError>;
-    /// One rule state (JSON), for an instance re-reading what another one decided.
-    async fn crm_state(&self, scope: &str, id: &str) -> Result<Option<String>, StorageError> {
-        Ok(self
-            .crm_states(scope)
-            .await?
-            .into_iter()
-            .find(|(k, _)| k == id)
-            .map(|(_, s)| s))
-    }
-    /// The oldest pending event of each vehicle, if due by `now`; at most `limit`.
-    async fn outbox_due(
-        &self,
-        now: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<Vec<OutboxEvent>, StorageError>;
-    /// Claim the due head events for `claimer` for `lease` and return them (several
-    /// instances on one database then deliver each event once, see docs/scaling.md). A
-    /// backend for one instance only (SQLite) has nothing to claim against: `outbox_due`.
-    async fn outbox_claim(
-        &self,
-        now: DateTime<Utc>,
-        limit: u32,
-        claimer: &str,
-        lease: chrono::Duration,
-    ) -> Result<Vec<OutboxEvent>, StorageError> {
-        let _ = (claimer, lease);
-        self.outbox_due(now, limit).await
-    }
-    /// When the next pending head event falls due (None: nothing pending).
-    async fn outbox_next_due(&self) -> Result<Option<DateTime<Utc>>, StorageError>;
-    async fn outbox_delivered(&self, id: i64, at: DateTime<Utc>) -> Result<(), StorageError>;
-    async fn outbox_retry(
-        &self,
-        id: i64,
-        attempts: u32,
-        next: DateTime<Utc>,
-        error: &str,
-    ) -> Result<(), StorageError>;
-    async fn outbox_dead(&self, id: i64, attempts: u32, error: &str) -> Result<(), StorageError>;
-    /// Drop the pending events of `vehicle` about a deal other than `keep_deal` (any deal when
-    /// `None`): the car left that deal. Events about no deal stay. Returns how many.
-    async fn outbox_drop(
-        &self,
-        vehicle: &VehicleId,
-        keep_deal: Option<&str>,
-        why: &str,
-    ) -> Result<u64, StorageError>;
-    /// Drop one pending event (superseded: the CRM or a newer event moved its deal since).
-    async fn outbox_drop_one(&self, id: i64, why: &str) -> Result<(), StorageError>;
-    /// Put a dead event back in the queue (operator's retry); false if it was not dead.
-    async fn outbox_requeue(&self, id: i64, now: DateTime<Utc>) -> Result<bool, StorageError>;
-    /// Events, newest first, optionally of one status and/or vehicle.
-    async fn outbox_list(
-        &self,
-        status: Option<Status>,
-        vehicle: Option<&VehicleId>,
-        limit: u32,
-    ) -> Result<Vec<OutboxEvent>, StorageError>;
-    /// Count per status.
-    async fn outbox_counts(&self) -> Result<Vec<(Status, u64)>, StorageError>;
-    /// Delete delivered events older than `before`; returns how many.
-    async fn outbox_purge(&self, before: DateTime<Utc>) -> Result<u64, StorageError>;
-    /// Vehicles, for the rules (the same rows as `Store::vehicles`).
-    async fn crm_vehicles(&self) -> Result<Vec<super::Vehicle>, StorageError>;
-}
-
-/// A `Store` handle used where only the CRM side is needed (no trait upcasting on our MSRV).
-#[async_trait]
-impl CrmStore for std::sync::Arc<dyn Store> {
-    async fn crm_commit(
-        &self,
-        s: &[StateWrite],
-        e: &[NewEvent],
-        now: DateTime<Utc>,
-        ttl: chrono::Duration,
-    ) -> Result<(), StorageError> {
-        (**self).crm_commit(s, e, now, ttl).await
-    }
-    async fn crm_states(&self, scope: &str) -> Result<Vec<(String, String)>, StorageError> {
-        (**self).crm_states(scope).await
-    }
-    async fn crm_state(&self, scope: &str, id: &str) -> Result<Option<String>, StorageError> {
-        (**self).crm_state(scope, id).await
-    }
-    async fn outbox_due(&self, n: DateTime<Utc>, l: u32) -> Result<Vec<OutboxEvent>, StorageError> {
-        (**self).outbox_due(n, l).await
-    }
-    async fn outbox_claim(
-        &self,
-        n: DateTime<Utc>,
-        l: u32,
-        claimer: &str,
-        lease: chrono::Duration,
-    ) -> Result<Vec<OutboxEvent>, StorageError> {
-        (**self).outbox_claim(n, l, claimer, lease).await
-    }
-    async fn outbox_next_due(&self) -> Result<Option<DateTime<Utc>>, StorageError> {
-        (**self).outbox_next_due().await
-    }
-    async fn outbox_delivered(&self, id: i64, at: DateTime<Utc>) -> Result<(), StorageError> {
-        (**self).outbox_delivered(id, at).await
-    }
-    async fn outbox_retry(
-        &self,
-        id: i64,
-        a: u32,
-        n: DateTime<Utc>,
-        e: &str,
-    ) -> Result<(), StorageError> {
-        (**self).outbox_retry(id, a, n, e).await
-    }
-    async fn outbox_dead(&self, id: i64, a: u32, e: &str) -> Result<(), StorageError> {
-        (**self).outbox_dead(id, a, e).await
-    }
-    async fn outbox_drop(
-        &self,
-        v: &VehicleId,
-        keep: Option<&str>,
-        why: &str,
-    ) -> Result<u64, StorageError> {
-        (**self).outbox_drop(v, keep, why).await
-    }
-    async fn outbox_drop_one(&self, id: i64, why: &str) -> Result<(), StorageError> {
-        (**self).outbox_drop_one(id, why).await
-    }
-    async fn outbox_requeue(&self, id: i64, now: DateTime<Utc>) -> Result<bool, StorageError> {
-        (**self).outbox_requeue(id, now).await
-    }
-    async fn outbox_list(
-        &self,
-        s: Option<Status>,
-        v: Option<&VehicleId>,
-        l: u32,
-    ) -> Result<Vec<OutboxEvent>, StorageError> {
-        (**self).outbox_list(s, v, l).await
-    }
-    async fn outbox_counts(&self) -> Result<Vec<(Status, u64)>, StorageError> {
-        (**self).outbox_counts().await
-    }
-    async fn outbox_purge(&self, before: DateTime<Utc>) -> Result<u64, StorageError> {
-        (**self).outbox_purge(before).await
-    }
-    async fn crm_vehicles(&self) -> Result<Vec<super::Vehicle>, StorageError> {
-        (**self).vehicles().await
-    }
-}
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
 /// A fresh idempotency key: vehicle, creation time and 64 random bits.
 pub(crate) fn new_key(vehicle: &VehicleId, now: DateTime<Utc>) -> String {
@@ -193,25 +25,101 @@ pub(crate) const OUTBOX_COLUMNS: &str =
     "id, idem_key, vehicle_id, deal_id, payload, status, attempts, \
      created_at, expires_at, next_attempt_at, last_error, delivered_at";
 
-fn event_from_row(r: &SqliteRow) -> Result<OutboxEvent, StorageError> {
-    let payload: String = r.try_get(4)?;
-    let payload: Payload = serde_json::from_str(&payload)
+pub(crate) fn outbox_event(r: &impl Cols) -> Result<OutboxEvent, StorageError> {
+    let payload: Payload = serde_json::from_str(&r.text("payload")?)
         .map_err(|e| StorageError::Invalid(format!("crm_outbox.payload: {e}")))?;
-    let status: String = r.try_get(5)?;
     Ok(OutboxEvent {
-        id: r.try_get(0)?,
-        key: r.try_get(1)?,
-        vehicle_id: VehicleId(r.try_get(2)?),
-        deal_id: r.try_get(3)?,
+        id: r.int("id")?,
+        key: r.text("idem_key")?,
+        vehicle_id: VehicleId(r.text("vehicle_id")?),
+        deal_id: r.opt_text("deal_id")?,
         payload,
-        status: Status::parse(&status).unwrap_or(Status::Pending),
-        attempts: r.try_get::<i64, _>(6)? as u32,
-        created_at: from_millis(r.try_get(7)?),
-        expires_at: from_millis(r.try_get(8)?),
-        next_attempt_at: from_millis(r.try_get(9)?),
-        last_error: r.try_get(10)?,
-        delivered_at: r.try_get::<Option<i64>, _>(11)?.map(from_millis),
+        status: Status::parse(&r.text("status")?).unwrap_or(Status::Pending),
+        attempts: r.int("attempts")?.clamp(0, i64::from(u32::MAX)) as u32,
+        created_at: r.time("created_at")?,
+        expires_at: r.time("expires_at")?,
+        next_attempt_at: r.time("next_attempt_at")?,
+        last_error: r.opt_text("last_error")?,
+        delivered_at: r.opt_time("delivered_at")?,
     })
+}
+
+/// [`CrmStore::crm_commit`] inside the transaction `conn` is in, on either backend.
+pub(crate) async fn commit<DB>(
+    conn: &mut DB::Connection,
+    states: &[StateWrite],
+    events: &[NewEvent],
+    now: DateTime<Utc>,
+    ttl: chrono::Duration,
+) -> Result<(), StorageError>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    for<'q> sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>: Bind<'q>,
+{
+    for s in states {
+        sqlx::query::<DB>(UPSERT_STATE)
+            .text(s.scope)
+            .text(&s.id)
+            .text(&s.state)
+            .int(millis(now))
+            .execute(&mut *conn)
+            .await?;
+    }
+    for e in events {
+        let payload = serde_json::to_string(&e.payload)
+            .map_err(|err| StorageError::Invalid(format!("crm event: {err}")))?;
+        let key = new_key(&e.vehicle_id, now);
+        sqlx::query::<DB>(ENQUEUE)
+            .text(&key)
+            .text(&e.vehicle_id.0)
+            .opt_text(e.deal_id.as_deref())
+            .text(e.payload.kind())
+            .text(&payload)
+            .int(millis(now))
+            .int(millis(now + ttl))
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Write one rule state: `$1` scope, `$2` id, `$3` JSON, `$4` now.
+pub(crate) const UPSERT_STATE: &str =
+    "INSERT INTO crm_state (scope, id, state, updated_at) VALUES ($1, $2, $3, $4) \
+     ON CONFLICT (scope, id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at";
+
+/// Every rule state of scope `$1`.
+pub(crate) const STATES_OF_SCOPE: &str =
+    "SELECT id, state FROM crm_state WHERE scope = $1 ORDER BY id";
+
+/// Enqueue one event: `$1` key, `$2` vehicle, `$3` deal, `$4` kind, `$5` payload, `$6` now
+/// (created and first due), `$7` expiry.
+pub(crate) const ENQUEUE: &str =
+    "INSERT INTO crm_outbox (idem_key, vehicle_id, deal_id, kind, payload, status, \
+     attempts, created_at, expires_at, next_attempt_at) \
+     VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $7, $6)";
+
+/// Events, newest first, of status `$1` and vehicle `$2` (either `NULL`: any), at most `$3`.
+pub(crate) fn outbox_list() -> String {
+    format!(
+        "SELECT {OUTBOX_COLUMNS} FROM crm_outbox WHERE (CAST($1 AS TEXT) IS NULL OR status = $1) \
+         AND (CAST($2 AS TEXT) IS NULL OR vehicle_id = $2) ORDER BY id DESC LIMIT $3"
+    )
+}
+
+/// Count per status.
+pub(crate) const COUNTS: &str = "SELECT status, COUNT(*) AS n FROM crm_outbox GROUP BY status";
+
+pub(crate) fn counts(rows: &[impl Cols]) -> Result<Vec<(Status, u64)>, StorageError> {
+    let mut out = Vec::new();
+    for r in rows {
+        if let Some(s) = Status::parse(&r.text("status")?) {
+            out.push((s, r.int("n")?.max(0) as u64));
+        }
+    }
+    Ok(out)
 }
 
 #[async_trait]
@@ -224,50 +132,13 @@ impl CrmStore for SqliteStore {
         ttl: chrono::Duration,
     ) -> Result<(), StorageError> {
         let mut tx = self.writer().begin().await?;
-        for s in states {
-            sqlx::query(
-                "INSERT INTO crm_state (scope, id, state, updated_at) VALUES (?, ?, ?, ?) \
-                 ON CONFLICT (scope, id) DO UPDATE SET state = excluded.state, \
-                 updated_at = excluded.updated_at",
-            )
-            .bind(s.scope)
-            .bind(&s.id)
-            .bind(&s.state)
-            .bind(millis(now))
-            .execute(&mut *tx)
-            .await?;
-        }
-        for e in events {
-            let payload = serde_json::to_string(&e.payload)
-                .map_err(|err| StorageError::Invalid(format!("crm event: {err}")))?;
-            sqlx::query(
-                "INSERT INTO crm_outbox (idem_key, vehicle_id, deal_id, kind, payload, status, \
-                 attempts, created_at, expires_at, next_attempt_at) \
-                 VALUES (?, ?, ?, ?, ?, 'pending', 0, ?, ?, ?)",
-            )
-            .bind(new_key(&e.vehicle_id, now))
-            .bind(&e.vehicle_id.0)
-            .bind(&e.deal_id)
-            .bind(e.payload.kind())
-            .bind(payload)
-            .bind(millis(now))
-            .bind(millis(now + ttl))
-            .bind(millis(now))
-            .execute(&mut *tx)
-            .await?;
-        }
+        commit::<sqlx::Sqlite>(&mut tx, states, events, now, ttl).await?;
         tx.commit().await?;
         Ok(())
     }
 
     async fn crm_states(&self, scope: &str) -> Result<Vec<(String, String)>, StorageError> {
-        let rows = sqlx::query("SELECT id, state FROM crm_state WHERE scope = ? ORDER BY id")
-            .bind(scope)
-            .fetch_all(self.reader())
-            .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .collect()
+        reads::crm_states(self.reader(), scope).await
     }
 
     async fn outbox_due(
@@ -285,7 +156,7 @@ impl CrmStore for SqliteStore {
         .bind(limit as i64)
         .fetch_all(self.reader())
         .await?;
-        rows.iter().map(event_from_row).collect()
+        rows.iter().map(outbox_event).collect()
     }
 
     async fn outbox_next_due(&self) -> Result<Option<DateTime<Utc>>, StorageError> {
@@ -395,32 +266,11 @@ impl CrmStore for SqliteStore {
         vehicle: Option<&VehicleId>,
         limit: u32,
     ) -> Result<Vec<OutboxEvent>, StorageError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {OUTBOX_COLUMNS} FROM crm_outbox WHERE (? IS NULL OR status = ?) \
-             AND (? IS NULL OR vehicle_id = ?) ORDER BY id DESC LIMIT ?"
-        ))
-        .bind(status.map(Status::as_str))
-        .bind(status.map(Status::as_str))
-        .bind(vehicle.map(|v| v.0.as_str()))
-        .bind(vehicle.map(|v| v.0.as_str()))
-        .bind(limit as i64)
-        .fetch_all(self.reader())
-        .await?;
-        rows.iter().map(event_from_row).collect()
+        reads::outbox_list(self.reader(), status, vehicle, limit).await
     }
 
     async fn outbox_counts(&self) -> Result<Vec<(Status, u64)>, StorageError> {
-        let rows = sqlx::query("SELECT status, COUNT(*) FROM crm_outbox GROUP BY status")
-            .fetch_all(self.reader())
-            .await?;
-        let mut out = Vec::new();
-        for r in rows {
-            let s: String = r.try_get(0)?;
-            if let Some(s) = Status::parse(&s) {
-                out.push((s, r.try_get::<i64, _>(1)? as u64));
-            }
-        }
-        Ok(out)
+        reads::outbox_counts(self.reader()).await
     }
 
     async fn outbox_purge(&self, before: DateTime<Utc>) -> Result<u64, StorageError> {

@@ -1,188 +1,189 @@
-//! Immobiliser persistence: vehicle states with their reason sets, commands and the audit
-//! trail. Written by the immobiliser actor (and, audit records only, by a forced zone change), one transaction per decision, before the
-//! decision is acted on (so a command is durable before it is written to a device).
+//! The immobiliser's statements and row decoders, shared by both backends, and
+//! [`ImmobiliserStore`] on SQLite: vehicle states with their reason sets, commands and the
+//! audit trail. Written by the immobiliser actor (and, audit records only, by a forced zone
+//! change), one transaction per decision.
 
 use std::collections::BTreeMap;
 
-use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use serde::Serialize;
-use sqlx::sqlite::SqliteRow;
-use sqlx::Row;
-
+use super::reads;
+use super::sql::{unknown, Bind, Cols};
 use super::sqlite::SqliteStore;
-use super::{from_millis, millis, StorageError};
+use super::{from_millis, millis, StorageError, Store};
 use crate::immobiliser::machine::ReasonEntry;
+use crate::immobiliser::store::{
+    AuditEntry, AuditPosition, AuditQuery, Fitting, ImmobChanges, ImmobSnapshot, ImmobiliserStore,
+    VehicleImmobRow,
+};
 use crate::immobiliser::{BlockReason, Command, CommandStatus, ImmobState, Intent};
 use crate::model::{DeviceId, VehicleId};
-
-/// One vehicle's immobiliser as stored.
-#[derive(Clone, Debug, PartialEq)]
-pub struct VehicleImmobRow {
-    pub vehicle_id: VehicleId,
-    pub state: ImmobState,
-    pub since: DateTime<Utc>,
-    pub reasons: BTreeMap<BlockReason, ReasonEntry>,
-}
-
-/// One audit record: what happened to which car, who did it, and where the car was.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct AuditEntry {
-    pub id: i64,
-    pub time: DateTime<Utc>,
-    pub vehicle_id: VehicleId,
-    /// `reason_added`, `reason_lifted`, `state_changed`, `command_<status>`, `force_refused`,
-    /// `zone_change_forced` (a zone change applied with `force=true` moved this car out of
-    /// the service area; written by the geofences API).
-    pub event: String,
-    pub reason: Option<String>,
-    pub actor: String,
-    pub comment: Option<String>,
-    pub state_from: Option<String>,
-    pub state_to: Option<String>,
-    pub command_id: Option<i64>,
-    pub forced: bool,
-    /// The vehicle's last fix at that moment.
-    pub position: Option<AuditPosition>,
-}
-
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct AuditPosition {
-    pub time: DateTime<Utc>,
-    pub lat: f64,
-    pub lon: f64,
-    pub speed_kmh: f64,
-    pub ignition: Option<bool>,
-}
-
-/// Everything one decision changed, written in one transaction.
-#[derive(Clone, Debug, Default)]
-pub struct ImmobChanges {
-    pub vehicles: Vec<VehicleImmobRow>,
-    pub commands: Vec<Command>,
-    pub audit: Vec<AuditEntry>,
-}
-
-impl ImmobChanges {
-    pub fn is_empty(&self) -> bool {
-        self.vehicles.is_empty() && self.commands.is_empty() && self.audit.is_empty()
-    }
-}
-
-/// What the immobiliser starts from after a restart.
-#[derive(Clone, Debug, Default)]
-pub struct ImmobSnapshot {
-    pub vehicles: Vec<VehicleImmobRow>,
-    /// Commands not finished (queued, sent) or acknowledged and awaiting confirmation.
-    pub open_commands: Vec<Command>,
-}
-
-#[derive(Clone, Debug)]
-pub struct AuditQuery {
-    pub vehicle: Option<VehicleId>,
-    pub from: DateTime<Utc>,
-    pub to: DateTime<Utc>,
-    pub limit: u32,
-}
-
-#[async_trait]
-pub trait ImmobiliserStore: Send + Sync {
-    async fn immobiliser_load(&self) -> Result<ImmobSnapshot, StorageError>;
-    /// Write one decision in one transaction. Audit records get their ids from the database
-    /// (the `id` given is ignored); commands keep theirs (see [`Self::reserve_command_ids`]).
-    async fn immobiliser_apply(&self, changes: &ImmobChanges) -> Result<(), StorageError>;
-    /// One vehicle's stored immobiliser and its open commands (as [`Self::immobiliser_load`]
-    /// returns them), for an instance taking the vehicle over from another.
-    async fn immobiliser_vehicle(
-        &self,
-        vehicle: &VehicleId,
-    ) -> Result<(Option<VehicleImmobRow>, Vec<Command>), StorageError> {
-        // Backends for one instance need no take-over; this is correct, just not minimal.
-        let snap = self.immobiliser_load().await?;
-        Ok((
-            snap.vehicles.into_iter().find(|v| &v.vehicle_id == vehicle),
-            snap.open_commands
-                .into_iter()
-                .filter(|c| &c.vehicle_id == vehicle)
-                .collect(),
-        ))
-    }
-    /// Reserve `n` command ids no other process sharing the database will ever get.
-    async fn reserve_command_ids(&self, n: u32) -> Result<Vec<i64>, StorageError>;
-    /// A vehicle's commands, newest first.
-    async fn commands(&self, vehicle: &VehicleId, limit: u32)
-        -> Result<Vec<Command>, StorageError>;
-    async fn command(&self, id: i64) -> Result<Option<Command>, StorageError>;
-    /// Audit records with `from <= time < to`, oldest first.
-    async fn audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, StorageError>;
-}
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
 
 pub(crate) const COMMAND_SELECT: &str = "SELECT id, vehicle_id, device_id, intent, text, output, status, forced, reasons, actor, \
      attempts, created_at, next_attempt_at, sent_at, acknowledged_at, confirmed_at, finished_at, expires_at, response, error \
      FROM immobiliser_commands";
 
-fn opt_time(r: &SqliteRow, i: usize) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-    Ok(r.try_get::<Option<i64>, _>(i)?.map(from_millis))
+/// Every vehicle's state, for [`snapshot`].
+pub(crate) const STATES: &str = "SELECT vehicle_id, state, since FROM immobiliser_state";
+/// Every vehicle's reasons, for [`snapshot`].
+pub(crate) const REASONS: &str =
+    "SELECT vehicle_id, reason, since, actor, comment FROM immobiliser_reasons";
+
+/// Commands still open at `$1`: not finished, or acknowledged and awaiting confirmation.
+pub(crate) fn open_commands() -> String {
+    format!(
+        "{COMMAND_SELECT} WHERE status IN ('queued', 'sent') \
+         OR (status = 'acknowledged' AND expires_at > $1) ORDER BY id"
+    )
 }
 
-fn bad(what: &str, v: &str) -> sqlx::Error {
-    sqlx::Error::Decode(format!("unknown {what} '{v}'").into())
-}
-
-fn command_from_row(r: &SqliteRow) -> Result<Command, sqlx::Error> {
-    let intent: String = r.try_get(3)?;
-    let status: String = r.try_get(6)?;
-    Ok(Command {
-        id: r.try_get(0)?,
-        vehicle_id: VehicleId(r.try_get(1)?),
-        device_id: r.try_get::<Option<String>, _>(2)?.map(DeviceId),
-        intent: Intent::parse(&intent).ok_or_else(|| bad("intent", &intent))?,
-        text: r.try_get(4)?,
-        output: r.try_get::<i64, _>(5)?.clamp(1, 32) as u8,
-        status: CommandStatus::parse(&status).ok_or_else(|| bad("status", &status))?,
-        forced: r.try_get(7)?,
-        reasons: r.try_get(8)?,
-        actor: r.try_get(9)?,
-        attempts: r.try_get::<i64, _>(10)?.max(0) as u32,
-        created_at: from_millis(r.try_get(11)?),
-        next_attempt_at: from_millis(r.try_get(12)?),
-        sent_at: opt_time(r, 13)?,
-        acknowledged_at: opt_time(r, 14)?,
-        confirmed_at: opt_time(r, 15)?,
-        finished_at: opt_time(r, 16)?,
-        expires_at: from_millis(r.try_get(17)?),
-        response: r.try_get(18)?,
-        error: r.try_get(19)?,
+/// What [`ImmobiliserStore::immobiliser_load`] returns, from the rows of [`STATES`],
+/// [`REASONS`] and [`open_commands`]. A reason this version cannot parse is skipped.
+pub(crate) fn snapshot<R: Cols>(
+    states: &[R],
+    reasons: &[R],
+    commands: &[R],
+) -> Result<ImmobSnapshot, sqlx::Error> {
+    let mut vehicles: BTreeMap<String, VehicleImmobRow> = BTreeMap::new();
+    for r in states {
+        let id = r.text("vehicle_id")?;
+        let state = r.text("state")?;
+        let state = ImmobState::parse(&state).ok_or_else(|| unknown("state", &state))?;
+        vehicles.insert(
+            id.clone(),
+            VehicleImmobRow {
+                vehicle_id: VehicleId(id),
+                state,
+                since: r.time("since")?,
+                reasons: BTreeMap::new(),
+            },
+        );
+    }
+    for r in reasons {
+        let id = r.text("vehicle_id")?;
+        let Ok(reason) = BlockReason::parse(&r.text("reason")?) else {
+            continue;
+        };
+        let v = vehicles
+            .entry(id.clone())
+            .or_insert_with(|| VehicleImmobRow {
+                vehicle_id: VehicleId(id),
+                state: ImmobState::Running,
+                since: DateTime::<Utc>::default(),
+                reasons: BTreeMap::new(),
+            });
+        v.reasons.insert(reason, reason_entry(r)?);
+    }
+    Ok(ImmobSnapshot {
+        vehicles: vehicles.into_values().collect(),
+        open_commands: commands.iter().map(command).collect::<Result<_, _>>()?,
     })
 }
+
+pub(crate) fn reason_entry(r: &impl Cols) -> Result<ReasonEntry, sqlx::Error> {
+    Ok(ReasonEntry {
+        since: r.time("since")?,
+        actor: r.text("actor")?,
+        comment: r.opt_text("comment")?,
+    })
+}
+
+pub(crate) fn command(r: &impl Cols) -> Result<Command, sqlx::Error> {
+    let intent = r.text("intent")?;
+    let status = r.text("status")?;
+    Ok(Command {
+        id: r.int("id")?,
+        vehicle_id: VehicleId(r.text("vehicle_id")?),
+        device_id: r.opt_text("device_id")?.map(DeviceId),
+        intent: Intent::parse(&intent).ok_or_else(|| unknown("intent", &intent))?,
+        text: r.opt_text("text")?,
+        output: r.int("output")?.clamp(1, 32) as u8,
+        status: CommandStatus::parse(&status).ok_or_else(|| unknown("status", &status))?,
+        forced: r.flag("forced")?,
+        reasons: r.text("reasons")?,
+        actor: r.text("actor")?,
+        attempts: r.int("attempts")?.clamp(0, i64::from(u32::MAX)) as u32,
+        created_at: r.time("created_at")?,
+        next_attempt_at: r.time("next_attempt_at")?,
+        sent_at: r.opt_time("sent_at")?,
+        acknowledged_at: r.opt_time("acknowledged_at")?,
+        confirmed_at: r.opt_time("confirmed_at")?,
+        finished_at: r.opt_time("finished_at")?,
+        expires_at: r.time("expires_at")?,
+        response: r.opt_text("response")?,
+        error: r.opt_text("error")?,
+    })
+}
+
+/// Insert a command or update its progress: `$1`…`$20` in the order of the column list.
+pub(crate) const UPSERT_COMMAND: &str =
+    "INSERT INTO immobiliser_commands (id, vehicle_id, device_id, intent, text, output, status, forced, \
+     reasons, actor, attempts, created_at, next_attempt_at, sent_at, acknowledged_at, confirmed_at, \
+     finished_at, expires_at, response, error) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) \
+     ON CONFLICT (id) DO UPDATE SET status = excluded.status, attempts = excluded.attempts, \
+     next_attempt_at = excluded.next_attempt_at, sent_at = excluded.sent_at, \
+     acknowledged_at = excluded.acknowledged_at, confirmed_at = excluded.confirmed_at, \
+     finished_at = excluded.finished_at, response = excluded.response, error = excluded.error";
+
+/// [`UPSERT_COMMAND`] for command `c`.
+pub(crate) fn bind_command<'q, Q: Bind<'q>>(q: Q, c: &'q Command) -> Q {
+    q.int(c.id)
+        .text(&c.vehicle_id.0)
+        .opt_text(c.device_id.as_ref().map(|d| d.as_str()))
+        .text(c.intent.as_str())
+        .opt_text(c.text.as_deref())
+        .int(i64::from(c.output))
+        .text(c.status.as_str())
+        .flag(c.forced)
+        .text(&c.reasons)
+        .text(&c.actor)
+        .int(i64::from(c.attempts))
+        .int(millis(c.created_at))
+        .int(millis(c.next_attempt_at))
+        .opt_int(c.sent_at.map(millis))
+        .opt_int(c.acknowledged_at.map(millis))
+        .opt_int(c.confirmed_at.map(millis))
+        .opt_int(c.finished_at.map(millis))
+        .int(millis(c.expires_at))
+        .opt_text(c.response.as_deref())
+        .opt_text(c.error.as_deref())
+}
+
+/// Insert or replace a vehicle's state: `$1` vehicle, `$2` state, `$3` since, `$4` now.
+pub(crate) const DELETE_REASONS: &str = "DELETE FROM immobiliser_reasons WHERE vehicle_id = $1";
+
+pub(crate) const UPSERT_STATE: &str =
+    "INSERT INTO immobiliser_state (vehicle_id, state, since, updated_at) VALUES ($1, $2, $3, $4) \
+     ON CONFLICT (vehicle_id) DO UPDATE SET state = excluded.state, since = excluded.since, \
+     updated_at = excluded.updated_at";
 
 pub(crate) const AUDIT_SELECT: &str = "SELECT id, time, vehicle_id, event, reason, actor, comment, state_from, state_to, command_id, \
      forced, fix_time, lat, lon, speed_kmh, ignition FROM audit_log";
 
-fn audit_from_row(r: &SqliteRow) -> Result<AuditEntry, sqlx::Error> {
-    let fix: Option<i64> = r.try_get(11)?;
-    let position = match fix {
+pub(crate) fn audit(r: &impl Cols) -> Result<AuditEntry, sqlx::Error> {
+    let position = match r.opt_int("fix_time")? {
         Some(t) => Some(AuditPosition {
             time: from_millis(t),
-            lat: r.try_get::<Option<f64>, _>(12)?.unwrap_or_default(),
-            lon: r.try_get::<Option<f64>, _>(13)?.unwrap_or_default(),
-            speed_kmh: r.try_get::<Option<f64>, _>(14)?.unwrap_or_default(),
-            ignition: r.try_get(15)?,
+            lat: r.opt_real("lat")?.unwrap_or_default(),
+            lon: r.opt_real("lon")?.unwrap_or_default(),
+            speed_kmh: r.opt_real("speed_kmh")?.unwrap_or_default(),
+            ignition: r.opt_flag("ignition")?,
         }),
         None => None,
     };
     Ok(AuditEntry {
-        id: r.try_get(0)?,
-        time: from_millis(r.try_get(1)?),
-        vehicle_id: VehicleId(r.try_get(2)?),
-        event: r.try_get(3)?,
-        reason: r.try_get(4)?,
-        actor: r.try_get(5)?,
-        comment: r.try_get(6)?,
-        state_from: r.try_get(7)?,
-        state_to: r.try_get(8)?,
-        command_id: r.try_get(9)?,
-        forced: r.try_get(10)?,
+        id: r.int("id")?,
+        time: r.time("time")?,
+        vehicle_id: VehicleId(r.text("vehicle_id")?),
+        event: r.text("event")?,
+        reason: r.opt_text("reason")?,
+        actor: r.text("actor")?,
+        comment: r.opt_text("comment")?,
+        state_from: r.opt_text("state_from")?,
+        state_to: r.opt_text("state_to")?,
+        command_id: r.opt_int("command_id")?,
+        forced: r.flag("forced")?,
         position,
     })
 }
@@ -190,67 +191,24 @@ fn audit_from_row(r: &SqliteRow) -> Result<AuditEntry, sqlx::Error> {
 #[async_trait]
 impl ImmobiliserStore for SqliteStore {
     async fn immobiliser_load(&self) -> Result<ImmobSnapshot, StorageError> {
-        let mut vehicles: BTreeMap<String, VehicleImmobRow> = BTreeMap::new();
-        let rows = sqlx::query("SELECT vehicle_id, state, since FROM immobiliser_state")
+        let states = sqlx::query(STATES).fetch_all(&self.writer).await?;
+        let reasons = sqlx::query(REASONS).fetch_all(&self.writer).await?;
+        let commands = sqlx::query(&open_commands())
+            .bind(millis(Utc::now()))
             .fetch_all(&self.writer)
             .await?;
-        for r in rows {
-            let id: String = r.try_get(0)?;
-            let state: String = r.try_get(1)?;
-            let state = ImmobState::parse(&state).ok_or_else(|| bad("state", &state))?;
-            vehicles.insert(
-                id.clone(),
-                VehicleImmobRow {
-                    vehicle_id: VehicleId(id),
-                    state,
-                    since: from_millis(r.try_get(2)?),
-                    reasons: BTreeMap::new(),
-                },
-            );
-        }
-        let rows = sqlx::query(
-            "SELECT vehicle_id, reason, since, actor, comment FROM immobiliser_reasons",
-        )
-        .fetch_all(&self.writer)
-        .await?;
-        for r in rows {
-            let id: String = r.try_get(0)?;
-            let reason: String = r.try_get(1)?;
-            let Ok(reason) = BlockReason::parse(&reason) else {
-                continue;
-            };
-            let v = vehicles
-                .entry(id.clone())
-                .or_insert_with(|| VehicleImmobRow {
-                    vehicle_id: VehicleId(id),
-                    state: ImmobState::Running,
-                    since: DateTime::<Utc>::default(),
-                    reasons: BTreeMap::new(),
-                });
-            v.reasons.insert(
-                reason,
-                ReasonEntry {
-                    since: from_millis(r.try_get(2)?),
-                    actor: r.try_get(3)?,
-                    comment: r.try_get(4)?,
-                },
-            );
-        }
-        let rows = sqlx::query(&format!(
-            "{COMMAND_SELECT} WHERE status IN ('queued', 'sent') \
-             OR (status = 'acknowledged' AND expires_at > ?) ORDER BY id"
-        ))
-        .bind(millis(Utc::now()))
-        .fetch_all(&self.writer)
-        .await?;
-        let open_commands = rows
-            .iter()
-            .map(command_from_row)
-            .collect::<Result<_, _>>()?;
-        Ok(ImmobSnapshot {
-            vehicles: vehicles.into_values().collect(),
-            open_commands,
-        })
+        Ok(snapshot(&states, &reasons, &commands)?)
+    }
+
+    async fn fitting(&self, vehicle: &VehicleId) -> Result<Option<Fitting>, StorageError> {
+        Ok(Store::vehicle(self, vehicle).await?.map(|v| Fitting {
+            device: v.device_id,
+            protocol: v.protocol,
+        }))
+    }
+
+    async fn vehicle_of(&self, device: &DeviceId) -> Result<Option<VehicleId>, StorageError> {
+        Ok(Store::vehicle_by_device(self, device).await?.map(|v| v.id))
     }
 
     async fn reserve_command_ids(&self, n: u32) -> Result<Vec<i64>, StorageError> {
@@ -271,18 +229,14 @@ impl ImmobiliserStore for SqliteStore {
         let now = millis(Utc::now());
         let mut tx = self.writer.begin().await?;
         for v in &ch.vehicles {
-            sqlx::query(
-                "INSERT INTO immobiliser_state (vehicle_id, state, since, updated_at) VALUES (?, ?, ?, ?) \
-                 ON CONFLICT(vehicle_id) DO UPDATE SET state = excluded.state, since = excluded.since, \
-                 updated_at = excluded.updated_at",
-            )
-            .bind(&v.vehicle_id.0)
-            .bind(v.state.as_str())
-            .bind(millis(v.since))
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("DELETE FROM immobiliser_reasons WHERE vehicle_id = ?")
+            sqlx::query(UPSERT_STATE)
+                .bind(&v.vehicle_id.0)
+                .bind(v.state.as_str())
+                .bind(millis(v.since))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(DELETE_REASONS)
                 .bind(&v.vehicle_id.0)
                 .execute(&mut *tx)
                 .await?;
@@ -300,38 +254,9 @@ impl ImmobiliserStore for SqliteStore {
             }
         }
         for c in &ch.commands {
-            sqlx::query(
-                "INSERT INTO immobiliser_commands (id, vehicle_id, device_id, intent, text, output, status, forced, \
-                 reasons, actor, attempts, created_at, next_attempt_at, sent_at, acknowledged_at, confirmed_at, \
-                 finished_at, expires_at, response, error) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
-                 ON CONFLICT(id) DO UPDATE SET status = excluded.status, attempts = excluded.attempts, \
-                 next_attempt_at = excluded.next_attempt_at, sent_at = excluded.sent_at, \
-                 acknowledged_at = excluded.acknowledged_at, confirmed_at = excluded.confirmed_at, \
-                 finished_at = excluded.finished_at, response = excluded.response, error = excluded.error",
-            )
-            .bind(c.id)
-            .bind(&c.vehicle_id.0)
-            .bind(c.device_id.as_ref().map(|d| d.as_str()))
-            .bind(c.intent.as_str())
-            .bind(&c.text)
-            .bind(i64::from(c.output))
-            .bind(c.status.as_str())
-            .bind(c.forced)
-            .bind(&c.reasons)
-            .bind(&c.actor)
-            .bind(i64::from(c.attempts))
-            .bind(millis(c.created_at))
-            .bind(millis(c.next_attempt_at))
-            .bind(c.sent_at.map(millis))
-            .bind(c.acknowledged_at.map(millis))
-            .bind(c.confirmed_at.map(millis))
-            .bind(c.finished_at.map(millis))
-            .bind(millis(c.expires_at))
-            .bind(&c.response)
-            .bind(&c.error)
-            .execute(&mut *tx)
-            .await?;
+            bind_command(sqlx::query(UPSERT_COMMAND), c)
+                .execute(&mut *tx)
+                .await?;
         }
         for a in &ch.audit {
             let p = a.position.as_ref();
@@ -367,25 +292,11 @@ impl ImmobiliserStore for SqliteStore {
         vehicle: &VehicleId,
         limit: u32,
     ) -> Result<Vec<Command>, StorageError> {
-        let rows = sqlx::query(&format!(
-            "{COMMAND_SELECT} WHERE vehicle_id = ? ORDER BY id DESC LIMIT ?"
-        ))
-        .bind(&vehicle.0)
-        .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(command_from_row)
-            .collect::<Result<_, _>>()?)
+        reads::commands(&self.reader, vehicle, limit).await
     }
 
     async fn command(&self, id: i64) -> Result<Option<Command>, StorageError> {
-        let row = sqlx::query(&format!("{COMMAND_SELECT} WHERE id = ?"))
-            .bind(id)
-            .fetch_optional(&self.reader)
-            .await?;
-        Ok(row.as_ref().map(command_from_row).transpose()?)
+        reads::command(&self.reader, id).await
     }
 
     async fn audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, StorageError> {
@@ -412,6 +323,6 @@ impl ImmobiliserStore for SqliteStore {
                 .await?
             }
         };
-        Ok(rows.iter().map(audit_from_row).collect::<Result<_, _>>()?)
+        Ok(rows.iter().map(audit).collect::<Result<_, _>>()?)
     }
 }

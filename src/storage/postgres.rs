@@ -17,13 +17,13 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
-use sqlx::Row;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 
 use super::config::StorageConfig;
+use super::reads;
+use super::sql::{self, Dialect};
 use super::{
-    from_millis, millis, DeviceState, StorageError, Store, StoredPosition, TrackPoint, Vehicle,
-    VehicleUpdate, WriteItem,
+    DeviceState, StorageError, Store, StoredPosition, TrackPoint, Vehicle, VehicleUpdate, WriteItem,
 };
 use crate::model::{DeviceId, VehicleId};
 use arrays::{PositionArrays, StateArrays};
@@ -66,9 +66,7 @@ impl PostgresStore {
     }
 }
 
-const POSITION_COLUMNS: &str =
-    "fix_time, server_time, valid, lat, lon, speed_kmh, course, altitude, satellites, \
-     ignition, motion, odometer_m, gps_odometer_m, inputs, outputs, power_v, alarm, attributes::text";
+const SQL: Dialect = Dialect::Postgres;
 
 const INSERT_POSITIONS: &str = "INSERT INTO positions (device_id, fix_time, server_time, valid, lat, lon, speed_kmh, \
      course, altitude, satellites, ignition, motion, odometer_m, gps_odometer_m, inputs, outputs, power_v, alarm, \
@@ -95,90 +93,6 @@ const UPSERT_STATES: &str = "INSERT INTO device_state AS ds (device_id, protocol
      odometer_m = excluded.odometer_m, gps_odometer_m = excluded.gps_odometer_m, inputs = excluded.inputs, \
      outputs = excluded.outputs, power_v = excluded.power_v, attributes = excluded.attributes \
      WHERE excluded.last_seen >= ds.last_seen";
-
-fn position_from_row(r: &PgRow) -> Result<StoredPosition, sqlx::Error> {
-    let attrs: String = r.try_get(17)?;
-    Ok(StoredPosition {
-        time: from_millis(r.try_get(0)?),
-        server_time: from_millis(r.try_get(1)?),
-        valid: r.try_get(2)?,
-        lat: r.try_get(3)?,
-        lon: r.try_get(4)?,
-        speed_kmh: r.try_get(5)?,
-        course: r.try_get(6)?,
-        altitude: r.try_get(7)?,
-        satellites: r.try_get::<Option<i32>, _>(8)?.map(|v| v as u16),
-        ignition: r.try_get(9)?,
-        motion: r.try_get(10)?,
-        odometer_m: r.try_get(11)?,
-        gps_odometer_m: r.try_get(12)?,
-        inputs: r.try_get::<Option<i64>, _>(13)?.map(|v| v as u32),
-        outputs: r.try_get::<Option<i64>, _>(14)?.map(|v| v as u32),
-        power_v: r.try_get(15)?,
-        alarm: r.try_get(16)?,
-        attributes: serde_json::from_str(&attrs).unwrap_or(serde_json::Value::Null),
-    })
-}
-
-const STATE_SELECT: &str = "SELECT device_id, protocol, last_seen, fix_time, valid, lat, lon, speed_kmh, course, altitude, \
-     satellites, ignition, motion, odometer_m, gps_odometer_m, inputs, outputs, attributes::text, power_v FROM device_state";
-
-fn state_from_row(r: &PgRow) -> Result<DeviceState, sqlx::Error> {
-    let fix: Option<i64> = r.try_get(3)?;
-    let position = match fix {
-        Some(fix) => {
-            // device_state has no server_time/alarm columns: reuse last_seen and none.
-            let attrs: Option<String> = r.try_get(17)?;
-            Some(StoredPosition {
-                time: from_millis(fix),
-                server_time: from_millis(r.try_get(2)?),
-                valid: r.try_get::<Option<bool>, _>(4)?.unwrap_or(false),
-                lat: r.try_get::<Option<f64>, _>(5)?.unwrap_or_default(),
-                lon: r.try_get::<Option<f64>, _>(6)?.unwrap_or_default(),
-                speed_kmh: r.try_get::<Option<f64>, _>(7)?.unwrap_or_default(),
-                course: r.try_get::<Option<f64>, _>(8)?.unwrap_or_default(),
-                altitude: r.try_get::<Option<f64>, _>(9)?.unwrap_or_default(),
-                satellites: r.try_get::<Option<i32>, _>(10)?.map(|v| v as u16),
-                ignition: r.try_get(11)?,
-                motion: r.try_get(12)?,
-                odometer_m: r.try_get(13)?,
-                gps_odometer_m: r.try_get(14)?,
-                inputs: r.try_get::<Option<i64>, _>(15)?.map(|v| v as u32),
-                outputs: r.try_get::<Option<i64>, _>(16)?.map(|v| v as u32),
-                power_v: r.try_get(18)?,
-                alarm: None,
-                attributes: attrs
-                    .and_then(|a| serde_json::from_str(&a).ok())
-                    .unwrap_or(serde_json::Value::Null),
-            })
-        }
-        None => None,
-    };
-    Ok(DeviceState {
-        device_id: DeviceId(r.try_get(0)?),
-        protocol: r.try_get(1)?,
-        last_seen: from_millis(r.try_get(2)?),
-        position,
-        gps_odometer_m: r.try_get(14)?,
-    })
-}
-
-fn vehicle_from_row(r: &PgRow) -> Result<Vehicle, sqlx::Error> {
-    Ok(Vehicle {
-        id: VehicleId(r.try_get(0)?),
-        device_id: r.try_get::<Option<String>, _>(1)?.map(DeviceId),
-        protocol: r.try_get(2)?,
-        plate: r.try_get(3)?,
-        driver_id: r.try_get(4)?,
-        crm_deal_id: r.try_get(5)?,
-        status: r.try_get(6)?,
-        created_at: from_millis(r.try_get(7)?),
-        updated_at: from_millis(r.try_get(8)?),
-    })
-}
-
-const VEHICLE_SELECT: &str =
-    "SELECT id, device_id, protocol, plate, driver_id, crm_deal_id, status, created_at, updated_at FROM vehicles";
 
 #[async_trait]
 impl Store for PostgresStore {
@@ -240,16 +154,11 @@ impl Store for PostgresStore {
     }
 
     async fn device_states(&self) -> Result<Vec<DeviceState>, StorageError> {
-        let rows = sqlx::query(STATE_SELECT).fetch_all(&self.pool).await?;
-        Ok(rows.iter().map(state_from_row).collect::<Result<_, _>>()?)
+        reads::device_states(&self.pool, SQL).await
     }
 
     async fn device_state(&self, device: &DeviceId) -> Result<Option<DeviceState>, StorageError> {
-        let row = sqlx::query(&format!("{STATE_SELECT} WHERE device_id = $1"))
-            .bind(device.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.as_ref().map(state_from_row).transpose()?)
+        reads::device_state(&self.pool, SQL, device).await
     }
 
     async fn track(
@@ -259,20 +168,7 @@ impl Store for PostgresStore {
         to: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<StoredPosition>, StorageError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {POSITION_COLUMNS} FROM positions WHERE device_id = $1 AND fix_time >= $2 AND fix_time < $3 \
-             ORDER BY fix_time LIMIT $4"
-        ))
-        .bind(device.as_str())
-        .bind(millis(from))
-        .bind(millis(to))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(position_from_row)
-            .collect::<Result<_, _>>()?)
+        reads::track(&self.pool, SQL, device, from, to, limit).await
     }
 
     async fn track_points(
@@ -282,52 +178,19 @@ impl Store for PostgresStore {
         to: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<TrackPoint>, StorageError> {
-        let rows = sqlx::query(
-            "SELECT fix_time, lat, lon FROM positions WHERE device_id = $1 AND fix_time >= $2 \
-             AND fix_time < $3 ORDER BY fix_time LIMIT $4",
-        )
-        .bind(device.as_str())
-        .bind(millis(from))
-        .bind(millis(to))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(TrackPoint {
-                    time: from_millis(r.try_get("fix_time")?),
-                    lat: r.try_get("lat")?,
-                    lon: r.try_get("lon")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StorageError::from)
+        reads::track_points(&self.pool, device, from, to, limit).await
     }
 
     async fn vehicles(&self) -> Result<Vec<Vehicle>, StorageError> {
-        let rows = sqlx::query(&format!("{VEHICLE_SELECT} ORDER BY id"))
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows
-            .iter()
-            .map(vehicle_from_row)
-            .collect::<Result<_, _>>()?)
+        reads::vehicles(&self.pool).await
     }
 
     async fn vehicle(&self, id: &VehicleId) -> Result<Option<Vehicle>, StorageError> {
-        let row = sqlx::query(&format!("{VEHICLE_SELECT} WHERE id = $1"))
-            .bind(&id.0)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.as_ref().map(vehicle_from_row).transpose()?)
+        reads::vehicle_where(&self.pool, "id", &id.0).await
     }
 
     async fn vehicle_by_device(&self, device: &DeviceId) -> Result<Option<Vehicle>, StorageError> {
-        let row = sqlx::query(&format!("{VEHICLE_SELECT} WHERE device_id = $1"))
-            .bind(device.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.as_ref().map(vehicle_from_row).transpose()?)
+        reads::vehicle_where(&self.pool, "device_id", device.as_str()).await
     }
 
     async fn upsert_vehicle(
@@ -335,32 +198,16 @@ impl Store for PostgresStore {
         id: &VehicleId,
         u: &VehicleUpdate,
     ) -> Result<Vehicle, StorageError> {
-        let now = millis(Utc::now());
+        let now = Utc::now();
         let mut tx = self.pool.begin().await?;
         if let Some(dev) = &u.device_id {
             if let Some(owner) = device_owner(&mut tx, dev, &id.0).await? {
                 return Err(StorageError::DeviceTaken(dev.clone(), owner));
             }
         }
-        let upserted = sqlx::query(
-            "INSERT INTO vehicles (id, device_id, protocol, plate, driver_id, crm_deal_id, status, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, COALESCE($7, 'available'), $8, $8) \
-             ON CONFLICT (id) DO UPDATE SET device_id = COALESCE(excluded.device_id, vehicles.device_id), \
-             protocol = COALESCE(excluded.protocol, vehicles.protocol), plate = COALESCE(excluded.plate, vehicles.plate), \
-             driver_id = COALESCE(excluded.driver_id, vehicles.driver_id), \
-             crm_deal_id = COALESCE(excluded.crm_deal_id, vehicles.crm_deal_id), \
-             status = COALESCE($7, vehicles.status), updated_at = excluded.updated_at",
-        )
-        .bind(&id.0)
-        .bind(&u.device_id)
-        .bind(&u.protocol)
-        .bind(&u.plate)
-        .bind(&u.driver_id)
-        .bind(&u.crm_deal_id)
-        .bind(&u.status)
-        .bind(now)
-        .execute(&mut *tx)
-        .await;
+        let upserted = sql::bind_vehicle(sqlx::query(sql::UPSERT_VEHICLE), id, u, now)
+            .execute(&mut *tx)
+            .await;
         if let Err(e) = upserted {
             // Another instance fitted the device between our check and our insert.
             let unique =
@@ -374,12 +221,12 @@ impl Store for PostgresStore {
             }
             return Err(e.into());
         }
-        let row = sqlx::query(&format!("{VEHICLE_SELECT} WHERE id = $1"))
+        let row = sqlx::query(&format!("{} WHERE id = $1", sql::VEHICLE_SELECT))
             .bind(&id.0)
             .fetch_one(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(vehicle_from_row(&row)?)
+        Ok(sql::vehicle(&row)?)
     }
 
     async fn ping(&self) -> Result<(), StorageError> {
@@ -397,7 +244,7 @@ async fn device_owner(
     device: &str,
     except: &str,
 ) -> Result<Option<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT id FROM vehicles WHERE device_id = $1 AND id <> $2")
+    sqlx::query_scalar(sql::DEVICE_OWNER)
         .bind(device)
         .bind(except)
         .fetch_optional(&mut **tx)

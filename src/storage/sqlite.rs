@@ -6,15 +6,14 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
-use sqlx::{Row, SqlitePool};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::SqlitePool;
 
 use super::config::StorageConfig;
+use super::reads;
+use super::sql::{self, Dialect};
 use super::{
-    from_millis, millis, DeviceState, StorageError, Store, StoredPosition, TrackPoint, Vehicle,
-    VehicleUpdate, WriteItem,
+    DeviceState, StorageError, Store, StoredPosition, TrackPoint, Vehicle, VehicleUpdate, WriteItem,
 };
 use crate::model::{DeviceId, VehicleId};
 
@@ -117,93 +116,7 @@ async fn released_clean(conn: &mut sqlx::SqliteConnection) -> Result<bool, sqlx:
     Ok(!open)
 }
 
-const POSITION_COLUMNS: &str =
-    "fix_time, server_time, valid, lat, lon, speed_kmh, course, altitude, satellites, \
-     ignition, motion, odometer_m, gps_odometer_m, inputs, outputs, power_v, alarm, attributes";
-
-fn position_from_row(r: &SqliteRow, offset: usize) -> Result<StoredPosition, sqlx::Error> {
-    let attrs: String = r.try_get(offset + 17)?;
-    Ok(StoredPosition {
-        time: from_millis(r.try_get(offset)?),
-        server_time: from_millis(r.try_get(offset + 1)?),
-        valid: r.try_get(offset + 2)?,
-        lat: r.try_get(offset + 3)?,
-        lon: r.try_get(offset + 4)?,
-        speed_kmh: r.try_get(offset + 5)?,
-        course: r.try_get(offset + 6)?,
-        altitude: r.try_get(offset + 7)?,
-        satellites: r.try_get::<Option<i64>, _>(offset + 8)?.map(|v| v as u16),
-        ignition: r.try_get(offset + 9)?,
-        motion: r.try_get(offset + 10)?,
-        odometer_m: r.try_get(offset + 11)?,
-        gps_odometer_m: r.try_get(offset + 12)?,
-        inputs: r.try_get::<Option<i64>, _>(offset + 13)?.map(|v| v as u32),
-        outputs: r.try_get::<Option<i64>, _>(offset + 14)?.map(|v| v as u32),
-        power_v: r.try_get(offset + 15)?,
-        alarm: r.try_get(offset + 16)?,
-        attributes: serde_json::from_str(&attrs).unwrap_or(serde_json::Value::Null),
-    })
-}
-
-fn state_from_row(r: &SqliteRow) -> Result<DeviceState, sqlx::Error> {
-    let fix: Option<i64> = r.try_get(3)?;
-    let position = match fix {
-        Some(_) => {
-            // device_state has no server_time/alarm columns: reuse last_seen and none.
-            let attrs: Option<String> = r.try_get(17)?;
-            Some(StoredPosition {
-                time: from_millis(r.try_get(3)?),
-                server_time: from_millis(r.try_get(2)?),
-                valid: r.try_get(4)?,
-                lat: r.try_get(5)?,
-                lon: r.try_get(6)?,
-                speed_kmh: r.try_get(7)?,
-                course: r.try_get(8)?,
-                altitude: r.try_get(9)?,
-                satellites: r.try_get::<Option<i64>, _>(10)?.map(|v| v as u16),
-                ignition: r.try_get(11)?,
-                motion: r.try_get(12)?,
-                odometer_m: r.try_get(13)?,
-                gps_odometer_m: r.try_get(14)?,
-                inputs: r.try_get::<Option<i64>, _>(15)?.map(|v| v as u32),
-                outputs: r.try_get::<Option<i64>, _>(16)?.map(|v| v as u32),
-                power_v: r.try_get(18)?,
-                alarm: None,
-                attributes: attrs
-                    .and_then(|a| serde_json::from_str(&a).ok())
-                    .unwrap_or(serde_json::Value::Null),
-            })
-        }
-        None => None,
-    };
-    Ok(DeviceState {
-        device_id: DeviceId(r.try_get(0)?),
-        protocol: r.try_get(1)?,
-        last_seen: from_millis(r.try_get(2)?),
-        position,
-        gps_odometer_m: r.try_get(14)?,
-    })
-}
-
-const STATE_SELECT: &str = "SELECT device_id, protocol, last_seen, fix_time, valid, lat, lon, speed_kmh, course, altitude, \
-     satellites, ignition, motion, odometer_m, gps_odometer_m, inputs, outputs, attributes, power_v FROM device_state";
-
-fn vehicle_from_row(r: &SqliteRow) -> Result<Vehicle, sqlx::Error> {
-    Ok(Vehicle {
-        id: VehicleId(r.try_get(0)?),
-        device_id: r.try_get::<Option<String>, _>(1)?.map(DeviceId),
-        protocol: r.try_get(2)?,
-        plate: r.try_get(3)?,
-        driver_id: r.try_get(4)?,
-        crm_deal_id: r.try_get(5)?,
-        status: r.try_get(6)?,
-        created_at: from_millis(r.try_get(7)?),
-        updated_at: from_millis(r.try_get(8)?),
-    })
-}
-
-const VEHICLE_SELECT: &str =
-    "SELECT id, device_id, protocol, plate, driver_id, crm_deal_id, status, created_at, updated_at FROM vehicles";
+const SQL: Dialect = Dialect::Sqlite;
 
 #[async_trait]
 impl Store for SqliteStore {
@@ -216,16 +129,11 @@ impl Store for SqliteStore {
     }
 
     async fn device_states(&self) -> Result<Vec<DeviceState>, StorageError> {
-        let rows = sqlx::query(STATE_SELECT).fetch_all(&self.reader).await?;
-        Ok(rows.iter().map(state_from_row).collect::<Result<_, _>>()?)
+        reads::device_states(&self.reader, SQL).await
     }
 
     async fn device_state(&self, device: &DeviceId) -> Result<Option<DeviceState>, StorageError> {
-        let row = sqlx::query(&format!("{STATE_SELECT} WHERE device_id = ?"))
-            .bind(device.as_str())
-            .fetch_optional(&self.reader)
-            .await?;
-        Ok(row.as_ref().map(state_from_row).transpose()?)
+        reads::device_state(&self.reader, SQL, device).await
     }
 
     async fn track(
@@ -235,20 +143,7 @@ impl Store for SqliteStore {
         to: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<StoredPosition>, StorageError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {POSITION_COLUMNS} FROM positions WHERE device_id = ? AND fix_time >= ? AND fix_time < ? \
-             ORDER BY fix_time LIMIT ?"
-        ))
-        .bind(device.as_str())
-        .bind(millis(from))
-        .bind(millis(to))
-        .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(|r| position_from_row(r, 0))
-            .collect::<Result<_, _>>()?)
+        reads::track(&self.reader, SQL, device, from, to, limit).await
     }
 
     async fn track_points(
@@ -258,52 +153,19 @@ impl Store for SqliteStore {
         to: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<TrackPoint>, StorageError> {
-        let rows = sqlx::query(
-            "SELECT fix_time, lat, lon FROM positions WHERE device_id = ? AND fix_time >= ? \
-             AND fix_time < ? ORDER BY fix_time LIMIT ?",
-        )
-        .bind(device.as_str())
-        .bind(millis(from))
-        .bind(millis(to))
-        .bind(i64::from(limit))
-        .fetch_all(&self.reader)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(TrackPoint {
-                    time: from_millis(r.try_get("fix_time")?),
-                    lat: r.try_get("lat")?,
-                    lon: r.try_get("lon")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StorageError::from)
+        reads::track_points(&self.reader, device, from, to, limit).await
     }
 
     async fn vehicles(&self) -> Result<Vec<Vehicle>, StorageError> {
-        let rows = sqlx::query(&format!("{VEHICLE_SELECT} ORDER BY id"))
-            .fetch_all(&self.reader)
-            .await?;
-        Ok(rows
-            .iter()
-            .map(vehicle_from_row)
-            .collect::<Result<_, _>>()?)
+        reads::vehicles(&self.reader).await
     }
 
     async fn vehicle(&self, id: &VehicleId) -> Result<Option<Vehicle>, StorageError> {
-        let row = sqlx::query(&format!("{VEHICLE_SELECT} WHERE id = ?"))
-            .bind(&id.0)
-            .fetch_optional(&self.reader)
-            .await?;
-        Ok(row.as_ref().map(vehicle_from_row).transpose()?)
+        reads::vehicle_where(&self.reader, "id", &id.0).await
     }
 
     async fn vehicle_by_device(&self, device: &DeviceId) -> Result<Option<Vehicle>, StorageError> {
-        let row = sqlx::query(&format!("{VEHICLE_SELECT} WHERE device_id = ?"))
-            .bind(device.as_str())
-            .fetch_optional(&self.reader)
-            .await?;
-        Ok(row.as_ref().map(vehicle_from_row).transpose()?)
+        reads::vehicle_where(&self.reader, "device_id", device.as_str()).await
     }
 
     async fn upsert_vehicle(
@@ -311,46 +173,27 @@ impl Store for SqliteStore {
         id: &VehicleId,
         u: &VehicleUpdate,
     ) -> Result<Vehicle, StorageError> {
-        let now = millis(Utc::now());
+        let now = Utc::now();
         let mut tx = self.writer.begin().await?;
         if let Some(dev) = &u.device_id {
-            let owner: Option<String> =
-                sqlx::query_scalar("SELECT id FROM vehicles WHERE device_id = ? AND id <> ?")
-                    .bind(dev)
-                    .bind(&id.0)
-                    .fetch_optional(&mut *tx)
-                    .await?;
+            let owner: Option<String> = sqlx::query_scalar(sql::DEVICE_OWNER)
+                .bind(dev)
+                .bind(&id.0)
+                .fetch_optional(&mut *tx)
+                .await?;
             if let Some(owner) = owner {
                 return Err(StorageError::DeviceTaken(dev.clone(), owner));
             }
         }
-        sqlx::query(
-            "INSERT INTO vehicles (id, device_id, protocol, plate, driver_id, crm_deal_id, status, created_at, updated_at) \
-             VALUES (?, ?, ?, ?, ?, ?, COALESCE(?, 'available'), ?, ?) \
-             ON CONFLICT(id) DO UPDATE SET device_id = COALESCE(excluded.device_id, vehicles.device_id), \
-             protocol = COALESCE(excluded.protocol, vehicles.protocol), plate = COALESCE(excluded.plate, vehicles.plate), \
-             driver_id = COALESCE(excluded.driver_id, vehicles.driver_id), \
-             crm_deal_id = COALESCE(excluded.crm_deal_id, vehicles.crm_deal_id), \
-             status = COALESCE(?, vehicles.status), updated_at = excluded.updated_at",
-        )
-        .bind(&id.0)
-        .bind(&u.device_id)
-        .bind(&u.protocol)
-        .bind(&u.plate)
-        .bind(&u.driver_id)
-        .bind(&u.crm_deal_id)
-        .bind(&u.status)
-        .bind(now)
-        .bind(now)
-        .bind(&u.status)
-        .execute(&mut *tx)
-        .await?;
-        let row = sqlx::query(&format!("{VEHICLE_SELECT} WHERE id = ?"))
+        sql::bind_vehicle(sqlx::query(sql::UPSERT_VEHICLE), id, u, now)
+            .execute(&mut *tx)
+            .await?;
+        let row = sqlx::query(&format!("{} WHERE id = $1", sql::VEHICLE_SELECT))
             .bind(&id.0)
             .fetch_one(&mut *tx)
             .await?;
         tx.commit().await?;
-        Ok(vehicle_from_row(&row)?)
+        Ok(sql::vehicle(&row)?)
     }
 
     async fn ping(&self) -> Result<(), StorageError> {

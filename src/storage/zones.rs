@@ -1,125 +1,110 @@
-//! Persistence of geofences: API-managed zones, per-device debounced membership, and the
+//! The geofences' statements and row decoders, shared by both backends, and [`ZoneStore`]
+//! on SQLite: API-managed zones, per-device debounced membership, and the
 //! confirmed enter/exit events.
 
-use async_trait::async_trait;
-use chrono::{DateTime, Utc};
-use serde::Serialize;
-use sqlx::Row;
-
+use super::reads;
+use super::sql::{Cols, Dialect};
 use super::sqlite::SqliteStore;
-use super::{from_millis, millis, StorageError};
+use super::{millis, StorageError, Store};
+use crate::geofence::store::{
+    EventQuery, StoredMembership, StoredZone, StoredZoneEvent, ZoneChange, ZoneStore,
+};
 use crate::model::{DeviceId, VehicleId};
+use async_trait::async_trait;
+use chrono::Utc;
 
-/// A zone as stored: its GeoJSON Feature text.
-#[derive(Clone, Debug, PartialEq)]
-pub struct StoredZone {
-    pub name: String,
-    pub kind: String,
-    pub feature: serde_json::Value,
+/// Every stored zone, by name.
+pub(crate) fn zones(d: Dialect) -> String {
+    format!(
+        "SELECT name, kind, {} FROM zones ORDER BY name",
+        d.json("feature")
+    )
 }
 
-/// A device's debounced membership, restored at start.
-#[derive(Clone, Debug, PartialEq)]
-pub struct StoredMembership {
-    pub device_id: DeviceId,
-    pub last_fix: DateTime<Utc>,
-    pub zones: Vec<String>,
+/// Store zone `$1` of kind `$2` with Feature `$3` (JSON text) at `$4`.
+pub(crate) fn put_zone(d: Dialect) -> String {
+    format!(
+        "INSERT INTO zones (name, kind, feature, updated_at) VALUES ($1, $2, {}, $4) \
+         ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, feature = excluded.feature, \
+         updated_at = excluded.updated_at",
+        d.json_param(3)
+    )
 }
 
-/// One device's new membership and the events that led to it, stored together.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ZoneChange {
-    pub membership: StoredMembership,
-    pub events: Vec<StoredZoneEvent>,
+pub(crate) const DELETE_ZONE: &str = "DELETE FROM zones WHERE name = $1";
+
+pub(crate) fn memberships(d: Dialect) -> String {
+    format!(
+        "SELECT device_id, last_fix, {} FROM zone_state",
+        d.json("zones")
+    )
 }
 
-/// A confirmed zone event as the API lists it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-pub struct StoredZoneEvent {
-    pub id: i64,
-    pub vehicle: Option<VehicleId>,
-    pub device_id: DeviceId,
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub zone: String,
-    pub zone_kind: String,
-    pub time: DateTime<Utc>,
-    pub lat: f64,
-    pub lon: f64,
+/// Store device `$1`'s membership: last fix `$2`, zone names `$3` (a JSON array).
+pub(crate) fn upsert_membership(d: Dialect) -> String {
+    format!(
+        "INSERT INTO zone_state (device_id, last_fix, zones) VALUES ($1, $2, {}) \
+         ON CONFLICT (device_id) DO UPDATE SET last_fix = excluded.last_fix, zones = excluded.zones",
+        d.json_param(3)
+    )
 }
 
-/// Filters of `GET /api/v1/events`.
-#[derive(Clone, Debug, Default)]
-pub struct EventQuery {
-    pub vehicle: Option<VehicleId>,
-    pub kind: Option<String>,
-    pub from: Option<DateTime<Utc>>,
-    pub to: Option<DateTime<Utc>>,
-    pub limit: u32,
+/// The columns [`zone_event`] reads.
+pub(crate) const EVENT_SELECT: &str =
+    "SELECT id, vehicle_id, device_id, type, zone, zone_kind, time, lat, lon FROM zone_events WHERE 1 = 1";
+
+pub(crate) fn zone(r: &impl Cols) -> Result<StoredZone, StorageError> {
+    Ok(StoredZone {
+        name: r.text("name")?,
+        kind: r.text("kind")?,
+        feature: serde_json::from_str(&r.text("feature")?)
+            .map_err(|e| StorageError::Invalid(format!("stored zone: {e}")))?,
+    })
 }
 
-#[async_trait]
-pub trait ZoneStore {
-    async fn zones(&self) -> Result<Vec<StoredZone>, StorageError>;
-    async fn put_zone(&self, zone: &StoredZone) -> Result<(), StorageError>;
-    /// True when a stored zone was deleted.
-    async fn delete_zone(&self, name: &str) -> Result<bool, StorageError>;
-    async fn memberships(&self) -> Result<Vec<StoredMembership>, StorageError>;
-    /// Save a device's membership and the events that changed it, in one transaction.
-    /// Store each device's new membership and the events that changed it, all in one
-    /// transaction (the zone stage hands over what one step of commits produced).
-    async fn save_zone_changes(&self, changes: &[ZoneChange]) -> Result<(), StorageError>;
-    /// One device's change on its own.
-    async fn save_zone_change(
-        &self,
-        membership: &StoredMembership,
-        events: &[StoredZoneEvent],
-    ) -> Result<(), StorageError> {
-        self.save_zone_changes(&[ZoneChange {
-            membership: membership.clone(),
-            events: events.to_vec(),
-        }])
-        .await
-    }
-    async fn zone_events(&self, q: &EventQuery) -> Result<Vec<StoredZoneEvent>, StorageError>;
+pub(crate) fn membership(r: &impl Cols) -> Result<StoredMembership, StorageError> {
+    Ok(StoredMembership {
+        device_id: DeviceId(r.text("device_id")?),
+        last_fix: r.time("last_fix")?,
+        zones: serde_json::from_str(&r.text("zones")?).unwrap_or_default(),
+    })
 }
+
+pub(crate) fn zone_event(r: &impl Cols) -> Result<StoredZoneEvent, StorageError> {
+    Ok(StoredZoneEvent {
+        id: r.int("id")?,
+        vehicle: r.opt_text("vehicle_id")?.map(VehicleId),
+        device_id: DeviceId(r.text("device_id")?),
+        kind: r.text("type")?,
+        zone: r.text("zone")?,
+        zone_kind: r.text("zone_kind")?,
+        time: r.time("time")?,
+        lat: r.real("lat")?,
+        lon: r.real("lon")?,
+    })
+}
+
+const SQL: Dialect = Dialect::Sqlite;
 
 #[async_trait]
 impl ZoneStore for SqliteStore {
     async fn zones(&self) -> Result<Vec<StoredZone>, StorageError> {
-        let rows = sqlx::query("SELECT name, kind, feature FROM zones ORDER BY name")
-            .fetch_all(self.reader())
-            .await?;
-        rows.iter()
-            .map(|r| {
-                let feature: String = r.try_get(2)?;
-                Ok(StoredZone {
-                    name: r.try_get(0)?,
-                    kind: r.try_get(1)?,
-                    feature: serde_json::from_str(&feature)
-                        .map_err(|e| StorageError::Invalid(format!("stored zone: {e}")))?,
-                })
-            })
-            .collect()
+        reads::zones(self.reader(), SQL).await
     }
 
     async fn put_zone(&self, zone: &StoredZone) -> Result<(), StorageError> {
-        sqlx::query(
-            "INSERT INTO zones (name, kind, feature, updated_at) VALUES (?, ?, ?, ?) \
-             ON CONFLICT(name) DO UPDATE SET kind = excluded.kind, feature = excluded.feature, \
-             updated_at = excluded.updated_at",
-        )
-        .bind(&zone.name)
-        .bind(&zone.kind)
-        .bind(zone.feature.to_string())
-        .bind(millis(Utc::now()))
-        .execute(self.writer())
-        .await?;
+        sqlx::query(&put_zone(SQL))
+            .bind(&zone.name)
+            .bind(&zone.kind)
+            .bind(zone.feature.to_string())
+            .bind(millis(Utc::now()))
+            .execute(self.writer())
+            .await?;
         Ok(())
     }
 
     async fn delete_zone(&self, name: &str) -> Result<bool, StorageError> {
-        let r = sqlx::query("DELETE FROM zones WHERE name = ?")
+        let r = sqlx::query(DELETE_ZONE)
             .bind(name)
             .execute(self.writer())
             .await?;
@@ -127,19 +112,7 @@ impl ZoneStore for SqliteStore {
     }
 
     async fn memberships(&self) -> Result<Vec<StoredMembership>, StorageError> {
-        let rows = sqlx::query("SELECT device_id, last_fix, zones FROM zone_state")
-            .fetch_all(self.reader())
-            .await?;
-        rows.iter()
-            .map(|r| {
-                let zones: String = r.try_get(2)?;
-                Ok(StoredMembership {
-                    device_id: DeviceId(r.try_get(0)?),
-                    last_fix: from_millis(r.try_get(1)?),
-                    zones: serde_json::from_str(&zones).unwrap_or_default(),
-                })
-            })
-            .collect()
+        reads::memberships(self.reader(), SQL).await
     }
 
     async fn save_zone_changes(&self, changes: &[ZoneChange]) -> Result<(), StorageError> {
@@ -149,15 +122,12 @@ impl ZoneStore for SqliteStore {
             events,
         } in changes
         {
-            sqlx::query(
-                "INSERT INTO zone_state (device_id, last_fix, zones) VALUES (?, ?, ?) \
-                 ON CONFLICT(device_id) DO UPDATE SET last_fix = excluded.last_fix, zones = excluded.zones",
-            )
-            .bind(m.device_id.as_str())
-            .bind(millis(m.last_fix))
-            .bind(serde_json::to_string(&m.zones).unwrap_or_else(|_| "[]".into()))
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(&upsert_membership(SQL))
+                .bind(m.device_id.as_str())
+                .bind(millis(m.last_fix))
+                .bind(serde_json::to_string(&m.zones).unwrap_or_else(|_| "[]".into()))
+                .execute(&mut *tx)
+                .await?;
             for e in events {
                 sqlx::query(
                     "INSERT INTO zone_events (vehicle_id, device_id, type, zone, zone_kind, time, lat, lon) \
@@ -179,10 +149,12 @@ impl ZoneStore for SqliteStore {
         Ok(())
     }
 
+    async fn vehicle_of(&self, device: &DeviceId) -> Result<Option<VehicleId>, StorageError> {
+        Ok(Store::vehicle_by_device(self, device).await?.map(|v| v.id))
+    }
+
     async fn zone_events(&self, q: &EventQuery) -> Result<Vec<StoredZoneEvent>, StorageError> {
-        let mut b = sqlx::QueryBuilder::<sqlx::Sqlite>::new(
-            "SELECT id, vehicle_id, device_id, type, zone, zone_kind, time, lat, lon FROM zone_events WHERE 1 = 1",
-        );
+        let mut b = sqlx::QueryBuilder::<sqlx::Sqlite>::new(EVENT_SELECT);
         if let Some(v) = &q.vehicle {
             b.push(" AND vehicle_id = ").push_bind(v.0.clone());
         }
@@ -198,20 +170,6 @@ impl ZoneStore for SqliteStore {
         b.push(" ORDER BY time, id LIMIT ")
             .push_bind(i64::from(q.limit));
         let rows = b.build().fetch_all(self.reader()).await?;
-        rows.iter()
-            .map(|r| {
-                Ok(StoredZoneEvent {
-                    id: r.try_get(0)?,
-                    vehicle: r.try_get::<Option<String>, _>(1)?.map(VehicleId),
-                    device_id: DeviceId(r.try_get(2)?),
-                    kind: r.try_get(3)?,
-                    zone: r.try_get(4)?,
-                    zone_kind: r.try_get(5)?,
-                    time: from_millis(r.try_get(6)?),
-                    lat: r.try_get(7)?,
-                    lon: r.try_get(8)?,
-                })
-            })
-            .collect()
+        rows.iter().map(zone_event).collect()
     }
 }

@@ -1,38 +1,18 @@
-//! [`CrmStore`] on PostgreSQL: the SQLite implementation's statements with `$n` parameters,
-//! plus claims (`locked_by`, `locked_until`, `0006_outbox_lease.sql`) so that instances
+//! [`CrmStore`] on PostgreSQL: the statements and row decoders shared with SQLite
+//! (`storage::crm`), plus claims (`locked_by`, `locked_until`, `0006_outbox_lease.sql`) so that instances
 //! sharing the database deliver each event once and a vehicle's events in order.
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::PgRow;
-use sqlx::Row;
 
 use super::PostgresStore;
-use crate::crm::event::{NewEvent, OutboxEvent, Payload, Status};
+use crate::crm::event::{NewEvent, OutboxEvent, Status};
+use crate::crm::store::{CrmStore, StateWrite};
 use crate::model::VehicleId;
-use crate::storage::crm::{new_key, CrmStore, StateWrite, OUTBOX_COLUMNS};
+use crate::storage::crm::{commit, outbox_event, OUTBOX_COLUMNS};
+use crate::storage::reads;
+use crate::storage::sql::Cols;
 use crate::storage::{from_millis, millis, StorageError, Store, Vehicle};
-
-fn event_from_row(r: &PgRow) -> Result<OutboxEvent, StorageError> {
-    let payload: String = r.try_get(4)?;
-    let payload: Payload = serde_json::from_str(&payload)
-        .map_err(|e| StorageError::Invalid(format!("crm_outbox.payload: {e}")))?;
-    let status: String = r.try_get(5)?;
-    Ok(OutboxEvent {
-        id: r.try_get(0)?,
-        key: r.try_get(1)?,
-        vehicle_id: VehicleId(r.try_get(2)?),
-        deal_id: r.try_get(3)?,
-        payload,
-        status: Status::parse(&status).unwrap_or(Status::Pending),
-        attempts: r.try_get::<i32, _>(6)? as u32,
-        created_at: from_millis(r.try_get(7)?),
-        expires_at: from_millis(r.try_get(8)?),
-        next_attempt_at: from_millis(r.try_get(9)?),
-        last_error: r.try_get(10)?,
-        delivered_at: r.try_get::<Option<i64>, _>(11)?.map(from_millis),
-    })
-}
 
 const HEADS: &str = "status = 'pending' AND id = (SELECT MIN(id) FROM crm_outbox p \
      WHERE p.status = 'pending' AND p.vehicle_id = o.vehicle_id)";
@@ -47,49 +27,13 @@ impl CrmStore for PostgresStore {
         ttl: chrono::Duration,
     ) -> Result<(), StorageError> {
         let mut tx = self.pool.begin().await?;
-        for s in states {
-            sqlx::query(
-                "INSERT INTO crm_state (scope, id, state, updated_at) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (scope, id) DO UPDATE SET state = excluded.state, \
-                 updated_at = excluded.updated_at",
-            )
-            .bind(s.scope)
-            .bind(&s.id)
-            .bind(&s.state)
-            .bind(millis(now))
-            .execute(&mut *tx)
-            .await?;
-        }
-        for e in events {
-            let payload = serde_json::to_string(&e.payload)
-                .map_err(|err| StorageError::Invalid(format!("crm event: {err}")))?;
-            sqlx::query(
-                "INSERT INTO crm_outbox (idem_key, vehicle_id, deal_id, kind, payload, status, \
-                 attempts, created_at, expires_at, next_attempt_at) \
-                 VALUES ($1, $2, $3, $4, $5, 'pending', 0, $6, $7, $6)",
-            )
-            .bind(new_key(&e.vehicle_id, now))
-            .bind(&e.vehicle_id.0)
-            .bind(&e.deal_id)
-            .bind(e.payload.kind())
-            .bind(payload)
-            .bind(millis(now))
-            .bind(millis(now + ttl))
-            .execute(&mut *tx)
-            .await?;
-        }
+        commit::<sqlx::Postgres>(&mut tx, states, events, now, ttl).await?;
         tx.commit().await?;
         Ok(())
     }
 
     async fn crm_states(&self, scope: &str) -> Result<Vec<(String, String)>, StorageError> {
-        let rows = sqlx::query("SELECT id, state FROM crm_state WHERE scope = $1 ORDER BY id")
-            .bind(scope)
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .collect()
+        reads::crm_states(&self.pool, scope).await
     }
 
     async fn crm_state(&self, scope: &str, id: &str) -> Result<Option<String>, StorageError> {
@@ -100,6 +44,29 @@ impl CrmStore for PostgresStore {
                 .fetch_optional(&self.pool)
                 .await?,
         )
+    }
+
+    /// One round trip for all of them (the rules re-read five rows per vehicle per step).
+    async fn crm_state_many(
+        &self,
+        keys: &[(&str, &str)],
+    ) -> Result<Vec<Option<String>>, StorageError> {
+        let rows = sqlx::query(
+            "SELECT s.scope, s.id, s.state FROM crm_state s \
+             JOIN UNNEST($1::text[], $2::text[]) AS k(scope, id) ON s.scope = k.scope AND s.id = k.id",
+        )
+        .bind(keys.iter().map(|k| k.0).collect::<Vec<_>>())
+        .bind(keys.iter().map(|k| k.1).collect::<Vec<_>>())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut found = std::collections::HashMap::with_capacity(rows.len());
+        for r in &rows {
+            found.insert((r.text("scope")?, r.text("id")?), r.text("state")?);
+        }
+        Ok(keys
+            .iter()
+            .map(|(s, i)| found.get(&(s.to_string(), i.to_string())).cloned())
+            .collect())
     }
 
     async fn outbox_due(
@@ -115,7 +82,7 @@ impl CrmStore for PostgresStore {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter().map(event_from_row).collect()
+        rows.iter().map(outbox_event).collect()
     }
 
     /// Only a vehicle's oldest pending event is ever claimable, and it stays pending while
@@ -149,7 +116,7 @@ impl CrmStore for PostgresStore {
         .await?;
         let mut events = rows
             .iter()
-            .map(event_from_row)
+            .map(outbox_event)
             .collect::<Result<Vec<_>, _>>()?;
         events.sort_by_key(|e| e.id);
         Ok(events)
@@ -263,30 +230,11 @@ impl CrmStore for PostgresStore {
         vehicle: Option<&VehicleId>,
         limit: u32,
     ) -> Result<Vec<OutboxEvent>, StorageError> {
-        let rows = sqlx::query(&format!(
-            "SELECT {OUTBOX_COLUMNS} FROM crm_outbox WHERE ($1::text IS NULL OR status = $1) \
-             AND ($2::text IS NULL OR vehicle_id = $2) ORDER BY id DESC LIMIT $3"
-        ))
-        .bind(status.map(Status::as_str))
-        .bind(vehicle.map(|v| v.0.as_str()))
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(event_from_row).collect()
+        reads::outbox_list(&self.pool, status, vehicle, limit).await
     }
 
     async fn outbox_counts(&self) -> Result<Vec<(Status, u64)>, StorageError> {
-        let rows = sqlx::query("SELECT status, COUNT(*) FROM crm_outbox GROUP BY status")
-            .fetch_all(&self.pool)
-            .await?;
-        let mut out = Vec::new();
-        for r in rows {
-            let s: String = r.try_get(0)?;
-            if let Some(s) = Status::parse(&s) {
-                out.push((s, r.try_get::<i64, _>(1)? as u64));
-            }
-        }
-        Ok(out)
+        reads::outbox_counts(&self.pool).await
     }
 
     async fn outbox_purge(&self, before: DateTime<Utc>) -> Result<u64, StorageError> {

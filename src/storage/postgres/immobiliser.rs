@@ -1,5 +1,5 @@
-//! [`ImmobiliserStore`] on PostgreSQL: the SQLite implementation's statements with `$n`
-//! parameters and native types (BOOLEAN flags, DOUBLE PRECISION coordinates). One decision is
+//! [`ImmobiliserStore`] on PostgreSQL: the statements and row decoders shared with SQLite
+//! (`storage::immobiliser`), native types (BOOLEAN flags, DOUBLE PRECISION coordinates). One decision is
 //! one transaction, as on SQLite; a vehicle's reasons and a decision's audit records go in one
 //! UNNEST statement each. Ids come from sequences (`0005_ids.sql`), so instances sharing the
 //! database never collide: audit ids on insert, command ids reserved ahead by the immobiliser.
@@ -8,146 +8,32 @@ use std::collections::BTreeMap;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use sqlx::postgres::PgRow;
-use sqlx::Row;
 
 use super::PostgresStore;
-use crate::immobiliser::machine::ReasonEntry;
-use crate::immobiliser::{BlockReason, Command, CommandStatus, ImmobState, Intent};
+use crate::immobiliser::store::{
+    AuditEntry, AuditPosition, AuditQuery, Fitting, ImmobChanges, ImmobSnapshot, ImmobiliserStore,
+    VehicleImmobRow,
+};
+use crate::immobiliser::{BlockReason, Command, ImmobState};
 use crate::model::{DeviceId, VehicleId};
 use crate::storage::immobiliser::{
-    AuditEntry, AuditPosition, AuditQuery, ImmobChanges, ImmobSnapshot, ImmobiliserStore,
-    VehicleImmobRow, AUDIT_SELECT, COMMAND_SELECT,
+    audit, bind_command, command, open_commands, reason_entry, snapshot, AUDIT_SELECT,
+    COMMAND_SELECT, DELETE_REASONS, REASONS, STATES, UPSERT_COMMAND, UPSERT_STATE,
 };
-use crate::storage::{from_millis, millis, StorageError};
-
-fn opt_time(r: &PgRow, i: usize) -> Result<Option<DateTime<Utc>>, sqlx::Error> {
-    Ok(r.try_get::<Option<i64>, _>(i)?.map(from_millis))
-}
-
-fn bad(what: &str, v: &str) -> sqlx::Error {
-    sqlx::Error::Decode(format!("unknown {what} '{v}'").into())
-}
-
-fn command_from_row(r: &PgRow) -> Result<Command, sqlx::Error> {
-    let intent: String = r.try_get(3)?;
-    let status: String = r.try_get(6)?;
-    Ok(Command {
-        id: r.try_get(0)?,
-        vehicle_id: VehicleId(r.try_get(1)?),
-        device_id: r.try_get::<Option<String>, _>(2)?.map(DeviceId),
-        intent: Intent::parse(&intent).ok_or_else(|| bad("intent", &intent))?,
-        text: r.try_get(4)?,
-        output: r.try_get::<i32, _>(5)?.clamp(1, 32) as u8,
-        status: CommandStatus::parse(&status).ok_or_else(|| bad("status", &status))?,
-        forced: r.try_get(7)?,
-        reasons: r.try_get(8)?,
-        actor: r.try_get(9)?,
-        attempts: r.try_get::<i64, _>(10)?.clamp(0, i64::from(u32::MAX)) as u32,
-        created_at: from_millis(r.try_get(11)?),
-        next_attempt_at: from_millis(r.try_get(12)?),
-        sent_at: opt_time(r, 13)?,
-        acknowledged_at: opt_time(r, 14)?,
-        confirmed_at: opt_time(r, 15)?,
-        finished_at: opt_time(r, 16)?,
-        expires_at: from_millis(r.try_get(17)?),
-        response: r.try_get(18)?,
-        error: r.try_get(19)?,
-    })
-}
-
-fn audit_from_row(r: &PgRow) -> Result<AuditEntry, sqlx::Error> {
-    let fix: Option<i64> = r.try_get(11)?;
-    let position = match fix {
-        Some(t) => Some(AuditPosition {
-            time: from_millis(t),
-            lat: r.try_get::<Option<f64>, _>(12)?.unwrap_or_default(),
-            lon: r.try_get::<Option<f64>, _>(13)?.unwrap_or_default(),
-            speed_kmh: r.try_get::<Option<f64>, _>(14)?.unwrap_or_default(),
-            ignition: r.try_get(15)?,
-        }),
-        None => None,
-    };
-    Ok(AuditEntry {
-        id: r.try_get(0)?,
-        time: from_millis(r.try_get(1)?),
-        vehicle_id: VehicleId(r.try_get(2)?),
-        event: r.try_get(3)?,
-        reason: r.try_get(4)?,
-        actor: r.try_get(5)?,
-        comment: r.try_get(6)?,
-        state_from: r.try_get(7)?,
-        state_to: r.try_get(8)?,
-        command_id: r.try_get(9)?,
-        forced: r.try_get(10)?,
-        position,
-    })
-}
+use crate::storage::reads;
+use crate::storage::sql::{unknown, Cols};
+use crate::storage::{millis, StorageError, Store};
 
 #[async_trait]
 impl ImmobiliserStore for PostgresStore {
     async fn immobiliser_load(&self) -> Result<ImmobSnapshot, StorageError> {
-        let mut vehicles: BTreeMap<String, VehicleImmobRow> = BTreeMap::new();
-        let rows = sqlx::query("SELECT vehicle_id, state, since FROM immobiliser_state")
+        let states = sqlx::query(STATES).fetch_all(&self.pool).await?;
+        let reasons = sqlx::query(REASONS).fetch_all(&self.pool).await?;
+        let commands = sqlx::query(&open_commands())
+            .bind(millis(Utc::now()))
             .fetch_all(&self.pool)
             .await?;
-        for r in rows {
-            let id: String = r.try_get(0)?;
-            let state: String = r.try_get(1)?;
-            let state = ImmobState::parse(&state).ok_or_else(|| bad("state", &state))?;
-            vehicles.insert(
-                id.clone(),
-                VehicleImmobRow {
-                    vehicle_id: VehicleId(id),
-                    state,
-                    since: from_millis(r.try_get(2)?),
-                    reasons: BTreeMap::new(),
-                },
-            );
-        }
-        let rows = sqlx::query(
-            "SELECT vehicle_id, reason, since, actor, comment FROM immobiliser_reasons",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        for r in rows {
-            let id: String = r.try_get(0)?;
-            let reason: String = r.try_get(1)?;
-            let Ok(reason) = BlockReason::parse(&reason) else {
-                continue;
-            };
-            let v = vehicles
-                .entry(id.clone())
-                .or_insert_with(|| VehicleImmobRow {
-                    vehicle_id: VehicleId(id),
-                    state: ImmobState::Running,
-                    since: DateTime::<Utc>::default(),
-                    reasons: BTreeMap::new(),
-                });
-            v.reasons.insert(
-                reason,
-                ReasonEntry {
-                    since: from_millis(r.try_get(2)?),
-                    actor: r.try_get(3)?,
-                    comment: r.try_get(4)?,
-                },
-            );
-        }
-        let rows = sqlx::query(&format!(
-            "{COMMAND_SELECT} WHERE status IN ('queued', 'sent') \
-             OR (status = 'acknowledged' AND expires_at > $1) ORDER BY id"
-        ))
-        .bind(millis(Utc::now()))
-        .fetch_all(&self.pool)
-        .await?;
-        let open_commands = rows
-            .iter()
-            .map(command_from_row)
-            .collect::<Result<_, _>>()?;
-        Ok(ImmobSnapshot {
-            vehicles: vehicles.into_values().collect(),
-            open_commands,
-        })
+        Ok(snapshot(&states, &reasons, &commands)?)
     }
 
     async fn immobiliser_vehicle(
@@ -166,11 +52,11 @@ impl ImmobiliserStore for PostgresStore {
         .await?;
         let mut row = match state {
             Some(r) => {
-                let state: String = r.try_get(0)?;
+                let state = r.text("state")?;
                 Some(VehicleImmobRow {
                     vehicle_id: vehicle.clone(),
-                    state: ImmobState::parse(&state).ok_or_else(|| bad("state", &state))?,
-                    since: from_millis(r.try_get(1)?),
+                    state: ImmobState::parse(&state).ok_or_else(|| unknown("state", &state))?,
+                    since: r.time("since")?,
                     reasons: BTreeMap::new(),
                 })
             }
@@ -184,18 +70,10 @@ impl ImmobiliserStore for PostgresStore {
         };
         if let Some(v) = row.as_mut() {
             for r in reasons {
-                let reason: String = r.try_get(0)?;
-                let Ok(reason) = BlockReason::parse(&reason) else {
+                let Ok(reason) = BlockReason::parse(&r.text("reason")?) else {
                     continue;
                 };
-                v.reasons.insert(
-                    reason,
-                    ReasonEntry {
-                        since: from_millis(r.try_get(1)?),
-                        actor: r.try_get(2)?,
-                        comment: r.try_get(3)?,
-                    },
-                );
+                v.reasons.insert(reason, reason_entry(&r)?);
             }
         }
         let rows = sqlx::query(&format!(
@@ -206,11 +84,19 @@ impl ImmobiliserStore for PostgresStore {
         .bind(millis(Utc::now()))
         .fetch_all(&self.pool)
         .await?;
-        let commands = rows
-            .iter()
-            .map(command_from_row)
-            .collect::<Result<_, _>>()?;
+        let commands = rows.iter().map(command).collect::<Result<_, _>>()?;
         Ok((row, commands))
+    }
+
+    async fn fitting(&self, vehicle: &VehicleId) -> Result<Option<Fitting>, StorageError> {
+        Ok(Store::vehicle(self, vehicle).await?.map(|v| Fitting {
+            device: v.device_id,
+            protocol: v.protocol,
+        }))
+    }
+
+    async fn vehicle_of(&self, device: &DeviceId) -> Result<Option<VehicleId>, StorageError> {
+        Ok(Store::vehicle_by_device(self, device).await?.map(|v| v.id))
     }
 
     async fn reserve_command_ids(&self, n: u32) -> Result<Vec<i64>, StorageError> {
@@ -229,18 +115,14 @@ impl ImmobiliserStore for PostgresStore {
         let now = millis(Utc::now());
         let mut tx = self.pool.begin().await?;
         for v in &ch.vehicles {
-            sqlx::query(
-                "INSERT INTO immobiliser_state (vehicle_id, state, since, updated_at) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (vehicle_id) DO UPDATE SET state = excluded.state, since = excluded.since, \
-                 updated_at = excluded.updated_at",
-            )
-            .bind(&v.vehicle_id.0)
-            .bind(v.state.as_str())
-            .bind(millis(v.since))
-            .bind(now)
-            .execute(&mut *tx)
-            .await?;
-            sqlx::query("DELETE FROM immobiliser_reasons WHERE vehicle_id = $1")
+            sqlx::query(UPSERT_STATE)
+                .bind(&v.vehicle_id.0)
+                .bind(v.state.as_str())
+                .bind(millis(v.since))
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(DELETE_REASONS)
                 .bind(&v.vehicle_id.0)
                 .execute(&mut *tx)
                 .await?;
@@ -268,38 +150,9 @@ impl ImmobiliserStore for PostgresStore {
         // One statement per command, in order, as on SQLite: should a decision carry the same
         // id twice, the last version wins (one UNNEST upsert would fail on it instead).
         for c in &ch.commands {
-            sqlx::query(
-                "INSERT INTO immobiliser_commands (id, vehicle_id, device_id, intent, text, output, status, forced, \
-                 reasons, actor, attempts, created_at, next_attempt_at, sent_at, acknowledged_at, confirmed_at, \
-                 finished_at, expires_at, response, error) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) \
-                 ON CONFLICT (id) DO UPDATE SET status = excluded.status, attempts = excluded.attempts, \
-                 next_attempt_at = excluded.next_attempt_at, sent_at = excluded.sent_at, \
-                 acknowledged_at = excluded.acknowledged_at, confirmed_at = excluded.confirmed_at, \
-                 finished_at = excluded.finished_at, response = excluded.response, error = excluded.error",
-            )
-            .bind(c.id)
-            .bind(&c.vehicle_id.0)
-            .bind(c.device_id.as_ref().map(|d| d.as_str()))
-            .bind(c.intent.as_str())
-            .bind(&c.text)
-            .bind(i32::from(c.output))
-            .bind(c.status.as_str())
-            .bind(c.forced)
-            .bind(&c.reasons)
-            .bind(&c.actor)
-            .bind(i64::from(c.attempts))
-            .bind(millis(c.created_at))
-            .bind(millis(c.next_attempt_at))
-            .bind(c.sent_at.map(millis))
-            .bind(c.acknowledged_at.map(millis))
-            .bind(c.confirmed_at.map(millis))
-            .bind(c.finished_at.map(millis))
-            .bind(millis(c.expires_at))
-            .bind(&c.response)
-            .bind(&c.error)
-            .execute(&mut *tx)
-            .await?;
+            bind_command(sqlx::query(UPSERT_COMMAND), c)
+                .execute(&mut *tx)
+                .await?;
         }
         if !ch.audit.is_empty() {
             // Ids from the sequence, in the order given (WITH ORDINALITY).
@@ -351,25 +204,11 @@ impl ImmobiliserStore for PostgresStore {
         vehicle: &VehicleId,
         limit: u32,
     ) -> Result<Vec<Command>, StorageError> {
-        let rows = sqlx::query(&format!(
-            "{COMMAND_SELECT} WHERE vehicle_id = $1 ORDER BY id DESC LIMIT $2"
-        ))
-        .bind(&vehicle.0)
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(rows
-            .iter()
-            .map(command_from_row)
-            .collect::<Result<_, _>>()?)
+        reads::commands(&self.pool, vehicle, limit).await
     }
 
     async fn command(&self, id: i64) -> Result<Option<Command>, StorageError> {
-        let row = sqlx::query(&format!("{COMMAND_SELECT} WHERE id = $1"))
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.as_ref().map(command_from_row).transpose()?)
+        reads::command(&self.pool, id).await
     }
 
     async fn audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, StorageError> {
@@ -384,6 +223,6 @@ impl ImmobiliserStore for PostgresStore {
         b.push(" ORDER BY time, id LIMIT ")
             .push_bind(i64::from(q.limit));
         let rows = b.build().fetch_all(&self.pool).await?;
-        Ok(rows.iter().map(audit_from_row).collect::<Result<_, _>>()?)
+        Ok(rows.iter().map(audit).collect::<Result<_, _>>()?)
     }
 }

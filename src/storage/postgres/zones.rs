@@ -1,54 +1,41 @@
-//! [`ZoneStore`] on PostgreSQL: the SQLite implementation's statements with `$n` parameters,
-//! JSONB for the GeoJSON feature and the membership list, and the events of one change
+//! [`ZoneStore`] on PostgreSQL: the statements and row decoders shared with SQLite
+//! (`storage::zones`), JSONB for the GeoJSON feature and the membership list, and the events of one change
 //! inserted with one UNNEST statement.
 
 use async_trait::async_trait;
 use chrono::Utc;
-use sqlx::Row;
 
 use super::PostgresStore;
-use crate::model::{DeviceId, VehicleId};
-use crate::storage::zones::{
+use crate::geofence::store::{
     EventQuery, StoredMembership, StoredZone, StoredZoneEvent, ZoneChange, ZoneStore,
 };
-use crate::storage::{from_millis, millis, StorageError};
+use crate::model::{DeviceId, VehicleId};
+use crate::storage::reads;
+use crate::storage::sql::Dialect;
+use crate::storage::zones::{put_zone, upsert_membership, zone_event, DELETE_ZONE, EVENT_SELECT};
+use crate::storage::{millis, StorageError, Store};
+
+const SQL: Dialect = Dialect::Postgres;
 
 #[async_trait]
 impl ZoneStore for PostgresStore {
     async fn zones(&self) -> Result<Vec<StoredZone>, StorageError> {
-        let rows = sqlx::query("SELECT name, kind, feature::text FROM zones ORDER BY name")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                let feature: String = r.try_get(2)?;
-                Ok(StoredZone {
-                    name: r.try_get(0)?,
-                    kind: r.try_get(1)?,
-                    feature: serde_json::from_str(&feature)
-                        .map_err(|e| StorageError::Invalid(format!("stored zone: {e}")))?,
-                })
-            })
-            .collect()
+        reads::zones(&self.pool, SQL).await
     }
 
     async fn put_zone(&self, zone: &StoredZone) -> Result<(), StorageError> {
-        sqlx::query(
-            "INSERT INTO zones (name, kind, feature, updated_at) VALUES ($1, $2, $3::jsonb, $4) \
-             ON CONFLICT (name) DO UPDATE SET kind = excluded.kind, feature = excluded.feature, \
-             updated_at = excluded.updated_at",
-        )
-        .bind(&zone.name)
-        .bind(&zone.kind)
-        .bind(zone.feature.to_string())
-        .bind(millis(Utc::now()))
-        .execute(&self.pool)
-        .await?;
+        sqlx::query(&put_zone(SQL))
+            .bind(&zone.name)
+            .bind(&zone.kind)
+            .bind(zone.feature.to_string())
+            .bind(millis(Utc::now()))
+            .execute(&self.pool)
+            .await?;
         Ok(())
     }
 
     async fn delete_zone(&self, name: &str) -> Result<bool, StorageError> {
-        let r = sqlx::query("DELETE FROM zones WHERE name = $1")
+        let r = sqlx::query(DELETE_ZONE)
             .bind(name)
             .execute(&self.pool)
             .await?;
@@ -56,19 +43,7 @@ impl ZoneStore for PostgresStore {
     }
 
     async fn memberships(&self) -> Result<Vec<StoredMembership>, StorageError> {
-        let rows = sqlx::query("SELECT device_id, last_fix, zones::text FROM zone_state")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|r| {
-                let zones: String = r.try_get(2)?;
-                Ok(StoredMembership {
-                    device_id: DeviceId(r.try_get(0)?),
-                    last_fix: from_millis(r.try_get(1)?),
-                    zones: serde_json::from_str(&zones).unwrap_or_default(),
-                })
-            })
-            .collect()
+        reads::memberships(&self.pool, SQL).await
     }
 
     async fn save_zone_changes(&self, changes: &[ZoneChange]) -> Result<(), StorageError> {
@@ -78,15 +53,12 @@ impl ZoneStore for PostgresStore {
             events,
         } in changes
         {
-            sqlx::query(
-                "INSERT INTO zone_state (device_id, last_fix, zones) VALUES ($1, $2, $3::jsonb) \
-                 ON CONFLICT (device_id) DO UPDATE SET last_fix = excluded.last_fix, zones = excluded.zones",
-            )
-            .bind(m.device_id.as_str())
-            .bind(millis(m.last_fix))
-            .bind(serde_json::to_string(&m.zones).unwrap_or_else(|_| "[]".into()))
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(&upsert_membership(SQL))
+                .bind(m.device_id.as_str())
+                .bind(millis(m.last_fix))
+                .bind(serde_json::to_string(&m.zones).unwrap_or_else(|_| "[]".into()))
+                .execute(&mut *tx)
+                .await?;
             if !events.is_empty() {
                 sqlx::query(
                     "INSERT INTO zone_events (vehicle_id, device_id, type, zone, zone_kind, time, lat, lon) \
@@ -109,10 +81,12 @@ impl ZoneStore for PostgresStore {
         Ok(())
     }
 
+    async fn vehicle_of(&self, device: &DeviceId) -> Result<Option<VehicleId>, StorageError> {
+        Ok(Store::vehicle_by_device(self, device).await?.map(|v| v.id))
+    }
+
     async fn zone_events(&self, q: &EventQuery) -> Result<Vec<StoredZoneEvent>, StorageError> {
-        let mut b = sqlx::QueryBuilder::<sqlx::Postgres>::new(
-            "SELECT id, vehicle_id, device_id, type, zone, zone_kind, time, lat, lon FROM zone_events WHERE 1 = 1",
-        );
+        let mut b = sqlx::QueryBuilder::<sqlx::Postgres>::new(EVENT_SELECT);
         if let Some(v) = &q.vehicle {
             b.push(" AND vehicle_id = ").push_bind(v.0.clone());
         }
@@ -128,20 +102,6 @@ impl ZoneStore for PostgresStore {
         b.push(" ORDER BY time, id LIMIT ")
             .push_bind(i64::from(q.limit));
         let rows = b.build().fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|r| {
-                Ok(StoredZoneEvent {
-                    id: r.try_get(0)?,
-                    vehicle: r.try_get::<Option<String>, _>(1)?.map(VehicleId),
-                    device_id: DeviceId(r.try_get(2)?),
-                    kind: r.try_get(3)?,
-                    zone: r.try_get(4)?,
-                    zone_kind: r.try_get(5)?,
-                    time: from_millis(r.try_get(6)?),
-                    lat: r.try_get(7)?,
-                    lon: r.try_get(8)?,
-                })
-            })
-            .collect()
+        rows.iter().map(zone_event).collect()
     }
 }

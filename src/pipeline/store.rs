@@ -1,0 +1,206 @@
+//! The core store, the pipeline's port: positions written by the group commit, each device's
+//! latest state, the vehicle registry, and [`StorageError`], which every port returns. Feature
+//! ports (`geofence::store`, `crm::store`, `immobiliser::store`) sit above this one; `storage`
+//! implements them all. A batch is one transaction, and its positions count as acknowledged
+//! only once [`Store::write_batch`] has returned.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+
+use crate::model::{DeviceId, Position, VehicleId};
+use crate::protocols::Protocol;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    #[error("database: {0}")]
+    Db(#[from] sqlx::Error),
+    /// From the SQLite group commit, which drives the writer connection directly.
+    #[error("database: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("device {0} is already fitted to vehicle {1}")]
+    DeviceTaken(String, String),
+    /// A step given a deadline did not finish in time (the retry policy tries again).
+    #[error("{what} took over {}s", after.as_secs())]
+    Timeout {
+        what: String,
+        after: std::time::Duration,
+    },
+}
+
+/// A position with what the pipeline computed for it.
+#[derive(Clone, Debug)]
+pub struct NewPosition {
+    pub position: Position,
+    /// Cumulative distance between accepted fixes, metres.
+    pub gps_odometer_m: f64,
+    /// `position.attrs` as the JSON stored with it, rendered by the shard that accepted it
+    /// rather than inside the single writer's commit, where every microsecond is serial.
+    pub attributes_json: String,
+}
+
+impl NewPosition {
+    pub fn new(position: Position, gps_odometer_m: f64) -> Self {
+        let attributes_json = position.attrs.to_json_string();
+        NewPosition {
+            position,
+            gps_odometer_m,
+            attributes_json,
+        }
+    }
+}
+
+/// Where a device was at one fix time (a track read without the rest of the row).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct TrackPoint {
+    pub time: DateTime<Utc>,
+    pub lat: f64,
+    pub lon: f64,
+}
+
+/// The latest state of one device after a batch.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DeviceState {
+    pub device_id: DeviceId,
+    pub protocol: String,
+    pub last_seen: DateTime<Utc>,
+    pub position: Option<StoredPosition>,
+    pub gps_odometer_m: f64,
+}
+
+/// One device's share of a group commit.
+#[derive(Clone, Debug)]
+pub struct WriteItem {
+    pub device: DeviceId,
+    pub protocol: Protocol,
+    pub server_time: DateTime<Utc>,
+    /// The session the positions came on (evidence for the immobiliser; not stored).
+    pub origin: crate::model::Origin,
+    pub positions: Vec<NewPosition>,
+    /// The device's latest state after these positions.
+    pub state: DeviceState,
+}
+
+impl WriteItem {
+    pub fn rows(&self) -> usize {
+        self.positions.len()
+    }
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Write every item in one transaction: positions (ignoring ones already stored) and states.
+    async fn write_batch(&self, items: &[WriteItem]) -> Result<(), StorageError>;
+    /// Latest state of every device, for the pipeline to start from after a restart.
+    async fn device_states(&self) -> Result<Vec<DeviceState>, StorageError>;
+    async fn device_state(&self, device: &DeviceId) -> Result<Option<DeviceState>, StorageError>;
+    /// Positions of `device` with `from <= fix_time < to`, in fix-time order.
+    async fn track(
+        &self,
+        device: &DeviceId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<StoredPosition>, StorageError>;
+    /// Fix time and coordinates only of the same positions as [`Store::track`]: what a fold
+    /// over a whole track needs (`/track/summary`), without decoding every column.
+    async fn track_points(
+        &self,
+        device: &DeviceId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<TrackPoint>, StorageError>;
+    async fn vehicles(&self) -> Result<Vec<Vehicle>, StorageError>;
+    async fn vehicle(&self, id: &VehicleId) -> Result<Option<Vehicle>, StorageError>;
+    async fn vehicle_by_device(&self, device: &DeviceId) -> Result<Option<Vehicle>, StorageError>;
+    /// Create or update a vehicle; returns it as stored.
+    async fn upsert_vehicle(
+        &self,
+        id: &VehicleId,
+        update: &VehicleUpdate,
+    ) -> Result<Vehicle, StorageError>;
+    /// Readiness probe.
+    async fn ping(&self) -> Result<(), StorageError>;
+    /// Backend name for logs and metrics.
+    fn backend(&self) -> &'static str;
+}
+
+/// A stored fix (the API serves it as `api::rows::Position`).
+#[derive(Clone, Debug, PartialEq)]
+pub struct StoredPosition {
+    pub time: DateTime<Utc>,
+    pub server_time: DateTime<Utc>,
+    pub valid: bool,
+    pub lat: f64,
+    pub lon: f64,
+    pub speed_kmh: f64,
+    pub course: f64,
+    pub altitude: f64,
+    pub satellites: Option<u16>,
+    pub ignition: Option<bool>,
+    pub motion: Option<bool>,
+    pub odometer_m: Option<f64>,
+    pub gps_odometer_m: f64,
+    pub inputs: Option<u32>,
+    pub outputs: Option<u32>,
+    pub power_v: Option<f64>,
+    pub alarm: Option<String>,
+    pub attributes: serde_json::Value,
+}
+
+impl StoredPosition {
+    pub fn from_position(p: &Position, server_time: DateTime<Utc>, gps_odometer_m: f64) -> Self {
+        StoredPosition {
+            time: p.fix_time,
+            server_time,
+            valid: p.valid,
+            lat: p.lat,
+            lon: p.lon,
+            speed_kmh: p.speed_kmh,
+            course: p.course,
+            altitude: p.altitude,
+            satellites: p.satellites,
+            ignition: p.ignition,
+            motion: p.motion,
+            odometer_m: p.odometer_m,
+            gps_odometer_m,
+            inputs: p.inputs,
+            outputs: p.outputs,
+            power_v: p.power_v,
+            alarm: p.alarm.map(str::to_string),
+            attributes: p.attrs.to_json(),
+        }
+    }
+}
+
+/// A vehicle as registered.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Vehicle {
+    pub id: VehicleId,
+    pub device_id: Option<DeviceId>,
+    pub protocol: Option<String>,
+    pub plate: Option<String>,
+    pub driver_id: Option<String>,
+    pub crm_deal_id: Option<String>,
+    pub status: String,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+}
+
+/// A vehicle's fields to set (`None` keeps a field's value).
+#[derive(Clone, Debug, Default)]
+pub struct VehicleUpdate {
+    pub device_id: Option<String>,
+    pub protocol: Option<String>,
+    pub plate: Option<String>,
+    pub driver_id: Option<String>,
+    pub crm_deal_id: Option<String>,
+    /// `available`, `issued` or `in_repair`.
+    pub status: Option<String>,
+}
+
+pub const VEHICLE_STATUSES: &[&str] = &["available", "issued", "in_repair"];
