@@ -59,6 +59,7 @@ fn vehicle(id: &str, device: &str, driver: &str) -> Vehicle {
         plate: None,
         driver_id: Some(driver.into()),
         crm_deal_id: Some("77".into()),
+        crm_company_id: None,
         status: "issued".into(),
         created_at: Utc::now(),
         updated_at: Utc::now(),

@@ -607,3 +607,47 @@ async fn the_crm_is_warned_before_the_inspection_and_told_why_it_was_postponed()
     assert_eq!(s, 400, "{e}");
     daemon.stop().await;
 }
+
+/// A CRM integrator holds a deal or a company card and wants the car: the vehicle list filters
+/// by either; a typo in the filter is a 400, not the whole fleet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vehicle_is_found_by_its_deal_or_its_company_card() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = common::start(dir.path(), "").await;
+    let api = Api::new(daemon.api_addr);
+    for (id, deal, company) in [("car-91", "9100", "501"), ("car-92", "9200", "502")] {
+        let (s, v) = api
+            .put(
+                &format!("/api/v1/vehicles/{id}"),
+                json!({ "crm_deal_id": deal, "crm_company_id": company, "status": "issued" }),
+            )
+            .await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(v["crm_company_id"], company, "{v}");
+    }
+    // Registered without a company: an update that omits it keeps it.
+    let (_, v) = api
+        .put("/api/v1/vehicles/car-91", json!({ "plate": "A123BC77" }))
+        .await;
+    assert_eq!(v["crm_company_id"], "501", "{v}");
+    let ids = |v: &Value| -> Vec<String> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (s, v) = api.get("/api/v1/vehicles?crm_deal_id=9200").await;
+    assert_eq!((s, ids(&v)), (200, vec!["car-92".to_string()]));
+    let (s, v) = api.get("/api/v1/vehicles?crm_company_id=501").await;
+    assert_eq!((s, ids(&v)), (200, vec!["car-91".to_string()]));
+    let (s, v) = api
+        .get("/api/v1/vehicles?crm_deal_id=9100&crm_company_id=502")
+        .await;
+    assert_eq!((s, ids(&v)), (200, Vec::<String>::new()), "both must match");
+    let (s, v) = api.get("/api/v1/vehicles").await;
+    assert_eq!((s, ids(&v).len()), (200, 2));
+    let (s, e) = api.get("/api/v1/vehicles?crm_deal=9100").await;
+    assert_eq!(s, 400, "{e}");
+    daemon.stop().await;
+}

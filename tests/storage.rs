@@ -359,12 +359,18 @@ async fn vehicles_upsert_partially_and_a_device_fits_one_vehicle(c: Ctx) {
             &VehicleUpdate {
                 status: Some("issued".into()),
                 driver_id: Some("drv-9".into()),
+                crm_deal_id: Some("9100".into()),
+                crm_company_id: Some("501".into()),
                 ..Default::default()
             },
         )
         .await
         .unwrap();
     assert_eq!(v2.status, "issued");
+    assert_eq!(
+        (v2.crm_deal_id.as_deref(), v2.crm_company_id.as_deref()),
+        (Some("9100"), Some("501"))
+    );
     assert_eq!(
         v2.plate.as_deref(),
         Some("A123BC77"),

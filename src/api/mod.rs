@@ -68,7 +68,7 @@ pub struct AppState {
 
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
-        .route("/vehicles", get(vehicles::list))
+        .route("/vehicles", get(vehicles::list_route))
         .route("/vehicles/{id}", get(vehicles::get_one).put(vehicles::put))
         .route("/vehicles/{id}/track", get(vehicles::track))
         .route("/vehicles/{id}/track/summary", get(vehicles::summary))

@@ -68,6 +68,8 @@ pub struct Vehicle {
     pub plate: Option<String>,
     pub driver_id: Option<String>,
     pub crm_deal_id: Option<String>,
+    /// The car's company card in the CRM.
+    pub crm_company_id: Option<String>,
     pub status: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -82,6 +84,7 @@ impl From<VehicleRow> for Vehicle {
             plate: v.plate,
             driver_id: v.driver_id,
             crm_deal_id: v.crm_deal_id,
+            crm_company_id: v.crm_company_id,
             status: v.status,
             created_at: v.created_at,
             updated_at: v.updated_at,
@@ -98,6 +101,8 @@ pub struct VehicleBody {
     pub plate: Option<String>,
     pub driver_id: Option<String>,
     pub crm_deal_id: Option<String>,
+    /// The car's company card in the CRM (amoCRM company id, Bitrix24 company `ID`).
+    pub crm_company_id: Option<String>,
     /// `available`, `issued` or `in_repair`.
     pub status: Option<String>,
 }
@@ -110,6 +115,7 @@ impl From<VehicleBody> for VehicleUpdate {
             plate: b.plate,
             driver_id: b.driver_id,
             crm_deal_id: b.crm_deal_id,
+            crm_company_id: b.crm_company_id,
             status: b.status,
         }
     }

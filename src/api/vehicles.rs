@@ -105,6 +105,34 @@ async fn live_state(
     Ok(state.store.core.device_state(device).await?)
 }
 
+/// `GET /api/v1/vehicles?crm_deal_id=…&crm_company_id=…`: filters for a CRM integrator who
+/// holds a deal or a company card and wants its car.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    pub crm_deal_id: Option<String>,
+    pub crm_company_id: Option<String>,
+}
+
+pub async fn list_route(
+    State(state): State<AppState>,
+    q: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<Vec<VehicleView>>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let Json(all) = list(State(state)).await?;
+    let keep = |want: &Option<String>, have: &Option<String>| {
+        want.as_ref().map_or(true, |w| have.as_ref() == Some(w))
+    };
+    Ok(Json(
+        all.into_iter()
+            .filter(|v| {
+                keep(&q.crm_deal_id, &v.vehicle.crm_deal_id)
+                    && keep(&q.crm_company_id, &v.vehicle.crm_company_id)
+            })
+            .collect(),
+    ))
+}
+
 pub async fn list(State(state): State<AppState>) -> Result<Json<Vec<VehicleView>>, ApiError> {
     let vehicles = state.store.core.vehicles().await?;
     let live: std::collections::HashMap<_, _> = state

@@ -1116,18 +1116,22 @@ impl Engine {
                     due_date,
                     due_odometer_km,
                 });
-                let left = st.left(now.date_naive(), self.odometer_now(&v.id));
-                payloads.push(Payload::InspectionDue {
-                    left_days: left.days,
-                    left_km: left.km,
-                    left_text: left.text_ru(),
-                    note: super::messages::postponed_ru(
-                        st.postponements,
-                        reason.as_deref(),
-                        st.due_date,
-                        st.due_odometer_km,
-                    ),
-                });
+                // A postponement with a reason is a note (and refreshes the days/km field);
+                // one without says nothing new to the managers.
+                if reason.is_some() {
+                    let left = st.left(now.date_naive(), self.odometer_now(&v.id));
+                    payloads.push(Payload::InspectionDue {
+                        left_days: left.days,
+                        left_km: left.km,
+                        left_text: left.text_ru(),
+                        note: super::messages::postponed_ru(
+                            st.postponements,
+                            reason.as_deref(),
+                            st.due_date,
+                            st.due_odometer_km,
+                        ),
+                    });
+                }
             }
             Some(InspectionOp::Complete { odometer_km }) => {
                 if !odometer_km.is_finite() || odometer_km < 0.0 {

@@ -63,6 +63,7 @@ mod tests {
             plate: None,
             driver_id: driver.map(str::to_string),
             crm_deal_id: deal.map(str::to_string),
+            crm_company_id: None,
             status: status.into(),
             created_at: Utc::now(),
             updated_at: Utc::now(),

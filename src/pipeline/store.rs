@@ -186,6 +186,8 @@ pub struct Vehicle {
     pub plate: Option<String>,
     pub driver_id: Option<String>,
     pub crm_deal_id: Option<String>,
+    /// The car's company card in the CRM.
+    pub crm_company_id: Option<String>,
     pub status: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -199,6 +201,7 @@ pub struct VehicleUpdate {
     pub plate: Option<String>,
     pub driver_id: Option<String>,
     pub crm_deal_id: Option<String>,
+    pub crm_company_id: Option<String>,
     /// `available`, `issued` or `in_repair`.
     pub status: Option<String>,
 }

@@ -218,17 +218,18 @@ pub(crate) fn device_state(r: &impl Cols) -> Result<DeviceState, sqlx::Error> {
 }
 
 pub(crate) const VEHICLE_SELECT: &str =
-    "SELECT id, device_id, protocol, plate, driver_id, crm_deal_id, status, created_at, updated_at FROM vehicles";
+    "SELECT id, device_id, protocol, plate, driver_id, crm_deal_id, crm_company_id, status, created_at, updated_at FROM vehicles";
 
 /// Create a vehicle or update the fields given (`NULL` keeps a field): `$1` id, `$2`…`$6`
-/// device, protocol, plate, driver, deal, `$7` status, `$8` now.
+/// device, protocol, plate, driver, deal, `$7` status, `$8` now, `$9` company.
 pub(crate) const UPSERT_VEHICLE: &str =
-    "INSERT INTO vehicles (id, device_id, protocol, plate, driver_id, crm_deal_id, status, created_at, updated_at) \
-     VALUES ($1, $2, $3, $4, $5, $6, COALESCE($7, 'available'), $8, $8) \
+    "INSERT INTO vehicles (id, device_id, protocol, plate, driver_id, crm_deal_id, status, created_at, updated_at, crm_company_id) \
+     VALUES ($1, $2, $3, $4, $5, $6, COALESCE($7, 'available'), $8, $8, $9) \
      ON CONFLICT (id) DO UPDATE SET device_id = COALESCE(excluded.device_id, vehicles.device_id), \
      protocol = COALESCE(excluded.protocol, vehicles.protocol), plate = COALESCE(excluded.plate, vehicles.plate), \
      driver_id = COALESCE(excluded.driver_id, vehicles.driver_id), \
      crm_deal_id = COALESCE(excluded.crm_deal_id, vehicles.crm_deal_id), \
+     crm_company_id = COALESCE(excluded.crm_company_id, vehicles.crm_company_id), \
      status = COALESCE($7, vehicles.status), updated_at = excluded.updated_at";
 
 /// The vehicle (other than `$2`) a device `$1` is fitted to.
@@ -242,6 +243,7 @@ pub(crate) fn vehicle(r: &impl Cols) -> Result<Vehicle, sqlx::Error> {
         plate: r.opt_text("plate")?,
         driver_id: r.opt_text("driver_id")?,
         crm_deal_id: r.opt_text("crm_deal_id")?,
+        crm_company_id: r.opt_text("crm_company_id")?,
         status: r.text("status")?,
         created_at: r.time("created_at")?,
         updated_at: r.time("updated_at")?,
@@ -314,4 +316,5 @@ pub(crate) fn bind_vehicle<'q, Q: Bind<'q>>(
         .opt_text(u.crm_deal_id.as_deref())
         .opt_text(u.status.as_deref())
         .int(millis(now))
+        .opt_text(u.crm_company_id.as_deref())
 }
