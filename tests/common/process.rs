@@ -7,8 +7,22 @@ use std::time::{Duration, Instant};
 
 use super::Api;
 
-/// A loopback port nobody listens on right now.
+/// A loopback port nobody listens on right now, for a child daemon's config file. Taken below
+/// the kernel's ephemeral range (32768–60999 on Linux): the daemons of tests running beside
+/// this one bind their listeners to port 0, which the kernel picks from that range, so they
+/// can never take this port between our check and the child's bind (a daemon that lost its
+/// port that way never became ready).
 pub fn free_port() -> u16 {
+    use std::collections::hash_map::RandomState;
+    use std::hash::{BuildHasher, Hasher};
+    for _ in 0..1000 {
+        let mut h = RandomState::new().build_hasher();
+        h.write_u32(std::process::id());
+        let port = 20_000 + (h.finish() % 12_000) as u16;
+        if StdListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     StdListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
