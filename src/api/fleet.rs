@@ -165,6 +165,18 @@ fn text(v: &Value, key: &str) -> Option<String> {
     v.get(key).and_then(Value::as_str).map(str::to_string)
 }
 
+/// The strings of a JSON array (`reasons`, `zones`); none when absent.
+fn strings(v: Option<&Value>) -> Vec<String> {
+    v.and_then(Value::as_array)
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// The fleet from the vehicle views (as `GET /api/v1/vehicles` serialises them, so this
 /// reads exactly what the vehicle API shows) and the CRM stages by vehicle id.
 pub fn fleet_of(views: &[Value], stages: &HashMap<String, Stage>) -> Fleet {
@@ -194,30 +206,12 @@ pub fn fleet_of(views: &[Value], stages: &HashMap<String, Stage>) -> Fleet {
             online,
             engine: engine_word(Some(immob_state)),
             immobiliser: immob_state.to_string(),
-            reasons: immob
-                .and_then(|i| i.get("reasons"))
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .map(str::to_string)
-                        .collect()
-                })
-                .unwrap_or_default(),
+            reasons: strings(immob.and_then(|i| i.get("reasons"))),
             stage: stages.get(&id).copied(),
             inside_service_area: zone
                 .and_then(|z| z.get("inside_service_area"))
                 .and_then(Value::as_bool),
-            zones: zone
-                .and_then(|z| z.get("zones"))
-                .and_then(Value::as_array)
-                .map(|a| {
-                    a.iter()
-                        .filter_map(Value::as_str)
-                        .map(str::to_string)
-                        .collect()
-                })
-                .unwrap_or_default(),
+            zones: strings(zone.and_then(|z| z.get("zones"))),
             lat,
             lon,
             speed_kmh: num("speed_kmh").unwrap_or(0.0),

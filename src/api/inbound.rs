@@ -250,33 +250,27 @@ async fn act(s: &AppState, crm: &'static str, n: Notice) {
     let deal_id = deal.crm_deal_id.clone().unwrap_or_default();
     for a in actions {
         let name = a.name();
-        let result: Result<(), String> = match a {
-            Action::Block => s
-                .crm
-                .wiring
-                .reasons
-                .set_reason(
-                    &deal.id,
-                    REASON_CRM_MANUAL,
-                    true,
-                    &actor,
-                    &format!("deal {deal_id} moved to the block stage in {crm}"),
-                )
-                .await
-                .map_err(|e| e.to_string()),
-            Action::Unblock => s
-                .crm
-                .wiring
-                .reasons
-                .set_reason(
-                    &deal.id,
-                    REASON_CRM_MANUAL,
-                    false,
-                    &actor,
-                    &format!("deal {deal_id} left the block stage in {crm}"),
-                )
-                .await
-                .map_err(|e| e.to_string()),
+        let result: Result<(), String> = match a.clone() {
+            Action::Block | Action::Unblock => {
+                let block = a == Action::Block;
+                let why = if block {
+                    "moved to the block stage"
+                } else {
+                    "left the block stage"
+                };
+                s.crm
+                    .wiring
+                    .reasons
+                    .set_reason(
+                        &deal.id,
+                        REASON_CRM_MANUAL,
+                        block,
+                        &actor,
+                        &format!("deal {deal_id} {why} in {crm}"),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())
+            }
             Action::Return => s
                 .crm
                 .return_request(deal.id.clone(), &actor)

@@ -524,19 +524,9 @@ impl Connector for AmoCrm {
                 }
             }
         }
-        qs.iter()
-            .map(|q| {
-                let deal = q.deal_id.as_deref().ok_or_else(|| {
-                    ConnectorError::Response("the vehicle has no crm_deal_id".into())
-                })?;
-                let lead = match leads.get(deal) {
-                    Some(Ok(l)) => l,
-                    Some(Err(e)) => return Err(ConnectorError::Response(e.clone())),
-                    None => return Err(ConnectorError::Response(format!("lead {deal} not found"))),
-                };
-                lead_balance(lead, deal, field)
-            })
-            .collect()
+        super::per_deal(qs, &leads, "lead", |lead, deal| {
+            lead_balance(lead, deal, field)
+        })
     }
 
     async fn balance(&self, q: &BalanceQuery) -> Result<PulledBalance, ConnectorError> {

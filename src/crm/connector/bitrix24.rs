@@ -352,26 +352,16 @@ impl Connector for Bitrix24 {
                 }
             }
         }
-        qs.iter()
-            .map(|q| {
-                let deal = q.deal_id.as_deref().ok_or_else(|| {
-                    ConnectorError::Response("the vehicle has no crm_deal_id".into())
-                })?;
-                let d = match deals.get(deal) {
-                    Some(Ok(d)) => d,
-                    Some(Err(e)) => return Err(ConnectorError::Response(e.clone())),
-                    None => return Err(ConnectorError::Response(format!("deal {deal} not found"))),
-                };
-                let rub = as_rub(&d[code.as_str()]).ok_or_else(|| {
-                    ConnectorError::Response(format!("deal {deal} has no numeric {code}"))
-                })?;
-                let as_of = d["DATE_MODIFY"]
-                    .as_str()
-                    .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
-                    .map(|t| t.with_timezone(&chrono::Utc));
-                Ok(PulledBalance { rub, as_of })
-            })
-            .collect()
+        super::per_deal(qs, &deals, "deal", |d, deal| {
+            let rub = as_rub(&d[code.as_str()]).ok_or_else(|| {
+                ConnectorError::Response(format!("deal {deal} has no numeric {code}"))
+            })?;
+            let as_of = d["DATE_MODIFY"]
+                .as_str()
+                .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+                .map(|t| t.with_timezone(&chrono::Utc));
+            Ok(PulledBalance { rub, as_of })
+        })
     }
 
     async fn read_deal(&self, deal: &str) -> Result<super::DealFacts, ConnectorError> {

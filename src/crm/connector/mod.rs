@@ -244,6 +244,32 @@ pub(crate) fn classify(status: reqwest::StatusCode, body: &str) -> Outcome {
 }
 
 /// A number that may arrive as a JSON number or a string (`"4 500,50"` too).
+/// The balances of `qs` from deals read in bulk (`found`: a deal's record, or why the request
+/// that should have carried it failed), one result per query in order; `record` names the
+/// CRM's word for a deal in the "not found" error, `read` takes the balance from a record.
+pub(crate) fn per_deal(
+    qs: &[BalanceQuery],
+    found: &std::collections::HashMap<String, Result<serde_json::Value, String>>,
+    record: &str,
+    read: impl Fn(&serde_json::Value, &str) -> Result<PulledBalance, ConnectorError>,
+) -> Vec<Result<PulledBalance, ConnectorError>> {
+    qs.iter()
+        .map(|q| {
+            let deal = q
+                .deal_id
+                .as_deref()
+                .ok_or_else(|| ConnectorError::Response("the vehicle has no crm_deal_id".into()))?;
+            match found.get(deal) {
+                Some(Ok(r)) => read(r, deal),
+                Some(Err(e)) => Err(ConnectorError::Response(e.clone())),
+                None => Err(ConnectorError::Response(format!(
+                    "{record} {deal} not found"
+                ))),
+            }
+        })
+        .collect()
+}
+
 /// A money value as CRMs write it: a JSON number, `"9 000,00"` (amoCRM text field, spaces and a
 /// decimal comma), `"3000|RUB"` (Bitrix24's money field: amount, `|`, currency), `"1500 ₽"` or
 /// `"1500 руб."`. The currency is dropped (fleetgate counts roubles); anything else is `None`.
