@@ -4,6 +4,7 @@
 //! `immobiliser::store::ImmobiliserStore`). Storage depends on the features, never the
 //! reverse; [`open`] hands out one database as [`Stores`], one handle per port.
 
+pub mod chunk;
 pub mod config;
 pub mod crm;
 pub mod immobiliser;
