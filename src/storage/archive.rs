@@ -20,8 +20,9 @@ use crate::pipeline::store::{StoredPosition, TrackPoint};
 pub(crate) const HOT: &str = "positions";
 /// Packed chunks' table (PostgreSQL: partitioned; SQLite: one table per day).
 pub(crate) const CHUNKS: &str = "position_chunks";
-/// The chunk format byte written with each chunk (`storage::chunk`'s layout, version 1).
-pub(crate) const CHUNK_FORMAT: i64 = 1;
+/// The chunk format byte, also stored in its own column (a later format can be found and
+/// re-packed by SQL).
+pub(crate) const CHUNK_FORMAT: i64 = super::chunk::FORMAT as i64;
 
 /// Days representable as `YYYYMMDD` table names (0001-01-01 ..= 9999-12-31).
 const FIRST_DAY: i32 = -719_162;

@@ -1,8 +1,8 @@
 //! Storage adapters: SQLite (the embedded default) and PostgreSQL, each implementing the core
 //! store (`crate::pipeline::store::Store`: positions, device states, vehicles) and the ports
 //! the features own (`geofence::store::ZoneStore`, `crm::store::CrmStore`,
-//! `immobiliser::store::ImmobiliserStore`, `archive::store::ArchiveStore`). Storage depends on the features, never the
-//! reverse; [`open`] hands out one database as [`Stores`], one handle per port.
+//! `immobiliser::store::ImmobiliserStore`, `archive::store::ArchiveStore`). Storage depends
+//! on the features, never the reverse; [`open`] hands out one database as [`Stores`], one handle per port.
 
 pub mod archive;
 pub mod chunk;
