@@ -302,7 +302,7 @@ async fn sigkill_during_migration_loses_and_duplicates_nothing() {
              INSERT INTO positions SELECT device_id, fix_time - 86400000 * n, server_time, valid, \
              lat, lon, speed_kmh, course, altitude, satellites, ignition, motion, odometer_m, \
              gps_odometer_m, inputs, outputs, power_v, alarm, attributes \
-             FROM positions, k WHERE fix_time >= (SELECT MAX(fix_time) FROM positions) - 86400000",
+             FROM positions, k WHERE fix_time > (SELECT MAX(fix_time) FROM positions) - 3600000",
         )
         .unwrap();
     }
