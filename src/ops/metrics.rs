@@ -247,6 +247,26 @@ fn describe() {
         "fleetgate_storage_commit_retries_total",
         "Group commits retried after a transient storage error"
     );
+    describe_gauge!(
+        "fleetgate_storage_positions",
+        "Positions stored, both tiers (refreshed every 5 minutes)"
+    );
+    describe_gauge!(
+        "fleetgate_storage_bytes",
+        "Bytes on disk of the position tables, by tier (hot rows, packed chunks)"
+    );
+    describe_counter!(
+        "fleetgate_storage_compacted_positions_total",
+        "Hot rows packed into chunks by compaction"
+    );
+    describe_counter!(
+        "fleetgate_storage_partitions_created_total",
+        "PostgreSQL day partitions created (ahead, or on demand by the group commit)"
+    );
+    describe_counter!(
+        "fleetgate_storage_chunk_errors_total",
+        "Position chunks that failed to decode (the read fails and names the device and day)"
+    );
     describe_counter!(
         "fleetgate_ingest_limit_violations_total",
         "Tracker connections closed or refused by a limit, by protocol and limit"
