@@ -142,10 +142,20 @@ async fn ingest(port: u16, acked: &Acked, packets: usize, offset_ms: i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn storage_compact_beside_a_live_daemon_keeps_every_track() {
     let dir = tempfile::tempdir().unwrap();
-    let t = teltonika_only(
-        dir.path(),
-        &format!("url = \"sqlite://{}/fg.db\"", dir.path().display()),
-    );
+    let url = format!("sqlite://{}/fg.db", dir.path().display());
+    compact_beside_a_live_daemon(dir.path(), &url, "sqlite").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storage_compact_beside_a_live_daemon_keeps_every_track_on_postgres() {
+    let dir = tempfile::tempdir().unwrap();
+    let schema = common::pg::PgSchema::create().await;
+    compact_beside_a_live_daemon(dir.path(), &schema.url, "postgres").await;
+    drop(schema);
+}
+
+async fn compact_beside_a_live_daemon(dir: &std::path::Path, url: &str, backend: &str) {
+    let t = teltonika_only(dir, &format!("url = \"{url}\""));
     let mut daemon = spawn(&t.config);
     wait_ready(&t.api).await;
     let acked: Acked = Default::default();
@@ -173,7 +183,7 @@ async fn storage_compact_beside_a_live_daemon_keeps_every_track() {
         String::from_utf8_lossy(&out.stderr)
     );
     let said = String::from_utf8_lossy(&out.stdout);
-    assert!(said.contains("compacted (sqlite)"), "{said}");
+    assert!(said.contains(&format!("compacted ({backend})")), "{said}");
     more.await.unwrap();
 
     for (i, old) in before.iter().enumerate() {
