@@ -69,7 +69,7 @@ async fn chunks(
 impl PostgresStore {
     /// Run `read` on the legacy table while there is one; a legacy table dropped meanwhile
     /// reads as empty from then on.
-    async fn from_legacy<T, F, Fut>(&self, read: F) -> Result<Vec<T>, StorageError>
+    async fn read_legacy<T, F, Fut>(&self, read: F) -> Result<Vec<T>, StorageError>
     where
         F: FnOnce() -> Fut,
         Fut: std::future::Future<Output = Result<Vec<T>, StorageError>>,
@@ -95,7 +95,7 @@ impl PostgresStore {
     ) -> Result<Vec<StoredPosition>, StorageError> {
         let packed = chunks(&self.pool, device, from, to).await?;
         let legacy = self
-            .from_legacy(|| reads::track_in(&self.pool, SQL, LEGACY, device, from, to, limit))
+            .read_legacy(|| reads::track_in(&self.pool, SQL, LEGACY, device, from, to, limit))
             .await?;
         let hot = reads::track(&self.pool, SQL, device, from, to, limit).await?;
         if packed.is_empty() && legacy.is_empty() {
@@ -118,7 +118,7 @@ impl PostgresStore {
     ) -> Result<Vec<TrackPoint>, StorageError> {
         let packed = chunks(&self.pool, device, from, to).await?;
         let legacy = self
-            .from_legacy(|| reads::track_points_in(&self.pool, LEGACY, device, from, to, limit))
+            .read_legacy(|| reads::track_points_in(&self.pool, LEGACY, device, from, to, limit))
             .await?;
         let hot = reads::track_points(&self.pool, device, from, to, limit).await?;
         if packed.is_empty() && legacy.is_empty() {
@@ -325,7 +325,7 @@ impl ArchiveStore for PostgresStore {
         }
         self.parts.forget();
         let legacy: Vec<i64> = self
-            .from_legacy(|| async {
+            .read_legacy(|| async {
                 let mut gone = Vec::new();
                 loop {
                     let v: Vec<i64> = sqlx::query_scalar(
@@ -357,7 +357,7 @@ impl ArchiveStore for PostgresStore {
             }
         }
         let legacy = self
-            .from_legacy(|| async {
+            .read_legacy(|| async {
                 let v: Option<i64> =
                     sqlx::query_scalar("SELECT MIN(fix_time) FROM positions_legacy")
                         .fetch_one(&self.pool)
@@ -397,7 +397,7 @@ impl ArchiveStore for PostgresStore {
             }
         }
         let legacy = self
-            .from_legacy(|| async {
+            .read_legacy(|| async {
                 let rows: Vec<(i64, i64, i64)> = sqlx::query_as(
                     "SELECT floor(fix_time / 86400000.0)::int8, COUNT(*)::int8, \
                      pg_total_relation_size('positions_legacy'::regclass) \
@@ -479,7 +479,7 @@ impl Layout for PostgresStore {
 
     /// Each device's oldest legacy day (the next call finds the next one).
     async fn old_days(&self, limit: u32) -> Result<Vec<DeviceDay>, StorageError> {
-        let devices = self.from_legacy(|| self.devices_in(LEGACY)).await?;
+        let devices = self.read_legacy(|| self.devices_in(LEGACY)).await?;
         let mut out = Vec::new();
         for dev in devices {
             let first: Option<i64> = sqlx::query_scalar(
