@@ -461,7 +461,8 @@ mod tests {
         let t = |ms| from_millis(ms);
         let v = track_of(
             vec![P(9, "a"), P(2, "a"), P(5, "a"), P(2, "x")],
-            vec![P(1, "b"), P(5, "b"), P(7, "b")],
+            // Rows come from a range query: already inside [from, to).
+            vec![P(5, "b"), P(7, "b"), P(8, "b")],
             t(2),
             t(9),
             3,
