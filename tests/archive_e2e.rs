@@ -420,3 +420,111 @@ async fn daemon_converts_an_old_database_in_the_background() {
     daemon.kill().unwrap();
     daemon.wait().unwrap();
 }
+
+/// PostgreSQL: `fleetgate migrate` moving `positions_legacy` into chunks, killed at random
+/// moments and run again: every row there once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_postgres_migration_loses_and_duplicates_nothing() {
+    use fleetgate::model::{DeviceId, Position};
+    use fleetgate::storage::{DeviceState, NewPosition, WriteItem};
+    let dir = tempfile::tempdir().unwrap();
+    let schema = common::pg::PgSchema::create().await;
+    let cfg = fleetgate::config::StorageConfig {
+        url: schema.url.clone(),
+        max_connections: 2,
+        ..Default::default()
+    };
+    let stores = fleetgate::storage::open(&cfg).await.unwrap();
+    let mut written = BTreeSet::new();
+    for dev in 0..8 {
+        let device = format!("dev-{dev}");
+        for day in 0..20i64 {
+            let positions: Vec<NewPosition> = (0..50)
+                .map(|i| {
+                    let t = Utc
+                        .timestamp_millis_opt(base_ms() + day * 86_400_000 + i * 60_000)
+                        .unwrap();
+                    written.insert((device.clone(), t.timestamp_millis()));
+                    NewPosition::new(Position::new(t, true, 55.7 + i as f64 * 1e-4, 37.6), 0.0)
+                })
+                .collect();
+            let now = Utc::now();
+            stores
+                .core
+                .write_batch(&[WriteItem {
+                    origin: Default::default(),
+                    device: DeviceId::new(device.as_str()),
+                    protocol: fleetgate::protocols::Protocol::Teltonika,
+                    server_time: now,
+                    positions,
+                    state: DeviceState {
+                        device_id: DeviceId::new(device.as_str()),
+                        protocol: "teltonika".into(),
+                        last_seen: now,
+                        position: None,
+                        gps_odometer_m: 0.0,
+                    },
+                }])
+                .await
+                .unwrap();
+        }
+    }
+    // The layout of a database from before migration 0010.
+    let pool = sqlx::PgPool::connect(&cfg.url).await.unwrap();
+    sqlx::raw_sql(
+        "CREATE TABLE positions_legacy (LIKE positions INCLUDING ALL); \
+         INSERT INTO positions_legacy SELECT * FROM positions; DELETE FROM positions;",
+    )
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+    drop(stores);
+    let config = dir.path().join("fg.toml");
+    std::fs::write(&config, format!("[storage]\nurl = \"{}\"\n", schema.url)).unwrap();
+    let mut interrupted = 0;
+    for _ in 0..4 {
+        let mut child = fleetgate(&["migrate"], &config).spawn().unwrap();
+        let wait = rand::thread_rng().gen_range(40..400);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        if child.try_wait().unwrap().is_none() {
+            interrupted += 1;
+        }
+        let _ = child.kill();
+        child.wait().unwrap();
+    }
+    let out = fleetgate(&["migrate"], &config).output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    println!(
+        "interrupted {interrupted} times; last run: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let stores = fleetgate::storage::open(&cfg).await.unwrap();
+    assert!(!stores.layout.old_layout().await.unwrap());
+    let mut seen = Vec::new();
+    for dev in 0..8 {
+        let device = format!("dev-{dev}");
+        let t = stores
+            .core
+            .track(
+                &DeviceId::new(device.as_str()),
+                Utc.timestamp_millis_opt(base_ms() - 86_400_000).unwrap(),
+                Utc.timestamp_millis_opt(base_ms() + 40 * 86_400_000)
+                    .unwrap(),
+                1_000_000,
+            )
+            .await
+            .unwrap();
+        seen.extend(
+            t.iter()
+                .map(|p| (device.clone(), p.time.timestamp_millis())),
+        );
+    }
+    assert_eq!(seen.len(), written.len(), "nothing lost, nothing twice");
+    assert_eq!(seen.into_iter().collect::<BTreeSet<_>>(), written);
+    drop(schema);
+}
