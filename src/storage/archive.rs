@@ -299,8 +299,8 @@ pub async fn migrate(
 }
 
 /// Start-up upkeep the daemon runs beside ingest: the conversion of an old layout when it
-/// finds one (with a log line saying so), and `fleetgate_storage_*` gauges refreshed every
-/// `every`.
+/// finds one (with a log line saying so); every `every` the coming days' partitions made
+/// sure of and the `fleetgate_storage_*` gauges refreshed.
 pub fn spawn_upkeep(stores: &super::Stores, every: std::time::Duration) {
     let (archive, layout) = (stores.archive.clone(), stores.layout.clone());
     tokio::spawn(async move {
@@ -336,6 +336,12 @@ pub fn spawn_upkeep(stores: &super::Stores, every: std::time::Duration) {
             Err(e) => tracing::error!(error = %e, "storage: cannot check for an old layout"),
         }
         loop {
+            // Today's and the next two days' partitions exist before their first commit
+            // (PostgreSQL; the group commit would create a missing one itself).
+            let today = Day::of(Utc::now());
+            if let Err(e) = archive.ensure_partitions(today, Day(today.0 + 2)).await {
+                tracing::warn!(error = %e, "storage: creating the coming days' partitions");
+            }
             match archive.partition_stats().await {
                 Ok(s) => publish(&s),
                 Err(e) => tracing::warn!(error = %e, "storage: partition stats"),
