@@ -78,6 +78,18 @@ async fn park(t: &mut Tracker) {
 /// Location events of the car as the outbox holds them (any status): (fix second, status,
 /// last_error).
 async fn location_events(api: &Api, car: &str) -> Vec<(i64, String, Value)> {
+    // The fake may have answered before the outbox recorded the delivery: wait for it.
+    for _ in 0..100 {
+        let e = location_events_now(api, car).await;
+        if e.iter().all(|e| e.1 != "pending") {
+            return e;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    location_events_now(api, car).await
+}
+
+async fn location_events_now(api: &Api, car: &str) -> Vec<(i64, String, Value)> {
     let (st, v) = api
         .get(&format!("/api/v1/crm/outbox?vehicle={car}&status=all&limit=1000"))
         .await;
@@ -327,4 +339,82 @@ async fn a_vehicle_s_own_company_is_used_without_reading_the_lead() {
         "the lead is not read when the vehicle has its company"
     );
     daemon.stop().await;
+}
+
+/// The coalescing and the company memory on both real backends: a newer location of a car
+/// drops its older pending one (other kinds and other cars untouched); a company found
+/// through the deal is stored on the vehicle unless one is set.
+async fn outbox_keeps_one_pending_location_per_car(store: fleetgate::storage::Stores) {
+    use fleetgate::crm::event::{NewEvent, Payload};
+    use fleetgate::model::VehicleId;
+    let now = Utc::now();
+    let loc = |car: &str, lat: f64| NewEvent {
+        vehicle_id: VehicleId(car.into()),
+        deal_id: Some("42".into()),
+        payload: Payload::Location { lat, lon: 37.6, at: now },
+    };
+    let miles = NewEvent {
+        vehicle_id: VehicleId("car-a".into()),
+        deal_id: Some("42".into()),
+        payload: Payload::Mileage { odometer_km: 5.0, at: now },
+    };
+    let crm = &store.crm;
+    let ttl = chrono::Duration::hours(1);
+    crm.crm_commit(&[], &[loc("car-a", 55.1), miles, loc("car-b", 55.5)], now, ttl)
+        .await
+        .unwrap();
+    crm.crm_commit(&[], &[loc("car-a", 55.2)], now, ttl).await.unwrap();
+    crm.crm_commit(&[], &[loc("car-a", 55.3)], now, ttl).await.unwrap();
+    let all = crm.outbox_list(None, None, 100).await.unwrap();
+    let seen: Vec<(String, &str, String)> = all
+        .iter()
+        .rev()
+        .map(|e| {
+            let what = match &e.payload {
+                Payload::Location { lat, .. } => format!("loc {lat}"),
+                p => p.kind().to_string(),
+            };
+            (e.vehicle_id.0.clone(), e.status.as_str(), what)
+        })
+        .collect();
+    let row = |c: &str, s: &'static str, w: &str| (c.to_string(), s, w.to_string());
+    assert_eq!(
+        seen,
+        [
+            row("car-a", "dropped", "loc 55.1"),
+            row("car-a", "pending", "mileage"),
+            row("car-b", "pending", "loc 55.5"),
+            row("car-a", "dropped", "loc 55.2"),
+            row("car-a", "pending", "loc 55.3"),
+        ]
+    );
+    // The company memory: set once, an operator's value kept.
+    store
+        .core
+        .upsert_vehicle(
+            &VehicleId("car-a".into()),
+            &fleetgate::pipeline::store::VehicleUpdate::default(),
+        )
+        .await
+        .unwrap();
+    assert!(crm.crm_set_company(&VehicleId("car-a".into()), "9001", now).await.unwrap());
+    assert!(!crm.crm_set_company(&VehicleId("car-a".into()), "9002", now).await.unwrap());
+    let v = store.core.vehicle(&VehicleId("car-a".into())).await.unwrap().unwrap();
+    assert_eq!(v.crm_company_id.as_deref(), Some("9001"));
+}
+
+#[tokio::test]
+async fn sqlite_outbox_keeps_one_pending_location_per_car() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = common::config(dir.path(), "");
+    let store = fleetgate::storage::open(&cfg.storage).await.unwrap();
+    outbox_keeps_one_pending_location_per_car(store).await;
+}
+
+#[tokio::test]
+async fn postgres_outbox_keeps_one_pending_location_per_car() {
+    let schema = common::pg::PgSchema::create().await;
+    let cfg = common::config_with_storage(&schema.url, "");
+    let store = fleetgate::storage::open(&cfg.storage).await.unwrap();
+    outbox_keeps_one_pending_location_per_car(store).await;
 }

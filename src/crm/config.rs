@@ -103,7 +103,7 @@ pub struct CrmConfig {
 /// `[crm.amocrm]`: the keys amoCRM shows for an integration ("Ключи и доступы"). With them,
 /// `fleetgate crm authorize CODE` exchanges the authorization code once; the tokens live in
 /// the database and are refreshed by the daemon.
-#[derive(Clone, Debug, Default, Deserialize, Serialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AmoOAuth {
     pub client_id: String,
@@ -112,6 +112,17 @@ pub struct AmoOAuth {
     pub redirect_uri: String,
     /// Refresh this many seconds before the access token expires.
     pub refresh_before_s: u64,
+}
+
+impl Default for AmoOAuth {
+    fn default() -> Self {
+        AmoOAuth {
+            client_id: String::new(),
+            client_secret: String::new(),
+            redirect_uri: String::new(),
+            refresh_before_s: 3600,
+        }
+    }
 }
 
 impl AmoOAuth {
@@ -179,10 +190,7 @@ impl Default for CrmConfig {
             inbound: InboundConfig::default(),
             car_entity: "deal".into(),
             location_interval_min: 0,
-            amocrm: AmoOAuth {
-                refresh_before_s: 3600,
-                ..Default::default()
-            },
+            amocrm: AmoOAuth::default(),
         }
     }
 }
