@@ -222,14 +222,20 @@ impl CrmConfig {
         }
     }
 
-    /// How often a moving car's location is written, with the kind's default for 0.
-    pub fn location_interval(&self) -> std::time::Duration {
+    /// How often a moving car's location is written, with the kind's default for 0; `None`
+    /// when there is nowhere to write it (amoCRM / Bitrix24 without a location field).
+    pub fn location_interval(&self) -> Option<std::time::Duration> {
+        let field = match self.kind.as_str() {
+            "amocrm" => self.fields.location_field_id != 0,
+            "bitrix24" => !self.fields.location_field_code.is_empty(),
+            _ => true,
+        };
         let min = match (self.location_interval_min, self.kind.as_str()) {
             (0, "bitrix24") => 30,
             (0, _) => 10,
             (m, _) => m,
         };
-        std::time::Duration::from_secs(min * 60)
+        field.then(|| std::time::Duration::from_secs(min * 60))
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -595,6 +601,40 @@ mod tests {
             let e = load(text).unwrap_err();
             assert!(e.starts_with(&format!("{key}:")), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn car_entity_and_location_interval_take_each_crm_s_default() {
+        let c = load("").unwrap();
+        assert_eq!(c.crm.car_entity(), super::CarEntity::Deal);
+        assert_eq!(c.crm.amocrm.refresh_before_s, 3600);
+        let amo = |extra: &str| {
+            load(&format!(
+                "[crm]\nkind = \"amocrm\"\nbase_url = \"https://x.amocrm.ru\"\ntoken = \"t\"\n{extra}\n\
+                 [crm.stages]\non_line = {{ pipeline_id = 1, status_id = 2 }}\n\
+                 wants_to_return = {{ pipeline_id = 1, status_id = 3 }}\n"
+            ))
+        };
+        assert_eq!(amo("").unwrap().crm.location_interval(), None, "no location field");
+        let amo = |extra: &str| amo(&format!("{extra}\n[crm.fields]\nlocation_field_id = 503"));
+        let c = amo("car_entity = \"company\"").unwrap();
+        assert_eq!(c.crm.car_entity(), super::CarEntity::Company);
+        // 1,500 moving cars every 10 min = 2.5 requests/s, well inside amoCRM's 7.
+        let every = |c: &crate::config::Config| c.crm.location_interval().unwrap().as_secs_f64();
+        assert_eq!(every(&c), 600.0);
+        assert!(1500.0 / every(&c) <= 7.0 * 0.4);
+        assert_eq!(every(&amo("location_interval_min = 3").unwrap()), 180.0);
+        let bx = load(
+            "[crm]\nkind = \"bitrix24\"\nwebhook_url = \"https://b.ru/rest/1/x/\"\n\
+             [crm.stages]\non_line = { stage_id = \"A\" }\nwants_to_return = { stage_id = \"B\" }\n\
+             [crm.fields]\nlocation_field_code = \"UF_CRM_LOCATION\"\n",
+        )
+        .unwrap();
+        // Bitrix24: one call per write, 2 requests/s: 30 min = 0.83 requests/s.
+        assert_eq!(every(&bx), 1800.0);
+        assert!(1500.0 / every(&bx) <= 2.0 * 0.5);
+        let e = amo("car_entity = \"vehicle\"").unwrap_err();
+        assert!(e.starts_with("crm.car_entity:"), "{e}");
     }
 
     #[test]

@@ -265,8 +265,8 @@ pub struct Engine {
     /// Fix time of the location last written to each car's card (a stage move or a
     /// [`Payload::Location`]): a moving car's next one is due `location_every` later.
     loc_written: HashMap<VehicleId, DateTime<Utc>>,
-    /// `[crm] location_interval_min` (see [`Engine::car_card`]).
-    location_every: chrono::Duration,
+    /// `[crm] location_interval_min` (see [`Engine::car_card`]); `None`: no location field.
+    location_every: Option<chrono::Duration>,
     /// `[crm] car_entity`.
     car_entity: super::config::CarEntity,
     /// What each vehicle's deal was last told of its block (see [`blocks`]).
@@ -323,7 +323,7 @@ pub fn new(
         mileage: HashMap::new(),
         last_pos: HashMap::new(),
         loc_written: HashMap::new(),
-        location_every: chrono::Duration::minutes(10),
+        location_every: None,
         car_entity: super::config::CarEntity::Deal,
         shown: HashMap::new(),
         by_device: HashMap::new(),
@@ -362,15 +362,14 @@ impl Engine {
     }
 
     /// Where car facts go (`[crm] car_entity`) and how often a moving car's location is
-    /// written (`[crm] location_interval_min`).
+    /// written (`[crm] location_interval_min`; `None`: never, there is no field for it).
     pub fn car_card(
         mut self,
         entity: super::config::CarEntity,
-        location_every: std::time::Duration,
+        location_every: Option<std::time::Duration>,
     ) -> Engine {
         self.car_entity = entity;
-        self.location_every =
-            chrono::Duration::from_std(location_every).unwrap_or(chrono::Duration::minutes(10));
+        self.location_every = location_every.and_then(|d| chrono::Duration::from_std(d).ok());
         self
     }
 
@@ -831,6 +830,9 @@ impl Engine {
         {
             self.loc_written.insert(id.clone(), at);
         }
+        let Some(every) = self.location_every else {
+            return;
+        };
         for np in &item.positions {
             let p = &np.position;
             if p.speed_kmh <= self.rules.moving_kmh {
@@ -839,7 +841,7 @@ impl Engine {
             let due = self
                 .loc_written
                 .get(id)
-                .map_or(true, |t| p.fix_time - *t >= self.location_every);
+                .map_or(true, |t| p.fix_time - *t >= every);
             if due {
                 self.loc_written.insert(id.clone(), p.fix_time);
                 payloads.push(Payload::Location {
