@@ -39,7 +39,14 @@ fn record(s: i64, speed: u16) -> AvlRecord {
 
 /// The fix second a written location belongs to.
 fn second_of(v: &Value) -> i64 {
-    let lat: f64 = v.as_str().unwrap().split(',').next().unwrap().parse().unwrap();
+    let lat: f64 = v
+        .as_str()
+        .unwrap()
+        .split(',')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
     ((lat - 55.75) / 0.00002).round() as i64
 }
 
@@ -91,7 +98,9 @@ async fn location_events(api: &Api, car: &str) -> Vec<(i64, String, Value)> {
 
 async fn location_events_now(api: &Api, car: &str) -> Vec<(i64, String, Value)> {
     let (st, v) = api
-        .get(&format!("/api/v1/crm/outbox?vehicle={car}&status=all&limit=1000"))
+        .get(&format!(
+            "/api/v1/crm/outbox?vehicle={car}&status=all&limit=1000"
+        ))
         .await;
     assert_eq!(st, 200, "{v}");
     v["events"]
@@ -126,12 +135,16 @@ fn check_periodic(events: &[(i64, String, Value)]) {
     );
     for (s, status, err) in events {
         assert!(
-            status == "delivered" || (status == "dropped" && err.as_str().unwrap_or("").contains("newer event")),
+            status == "delivered"
+                || (status == "dropped" && err.as_str().unwrap_or("").contains("newer event")),
             "{s}: {status} {err}"
         );
     }
     let newest = events.iter().max_by_key(|e| e.0).unwrap();
-    assert_eq!(newest.1, "delivered", "the newest location is written: {events:?}");
+    assert_eq!(
+        newest.1, "delivered",
+        "the newest location is written: {events:?}"
+    );
 }
 
 fn amo_toml(url: &str) -> String {
@@ -163,9 +176,10 @@ async fn amocrm_car_facts_land_on_the_company_found_through_the_lead_and_the_sta
     amo.fake.add_company("9001");
     amo.fake.link_company(4242, 9001);
     let dir = tempfile::tempdir().unwrap();
-    let daemon = fleetgate::app::start_with(common::config(dir.path(), &amo_toml(&amo.url)), seams())
-        .await
-        .unwrap();
+    let daemon =
+        fleetgate::app::start_with(common::config(dir.path(), &amo_toml(&amo.url)), seams())
+            .await
+            .unwrap();
     let api = Api::new(daemon.api_addr);
     let imei = "356307042441201";
     let (st, v) = api
@@ -208,10 +222,16 @@ async fn amocrm_car_facts_land_on_the_company_found_through_the_lead_and_the_sta
         .iter()
         .filter(|c| c.path == "/api/v4/leads/4242")
         .count();
-    assert!(lead_reads >= 1, "the company was looked up through the lead");
+    assert!(
+        lead_reads >= 1,
+        "the company was looked up through the lead"
+    );
     let (st, v) = api.get("/api/v1/vehicles?crm_company_id=9001").await;
     assert_eq!(st, 200, "{v}");
-    assert_eq!(v[0]["id"], "car-7", "company remembered on the vehicle: {v}");
+    assert_eq!(
+        v[0]["id"], "car-7",
+        "company remembered on the vehicle: {v}"
+    );
 
     // Location and mileage on the company card; the newest location is that of 410 s.
     assert!(
@@ -224,15 +244,25 @@ async fn amocrm_car_facts_land_on_the_company_found_through_the_lead_and_the_sta
         "{:?}",
         amo.fake.company_writes("9001", "503")
     );
-    assert!(!amo.fake.company_writes("9001", "501").is_empty(), "mileage with the stage move");
+    assert!(
+        !amo.fake.company_writes("9001", "501").is_empty(),
+        "mileage with the stage move"
+    );
     check_periodic(&location_events(&api, "car-7").await);
 
     // Standing still for 5 min of fixes: nothing more is written.
     let before = amo.fake.company_writes("9001", "503").len();
     park(&mut t).await;
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    assert_eq!(amo.fake.company_writes("9001", "503").len(), before, "none while standing");
-    assert!(location_events(&api, "car-7").await.iter().all(|e| e.0 < 420));
+    assert_eq!(
+        amo.fake.company_writes("9001", "503").len(),
+        before,
+        "none while standing"
+    );
+    assert!(location_events(&api, "car-7")
+        .await
+        .iter()
+        .all(|e| e.0 < 420));
     daemon.stop().await;
 }
 
@@ -277,8 +307,9 @@ mileage_field_code = "UF_CRM_MILEAGE"
     assert_eq!(st, 200, "{v}");
     let _t = drive(&daemon, imei).await;
     assert!(
-        crm_fake::wait_for(10, || bx.fake.deals.lock().unwrap()["555"]["STAGE_ID"] == "C1:EXECUTING")
-            .await,
+        crm_fake::wait_for(10, || bx.fake.deals.lock().unwrap()["555"]["STAGE_ID"]
+            == "C1:EXECUTING")
+        .await,
         "{:?}",
         bx.fake.calls()
     );
@@ -293,9 +324,18 @@ mileage_field_code = "UF_CRM_MILEAGE"
         bx.fake.calls()
     );
     assert!(!bx.fake.company_writes("77", "UF_CRM_MILEAGE").is_empty());
-    for c in bx.fake.calls().iter().filter(|c| c.path.ends_with("crm.deal.update")) {
+    for c in bx
+        .fake
+        .calls()
+        .iter()
+        .filter(|c| c.path.ends_with("crm.deal.update"))
+    {
         let fields = c.body["fields"].as_object().unwrap();
-        assert_eq!(fields.keys().collect::<Vec<_>>(), ["STAGE_ID"], "only the stage on the deal");
+        assert_eq!(
+            fields.keys().collect::<Vec<_>>(),
+            ["STAGE_ID"],
+            "only the stage on the deal"
+        );
     }
     let (_, v) = api.get("/api/v1/vehicles?crm_company_id=77").await;
     assert_eq!(v[0]["id"], "car-8", "{v}");
@@ -310,9 +350,10 @@ async fn a_vehicle_s_own_company_is_used_without_reading_the_lead() {
     let amo = crm_fake::start("amocrm").await;
     amo.fake.add_company("9100");
     let dir = tempfile::tempdir().unwrap();
-    let daemon = fleetgate::app::start_with(common::config(dir.path(), &amo_toml(&amo.url)), seams())
-        .await
-        .unwrap();
+    let daemon =
+        fleetgate::app::start_with(common::config(dir.path(), &amo_toml(&amo.url)), seams())
+            .await
+            .unwrap();
     let api = Api::new(daemon.api_addr);
     let imei = "356307042441203";
     let (st, v) = api
@@ -335,7 +376,10 @@ async fn a_vehicle_s_own_company_is_used_without_reading_the_lead() {
         amo.fake.calls()
     );
     assert!(
-        !amo.fake.calls().iter().any(|c| c.method == "GET" && c.path == "/api/v4/leads/4300"),
+        !amo.fake
+            .calls()
+            .iter()
+            .any(|c| c.method == "GET" && c.path == "/api/v4/leads/4300"),
         "the lead is not read when the vehicle has its company"
     );
     daemon.stop().await;
@@ -351,20 +395,36 @@ async fn outbox_keeps_one_pending_location_per_car(store: fleetgate::storage::St
     let loc = |car: &str, lat: f64| NewEvent {
         vehicle_id: VehicleId(car.into()),
         deal_id: Some("42".into()),
-        payload: Payload::Location { lat, lon: 37.6, at: now },
+        payload: Payload::Location {
+            lat,
+            lon: 37.6,
+            at: now,
+        },
     };
     let miles = NewEvent {
         vehicle_id: VehicleId("car-a".into()),
         deal_id: Some("42".into()),
-        payload: Payload::Mileage { odometer_km: 5.0, at: now },
+        payload: Payload::Mileage {
+            odometer_km: 5.0,
+            at: now,
+        },
     };
     let crm = &store.crm;
     let ttl = chrono::Duration::hours(1);
-    crm.crm_commit(&[], &[loc("car-a", 55.1), miles, loc("car-b", 55.5)], now, ttl)
+    crm.crm_commit(
+        &[],
+        &[loc("car-a", 55.1), miles, loc("car-b", 55.5)],
+        now,
+        ttl,
+    )
+    .await
+    .unwrap();
+    crm.crm_commit(&[], &[loc("car-a", 55.2)], now, ttl)
         .await
         .unwrap();
-    crm.crm_commit(&[], &[loc("car-a", 55.2)], now, ttl).await.unwrap();
-    crm.crm_commit(&[], &[loc("car-a", 55.3)], now, ttl).await.unwrap();
+    crm.crm_commit(&[], &[loc("car-a", 55.3)], now, ttl)
+        .await
+        .unwrap();
     let all = crm.outbox_list(None, None, 100).await.unwrap();
     let seen: Vec<(String, &str, String)> = all
         .iter()
@@ -397,9 +457,20 @@ async fn outbox_keeps_one_pending_location_per_car(store: fleetgate::storage::St
         )
         .await
         .unwrap();
-    assert!(crm.crm_set_company(&VehicleId("car-a".into()), "9001", now).await.unwrap());
-    assert!(!crm.crm_set_company(&VehicleId("car-a".into()), "9002", now).await.unwrap());
-    let v = store.core.vehicle(&VehicleId("car-a".into())).await.unwrap().unwrap();
+    assert!(crm
+        .crm_set_company(&VehicleId("car-a".into()), "9001", now)
+        .await
+        .unwrap());
+    assert!(!crm
+        .crm_set_company(&VehicleId("car-a".into()), "9002", now)
+        .await
+        .unwrap());
+    let v = store
+        .core
+        .vehicle(&VehicleId("car-a".into()))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(v.crm_company_id.as_deref(), Some("9001"));
 }
 

@@ -102,11 +102,17 @@ async fn authorize_stores_tokens_and_the_daemon_refreshes_before_expiry_and_afte
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("amoCRM authorized"), "{out}");
     for secret in ["acc-1", "ref-1", "csecret-1"] {
-        assert!(!out.contains(secret) && !err.contains(secret), "{secret} printed: {out}{err}");
+        assert!(
+            !out.contains(secret) && !err.contains(secret),
+            "{secret} printed: {out}{err}"
+        );
     }
     let first = &token_calls(&amo.fake)[0];
     assert_eq!(first.body["grant_type"], "authorization_code");
-    assert_eq!(first.body["redirect_uri"], "https://fleet.example.ru/amocrm");
+    assert_eq!(
+        first.body["redirect_uri"],
+        "https://fleet.example.ru/amocrm"
+    );
     // A code works once: amoCRM's refusal is named.
     let (code, _, err) = fleetgate(&["crm", "authorize", "def50200code"], &path);
     assert_eq!(code, 1, "{err}");
@@ -125,7 +131,10 @@ async fn authorize_stores_tokens_and_the_daemon_refreshes_before_expiry_and_afte
     assert_eq!(st, 200, "{v}");
     let due = (chrono::Utc::now() + chrono::Duration::days(30)).date_naive();
     let (st, v) = api
-        .post("/api/v1/vehicles/car-1/inspection", json!({ "due_date": due }))
+        .post(
+            "/api/v1/vehicles/car-1/inspection",
+            json!({ "due_date": due }),
+        )
         .await;
     assert_eq!(st, 200, "{v}");
     let postpone = || async {
@@ -144,7 +153,10 @@ async fn authorize_stores_tokens_and_the_daemon_refreshes_before_expiry_and_afte
         "{:?}",
         amo.fake.calls()
     );
-    assert!(authorized.elapsed() < Duration::from_secs(12), "the test ran too slowly to tell");
+    assert!(
+        authorized.elapsed() < Duration::from_secs(12),
+        "the test ran too slowly to tell"
+    );
     assert_eq!(token_calls(&amo.fake).len(), 2, "no refresh while fresh");
 
     // Inside refresh_before_s of the expiry: refreshed before the call, rotated token stored.
@@ -173,8 +185,14 @@ async fn authorize_stores_tokens_and_the_daemon_refreshes_before_expiry_and_afte
     let unauthorized = calls.iter().filter(|c| c.status == 401).count();
     assert_eq!(unauthorized, 1, "one 401 before the refresh");
     let refresh = &token_calls(&amo.fake)[3];
-    assert_eq!(refresh.body["refresh_token"], "ref-2", "the rotated token was kept");
-    assert!(amo.fake.oauth.lock().unwrap().refused.is_empty(), "never an old refresh token");
+    assert_eq!(
+        refresh.body["refresh_token"], "ref-2",
+        "the rotated token was kept"
+    );
+    assert!(
+        amo.fake.oauth.lock().unwrap().refused.is_empty(),
+        "never an old refresh token"
+    );
     assert_eq!(
         common::metric(&api, "fleetgate_crm_auth_failed", &[("crm", "amocrm")]).await,
         0.0,
@@ -185,9 +203,15 @@ async fn authorize_stores_tokens_and_the_daemon_refreshes_before_expiry_and_afte
     // The newest pair is in the database; the old refresh token no longer works at amoCRM.
     let cfg = common::config(dir.path(), &crm_toml(&amo.url));
     let stores = fleetgate::storage::open(&cfg.storage).await.unwrap();
-    let stored = fleetgate::crm::oauth::load(stores.crm.as_ref()).await.unwrap().unwrap();
+    let stored = fleetgate::crm::oauth::load(stores.crm.as_ref())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(stored.refresh_token, "ref-3");
-    assert!(!format!("{stored:?}").contains("ref-3"), "Debug redacts tokens");
+    assert!(
+        !format!("{stored:?}").contains("ref-3"),
+        "Debug redacts tokens"
+    );
     let r = reqwest::Client::new()
         .post(format!("{}/oauth2/access_token", amo.url))
         .json(&json!({ "client_id": "cid-1", "client_secret": "csecret-1",
@@ -242,7 +266,10 @@ async fn a_revoked_refresh_token_pauses_until_authorized_again() {
     assert_eq!(st, 200, "{v}");
     let due = (chrono::Utc::now() + chrono::Duration::days(30)).date_naive();
     let (st, v) = api
-        .post("/api/v1/vehicles/car-1/inspection", json!({ "due_date": due }))
+        .post(
+            "/api/v1/vehicles/car-1/inspection",
+            json!({ "due_date": due }),
+        )
         .await;
     assert_eq!(st, 200, "{v}");
     let (st, v) = api
@@ -327,5 +354,8 @@ fn crm_config_errors_name_the_key() {
     std::fs::write(&path, format!("{base}{}", amo("token = \"t\"", ""))).unwrap();
     let (code, _, err) = fleetgate(&["crm", "authorize", "abc"], &path);
     assert_eq!(code, 2, "{err}");
-    assert!(err.contains("[crm.amocrm] client_id, client_secret, redirect_uri"), "{err}");
+    assert!(
+        err.contains("[crm.amocrm] client_id, client_secret, redirect_uri"),
+        "{err}"
+    );
 }

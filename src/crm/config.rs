@@ -128,7 +128,9 @@ impl Default for AmoOAuth {
 impl AmoOAuth {
     /// All three keys are set: the connector authenticates with OAuth tokens.
     pub fn enabled(&self) -> bool {
-        !(self.client_id.is_empty() || self.client_secret.is_empty() || self.redirect_uri.is_empty())
+        !(self.client_id.is_empty()
+            || self.client_secret.is_empty()
+            || self.redirect_uri.is_empty())
     }
 }
 
@@ -296,7 +298,10 @@ impl CrmConfig {
                         "set either a long-lived token or [crm.amocrm] OAuth keys, not both",
                     ));
                 }
-                if set == 3 && !o.redirect_uri.starts_with("https://") && !o.redirect_uri.starts_with("http://") {
+                if set == 3
+                    && !o.redirect_uri.starts_with("https://")
+                    && !o.redirect_uri.starts_with("http://")
+                {
                     return Err(invalid(
                         "crm.amocrm.redirect_uri",
                         format!("'{}' is not an http(s) URL", o.redirect_uri),
@@ -615,7 +620,11 @@ mod tests {
                  wants_to_return = {{ pipeline_id = 1, status_id = 3 }}\n"
             ))
         };
-        assert_eq!(amo("").unwrap().crm.location_interval(), None, "no location field");
+        assert_eq!(
+            amo("").unwrap().crm.location_interval(),
+            None,
+            "no location field"
+        );
         let amo = |extra: &str| amo(&format!("{extra}\n[crm.fields]\nlocation_field_id = 503"));
         let c = amo("car_entity = \"company\"").unwrap();
         assert_eq!(c.crm.car_entity(), super::CarEntity::Company);

@@ -91,10 +91,7 @@ pub async fn exchange(
                 "grant_type": "refresh_token", "refresh_token": token, "redirect_uri": o.redirect_uri }),
         ),
     };
-    let url = format!(
-        "{}/oauth2/access_token",
-        cfg.base_url.trim_end_matches('/')
-    );
+    let url = format!("{}/oauth2/access_token", cfg.base_url.trim_end_matches('/'));
     let resp = http
         .post(url)
         .json(&body)
@@ -126,7 +123,9 @@ pub async fn exchange(
         expires_in: i64,
     }
     let a: Answer = serde_json::from_str(&text).map_err(|e| {
-        OAuthError::Response(format!("a body without access_token, refresh_token, expires_in ({e})"))
+        OAuthError::Response(format!(
+            "a body without access_token, refresh_token, expires_in ({e})"
+        ))
     })?;
     if a.access_token.is_empty() || a.refresh_token.is_empty() || a.expires_in <= 0 {
         return Err(OAuthError::Response(
@@ -221,12 +220,19 @@ impl Session {
         }
         // Another instance, or `crm authorize`, may have stored a newer pair meanwhile.
         if let Some(stored) = load(self.store.as_ref()).await? {
-            if stored != t && refused != Some(stored.access_token.as_str()) && stored.expires_at - margin > Utc::now() {
+            if stored != t
+                && refused != Some(stored.access_token.as_str())
+                && stored.expires_at - margin > Utc::now()
+            {
                 *cur = Some(stored.clone());
                 return Ok(stored.access_token);
             }
         }
-        let why = if stale { "refused by amoCRM" } else { "about to expire" };
+        let why = if stale {
+            "refused by amoCRM"
+        } else {
+            "about to expire"
+        };
         match exchange(&self.http, &self.cfg, Grant::Refresh(&t.refresh_token)).await {
             Ok(new) => {
                 save(self.store.as_ref(), &new).await?;

@@ -102,14 +102,12 @@ pub(crate) const UPSERT_STATE: &str =
      ON CONFLICT (scope, id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at";
 
 /// Drop the pending events of vehicle `$2` and kind `$3`, `$1` the reason.
-pub(crate) const COALESCE: &str =
-    "UPDATE crm_outbox SET status = 'dropped', last_error = $1 \
+pub(crate) const COALESCE: &str = "UPDATE crm_outbox SET status = 'dropped', last_error = $1 \
      WHERE vehicle_id = $2 AND kind = $3 AND status = 'pending'";
 
 /// Remember the car's company card found through its deal: `$1` company, `$2` now, `$3`
 /// vehicle; a company set meanwhile (by an operator) is kept.
-pub(crate) const SET_COMPANY: &str =
-    "UPDATE vehicles SET crm_company_id = $1, updated_at = $2 \
+pub(crate) const SET_COMPANY: &str = "UPDATE vehicles SET crm_company_id = $1, updated_at = $2 \
      WHERE id = $3 AND crm_company_id IS NULL";
 
 /// Every rule state of scope `$1`.

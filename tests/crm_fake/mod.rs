@@ -160,9 +160,9 @@ impl Fake {
     /// amoCRM: the lead is linked to a company (shown in its `_embedded.companies`).
     pub fn link_company(&self, lead: u64, company: u64) {
         let mut leads = self.leads.lock().unwrap();
-        let l = leads
-            .entry(lead)
-            .or_insert_with(|| json!({ "id": lead, "status_id": 1, "pipeline_id": 1, "fields": {} }));
+        let l = leads.entry(lead).or_insert_with(
+            || json!({ "id": lead, "status_id": 1, "pipeline_id": 1, "fields": {} }),
+        );
         l["company_id"] = company.into();
     }
     /// Values written to a company card's field (amoCRM field id or Bitrix24 code), in order.
@@ -222,7 +222,10 @@ fn company_write(c: &mut Value, field: &str, value: &Value) {
     if c["history"][field].is_null() {
         c["history"][field] = json!([]);
     }
-    c["history"][field].as_array_mut().unwrap().push(value.clone());
+    c["history"][field]
+        .as_array_mut()
+        .unwrap()
+        .push(value.clone());
 }
 
 /// amoCRM `POST /oauth2/access_token`: `authorization_code` (a code once) or `refresh_token`
@@ -230,12 +233,18 @@ fn company_write(c: &mut Value, field: &str, value: &Value) {
 fn amo_token(fake: &Fake, body: &Value) -> (u16, Value) {
     let mut o = fake.oauth.lock().unwrap();
     let bad = |hint: &str| {
-        (400, json!({ "hint": hint, "title": "Некорректный запрос", "type": "https://httpstatus.es/400", "status": 400, "detail": "В запросе отсутствует ряд параметров или параметры невалидны" }))
+        (
+            400,
+            json!({ "hint": hint, "title": "Некорректный запрос", "type": "https://httpstatus.es/400", "status": 400, "detail": "В запросе отсутствует ряд параметров или параметры невалидны" }),
+        )
     };
     if body["client_id"] != o.client_id.as_str()
         || body["client_secret"] != o.client_secret.as_str()
     {
-        return (401, json!({ "hint": "Client authentication failed", "title": "Unauthorized", "status": 401 }));
+        return (
+            401,
+            json!({ "hint": "Client authentication failed", "title": "Unauthorized", "status": 401 }),
+        );
     }
     if body["redirect_uri"] != o.redirect_uri.as_str() {
         return bad("Redirect URI is not valid");
@@ -249,7 +258,10 @@ fn amo_token(fake: &Fake, body: &Value) -> (u16, Value) {
             o.codes.remove(i);
         }
         Some("refresh_token") => {
-            let r = body["refresh_token"].as_str().unwrap_or_default().to_string();
+            let r = body["refresh_token"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
             if o.refresh_token.as_deref() != Some(r.as_str()) {
                 o.refused.push(r);
                 return bad("Token has been revoked");
@@ -343,7 +355,11 @@ async fn amo(
         let id = p["id"].as_u64()?.to_string();
         let mut cs = fake.companies.lock().unwrap();
         let c = cs.get_mut(&id)?;
-        for f in p["custom_fields_values"].as_array().cloned().unwrap_or_default() {
+        for f in p["custom_fields_values"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
             company_write(c, &f["field_id"].to_string(), &f["values"][0]["value"]);
         }
         c["updated_at"] = unix_now().into();
@@ -367,7 +383,10 @@ async fn amo(
                     }
                 }
             }
-            return reply(200, json!({ "_links": {}, "_embedded": { "companies": out } }));
+            return reply(
+                200,
+                json!({ "_links": {}, "_embedded": { "companies": out } }),
+            );
         }
         ("PATCH", _, Some((id, false))) => {
             let mut p = body.clone();
@@ -576,7 +595,10 @@ async fn bitrix(
             let mut cs = fake.companies.lock().unwrap();
             let Some(c) = cs.get_mut(&id) else {
                 drop(cs);
-                return reply(400, json!({ "error": "", "error_description": "Not found" }));
+                return reply(
+                    400,
+                    json!({ "error": "", "error_description": "Not found" }),
+                );
             };
             if let Some(fs) = body["fields"].as_object() {
                 for (k, v) in fs {

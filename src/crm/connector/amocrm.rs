@@ -137,7 +137,8 @@ impl AmoCrm {
                 json!({ "note_type": "common", "params": { "text": text } }),
             ))
         };
-        let loc = |lat: f64, lon: f64| field(f.location_field_id, format!("{lat:.6},{lon:.6}").into());
+        let loc =
+            |lat: f64, lon: f64| field(f.location_field_id, format!("{lat:.6},{lon:.6}").into());
         Ok(match &e.payload {
             Payload::StageChanged {
                 stage,
@@ -267,7 +268,10 @@ impl AmoCrm {
             }
             // An OAuth access token refused: refresh once and repeat the call before pausing.
             if status.as_u16() == 401 && self.oauth.is_some() && refused.is_none() {
-                tracing::info!(crm = "amocrm", "{method} {path}: 401; refreshing the access token once");
+                tracing::info!(
+                    crm = "amocrm",
+                    "{method} {path}: 401; refreshing the access token once"
+                );
                 refused = Some(token);
                 continue;
             }
@@ -384,7 +388,13 @@ impl AmoCrm {
     /// Is this note already on its lead or company (same text, created since the event was)?
     /// The newest common notes are read: `GET /api/v4/{leads|companies}/{id}/notes` (204 =
     /// none).
-    async fn note_exists(&self, entity: &str, id: u64, text: &Value, e: &OutboxEvent) -> Result<bool, Outcome> {
+    async fn note_exists(
+        &self,
+        entity: &str,
+        id: u64,
+        text: &Value,
+        e: &OutboxEvent,
+    ) -> Result<bool, Outcome> {
         let path =
             format!("/api/v4/{entity}/{id}/notes?filter[note_type]=common&order[id]=desc&limit=50");
         let list = match self.send(reqwest::Method::GET, &path, &Value::Null).await {

@@ -59,23 +59,31 @@ impl Bitrix24 {
                 .to_string())
         };
         let f = &self.cfg.fields;
-        let update = |fields: serde_json::Map<String, Value>| -> Result<Vec<(&'static str, Value)>, String> {
-            Ok(if fields.is_empty() {
-                Vec::new()
-            } else {
-                vec![("crm.deal.update", json!({ "id": deal()?, "fields": fields }))]
-            })
-        };
-        let card = |fields: serde_json::Map<String, Value>| -> Result<Vec<(&'static str, Value)>, String> {
-            if !on_company {
-                return update(fields);
-            }
-            Ok(if fields.is_empty() {
-                Vec::new()
-            } else {
-                vec![("crm.company.update", json!({ "id": company()?, "fields": fields }))]
-            })
-        };
+        let update =
+            |fields: serde_json::Map<String, Value>| -> Result<Vec<(&'static str, Value)>, String> {
+                Ok(if fields.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![(
+                        "crm.deal.update",
+                        json!({ "id": deal()?, "fields": fields }),
+                    )]
+                })
+            };
+        let card =
+            |fields: serde_json::Map<String, Value>| -> Result<Vec<(&'static str, Value)>, String> {
+                if !on_company {
+                    return update(fields);
+                }
+                Ok(if fields.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![(
+                        "crm.company.update",
+                        json!({ "id": company()?, "fields": fields }),
+                    )]
+                })
+            };
         let comment = |entity: &str, id: String, text: String| {
             (
                 "crm.timeline.comment.add",
@@ -109,7 +117,11 @@ impl Bitrix24 {
                 };
                 let mut facts = serde_json::Map::new();
                 if let (Some(a), Some(o)) = (lat, lon) {
-                    put(&mut facts, &f.location_field_code, format!("{a:.6},{o:.6}").into());
+                    put(
+                        &mut facts,
+                        &f.location_field_code,
+                        format!("{a:.6},{o:.6}").into(),
+                    );
                 }
                 if let Some(k) = odometer_km {
                     put(&mut facts, &f.mileage_field_code, (k.round() as i64).into());
@@ -128,18 +140,30 @@ impl Bitrix24 {
                 }
             }
             Payload::Location { lat, lon, .. } => {
-                put(&mut fields, &f.location_field_code, format!("{lat:.6},{lon:.6}").into());
+                put(
+                    &mut fields,
+                    &f.location_field_code,
+                    format!("{lat:.6},{lon:.6}").into(),
+                );
                 card(fields)?
             }
             Payload::Mileage { odometer_km, .. } => {
-                put(&mut fields, &f.mileage_field_code, (odometer_km.round() as i64).into());
+                put(
+                    &mut fields,
+                    &f.mileage_field_code,
+                    (odometer_km.round() as i64).into(),
+                );
                 card(fields)?
             }
             // The field with what is left before the inspection, and a comment.
             Payload::InspectionDue {
                 left_text, note, ..
             } => {
-                put(&mut fields, &f.inspection_left_field_code, left_text.clone().into());
+                put(
+                    &mut fields,
+                    &f.inspection_left_field_code,
+                    left_text.clone().into(),
+                );
                 let mut calls = card(fields)?;
                 if !note.is_empty() {
                     calls.push(card_comment(note.clone())?);
@@ -225,8 +249,9 @@ impl Bitrix24 {
             .json(params)
             .send()
             .await
+            // The webhook URL carries the portal's secret: never in an error (it is logged).
             .map_err(|e| Outcome::Retry {
-                error: format!("{method}: {e}"),
+                error: format!("{method}: {}", e.without_url()),
                 after: None,
             })?;
         let status = resp.status();
