@@ -489,3 +489,74 @@ async fn postgres_outbox_keeps_one_pending_location_per_car() {
     let store = fleetgate::storage::open(&cfg.storage).await.unwrap();
     outbox_keeps_one_pending_location_per_car(store).await;
 }
+
+/// A lead with no company: the stage still moves, the car's other facts are dead-lettered
+/// with a reason that says what to fix, and the lead is not asked again for each of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lead_without_a_company_still_moves_and_says_what_is_missing() {
+    let amo = crm_fake::start("amocrm").await;
+    let dir = tempfile::tempdir().unwrap();
+    let daemon =
+        fleetgate::app::start_with(common::config(dir.path(), &amo_toml(&amo.url)), seams())
+            .await
+            .unwrap();
+    let api = Api::new(daemon.api_addr);
+    let imei = "356307042441204";
+    let (st, v) = api
+        .put(
+            "/api/v1/vehicles/car-10",
+            json!({ "device_id": imei, "protocol": "teltonika", "crm_deal_id": "4400",
+                    "driver_id": "drv-4", "status": "issued" }),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let _t = drive(&daemon, imei).await;
+    assert!(
+        crm_fake::wait_for(10, || amo
+            .fake
+            .ok("PATCH")
+            .iter()
+            .any(|c| c.path == "/api/v4/leads/4400" && c.body["status_id"] == 142001))
+        .await,
+        "{:?}",
+        amo.fake.calls()
+    );
+    let mut dead = Vec::new();
+    for _ in 0..100 {
+        let (_, v) = api
+            .get("/api/v1/crm/outbox?vehicle=car-10&status=dead&limit=100")
+            .await;
+        dead = v["events"].as_array().unwrap().clone();
+        if dead.len() >= 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(dead.len() >= 2, "location events dead-lettered: {dead:?}");
+    for e in &dead {
+        assert_eq!(e["payload"]["type"], "location");
+        assert!(
+            e["last_error"]
+                .as_str()
+                .unwrap()
+                .contains("no company card"),
+            "{e}"
+        );
+    }
+    let lead_reads = amo
+        .fake
+        .calls()
+        .iter()
+        .filter(|c| c.method == "GET" && c.path == "/api/v4/leads/4400")
+        .count();
+    assert!(
+        lead_reads <= 2,
+        "{lead_reads} reads of the lead for its company"
+    );
+    assert!(amo
+        .fake
+        .ok("PATCH")
+        .iter()
+        .all(|c| c.path != "/api/v4/companies"));
+    daemon.stop().await;
+}

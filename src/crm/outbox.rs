@@ -47,7 +47,12 @@ pub struct OutboxWorker {
 pub struct Companies {
     by_vehicle: std::collections::HashMap<crate::model::VehicleId, String>,
     read_at: Option<tokio::time::Instant>,
+    /// Deals the CRM said have no company, and when: not asked again for [`NO_COMPANY_FOR`].
+    without: std::collections::HashMap<String, tokio::time::Instant>,
 }
+
+/// How long a deal without a linked company is not asked again (a manager may link one).
+const NO_COMPANY_FOR: Duration = Duration::from_secs(600);
 
 trait Elapsed {
     fn is_none_or_elapsed(&self, d: Duration) -> bool;
@@ -285,9 +290,16 @@ impl OutboxWorker {
                 let c = self.companies.lock().unwrap_or_else(|p| p.into_inner());
                 c.by_vehicle.get(&e.vehicle_id).cloned()
             };
+            let asked_lately = e.deal_id.as_ref().is_some_and(|d| {
+                let c = self.companies.lock().unwrap_or_else(|p| p.into_inner());
+                c.without
+                    .get(d)
+                    .is_some_and(|t| t.elapsed() < NO_COMPANY_FOR)
+            });
             e.company_id = match (known, e.deal_id.clone()) {
                 (Some(c), _) => Some(c),
                 (None, None) => None,
+                (None, Some(_)) if asked_lately => None,
                 (None, Some(deal)) => match self.connector.deal_company(&deal).await {
                     Ok(Some(c)) => {
                         if self
@@ -301,7 +313,11 @@ impl OutboxWorker {
                         cache.by_vehicle.insert(e.vehicle_id.clone(), c.clone());
                         Some(c)
                     }
-                    Ok(None) => None,
+                    Ok(None) => {
+                        let mut cache = self.companies.lock().unwrap_or_else(|p| p.into_inner());
+                        cache.without.insert(deal, tokio::time::Instant::now());
+                        None
+                    }
                     Err(o) => {
                         unreachable.push((e, o));
                         continue;
