@@ -1,7 +1,10 @@
 //! In-test CRM servers that record every call: one following amoCRM's API v4 contract
-//! (Bearer auth, lead PATCH single and bulk, notes, 7 requests/s → 429), one Bitrix24
-//! incoming webhook (`crm.deal.update`, `503 QUERY_LIMIT_EXCEEDED`), one plain webhook
-//! receiver (signature and idempotency key headers).
+//! (Bearer auth, lead PATCH single and bulk, notes, company PATCH bulk and single, company
+//! notes, a lead's company in `_embedded.companies`, OAuth `POST /oauth2/access_token` with
+//! single-use codes and rotating refresh tokens, 7 requests/s → 429), one Bitrix24 incoming
+//! webhook (`crm.deal.update`, `crm.company.update`, `crm.deal.get` with `COMPANY_ID`,
+//! `503 QUERY_LIMIT_EXCEEDED`), one plain webhook receiver (signature and idempotency key
+//! headers).
 #![allow(dead_code)]
 
 use std::collections::{HashMap, VecDeque};
