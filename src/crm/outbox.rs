@@ -58,6 +58,30 @@ trait Elapsed {
     fn is_none_or_elapsed(&self, d: Duration) -> bool;
 }
 
+/// Runs a storage write that records what a CRM already did, trying again on a storage error
+/// (a busy database, a deadline) a few times before giving up: the event would otherwise be
+/// delivered again.
+async fn recorded<F, Fut>(write: F) -> Result<(), StorageError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), StorageError>>,
+{
+    let mut wait = Duration::from_millis(100);
+    let mut tries = 0;
+    loop {
+        match write().await {
+            Ok(()) => return Ok(()),
+            Err(e) if tries < 4 => {
+                tries += 1;
+                tracing::warn!(error = %e, tries, "crm outbox: recording a delivery failed; trying again");
+                tokio::time::sleep(wait).await;
+                wait *= 3;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 impl Elapsed for Option<tokio::time::Instant> {
     fn is_none_or_elapsed(&self, d: Duration) -> bool {
         self.map_or(true, |t| t.elapsed() >= d)
@@ -198,7 +222,9 @@ impl OutboxWorker {
             let kind = e.payload.kind();
             match o {
                 Outcome::Delivered => {
-                    self.store.outbox_delivered(e.id, at).await?;
+                    // The CRM has it: losing this record to a storage hiccup would send it
+                    // again (the receiver dedups by key, but a manager may see it twice).
+                    recorded(|| self.store.outbox_delivered(e.id, at)).await?;
                     metrics::counter!("fleetgate_crm_outbox_delivered_total", "kind" => kind)
                         .increment(1);
                     metrics::histogram!("fleetgate_crm_outbox_latency_seconds")
@@ -349,5 +375,38 @@ impl OutboxWorker {
                     .set(n as f64);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delivery_is_recorded_through_a_storage_hiccup() {
+        let calls = AtomicU32::new(0);
+        let r = recorded(|| async {
+            if calls.fetch_add(1, Ordering::SeqCst) < 2 {
+                Err(StorageError::Invalid("database is locked".into()))
+            } else {
+                Ok(())
+            }
+        })
+        .await;
+        assert!(r.is_ok());
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_storage_that_stays_down_is_reported() {
+        let calls = AtomicU32::new(0);
+        let r = recorded(|| async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err::<(), _>(StorageError::Invalid("disk I/O error".into()))
+        })
+        .await;
+        assert!(r.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 5);
     }
 }
