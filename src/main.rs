@@ -63,6 +63,11 @@ enum Command {
         #[command(subcommand)]
         command: StorageCommand,
     },
+    /// CRM connection tasks.
+    Crm {
+        #[command(subcommand)]
+        command: CrmCommand,
+    },
     /// Simulate trackers driving around Moscow and report the ingest rate and ack latency.
     ///
     /// N devices each open one TCP connection to --addr, log in (Teltonika IMEI handshake,
@@ -179,6 +184,23 @@ enum StorageCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum CrmCommand {
+    /// Exchange an amoCRM authorization code for OAuth tokens, once, and store them in the
+    /// database; the daemon refreshes them from then on.
+    ///
+    /// The code is shown in amoCRM under the integration's "Ключи и доступы" (or sent to its
+    /// redirect_uri) and is valid for 20 minutes. Needs [crm] kind = "amocrm", base_url and
+    /// [crm.amocrm] client_id, client_secret, redirect_uri. No token is printed.
+    Authorize {
+        /// The authorization code.
+        code: String,
+        /// TOML configuration file (also FLEETGATE_CONFIG).
+        #[arg(long, short, env = "FLEETGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
 fn load(path: Option<&PathBuf>) -> Result<Config, ExitCode> {
     Config::load(path.map(|p| p.as_path())).map_err(|e| {
         eprintln!("fleetgate: invalid configuration: {e}");
@@ -264,6 +286,44 @@ fn main() -> ExitCode {
             };
             fleetgate::ops::logging::init(&config.log.format, &config.log.filter);
             runtime().block_on(run(config, path))
+        }
+        Command::Crm {
+            command: CrmCommand::Authorize { code, config },
+        } => {
+            let config = match load(config.as_ref()) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            if config.crm.kind != "amocrm" || !config.crm.amocrm.enabled() {
+                eprintln!(
+                    "fleetgate: crm authorize needs crm.kind = \"amocrm\" and [crm.amocrm] client_id, client_secret, redirect_uri (crm.kind is \"{}\")",
+                    config.crm.kind
+                );
+                return ExitCode::from(2);
+            }
+            fleetgate::ops::logging::init(&config.log.format, &config.log.filter);
+            runtime().block_on(async {
+                let stores = match fleetgate::storage::open(&config.storage).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("fleetgate: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                match fleetgate::crm::oauth::authorize(&config.crm, stores.crm, &code).await {
+                    Ok(t) => {
+                        println!(
+                            "amoCRM authorized: tokens stored in the database (access token valid until {}; refreshed by the daemon)",
+                            t.expires_at.to_rfc3339()
+                        );
+                        ExitCode::SUCCESS
+                    }
+                    Err(e) => {
+                        eprintln!("fleetgate: {e}");
+                        ExitCode::FAILURE
+                    }
+                }
+            })
         }
         Command::Migrate { config } => match load(config.as_ref()) {
             Ok(c) => storage_command(&c, StorageVerb::Migrate),

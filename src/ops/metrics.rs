@@ -120,6 +120,10 @@ fn describe() {
         "Requests the CRM refused for credentials"
     );
     describe_counter!(
+        "fleetgate_crm_oauth_refreshes_total",
+        "amoCRM OAuth access-token refreshes, by result"
+    );
+    describe_counter!(
         "fleetgate_crm_inbound_total",
         "CRM webhooks received, by CRM and outcome (accepted, duplicate, ignored, refused, bad_request, not_configured)"
     );
