@@ -596,3 +596,36 @@ async fn read_all(
     }
     all
 }
+
+/// PostgreSQL: two instances sharing a database meet at a day's first commit; both create the
+/// missing partition (turn by turn) and both commits land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_instances_create_a_new_days_partition_together() {
+    let schema = common::pg::PgSchema::create().await;
+    let cfg = StorageConfig {
+        url: schema.url.clone(),
+        max_connections: 4,
+        ..Default::default()
+    };
+    let a = storage::open(&cfg).await.unwrap();
+    let b = storage::open(&cfg).await.unwrap();
+    for n in 0..5 {
+        let d = day(n * 3);
+        let (ia, ib) = (
+            [item("dev-a", fixes(d, 0, 10, 55.7))],
+            [item("dev-b", fixes(d, 0, 10, 55.7))],
+        );
+        let (x, y) = tokio::join!(a.core.write_batch(&ia), b.core.write_batch(&ib));
+        x.unwrap();
+        y.unwrap();
+        let c = Ctx {
+            store: a.clone(),
+            cfg: cfg.clone(),
+        };
+        assert_eq!(track(&c, "dev-a", d, next(d)).await.len(), 10);
+        assert_eq!(track(&c, "dev-b", d, next(d)).await.len(), 10);
+    }
+    let parts = a.archive.partition_stats().await.unwrap();
+    assert_eq!(parts.iter().filter(|p| p.tier == Tier::Hot).count(), 5);
+    drop(schema);
+}
