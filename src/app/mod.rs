@@ -315,6 +315,13 @@ pub async fn start_with(
         m.commands
     });
 
+    // The position archive: partitions ahead, compaction, daily summaries, retention.
+    let archive = archive_port(&store);
+    let archive_stop = CancellationToken::new();
+    let archive_task = archive
+        .clone()
+        .map(|a| start_archive(&config, a, &store, archive_stop.clone()));
+
     let reloads = reload::Reloads::new(config.clone());
     let map = status_map(&config, &reloads);
     let health = service::Health::new(pipeline.downgrade(), ctx.limits.clone());
@@ -325,8 +332,10 @@ pub async fn start_with(
             status: config.status.clone(),
             geofences: config.geofences.clone(),
             offline_after_s: config.devices.offline_after_s,
+            retention: config.retention.clone(),
         }),
         store: store.clone(),
+        archive,
         pipeline: pipeline.clone(),
         admission,
         ready: ready.clone(),
@@ -344,6 +353,8 @@ pub async fn start_with(
     let done = tokio::spawn(shut_down(
         shutdown.clone(),
         Stopping {
+            archive_stop,
+            archive_task,
             crm_tasks,
             listener_tasks,
             conns,
@@ -530,8 +541,42 @@ async fn serve_api(
     Ok((local, task))
 }
 
+/// The archive port of the open database. `storage` implements `ArchiveStore` on the
+/// `tiers` branch (issue #17); until `Stores` carries it (`Some(store.archive.clone())`), there
+/// is no archive: no actor, `/summaries` answers 503 and no track range has expired.
+fn archive_port(_store: &storage::Stores) -> Option<Arc<dyn crate::archive::store::ArchiveStore>> {
+    None
+}
+
+/// Start the archive actor on `[retention]` and the `[filters]` jump rule.
+fn start_archive(
+    config: &Config,
+    archive: Arc<dyn crate::archive::store::ArchiveStore>,
+    store: &storage::Stores,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    use crate::archive::actor::{self, Archive, StoredZones};
+    use crate::archive::summary::SummaryRules;
+    actor::spawn(
+        Archive {
+            cfg: config.retention.clone(),
+            rules: SummaryRules {
+                max_implied_speed_kmh: config.filters.max_implied_speed_kmh,
+                max_gap_s: config.retention.summary_gap_s as i64,
+            },
+            store: archive,
+            zones: Arc::new(StoredZones(store.zones.clone())),
+        },
+        actor::system_clock(),
+        stop,
+    )
+}
+
 /// Everything [`shut_down`] stops, in the order it stops them.
 struct Stopping {
+    /// The archive actor: stopped first (between two device-days), it holds nothing to drain.
+    archive_stop: CancellationToken,
+    archive_task: Option<JoinHandle<()>>,
     crm_tasks: crate::crm::CrmTasks,
     listener_tasks: Vec<JoinHandle<()>>,
     conns: TaskTracker,
@@ -551,6 +596,10 @@ struct Stopping {
 /// the stages fed by committed fixes, the cluster, the immobiliser.
 async fn shut_down(token: CancellationToken, s: Stopping) {
     token.cancelled().await;
+    s.archive_stop.cancel();
+    if let Some(t) = s.archive_task {
+        let _ = t.await;
+    }
     // No new CRM request from now on (the outbox is durable: the rest goes next start).
     s.crm_tasks.stop_deliveries();
     tracing::info!("shutting down: no new connections; finishing frames in flight");
