@@ -15,6 +15,7 @@ mod params;
 pub mod rows;
 pub mod status;
 mod summary;
+pub mod track_format;
 mod vehicles;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,6 +44,8 @@ pub struct ApiSettings {
     pub geofences: crate::geofence::config::GeofencesConfig,
     /// `[devices] offline_after_s`: a vehicle not heard from for this long shows offline.
     pub offline_after_s: u64,
+    /// `[retention]`: whether a track range before `retained_from` has expired.
+    pub retention: crate::archive::RetentionConfig,
 }
 
 /// Shared state of every handler.
@@ -51,6 +54,8 @@ pub struct AppState {
     pub settings: Arc<ApiSettings>,
     /// The database, one handle per port.
     pub store: Stores,
+    /// The position archive (daily summaries, `retained_from`), when the backend has one.
+    pub archive: Option<Arc<dyn crate::archive::store::ArchiveStore>>,
     pub pipeline: Pipeline,
     pub admission: Arc<Admission>,
     /// Set once every listener is bound and storage is open.
@@ -71,7 +76,9 @@ pub fn router(state: AppState) -> Router {
         .route("/vehicles", get(vehicles::list_route))
         .route("/vehicles/{id}", get(vehicles::get_one).put(vehicles::put))
         .route("/vehicles/{id}/track", get(vehicles::track))
+        .route("/vehicles/{id}/track.gpx", get(vehicles::track_gpx))
         .route("/vehicles/{id}/track/summary", get(vehicles::summary))
+        .route("/vehicles/{id}/summaries", get(vehicles::summaries))
         .route("/geofences", get(geofences::list))
         .route(
             "/geofences/{name}",
