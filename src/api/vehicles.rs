@@ -321,6 +321,17 @@ async fn retained(
     let Some(day) = archive.retained_from().await? else {
         return Ok(None);
     };
+    expiry(day, days, from, to)
+}
+
+/// The rule of [`retained`] for a known oldest day: wholly before it is 410 Gone, across it
+/// names it, after it is plain.
+fn expiry(
+    day: Day,
+    days: u32,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Option<NaiveDate>, ApiError> {
     let start = DateTime::<Utc>::from_timestamp_millis(day.start_ms()).unwrap_or_default();
     if to <= start {
         return Err(ApiError::Gone {
@@ -487,4 +498,50 @@ pub async fn summaries(
         to,
         days: days.into_iter().map(Into::into).collect(),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn a_range_wholly_before_retained_from_is_gone_across_it_names_it_after_it_is_plain() {
+        let day = Day::from_date(NaiveDate::from_ymd_opt(2026, 12, 1).unwrap());
+        let at = |d: u32, h: u32| Utc.with_ymd_and_hms(2026, 12, d, h, 0, 0).unwrap();
+        // `to` is exclusive: a range ending at the first retained millisecond is all gone.
+        let nov20 = Utc.with_ymd_and_hms(2026, 11, 20, 0, 0, 0).unwrap();
+        match expiry(day, 30, nov20, at(1, 0)) {
+            Err(ApiError::Gone {
+                message,
+                retained_from,
+            }) => {
+                assert_eq!(retained_from.to_string(), "2026-12-01");
+                assert!(message.contains("positions_days = 30"), "{message}");
+                assert!(message.contains("2026-11-20T00:00:00Z"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let across = expiry(day, 30, at(1, 0) - Duration::hours(1), at(1, 1)).unwrap();
+        assert_eq!(across.map(|d| d.to_string()).as_deref(), Some("2026-12-01"));
+        assert_eq!(expiry(day, 30, at(1, 0), at(2, 0)).unwrap(), None);
+    }
+
+    #[test]
+    fn an_unknown_format_is_refused_naming_the_choices() {
+        let q = |f: Option<&str>| TrackQuery {
+            from: None,
+            to: None,
+            limit: None,
+            format: f.map(str::to_string),
+        };
+        assert_eq!(format_of(&q(None)).unwrap(), Format::Json);
+        assert_eq!(format_of(&q(Some("geojson"))).unwrap(), Format::GeoJson);
+        assert_eq!(format_of(&q(Some("csv"))).unwrap(), Format::Csv);
+        let e = format_of(&q(Some("gpx"))).unwrap_err().to_string();
+        assert!(
+            e.contains("json, geojson, csv") && e.contains("track.gpx"),
+            "{e}"
+        );
+    }
 }
