@@ -473,7 +473,10 @@ pub async fn summaries(
 ) -> Result<Json<rows::DaySummaries>, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let to = q.to.unwrap_or_else(|| Utc::now().date_naive());
-    let from = q.from.unwrap_or(to - Duration::days(30));
+    let from = q.from.unwrap_or_else(|| {
+        to.checked_sub_days(chrono::Days::new(30))
+            .unwrap_or(NaiveDate::MIN)
+    });
     if from > to {
         return Err(ApiError::BadRequest(format!(
             "from ({from}) must not be after to ({to})"
