@@ -39,6 +39,9 @@ pub fn system_clock() -> Clock {
 const COMPACT_PAGE: u32 = 256;
 /// Pause between two expiry batches: the single SQLite writer is the group commit's first.
 const BATCH_PAUSE: Duration = Duration::from_millis(20);
+/// Pause after packing a device-day, for the same reason: a backlog (the first pass over a
+/// database made before the archive, a long outage) is packed beside ingest, not before it.
+const COMPACT_PAUSE: Duration = Duration::from_millis(5);
 /// Zone events read before a day starts, to know whether the car was inside at midnight.
 const EVENTS_LOOKBACK_DAYS: i64 = 3;
 /// Most zone events of one vehicle read for one day (a car crossing a boundary all day long
@@ -183,6 +186,7 @@ impl Archive {
                     Err(e) => self.failed(report, "summary", &e),
                 }
                 report.compacted.push(dd);
+                tokio::time::sleep(COMPACT_PAUSE).await;
             }
             if !summaries.is_empty() {
                 match self.store.put_summaries(&summaries).await {
