@@ -54,7 +54,9 @@ fn formats(c: &mut Criterion) {
     let sizes = [
         (
             "json",
-            serde_json::to_vec(&rows::all(day.clone())).unwrap().len(),
+            serde_json::to_vec(&rows::all::<_, rows::Position>(day.clone()))
+                .unwrap()
+                .len(),
         ),
         ("geojson", geojson(&meta, &day).len()),
         ("csv", csv(&day).len()),
@@ -73,7 +75,7 @@ fn formats(c: &mut Criterion) {
     g.bench_function("json", |b| {
         b.iter_batched(
             || day.clone(),
-            |d| black_box(serde_json::to_vec(&rows::all(d)).unwrap()),
+            |d| black_box(serde_json::to_vec(&rows::all::<_, rows::Position>(d)).unwrap()),
             BatchSize::LargeInput,
         )
     });

@@ -43,6 +43,36 @@ fn times_are_rfc_3339_with_milliseconds_only_when_there_are_some() {
 }
 
 #[test]
+fn numbers_read_back_exactly_and_never_in_exponent_form() {
+    for v in [
+        0.0,
+        1.0,
+        55.7520401,
+        37.6175,
+        -0.5,
+        1e-7,
+        -3.2e-9,
+        1_250_000.0,
+        1e21,
+        123.456e-4,
+    ] {
+        let mut s = String::new();
+        push_num(&mut s, v);
+        assert!(!s.contains('e') && !s.contains('E'), "{v}: {s}");
+        assert!(!s.ends_with(".0"), "{v}: {s}");
+        assert_eq!(s.parse::<f64>().unwrap(), v, "{s}");
+    }
+    let mut s = String::new();
+    push_num(&mut s, f64::NAN);
+    assert_eq!(s, "0");
+    for n in [0u16, 7, 12, 99, 65_535] {
+        let mut s = String::new();
+        push_small(&mut s, n);
+        assert_eq!(s, n.to_string());
+    }
+}
+
+#[test]
 fn geojson_is_a_feature_with_a_line_string_and_a_time_per_point() {
     let pts = points(500);
     let d = NaiveDate::from_ymd_opt(2026, 12, 1);
