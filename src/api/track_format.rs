@@ -59,12 +59,21 @@ pub fn push_time(out: &mut String, t: DateTime<Utc>) {
 }
 
 /// A finite number as JSON, CSV and XML all take it: the shortest text that reads back as the
-/// same `f64` (`ryu`, about 4× faster than `Display` here), never in exponent form (not an
+/// same `f64` (`ryu`, faster than `Display`; whole numbers as digits), never in exponent form (not an
 /// `xsd:decimal`; then `Display`, which never uses one), without a trailing `.0`. A
 /// non-finite one, which storage never holds, as 0.
 fn push_num(out: &mut String, v: f64) {
     if !v.is_finite() {
         out.push('0');
+        return;
+    }
+    // Speeds, courses, altitudes and odometers are mostly whole numbers: digits directly
+    // (ryu spent 60 % of the CSV's time on them).
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        if v < 0.0 {
+            out.push('-');
+        }
+        push_digits(out, v.abs() as u64);
         return;
     }
     let mut buf = ryu::Buffer::new();
@@ -78,9 +87,12 @@ fn push_num(out: &mut String, v: f64) {
 
 /// A satellite count (at most 99 once filtered, up to 65,535 stored).
 fn push_small(out: &mut String, n: u16) {
-    let mut digits = [0u8; 5];
+    push_digits(out, u64::from(n));
+}
+
+fn push_digits(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
     let mut i = digits.len();
-    let mut n = n;
     loop {
         i -= 1;
         digits[i] = b'0' + (n % 10) as u8;
