@@ -160,10 +160,11 @@ impl ArchiveStore for MemoryArchive {
         let packed = hot.len() as u64;
         let mut duplicates = 0;
         for (ms, p) in hot {
-            if merged.contains_key(&ms) {
-                duplicates += 1;
-            } else {
-                merged.insert(ms, p);
+            match merged.entry(ms) {
+                std::collections::btree_map::Entry::Occupied(_) => duplicates += 1,
+                std::collections::btree_map::Entry::Vacant(v) => {
+                    v.insert(p);
+                }
             }
         }
         let positions: Vec<StoredPosition> = merged.into_values().collect();
