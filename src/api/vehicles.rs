@@ -324,6 +324,11 @@ async fn retained(
     expiry(day, days, from, to)
 }
 
+/// The first instant of a UTC day.
+fn day_start(day: Day) -> DateTime<Utc> {
+    DateTime::<Utc>::from_timestamp_millis(day.start_ms()).unwrap_or_default()
+}
+
 /// The rule of [`retained`] for a known oldest day: wholly before it is 410 Gone, across it
 /// names it, after it is plain.
 fn expiry(
@@ -332,7 +337,7 @@ fn expiry(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Result<Option<NaiveDate>, ApiError> {
-    let start = DateTime::<Utc>::from_timestamp_millis(day.start_ms()).unwrap_or_default();
+    let start = day_start(day);
     if to <= start {
         return Err(ApiError::Gone {
             message: format!(
@@ -367,6 +372,12 @@ async fn track_of(
     let limit = q.limit.unwrap_or(10_000).clamp(1, MAX_TRACK_LIMIT);
     let v = find(state, id).await?;
     let retained_from = retained(state, from, to).await?;
+    // Across `retained_from`, answer from it on: a day being dropped at this moment (its
+    // watermark already raised) never shows half of itself.
+    let from = match retained_from {
+        Some(d) => from.max(day_start(Day::from_date(d))),
+        None => from,
+    };
     let positions = match &v.device_id {
         Some(device) => state.store.core.track(device, from, to, limit).await?,
         None => Vec::new(),
@@ -442,6 +453,10 @@ pub async fn summary(
     let (from, to) = range(&q)?;
     let v = find(&state, &id).await?;
     let retained_from = retained(&state, from, to).await?;
+    let from = match retained_from {
+        Some(d) => from.max(day_start(Day::from_date(d))),
+        None => from,
+    };
     let Some(device) = v.device_id else {
         return Ok(with_retained(
             Json(TrackSummary::default()).into_response(),
