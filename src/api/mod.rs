@@ -54,8 +54,6 @@ pub struct AppState {
     pub settings: Arc<ApiSettings>,
     /// The database, one handle per port.
     pub store: Stores,
-    /// The position archive (daily summaries, `retained_from`), when the backend has one.
-    pub archive: Option<Arc<dyn crate::archive::store::ArchiveStore>>,
     pub pipeline: Pipeline,
     pub admission: Arc<Admission>,
     /// Set once every listener is bound and storage is open.

@@ -314,11 +314,10 @@ async fn retained(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
 ) -> Result<Option<NaiveDate>, ApiError> {
-    let (Some(days), Some(archive)) = (state.settings.retention.positions_days, &state.archive)
-    else {
+    let Some(days) = state.settings.retention.positions_days else {
         return Ok(None);
     };
-    let Some(day) = archive.retained_from().await? else {
+    let Some(day) = state.store.archive.retained_from().await? else {
         return Ok(None);
     };
     expiry(day, days, from, to)
@@ -504,10 +503,9 @@ pub async fn summaries(
         )));
     }
     let v = find(&state, &id).await?;
-    let archive = state.archive.as_ref().ok_or_else(|| {
-        ApiError::Unavailable("daily summaries: this storage has no position archive".into())
-    })?;
-    let days = archive
+    let days = state
+        .store
+        .archive
         .summaries(&v.id, Day::from_date(from), Day::from_date(to))
         .await?;
     Ok(Json(rows::DaySummaries {

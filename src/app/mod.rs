@@ -206,6 +206,8 @@ pub async fn start_with(
     let metrics = crate::ops::metrics::handle();
     let store = storage::open(&config.storage).await?;
     tracing::info!(backend = store.core.backend(), url = %storage::postgres::redact(&config.storage.url), "storage open, migrations applied");
+    // An old position layout converted in the background; the storage gauges kept fresh.
+    storage::archive::spawn_upkeep(&store, Duration::from_secs(300));
     let states = store.core.device_states().await?;
     let (zone_set, zone_files, broken_zone_files) =
         load_zones(&config, store.zones.as_ref()).await?;
@@ -315,12 +317,9 @@ pub async fn start_with(
         m.commands
     });
 
-    // The position archive: partitions ahead, compaction, daily summaries, retention.
-    let archive = archive_port(&store);
+    // The position archive: compaction, daily summaries, retention.
     let archive_stop = CancellationToken::new();
-    let archive_task = archive
-        .clone()
-        .map(|a| start_archive(&config, a, &store, archive_stop.clone()));
+    let archive_task = start_archive(&config, &store, archive_stop.clone());
 
     let reloads = reload::Reloads::new(config.clone());
     let map = status_map(&config, &reloads);
@@ -335,7 +334,6 @@ pub async fn start_with(
             retention: config.retention.clone(),
         }),
         store: store.clone(),
-        archive,
         pipeline: pipeline.clone(),
         admission,
         ready: ready.clone(),
@@ -541,17 +539,9 @@ async fn serve_api(
     Ok((local, task))
 }
 
-/// The archive port of the open database. `storage` implements `ArchiveStore` on the
-/// `tiers` branch (issue #17); until `Stores` carries it (`Some(store.archive.clone())`), there
-/// is no archive: no actor, `/summaries` answers 503 and no track range has expired.
-fn archive_port(_store: &storage::Stores) -> Option<Arc<dyn crate::archive::store::ArchiveStore>> {
-    None
-}
-
 /// Start the archive actor on `[retention]` and the `[filters]` jump rule.
 fn start_archive(
     config: &Config,
-    archive: Arc<dyn crate::archive::store::ArchiveStore>,
     store: &storage::Stores,
     stop: CancellationToken,
 ) -> JoinHandle<()> {
@@ -564,7 +554,7 @@ fn start_archive(
                 max_implied_speed_kmh: config.filters.max_implied_speed_kmh,
                 max_gap_s: config.retention.summary_gap_s as i64,
             },
-            store: archive,
+            store: store.archive.clone(),
             zones: Arc::new(StoredZones(store.zones.clone())),
         },
         actor::system_clock(),
@@ -576,7 +566,7 @@ fn start_archive(
 struct Stopping {
     /// The archive actor: stopped first (between two device-days), it holds nothing to drain.
     archive_stop: CancellationToken,
-    archive_task: Option<JoinHandle<()>>,
+    archive_task: JoinHandle<()>,
     crm_tasks: crate::crm::CrmTasks,
     listener_tasks: Vec<JoinHandle<()>>,
     conns: TaskTracker,
@@ -597,9 +587,7 @@ struct Stopping {
 async fn shut_down(token: CancellationToken, s: Stopping) {
     token.cancelled().await;
     s.archive_stop.cancel();
-    if let Some(t) = s.archive_task {
-        let _ = t.await;
-    }
+    let _ = s.archive_task.await;
     // No new CRM request from now on (the outbox is durable: the rest goes next start).
     s.crm_tasks.stop_deliveries();
     tracing::info!("shutting down: no new connections; finishing frames in flight");
