@@ -1,7 +1,8 @@
 //! The position archive through the API of a running daemon (issue #17): the track formats
 //! (GeoJSON, CSV, GPX) of what a tracker sent, daily summaries computed by the archive actor
 //! for a closed day, and a track range before `retained_from` answered 410 (wholly expired) or
-//! with the `Fleetgate-Retained-From` header (partly expired).
+//! with the `Fleetgate-Retained-From` header (partly expired); the archive's scenarios on
+//! SQLite and PostgreSQL.
 
 mod common;
 
@@ -18,9 +19,28 @@ fn iso(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
+/// Where a scenario stores: SQLite in its temp dir, or a private PostgreSQL schema.
+enum Backend {
+    Sqlite(tempfile::TempDir),
+    Postgres(common::pg::PgSchema),
+}
+
+impl Backend {
+    async fn sqlite() -> Backend {
+        Backend::Sqlite(tempfile::tempdir().unwrap())
+    }
+
+    async fn postgres() -> Backend {
+        Backend::Postgres(common::pg::PgSchema::create().await)
+    }
+}
+
 /// A daemon with `car-1` fitted with the Teltonika tracker `IMEI`.
-async fn daemon(dir: &std::path::Path, extra: &str) -> (fleetgate::app::Running, Api) {
-    let d = common::start(dir, extra).await;
+async fn daemon(backend: &Backend, extra: &str) -> (fleetgate::app::Running, Api) {
+    let d = match backend {
+        Backend::Sqlite(dir) => common::start(dir.path(), extra).await,
+        Backend::Postgres(pg) => common::start_with_storage(&pg.url, extra).await,
+    };
     let api = Api::new(d.api_addr);
     let (s, v) = api
         .put(
@@ -45,8 +65,7 @@ async fn send(d: &fleetgate::app::Running, drive: &mut Drive) -> usize {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_track_comes_as_geojson_csv_and_gpx_with_every_fix() {
-    let dir = tempfile::tempdir().unwrap();
-    let (d, api) = daemon(dir.path(), "").await;
+    let (d, api) = daemon(&Backend::sqlite().await, "").await;
     let t0 = Utc::now() - Span::hours(1);
     let mut drive = Drive::new(t0);
     drive
@@ -184,9 +203,17 @@ async fn wait_for(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn yesterday_gets_a_daily_summary_once_the_archive_packs_it() {
-    let dir = tempfile::tempdir().unwrap();
+    daily_summary(Backend::sqlite().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn yesterday_gets_a_daily_summary_once_the_archive_packs_it_on_postgres() {
+    daily_summary(Backend::postgres().await).await;
+}
+
+async fn daily_summary(backend: Backend) {
     let retention = "[retention]\ncompact_grace_s = 0\ninterval_s = 10\n";
-    let (d, api) = daemon(dir.path(), retention).await;
+    let (d, api) = daemon(&backend, retention).await;
     let today = Utc::now().date_naive();
     let yesterday = today - Span::days(1);
     let t0 = yesterday.and_hms_opt(9, 0, 0).unwrap().and_utc();
@@ -216,9 +243,17 @@ async fn yesterday_gets_a_daily_summary_once_the_archive_packs_it() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_range_before_retained_from_is_gone_and_a_range_across_it_says_so() {
-    let dir = tempfile::tempdir().unwrap();
+    expired_ranges(Backend::sqlite().await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_before_retained_from_is_gone_and_a_range_across_it_says_so_on_postgres() {
+    expired_ranges(Backend::postgres().await).await;
+}
+
+async fn expired_ranges(backend: Backend) {
     let retention = "[retention]\npositions_days = 2\ninterval_s = 10\n";
-    let (d, api) = daemon(dir.path(), retention).await;
+    let (d, api) = daemon(&backend, retention).await;
     let today = Utc::now().date_naive();
     // A buffered upload: ten days ago (expired on arrival) and yesterday (kept).
     let old = (today - Span::days(10))
