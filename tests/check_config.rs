@@ -69,6 +69,18 @@ fn check_config_refuses_each_broken_config_naming_its_key() {
         ("an SQLite folder under a file", format!("[storage]\nurl = \"sqlite://{}/fleetgate.toml/sub/db\"\n", dir.path().display()), vec![area], "storage.url: "),
         ("sqlite:// without a file", "[storage]\nurl = \"sqlite://\"\n".into(), vec![area], "storage.url: "),
         ("sqlite: with only options", "[storage]\nurl = \"sqlite:?mode=rwc\"\n".into(), vec![area], "storage.url: "),
+        ("audit kept shorter than positions", format!("{storage}[retention]\npositions_days = 90\naudit_days = 30\n"), vec![area], "retention.audit_days: audit entries must be kept at least as long as positions"),
+        ("audit_days while positions are kept forever", format!("{storage}[retention]\naudit_days = 30\n"), vec![area], "retention.audit_days: "),
+        ("positions_days = 0", format!("{storage}[retention]\npositions_days = 0\n"), vec![area], "retention.positions_days: "),
+        ("events_days = -1", format!("{storage}[retention]\nevents_days = -1\n"), vec![area], "events_days"),
+        ("an unknown retention key", format!("{storage}[retention]\npositions_day = 30\n"), vec![area], "positions_day"),
+        ("retention interval_s = 0", format!("{storage}[retention]\ninterval_s = 0\n"), vec![area], "retention.interval_s: "),
+        (
+            "a full retention section is accepted",
+            format!("{storage}[retention]\npositions_days = 180\nevents_days = 365\ncommands_days = 365\naudit_days = 180\ncompact_grace_s = 600\n"),
+            vec![area],
+            "",
+        ),
         (
             "the safest edge values are accepted",
             format!("{storage}[immobiliser]\nmax_block_speed_kmh = 30\nsafe_for = 1\n"),

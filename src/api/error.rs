@@ -20,6 +20,12 @@ pub enum ApiError {
     TooLarge(String),
     #[error("missing or invalid bearer token")]
     Unauthorized,
+    /// Everything asked for has expired (`[retention]`); the body names `retained_from`.
+    #[error("{message}")]
+    Gone {
+        message: String,
+        retained_from: chrono::NaiveDate,
+    },
     /// The database failed (after the store's own retries).
     #[error("storage unavailable: {0}")]
     Storage(#[source] StorageError),
@@ -48,15 +54,19 @@ impl IntoResponse for ApiError {
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
+            ApiError::Gone { .. } => StatusCode::GONE,
             ApiError::Storage(_) | ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         };
         metrics::counter!("fleetgate_api_errors_total", "status" => status.as_str().to_string())
             .increment(1);
-        let mut resp = (
-            status,
-            Json(serde_json::json!({ "error": self.to_string() })),
-        )
-            .into_response();
+        let body = match &self {
+            ApiError::Gone { retained_from, .. } => serde_json::json!({
+                "error": self.to_string(),
+                "retained_from": retained_from.to_string(),
+            }),
+            _ => serde_json::json!({ "error": self.to_string() }),
+        };
+        let mut resp = (status, Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut()
                 .insert("www-authenticate", "Bearer".parse().expect("static header"));
@@ -102,6 +112,7 @@ mod tests {
             | ApiError::Forbidden(_)
             | ApiError::TooLarge(_)
             | ApiError::Unauthorized
+            | ApiError::Gone { .. }
             | ApiError::Storage(_)
             | ApiError::Unavailable(_) => {}
         }
@@ -122,6 +133,10 @@ mod tests {
             ApiError::Forbidden(String::new()),
             ApiError::TooLarge(String::new()),
             ApiError::Unauthorized,
+            ApiError::Gone {
+                message: String::new(),
+                retained_from: chrono::NaiveDate::MIN,
+            },
             ApiError::Storage(StorageError::Invalid(String::new())),
             ApiError::Unavailable(String::new()),
         ] {

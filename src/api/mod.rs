@@ -15,6 +15,7 @@ mod params;
 pub mod rows;
 pub mod status;
 mod summary;
+pub mod track_format;
 mod vehicles;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,6 +44,8 @@ pub struct ApiSettings {
     pub geofences: crate::geofence::config::GeofencesConfig,
     /// `[devices] offline_after_s`: a vehicle not heard from for this long shows offline.
     pub offline_after_s: u64,
+    /// `[retention]`: whether a track range before `retained_from` has expired.
+    pub retention: crate::archive::RetentionConfig,
 }
 
 /// Shared state of every handler.
@@ -71,7 +74,9 @@ pub fn router(state: AppState) -> Router {
         .route("/vehicles", get(vehicles::list_route))
         .route("/vehicles/{id}", get(vehicles::get_one).put(vehicles::put))
         .route("/vehicles/{id}/track", get(vehicles::track))
+        .route("/vehicles/{id}/track.gpx", get(vehicles::track_gpx))
         .route("/vehicles/{id}/track/summary", get(vehicles::summary))
+        .route("/vehicles/{id}/summaries", get(vehicles::summaries))
         .route("/geofences", get(geofences::list))
         .route(
             "/geofences/{name}",

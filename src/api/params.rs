@@ -2,7 +2,7 @@
 //! surfaces as the deserializer's own words ("premature end of input"), which name neither
 //! the field nor the format.
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, Utc};
 use serde::{Deserialize, Deserializer};
 
 /// What a time in a query string must look like.
@@ -28,6 +28,22 @@ pub fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
         .map_err(|e| format!("'{s}' is not {RFC3339_HINT}: {e}"))
 }
 
+/// What a day in a query string must look like.
+pub const DATE_HINT: &str = "a date such as 2026-05-01 (YYYY-MM-DD, a UTC day)";
+
+/// An optional calendar day (`from`, `to` of `/summaries`): absent = `None`.
+pub fn opt_date<'de, D>(d: D) -> Result<Option<NaiveDate>, D::Error>
+where
+    D: Deserializer<'de>,
+{
+    let Some(s) = Option::<String>::deserialize(d)? else {
+        return Ok(None);
+    };
+    NaiveDate::parse_from_str(&s, "%Y-%m-%d")
+        .map(Some)
+        .map_err(|e| serde::de::Error::custom(format!("'{s}' is not {DATE_HINT}: {e}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -36,6 +52,31 @@ mod tests {
     struct Q {
         #[serde(default, deserialize_with = "opt_time")]
         from: Option<DateTime<Utc>>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    struct D {
+        #[serde(default, deserialize_with = "opt_date")]
+        from: Option<NaiveDate>,
+    }
+
+    #[test]
+    fn a_bad_date_says_what_a_date_looks_like() {
+        let d = |s: &str| {
+            let uri: axum::http::Uri = format!("/x?{s}").parse().unwrap();
+            axum::extract::Query::<D>::try_from_uri(&uri)
+                .map(|q| q.0.from)
+                .map_err(|e| e.body_text())
+        };
+        assert_eq!(
+            d("from=2026-12-07").unwrap(),
+            NaiveDate::from_ymd_opt(2026, 12, 7)
+        );
+        assert_eq!(d("").unwrap(), None);
+        for bad in ["from=07.12.2026", "from=2026-02-30", "from="] {
+            let e = d(bad).unwrap_err();
+            assert!(e.contains("YYYY-MM-DD"), "{bad}: {e}");
+        }
     }
 
     fn q(s: &str) -> Result<Q, String> {

@@ -5,6 +5,7 @@
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+use crate::archive::store::DailySummary;
 use crate::geofence::store::StoredZoneEvent;
 use crate::immobiliser::store::{AuditEntry, AuditPosition};
 use crate::model::{DeviceId, VehicleId};
@@ -57,6 +58,55 @@ impl From<StoredPosition> for Position {
             attributes: p.attributes,
         }
     }
+}
+
+/// One vehicle's day (`/summaries`), kept after its positions expire.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DaySummary {
+    /// The UTC day (03:00 to 03:00 Moscow time).
+    pub day: chrono::NaiveDate,
+    pub device_id: DeviceId,
+    pub positions: u64,
+    pub distance_m: f64,
+    pub engine_s: i64,
+    pub moving_s: i64,
+    pub outside_s: i64,
+    pub max_speed_kmh: f64,
+    pub first_fix: DateTime<Utc>,
+    pub last_fix: DateTime<Utc>,
+    pub odometer_first_m: Option<f64>,
+    pub odometer_last_m: Option<f64>,
+    pub computed_at: DateTime<Utc>,
+}
+
+impl From<DailySummary> for DaySummary {
+    fn from(s: DailySummary) -> Self {
+        DaySummary {
+            day: s.day.date(),
+            device_id: s.device,
+            positions: s.positions,
+            distance_m: s.distance_m,
+            engine_s: s.engine_s,
+            moving_s: s.moving_s,
+            outside_s: s.outside_s,
+            max_speed_kmh: s.max_speed_kmh,
+            first_fix: s.first_fix,
+            last_fix: s.last_fix,
+            odometer_first_m: s.odometer_first_m,
+            odometer_last_m: s.odometer_last_m,
+            computed_at: s.computed_at,
+        }
+    }
+}
+
+/// `GET /vehicles/{id}/summaries`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct DaySummaries {
+    pub vehicle_id: VehicleId,
+    pub from: chrono::NaiveDate,
+    pub to: chrono::NaiveDate,
+    /// Oldest first; a day without positions has none.
+    pub days: Vec<DaySummary>,
 }
 
 /// A vehicle as registered (the registration fields of every vehicle view).

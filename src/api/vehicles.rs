@@ -1,14 +1,20 @@
-//! `/api/v1/vehicles…`: the fleet, one car, its track and track summary, registration.
+//! `/api/v1/vehicles…`: the fleet, one car, its track (JSON, GeoJSON, CSV, GPX), track
+//! summary and daily summaries, registration.
 
 use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
+use axum::http::header::CONTENT_TYPE;
+use axum::http::HeaderValue;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
-use chrono::{DateTime, Duration, Utc};
+use chrono::{DateTime, Duration, NaiveDate, SecondsFormat, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::rows;
 use super::summary::{summarize, TrackSummary, PAGE};
+use super::track_format::{self, TrackMeta};
 use super::{ApiError, AppState};
+use crate::archive::store::Day;
 use crate::model::{DeviceId, VehicleId};
 use crate::pipeline::store::{DeviceState, StoredPosition, Vehicle, VEHICLE_STATUSES};
 use crate::protocols::Protocol;
@@ -264,6 +270,8 @@ pub struct TrackQuery {
     #[serde(default, deserialize_with = "super::params::opt_time")]
     pub to: Option<DateTime<Utc>>,
     pub limit: Option<u32>,
+    /// `json` (default), `geojson` or `csv` (`/track` only).
+    pub format: Option<String>,
 }
 
 fn range(q: &TrackQuery) -> Result<(DateTime<Utc>, DateTime<Utc>), ApiError> {
@@ -275,35 +283,281 @@ fn range(q: &TrackQuery) -> Result<(DateTime<Utc>, DateTime<Utc>), ApiError> {
     Ok((from, to))
 }
 
+/// A track's representation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Format {
+    Json,
+    GeoJson,
+    Csv,
+}
+
+fn format_of(q: &TrackQuery) -> Result<Format, ApiError> {
+    match q.format.as_deref() {
+        None | Some("json") => Ok(Format::Json),
+        Some("geojson") => Ok(Format::GeoJson),
+        Some("csv") => Ok(Format::Csv),
+        Some(other) => Err(ApiError::BadRequest(format!(
+            "format: '{other}' is not one of json, geojson, csv (GPX is GET /api/v1/vehicles/{{id}}/track.gpx)"
+        ))),
+    }
+}
+
+/// The header naming the first retained day when part of the range asked for has expired.
+pub const RETAINED_FROM_HEADER: &str = "fleetgate-retained-from";
+
+/// Whether `[from, to)` reaches before the oldest retained day: wholly (410 Gone naming
+/// `retained_from`) or partly (`Some(retained_from)`, said in the answer). Only with
+/// `[retention] positions_days` set: without it nothing expires, and a range before the first
+/// position is simply empty.
+async fn retained(
+    state: &AppState,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Option<NaiveDate>, ApiError> {
+    let Some(days) = state.settings.retention.positions_days else {
+        return Ok(None);
+    };
+    let Some(day) = state.store.archive.retained_from().await? else {
+        return Ok(None);
+    };
+    expiry(day, days, from, to)
+}
+
+/// The first instant of a UTC day.
+fn day_start(day: Day) -> DateTime<Utc> {
+    DateTime::<Utc>::from_timestamp_millis(day.start_ms()).unwrap_or_default()
+}
+
+/// The rule of [`retained`] for a known oldest day: wholly before it is 410 Gone, across it
+/// names it, after it is plain.
+fn expiry(
+    day: Day,
+    days: u32,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Option<NaiveDate>, ApiError> {
+    let start = day_start(day);
+    if to <= start {
+        return Err(ApiError::Gone {
+            message: format!(
+                "positions before {} have expired ([retention] positions_days = {days}); \
+                 the range {} .. {} lies wholly before retained_from",
+                day.date(),
+                from.to_rfc3339_opts(SecondsFormat::Secs, true),
+                to.to_rfc3339_opts(SecondsFormat::Secs, true),
+            ),
+            retained_from: day.date(),
+        });
+    }
+    Ok((from < start).then(|| day.date()))
+}
+
+fn with_retained(mut resp: Response, retained_from: Option<NaiveDate>) -> Response {
+    if let Some(d) = retained_from {
+        if let Ok(v) = HeaderValue::from_str(&d.to_string()) {
+            resp.headers_mut().insert(RETAINED_FROM_HEADER, v);
+        }
+    }
+    resp
+}
+
+/// The track's positions and what the formats say about them.
+async fn track_of(
+    state: &AppState,
+    id: &str,
+    q: &TrackQuery,
+) -> Result<(Vehicle, Vec<StoredPosition>, Option<NaiveDate>), ApiError> {
+    let (from, to) = range(q)?;
+    let limit = q.limit.unwrap_or(10_000).clamp(1, MAX_TRACK_LIMIT);
+    let v = find(state, id).await?;
+    let retained_from = retained(state, from, to).await?;
+    // Across `retained_from`, answer from it on: a day being dropped at this moment (its
+    // watermark already raised) never shows half of itself.
+    let from = match retained_from {
+        Some(d) => from.max(day_start(Day::from_date(d))),
+        None => from,
+    };
+    let positions = match &v.device_id {
+        Some(device) => state.store.core.track(device, from, to, limit).await?,
+        None => Vec::new(),
+    };
+    Ok((v, positions, retained_from))
+}
+
+fn meta<'a>(v: &'a Vehicle, retained_from: Option<NaiveDate>) -> TrackMeta<'a> {
+    TrackMeta {
+        vehicle: &v.id.0,
+        device: v.device_id.as_ref().map(|d| d.as_str()).unwrap_or(""),
+        retained_from,
+    }
+}
+
+/// `GET /vehicles/{id}/track?format=json|geojson|csv`.
 pub async fn track(
     State(state): State<AppState>,
     Path(id): Path<String>,
     q: Result<Query<TrackQuery>, QueryRejection>,
-) -> Result<Json<Vec<rows::Position>>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
-    let (from, to) = range(&q)?;
-    let limit = q.limit.unwrap_or(10_000).clamp(1, MAX_TRACK_LIMIT);
-    let v = find(&state, &id).await?;
-    let Some(device) = v.device_id else {
-        return Ok(Json(Vec::new()));
+    let format = format_of(&q)?;
+    let (v, positions, retained_from) = track_of(&state, &id, &q).await?;
+    let resp = match format {
+        Format::Json => Json(rows::all::<_, rows::Position>(positions)).into_response(),
+        Format::GeoJson => (
+            [(CONTENT_TYPE, "application/geo+json")],
+            track_format::geojson(&meta(&v, retained_from), &positions),
+        )
+            .into_response(),
+        Format::Csv => (
+            [(CONTENT_TYPE, "text/csv; charset=utf-8; header=present")],
+            track_format::csv(&positions),
+        )
+            .into_response(),
     };
-    Ok(Json(rows::all(
-        state.store.core.track(&device, from, to, limit).await?,
-    )))
+    Ok(with_retained(resp, retained_from))
+}
+
+/// `GET /vehicles/{id}/track.gpx`: the same track as GPX 1.1.
+pub async fn track_gpx(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    q: Result<Query<TrackQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    if let Some(f) = q.format.as_deref().filter(|f| *f != "gpx") {
+        return Err(ApiError::BadRequest(format!(
+            "format: track.gpx is GPX; '{f}' is asked of /track?format={f}"
+        )));
+    }
+    let (v, positions, retained_from) = track_of(&state, &id, &q).await?;
+    let resp = (
+        [(CONTENT_TYPE, "application/gpx+xml")],
+        track_format::gpx(&meta(&v, retained_from), &positions),
+    )
+        .into_response();
+    Ok(with_retained(resp, retained_from))
 }
 
 pub async fn summary(
     State(state): State<AppState>,
     Path(id): Path<String>,
     q: Result<Query<TrackQuery>, QueryRejection>,
-) -> Result<Json<TrackSummary>, ApiError> {
+) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    if q.format.is_some() {
+        return Err(ApiError::BadRequest(
+            "format: /track/summary answers JSON only".into(),
+        ));
+    }
     let (from, to) = range(&q)?;
     let v = find(&state, &id).await?;
-    let Some(device) = v.device_id else {
-        return Ok(Json(TrackSummary::default()));
+    let retained_from = retained(&state, from, to).await?;
+    let from = match retained_from {
+        Some(d) => from.max(day_start(Day::from_date(d))),
+        None => from,
     };
-    Ok(Json(
-        summarize(state.store.core.as_ref(), &device, from, to, PAGE).await?,
-    ))
+    let Some(device) = v.device_id else {
+        return Ok(with_retained(
+            Json(TrackSummary::default()).into_response(),
+            retained_from,
+        ));
+    };
+    let s = summarize(state.store.core.as_ref(), &device, from, to, PAGE).await?;
+    Ok(with_retained(Json(s).into_response(), retained_from))
+}
+
+/// Most days one `/summaries` request spans.
+pub const MAX_SUMMARY_DAYS: i64 = 366;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SummariesQuery {
+    #[serde(default, deserialize_with = "super::params::opt_date")]
+    pub from: Option<NaiveDate>,
+    #[serde(default, deserialize_with = "super::params::opt_date")]
+    pub to: Option<NaiveDate>,
+}
+
+/// `GET /vehicles/{id}/summaries?from=YYYY-MM-DD&to=YYYY-MM-DD`: the vehicle's daily
+/// summaries, both days included (default: the last 31 days up to today, UTC).
+pub async fn summaries(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    q: Result<Query<SummariesQuery>, QueryRejection>,
+) -> Result<Json<rows::DaySummaries>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
+    let to = q.to.unwrap_or_else(|| Utc::now().date_naive());
+    let from = q.from.unwrap_or_else(|| {
+        to.checked_sub_days(chrono::Days::new(30))
+            .unwrap_or(NaiveDate::MIN)
+    });
+    if from > to {
+        return Err(ApiError::BadRequest(format!(
+            "from ({from}) must not be after to ({to})"
+        )));
+    }
+    let span = (to - from).num_days() + 1;
+    if span > MAX_SUMMARY_DAYS {
+        return Err(ApiError::BadRequest(format!(
+            "from..to spans {span} days; at most {MAX_SUMMARY_DAYS} per request"
+        )));
+    }
+    let v = find(&state, &id).await?;
+    let days = state
+        .store
+        .archive
+        .summaries(&v.id, Day::from_date(from), Day::from_date(to))
+        .await?;
+    Ok(Json(rows::DaySummaries {
+        vehicle_id: v.id,
+        from,
+        to,
+        days: days.into_iter().map(Into::into).collect(),
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use chrono::TimeZone;
+
+    #[test]
+    fn a_range_wholly_before_retained_from_is_gone_across_it_names_it_after_it_is_plain() {
+        let day = Day::from_date(NaiveDate::from_ymd_opt(2026, 12, 1).unwrap());
+        let at = |d: u32, h: u32| Utc.with_ymd_and_hms(2026, 12, d, h, 0, 0).unwrap();
+        // `to` is exclusive: a range ending at the first retained millisecond is all gone.
+        let nov20 = Utc.with_ymd_and_hms(2026, 11, 20, 0, 0, 0).unwrap();
+        match expiry(day, 30, nov20, at(1, 0)) {
+            Err(ApiError::Gone {
+                message,
+                retained_from,
+            }) => {
+                assert_eq!(retained_from.to_string(), "2026-12-01");
+                assert!(message.contains("positions_days = 30"), "{message}");
+                assert!(message.contains("2026-11-20T00:00:00Z"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        let across = expiry(day, 30, at(1, 0) - Duration::hours(1), at(1, 1)).unwrap();
+        assert_eq!(across.map(|d| d.to_string()).as_deref(), Some("2026-12-01"));
+        assert_eq!(expiry(day, 30, at(1, 0), at(2, 0)).unwrap(), None);
+    }
+
+    #[test]
+    fn an_unknown_format_is_refused_naming_the_choices() {
+        let q = |f: Option<&str>| TrackQuery {
+            from: None,
+            to: None,
+            limit: None,
+            format: f.map(str::to_string),
+        };
+        assert_eq!(format_of(&q(None)).unwrap(), Format::Json);
+        assert_eq!(format_of(&q(Some("geojson"))).unwrap(), Format::GeoJson);
+        assert_eq!(format_of(&q(Some("csv"))).unwrap(), Format::Csv);
+        let e = format_of(&q(Some("gpx"))).unwrap_err().to_string();
+        assert!(
+            e.contains("json, geojson, csv") && e.contains("track.gpx"),
+            "{e}"
+        );
+    }
 }

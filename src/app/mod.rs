@@ -317,6 +317,10 @@ pub async fn start_with(
         m.commands
     });
 
+    // The position archive: compaction, daily summaries, retention.
+    let archive_stop = CancellationToken::new();
+    let archive_task = start_archive(&config, &store, archive_stop.clone());
+
     let reloads = reload::Reloads::new(config.clone());
     let map = status_map(&config, &reloads);
     let health = service::Health::new(pipeline.downgrade(), ctx.limits.clone());
@@ -327,6 +331,7 @@ pub async fn start_with(
             status: config.status.clone(),
             geofences: config.geofences.clone(),
             offline_after_s: config.devices.offline_after_s,
+            retention: config.retention.clone(),
         }),
         store: store.clone(),
         pipeline: pipeline.clone(),
@@ -346,6 +351,8 @@ pub async fn start_with(
     let done = tokio::spawn(shut_down(
         shutdown.clone(),
         Stopping {
+            archive_stop,
+            archive_task,
             crm_tasks,
             listener_tasks,
             conns,
@@ -532,8 +539,34 @@ async fn serve_api(
     Ok((local, task))
 }
 
+/// Start the archive actor on `[retention]` and the `[filters]` jump rule.
+fn start_archive(
+    config: &Config,
+    store: &storage::Stores,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    use crate::archive::actor::{self, Archive, StoredZones};
+    use crate::archive::summary::SummaryRules;
+    actor::spawn(
+        Archive {
+            cfg: config.retention.clone(),
+            rules: SummaryRules {
+                max_implied_speed_kmh: config.filters.max_implied_speed_kmh,
+                max_gap_s: config.retention.summary_gap_s as i64,
+            },
+            store: store.archive.clone(),
+            zones: Arc::new(StoredZones(store.zones.clone())),
+        },
+        actor::system_clock(),
+        stop,
+    )
+}
+
 /// Everything [`shut_down`] stops, in the order it stops them.
 struct Stopping {
+    /// The archive actor: stopped first (between two device-days), it holds nothing to drain.
+    archive_stop: CancellationToken,
+    archive_task: JoinHandle<()>,
     crm_tasks: crate::crm::CrmTasks,
     listener_tasks: Vec<JoinHandle<()>>,
     conns: TaskTracker,
@@ -553,6 +586,8 @@ struct Stopping {
 /// the stages fed by committed fixes, the cluster, the immobiliser.
 async fn shut_down(token: CancellationToken, s: Stopping) {
     token.cancelled().await;
+    s.archive_stop.cancel();
+    let _ = s.archive_task.await;
     // No new CRM request from now on (the outbox is durable: the rest goes next start).
     s.crm_tasks.stop_deliveries();
     tracing::info!("shutting down: no new connections; finishing frames in flight");

@@ -43,6 +43,8 @@ pub struct Config {
     /// Per-protocol session settings (`[protocols.gl200]`, `[protocols.gt06]`).
     pub protocols: crate::protocols::options::ProtocolOptions,
     pub cluster: crate::cluster::ClusterConfig,
+    /// How long positions, events, commands and audit entries are kept (`[retention]`).
+    pub retention: crate::archive::RetentionConfig,
 }
 
 impl Config {
@@ -170,6 +172,7 @@ impl Config {
         self.immobiliser.validate()?;
         self.protocols.validate()?;
         self.cluster.validate()?;
+        self.retention.validate()?;
         Ok(())
     }
 

@@ -44,6 +44,47 @@ pub fn handle() -> PrometheusHandle {
 
 fn describe() {
     use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(
+        "fleetgate_archive_passes_total",
+        "Archive passes (partitions, compaction, expiry), by result"
+    );
+    describe_histogram!(
+        "fleetgate_archive_pass_seconds",
+        Unit::Seconds,
+        "Duration of one archive pass"
+    );
+    describe_counter!(
+        "fleetgate_archive_compacted_days_total",
+        "Closed device-days packed into chunks"
+    );
+    describe_counter!(
+        "fleetgate_archive_packed_positions_total",
+        "Hot positions moved into chunks"
+    );
+    describe_counter!(
+        "fleetgate_archive_duplicates_total",
+        "Positions found in both tiers at compaction (kept once)"
+    );
+    describe_counter!(
+        "fleetgate_archive_summaries_total",
+        "Daily vehicle summaries computed and stored"
+    );
+    describe_counter!(
+        "fleetgate_archive_expired_days_total",
+        "Day partitions of positions dropped by retention"
+    );
+    describe_counter!(
+        "fleetgate_archive_expired_rows_total",
+        "Rows deleted by retention, by table"
+    );
+    describe_counter!(
+        "fleetgate_archive_errors_total",
+        "Archive pass steps that failed, by step"
+    );
+    describe_gauge!(
+        "fleetgate_archive_retained_seconds",
+        "Age of the oldest retained day of positions"
+    );
     describe_gauge!(
         "fleetgate_immobiliser_blocked_vehicles",
         "Vehicles blocked, by standing reason"

@@ -6,7 +6,7 @@ pub mod clock;
 pub mod config;
 pub mod disk;
 pub mod filter;
-mod reanchor;
+pub(crate) mod reanchor;
 pub mod retry;
 mod shard;
 pub mod storage_health;

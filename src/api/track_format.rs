@@ -1,0 +1,269 @@
+//! A track as GeoJSON, CSV or GPX 1.1, written straight into one `String`: no `serde_json::Value`
+//! nor `String` per point (a car-day is 8,640 fixes; `benches/track_formats.rs` measures these
+//! against the JSON rows, docs/performance.md has the figures).
+//!
+//! - GeoJSON (RFC 7946): one Feature; its geometry a LineString of `[lon, lat]` (a Point for a
+//!   single fix, `null` for none: a LineString needs two positions); per-point `times` and
+//!   `speeds_kmh` in `properties`, index for index with the coordinates.
+//! - CSV (RFC 4180): a header line, then one line per fix; empty cells for unknown values.
+//! - GPX 1.1 (topografix.com/GPX/1/1): one `trk` with one `trkseg`; `ele`, `time`, `sat` per
+//!   point, in the schema's order.
+
+use std::fmt::Write;
+
+use chrono::{DateTime, Datelike, NaiveDate, Timelike, Utc};
+
+use crate::pipeline::store::StoredPosition;
+
+/// What the formats say about the track besides its points.
+#[derive(Clone, Debug, Default)]
+pub struct TrackMeta<'a> {
+    pub vehicle: &'a str,
+    pub device: &'a str,
+    /// Set when part of the range asked for has expired: positions start this day.
+    pub retained_from: Option<NaiveDate>,
+}
+
+/// `2026-12-07T10:15:30Z`, with `.mmm` when the fix has milliseconds: RFC 3339, without
+/// chrono's per-call format parsing.
+pub fn push_time(out: &mut String, t: DateTime<Utc>) {
+    fn two(out: &mut String, v: u32) {
+        out.push((b'0' + (v / 10) as u8) as char);
+        out.push((b'0' + (v % 10) as u8) as char);
+    }
+    let y = t.year();
+    if (0..=9999).contains(&y) {
+        let y = y as u32;
+        two(out, y / 100);
+        two(out, y % 100);
+    } else {
+        let _ = write!(out, "{y:04}");
+    }
+    out.push('-');
+    two(out, t.month());
+    out.push('-');
+    two(out, t.day());
+    out.push('T');
+    two(out, t.hour());
+    out.push(':');
+    two(out, t.minute());
+    out.push(':');
+    two(out, t.second());
+    let ms = t.timestamp_subsec_millis();
+    if ms > 0 {
+        out.push('.');
+        out.push((b'0' + (ms / 100) as u8) as char);
+        two(out, ms % 100);
+    }
+    out.push('Z');
+}
+
+/// A finite number as JSON, CSV and XML all take it: the shortest text that reads back as the
+/// same `f64` (`ryu`, faster than `Display`; whole numbers as digits), never in exponent form (not an
+/// `xsd:decimal`; then `Display`, which never uses one), without a trailing `.0`. A
+/// non-finite one, which storage never holds, as 0.
+fn push_num(out: &mut String, v: f64) {
+    if !v.is_finite() {
+        out.push('0');
+        return;
+    }
+    // Speeds, courses, altitudes and odometers are mostly whole numbers: digits directly
+    // (ryu spent 60 % of the CSV's time on them).
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        if v < 0.0 {
+            out.push('-');
+        }
+        push_digits(out, v.abs() as u64);
+        return;
+    }
+    let mut buf = ryu::Buffer::new();
+    let s = buf.format_finite(v);
+    if s.contains('e') {
+        let _ = write!(out, "{v}");
+    } else {
+        out.push_str(s.strip_suffix(".0").unwrap_or(s));
+    }
+}
+
+/// A satellite count (at most 99 once filtered, up to 65,535 stored).
+fn push_small(out: &mut String, n: u16) {
+    push_digits(out, u64::from(n));
+}
+
+fn push_digits(out: &mut String, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    for &d in &digits[i..] {
+        out.push(d as char);
+    }
+}
+
+fn push_json_str(out: &mut String, s: &str) {
+    // serde_json's escaping, once per document.
+    out.push_str(&serde_json::Value::String(s.to_string()).to_string());
+}
+
+/// The track as one GeoJSON Feature.
+pub fn geojson(meta: &TrackMeta, points: &[StoredPosition]) -> String {
+    let mut out = String::with_capacity(128 + points.len() * 72);
+    out.push_str(r#"{"type":"Feature","geometry":"#);
+    match points {
+        [] => out.push_str("null"),
+        [p] => {
+            out.push_str(r#"{"type":"Point","coordinates":["#);
+            push_num(&mut out, p.lon);
+            out.push(',');
+            push_num(&mut out, p.lat);
+            out.push_str("]}");
+        }
+        _ => {
+            out.push_str(r#"{"type":"LineString","coordinates":["#);
+            for (i, p) in points.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push('[');
+                push_num(&mut out, p.lon);
+                out.push(',');
+                push_num(&mut out, p.lat);
+                out.push(']');
+            }
+            out.push_str("]}");
+        }
+    }
+    out.push_str(r#","properties":{"vehicle_id":"#);
+    push_json_str(&mut out, meta.vehicle);
+    out.push_str(r#","device_id":"#);
+    push_json_str(&mut out, meta.device);
+    let _ = write!(out, r#","count":{}"#, points.len());
+    out.push_str(r#","retained_from":"#);
+    match meta.retained_from {
+        Some(d) => {
+            let _ = write!(out, "\"{d}\"");
+        }
+        None => out.push_str("null"),
+    }
+    out.push_str(r#","times":["#);
+    for (i, p) in points.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        out.push('"');
+        push_time(&mut out, p.time);
+        out.push('"');
+    }
+    out.push_str(r#"],"speeds_kmh":["#);
+    for (i, p) in points.iter().enumerate() {
+        if i > 0 {
+            out.push(',');
+        }
+        push_num(&mut out, p.speed_kmh);
+    }
+    out.push_str("]}}");
+    out
+}
+
+/// The CSV header line (its columns are a contract: README, openapi.json).
+pub const CSV_HEADER: &str =
+    "time,lat,lon,speed_kmh,course,altitude,satellites,valid,ignition,odometer_m\n";
+
+/// The track as CSV, one fix per line after [`CSV_HEADER`].
+pub fn csv(points: &[StoredPosition]) -> String {
+    let mut out = String::with_capacity(CSV_HEADER.len() + points.len() * 80);
+    out.push_str(CSV_HEADER);
+    for p in points {
+        push_time(&mut out, p.time);
+        out.push(',');
+        push_num(&mut out, p.lat);
+        out.push(',');
+        push_num(&mut out, p.lon);
+        out.push(',');
+        push_num(&mut out, p.speed_kmh);
+        out.push(',');
+        push_num(&mut out, p.course);
+        out.push(',');
+        push_num(&mut out, p.altitude);
+        out.push(',');
+        if let Some(n) = p.satellites {
+            push_small(&mut out, n);
+        }
+        out.push_str(if p.valid { ",true," } else { ",false," });
+        match p.ignition {
+            Some(true) => out.push_str("true"),
+            Some(false) => out.push_str("false"),
+            None => {}
+        }
+        out.push(',');
+        if let Some(m) = p.odometer_m {
+            push_num(&mut out, m);
+        }
+        out.push('\n');
+    }
+    out
+}
+
+fn push_xml(out: &mut String, s: &str) {
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            // Control characters are not allowed in XML 1.0 at all.
+            c if (c as u32) < 0x20 && !matches!(c, '\t' | '\n' | '\r') => out.push('\u{fffd}'),
+            c => out.push(c),
+        }
+    }
+}
+
+/// The track as a GPX 1.1 document.
+pub fn gpx(meta: &TrackMeta, points: &[StoredPosition]) -> String {
+    let mut out = String::with_capacity(256 + points.len() * 110);
+    out.push_str(
+        "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+         <gpx version=\"1.1\" creator=\"fleetgate\" xmlns=\"http://www.topografix.com/GPX/1/1\">\n\
+         <metadata><name>",
+    );
+    push_xml(&mut out, meta.vehicle);
+    out.push_str("</name>");
+    if let Some(d) = meta.retained_from {
+        let _ = write!(
+            out,
+            "<desc>positions before {d} have expired; retained_from {d}</desc>"
+        );
+    }
+    out.push_str("</metadata>\n<trk><name>");
+    push_xml(&mut out, meta.vehicle);
+    out.push_str("</name><trkseg>\n");
+    for p in points {
+        out.push_str("<trkpt lat=\"");
+        push_num(&mut out, p.lat);
+        out.push_str("\" lon=\"");
+        push_num(&mut out, p.lon);
+        out.push_str("\"><ele>");
+        push_num(&mut out, p.altitude);
+        out.push_str("</ele><time>");
+        push_time(&mut out, p.time);
+        out.push_str("</time>");
+        if let Some(n) = p.satellites {
+            out.push_str("<sat>");
+            push_small(&mut out, n);
+            out.push_str("</sat>");
+        }
+        out.push_str("</trkpt>\n");
+    }
+    out.push_str("</trkseg></trk>\n</gpx>\n");
+    out
+}
+
+#[cfg(test)]
+mod tests;

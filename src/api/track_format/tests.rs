@@ -1,0 +1,187 @@
+use chrono::TimeZone;
+
+use super::*;
+
+fn points(n: usize) -> Vec<StoredPosition> {
+    let t0 = Utc.with_ymd_and_hms(2026, 12, 7, 0, 0, 0).unwrap();
+    (0..n)
+        .map(|i| {
+            let t = t0 + chrono::Duration::milliseconds(i as i64 * 10_000 + (i as i64 % 3) * 125);
+            let mut p = StoredPosition::from_position(
+                &crate::model::Position::new(t, i % 5 != 4, 55.75 + i as f64 * 1e-4, 37.6),
+                t,
+                0.0,
+            );
+            p.speed_kmh = (i % 70) as f64 + 0.5;
+            p.altitude = 150.25;
+            p.satellites = (i % 2 == 0).then_some(11);
+            p.ignition = Some(i % 7 != 0);
+            p.odometer_m = (i % 3 == 0).then_some(1000.0 + i as f64);
+            p
+        })
+        .collect()
+}
+
+fn meta(retained_from: Option<NaiveDate>) -> TrackMeta<'static> {
+    TrackMeta {
+        vehicle: "car \"17\" <&>",
+        device: "356307042441013",
+        retained_from,
+    }
+}
+
+#[test]
+fn times_are_rfc_3339_with_milliseconds_only_when_there_are_some() {
+    let mut s = String::new();
+    push_time(&mut s, Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap());
+    s.push(' ');
+    push_time(&mut s, Utc.timestamp_millis_opt(1_765_000_000_007).unwrap());
+    assert_eq!(s, "2026-01-02T03:04:05Z 2025-12-06T05:46:40.007Z");
+    for part in s.split(' ') {
+        assert!(DateTime::parse_from_rfc3339(part).is_ok(), "{part}");
+    }
+}
+
+#[test]
+fn numbers_read_back_exactly_and_never_in_exponent_form() {
+    for v in [
+        0.0,
+        1.0,
+        55.7520401,
+        37.6175,
+        -0.5,
+        1e-7,
+        -3.2e-9,
+        1_250_000.0,
+        1e21,
+        123.456e-4,
+    ] {
+        let mut s = String::new();
+        push_num(&mut s, v);
+        assert!(!s.contains('e') && !s.contains('E'), "{v}: {s}");
+        assert!(!s.ends_with(".0"), "{v}: {s}");
+        assert_eq!(s.parse::<f64>().unwrap(), v, "{s}");
+    }
+    let mut s = String::new();
+    push_num(&mut s, f64::NAN);
+    assert_eq!(s, "0");
+    for n in [0u16, 7, 12, 99, 65_535] {
+        let mut s = String::new();
+        push_small(&mut s, n);
+        assert_eq!(s, n.to_string());
+    }
+}
+
+#[test]
+fn geojson_is_a_feature_with_a_line_string_and_a_time_per_point() {
+    let pts = points(500);
+    let d = NaiveDate::from_ymd_opt(2026, 12, 1);
+    let v: serde_json::Value = serde_json::from_str(&geojson(&meta(d), &pts)).unwrap();
+    assert_eq!(v["type"], "Feature");
+    assert_eq!(v["geometry"]["type"], "LineString");
+    let coords = v["geometry"]["coordinates"].as_array().unwrap();
+    let times = v["properties"]["times"].as_array().unwrap();
+    let speeds = v["properties"]["speeds_kmh"].as_array().unwrap();
+    assert_eq!((coords.len(), times.len(), speeds.len()), (500, 500, 500));
+    for (i, p) in pts.iter().enumerate() {
+        // [lon, lat], RFC 7946's order, exactly as stored.
+        assert_eq!(coords[i][0].as_f64(), Some(p.lon));
+        assert_eq!(coords[i][1].as_f64(), Some(p.lat));
+        let t = DateTime::parse_from_rfc3339(times[i].as_str().unwrap()).unwrap();
+        assert_eq!(t, p.time);
+        assert_eq!(speeds[i].as_f64(), Some(p.speed_kmh));
+    }
+    assert_eq!(v["properties"]["vehicle_id"], "car \"17\" <&>");
+    assert_eq!(v["properties"]["count"], 500);
+    assert_eq!(v["properties"]["retained_from"], "2026-12-01");
+}
+
+#[test]
+fn geojson_of_one_fix_is_a_point_and_of_none_has_no_geometry() {
+    let v: serde_json::Value = serde_json::from_str(&geojson(&meta(None), &points(1))).unwrap();
+    assert_eq!(v["geometry"]["type"], "Point");
+    assert_eq!(v["geometry"]["coordinates"][1].as_f64(), Some(55.75));
+    assert_eq!(v["properties"]["retained_from"], serde_json::Value::Null);
+    let v: serde_json::Value = serde_json::from_str(&geojson(&meta(None), &[])).unwrap();
+    assert_eq!(v["geometry"], serde_json::Value::Null);
+    assert_eq!(v["properties"]["times"].as_array().unwrap().len(), 0);
+}
+
+#[test]
+fn csv_has_its_header_and_one_line_of_every_column_per_fix() {
+    let pts = points(30);
+    let text = csv(&pts);
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some(CSV_HEADER.trim_end()));
+    let columns = CSV_HEADER.trim_end().split(',').count();
+    let rows: Vec<Vec<&str>> = lines.map(|l| l.split(',').collect()).collect();
+    assert_eq!(rows.len(), 30);
+    for (r, p) in rows.iter().zip(&pts) {
+        assert_eq!(r.len(), columns, "{r:?}");
+        assert_eq!(DateTime::parse_from_rfc3339(r[0]).unwrap(), p.time);
+        assert_eq!(r[1].parse::<f64>().unwrap(), p.lat);
+        assert_eq!(r[2].parse::<f64>().unwrap(), p.lon);
+        assert_eq!(r[3].parse::<f64>().unwrap(), p.speed_kmh);
+        assert_eq!(
+            r[6],
+            p.satellites.map(|n| n.to_string()).unwrap_or_default()
+        );
+        assert_eq!(r[7], p.valid.to_string());
+        assert_eq!(r[8], p.ignition.unwrap().to_string());
+        assert_eq!(r[9].parse::<f64>().ok(), p.odometer_m);
+    }
+    assert_eq!(csv(&[]), CSV_HEADER);
+}
+
+#[test]
+fn gpx_parses_as_gpx_1_1_with_every_point_and_escaped_names() {
+    let pts = points(200);
+    let d = NaiveDate::from_ymd_opt(2026, 12, 1);
+    let text = gpx(&meta(d), &pts);
+    let doc = roxmltree::Document::parse(&text).expect("well-formed XML");
+    let root = doc.root_element();
+    assert_eq!(root.tag_name().name(), "gpx");
+    assert_eq!(
+        root.tag_name().namespace(),
+        Some("http://www.topografix.com/GPX/1/1")
+    );
+    assert_eq!(root.attribute("version"), Some("1.1"));
+    let name = root
+        .descendants()
+        .find(|n| n.has_tag_name("name"))
+        .and_then(|n| n.text());
+    assert_eq!(name, Some("car \"17\" <&>"));
+    let desc = root.descendants().find(|n| n.has_tag_name("desc")).unwrap();
+    assert!(desc.text().unwrap().contains("retained_from 2026-12-01"));
+    let trkpts: Vec<_> = root
+        .descendants()
+        .filter(|n| n.has_tag_name("trkpt"))
+        .collect();
+    assert_eq!(trkpts.len(), 200);
+    for (n, p) in trkpts.iter().zip(&pts) {
+        assert_eq!(n.attribute("lat").unwrap().parse::<f64>().unwrap(), p.lat);
+        assert_eq!(n.attribute("lon").unwrap().parse::<f64>().unwrap(), p.lon);
+        // The schema's order: ele, time, sat.
+        let kids: Vec<&str> = n
+            .children()
+            .filter(|c| c.is_element())
+            .map(|c| c.tag_name().name())
+            .collect();
+        let want: &[&str] = if p.satellites.is_some() {
+            &["ele", "time", "sat"]
+        } else {
+            &["ele", "time"]
+        };
+        assert_eq!(kids, want);
+        let t = n
+            .children()
+            .find(|c| c.has_tag_name("time"))
+            .unwrap()
+            .text()
+            .unwrap();
+        assert_eq!(DateTime::parse_from_rfc3339(t).unwrap(), p.time);
+    }
+    let empty = gpx(&meta(None), &[]);
+    let doc = roxmltree::Document::parse(&empty).unwrap();
+    assert!(doc.descendants().all(|n| !n.has_tag_name("desc")));
+}
