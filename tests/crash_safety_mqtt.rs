@@ -20,7 +20,7 @@ use common::mqtt::{forget_sessions, unique};
 use common::Api;
 use rand::{Rng, SeedableRng};
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
-use sqlx::{Connection, SqliteConnection};
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -128,17 +128,7 @@ async fn proxy(seen: Arc<Mutex<Seen>>) -> u16 {
 
 /// Fix times stored for `device`, read from the SQLite file (the daemon may be dead).
 async fn stored(db: &std::path::Path, device: &str) -> Vec<i64> {
-    let mut c = SqliteConnection::connect(&format!("sqlite://{}", db.display()))
-        .await
-        .expect("open the database");
-    let rows: Vec<(i64,)> =
-        sqlx::query_as("SELECT fix_time FROM positions WHERE device_id = ? ORDER BY fix_time")
-            .bind(device)
-            .fetch_all(&mut c)
-            .await
-            .expect("read positions");
-    let _ = c.close().await;
-    rows.into_iter().map(|r| r.0).collect()
+    common::stored::device_fix_times(&format!("sqlite://{}", db.display()), device).await
 }
 
 fn fix(i: i64) -> Vec<u8> {

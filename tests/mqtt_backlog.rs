@@ -16,7 +16,7 @@ use common::mqtt::{forget_sessions, unique, Broker};
 use common::process::{free_port, wait_ready};
 use common::Api;
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
-use sqlx::{Connection, SqliteConnection};
+
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -65,17 +65,7 @@ async fn publish_all(port: u16, topic: &str, first: i64, n: i64) {
 }
 
 async fn stored(db: &std::path::Path, device: &str) -> Vec<i64> {
-    let mut c = SqliteConnection::connect(&format!("sqlite://{}", db.display()))
-        .await
-        .expect("open the database");
-    let rows: Vec<(i64,)> =
-        sqlx::query_as("SELECT fix_time FROM positions WHERE device_id = ? ORDER BY fix_time")
-            .bind(device)
-            .fetch_all(&mut c)
-            .await
-            .expect("read positions");
-    let _ = c.close().await;
-    rows.into_iter().map(|r| r.0).collect()
+    common::stored::device_fix_times(&format!("sqlite://{}", db.display()), device).await
 }
 
 /// Until `device` has `n` positions stored (or `secs` pass); what was stored.

@@ -12,15 +12,9 @@ use fleetgate::protocols::{Protocol, Transport};
 use fleetgate::sim::{Scenario, SimOptions, SimProtocol};
 
 async fn stored(dir: &std::path::Path) -> i64 {
-    let pool = sqlx::SqlitePool::connect(&format!("sqlite://{}/fleetgate.db", dir.display()))
+    common::stored::fix_times(&format!("sqlite://{}/fleetgate.db", dir.display()))
         .await
-        .expect("open db");
-    let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM positions")
-        .fetch_one(&pool)
-        .await
-        .expect("count");
-    pool.close().await;
-    n
+        .len() as i64
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

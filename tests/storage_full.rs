@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use chrono::{TimeZone, Utc};
 use fleetgate::protocols::teltonika::{encode_avl_packet, encode_imei, AvlRecord, CODEC_8};
-use sqlx::{Connection, SqliteConnection};
 
 struct Mount(std::path::PathBuf);
 
@@ -159,13 +158,7 @@ async fn a_full_disk_refuses_acks_and_heals_without_a_restart() {
 
     gw.kill().unwrap();
     gw.wait().unwrap();
-    let mut c = SqliteConnection::connect(&format!("sqlite://{}", db.display()))
-        .await
-        .unwrap();
-    let stored: Vec<(String, i64)> = sqlx::query_as("SELECT device_id, fix_time FROM positions")
-        .fetch_all(&mut c)
-        .await
-        .unwrap();
+    let stored = common::stored::fix_times(&format!("sqlite://{}", db.display())).await;
     let base = record(0).time.timestamp_millis();
     for i in acked {
         let imei = if i % 2 == 0 || i == 100 || i < 5 {

@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 use chrono::{TimeZone, Utc};
 use common::proxy::{Mode, Proxy};
 use fleetgate::protocols::teltonika::{encode_avl_packet, encode_imei, AvlRecord, CODEC_8};
-use sqlx::Connection;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -237,12 +237,7 @@ async fn postgres_unreachable_for_30_s_acks_nothing_then_loses_nothing() {
     assert_eq!(status, 200, "ready again");
 
     // What is in PostgreSQL, read directly (not through the daemon).
-    let mut db = sqlx::PgConnection::connect(&schema.url).await.unwrap();
-    let rows: Vec<(String, i64)> = sqlx::query_as("SELECT device_id, fix_time FROM positions")
-        .fetch_all(&mut db)
-        .await
-        .unwrap();
-    let _ = db.close().await;
+    let rows = common::stored::fix_times(&schema.url).await;
     child.kill().unwrap();
     child.wait().unwrap();
 

@@ -6,6 +6,7 @@ pub mod mqtt;
 pub mod pg;
 pub mod process;
 pub mod proxy;
+pub mod stored;
 pub mod teltonika;
 
 use std::net::SocketAddr;
