@@ -144,10 +144,14 @@ async fn commit(store: &dyn Store, batch: &mut Vec<WriteReq>, rows: usize, cfg: 
         .run(|| async {
             match tokio::time::timeout(ATTEMPT_TIMEOUT, store.write_batch(&items)).await {
                 Ok(r) => r,
-                Err(_) => Err(StorageError::Timeout {
+                Err(_) => {
+                    metrics::counter!("fleetgate_storage_timeouts_total", "call" => "commit_attempt")
+                        .increment(1);
+                    Err(StorageError::Timeout {
                     what: "commit attempt".into(),
                     after: ATTEMPT_TIMEOUT,
-                }),
+                })
+                }
             }
         })
         .await;
