@@ -63,9 +63,18 @@ impl Cluster {
         cfg: &ClusterConfig,
     ) -> Result<Arc<Cluster>, StorageError> {
         let opts = PgConnectOptions::from_str(&storage.url)?.application_name("fleetgate-cluster");
+        // As the store's pool: a connection silent on release is closed, not kept
+        // (crate::storage::deadline).
+        let release_bound = storage.deadlines().call;
         let pool = PgPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))
+            .after_release(move |conn, _| {
+                Box::pin(crate::storage::deadline::released_alive(
+                    conn,
+                    release_bound,
+                ))
+            })
             .connect_with(opts)
             .await?;
         let c = Cluster {
