@@ -66,6 +66,7 @@ impl Cluster {
         cfg: &ClusterConfig,
     ) -> Result<Arc<Cluster>, StorageError> {
         let opts = PgConnectOptions::from_str(&storage.url)?.application_name("fleetgate-cluster");
+        let opts = crate::storage::deadline::server_bounds(opts, storage.deadlines());
         // As the store's pool: a connection silent on release is closed, not kept
         // (crate::storage::deadline).
         let release_bound = storage.deadlines().call;

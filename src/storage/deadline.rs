@@ -102,6 +102,25 @@ pub(crate) async fn released_alive(
     }
 }
 
+/// `opts` with the server-side half of the deadline: PostgreSQL ends a session left idle inside
+/// a transaction for longer than one call may take (`idle_in_transaction_session_timeout`),
+/// unless the URL's `options` set that already. A path that froze mid-transaction leaves the
+/// server holding that transaction — and its row locks on `device_state` — for as long as its
+/// side of the socket stays open: every later commit of those devices then waits on the lock
+/// and times out, and ingest never recovers (seen in 1 of 5 runs of
+/// `tests/storage_outage_postgres.rs` before this). Our transactions never pause between
+/// statements, so no legitimate one is cut.
+pub(crate) fn server_bounds(
+    opts: sqlx::postgres::PgConnectOptions,
+    d: Deadlines,
+) -> sqlx::postgres::PgConnectOptions {
+    const KEY: &str = "idle_in_transaction_session_timeout";
+    if opts.get_options().is_some_and(|o| o.contains(KEY)) {
+        return opts;
+    }
+    opts.options([(KEY, d.call.as_millis())])
+}
+
 /// Every port of `S`, each call under a deadline.
 pub struct Timed<S> {
     inner: S,
@@ -422,6 +441,27 @@ mod tests {
                 after: Duration::from_secs(1),
             }
         ));
+    }
+
+    #[test]
+    fn the_server_ends_sessions_idle_in_a_transaction_unless_the_url_says_otherwise() {
+        use std::str::FromStr;
+        let d = Deadlines {
+            call: Duration::from_secs(10),
+            bulk: Duration::from_secs(60),
+        };
+        let url = "postgres://u@h/db?options=-c%20search_path%3Dfleet";
+        let opts = server_bounds(sqlx::postgres::PgConnectOptions::from_str(url).unwrap(), d);
+        assert_eq!(
+            opts.get_options(),
+            Some("-c search_path=fleet -c idle_in_transaction_session_timeout=10000")
+        );
+        let own = "postgres://u@h/db?options=-c%20idle_in_transaction_session_timeout%3D0";
+        let opts = server_bounds(sqlx::postgres::PgConnectOptions::from_str(own).unwrap(), d);
+        assert_eq!(
+            opts.get_options(),
+            Some("-c idle_in_transaction_session_timeout=0")
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -39,6 +39,7 @@ impl PostgresStore {
     /// instances may start at once: sqlx serialises migrations with an advisory lock.
     pub async fn open(cfg: &StorageConfig) -> Result<Self, StorageError> {
         let opts = PgConnectOptions::from_str(&cfg.url)?.application_name("fleetgate");
+        let opts = super::deadline::server_bounds(opts, cfg.deadlines());
         // "pool timed out" alone does not say which server: name it (never the password).
         let server = format!(
             "{}:{}/{}",
