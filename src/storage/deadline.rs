@@ -107,7 +107,7 @@ pub(crate) async fn released_alive(
 /// unless the URL's `options` set that already. A path that froze mid-transaction leaves the
 /// server holding that transaction — and its row locks on `device_state` — for as long as its
 /// side of the socket stays open: every later commit of those devices then waits on the lock
-/// and times out, and ingest never recovers (seen in 1 of 5 runs of
+/// and times out, and ingest never recovers (2 of 22 runs of
 /// `tests/storage_outage_postgres.rs` before this). Our transactions never pause between
 /// statements, so no legitimate one is cut.
 pub(crate) fn server_bounds(
