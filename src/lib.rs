@@ -7,6 +7,8 @@
 
 // HTTP API (axum routes, auth, OpenAPI, status page).
 pub mod api;
+// Position archive: compaction schedule, daily summaries, retention.
+pub mod archive;
 // Wiring: start in named steps, shutdown order, systemd supervisor, reloads.
 pub mod app;
 // Several instances on one PostgreSQL: sessions, request rows, LISTEN/NOTIFY.

@@ -47,14 +47,26 @@ enum Command {
         /// The file to check, as a positional argument.
         file: Option<PathBuf>,
     },
-    /// Open the configured storage, apply pending migrations, and exit.
+    /// Open the configured storage, apply pending migrations, convert positions stored by an
+    /// older fleetgate into the archive layout, and exit.
     ///
-    /// `run` migrates on start too; this lets an upgrade migrate a large database ahead of the
-    /// restart (e.g. before switching a load balancer back), and prints the backend used.
+    /// `run` does the same on start (the conversion in the background); this lets an upgrade
+    /// migrate a large database ahead of the restart, with progress on stderr. The conversion
+    /// is one transaction per device and day: after a kill, run it again and it carries on.
     Migrate {
         /// TOML configuration file (also FLEETGATE_CONFIG); only [storage] is used.
         #[arg(long, short, env = "FLEETGATE_CONFIG")]
         config: Option<PathBuf>,
+    },
+    /// The position archive: pack it now, or show what is stored where.
+    Storage {
+        #[command(subcommand)]
+        command: StorageCommand,
+    },
+    /// CRM connection tasks.
+    Crm {
+        #[command(subcommand)]
+        command: CrmCommand,
     },
     /// Simulate trackers driving around Moscow and report the ingest rate and ack latency.
     ///
@@ -153,6 +165,42 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum StorageCommand {
+    /// Pack every device and day still stored row by row into chunks, today's included (the
+    /// daemon packs closed days by itself). Safe beside a running daemon: one short
+    /// transaction per device and day; positions that arrive meanwhile wait for the next run.
+    Compact {
+        /// TOML configuration file (also FLEETGATE_CONFIG); only [storage] is used.
+        #[arg(long, short, env = "FLEETGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+    /// Print every partition: day, tier (hot rows or packed chunks), table, positions, bytes
+    /// on disk and bytes per position.
+    Stats {
+        /// TOML configuration file (also FLEETGATE_CONFIG); only [storage] is used.
+        #[arg(long, short, env = "FLEETGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum CrmCommand {
+    /// Exchange an amoCRM authorization code for OAuth tokens, once, and store them in the
+    /// database; the daemon refreshes them from then on.
+    ///
+    /// The code is shown in amoCRM under the integration's "Ключи и доступы" (or sent to its
+    /// redirect_uri) and is valid for 20 minutes. Needs [crm] kind = "amocrm", base_url and
+    /// [crm.amocrm] client_id, client_secret, redirect_uri. No token is printed.
+    Authorize {
+        /// The authorization code.
+        code: String,
+        /// TOML configuration file (also FLEETGATE_CONFIG).
+        #[arg(long, short, env = "FLEETGATE_CONFIG")]
+        config: Option<PathBuf>,
+    },
+}
+
 fn load(path: Option<&PathBuf>) -> Result<Config, ExitCode> {
     Config::load(path.map(|p| p.as_path())).map_err(|e| {
         eprintln!("fleetgate: invalid configuration: {e}");
@@ -239,16 +287,35 @@ fn main() -> ExitCode {
             fleetgate::ops::logging::init(&config.log.format, &config.log.filter);
             runtime().block_on(run(config, path))
         }
-        Command::Migrate { config } => {
+        Command::Crm {
+            command: CrmCommand::Authorize { code, config },
+        } => {
             let config = match load(config.as_ref()) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            if config.crm.kind != "amocrm" || !config.crm.amocrm.enabled() {
+                eprintln!(
+                    "fleetgate: crm authorize needs crm.kind = \"amocrm\" and [crm.amocrm] client_id, client_secret, redirect_uri (crm.kind is \"{}\")",
+                    config.crm.kind
+                );
+                return ExitCode::from(2);
+            }
             fleetgate::ops::logging::init(&config.log.format, &config.log.filter);
             runtime().block_on(async {
-                match fleetgate::storage::open(&config.storage).await {
-                    Ok(s) => {
-                        println!("migrations applied ({})", s.core.backend());
+                let stores = match fleetgate::storage::open(&config.storage).await {
+                    Ok(s) => s,
+                    Err(e) => {
+                        eprintln!("fleetgate: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                };
+                match fleetgate::crm::oauth::authorize(&config.crm, stores.crm, &code).await {
+                    Ok(t) => {
+                        println!(
+                            "amoCRM authorized: tokens stored in the database (access token valid until {}; refreshed by the daemon)",
+                            t.expires_at.to_rfc3339()
+                        );
                         ExitCode::SUCCESS
                     }
                     Err(e) => {
@@ -258,7 +325,99 @@ fn main() -> ExitCode {
                 }
             })
         }
+        Command::Migrate { config } => match load(config.as_ref()) {
+            Ok(c) => storage_command(&c, StorageVerb::Migrate),
+            Err(code) => code,
+        },
+        Command::Storage { command } => {
+            let (config, verb) = match command {
+                StorageCommand::Compact { config } => (config, StorageVerb::Compact),
+                StorageCommand::Stats { config } => (config, StorageVerb::Stats),
+            };
+            match load(config.as_ref()) {
+                Ok(c) => storage_command(&c, verb),
+                Err(code) => code,
+            }
+        }
     }
+}
+
+#[derive(Clone, Copy)]
+enum StorageVerb {
+    Migrate,
+    Compact,
+    Stats,
+}
+
+/// Prints a progress line to stderr at most twice a second.
+fn progress(
+    what: &'static str,
+) -> impl FnMut(&fleetgate::storage::archive::DeviceDay, &fleetgate::storage::archive::Progress) {
+    let mut last: Option<std::time::Instant> = None;
+    move |dd, p| {
+        if last.map_or(true, |l| {
+            l.elapsed() >= std::time::Duration::from_millis(500)
+        }) {
+            last = Some(std::time::Instant::now());
+            eprintln!(
+                "{}",
+                fleetgate::storage::archive::progress_line(what, dd, p)
+            );
+        }
+    }
+}
+
+/// `migrate`, `storage compact`, `storage stats`: progress on stderr, the result on stdout.
+fn storage_command(config: &Config, verb: StorageVerb) -> ExitCode {
+    use fleetgate::storage::archive;
+    fleetgate::ops::logging::init(&config.log.format, &config.log.filter);
+    runtime().block_on(async {
+        let stores = match fleetgate::storage::open(&config.storage).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("fleetgate: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let backend = stores.core.backend();
+        let result = match verb {
+            StorageVerb::Migrate => archive::migrate(
+                stores.archive.as_ref(),
+                stores.layout.as_ref(),
+                progress("migrate"),
+            )
+            .await
+            .map(|p| {
+                format!(
+                    "migrations applied ({backend}); {} device-days converted ({} positions, {} bytes)",
+                    p.device_days, p.positions, p.bytes
+                )
+            }),
+            StorageVerb::Compact => archive::compact_all(&stores, progress("compact"))
+                .await
+                .map(|p| {
+                    format!(
+                        "compacted ({backend}): {} device-days, {} positions, {} bytes",
+                        p.device_days, p.positions, p.bytes
+                    )
+                }),
+            StorageVerb::Stats => stores
+                .archive
+                .partition_stats()
+                .await
+                .map(|s| archive::stats_table(&s)),
+        };
+        match result {
+            Ok(out) => {
+                println!("{}", out.trim_end());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("fleetgate: {e}");
+                ExitCode::FAILURE
+            }
+        }
+    })
 }
 
 /// What `run` would leave out of the zone files (it starts without them, loudly, or not at

@@ -15,7 +15,7 @@ pub const LAYERS: &[&[&str]] = &[
     &["protocols", "ops"],
     &["pipeline"],
     &["ingest", "geofence", "cluster"],
-    &["crm"],
+    &["crm", "archive"],
     &["immobiliser"],
     &["storage"],
     &["api", "sim", "replay"],

@@ -418,7 +418,12 @@ async fn fifteen_hundred_drivers_balances_cost_a_handful_of_requests_on_both_crm
     }
     let cfg = fleetgate::config::Config::from_toml_with_env(&amo_config(&amo.url), "t", Vec::new())
         .unwrap();
-    let c = connector::build(&cfg.crm).unwrap().unwrap();
+    let c = connector::build(
+        &cfg.crm,
+        std::sync::Arc::new(fleetgate::crm::memory::MemoryCrmStore::default()),
+    )
+    .unwrap()
+    .unwrap();
     let before = amo.fake.calls().len();
     let got = c.balances(&qs).await;
     let requests = amo.fake.calls().len() - before;
@@ -438,7 +443,12 @@ async fn fifteen_hundred_drivers_balances_cost_a_handful_of_requests_on_both_crm
     let cfg =
         fleetgate::config::Config::from_toml_with_env(&bitrix_config(&bx.url), "t", Vec::new())
             .unwrap();
-    let c = connector::build(&cfg.crm).unwrap().unwrap();
+    let c = connector::build(
+        &cfg.crm,
+        std::sync::Arc::new(fleetgate::crm::memory::MemoryCrmStore::default()),
+    )
+    .unwrap()
+    .unwrap();
     let before = bx.fake.calls().len();
     let mut missing = qs.clone();
     missing.push(BalanceQuery {

@@ -153,6 +153,20 @@ async fn a_summary_across_many_pages_is_right_on_postgres() {
     assert_eq!(st, 200);
     // Several pages and a partial last one.
     let rows = 45_001;
+    // Positions are partitioned by day: the insert below bypasses the group commit, which
+    // would have created the day's partition itself.
+    let stores = fleetgate::storage::open(&fleetgate::config::StorageConfig {
+        url: schema.url.clone(),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let first = fleetgate::archive::store::Day::of_ms(T0_MS);
+    stores
+        .archive
+        .ensure_partitions(first, fleetgate::archive::store::Day(first.0 + 1))
+        .await
+        .unwrap();
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .connect(&schema.url)

@@ -206,6 +206,8 @@ pub async fn start_with(
     let metrics = crate::ops::metrics::handle();
     let store = storage::open(&config.storage).await?;
     tracing::info!(backend = store.core.backend(), url = %storage::postgres::redact(&config.storage.url), "storage open, migrations applied");
+    // An old position layout converted in the background; the storage gauges kept fresh.
+    storage::archive::spawn_upkeep(&store, Duration::from_secs(300));
     let states = store.core.device_states().await?;
     let (zone_set, zone_files, broken_zone_files) =
         load_zones(&config, store.zones.as_ref()).await?;

@@ -87,6 +87,58 @@ pub struct CrmConfig {
     pub fields: Fields,
     /// `[crm.inbound]`: the CRM's own webhooks into fleetgate.
     pub inbound: InboundConfig,
+    /// Where car facts go (location, mileage, blocked state, inspection fields, block notes):
+    /// `deal` (the driver's deal) or `company` (the car's company card: amoCRM "Компания",
+    /// Bitrix24 company). Stage moves always go to the driver's deal.
+    pub car_entity: String,
+    /// While a car moves, its location is written to the car card at most once per this many
+    /// minutes (and on every stage change); never while it stands. 0 = the kind's default:
+    /// amoCRM 10 (1,500 moving cars cost at most 2.5 requests/s of its 7, fewer with bulk
+    /// PATCHes of 50), Bitrix24 30 (0.83 of its 2 requests/s), webhook 10.
+    pub location_interval_min: u64,
+    /// `[crm.amocrm]`: OAuth 2.0 of an amoCRM integration (instead of a long-lived `token`).
+    pub amocrm: AmoOAuth,
+}
+
+/// `[crm.amocrm]`: the keys amoCRM shows for an integration ("Ключи и доступы"). With them,
+/// `fleetgate crm authorize CODE` exchanges the authorization code once; the tokens live in
+/// the database and are refreshed by the daemon.
+#[derive(Clone, Debug, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AmoOAuth {
+    pub client_id: String,
+    pub client_secret: String,
+    /// The redirect URI registered with the integration (amoCRM checks it on every exchange).
+    pub redirect_uri: String,
+    /// Refresh this many seconds before the access token expires.
+    pub refresh_before_s: u64,
+}
+
+impl Default for AmoOAuth {
+    fn default() -> Self {
+        AmoOAuth {
+            client_id: String::new(),
+            client_secret: String::new(),
+            redirect_uri: String::new(),
+            refresh_before_s: 3600,
+        }
+    }
+}
+
+impl AmoOAuth {
+    /// All three keys are set: the connector authenticates with OAuth tokens.
+    pub fn enabled(&self) -> bool {
+        !(self.client_id.is_empty()
+            || self.client_secret.is_empty()
+            || self.redirect_uri.is_empty())
+    }
+}
+
+/// Where car facts are written (`[crm] car_entity`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CarEntity {
+    Deal,
+    Company,
 }
 
 /// `[crm.inbound]`: amoCRM and Bitrix24 call fleetgate directly (no middleware).
@@ -138,6 +190,9 @@ impl Default for CrmConfig {
             stages: Stages::default(),
             fields: Fields::default(),
             inbound: InboundConfig::default(),
+            car_entity: "deal".into(),
+            location_interval_min: 0,
+            amocrm: AmoOAuth::default(),
         }
     }
 }
@@ -158,6 +213,31 @@ impl CrmConfig {
             },
             if self.burst > 0 { self.burst } else { b },
         )
+    }
+
+    /// `car_entity` as validated (anything but `company` is the deal).
+    pub fn car_entity(&self) -> CarEntity {
+        if self.car_entity == "company" {
+            CarEntity::Company
+        } else {
+            CarEntity::Deal
+        }
+    }
+
+    /// How often a moving car's location is written, with the kind's default for 0; `None`
+    /// when there is nowhere to write it (amoCRM / Bitrix24 without a location field).
+    pub fn location_interval(&self) -> Option<std::time::Duration> {
+        let field = match self.kind.as_str() {
+            "amocrm" => self.fields.location_field_id != 0,
+            "bitrix24" => !self.fields.location_field_code.is_empty(),
+            _ => true,
+        };
+        let min = match (self.location_interval_min, self.kind.as_str()) {
+            (0, "bitrix24") => 30,
+            (0, _) => 10,
+            (m, _) => m,
+        };
+        field.then(|| std::time::Duration::from_secs(min * 60))
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -186,7 +266,47 @@ impl CrmConfig {
             }
             "amocrm" => {
                 need("crm.base_url", &self.base_url)?;
-                need("crm.token", &self.token)?;
+                let o = &self.amocrm;
+                let set = [&o.client_id, &o.client_secret, &o.redirect_uri]
+                    .iter()
+                    .filter(|v| !v.is_empty())
+                    .count();
+                if set == 0 && self.token.is_empty() {
+                    return Err(invalid(
+                        "crm.token",
+                        "required when crm.kind = \"amocrm\" (a long-lived token), unless \
+                         [crm.amocrm] client_id, client_secret and redirect_uri are set (OAuth)",
+                    ));
+                }
+                if set != 0 && set != 3 {
+                    let missing = [
+                        ("crm.amocrm.client_id", &o.client_id),
+                        ("crm.amocrm.client_secret", &o.client_secret),
+                        ("crm.amocrm.redirect_uri", &o.redirect_uri),
+                    ]
+                    .into_iter()
+                    .find(|(_, v)| v.is_empty())
+                    .map_or("crm.amocrm", |(k, _)| k);
+                    return Err(invalid(
+                        missing,
+                        "OAuth needs client_id, client_secret and redirect_uri together",
+                    ));
+                }
+                if set == 3 && !self.token.is_empty() {
+                    return Err(invalid(
+                        "crm.token",
+                        "set either a long-lived token or [crm.amocrm] OAuth keys, not both",
+                    ));
+                }
+                if set == 3
+                    && !o.redirect_uri.starts_with("https://")
+                    && !o.redirect_uri.starts_with("http://")
+                {
+                    return Err(invalid(
+                        "crm.amocrm.redirect_uri",
+                        format!("'{}' is not an http(s) URL", o.redirect_uri),
+                    ));
+                }
                 for (key, s) in [
                     ("crm.stages.on_line", &self.stages.on_line),
                     ("crm.stages.wants_to_return", &self.stages.wants_to_return),
@@ -235,6 +355,36 @@ impl CrmConfig {
         }
         if self.poll_ms == 0 || self.timeout_s == 0 {
             return Err(invalid("crm.poll_ms", "poll_ms and timeout_s must be > 0"));
+        }
+        if !matches!(self.car_entity.as_str(), "deal" | "company") {
+            return Err(invalid(
+                "crm.car_entity",
+                format!("'{}' is not one of deal, company", self.car_entity),
+            ));
+        }
+        if self.car_entity == "company" && self.kind == "webhook" {
+            return Err(invalid(
+                "crm.car_entity",
+                "\"company\" needs crm.kind = \"amocrm\" or \"bitrix24\" (the webhook carries both ids)",
+            ));
+        }
+        if self.location_interval_min > 24 * 60 {
+            return Err(invalid(
+                "crm.location_interval_min",
+                "must be at most 1440 (a day); 0 takes the CRM's default",
+            ));
+        }
+        let o = &self.amocrm;
+        if self.kind != "amocrm"
+            && !(o.client_id.is_empty() && o.client_secret.is_empty() && o.redirect_uri.is_empty())
+        {
+            return Err(invalid("crm.amocrm", "is for crm.kind = \"amocrm\""));
+        }
+        if self.amocrm.refresh_before_s < 60 {
+            return Err(invalid(
+                "crm.amocrm.refresh_before_s",
+                "must be at least 60 seconds",
+            ));
         }
         if self.auth_pause_s == 0 {
             return Err(invalid("crm.auth_pause_s", "must be at least 1"));
@@ -456,6 +606,44 @@ mod tests {
             let e = load(text).unwrap_err();
             assert!(e.starts_with(&format!("{key}:")), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn car_entity_and_location_interval_take_each_crm_s_default() {
+        let c = load("").unwrap();
+        assert_eq!(c.crm.car_entity(), super::CarEntity::Deal);
+        assert_eq!(c.crm.amocrm.refresh_before_s, 3600);
+        let amo = |extra: &str| {
+            load(&format!(
+                "[crm]\nkind = \"amocrm\"\nbase_url = \"https://x.amocrm.ru\"\ntoken = \"t\"\n{extra}\n\
+                 [crm.stages]\non_line = {{ pipeline_id = 1, status_id = 2 }}\n\
+                 wants_to_return = {{ pipeline_id = 1, status_id = 3 }}\n"
+            ))
+        };
+        assert_eq!(
+            amo("").unwrap().crm.location_interval(),
+            None,
+            "no location field"
+        );
+        let amo = |extra: &str| amo(&format!("{extra}\n[crm.fields]\nlocation_field_id = 503"));
+        let c = amo("car_entity = \"company\"").unwrap();
+        assert_eq!(c.crm.car_entity(), super::CarEntity::Company);
+        // 1,500 moving cars every 10 min = 2.5 requests/s, well inside amoCRM's 7.
+        let every = |c: &crate::config::Config| c.crm.location_interval().unwrap().as_secs_f64();
+        assert_eq!(every(&c), 600.0);
+        assert!(1500.0 / every(&c) <= 7.0 * 0.4);
+        assert_eq!(every(&amo("location_interval_min = 3").unwrap()), 180.0);
+        let bx = load(
+            "[crm]\nkind = \"bitrix24\"\nwebhook_url = \"https://b.ru/rest/1/x/\"\n\
+             [crm.stages]\non_line = { stage_id = \"A\" }\nwants_to_return = { stage_id = \"B\" }\n\
+             [crm.fields]\nlocation_field_code = \"UF_CRM_LOCATION\"\n",
+        )
+        .unwrap();
+        // Bitrix24: one call per write, 2 requests/s: 30 min = 0.83 requests/s.
+        assert_eq!(every(&bx), 1800.0);
+        assert!(1500.0 / every(&bx) <= 2.0 * 0.5);
+        let e = amo("car_entity = \"vehicle\"").unwrap_err();
+        assert!(e.starts_with("crm.car_entity:"), "{e}");
     }
 
     #[test]

@@ -262,6 +262,13 @@ pub struct Engine {
     /// What the CRM knows of each vehicle's mileage (see [`mileage`](super::mileage)).
     mileage: HashMap<VehicleId, MileageState>,
     last_pos: HashMap<VehicleId, (f64, f64)>,
+    /// Fix time of the location last written to each car's card (a stage move or a
+    /// [`Payload::Location`]): a moving car's next one is due `location_every` later.
+    loc_written: HashMap<VehicleId, DateTime<Utc>>,
+    /// `[crm] location_interval_min` (see [`Engine::car_card`]); `None`: no location field.
+    location_every: Option<chrono::Duration>,
+    /// `[crm] car_entity`.
+    car_entity: super::config::CarEntity,
     /// What each vehicle's deal was last told of its block (see [`blocks`]).
     shown: HashMap<VehicleId, Shown>,
     by_device: HashMap<DeviceId, VehicleId>,
@@ -315,6 +322,9 @@ pub fn new(
         odometers: HashMap::new(),
         mileage: HashMap::new(),
         last_pos: HashMap::new(),
+        loc_written: HashMap::new(),
+        location_every: None,
+        car_entity: super::config::CarEntity::Deal,
         shown: HashMap::new(),
         by_device: HashMap::new(),
         vehicles: HashMap::new(),
@@ -348,6 +358,18 @@ impl Engine {
     /// The database is shared with other instances (PostgreSQL): see [`Engine::reload`].
     pub fn shared_database(mut self, shared: bool) -> Engine {
         self.shared = shared;
+        self
+    }
+
+    /// Where car facts go (`[crm] car_entity`) and how often a moving car's location is
+    /// written (`[crm] location_interval_min`; `None`: never, there is no field for it).
+    pub fn car_card(
+        mut self,
+        entity: super::config::CarEntity,
+        location_every: Option<std::time::Duration>,
+    ) -> Engine {
+        self.car_entity = entity;
+        self.location_every = location_every.and_then(|d| chrono::Duration::from_std(d).ok());
         self
     }
 
@@ -652,9 +674,14 @@ impl Engine {
         if !self.emit.on {
             return None;
         }
-        // A car not issued has no current deal: nothing goes to the last driver's.
+        // A car not issued has no current deal: nothing goes to the last driver's. Its company
+        // card still takes the car's own facts.
         let deal = handback::current_deal(v).map(str::to_string);
-        if deal.is_none() && !self.emit.without_deal {
+        let on_card = self.car_entity == super::config::CarEntity::Company
+            && v.crm_company_id.is_some()
+            && payload.about_car()
+            && !matches!(payload, Payload::StageChanged { .. });
+        if deal.is_none() && !self.emit.without_deal && !on_card {
             metrics::counter!("fleetgate_crm_events_skipped_total", "kind" => payload.kind())
                 .increment(1);
             tracing::debug!(vehicle = %v.id, kind = payload.kind(), "no crm_deal_id: event not sent");
@@ -729,7 +756,9 @@ impl Engine {
             let mut st = touched[at].1.clone();
             let old_miles = self.mileage.get(&v.id).cloned().unwrap_or_default();
             let mut miles = old_miles.clone();
-            for payload in self.shift_over(&v, item, &mut st, &mut miles).await {
+            let mut payloads = self.shift_over(&v, item, &mut st, &mut miles).await;
+            self.locations(&v.id, item, &mut payloads);
+            for payload in payloads {
                 events.extend(self.event(&v, payload));
             }
             if miles != old_miles {
@@ -778,6 +807,48 @@ impl Engine {
                 if let Err(e) = self.inspection_step(&v, None, "crm-rules").await {
                     tracing::error!(vehicle = %v.id, error = %e, "crm rules: inspection check failed");
                 }
+            }
+        }
+    }
+
+    /// The location of a moving car, at most once per `location_every` of fix time; a stage
+    /// move carries the location too and restarts the interval. A car standing still
+    /// (`rules.moving_kmh` or slower) writes nothing.
+    fn locations(
+        &mut self,
+        id: &VehicleId,
+        item: &crate::pipeline::store::WriteItem,
+        payloads: &mut Vec<Payload>,
+    ) {
+        if let Some(at) = payloads
+            .iter()
+            .filter_map(|p| match p {
+                Payload::StageChanged { at, .. } => Some(*at),
+                _ => None,
+            })
+            .max()
+        {
+            self.loc_written.insert(id.clone(), at);
+        }
+        let Some(every) = self.location_every else {
+            return;
+        };
+        for np in &item.positions {
+            let p = &np.position;
+            if p.speed_kmh <= self.rules.moving_kmh {
+                continue;
+            }
+            let due = self
+                .loc_written
+                .get(id)
+                .map_or(true, |t| p.fix_time - *t >= every);
+            if due {
+                self.loc_written.insert(id.clone(), p.fix_time);
+                payloads.push(Payload::Location {
+                    lat: p.lat,
+                    lon: p.lon,
+                    at: p.fix_time,
+                });
             }
         }
     }

@@ -32,6 +32,14 @@ pub enum Payload {
     },
     /// The car's odometer (an inspection was completed, or a shift started).
     Mileage { odometer_km: f64, at: DateTime<Utc> },
+    /// Where a moving car is (at most every `[crm] location_interval_min`): written to the car
+    /// card's location field. Only the newest pending one of a car is kept (see
+    /// [`Payload::coalesces`]).
+    Location {
+        lat: f64,
+        lon: f64,
+        at: DateTime<Utc>,
+    },
     /// The car confirmed a block (`blocked`, with every reason standing, any source), or the
     /// unblock once the last reason was lifted; `text` names the reasons in Russian (a note).
     BlockState {
@@ -64,10 +72,24 @@ pub enum Payload {
 }
 
 impl Payload {
+    /// A newer event of this kind replaces a pending older one of the same car (one pending
+    /// location write per car, however long the CRM is away).
+    pub fn coalesces(&self) -> bool {
+        matches!(self, Payload::Location { .. })
+    }
+
+    /// A fact about the car rather than the lease: with `[crm] car_entity = "company"` it goes
+    /// to the car's company card. Stage moves touch both (the stage on the deal, location and
+    /// mileage on the card); driver messages stay on the driver's deal.
+    pub fn about_car(&self) -> bool {
+        !matches!(self, Payload::DriverMessage { .. })
+    }
+
     pub fn kind(&self) -> &'static str {
         match self {
             Payload::StageChanged { .. } => "stage_changed",
             Payload::Mileage { .. } => "mileage",
+            Payload::Location { .. } => "location",
             Payload::BlockState { .. } => "block_state",
             Payload::DriverMessage { .. } => "driver_message",
             Payload::DocumentExpiring { .. } => "document_expiring",
@@ -75,6 +97,9 @@ impl Payload {
         }
     }
 }
+
+/// Why a pending event was dropped for a newer one of the same kind ([`Payload::coalesces`]).
+pub const COALESCED: &str = "superseded: a newer event of the same kind for this car";
 
 /// An event about to be written to the outbox.
 #[derive(Clone, Debug, PartialEq)]
@@ -132,6 +157,10 @@ pub struct OutboxEvent {
     pub next_attempt_at: DateTime<Utc>,
     pub last_error: Option<String>,
     pub delivered_at: Option<DateTime<Utc>>,
+    /// The car's company card (`[crm] car_entity = "company"`): not stored with the event, set
+    /// by the outbox worker from the vehicle (or the deal's linked company) before delivery.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub company_id: Option<String>,
 }
 
 impl OutboxEvent {

@@ -171,6 +171,17 @@ impl CrmStore for MemoryCrmStore {
                 .insert((s.scope.to_string(), s.id.clone()), s.state.clone());
         }
         for e in events {
+            if e.payload.coalesces() {
+                let kind = e.payload.kind();
+                for o in i.outbox.iter_mut().filter(|o| {
+                    o.vehicle_id == e.vehicle_id
+                        && o.status == Status::Pending
+                        && o.payload.kind() == kind
+                }) {
+                    o.status = Status::Dropped;
+                    o.last_error = Some(super::event::COALESCED.into());
+                }
+            }
             let id = i.outbox.len() as i64 + 1;
             i.outbox.push(OutboxEvent {
                 id,
@@ -185,6 +196,7 @@ impl CrmStore for MemoryCrmStore {
                 next_attempt_at: now,
                 last_error: None,
                 delivered_at: None,
+                company_id: None,
             });
         }
         Ok(())
@@ -332,6 +344,24 @@ impl CrmStore for MemoryCrmStore {
     }
     async fn outbox_purge(&self, _before: DateTime<Utc>) -> Result<u64, StorageError> {
         Ok(0)
+    }
+    async fn crm_set_company(
+        &self,
+        vehicle: &VehicleId,
+        company: &str,
+        _now: DateTime<Utc>,
+    ) -> Result<bool, StorageError> {
+        let mut vs = self
+            .vehicles
+            .lock()
+            .map_err(|_| StorageError::Invalid("poisoned".into()))?;
+        Ok(match vs.iter_mut().find(|v| &v.id == vehicle) {
+            Some(v) if v.crm_company_id.is_none() => {
+                v.crm_company_id = Some(company.to_string());
+                true
+            }
+            _ => false,
+        })
     }
     async fn crm_vehicles(&self) -> Result<Vec<Vehicle>, StorageError> {
         Ok(self.vehicles.lock().map(|v| v.clone()).unwrap_or_default())

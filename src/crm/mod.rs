@@ -18,6 +18,7 @@ pub mod inbound;
 pub mod memory;
 pub mod messages;
 pub mod mileage;
+pub mod oauth;
 pub mod outbox;
 pub mod ratelimit;
 pub mod rules;
@@ -165,7 +166,7 @@ pub fn start(
             .unwrap_or_else(|| Arc::new(memory::MemoryBlockReasons::default())),
         zones: seams.zones.unwrap_or(geofences),
     };
-    let connector = connector::build(config.crm)?;
+    let connector = connector::build(config.crm, store.clone())?;
     let wake = Arc::new(tokio::sync::Notify::new());
     let emit = engine::Emit {
         on: connector.is_some(),
@@ -187,7 +188,9 @@ pub fn start(
         std::time::Duration::from_secs(config.crm.inbound.dedup_s),
         100_000,
     )));
-    let eng = eng.shared_database(config.shared_database);
+    let eng = eng
+        .shared_database(config.shared_database)
+        .car_card(config.crm.car_entity(), config.crm.location_interval());
     let (tx, rx) = tokio::sync::mpsc::channel(config.queue.max(64));
     let engine = tokio::spawn(eng.run(rx, cmds));
     let stop = tokio_util::sync::CancellationToken::new();
@@ -202,6 +205,7 @@ pub fn start(
             connector: c.clone(),
             cfg: config.crm.clone(),
             wake,
+            companies: Default::default(),
         };
         workers.push(tokio::spawn(worker.run(deliveries.clone())));
         workers.push(tokio::spawn(checker::run(

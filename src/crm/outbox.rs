@@ -11,7 +11,7 @@ use chrono::Utc;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use super::config::CrmConfig;
+use super::config::{CarEntity, CrmConfig};
 use super::connector::{Connector, Outcome, LATE_AFTER};
 use super::event::{OutboxEvent, Payload, Status};
 use super::ratelimit::backoff;
@@ -37,7 +37,60 @@ pub struct OutboxWorker {
     pub cfg: CrmConfig,
     /// Signalled when new events were committed, so they go out without waiting a poll.
     pub wake: Arc<Notify>,
+    /// Each vehicle's company card (`[crm] car_entity = "company"`), re-read at most every
+    /// [`COMPANIES_EVERY`].
+    pub companies: std::sync::Mutex<Companies>,
 }
+
+/// The vehicles' `crm_company_id` as last read.
+#[derive(Default)]
+pub struct Companies {
+    by_vehicle: std::collections::HashMap<crate::model::VehicleId, String>,
+    read_at: Option<tokio::time::Instant>,
+    /// Deals the CRM said have no company, and when: not asked again for [`NO_COMPANY_FOR`].
+    without: std::collections::HashMap<String, tokio::time::Instant>,
+}
+
+/// How long a deal without a linked company is not asked again (a manager may link one).
+const NO_COMPANY_FOR: Duration = Duration::from_secs(600);
+
+trait Elapsed {
+    fn is_none_or_elapsed(&self, d: Duration) -> bool;
+}
+
+/// Runs a storage write that records what a CRM already did, trying again on a storage error
+/// (a busy database, a deadline) a few times before giving up: the event would otherwise be
+/// delivered again.
+async fn recorded<F, Fut>(write: F) -> Result<(), StorageError>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<(), StorageError>>,
+{
+    let mut wait = Duration::from_millis(100);
+    let mut tries = 0;
+    loop {
+        match write().await {
+            Ok(()) => return Ok(()),
+            Err(e) if tries < 4 => {
+                tries += 1;
+                tracing::warn!(error = %e, tries, "crm outbox: recording a delivery failed; trying again");
+                tokio::time::sleep(wait).await;
+                wait *= 3;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+impl Elapsed for Option<tokio::time::Instant> {
+    fn is_none_or_elapsed(&self, d: Duration) -> bool {
+        self.map_or(true, |t| t.elapsed() >= d)
+    }
+}
+
+/// How stale the vehicles' company ids may be (an operator's change reaches deliveries within
+/// this; a vehicle never seen re-reads at once).
+const COMPANIES_EVERY: Duration = Duration::from_secs(30);
 
 impl OutboxWorker {
     /// Deliver until `shutdown`: from then on no request starts (the connector is closed), and
@@ -133,6 +186,13 @@ impl OutboxWorker {
         // Late stage events first check the deal; some are dropped, some cannot be checked.
         let mut checked: Vec<(OutboxEvent, Outcome)> = Vec::new();
         let mut send: Vec<OutboxEvent> = Vec::with_capacity(n);
+        let live = if self.cfg.car_entity() == CarEntity::Company {
+            let (ready, unreachable) = self.attach_companies(live).await?;
+            checked.extend(unreachable);
+            ready
+        } else {
+            live
+        };
         for e in live {
             let late = e.attempts > 0 || now - e.created_at >= LATE_AFTER;
             if !late || !matches!(e.payload, Payload::StageChanged { .. }) {
@@ -162,7 +222,9 @@ impl OutboxWorker {
             let kind = e.payload.kind();
             match o {
                 Outcome::Delivered => {
-                    self.store.outbox_delivered(e.id, at).await?;
+                    // The CRM has it: losing this record to a storage hiccup would send it
+                    // again (the receiver dedups by key, but a manager may see it twice).
+                    recorded(|| self.store.outbox_delivered(e.id, at)).await?;
                     metrics::counter!("fleetgate_crm_outbox_delivered_total", "kind" => kind)
                         .increment(1);
                     metrics::histogram!("fleetgate_crm_outbox_latency_seconds")
@@ -219,6 +281,80 @@ impl OutboxWorker {
         Ok(self.connector.late_stage(e).await)
     }
 
+    /// Set each car-fact event's company card: the vehicle's `crm_company_id`, else the deal's
+    /// linked company as the CRM tells (then remembered on the vehicle). Events whose deal
+    /// could not be read come back with the outcome to record (retried).
+    async fn attach_companies(
+        &self,
+        mut events: Vec<OutboxEvent>,
+    ) -> Result<(Vec<OutboxEvent>, Vec<(OutboxEvent, Outcome)>), StorageError> {
+        let stale = {
+            let c = self.companies.lock().unwrap_or_else(|p| p.into_inner());
+            c.read_at.is_none_or_elapsed(COMPANIES_EVERY)
+                || events
+                    .iter()
+                    .any(|e| e.payload.about_car() && !c.by_vehicle.contains_key(&e.vehicle_id))
+                    && c.read_at.is_none_or_elapsed(Duration::from_secs(2))
+        };
+        if stale {
+            let vehicles = self.store.crm_vehicles().await?;
+            let mut c = self.companies.lock().unwrap_or_else(|p| p.into_inner());
+            c.by_vehicle = vehicles
+                .into_iter()
+                .filter_map(|v| v.crm_company_id.map(|co| (v.id, co)))
+                .collect();
+            c.read_at = Some(tokio::time::Instant::now());
+        }
+        let mut unreachable = Vec::new();
+        let mut ready = Vec::with_capacity(events.len());
+        for mut e in events.drain(..) {
+            if !e.payload.about_car() {
+                ready.push(e);
+                continue;
+            }
+            let known = {
+                let c = self.companies.lock().unwrap_or_else(|p| p.into_inner());
+                c.by_vehicle.get(&e.vehicle_id).cloned()
+            };
+            let asked_lately = e.deal_id.as_ref().is_some_and(|d| {
+                let c = self.companies.lock().unwrap_or_else(|p| p.into_inner());
+                c.without
+                    .get(d)
+                    .is_some_and(|t| t.elapsed() < NO_COMPANY_FOR)
+            });
+            e.company_id = match (known, e.deal_id.clone()) {
+                (Some(c), _) => Some(c),
+                (None, None) => None,
+                (None, Some(_)) if asked_lately => None,
+                (None, Some(deal)) => match self.connector.deal_company(&deal).await {
+                    Ok(Some(c)) => {
+                        if self
+                            .store
+                            .crm_set_company(&e.vehicle_id, &c, Utc::now())
+                            .await?
+                        {
+                            tracing::info!(vehicle = %e.vehicle_id, deal, company = %c, "crm: the car's company card found through its deal; remembered on the vehicle");
+                        }
+                        let mut cache = self.companies.lock().unwrap_or_else(|p| p.into_inner());
+                        cache.by_vehicle.insert(e.vehicle_id.clone(), c.clone());
+                        Some(c)
+                    }
+                    Ok(None) => {
+                        let mut cache = self.companies.lock().unwrap_or_else(|p| p.into_inner());
+                        cache.without.insert(deal, tokio::time::Instant::now());
+                        None
+                    }
+                    Err(o) => {
+                        unreachable.push((e, o));
+                        continue;
+                    }
+                },
+            };
+            ready.push(e);
+        }
+        Ok((ready, unreachable))
+    }
+
     async fn dead(&self, e: &OutboxEvent, attempts: u32, error: &str) -> Result<(), StorageError> {
         metrics::counter!("fleetgate_crm_outbox_dead_total", "kind" => e.payload.kind())
             .increment(1);
@@ -239,5 +375,38 @@ impl OutboxWorker {
                     .set(n as f64);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    #[tokio::test(start_paused = true)]
+    async fn a_delivery_is_recorded_through_a_storage_hiccup() {
+        let calls = AtomicU32::new(0);
+        let r = recorded(|| async {
+            if calls.fetch_add(1, Ordering::SeqCst) < 2 {
+                Err(StorageError::Invalid("database is locked".into()))
+            } else {
+                Ok(())
+            }
+        })
+        .await;
+        assert!(r.is_ok());
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_storage_that_stays_down_is_reported() {
+        let calls = AtomicU32::new(0);
+        let r = recorded(|| async {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err::<(), _>(StorageError::Invalid("disk I/O error".into()))
+        })
+        .await;
+        assert!(r.is_err());
+        assert_eq!(calls.load(Ordering::SeqCst), 5);
     }
 }

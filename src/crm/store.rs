@@ -107,4 +107,12 @@ pub trait CrmStore: Send + Sync + 'static {
     async fn outbox_purge(&self, before: DateTime<Utc>) -> Result<u64, StorageError>;
     /// Vehicles, for the rules (the same rows as `crate::pipeline::store::Store::vehicles`).
     async fn crm_vehicles(&self) -> Result<Vec<Vehicle>, StorageError>;
+    /// Remember the car's company card found through its deal's link (`[crm] car_entity =
+    /// "company"`); a company already set is kept. True when it was stored.
+    async fn crm_set_company(
+        &self,
+        vehicle: &VehicleId,
+        company: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StorageError>;
 }

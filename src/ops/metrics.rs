@@ -120,6 +120,10 @@ fn describe() {
         "Requests the CRM refused for credentials"
     );
     describe_counter!(
+        "fleetgate_crm_oauth_refreshes_total",
+        "amoCRM OAuth access-token refreshes, by result"
+    );
+    describe_counter!(
         "fleetgate_crm_inbound_total",
         "CRM webhooks received, by CRM and outcome (accepted, duplicate, ignored, refused, bad_request, not_configured)"
     );
@@ -246,6 +250,26 @@ fn describe() {
     describe_counter!(
         "fleetgate_storage_commit_retries_total",
         "Group commits retried after a transient storage error"
+    );
+    describe_gauge!(
+        "fleetgate_storage_positions",
+        "Positions stored, both tiers (refreshed every 5 minutes)"
+    );
+    describe_gauge!(
+        "fleetgate_storage_bytes",
+        "Bytes on disk of the position tables, by tier (hot rows, packed chunks)"
+    );
+    describe_counter!(
+        "fleetgate_storage_compacted_positions_total",
+        "Hot rows packed into chunks by compaction"
+    );
+    describe_counter!(
+        "fleetgate_storage_partitions_created_total",
+        "PostgreSQL day partitions created (ahead, or on demand by the group commit)"
+    );
+    describe_counter!(
+        "fleetgate_storage_chunk_errors_total",
+        "Position chunks that failed to decode (the read fails and names the device and day)"
     );
     describe_counter!(
         "fleetgate_storage_timeouts_total",

@@ -41,6 +41,7 @@ pub(crate) fn outbox_event(r: &impl Cols) -> Result<OutboxEvent, StorageError> {
         next_attempt_at: r.time("next_attempt_at")?,
         last_error: r.opt_text("last_error")?,
         delivered_at: r.opt_time("delivered_at")?,
+        company_id: None,
     })
 }
 
@@ -70,6 +71,16 @@ where
     for e in events {
         let payload = serde_json::to_string(&e.payload)
             .map_err(|err| StorageError::Invalid(format!("crm event: {err}")))?;
+        if e.payload.coalesces() {
+            // One pending write of this kind per car: an older one not yet sent is dropped (one
+            // already in flight is still marked delivered when it lands; the newer one follows).
+            sqlx::query::<DB>(COALESCE)
+                .text(crate::crm::event::COALESCED)
+                .text(&e.vehicle_id.0)
+                .text(e.payload.kind())
+                .execute(&mut *conn)
+                .await?;
+        }
         let key = new_key(&e.vehicle_id, now);
         sqlx::query::<DB>(ENQUEUE)
             .text(&key)
@@ -89,6 +100,15 @@ where
 pub(crate) const UPSERT_STATE: &str =
     "INSERT INTO crm_state (scope, id, state, updated_at) VALUES ($1, $2, $3, $4) \
      ON CONFLICT (scope, id) DO UPDATE SET state = excluded.state, updated_at = excluded.updated_at";
+
+/// Drop the pending events of vehicle `$2` and kind `$3`, `$1` the reason.
+pub(crate) const COALESCE: &str = "UPDATE crm_outbox SET status = 'dropped', last_error = $1 \
+     WHERE vehicle_id = $2 AND kind = $3 AND status = 'pending'";
+
+/// Remember the car's company card found through its deal: `$1` company, `$2` now, `$3`
+/// vehicle; a company set meanwhile (by an operator) is kept.
+pub(crate) const SET_COMPANY: &str = "UPDATE vehicles SET crm_company_id = $1, updated_at = $2 \
+     WHERE id = $3 AND crm_company_id IS NULL";
 
 /// Every rule state of scope `$1`.
 pub(crate) const STATES_OF_SCOPE: &str =
@@ -287,5 +307,20 @@ impl CrmStore for SqliteStore {
 
     async fn crm_vehicles(&self) -> Result<Vec<super::Vehicle>, StorageError> {
         Store::vehicles(self).await
+    }
+
+    async fn crm_set_company(
+        &self,
+        vehicle: &VehicleId,
+        company: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StorageError> {
+        let r = sqlx::query::<sqlx::Sqlite>(SET_COMPANY)
+            .text(company)
+            .int(millis(now))
+            .text(&vehicle.0)
+            .execute(self.writer())
+            .await?;
+        Ok(r.rows_affected() == 1)
     }
 }

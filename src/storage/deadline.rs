@@ -23,8 +23,10 @@
 //! sockets, and a silent peer that still acknowledges at the TCP level (the frozen proxy of
 //! the outage test, a hung server) is never noticed by it.
 //!
-//! The future `archive::store::ArchiveStore` port, once storage implements it, gets the same
-//! treatment here: a `Timed` impl forwarding each call under [`Deadlines::bulk`].
+//! The archive's port (`ArchiveStore`) is bounded too, each call under [`Deadlines::bulk`]
+//! (one device-day, one partition, one batch of rows at a time). `archive::Layout`, the
+//! conversion of an old database (`fleetgate migrate`), is passed through without a deadline,
+//! like the migrations: scanning a large legacy table may legitimately take long.
 
 use std::future::Future;
 use std::time::Duration;
@@ -32,8 +34,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
+use super::archive::Layout;
 use super::{
     DeviceState, StorageError, Store, StoredPosition, TrackPoint, Vehicle, VehicleUpdate, WriteItem,
+};
+use crate::archive::store::{
+    ArchiveStore, Compacted, DailySummary, Day, DeviceDay, Expiring, PartitionStats,
 };
 use crate::crm::event::{NewEvent, OutboxEvent, Status};
 use crate::crm::store::{CrmStore, StateWrite};
@@ -357,6 +363,16 @@ impl<S: CrmStore> CrmStore for Timed<S> {
     async fn crm_vehicles(&self) -> Result<Vec<Vehicle>, StorageError> {
         bounded("crm_vehicles", self.d.bulk, self.inner.crm_vehicles()).await
     }
+
+    async fn crm_set_company(
+        &self,
+        vehicle: &VehicleId,
+        company: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StorageError> {
+        let f = self.inner.crm_set_company(vehicle, company, now);
+        bounded("crm_set_company", self.d.call, f).await
+    }
 }
 
 #[async_trait]
@@ -411,6 +427,75 @@ impl<S: ImmobiliserStore> ImmobiliserStore for Timed<S> {
 
     async fn audit(&self, q: &AuditQuery) -> Result<Vec<AuditEntry>, StorageError> {
         bounded("audit", self.d.bulk, self.inner.audit(q)).await
+    }
+}
+
+#[async_trait]
+impl<S: ArchiveStore> ArchiveStore for Timed<S> {
+    async fn ensure_partitions(&self, from: Day, to: Day) -> Result<(), StorageError> {
+        let f = self.inner.ensure_partitions(from, to);
+        bounded("ensure_partitions", self.d.bulk, f).await
+    }
+
+    async fn unpacked_days(&self, before: Day, limit: u32) -> Result<Vec<DeviceDay>, StorageError> {
+        let f = self.inner.unpacked_days(before, limit);
+        bounded("unpacked_days", self.d.bulk, f).await
+    }
+
+    async fn compact_day(&self, dd: &DeviceDay) -> Result<Compacted, StorageError> {
+        bounded("compact_day", self.d.bulk, self.inner.compact_day(dd)).await
+    }
+
+    async fn expire_days(&self, before: Day) -> Result<Vec<Day>, StorageError> {
+        bounded("expire_days", self.d.bulk, self.inner.expire_days(before)).await
+    }
+
+    async fn retained_from(&self) -> Result<Option<Day>, StorageError> {
+        bounded("retained_from", self.d.call, self.inner.retained_from()).await
+    }
+
+    async fn partition_stats(&self) -> Result<Vec<PartitionStats>, StorageError> {
+        bounded("partition_stats", self.d.bulk, self.inner.partition_stats()).await
+    }
+
+    async fn expire_rows(
+        &self,
+        table: Expiring,
+        before: DateTime<Utc>,
+        batch: u32,
+    ) -> Result<u64, StorageError> {
+        let f = self.inner.expire_rows(table, before, batch);
+        bounded("expire_rows", self.d.bulk, f).await
+    }
+
+    async fn put_summaries(&self, rows: &[DailySummary]) -> Result<(), StorageError> {
+        bounded("put_summaries", self.d.bulk, self.inner.put_summaries(rows)).await
+    }
+
+    async fn summaries(
+        &self,
+        vehicle: &VehicleId,
+        from: Day,
+        to: Day,
+    ) -> Result<Vec<DailySummary>, StorageError> {
+        let f = self.inner.summaries(vehicle, from, to);
+        bounded("summaries", self.d.bulk, f).await
+    }
+}
+
+/// Passed through without a deadline: see the module doc.
+#[async_trait]
+impl<S: Layout> Layout for Timed<S> {
+    async fn old_layout(&self) -> Result<bool, StorageError> {
+        self.inner.old_layout().await
+    }
+
+    async fn old_days(&self, limit: u32) -> Result<Vec<DeviceDay>, StorageError> {
+        self.inner.old_days(limit).await
+    }
+
+    async fn finish_migration(&self) -> Result<(), StorageError> {
+        self.inner.finish_migration().await
     }
 }
 

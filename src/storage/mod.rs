@@ -1,10 +1,12 @@
 //! Storage adapters: SQLite (the embedded default) and PostgreSQL, each implementing the core
 //! store (`crate::pipeline::store::Store`: positions, device states, vehicles) and the ports
 //! the features own (`geofence::store::ZoneStore`, `crm::store::CrmStore`,
-//! `immobiliser::store::ImmobiliserStore`). Storage depends on the features, never the
-//! reverse; [`open`] hands out one database as [`Stores`], one handle per port, every call
-//! through it under a deadline ([`deadline`]).
+//! `immobiliser::store::ImmobiliserStore`, `archive::store::ArchiveStore`). Storage depends
+//! on the features, never the reverse; [`open`] hands out one database as [`Stores`], one
+//! handle per port, every call through it under a deadline ([`deadline`]).
 
+pub mod archive;
+pub mod chunk;
 pub mod config;
 pub mod crm;
 pub mod deadline;
@@ -19,6 +21,7 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 
+use crate::archive::store::ArchiveStore;
 use crate::crm::store::CrmStore;
 use crate::geofence::store::ZoneStore;
 use crate::immobiliser::store::ImmobiliserStore;
@@ -41,16 +44,25 @@ pub struct Stores {
     pub crm: Arc<dyn CrmStore>,
     /// Vehicle states, commands and the audit trail (the immobiliser actor).
     pub immobiliser: Arc<dyn ImmobiliserStore>,
+    /// Day partitions, compaction, expiry and daily summaries (the archive actor, the
+    /// `fleetgate storage` commands).
+    pub archive: Arc<dyn ArchiveStore>,
+    /// The conversion of a database made before the archive (`fleetgate migrate`, start-up).
+    pub layout: Arc<dyn archive::Layout>,
 }
 
 impl Stores {
-    fn of<S: Store + ZoneStore + CrmStore + ImmobiliserStore>(store: S) -> Stores {
+    fn of<S: Store + ZoneStore + CrmStore + ImmobiliserStore + ArchiveStore + archive::Layout>(
+        store: S,
+    ) -> Stores {
         let store = Arc::new(store);
         Stores {
             core: store.clone(),
             zones: store.clone(),
             crm: store.clone(),
-            immobiliser: store,
+            immobiliser: store.clone(),
+            archive: store.clone(),
+            layout: store,
         }
     }
 }

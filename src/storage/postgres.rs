@@ -7,12 +7,15 @@
 //! Other stores (commands, CRM outbox, zones) add their own trait implementations for
 //! [`PostgresStore`] in files under `src/storage/postgres/`, using `self.pool`.
 
+mod archive;
 mod arrays;
 mod crm;
 mod immobiliser;
+mod partitions;
 mod zones;
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -31,6 +34,11 @@ use arrays::{PositionArrays, StateArrays};
 pub struct PostgresStore {
     /// Shared by every trait implementation of this backend.
     pub(crate) pool: PgPool,
+    /// Day partitions known to exist (the group commit creates a missing one first).
+    parts: partitions::Partitions,
+    /// Whether `positions_legacy` (a database from before migration 0010) is still there:
+    /// reads include it until the migration has packed and dropped it.
+    legacy: AtomicBool,
 }
 
 impl PostgresStore {
@@ -64,12 +72,23 @@ impl PostgresStore {
                 ))
             })?;
         sqlx::migrate!("./migrations/postgres").run(&pool).await?;
-        Ok(PostgresStore { pool })
+        let store = PostgresStore::from_pool(pool);
+        let legacy: Option<String> =
+            sqlx::query_scalar("SELECT to_regclass('positions_legacy')::text")
+                .fetch_one(&store.pool)
+                .await?;
+        store.legacy.store(legacy.is_some(), Ordering::Relaxed);
+        Ok(store)
     }
 
     /// A store on an existing pool (migrations applied by the caller).
     pub fn from_pool(pool: PgPool) -> Self {
-        PostgresStore { pool }
+        PostgresStore {
+            pool,
+            parts: partitions::Partitions::default(),
+            // Until a read finds it gone.
+            legacy: AtomicBool::new(true),
+        }
     }
 }
 
@@ -106,58 +125,24 @@ impl Store for PostgresStore {
     async fn write_batch(&self, items: &[WriteItem]) -> Result<(), StorageError> {
         let a = PositionArrays::from_items(items);
         let states = super::latest_states(items);
-        let mut tx = self.pool.begin().await?;
-        if !a.device.is_empty() {
-            sqlx::query(INSERT_POSITIONS)
-                .bind(&a.device)
-                .bind(&a.fix)
-                .bind(&a.server)
-                .bind(&a.valid)
-                .bind(&a.lat)
-                .bind(&a.lon)
-                .bind(&a.speed)
-                .bind(&a.course)
-                .bind(&a.altitude)
-                .bind(&a.satellites)
-                .bind(&a.ignition)
-                .bind(&a.motion)
-                .bind(&a.odometer)
-                .bind(&a.gps_odometer)
-                .bind(&a.inputs)
-                .bind(&a.outputs)
-                .bind(&a.power)
-                .bind(&a.alarm)
-                .bind(&a.attributes)
-                .execute(&mut *tx)
-                .await?;
+        let days = batch_days(&a.fix);
+        self.parts
+            .ensure(&self.pool, partitions::Parent::Hot, days.iter().copied())
+            .await?;
+        match self.write_once(&a, &states).await {
+            Err(StorageError::Db(sqlx::Error::Database(e)))
+                if e.code().as_deref() == Some("23514") =>
+            {
+                // "no partition of relation found for row": a day partition was dropped
+                // under the cache (expiry in another process); late data is still stored.
+                self.parts.forget();
+                self.parts
+                    .ensure(&self.pool, partitions::Parent::Hot, days)
+                    .await?;
+                self.write_once(&a, &states).await
+            }
+            r => r,
         }
-        if !states.is_empty() {
-            let s = StateArrays::from_states(&states);
-            sqlx::query(UPSERT_STATES)
-                .bind(&s.device)
-                .bind(&s.protocol)
-                .bind(&s.last_seen)
-                .bind(&s.fix)
-                .bind(&s.valid)
-                .bind(&s.lat)
-                .bind(&s.lon)
-                .bind(&s.speed)
-                .bind(&s.course)
-                .bind(&s.altitude)
-                .bind(&s.satellites)
-                .bind(&s.ignition)
-                .bind(&s.motion)
-                .bind(&s.odometer)
-                .bind(&s.gps_odometer)
-                .bind(&s.inputs)
-                .bind(&s.outputs)
-                .bind(&s.power)
-                .bind(&s.attributes)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
     }
 
     async fn device_states(&self) -> Result<Vec<DeviceState>, StorageError> {
@@ -175,7 +160,7 @@ impl Store for PostgresStore {
         to: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<StoredPosition>, StorageError> {
-        reads::track(&self.pool, SQL, device, from, to, limit).await
+        self.track_tiers(device, from, to, limit).await
     }
 
     async fn track_points(
@@ -185,7 +170,7 @@ impl Store for PostgresStore {
         to: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<TrackPoint>, StorageError> {
-        reads::track_points(&self.pool, device, from, to, limit).await
+        self.track_points_tiers(device, from, to, limit).await
     }
 
     async fn vehicles(&self) -> Result<Vec<Vehicle>, StorageError> {
@@ -244,6 +229,80 @@ impl Store for PostgresStore {
     fn backend(&self) -> &'static str {
         "postgres"
     }
+}
+
+impl PostgresStore {
+    /// One group commit's transaction.
+    async fn write_once(
+        &self,
+        a: &PositionArrays,
+        states: &[&DeviceState],
+    ) -> Result<(), StorageError> {
+        let mut tx = self.pool.begin().await?;
+        if !a.device.is_empty() {
+            sqlx::query(INSERT_POSITIONS)
+                .bind(&a.device)
+                .bind(&a.fix)
+                .bind(&a.server)
+                .bind(&a.valid)
+                .bind(&a.lat)
+                .bind(&a.lon)
+                .bind(&a.speed)
+                .bind(&a.course)
+                .bind(&a.altitude)
+                .bind(&a.satellites)
+                .bind(&a.ignition)
+                .bind(&a.motion)
+                .bind(&a.odometer)
+                .bind(&a.gps_odometer)
+                .bind(&a.inputs)
+                .bind(&a.outputs)
+                .bind(&a.power)
+                .bind(&a.alarm)
+                .bind(&a.attributes)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if !states.is_empty() {
+            let s = StateArrays::from_states(states);
+            sqlx::query(UPSERT_STATES)
+                .bind(&s.device)
+                .bind(&s.protocol)
+                .bind(&s.last_seen)
+                .bind(&s.fix)
+                .bind(&s.valid)
+                .bind(&s.lat)
+                .bind(&s.lon)
+                .bind(&s.speed)
+                .bind(&s.course)
+                .bind(&s.altitude)
+                .bind(&s.satellites)
+                .bind(&s.ignition)
+                .bind(&s.motion)
+                .bind(&s.odometer)
+                .bind(&s.gps_odometer)
+                .bind(&s.inputs)
+                .bind(&s.outputs)
+                .bind(&s.power)
+                .bind(&s.attributes)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// The distinct UTC days of a batch's fix times (almost always one).
+fn batch_days(fix: &[i64]) -> Vec<crate::archive::store::Day> {
+    let mut days: Vec<crate::archive::store::Day> = Vec::with_capacity(1);
+    for ms in fix {
+        let d = crate::archive::store::Day::of_ms(*ms);
+        if !days.contains(&d) {
+            days.push(d);
+        }
+    }
+    days
 }
 
 async fn device_owner(

@@ -68,7 +68,27 @@ where
     for<'q> <DB as Database>::Arguments<'q>: IntoArguments<'q, DB>,
     for<'q> Query<'q, DB, <DB as Database>::Arguments<'q>>: Bind<'q>,
 {
-    let q = sql::track(d);
+    track_in(ex, d, "positions", device, from, to, limit).await
+}
+
+/// [`track`] from one table of rows (`positions`, or PostgreSQL's `positions_legacy`).
+pub(crate) async fn track_in<'c, DB, E>(
+    ex: E,
+    d: Dialect,
+    table: &str,
+    device: &DeviceId,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    limit: u32,
+) -> Result<Vec<StoredPosition>, StorageError>
+where
+    DB: Database,
+    DB::Row: Cols,
+    E: Executor<'c, Database = DB>,
+    for<'q> <DB as Database>::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> Query<'q, DB, <DB as Database>::Arguments<'q>>: Bind<'q>,
+{
+    let q = sql::track_in(d, table);
     let rows = sql::bind_range(sqlx::query::<DB>(&q), device, from, to, limit)
         .fetch_all(ex)
         .await?;
@@ -89,15 +109,29 @@ where
     for<'q> <DB as Database>::Arguments<'q>: IntoArguments<'q, DB>,
     for<'q> Query<'q, DB, <DB as Database>::Arguments<'q>>: Bind<'q>,
 {
-    let rows = sql::bind_range(
-        sqlx::query::<DB>(sql::TRACK_POINTS),
-        device,
-        from,
-        to,
-        limit,
-    )
-    .fetch_all(ex)
-    .await?;
+    track_points_in(ex, "positions", device, from, to, limit).await
+}
+
+/// [`track_points`] from one table of rows.
+pub(crate) async fn track_points_in<'c, DB, E>(
+    ex: E,
+    table: &str,
+    device: &DeviceId,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    limit: u32,
+) -> Result<Vec<TrackPoint>, StorageError>
+where
+    DB: Database,
+    DB::Row: Cols,
+    E: Executor<'c, Database = DB>,
+    for<'q> <DB as Database>::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> Query<'q, DB, <DB as Database>::Arguments<'q>>: Bind<'q>,
+{
+    let q = sql::track_points_in(table);
+    let rows = sql::bind_range(sqlx::query::<DB>(&q), device, from, to, limit)
+        .fetch_all(ex)
+        .await?;
     Ok(rows
         .iter()
         .map(sql::track_point)

@@ -123,19 +123,23 @@ pub(crate) fn position_columns(d: Dialect) -> String {
     )
 }
 
-/// A device's positions in `[$2, $3)` of fix time, in fix-time order, at most `$4`.
-pub(crate) fn track(d: Dialect) -> String {
+/// A device's positions in `[$2, $3)` of fix time from `table` (`positions`, or PostgreSQL's
+/// `positions_legacy`), in fix-time order, at most `$4`.
+pub(crate) fn track_in(d: Dialect, table: &str) -> String {
     format!(
-        "SELECT {} FROM positions WHERE device_id = $1 AND fix_time >= $2 AND fix_time < $3 \
+        "SELECT {} FROM {table} WHERE device_id = $1 AND fix_time >= $2 AND fix_time < $3 \
          ORDER BY fix_time LIMIT $4",
         position_columns(d)
     )
 }
 
-/// Fix time and coordinates of the same positions as [`track`].
-pub(crate) const TRACK_POINTS: &str =
-    "SELECT fix_time, lat, lon FROM positions WHERE device_id = $1 AND fix_time >= $2 \
-     AND fix_time < $3 ORDER BY fix_time LIMIT $4";
+/// Fix time and coordinates of the same positions as [`track_in`].
+pub(crate) fn track_points_in(table: &str) -> String {
+    format!(
+        "SELECT fix_time, lat, lon FROM {table} WHERE device_id = $1 AND fix_time >= $2 \
+         AND fix_time < $3 ORDER BY fix_time LIMIT $4"
+    )
+}
 
 pub(crate) fn track_point(r: &impl Cols) -> Result<TrackPoint, sqlx::Error> {
     Ok(TrackPoint {
@@ -259,6 +263,8 @@ pub(crate) trait Bind<'q>: Sized {
     fn text(self, v: &'q str) -> Self;
     fn opt_text(self, v: Option<&'q str>) -> Self;
     fn flag(self, v: bool) -> Self;
+    fn real(self, v: f64) -> Self;
+    fn opt_real(self, v: Option<f64>) -> Self;
 }
 
 impl<'q, DB> Bind<'q> for sqlx::query::Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>
@@ -269,6 +275,8 @@ where
     &'q str: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     Option<&'q str>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
     bool: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    f64: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
+    Option<f64>: sqlx::Encode<'q, DB> + sqlx::Type<DB>,
 {
     fn int(self, v: i64) -> Self {
         self.bind(v)
@@ -285,9 +293,15 @@ where
     fn flag(self, v: bool) -> Self {
         self.bind(v)
     }
+    fn real(self, v: f64) -> Self {
+        self.bind(v)
+    }
+    fn opt_real(self, v: Option<f64>) -> Self {
+        self.bind(v)
+    }
 }
 
-/// [`track`] or [`TRACK_POINTS`] for `device`, `[from, to)`, at most `limit`.
+/// [`track_in`] or [`track_points_in`] for `device`, `[from, to)`, at most `limit`.
 pub(crate) fn bind_range<'q, Q: Bind<'q>>(
     q: Q,
     device: &'q DeviceId,

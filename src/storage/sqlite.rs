@@ -17,6 +17,7 @@ use super::{
 };
 use crate::model::{DeviceId, VehicleId};
 
+mod archive;
 mod batch;
 
 /// Run `f`, a stretch of blocking SQLite work, on this thread: on the multi-threaded runtime
@@ -143,7 +144,7 @@ impl Store for SqliteStore {
         to: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<StoredPosition>, StorageError> {
-        reads::track(&self.reader, SQL, device, from, to, limit).await
+        archive::track(self, device, from, to, limit).await
     }
 
     async fn track_points(
@@ -153,7 +154,7 @@ impl Store for SqliteStore {
         to: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<TrackPoint>, StorageError> {
-        reads::track_points(&self.reader, device, from, to, limit).await
+        archive::track_points(self, device, from, to, limit).await
     }
 
     async fn vehicles(&self) -> Result<Vec<Vehicle>, StorageError> {

@@ -1,7 +1,10 @@
 //! In-test CRM servers that record every call: one following amoCRM's API v4 contract
-//! (Bearer auth, lead PATCH single and bulk, notes, 7 requests/s → 429), one Bitrix24
-//! incoming webhook (`crm.deal.update`, `503 QUERY_LIMIT_EXCEEDED`), one plain webhook
-//! receiver (signature and idempotency key headers).
+//! (Bearer auth, lead PATCH single and bulk, notes, company PATCH bulk and single, company
+//! notes, a lead's company in `_embedded.companies`, OAuth `POST /oauth2/access_token` with
+//! single-use codes and rotating refresh tokens, 7 requests/s → 429), one Bitrix24 incoming
+//! webhook (`crm.deal.update`, `crm.company.update`, `crm.deal.get` with `COMPANY_ID`,
+//! `503 QUERY_LIMIT_EXCEEDED`), one plain webhook receiver (signature and idempotency key
+//! headers).
 #![allow(dead_code)]
 
 use std::collections::{HashMap, VecDeque};
@@ -44,6 +47,27 @@ pub struct Fake {
     /// Webhook: wait this long after applying (recording) a call before answering it, so a
     /// client killed meanwhile never learns that the call was applied.
     pub delay_ms: std::sync::atomic::AtomicU64,
+    /// Company cards by id (amoCRM company id, Bitrix24 company `ID`): amoCRM `{id, fields,
+    /// updated_at}`, Bitrix24 the fields as `crm.company.update` left them. A write to a
+    /// company not here is refused, as the CRMs refuse an unknown id.
+    pub companies: Mutex<HashMap<String, Value>>,
+    /// amoCRM OAuth: the integration's keys, the codes it would accept (each once), the one
+    /// refresh token that works now (rotated on every refresh), the access tokens' lifetime.
+    pub oauth: Mutex<OAuthFake>,
+}
+
+#[derive(Default)]
+pub struct OAuthFake {
+    pub client_id: String,
+    pub client_secret: String,
+    pub redirect_uri: String,
+    pub codes: Vec<String>,
+    pub refresh_token: Option<String>,
+    pub expires_in: i64,
+    /// Pairs issued so far (access `acc-N`, refresh `ref-N`).
+    pub issued: u64,
+    /// Refresh tokens presented that were refused (an old, rotated one).
+    pub refused: Vec<String>,
 }
 
 pub struct Server {
@@ -129,6 +153,30 @@ impl Fake {
         d["STAGE_ID"] = stage_id.into();
         d["DATE_MODIFY"] = chrono::Utc::now().to_rfc3339().into();
     }
+    /// A company card exists in the CRM (amoCRM or Bitrix24).
+    pub fn add_company(&self, id: &str) {
+        self.companies
+            .lock()
+            .unwrap()
+            .insert(id.to_string(), json!({ "id": id, "fields": {} }));
+    }
+    /// amoCRM: the lead is linked to a company (shown in its `_embedded.companies`).
+    pub fn link_company(&self, lead: u64, company: u64) {
+        let mut leads = self.leads.lock().unwrap();
+        let l = leads.entry(lead).or_insert_with(
+            || json!({ "id": lead, "status_id": 1, "pipeline_id": 1, "fields": {} }),
+        );
+        l["company_id"] = company.into();
+    }
+    /// Values written to a company card's field (amoCRM field id or Bitrix24 code), in order.
+    pub fn company_writes(&self, company: &str, field: &str) -> Vec<Value> {
+        self.companies
+            .lock()
+            .unwrap()
+            .get(company)
+            .and_then(|c| c["history"][field].as_array().cloned())
+            .unwrap_or_default()
+    }
     pub fn set_field(&self, lead: u64, field: u64, value: Value) {
         let mut leads = self.leads.lock().unwrap();
         let l = leads
@@ -161,8 +209,79 @@ fn lead_json(id: u64, l: &Value) -> Value {
                 .collect()
         })
         .unwrap_or_default();
+    // As the real API: the lead's company (at most one) is always in `_embedded.companies`.
+    let companies: Vec<Value> = l["company_id"]
+        .as_u64()
+        .map(|c| vec![json!({ "id": c, "_links": { "self": { "href": format!("/api/v4/companies/{c}") } } })])
+        .unwrap_or_default();
     json!({ "id": id, "status_id": l["status_id"], "pipeline_id": l["pipeline_id"],
-            "updated_at": l["updated_at"], "custom_fields_values": cf })
+            "updated_at": l["updated_at"], "custom_fields_values": cf,
+            "_embedded": { "tags": [], "companies": companies } })
+}
+
+/// Record a write of `field` = `value` on a company (kept in order under `history`).
+fn company_write(c: &mut Value, field: &str, value: &Value) {
+    c["fields"][field] = value.clone();
+    if c["history"][field].is_null() {
+        c["history"][field] = json!([]);
+    }
+    c["history"][field]
+        .as_array_mut()
+        .unwrap()
+        .push(value.clone());
+}
+
+/// amoCRM `POST /oauth2/access_token`: `authorization_code` (a code once) or `refresh_token`
+/// (only the newest; each refresh rotates it), problem+json 400 otherwise.
+fn amo_token(fake: &Fake, body: &Value) -> (u16, Value) {
+    let mut o = fake.oauth.lock().unwrap();
+    let bad = |hint: &str| {
+        (
+            400,
+            json!({ "hint": hint, "title": "Некорректный запрос", "type": "https://httpstatus.es/400", "status": 400, "detail": "В запросе отсутствует ряд параметров или параметры невалидны" }),
+        )
+    };
+    if body["client_id"] != o.client_id.as_str()
+        || body["client_secret"] != o.client_secret.as_str()
+    {
+        return (
+            401,
+            json!({ "hint": "Client authentication failed", "title": "Unauthorized", "status": 401 }),
+        );
+    }
+    if body["redirect_uri"] != o.redirect_uri.as_str() {
+        return bad("Redirect URI is not valid");
+    }
+    match body["grant_type"].as_str() {
+        Some("authorization_code") => {
+            let code = body["code"].as_str().unwrap_or_default().to_string();
+            let Some(i) = o.codes.iter().position(|c| *c == code) else {
+                return bad("Authorization code has been revoked");
+            };
+            o.codes.remove(i);
+        }
+        Some("refresh_token") => {
+            let r = body["refresh_token"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string();
+            if o.refresh_token.as_deref() != Some(r.as_str()) {
+                o.refused.push(r);
+                return bad("Token has been revoked");
+            }
+        }
+        _ => return bad("Unsupported grant type"),
+    }
+    o.issued += 1;
+    let n = o.issued;
+    let access = format!("acc-{n}");
+    o.refresh_token = Some(format!("ref-{n}"));
+    *fake.token.lock().unwrap() = access.clone();
+    (
+        200,
+        json!({ "token_type": "Bearer", "expires_in": o.expires_in, "access_token": access,
+                "refresh_token": format!("ref-{n}"), "server_time": unix_now() }),
+    )
 }
 
 fn apply_lead(fake: &Fake, patch: &Value) -> Value {
@@ -213,6 +332,10 @@ async fn amo(
         }
         return r;
     }
+    if uri.path() == "/oauth2/access_token" && method == Method::POST {
+        let (st, v) = amo_token(&fake, &body);
+        return reply(st, v);
+    }
     let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
     let expected = format!("Bearer {}", fake.token.lock().unwrap());
     if auth != Some(expected.as_str()) {
@@ -222,6 +345,98 @@ async fn amo(
     let lead_id = path
         .strip_prefix("/api/v4/leads/")
         .and_then(|s| s.parse::<u64>().ok());
+    let company_path = path.strip_prefix("/api/v4/companies/").map(|rest| {
+        let (id, notes) = match rest.strip_suffix("/notes") {
+            Some(id) => (id, true),
+            None => (rest, false),
+        };
+        (id.to_string(), notes)
+    });
+    // As the real API: bulk `PATCH /api/v4/companies` (an array, ≤ 50), one
+    // `PATCH /api/v4/companies/{id}`; `_embedded.companies` with id and updated_at.
+    let patch_company = |p: &Value| -> Option<Value> {
+        let id = p["id"].as_u64()?.to_string();
+        let mut cs = fake.companies.lock().unwrap();
+        let c = cs.get_mut(&id)?;
+        for f in p["custom_fields_values"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default()
+        {
+            company_write(c, &f["field_id"].to_string(), &f["values"][0]["value"]);
+        }
+        c["updated_at"] = unix_now().into();
+        Some(json!({ "id": p["id"], "updated_at": c["updated_at"], "request_id": "0" }))
+    };
+    match (method.as_str(), path.as_str(), company_path) {
+        ("PATCH", "/api/v4/companies", _) => {
+            let Some(arr) = body.as_array().filter(|a| !a.is_empty() && a.len() <= 50) else {
+                return reply(400, json!({ "title": "Bad Request", "status": 400 }));
+            };
+            let mut out = Vec::new();
+            for p in arr {
+                match patch_company(p) {
+                    Some(v) => out.push(v),
+                    None => {
+                        return reply(
+                            400,
+                            json!({ "title": "Bad Request", "status": 400,
+                                    "validation-errors": [{ "request_id": "0", "errors": [{ "code": "NotFound", "path": "id", "detail": "Company not found" }] }] }),
+                        )
+                    }
+                }
+            }
+            return reply(
+                200,
+                json!({ "_links": {}, "_embedded": { "companies": out } }),
+            );
+        }
+        ("PATCH", _, Some((id, false))) => {
+            let mut p = body.clone();
+            p["id"] = id.parse::<u64>().unwrap_or(0).into();
+            return match patch_company(&p) {
+                Some(v) => reply(200, v),
+                None => reply(400, json!({ "title": "Bad Request", "status": 400 })),
+            };
+        }
+        ("POST", _, Some((id, true))) => {
+            if !fake.companies.lock().unwrap().contains_key(&id) {
+                return reply(400, json!({ "title": "Bad Request", "status": 400 }));
+            }
+            let mut created = Vec::new();
+            let mut all = fake.notes.lock().unwrap();
+            for n in body.as_array().cloned().unwrap_or_default() {
+                let nid = 1000 + all.len() as u64;
+                let mut n = n.clone();
+                n["id"] = nid.into();
+                n["entity_id"] = id.parse::<u64>().unwrap_or(0).into();
+                n["entity_type"] = "companies".into();
+                n["created_at"] = unix_now().into();
+                all.push(n);
+                created.push(json!({ "id": nid, "entity_id": id.parse::<u64>().unwrap_or(0), "request_id": "0" }));
+            }
+            drop(all);
+            return reply(200, json!({ "_embedded": { "notes": created } }));
+        }
+        ("GET", _, Some((id, true))) => {
+            let id: u64 = id.parse().unwrap_or(0);
+            let mut notes: Vec<Value> = fake
+                .notes
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|n| n["entity_id"] == id && n["entity_type"] == "companies")
+                .cloned()
+                .collect();
+            notes.reverse();
+            return if notes.is_empty() {
+                reply(204, Value::Null)
+            } else {
+                reply(200, json!({ "_embedded": { "notes": notes } }))
+            };
+        }
+        _ => {}
+    }
     match (method.as_str(), path.as_str(), lead_id) {
         ("PATCH", _, Some(id)) => {
             let mut p = body.clone();
@@ -278,7 +493,7 @@ async fn amo(
                 .lock()
                 .unwrap()
                 .iter()
-                .filter(|n| n["entity_id"] == lead)
+                .filter(|n| n["entity_id"] == lead && n["entity_type"] != "companies")
                 .cloned()
                 .collect();
             notes.reverse();
@@ -373,11 +588,40 @@ async fn bitrix(
             }
             reply(200, json!({ "result": true }))
         }
-        // As the real portal: the deal's fields, `DATE_MODIFY` in ISO 8601 with its offset.
+        // As the portal: `{id, fields}`, `result: true`; an unknown company is "Not found".
+        "/rest/1/s3cr3t/crm.company.update" => {
+            let id = match &body["id"] {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                _ => String::new(),
+            };
+            let mut cs = fake.companies.lock().unwrap();
+            let Some(c) = cs.get_mut(&id) else {
+                drop(cs);
+                return reply(
+                    400,
+                    json!({ "error": "", "error_description": "Not found" }),
+                );
+            };
+            if let Some(fs) = body["fields"].as_object() {
+                for (k, v) in fs {
+                    company_write(c, k, v);
+                }
+            }
+            drop(cs);
+            reply(200, json!({ "result": true }))
+        }
+        // As the real portal: the deal's fields, `DATE_MODIFY` in ISO 8601 with its offset,
+        // `COMPANY_ID` "0" when no company is linked.
         "/rest/1/s3cr3t/crm.deal.get" => {
             let id = body["id"].as_str().unwrap_or_default().to_string();
             match fake.deals.lock().unwrap().get(&id).cloned() {
-                Some(d) => reply(200, json!({ "result": d })),
+                Some(mut d) => {
+                    if d.get("COMPANY_ID").is_none() {
+                        d["COMPANY_ID"] = "0".into();
+                    }
+                    reply(200, json!({ "result": d }))
+                }
                 None => reply(
                     400,
                     json!({ "error": "", "error_description": "Not found" }),
@@ -464,12 +708,13 @@ async fn bitrix(
         }
         "/rest/1/s3cr3t/crm.timeline.comment.list" => {
             let deal = body["filter"]["ENTITY_ID"].clone();
+            let kind = body["filter"]["ENTITY_TYPE"].clone();
             let mut list: Vec<Value> = fake
                 .comments
                 .lock()
                 .unwrap()
                 .iter()
-                .filter(|c| c["ENTITY_ID"] == deal)
+                .filter(|c| c["ENTITY_ID"] == deal && (kind.is_null() || c["ENTITY_TYPE"] == kind))
                 .cloned()
                 .collect();
             list.reverse();

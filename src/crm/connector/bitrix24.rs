@@ -1,7 +1,8 @@
 //! `kind = "bitrix24"`: REST calls through an incoming webhook
 //! (`https://<portal>/rest/<user>/<secret>/<method>`). Stage moves and fields are
 //! `crm.deal.update` with `fields[STAGE_ID]` / `UF_CRM_*`; driver messages and document
-//! warnings are timeline comments (`crm.timeline.comment.add`). Over the portal's leaky
+//! warnings are timeline comments (`crm.timeline.comment.add`). With `[crm] car_entity =
+//! "company"` car facts go to `crm.company.update` and company comments instead. Over the portal's leaky
 //! bucket Bitrix24 answers `503 QUERY_LIMIT_EXCEEDED`: the whole connector backs off.
 
 use std::sync::Arc;
@@ -14,7 +15,7 @@ use super::{
     as_rub, classify, retry_after, superseded, worse, BalanceQuery, Connector, ConnectorError,
     DealNow, Outcome, PulledBalance,
 };
-use crate::crm::config::CrmConfig;
+use crate::crm::config::{CarEntity, CrmConfig};
 use crate::crm::event::{OutboxEvent, Payload, StageName};
 use crate::crm::ratelimit::RateLimiter;
 
@@ -41,30 +42,67 @@ impl Bitrix24 {
     }
 
     /// The REST calls (method, parameters) for one event, in order; none when nothing is
-    /// configured.
+    /// configured. Car facts go to the deal, or with `[crm] car_entity = "company"` to the
+    /// car's company (`crm.company.update`, comments with `ENTITY_TYPE` `company`).
     fn call(&self, e: &OutboxEvent) -> Result<Vec<(&'static str, Value)>, String> {
-        let deal = e
-            .deal_id
-            .as_deref()
-            .ok_or("the vehicle has no crm_deal_id")?
-            .to_string();
+        let deal = || -> Result<String, String> {
+            Ok(e.deal_id
+                .as_deref()
+                .ok_or("the vehicle has no crm_deal_id")?
+                .to_string())
+        };
+        let on_company = self.cfg.car_entity() == CarEntity::Company;
+        let company = || -> Result<String, String> {
+            Ok(e.company_id
+                .as_deref()
+                .ok_or("no company card: the vehicle has no crm_company_id and its deal has no linked company")?
+                .to_string())
+        };
         let f = &self.cfg.fields;
-        let update = |fields: serde_json::Map<String, Value>| {
-            (!fields.is_empty())
-                .then(|| ("crm.deal.update", json!({ "id": deal, "fields": fields })))
-        };
-        let comment = |text: String| {
-            Some((
+        let update =
+            |fields: serde_json::Map<String, Value>| -> Result<Vec<(&'static str, Value)>, String> {
+                Ok(if fields.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![(
+                        "crm.deal.update",
+                        json!({ "id": deal()?, "fields": fields }),
+                    )]
+                })
+            };
+        let card =
+            |fields: serde_json::Map<String, Value>| -> Result<Vec<(&'static str, Value)>, String> {
+                if !on_company {
+                    return update(fields);
+                }
+                Ok(if fields.is_empty() {
+                    Vec::new()
+                } else {
+                    vec![(
+                        "crm.company.update",
+                        json!({ "id": company()?, "fields": fields }),
+                    )]
+                })
+            };
+        let comment = |entity: &str, id: String, text: String| {
+            (
                 "crm.timeline.comment.add",
-                json!({ "fields": { "ENTITY_ID": deal, "ENTITY_TYPE": "deal", "COMMENT": text } }),
-            ))
+                json!({ "fields": { "ENTITY_ID": id, "ENTITY_TYPE": entity, "COMMENT": text } }),
+            )
         };
-        let mut fields = serde_json::Map::new();
-        let mut put = |code: &str, v: Value| {
+        let card_comment = |text: String| -> Result<(&'static str, Value), String> {
+            Ok(if on_company {
+                comment("company", company()?, text)
+            } else {
+                comment("deal", deal()?, text)
+            })
+        };
+        let put = |fields: &mut serde_json::Map<String, Value>, code: &str, v: Value| {
             if !code.is_empty() {
                 fields.insert(code.to_string(), v);
             }
         };
+        let mut fields = serde_json::Map::new();
         Ok(match &e.payload {
             Payload::StageChanged {
                 stage,
@@ -77,67 +115,93 @@ impl Bitrix24 {
                     StageName::OnLine => &self.cfg.stages.on_line,
                     StageName::WantsToReturn => &self.cfg.stages.wants_to_return,
                 };
-                put("STAGE_ID", s.stage_id.clone().into());
+                let mut facts = serde_json::Map::new();
                 if let (Some(a), Some(o)) = (lat, lon) {
-                    put(&f.location_field_code, format!("{a:.6},{o:.6}").into());
+                    put(
+                        &mut facts,
+                        &f.location_field_code,
+                        format!("{a:.6},{o:.6}").into(),
+                    );
                 }
                 if let Some(k) = odometer_km {
-                    put(&f.mileage_field_code, (k.round() as i64).into());
+                    put(&mut facts, &f.mileage_field_code, (k.round() as i64).into());
                 }
-                update(fields)
+                put(&mut fields, "STAGE_ID", s.stage_id.clone().into());
+                if !on_company {
+                    fields.extend(facts);
+                    update(fields)?
+                } else if e.company_id.is_none() {
+                    tracing::warn!(vehicle = %e.vehicle_id, "crm: no company card for the car: the stage moves, location and mileage are not written");
+                    update(fields)?
+                } else {
+                    let mut calls = update(fields)?;
+                    calls.extend(card(facts)?);
+                    calls
+                }
+            }
+            Payload::Location { lat, lon, .. } => {
+                put(
+                    &mut fields,
+                    &f.location_field_code,
+                    format!("{lat:.6},{lon:.6}").into(),
+                );
+                card(fields)?
             }
             Payload::Mileage { odometer_km, .. } => {
-                put(&f.mileage_field_code, (odometer_km.round() as i64).into());
-                update(fields)
+                put(
+                    &mut fields,
+                    &f.mileage_field_code,
+                    (odometer_km.round() as i64).into(),
+                );
+                card(fields)?
             }
             // The field with what is left before the inspection, and a comment.
             Payload::InspectionDue {
                 left_text, note, ..
             } => {
-                put(&f.inspection_left_field_code, left_text.clone().into());
-                let mut calls: Vec<_> = if fields.is_empty() {
-                    Vec::new()
-                } else {
-                    update(fields).into_iter().collect()
-                };
+                put(
+                    &mut fields,
+                    &f.inspection_left_field_code,
+                    left_text.clone().into(),
+                );
+                let mut calls = card(fields)?;
                 if !note.is_empty() {
-                    calls.extend(comment(note.clone()));
+                    calls.push(card_comment(note.clone())?);
                 }
-                return Ok(calls);
+                calls
             }
             // The blocked field and a comment naming the reasons.
             Payload::BlockState { blocked, text, .. } => {
                 put(
+                    &mut fields,
                     &f.blocked_field_code,
                     (if *blocked { "Y" } else { "N" }).into(),
                 );
-                let mut calls: Vec<_> = update(fields).into_iter().collect();
+                let mut calls = card(fields)?;
                 if !text.is_empty() {
-                    calls.extend(comment(text.clone()));
+                    calls.push(card_comment(text.clone())?);
                 }
-                return Ok(calls);
+                calls
             }
-            Payload::DriverMessage { text, .. } => comment(text.clone()),
+            Payload::DriverMessage { text, .. } => vec![comment("deal", deal()?, text.clone())],
             Payload::DocumentExpiring {
                 document,
                 expires_on,
                 days_left,
-            } => comment(format!(
+            } => vec![card_comment(format!(
                 "Документ {document}: срок {expires_on}, осталось дней: {days_left}"
-            )),
-        }
-        .into_iter()
-        .collect())
+            ))?],
+        })
     }
 
-    /// Is this comment already on the deal (same text, created since the event was)?
+    /// Is this comment already on the deal or company (same text, created since the event was)?
     /// `crm.timeline.comment.list` of the deal, newest first.
     async fn comment_exists(&self, params: &Value, e: &OutboxEvent) -> Result<bool, Outcome> {
         let f = &params["fields"];
         let list = self
             .rest(
                 "crm.timeline.comment.list",
-                &json!({ "filter": { "ENTITY_ID": f["ENTITY_ID"], "ENTITY_TYPE": "deal" },
+                &json!({ "filter": { "ENTITY_ID": f["ENTITY_ID"], "ENTITY_TYPE": f["ENTITY_TYPE"] },
                          "order": { "ID": "DESC" } }),
             )
             .await?;
@@ -185,8 +249,9 @@ impl Bitrix24 {
             .json(params)
             .send()
             .await
+            // The webhook URL carries the portal's secret: never in an error (it is logged).
             .map_err(|e| Outcome::Retry {
-                error: format!("{method}: {e}"),
+                error: format!("{method}: {}", e.without_url()),
                 after: None,
             })?;
         let status = resp.status();
@@ -361,6 +426,16 @@ impl Connector for Bitrix24 {
                 .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
                 .map(|t| t.with_timezone(&chrono::Utc));
             Ok(PulledBalance { rub, as_of })
+        })
+    }
+
+    /// `crm.deal.get`: `COMPANY_ID` is the deal's company (`"0"` or empty when none).
+    async fn deal_company(&self, deal: &str) -> Result<Option<String>, Outcome> {
+        let d = self.rest("crm.deal.get", &json!({ "id": deal })).await?;
+        Ok(match &d["COMPANY_ID"] {
+            Value::String(s) if !s.is_empty() && s != "0" => Some(s.clone()),
+            Value::Number(n) if n.as_u64().is_some_and(|n| n != 0) => Some(n.to_string()),
+            _ => None,
         })
     }
 

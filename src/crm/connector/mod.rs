@@ -139,6 +139,11 @@ pub trait Connector: Send + Sync + 'static {
         }
         out
     }
+    /// The company card linked to a deal (`[crm] car_entity = "company"`, when the vehicle has
+    /// no `crm_company_id`): `Ok(None)` when the deal has none. `Err`: the deal could not be read.
+    async fn deal_company(&self, _deal: &str) -> Result<Option<String>, Outcome> {
+        Ok(None)
+    }
     /// Read a deal back (for inbound webhooks that name only the deal).
     async fn read_deal(&self, _deal: &str) -> Result<DealFacts, ConnectorError> {
         Err(ConnectorError::Unsupported)
@@ -146,7 +151,10 @@ pub trait Connector: Send + Sync + 'static {
 }
 
 /// Build the configured connector; `None` when `kind = "off"`.
-pub fn build(cfg: &CrmConfig) -> Result<Option<Arc<dyn Connector>>, ConnectorError> {
+pub fn build(
+    cfg: &CrmConfig,
+    store: Arc<dyn super::store::CrmStore>,
+) -> Result<Option<Arc<dyn Connector>>, ConnectorError> {
     let (rate, burst) = cfg.rate();
     let mut limiter = RateLimiter::new(rate, burst);
     if cfg.kind == "amocrm" {
@@ -161,7 +169,12 @@ pub fn build(cfg: &CrmConfig) -> Result<Option<Arc<dyn Connector>>, ConnectorErr
         .map_err(|e| ConnectorError::Http(e.to_string()))?;
     Ok(match cfg.kind.as_str() {
         "webhook" => Some(Arc::new(webhook::Webhook::new(cfg.clone(), http, limiter))),
-        "amocrm" => Some(Arc::new(amocrm::AmoCrm::new(cfg.clone(), http, limiter))),
+        "amocrm" => Some(Arc::new(amocrm::AmoCrm::new(
+            cfg.clone(),
+            http,
+            limiter,
+            store,
+        ))),
         "bitrix24" => Some(Arc::new(bitrix24::Bitrix24::new(
             cfg.clone(),
             http,

@@ -251,4 +251,19 @@ impl CrmStore for PostgresStore {
     async fn crm_vehicles(&self) -> Result<Vec<Vehicle>, StorageError> {
         Store::vehicles(self).await
     }
+
+    async fn crm_set_company(
+        &self,
+        vehicle: &VehicleId,
+        company: &str,
+        now: DateTime<Utc>,
+    ) -> Result<bool, StorageError> {
+        let r = sqlx::query(crate::storage::crm::SET_COMPANY)
+            .bind(company)
+            .bind(millis(now))
+            .bind(&vehicle.0)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
 }

@@ -33,12 +33,24 @@ const UPSERT_STATE: &str = "INSERT INTO device_state (device_id, protocol, last_
 /// Write `items` in one transaction on the connection behind `db`.
 ///
 /// # Safety
-/// `db` must be an open SQLite connection that nothing else uses until this returns (the
-/// caller holds sqlx's lock on it).
+/// As [`in_tx`].
 pub(super) unsafe fn write(
     db: *mut rusqlite::ffi::sqlite3,
     items: &[WriteItem],
 ) -> Result<(), StorageError> {
+    in_tx(db, |conn| write_in_tx(conn, items))
+}
+
+/// Run `f` in one `BEGIN IMMEDIATE` transaction on the connection behind `db`: committed when
+/// it returns `Ok`, rolled back otherwise.
+///
+/// # Safety
+/// `db` must be an open SQLite connection that nothing else uses until this returns (the
+/// caller holds sqlx's lock on it).
+pub(super) unsafe fn in_tx<T>(
+    db: *mut rusqlite::ffi::sqlite3,
+    f: impl FnOnce(&Connection) -> Result<T, StorageError>,
+) -> Result<T, StorageError> {
     // Not owned: dropping it finalizes the statements prepared here and leaves the
     // connection open for sqlx.
     let conn = Connection::from_handle(db)?;
@@ -49,9 +61,9 @@ pub(super) unsafe fn write(
         conn.execute_batch("ROLLBACK")?;
     }
     conn.execute_batch("BEGIN IMMEDIATE")?;
-    match write_in_tx(&conn, items) {
-        Ok(()) => match conn.execute_batch("COMMIT") {
-            Ok(()) => Ok(()),
+    match f(&conn) {
+        Ok(v) => match conn.execute_batch("COMMIT") {
+            Ok(()) => Ok(v),
             Err(e) => {
                 rollback(&conn);
                 Err(e.into())

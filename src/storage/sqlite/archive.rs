@@ -1,0 +1,487 @@
+//! The archive on SQLite: the hot tier is the one `positions` table; packed chunks live in one
+//! table per day (`position_chunks_dYYYYMMDD`, created by the first compaction of that day), so
+//! expiring a day is a `DROP TABLE` of a small table. Writes (compaction, expiry) go through the
+//! writer connection, each in a short `BEGIN IMMEDIATE` transaction driven through rusqlite as
+//! the group commit is, so they queue with the commits instead of failing beside them.
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use sqlx::SqlitePool;
+
+use super::{blocking, SqliteStore};
+use crate::archive::store::{
+    ArchiveStore, Compacted, DailySummary, Day, DeviceDay, Expiring, PartitionStats, Tier,
+};
+use crate::model::{DeviceId, VehicleId};
+use crate::pipeline::store::{StoredPosition, TrackPoint};
+use crate::storage::archive::{
+    self as shared, day_of_table, merge, sort_dedup, table, Layout, CHUNKS, CHUNK_FORMAT, HOT,
+};
+use crate::storage::sql::{self, Bind, Dialect};
+use crate::storage::{from_millis, millis, StorageError};
+
+/// Hot rows deleted per transaction by expiry.
+const EXPIRE_BATCH: i64 = 5_000;
+
+fn create_chunks(t: &str) -> String {
+    format!(
+        "CREATE TABLE IF NOT EXISTS {t} (device_id TEXT NOT NULL, first_ms INTEGER NOT NULL, \
+         last_ms INTEGER NOT NULL, n INTEGER NOT NULL, format INTEGER NOT NULL, \
+         data BLOB NOT NULL, PRIMARY KEY (device_id, first_ms))"
+    )
+}
+
+/// The day tables of chunks, oldest first.
+async fn chunk_tables(
+    pool: &SqlitePool,
+    from: Day,
+    to: Day,
+) -> Result<Vec<(Day, String)>, StorageError> {
+    let names: Vec<String> = sqlx::query_scalar(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name >= $1 AND name <= $2 \
+         ORDER BY name",
+    )
+    .bind(table(CHUNKS, from))
+    .bind(table(CHUNKS, to))
+    .fetch_all(pool)
+    .await?;
+    Ok(names
+        .into_iter()
+        .filter_map(|n| day_of_table(CHUNKS, &n).map(|d| (d, n)))
+        .collect())
+}
+
+fn no_such_table(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.message().contains("no such table"))
+}
+
+/// The chunks of `device` overlapping `[from, to)`, in day and time order.
+async fn chunks(
+    pool: &SqlitePool,
+    device: &DeviceId,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+) -> Result<Vec<(DeviceDay, Vec<u8>)>, StorageError> {
+    let (first, last) = shared::days_of(from, to);
+    let mut out = Vec::new();
+    for (day, t) in chunk_tables(pool, first, last).await? {
+        let q = format!(
+            "SELECT data FROM {t} WHERE device_id = $1 AND first_ms < $2 AND last_ms >= $3 \
+             ORDER BY first_ms"
+        );
+        let rows: Result<Vec<Vec<u8>>, _> = sqlx::query_scalar(&q)
+            .bind(device.as_str())
+            .bind(millis(to))
+            .bind(millis(from))
+            .fetch_all(pool)
+            .await;
+        match rows {
+            Ok(rows) => out.extend(rows.into_iter().map(|d| {
+                (
+                    DeviceDay {
+                        device: device.clone(),
+                        day,
+                    },
+                    d,
+                )
+            })),
+            // Expired between the listing and the read.
+            Err(e) if no_such_table(&e) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(out)
+}
+
+pub(super) async fn track(
+    s: &SqliteStore,
+    device: &DeviceId,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    limit: u32,
+) -> Result<Vec<StoredPosition>, StorageError> {
+    let packed = chunks(&s.reader, device, from, to).await?;
+    let rows =
+        crate::storage::reads::track(&s.reader, Dialect::Sqlite, device, from, to, limit).await?;
+    if packed.is_empty() {
+        return Ok(rows);
+    }
+    let mut points = Vec::new();
+    for (dd, data) in &packed {
+        points.extend(shared::decode(data, dd)?);
+    }
+    Ok(shared::track_of(points, rows, from, to, limit))
+}
+
+pub(super) async fn track_points(
+    s: &SqliteStore,
+    device: &DeviceId,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    limit: u32,
+) -> Result<Vec<TrackPoint>, StorageError> {
+    let packed = chunks(&s.reader, device, from, to).await?;
+    let rows = crate::storage::reads::track_points(&s.reader, device, from, to, limit).await?;
+    if packed.is_empty() {
+        return Ok(rows);
+    }
+    let mut points = Vec::new();
+    for (dd, data) in &packed {
+        points.extend(shared::decode_points(data, dd)?);
+    }
+    Ok(shared::track_of(points, rows, from, to, limit))
+}
+
+impl SqliteStore {
+    /// Run `f` inside one `BEGIN IMMEDIATE` transaction on the writer connection.
+    async fn write_tx<T>(
+        &self,
+        f: impl FnOnce(&Connection) -> Result<T, StorageError>,
+    ) -> Result<T, StorageError> {
+        let mut conn = self.writer.acquire().await?;
+        let mut handle = conn.lock_handle().await?;
+        let db = handle.as_raw_handle().as_ptr();
+        // SAFETY: sqlx's lock on the connection is held until `handle` drops, after this.
+        blocking(|| unsafe { super::batch::in_tx(db, f) })
+    }
+
+    /// Device-days with hot rows before `before`: the devices by a loose index scan of the
+    /// primary key, then each one's days by seeks (no index on fix time alone: it would cost
+    /// the group commit a second B-tree insert per position).
+    async fn hot_days(&self, before: Day, limit: u32) -> Result<Vec<DeviceDay>, StorageError> {
+        let devices: Vec<String> = sqlx::query_scalar(
+            "WITH RECURSIVE d(id) AS (SELECT MIN(device_id) FROM positions UNION ALL \
+             SELECT (SELECT MIN(device_id) FROM positions WHERE device_id > d.id) FROM d \
+             WHERE d.id IS NOT NULL) SELECT id FROM d WHERE id IS NOT NULL",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        let mut out = Vec::new();
+        for dev in devices {
+            let mut cursor = i64::MIN;
+            for _ in 0..limit {
+                let next: Option<i64> = sqlx::query_scalar(
+                    "SELECT MIN(fix_time) FROM positions WHERE device_id = $1 AND fix_time >= $2 \
+                     AND fix_time < $3",
+                )
+                .bind(&dev)
+                .bind(cursor)
+                .bind(before.start_ms())
+                .fetch_one(&self.reader)
+                .await?;
+                let Some(ms) = next else { break };
+                let day = Day::of_ms(ms);
+                out.push(DeviceDay {
+                    device: DeviceId(dev.clone()),
+                    day,
+                });
+                cursor = day.end_ms();
+            }
+        }
+        out.sort_by_key(|dd| (dd.day, dd.device.clone()));
+        out.truncate(limit as usize);
+        Ok(out)
+    }
+
+    async fn meta(&self, key: &str) -> Result<Option<i64>, StorageError> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM archive_meta WHERE key = $1")
+                .bind(key)
+                .fetch_optional(&self.reader)
+                .await?,
+        )
+    }
+}
+
+fn stored_position(r: &Row<'_>) -> rusqlite::Result<StoredPosition> {
+    let attributes: Option<String> = r.get(17)?;
+    Ok(StoredPosition {
+        time: from_millis(r.get(0)?),
+        server_time: from_millis(r.get(1)?),
+        valid: r.get(2)?,
+        lat: r.get(3)?,
+        lon: r.get(4)?,
+        speed_kmh: r.get(5)?,
+        course: r.get(6)?,
+        altitude: r.get(7)?,
+        satellites: r.get::<_, Option<i64>>(8)?.map(|v| v as u16),
+        ignition: r.get(9)?,
+        motion: r.get(10)?,
+        odometer_m: r.get(11)?,
+        gps_odometer_m: r.get(12)?,
+        inputs: r.get::<_, Option<i64>>(13)?.map(|v| v as u32),
+        outputs: r.get::<_, Option<i64>>(14)?.map(|v| v as u32),
+        power_v: r.get(15)?,
+        alarm: r.get(16)?,
+        attributes: attributes
+            .and_then(|a| serde_json::from_str(&a).ok())
+            .unwrap_or(serde_json::Value::Null),
+    })
+}
+
+fn table_exists(conn: &Connection, t: &str) -> rusqlite::Result<bool> {
+    conn.query_row(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?1",
+        [t],
+        |_| Ok(()),
+    )
+    .optional()
+    .map(|o| o.is_some())
+}
+
+/// [`ArchiveStore::compact_day`] inside the writer's transaction: nobody else writes meanwhile,
+/// so the hot rows deleted are exactly the ones read.
+fn compact(conn: &Connection, dd: &DeviceDay) -> Result<Compacted, StorageError> {
+    let t = table(CHUNKS, dd.day);
+    let dev = dd.device.as_str();
+    let mut packed = Vec::new();
+    if table_exists(conn, &t)? {
+        let mut q = conn.prepare(&format!(
+            "SELECT data FROM {t} WHERE device_id = ?1 ORDER BY first_ms"
+        ))?;
+        let blobs = q
+            .query_map([dev], |r| r.get::<_, Vec<u8>>(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        for b in &blobs {
+            packed.extend(shared::decode(b, dd)?);
+        }
+    }
+    let mut duplicates = sort_dedup(&mut packed);
+    let cols = sql::position_columns(Dialect::Sqlite);
+    let mut q = conn.prepare(&format!(
+        "SELECT {cols} FROM positions WHERE device_id = ?1 AND fix_time >= ?2 AND fix_time < ?3 \
+         ORDER BY fix_time"
+    ))?;
+    let hot = q
+        .query_map(
+            params![dev, dd.day.start_ms(), dd.day.end_ms()],
+            stored_position,
+        )?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    if hot.is_empty() && duplicates == 0 {
+        return Ok(Compacted {
+            positions: packed,
+            ..Default::default()
+        });
+    }
+    let packed_rows = hot.len() as u64;
+    let (positions, dups) = merge(packed, hot);
+    duplicates += dups;
+    let data = crate::storage::chunk::encode(&positions);
+    conn.execute_batch(&create_chunks(&t))?;
+    conn.execute(&format!("DELETE FROM {t} WHERE device_id = ?1"), [dev])?;
+    if let (Some(first), Some(last)) = (positions.first(), positions.last()) {
+        conn.execute(
+            &format!(
+                "INSERT INTO {t} (device_id, first_ms, last_ms, n, format, data) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+            ),
+            params![
+                dev,
+                millis(first.time),
+                millis(last.time),
+                positions.len() as i64,
+                CHUNK_FORMAT,
+                data
+            ],
+        )?;
+    }
+    conn.execute(
+        "DELETE FROM positions WHERE device_id = ?1 AND fix_time >= ?2 AND fix_time < ?3",
+        params![dev, dd.day.start_ms(), dd.day.end_ms()],
+    )?;
+    Ok(Compacted {
+        positions,
+        packed: packed_rows,
+        duplicates,
+        bytes: data.len() as u64,
+    })
+}
+
+fn raise_watermark(conn: &Connection, before: Day) -> rusqlite::Result<()> {
+    conn.execute(
+        "INSERT INTO archive_meta (key, value) VALUES ('retained_from', ?1) \
+         ON CONFLICT (key) DO UPDATE SET value = MAX(value, excluded.value)",
+        [i64::from(before.0)],
+    )?;
+    Ok(())
+}
+
+#[async_trait]
+impl ArchiveStore for SqliteStore {
+    /// Nothing to create ahead: a day's chunk table appears with its first compaction.
+    async fn ensure_partitions(&self, _from: Day, _to: Day) -> Result<(), StorageError> {
+        Ok(())
+    }
+
+    async fn unpacked_days(&self, before: Day, limit: u32) -> Result<Vec<DeviceDay>, StorageError> {
+        self.hot_days(before, limit).await
+    }
+
+    async fn compact_day(&self, dd: &DeviceDay) -> Result<Compacted, StorageError> {
+        let c = self.write_tx(|conn| compact(conn, dd)).await?;
+        metrics::counter!("fleetgate_storage_compacted_positions_total").increment(c.packed);
+        Ok(c)
+    }
+
+    async fn expire_days(&self, before: Day) -> Result<Vec<Day>, StorageError> {
+        let mut days = std::collections::BTreeSet::new();
+        self.write_tx(|conn| Ok(raise_watermark(conn, before)?))
+            .await?;
+        for (day, t) in chunk_tables(&self.reader, Day(i32::MIN), Day(before.0 - 1)).await? {
+            self.write_tx(|conn| Ok(conn.execute_batch(&format!("DROP TABLE IF EXISTS {t}"))?))
+                .await?;
+            days.insert(day);
+        }
+        loop {
+            let gone: Vec<i64> = self
+                .write_tx(|conn| {
+                    let mut q = conn.prepare(
+                        "DELETE FROM positions WHERE (device_id, fix_time) IN \
+                         (SELECT device_id, fix_time FROM positions WHERE fix_time < ?1 LIMIT ?2) \
+                         RETURNING fix_time",
+                    )?;
+                    let v = q
+                        .query_map(params![before.start_ms(), EXPIRE_BATCH], |r| r.get(0))?
+                        .collect::<rusqlite::Result<Vec<i64>>>()?;
+                    Ok(v)
+                })
+                .await?;
+            days.extend(gone.iter().map(|ms| Day::of_ms(*ms)));
+            if (gone.len() as i64) < EXPIRE_BATCH {
+                break;
+            }
+        }
+        Ok(days.into_iter().collect())
+    }
+
+    async fn retained_from(&self) -> Result<Option<Day>, StorageError> {
+        let watermark = self.meta("retained_from").await?;
+        let oldest_chunk = chunk_tables(&self.reader, Day(i32::MIN), Day(i32::MAX))
+            .await?
+            .first()
+            .map(|(d, _)| *d);
+        let oldest_hot: Option<i64> = sqlx::query_scalar("SELECT MIN(fix_time) FROM positions")
+            .fetch_one(&self.reader)
+            .await?;
+        let oldest = match (oldest_chunk, oldest_hot.map(Day::of_ms)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Ok(shared::retained_from(watermark, oldest))
+    }
+
+    async fn partition_stats(&self) -> Result<Vec<PartitionStats>, StorageError> {
+        let mut out = Vec::new();
+        let hot: Vec<(i64, i64)> = sqlx::query_as(
+            "SELECT fix_time / 86400000 - (fix_time < 0 AND fix_time % 86400000 <> 0) AS day, \
+             COUNT(*) FROM positions GROUP BY 1 ORDER BY 1",
+        )
+        .fetch_all(&self.reader)
+        .await?;
+        let hot_bytes = table_bytes(&self.reader, HOT).await?;
+        let hot_total: i64 = hot.iter().map(|(_, n)| n).sum();
+        for (day, n) in hot {
+            out.push(PartitionStats {
+                day: Day(day as i32),
+                tier: Tier::Hot,
+                table: HOT.into(),
+                positions: n as u64,
+                // One table for every hot day: its size shared out by rows.
+                bytes: (hot_bytes as f64 * n as f64 / hot_total.max(1) as f64).round() as u64,
+            });
+        }
+        for (day, t) in chunk_tables(&self.reader, Day(i32::MIN), Day(i32::MAX)).await? {
+            let n: Result<Option<i64>, _> = sqlx::query_scalar(&format!("SELECT SUM(n) FROM {t}"))
+                .fetch_one(&self.reader)
+                .await;
+            let n = match n {
+                Ok(n) => n.unwrap_or(0),
+                Err(e) if no_such_table(&e) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            out.push(PartitionStats {
+                day,
+                tier: Tier::Packed,
+                bytes: table_bytes(&self.reader, &t).await?,
+                table: t,
+                positions: n as u64,
+            });
+        }
+        out.sort_by(|a, b| (a.day, a.tier.as_str()).cmp(&(b.day, b.tier.as_str())));
+        Ok(out)
+    }
+
+    async fn expire_rows(
+        &self,
+        t: Expiring,
+        before: DateTime<Utc>,
+        batch: u32,
+    ) -> Result<u64, StorageError> {
+        let r = sqlx::query(shared::expire_rows(t))
+            .int(millis(before))
+            .int(i64::from(batch))
+            .execute(&self.writer)
+            .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn put_summaries(&self, rows: &[DailySummary]) -> Result<(), StorageError> {
+        let mut tx = self.writer.begin().await?;
+        for s in rows {
+            shared::bind_summary(sqlx::query(shared::UPSERT_SUMMARY), s)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn summaries(
+        &self,
+        vehicle: &VehicleId,
+        from: Day,
+        to: Day,
+    ) -> Result<Vec<DailySummary>, StorageError> {
+        let rows = sqlx::query(shared::SUMMARIES)
+            .text(&vehicle.0)
+            .int(i64::from(from.0))
+            .int(i64::from(to.0))
+            .fetch_all(&self.reader)
+            .await?;
+        Ok(rows.iter().map(shared::summary).collect::<Result<_, _>>()?)
+    }
+}
+
+/// Pages of table `t` and its indexes, in bytes.
+async fn table_bytes(pool: &SqlitePool, t: &str) -> Result<u64, StorageError> {
+    let b: Option<i64> = sqlx::query_scalar(
+        "SELECT SUM(pgsize) FROM dbstat WHERE name = $1 OR name LIKE 'sqlite_autoindex_' || $1 || '_%'",
+    )
+    .bind(t)
+    .fetch_one(pool)
+    .await?;
+    Ok(b.unwrap_or(0).max(0) as u64)
+}
+
+#[async_trait]
+impl Layout for SqliteStore {
+    /// A database that had positions when migration 0007 ran keeps a `migrate_before` mark
+    /// until its closed days are packed.
+    async fn old_layout(&self) -> Result<bool, StorageError> {
+        Ok(self.meta("migrate_before").await?.is_some())
+    }
+
+    /// Every closed day still hot (the old `positions` table is the hot tier).
+    async fn old_days(&self, limit: u32) -> Result<Vec<DeviceDay>, StorageError> {
+        self.hot_days(Day::of(Utc::now()), limit).await
+    }
+
+    async fn finish_migration(&self) -> Result<(), StorageError> {
+        sqlx::query("DELETE FROM archive_meta WHERE key = 'migrate_before'")
+            .execute(&self.writer)
+            .await?;
+        Ok(())
+    }
+}
