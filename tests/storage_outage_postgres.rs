@@ -124,11 +124,6 @@ async fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
     }
 }
 
-// Known defect (docs/reliability.md, "a frozen PostgreSQL path can strand pool
-// connections"): after a 30 s freeze, ingest recovers in only about half of the runs. Kept
-// runnable (`cargo test --test storage_outage_postgres -- --ignored`) until every storage call
-// has a deadline; not in the default run so that it does not decide CI by chance.
-#[ignore = "known defect: a frozen PostgreSQL path can strand pool connections (docs/reliability.md)"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_unreachable_for_30_s_acks_nothing_then_loses_nothing() {
     let schema = common::pg::PgSchema::create().await;
@@ -148,10 +143,10 @@ async fn postgres_unreachable_for_30_s_acks_nothing_then_loses_nothing() {
         api,
     } = teltonika_only(
         dir.path(),
-        // The default pool (8). With 4, the connections a freeze strands in tasks that have no
-        // deadline of their own can take the whole pool and ingest never recovers: a known
-        // defect (docs/reliability.md), to be fixed by giving every storage call a deadline.
-        &format!("url = \"{url}\""),
+        // A small pool, the hard case: before every storage call had a deadline and a silent
+        // connection was closed on release (src/storage/deadline.rs), the connections a freeze
+        // stranded took all four and ingest never recovered (docs/reliability.md).
+        &format!("url = \"{url}\"\nmax_connections = 4"),
     );
     let mut child = spawn(&cfg_path);
     wait_ready(&api).await;
@@ -224,6 +219,13 @@ async fn postgres_unreachable_for_30_s_acks_nothing_then_loses_nothing() {
         l.ack_times.iter().filter(|&&a| a >= up).count() >= 3 * imeis.len()
     })
     .await;
+    let resumed = log
+        .lock()
+        .unwrap()
+        .ack_times
+        .iter()
+        .find(|&&a| a >= up)
+        .map(|&a| a - up);
     stop.store(true, Ordering::Relaxed);
     for d in deliverers {
         tokio::time::timeout(Duration::from_secs(120), d)
@@ -233,6 +235,9 @@ async fn postgres_unreachable_for_30_s_acks_nothing_then_loses_nothing() {
     }
     let after = rss_kib(&child);
     let errors_after = common::metric(&api, "fleetgate_storage_commit_errors_total", &[]).await;
+    let timeouts = common::metric(&api, "fleetgate_storage_timeouts_total", &[]).await as u64;
+    let abandoned =
+        common::metric(&api, "fleetgate_storage_connections_abandoned_total", &[]).await as u64;
     let (status, _) = api.text("/readyz").await;
     assert_eq!(status, 200, "ready again");
 
@@ -259,7 +264,9 @@ async fn postgres_unreachable_for_30_s_acks_nothing_then_loses_nothing() {
         "outage {}s ({first:?}, then refused): proxy held {} and refused {} connection attempts; {} commit errors; \
          acks before the cut {acks_at_cut}, during {during_acks}, total {}; {} unacked sends resent; \
          {acked_total} records acked, {} rows stored; flooders wrote {} KiB; \
-         RSS {before} KiB before, {during} KiB during, {after} KiB after",
+         RSS {before} KiB before, {during} KiB during, {after} KiB after; {timeouts} storage calls \
+         timed out, {abandoned} silent connections closed on release; first ack {resumed:?} after \
+         the path came back",
         OUTAGE.as_secs(),
         proxy.held.load(Ordering::Relaxed),
         proxy.refused.load(Ordering::Relaxed),

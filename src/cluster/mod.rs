@@ -30,6 +30,7 @@ pub use config::ClusterConfig;
 
 use crate::model::{DeviceId, VehicleId};
 use crate::pipeline::store::StorageError;
+use crate::storage::deadline::{bounded, Deadlines};
 use crate::storage::StorageConfig;
 
 /// The channel instances LISTEN on; the payload is the name of the instance to wake.
@@ -53,6 +54,8 @@ pub struct Cluster {
     instance: String,
     cfg: ClusterConfig,
     pool: PgPool,
+    /// Every call has a deadline, as storage's (`[storage] statement_timeout_s`).
+    deadlines: Deadlines,
 }
 
 impl Cluster {
@@ -63,15 +66,26 @@ impl Cluster {
         cfg: &ClusterConfig,
     ) -> Result<Arc<Cluster>, StorageError> {
         let opts = PgConnectOptions::from_str(&storage.url)?.application_name("fleetgate-cluster");
+        let opts = crate::storage::deadline::server_bounds(opts, storage.deadlines());
+        // As the store's pool: a connection silent on release is closed, not kept
+        // (crate::storage::deadline).
+        let release_bound = storage.deadlines().call;
         let pool = PgPoolOptions::new()
             .max_connections(4)
             .acquire_timeout(Duration::from_secs(10))
+            .after_release(move |conn, _| {
+                Box::pin(crate::storage::deadline::released_alive(
+                    conn,
+                    release_bound,
+                ))
+            })
             .connect_with(opts)
             .await?;
         let c = Cluster {
             instance: cfg.instance(),
             cfg: cfg.clone(),
             pool,
+            deadlines: storage.deadlines(),
         };
         c.leave().await?;
         tracing::info!(instance = %c.instance, "cluster: joined");
@@ -84,43 +98,52 @@ impl Cluster {
 
     /// The device identified itself on connection `conn` of this instance.
     pub async fn session_online(&self, device: &DeviceId, conn: u64) -> Result<(), StorageError> {
-        sqlx::query(&format!(
-            "INSERT INTO device_sessions (device_id, instance_id, conn, connected_at, heartbeat_at) \
-             VALUES ($1, $2, $3, {NOW_MS}, {NOW_MS}) ON CONFLICT (device_id) DO UPDATE SET \
-             instance_id = excluded.instance_id, conn = excluded.conn, \
-             connected_at = excluded.connected_at, heartbeat_at = excluded.heartbeat_at"
-        ))
-        .bind(device.as_str())
-        .bind(&self.instance)
-        .bind(conn as i64)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        bounded("cluster_session_online", self.deadlines.call, async {
+            sqlx::query(&format!(
+                "INSERT INTO device_sessions (device_id, instance_id, conn, connected_at, heartbeat_at) \
+                 VALUES ($1, $2, $3, {NOW_MS}, {NOW_MS}) ON CONFLICT (device_id) DO UPDATE SET \
+                 instance_id = excluded.instance_id, conn = excluded.conn, \
+                 connected_at = excluded.connected_at, heartbeat_at = excluded.heartbeat_at"
+            ))
+            .bind(device.as_str())
+            .bind(&self.instance)
+            .bind(conn as i64)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Connection `conn` of the device closed (a newer one, here or elsewhere, stays).
     pub async fn session_offline(&self, device: &DeviceId, conn: u64) -> Result<(), StorageError> {
-        sqlx::query(
-            "DELETE FROM device_sessions WHERE device_id = $1 AND instance_id = $2 AND conn = $3",
-        )
-        .bind(device.as_str())
-        .bind(&self.instance)
-        .bind(conn as i64)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        bounded("cluster_session_offline", self.deadlines.call, async {
+            sqlx::query(
+                "DELETE FROM device_sessions WHERE device_id = $1 AND instance_id = $2 AND conn = $3",
+            )
+            .bind(device.as_str())
+            .bind(&self.instance)
+            .bind(conn as i64)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// The live instance holding the vehicle's tracker connection, if any.
     pub async fn owner_of(&self, vehicle: &VehicleId) -> Result<Option<String>, StorageError> {
-        Ok(sqlx::query_scalar(&format!(
-            "SELECT s.instance_id FROM vehicles v JOIN device_sessions s ON s.device_id = v.device_id \
-             WHERE v.id = $1 AND s.heartbeat_at > {NOW_MS} - $2"
-        ))
-        .bind(&vehicle.0)
-        .bind(self.ttl_ms())
-        .fetch_optional(&self.pool)
-        .await?)
+        bounded("cluster_owner_of", self.deadlines.call, async {
+            Ok(sqlx::query_scalar(&format!(
+                "SELECT s.instance_id FROM vehicles v JOIN device_sessions s ON s.device_id = v.device_id \
+                 WHERE v.id = $1 AND s.heartbeat_at > {NOW_MS} - $2"
+            ))
+            .bind(&vehicle.0)
+            .bind(self.ttl_ms())
+            .fetch_optional(&self.pool)
+            .await?)
+        })
+        .await
     }
 
     fn ttl_ms(&self) -> i64 {
@@ -132,104 +155,121 @@ impl Cluster {
     /// without taking a device from another live instance; drop long-dead instances' sessions
     /// and old requests.
     pub async fn heartbeat(&self, live: &[(DeviceId, u64)]) -> Result<(), StorageError> {
-        let devices: Vec<&str> = live.iter().map(|(d, _)| d.as_str()).collect();
-        let conns: Vec<i64> = live.iter().map(|(_, c)| *c as i64).collect();
-        let mut tx = self.pool.begin().await?;
-        sqlx::query(&format!(
-            "INSERT INTO device_sessions AS s (device_id, instance_id, conn, connected_at, heartbeat_at) \
-             SELECT d, $3, c, {NOW_MS}, {NOW_MS} FROM UNNEST($1::text[], $2::int8[]) AS t(d, c) \
-             ON CONFLICT (device_id) DO UPDATE SET instance_id = excluded.instance_id, \
-             conn = excluded.conn, heartbeat_at = excluded.heartbeat_at, \
-             connected_at = CASE WHEN s.instance_id = excluded.instance_id AND s.conn = excluded.conn \
-             THEN s.connected_at ELSE excluded.connected_at END \
-             WHERE s.instance_id = excluded.instance_id OR s.heartbeat_at < {NOW_MS} - $4"
-        ))
-        .bind(&devices)
-        .bind(&conns)
-        .bind(&self.instance)
-        .bind(self.ttl_ms())
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query(
-            "DELETE FROM device_sessions WHERE instance_id = $1 AND NOT (device_id = ANY($2::text[]))",
-        )
-        .bind(&self.instance)
-        .bind(&devices)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        sqlx::query(&format!(
-            "DELETE FROM device_sessions WHERE heartbeat_at < {NOW_MS} - 2 * $1"
-        ))
-        .bind(self.ttl_ms())
-        .execute(&self.pool)
-        .await?;
-        sqlx::query(&format!(
-            "DELETE FROM cluster_requests WHERE created_at < {NOW_MS} - 3600000"
-        ))
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        bounded("cluster_heartbeat", self.deadlines.bulk, async {
+            let devices: Vec<&str> = live.iter().map(|(d, _)| d.as_str()).collect();
+            let conns: Vec<i64> = live.iter().map(|(_, c)| *c as i64).collect();
+            let mut tx = self.pool.begin().await?;
+            sqlx::query(&format!(
+                "INSERT INTO device_sessions AS s (device_id, instance_id, conn, connected_at, heartbeat_at) \
+                 SELECT d, $3, c, {NOW_MS}, {NOW_MS} FROM UNNEST($1::text[], $2::int8[]) AS t(d, c) \
+                 ON CONFLICT (device_id) DO UPDATE SET instance_id = excluded.instance_id, \
+                 conn = excluded.conn, heartbeat_at = excluded.heartbeat_at, \
+                 connected_at = CASE WHEN s.instance_id = excluded.instance_id AND s.conn = excluded.conn \
+                 THEN s.connected_at ELSE excluded.connected_at END \
+                 WHERE s.instance_id = excluded.instance_id OR s.heartbeat_at < {NOW_MS} - $4"
+            ))
+            .bind(&devices)
+            .bind(&conns)
+            .bind(&self.instance)
+            .bind(self.ttl_ms())
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query(
+                "DELETE FROM device_sessions WHERE instance_id = $1 AND NOT (device_id = ANY($2::text[]))",
+            )
+            .bind(&self.instance)
+            .bind(&devices)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+            sqlx::query(&format!(
+                "DELETE FROM device_sessions WHERE heartbeat_at < {NOW_MS} - 2 * $1"
+            ))
+            .bind(self.ttl_ms())
+            .execute(&self.pool)
+            .await?;
+            sqlx::query(&format!(
+                "DELETE FROM cluster_requests WHERE created_at < {NOW_MS} - 3600000"
+            ))
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Forget every session of this instance (start, clean shutdown).
     pub async fn leave(&self) -> Result<(), StorageError> {
-        sqlx::query("DELETE FROM device_sessions WHERE instance_id = $1")
-            .bind(&self.instance)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
+        bounded("cluster_leave", self.deadlines.call, async {
+            sqlx::query("DELETE FROM device_sessions WHERE instance_id = $1")
+                .bind(&self.instance)
+                .execute(&self.pool)
+                .await?;
+            Ok(())
+        })
+        .await
     }
 
     /// Queue a request (`msg` as JSON) for instance `to` and wake it; returns its id.
     pub async fn send(&self, to: &str, msg: &impl Serialize) -> Result<i64, StorageError> {
-        let body = serde_json::to_string(msg)
-            .map_err(|e| StorageError::Invalid(format!("cluster request: {e}")))?;
-        let row = sqlx::query(&format!(
-            "WITH r AS (INSERT INTO cluster_requests (instance_id, sender, body, created_at) \
-             VALUES ($1, $2, $3, {NOW_MS}) RETURNING id) \
-             SELECT r.id, pg_notify($4, $1) FROM r"
-        ))
-        .bind(to)
-        .bind(&self.instance)
-        .bind(body)
-        .bind(CHANNEL)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(row.try_get(0)?)
+        bounded("cluster_send", self.deadlines.call, async {
+            let body = serde_json::to_string(msg)
+                .map_err(|e| StorageError::Invalid(format!("cluster request: {e}")))?;
+            let row = sqlx::query(&format!(
+                "WITH r AS (INSERT INTO cluster_requests (instance_id, sender, body, created_at) \
+                 VALUES ($1, $2, $3, {NOW_MS}) RETURNING id) \
+                 SELECT r.id, pg_notify($4, $1) FROM r"
+            ))
+            .bind(to)
+            .bind(&self.instance)
+            .bind(body)
+            .bind(CHANNEL)
+            .fetch_one(&self.pool)
+            .await?;
+            Ok(row.try_get(0)?)
+        })
+        .await
     }
 
     /// Wait for the answer to request `id` (at most `[cluster] forward_timeout_s`), polling
     /// with a backoff from 5 to 100 ms.
     pub async fn await_reply(&self, id: i64) -> Result<Reply, StorageError> {
-        let until = Instant::now() + Duration::from_secs(self.cfg.forward_timeout_s);
-        let mut delay = Duration::from_millis(5);
-        loop {
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_millis(100));
-            let row = sqlx::query(
-                "SELECT answer FROM cluster_requests WHERE id = $1 AND done_at IS NOT NULL",
-            )
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-            if let Some(row) = row {
-                let answer: Option<String> = row.try_get(0)?;
-                return Ok(answer.map_or(Reply::Unanswered, Reply::Answer));
-            }
-            if Instant::now() >= until {
-                // Give up unless the answer is being written right now.
-                let r = sqlx::query(&format!(
-                    "UPDATE cluster_requests SET done_at = {NOW_MS} WHERE id = $1 AND done_at IS NULL"
-                ))
+        bounded("cluster_await_reply", self.reply_bound(), async {
+            let until = Instant::now() + Duration::from_secs(self.cfg.forward_timeout_s);
+            let mut delay = Duration::from_millis(5);
+            loop {
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_millis(100));
+                let row = sqlx::query(
+                    "SELECT answer FROM cluster_requests WHERE id = $1 AND done_at IS NOT NULL",
+                )
                 .bind(id)
-                .execute(&self.pool)
+                .fetch_optional(&self.pool)
                 .await?;
-                if r.rows_affected() == 1 {
-                    return Ok(Reply::TimedOut);
+                if let Some(row) = row {
+                    let answer: Option<String> = row.try_get(0)?;
+                    return Ok(answer.map_or(Reply::Unanswered, Reply::Answer));
+                }
+                if Instant::now() >= until {
+                    // Give up unless the answer is being written right now.
+                    let r = sqlx::query(&format!(
+                        "UPDATE cluster_requests SET done_at = {NOW_MS} WHERE id = $1 AND done_at IS NULL"
+                    ))
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await?;
+                    if r.rows_affected() == 1 {
+                        return Ok(Reply::TimedOut);
+                    }
                 }
             }
-        }
+        })
+        .await
+    }
+
+    /// The bound on [`Self::await_reply`]: its own `forward_timeout_s`, plus one call.
+    fn reply_bound(&self) -> Duration {
+        Duration::from_secs(self.cfg.forward_timeout_s) + self.deadlines.call
     }
 
     /// `[cluster] forward_timeout_s`.
@@ -268,30 +308,36 @@ impl Cluster {
 
     /// Claim the requests addressed to this instance.
     pub async fn claim(&self) -> Result<Vec<(i64, String)>, StorageError> {
-        let rows = sqlx::query(&format!(
-            "UPDATE cluster_requests SET claimed_at = {NOW_MS} WHERE id IN (\
-             SELECT id FROM cluster_requests WHERE instance_id = $1 AND claimed_at IS NULL \
-             AND done_at IS NULL ORDER BY id LIMIT 100 FOR UPDATE SKIP LOCKED) RETURNING id, body"
-        ))
-        .bind(&self.instance)
-        .fetch_all(&self.pool)
-        .await?;
-        let mut out = rows
-            .iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
-            .collect::<Result<Vec<(i64, String)>, sqlx::Error>>()?;
-        out.sort_by_key(|(id, _)| *id);
-        Ok(out)
+        bounded("cluster_claim", self.deadlines.call, async {
+            let rows = sqlx::query(&format!(
+                "UPDATE cluster_requests SET claimed_at = {NOW_MS} WHERE id IN (\
+                 SELECT id FROM cluster_requests WHERE instance_id = $1 AND claimed_at IS NULL \
+                 AND done_at IS NULL ORDER BY id LIMIT 100 FOR UPDATE SKIP LOCKED) RETURNING id, body"
+            ))
+            .bind(&self.instance)
+            .fetch_all(&self.pool)
+            .await?;
+            let mut out = rows
+                .iter()
+                .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+                .collect::<Result<Vec<(i64, String)>, sqlx::Error>>()?;
+            out.sort_by_key(|(id, _)| *id);
+            Ok(out)
+        })
+        .await
     }
 
     pub async fn answer(&self, id: i64, answer: &str) -> Result<(), StorageError> {
-        sqlx::query(&format!(
-            "UPDATE cluster_requests SET answer = $1, done_at = {NOW_MS} WHERE id = $2 AND done_at IS NULL"
-        ))
-        .bind(answer)
-        .bind(id)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
+        bounded("cluster_answer", self.deadlines.call, async {
+            sqlx::query(&format!(
+                "UPDATE cluster_requests SET answer = $1, done_at = {NOW_MS} WHERE id = $2 AND done_at IS NULL"
+            ))
+            .bind(answer)
+            .bind(id)
+            .execute(&self.pool)
+            .await?;
+            Ok(())
+        })
+        .await
     }
 }

@@ -313,6 +313,14 @@ fn describe() {
         "Position chunks that failed to decode (the read fails and names the device and day)"
     );
     describe_counter!(
+        "fleetgate_storage_timeouts_total",
+        "Storage calls abandoned past their deadline ([storage] statement_timeout_s or bulk_timeout_s; the writer's commit attempts past 20 s), by call"
+    );
+    describe_counter!(
+        "fleetgate_storage_connections_abandoned_total",
+        "PostgreSQL connections closed on release because they did not answer a ping within [storage] statement_timeout_s"
+    );
+    describe_counter!(
         "fleetgate_ingest_limit_violations_total",
         "Tracker connections closed or refused by a limit, by protocol and limit"
     );

@@ -20,6 +20,15 @@ use super::{Accepted, PipelineError};
 /// after all costs nothing but the resend.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(20);
 
+/// An attempt abandoned at [`ATTEMPT_TIMEOUT`], counted with storage's other deadlines.
+fn attempt_timed_out() -> StorageError {
+    metrics::counter!("fleetgate_storage_timeouts_total", "call" => "commit_attempt").increment(1);
+    StorageError::Timeout {
+        what: "commit attempt".into(),
+        after: ATTEMPT_TIMEOUT,
+    }
+}
+
 /// Longest a subscriber of commits (immobiliser, zones, CRM rules) may spend on one step
 /// that touches storage. The writer hands every commit to its subscribers before acking, so a
 /// subscriber stuck on a connection that went silent (no reset, e.g. a network partition)
@@ -144,10 +153,7 @@ async fn commit(store: &dyn Store, batch: &mut Vec<WriteReq>, rows: usize, cfg: 
         .run(|| async {
             match tokio::time::timeout(ATTEMPT_TIMEOUT, store.write_batch(&items)).await {
                 Ok(r) => r,
-                Err(_) => Err(StorageError::Timeout {
-                    what: "commit attempt".into(),
-                    after: ATTEMPT_TIMEOUT,
-                }),
+                Err(_) => Err(attempt_timed_out()),
             }
         })
         .await;

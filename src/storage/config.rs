@@ -25,6 +25,14 @@ pub struct StorageConfig {
     /// SQLite: below this much free disk space (MB) new records are refused (not acked)
     /// before the database hits a full disk; 0 turns the check off.
     pub min_free_mb: u64,
+    /// Longest one storage call (a query or a short transaction) may take, in seconds, before
+    /// it is abandoned as `StorageError::Timeout` and its connection closed: a task waiting on
+    /// a network path to PostgreSQL that went silent (no FIN, no RST) would otherwise keep its
+    /// pool connection for the ~15 minutes the kernel takes to notice (docs/reliability.md).
+    pub statement_timeout_s: u64,
+    /// The same bound for the calls that read or write in bulk (the group commit, the start-up
+    /// loads of every device state, zone, membership and rule state, the outbox purge).
+    pub bulk_timeout_s: u64,
 }
 
 impl Default for StorageConfig {
@@ -36,6 +44,8 @@ impl Default for StorageConfig {
             sqlite_synchronous: "full".into(),
             max_connections: 8,
             min_free_mb: 128,
+            statement_timeout_s: 10,
+            bulk_timeout_s: 60,
         }
     }
 }
@@ -108,7 +118,27 @@ impl StorageConfig {
                 "must be off, normal, full or extra",
             ));
         }
+        if self.statement_timeout_s == 0 {
+            return Err(invalid("storage.statement_timeout_s", "must be at least 1"));
+        }
+        if self.bulk_timeout_s < self.statement_timeout_s {
+            return Err(invalid(
+                "storage.bulk_timeout_s",
+                format!(
+                    "{} is below storage.statement_timeout_s ({}): a bulk call gets at least as long as one statement",
+                    self.bulk_timeout_s, self.statement_timeout_s
+                ),
+            ));
+        }
         Ok(())
+    }
+
+    /// The deadlines every storage call runs under (see [`super::deadline`]).
+    pub fn deadlines(&self) -> super::deadline::Deadlines {
+        super::deadline::Deadlines {
+            call: std::time::Duration::from_secs(self.statement_timeout_s),
+            bulk: std::time::Duration::from_secs(self.bulk_timeout_s),
+        }
     }
 }
 
@@ -128,5 +158,23 @@ mod tests {
             assert_eq!(Backend::of_url(url), b, "{url}");
         }
         assert!(Backend::Postgres.is_shared() && !Backend::Sqlite.is_shared());
+    }
+
+    #[test]
+    fn storage_deadlines_are_validated_by_key() {
+        assert!(StorageConfig::default().validate().is_ok());
+        let zero = StorageConfig {
+            statement_timeout_s: 0,
+            ..Default::default()
+        };
+        let e = zero.validate().unwrap_err().to_string();
+        assert!(e.contains("storage.statement_timeout_s"), "{e}");
+        let short_bulk = StorageConfig {
+            statement_timeout_s: 30,
+            bulk_timeout_s: 20,
+            ..Default::default()
+        };
+        let e = short_bulk.validate().unwrap_err().to_string();
+        assert!(e.contains("storage.bulk_timeout_s"), "{e}");
     }
 }

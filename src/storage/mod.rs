@@ -2,12 +2,14 @@
 //! store (`crate::pipeline::store::Store`: positions, device states, vehicles) and the ports
 //! the features own (`geofence::store::ZoneStore`, `crm::store::CrmStore`,
 //! `immobiliser::store::ImmobiliserStore`, `archive::store::ArchiveStore`). Storage depends
-//! on the features, never the reverse; [`open`] hands out one database as [`Stores`], one handle per port.
+//! on the features, never the reverse; [`open`] hands out one database as [`Stores`], one
+//! handle per port, every call through it under a deadline ([`deadline`]).
 
 pub mod archive;
 pub mod chunk;
 pub mod config;
 pub mod crm;
+pub mod deadline;
 pub mod immobiliser;
 pub mod postgres;
 mod reads;
@@ -65,12 +67,16 @@ impl Stores {
     }
 }
 
-/// Open the store named by `[storage] url` and run its migrations.
+/// Open the store named by `[storage] url` and run its migrations (which have no deadline:
+/// one may rewrite a large table). Every call through the returned [`Stores`] has one.
 pub async fn open(cfg: &StorageConfig) -> Result<Stores, StorageError> {
+    let d = cfg.deadlines();
     if cfg.url.starts_with("sqlite:") {
-        Ok(Stores::of(sqlite::SqliteStore::open(cfg).await?))
+        let s = sqlite::SqliteStore::open(cfg).await?;
+        Ok(Stores::of(deadline::Timed::new(s, d)))
     } else if cfg.url.starts_with("postgres://") || cfg.url.starts_with("postgresql://") {
-        Ok(Stores::of(postgres::PostgresStore::open(cfg).await?))
+        let s = postgres::PostgresStore::open(cfg).await?;
+        Ok(Stores::of(deadline::Timed::new(s, d)))
     } else {
         Err(StorageError::Invalid(format!(
             "storage.url: unsupported backend in '{}'",

@@ -47,6 +47,7 @@ impl PostgresStore {
     /// instances may start at once: sqlx serialises migrations with an advisory lock.
     pub async fn open(cfg: &StorageConfig) -> Result<Self, StorageError> {
         let opts = PgConnectOptions::from_str(&cfg.url)?.application_name("fleetgate");
+        let opts = super::deadline::server_bounds(opts, cfg.deadlines());
         // "pool timed out" alone does not say which server: name it (never the password).
         let server = format!(
             "{}:{}/{}",
@@ -54,9 +55,15 @@ impl PostgresStore {
             opts.get_port(),
             opts.get_database().unwrap_or("")
         );
+        // A connection handed back after an abandoned query is closed, not kept, when the
+        // path is silent (super::deadline, point 2).
+        let release_bound = cfg.deadlines().call;
         let pool = PgPoolOptions::new()
             .max_connections(cfg.max_connections.max(2))
             .acquire_timeout(Duration::from_secs(10))
+            .after_release(move |conn, _| {
+                Box::pin(super::deadline::released_alive(conn, release_bound))
+            })
             .connect_with(opts)
             .await
             .map_err(|e| {
