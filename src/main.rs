@@ -380,10 +380,13 @@ fn storage_command(config: &Config, verb: StorageVerb) -> ExitCode {
             }
         };
         let backend = stores.core.backend();
+        // Each device-day packed here gets its daily summary, as the daemon's archive gives it.
+        let summaries = fleetgate::app::archive(config, &stores);
         let result = match verb {
             StorageVerb::Migrate => archive::migrate(
                 stores.archive.as_ref(),
                 stores.layout.as_ref(),
+                &summaries,
                 progress("migrate"),
             )
             .await
@@ -393,7 +396,7 @@ fn storage_command(config: &Config, verb: StorageVerb) -> ExitCode {
                     p.device_days, p.positions, p.bytes
                 )
             }),
-            StorageVerb::Compact => archive::compact_all(&stores, progress("compact"))
+            StorageVerb::Compact => archive::compact_all(&stores, &summaries, progress("compact"))
                 .await
                 .map(|p| {
                     format!(

@@ -210,6 +210,35 @@ async fn compact_beside_a_live_daemon(dir: &std::path::Path, url: &str, backend:
     };
     assert_eq!(stored, acked.lock().unwrap().len());
 
+    // Every day `storage compact` packed has its daily summary, as if the daemon had packed
+    // it (it will never see that day hot again): each device's summaries cover at least the
+    // fixes stored before the compaction started.
+    for (i, old) in before.iter().enumerate() {
+        let (status, v) = t
+            .api
+            .get(&format!(
+                "/api/v1/vehicles/{}/summaries?from=2026-05-31&to=2026-06-05",
+                imei(i)
+            ))
+            .await;
+        assert_eq!(status, 200, "{v}");
+        let days = v["days"].as_array().unwrap();
+        assert!(
+            !days.is_empty(),
+            "no daily summary after storage compact: {v}"
+        );
+        let positions: u64 = days.iter().map(|d| d["positions"].as_u64().unwrap()).sum();
+        assert!(
+            positions >= old.len() as u64,
+            "{positions} < {}: {v}",
+            old.len()
+        );
+        assert!(
+            days.iter().all(|d| d["distance_m"].as_f64().unwrap() > 0.0),
+            "{v}"
+        );
+    }
+
     let out = fleetgate(&["storage", "stats"], &t.config)
         .output()
         .unwrap();

@@ -8,7 +8,7 @@ mod common;
 use std::future::Future;
 
 use chrono::{DateTime, TimeZone, Utc};
-use fleetgate::archive::store::{DailySummary, Day, DeviceDay, Expiring, Tier};
+use fleetgate::archive::store::{DailySummary, Day, DeviceDay, Expiring, NothingOnPacked, Tier};
 use fleetgate::config::StorageConfig;
 use fleetgate::geofence::store::{StoredMembership, StoredZoneEvent, ZoneChange};
 use fleetgate::model::{AttrKey, AttrValue, DeviceId, Position, VehicleId};
@@ -500,12 +500,14 @@ async fn postgres_legacy_rows_are_read_then_migrated_into_chunks() {
     assert!(c.store.layout.old_layout().await.unwrap());
 
     let mut seen = Vec::new();
-    let done =
-        storage::archive::migrate(c.store.archive.as_ref(), c.store.layout.as_ref(), |d, _| {
-            seen.push(d.clone())
-        })
-        .await
-        .unwrap();
+    let done = storage::archive::migrate(
+        c.store.archive.as_ref(),
+        c.store.layout.as_ref(),
+        &NothingOnPacked,
+        |d, _| seen.push(d.clone()),
+    )
+    .await
+    .unwrap();
     assert_eq!(done.device_days, 3);
     assert_eq!(seen[0], dd("dev-a", d0));
     assert!(!c.store.layout.old_layout().await.unwrap());
@@ -517,10 +519,14 @@ async fn postgres_legacy_rows_are_read_then_migrated_into_chunks() {
     assert_same(&track(&c, "dev-a", d0, next(d1)).await, &before);
     assert_eq!(track(&c, "dev-b", d0, next(d1)).await.len(), 20);
     // Done is done.
-    let again =
-        storage::archive::migrate(c.store.archive.as_ref(), c.store.layout.as_ref(), |_, _| {})
-            .await
-            .unwrap();
+    let again = storage::archive::migrate(
+        c.store.archive.as_ref(),
+        c.store.layout.as_ref(),
+        &NothingOnPacked,
+        |_, _| {},
+    )
+    .await
+    .unwrap();
     assert_eq!(again.device_days, 0);
     pool.close().await;
     drop(schema);
@@ -556,9 +562,14 @@ async fn sqlite_database_made_before_the_archive_is_converted() {
     let devices: std::collections::BTreeSet<String> = raw.iter().map(|r| r.0.clone()).collect();
     let before = read_all(&store, &devices).await;
     assert_eq!(before, raw);
-    let done = storage::archive::migrate(store.archive.as_ref(), store.layout.as_ref(), |_, _| {})
-        .await
-        .unwrap();
+    let done = storage::archive::migrate(
+        store.archive.as_ref(),
+        store.layout.as_ref(),
+        &NothingOnPacked,
+        |_, _| {},
+    )
+    .await
+    .unwrap();
     // Three closed days of three devices (the fixture's fourth day is "today" only when the
     // test runs on the day it was made: then it stays hot).
     assert!(done.device_days >= 9, "{done:?}");

@@ -207,7 +207,8 @@ pub async fn start_with(
     let store = storage::open(&config.storage).await?;
     tracing::info!(backend = store.core.backend(), url = %storage::postgres::redact(&config.storage.url), "storage open, migrations applied");
     // An old position layout converted in the background; the storage gauges kept fresh.
-    storage::archive::spawn_upkeep(&store, Duration::from_secs(300));
+    let archive = Arc::new(archive(&config, &store));
+    storage::archive::spawn_upkeep(&store, Duration::from_secs(300), archive.clone());
     let states = store.core.device_states().await?;
     let (zone_set, zone_files, broken_zone_files) =
         load_zones(&config, store.zones.as_ref()).await?;
@@ -319,7 +320,11 @@ pub async fn start_with(
 
     // The position archive: compaction, daily summaries, retention.
     let archive_stop = CancellationToken::new();
-    let archive_task = start_archive(&config, &store, archive_stop.clone());
+    let archive_task = crate::archive::actor::spawn(
+        archive,
+        crate::archive::actor::system_clock(),
+        archive_stop.clone(),
+    );
 
     let reloads = reload::Reloads::new(config.clone());
     let map = status_map(&config, &reloads);
@@ -539,27 +544,20 @@ async fn serve_api(
     Ok((local, task))
 }
 
-/// Start the archive actor on `[retention]` and the `[filters]` jump rule.
-fn start_archive(
-    config: &Config,
-    store: &storage::Stores,
-    stop: CancellationToken,
-) -> JoinHandle<()> {
-    use crate::archive::actor::{self, Archive, StoredZones};
+/// The archive on `[retention]` and the `[filters]` jump rule: the daemon's actor, and what
+/// `fleetgate migrate` and `fleetgate storage compact` summarise the days they pack with.
+pub fn archive(config: &Config, store: &storage::Stores) -> crate::archive::actor::Archive {
+    use crate::archive::actor::{Archive, StoredZones};
     use crate::archive::summary::SummaryRules;
-    actor::spawn(
-        Archive {
-            cfg: config.retention.clone(),
-            rules: SummaryRules {
-                max_implied_speed_kmh: config.filters.max_implied_speed_kmh,
-                max_gap_s: config.retention.summary_gap_s as i64,
-            },
-            store: store.archive.clone(),
-            zones: Arc::new(StoredZones(store.zones.clone())),
+    Archive {
+        cfg: config.retention.clone(),
+        rules: SummaryRules {
+            max_implied_speed_kmh: config.filters.max_implied_speed_kmh,
+            max_gap_s: config.retention.summary_gap_s as i64,
         },
-        actor::system_clock(),
-        stop,
-    )
+        store: store.archive.clone(),
+        zones: Arc::new(StoredZones(store.zones.clone())),
+    }
 }
 
 /// Everything [`shut_down`] stops, in the order it stops them.

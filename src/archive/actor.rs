@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::config::RetentionConfig;
-use super::store::{ArchiveStore, DailySummary, Day, DeviceDay, Expiring};
+use super::store::{ArchiveStore, Compacted, DailySummary, Day, DeviceDay, Expiring, OnPacked};
 use super::summary::{summarize, SummaryRules};
 use crate::geofence::store::{EventQuery, StoredZoneEvent, ZoneStore};
 use crate::model::{DeviceId, VehicleId};
@@ -285,9 +285,38 @@ impl Archive {
     }
 }
 
+/// A device-day packed elsewhere (`fleetgate migrate`, `fleetgate storage compact`, the
+/// start-up conversion) gets its summary here, as if the actor had packed it.
+#[async_trait]
+impl OnPacked for Archive {
+    async fn packed(&self, dd: &DeviceDay, c: &Compacted, now: DateTime<Utc>) {
+        let mut vehicles = HashMap::new();
+        let result = match self.summary(dd, &c.positions, now, &mut vehicles).await {
+            Ok(Some(s)) => self
+                .store
+                .put_summaries(std::slice::from_ref(&s))
+                .await
+                .map(|_| 1),
+            Ok(None) => Ok(0),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(n) => metrics::counter!("fleetgate_archive_summaries_total").increment(n),
+            Err(e) => {
+                // The summary of a day packed outside a pass: the day is not packed again, so
+                // say which one is missing.
+                tracing::warn!(device = %dd.device, day = %dd.day.date(), error = %e,
+                    "daily summary of a packed day not stored");
+                metrics::counter!("fleetgate_archive_errors_total", "step" => "summary")
+                    .increment(1);
+            }
+        }
+    }
+}
+
 /// Run passes until `stop`: one at once (partitions for today before the first commit of a
 /// new install), then every `interval_s`.
-pub fn spawn(archive: Archive, clock: Clock, stop: CancellationToken) -> JoinHandle<()> {
+pub fn spawn(archive: Arc<Archive>, clock: Clock, stop: CancellationToken) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(archive.cfg.interval_s));
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -157,6 +157,23 @@ pub trait ArchiveStore: Send + Sync {
     ) -> Result<Vec<DailySummary>, StorageError>;
 }
 
+/// Told of each device-day packed outside the archive actor (`fleetgate migrate`,
+/// `fleetgate storage compact`, the daemon's start-up conversion of an old layout), so that its
+/// daily summary is computed there too: a day packed that way is never seen hot again by the
+/// actor, and its summary would otherwise be missing for good once its positions expire.
+#[async_trait]
+pub trait OnPacked: Send + Sync {
+    async fn packed(&self, dd: &DeviceDay, c: &Compacted, now: DateTime<Utc>);
+}
+
+/// For callers with nothing to do after packing (tests of the storage alone).
+pub struct NothingOnPacked;
+
+#[async_trait]
+impl OnPacked for NothingOnPacked {
+    async fn packed(&self, _: &DeviceDay, _: &Compacted, _: DateTime<Utc>) {}
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

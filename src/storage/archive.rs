@@ -8,6 +8,7 @@
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
+use std::sync::Arc;
 
 use super::sql::{Bind, Cols};
 use super::{from_millis, millis, StorageError};
@@ -275,6 +276,7 @@ pub struct Progress {
 pub async fn migrate(
     archive: &dyn crate::archive::store::ArchiveStore,
     layout: &dyn Layout,
+    on_packed: &dyn crate::archive::store::OnPacked,
     mut progress: impl FnMut(&DeviceDay, &Progress),
 ) -> Result<Progress, StorageError> {
     let mut done = Progress::default();
@@ -288,6 +290,7 @@ pub async fn migrate(
         }
         for dd in &days {
             let c = archive.compact_day(dd).await?;
+            on_packed.packed(dd, &c, Utc::now()).await;
             done.device_days += 1;
             done.positions += c.positions.len() as u64;
             done.bytes += c.bytes;
@@ -301,7 +304,11 @@ pub async fn migrate(
 /// Start-up upkeep the daemon runs beside ingest: the conversion of an old layout when it
 /// finds one (with a log line saying so); every `every` the coming days' partitions made
 /// sure of and the `fleetgate_storage_*` gauges refreshed.
-pub fn spawn_upkeep(stores: &super::Stores, every: std::time::Duration) {
+pub fn spawn_upkeep(
+    stores: &super::Stores,
+    every: std::time::Duration,
+    on_packed: Arc<dyn crate::archive::store::OnPacked>,
+) {
     let (archive, layout) = (stores.archive.clone(), stores.layout.clone());
     tokio::spawn(async move {
         match layout.old_layout().await {
@@ -312,13 +319,18 @@ pub fn spawn_upkeep(stores: &super::Stores, every: std::time::Duration) {
                      same with progress)"
                 );
                 let mut last = std::time::Instant::now();
-                let r = migrate(archive.as_ref(), layout.as_ref(), |dd, p| {
-                    if last.elapsed() >= std::time::Duration::from_secs(10) {
-                        last = std::time::Instant::now();
-                        tracing::info!(device_days = p.device_days, positions = p.positions,
+                let r = migrate(
+                    archive.as_ref(),
+                    layout.as_ref(),
+                    on_packed.as_ref(),
+                    |dd, p| {
+                        if last.elapsed() >= std::time::Duration::from_secs(10) {
+                            last = std::time::Instant::now();
+                            tracing::info!(device_days = p.device_days, positions = p.positions,
                             day = %date(dd.day), "storage: converting the old layout");
-                    }
-                })
+                        }
+                    },
+                )
                 .await;
                 match r {
                     Ok(p) => tracing::info!(
@@ -356,11 +368,13 @@ pub fn spawn_upkeep(stores: &super::Stores, every: std::time::Duration) {
 /// daemon; rows that arrive meanwhile wait for the next compaction.
 pub async fn compact_all(
     stores: &super::Stores,
+    on_packed: &dyn crate::archive::store::OnPacked,
     mut progress: impl FnMut(&DeviceDay, &Progress),
 ) -> Result<Progress, StorageError> {
     let mut done = migrate(
         stores.archive.as_ref(),
         stores.layout.as_ref(),
+        on_packed,
         &mut progress,
     )
     .await?;
@@ -370,6 +384,7 @@ pub async fn compact_all(
         .await?;
     for dd in &days {
         let c = stores.archive.compact_day(dd).await?;
+        on_packed.packed(dd, &c, Utc::now()).await;
         done.device_days += 1;
         done.positions += c.positions.len() as u64;
         done.bytes += c.bytes;

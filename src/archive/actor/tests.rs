@@ -128,6 +128,48 @@ async fn only_days_closed_for_the_grace_period_are_packed_and_summarised() {
 }
 
 #[tokio::test]
+async fn a_day_packed_outside_the_actor_gets_its_summary_and_the_next_pass_has_nothing_to_do() {
+    // `fleetgate storage compact` (or `migrate`) packs yesterday before the actor's pass.
+    let store = Arc::new(MemoryArchive::default());
+    let a = archive(store.clone(), RetentionConfig::default());
+    let yesterday = midnight() - Days::hours(2);
+    for i in 0..10 {
+        store.insert(&dev("dev-1"), at(yesterday + Days::seconds(i * 10)));
+    }
+    let yd = Day(today().0 - 1);
+    let dd = DeviceDay {
+        device: dev("dev-1"),
+        day: yd,
+    };
+    let c = store.compact_day(&dd).await.unwrap();
+    assert!(store
+        .summaries(&car(), yd, today())
+        .await
+        .unwrap()
+        .is_empty());
+    let now = midnight() + Days::minutes(5);
+    a.packed(&dd, &c, now).await;
+    let s = store.summaries(&car(), yd, today()).await.unwrap();
+    assert_eq!(s.len(), 1, "{s:?}");
+    assert_eq!(
+        (s[0].positions, s[0].moving_s, s[0].computed_at),
+        (10, 90, now)
+    );
+    // The actor finds nothing hot of that day: without the hook it would never summarise it.
+    let r = pass(&a, midnight() + Days::hours(2)).await;
+    assert!(r.compacted.is_empty(), "{r:?}");
+    // A device fitted to no vehicle: packed, no summary, no error.
+    let dd2 = DeviceDay {
+        device: dev("dev-2"),
+        day: yd,
+    };
+    store.insert(&dev("dev-2"), at(yesterday));
+    let c2 = store.compact_day(&dd2).await.unwrap();
+    a.packed(&dd2, &c2, now).await;
+    assert_eq!(store.summaries(&car(), yd, today()).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
 async fn late_data_for_a_packed_day_is_merged_and_its_summary_recomputed() {
     let store = Arc::new(MemoryArchive::default());
     let a = archive(store.clone(), RetentionConfig::default());
@@ -321,7 +363,7 @@ async fn the_actor_runs_a_pass_at_start_and_each_interval_on_its_clock_and_stops
     });
     store.insert(&dev("dev-1"), at(midnight() - Days::hours(1)));
     let stop = CancellationToken::new();
-    let task = spawn(a, clock, stop.clone());
+    let task = spawn(Arc::new(a), clock, stop.clone());
     tokio::time::sleep(std::time::Duration::from_secs(1)).await;
     // The first pass made today's partitions; yesterday is within its grace.
     assert!(store.partitions().contains(&Day(today().0 + 2)));
