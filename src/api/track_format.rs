@@ -11,9 +11,37 @@
 
 use std::fmt::Write;
 
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Datelike, NaiveDate, Timelike, Utc};
 
 use crate::pipeline::store::StoredPosition;
+
+/// A track's representation on `GET /vehicles/{id}/track?format=…`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    Json,
+    GeoJson,
+    Csv,
+}
+
+/// The response body and content type of a track read from storage: what the `/track`
+/// handler answers (and `benches/track_read.rs` times).
+pub fn render(format: Format, meta: &TrackMeta, positions: Vec<StoredPosition>) -> Response {
+    match format {
+        Format::Json => axum::Json(super::rows::all::<_, super::rows::Position>(positions)).into_response(),
+        Format::GeoJson => (
+            [(CONTENT_TYPE, "application/geo+json")],
+            geojson(meta, &positions),
+        )
+            .into_response(),
+        Format::Csv => (
+            [(CONTENT_TYPE, "text/csv; charset=utf-8; header=present")],
+            csv(&positions),
+        )
+            .into_response(),
+    }
+}
 
 /// What the formats say about the track besides its points.
 #[derive(Clone, Debug, Default)]
@@ -109,6 +137,161 @@ fn push_digits(out: &mut String, mut n: u64) {
 fn push_json_str(out: &mut String, s: &str) {
     // serde_json's escaping, once per document.
     out.push_str(&serde_json::Value::String(s.to_string()).to_string());
+}
+
+/// The track as the JSON array of `api::rows::Position` (`/track`, the default format), byte for
+/// byte what serde_json makes of `rows::all::<_, rows::Position>(points)` — field order, number
+/// and time formatting, `alarm` left out when none — written straight into one buffer: no move
+/// into `rows::Position`, no serde machinery per field (a car-day is 8,640 rows; the tests
+/// compare the two on varied rows).
+pub fn json(points: &[StoredPosition]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(2 + points.len() * 420);
+    out.push(b'[');
+    for (i, p) in points.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"time\":");
+        json_time(&mut out, p.time);
+        out.extend_from_slice(b",\"server_time\":");
+        json_time(&mut out, p.server_time);
+        out.extend_from_slice(if p.valid {
+            b",\"valid\":true,\"lat\":"
+        } else {
+            b",\"valid\":false,\"lat\":"
+        });
+        json_f64(&mut out, p.lat);
+        out.extend_from_slice(b",\"lon\":");
+        json_f64(&mut out, p.lon);
+        out.extend_from_slice(b",\"speed_kmh\":");
+        json_f64(&mut out, p.speed_kmh);
+        out.extend_from_slice(b",\"course\":");
+        json_f64(&mut out, p.course);
+        out.extend_from_slice(b",\"altitude\":");
+        json_f64(&mut out, p.altitude);
+        out.extend_from_slice(b",\"satellites\":");
+        json_uint(&mut out, p.satellites.map(u64::from));
+        out.extend_from_slice(b",\"ignition\":");
+        json_bool(&mut out, p.ignition);
+        out.extend_from_slice(b",\"motion\":");
+        json_bool(&mut out, p.motion);
+        out.extend_from_slice(b",\"odometer_m\":");
+        json_opt_f64(&mut out, p.odometer_m);
+        out.extend_from_slice(b",\"gps_odometer_m\":");
+        json_f64(&mut out, p.gps_odometer_m);
+        out.extend_from_slice(b",\"inputs\":");
+        json_uint(&mut out, p.inputs.map(u64::from));
+        out.extend_from_slice(b",\"outputs\":");
+        json_uint(&mut out, p.outputs.map(u64::from));
+        out.extend_from_slice(b",\"power_v\":");
+        json_opt_f64(&mut out, p.power_v);
+        if let Some(a) = &p.alarm {
+            out.extend_from_slice(b",\"alarm\":");
+            json_value(&mut out, a);
+        }
+        out.extend_from_slice(b",\"attributes\":");
+        json_value(&mut out, &p.attributes);
+        out.push(b'}');
+    }
+    out.push(b']');
+    out
+}
+
+/// serde_json's own output for a value (strings and the attributes map).
+fn json_value<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
+    // Writing a string or a `Value` into a `Vec` cannot fail.
+    serde_json::to_writer(&mut *out, v).expect("serde_json writes into a Vec");
+}
+
+/// As serde_json writes an `f64`: ryu's shortest form (`150.0`, `1e20`), `null` when not finite.
+fn json_f64(out: &mut Vec<u8>, v: f64) {
+    if v.is_finite() {
+        out.extend_from_slice(ryu::Buffer::new().format_finite(v).as_bytes());
+    } else {
+        out.extend_from_slice(b"null");
+    }
+}
+
+fn json_opt_f64(out: &mut Vec<u8>, v: Option<f64>) {
+    match v {
+        Some(v) => json_f64(out, v),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn json_bool(out: &mut Vec<u8>, v: Option<bool>) {
+    out.extend_from_slice(match v {
+        Some(true) => b"true",
+        Some(false) => b"false",
+        None => b"null",
+    });
+}
+
+fn json_uint(out: &mut Vec<u8>, v: Option<u64>) {
+    let Some(mut n) = v else {
+        out.extend_from_slice(b"null");
+        return;
+    };
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
+
+/// A time as chrono serialises a `DateTime<Utc>` (RFC 3339, `Z`, the fraction in the fewest of
+/// 3, 6 or 9 digits that hold it, none when zero; a leap second as `:60`), quoted.
+fn json_time(out: &mut Vec<u8>, t: DateTime<Utc>) {
+    let y = t.year();
+    if !(0..=9999).contains(&y) {
+        // Signed years are chrono's business; storage never holds one.
+        json_value(out, &t);
+        return;
+    }
+    fn two(out: &mut Vec<u8>, v: u32) {
+        out.push(b'0' + (v / 10) as u8);
+        out.push(b'0' + (v % 10) as u8);
+    }
+    fn digits(out: &mut Vec<u8>, v: u32, width: u32) {
+        for k in (0..width).rev() {
+            out.push(b'0' + (v / 10u32.pow(k) % 10) as u8);
+        }
+    }
+    let (mut sec, mut nano) = (t.second(), t.nanosecond());
+    if nano >= 1_000_000_000 {
+        sec += 1;
+        nano -= 1_000_000_000;
+    }
+    out.push(b'"');
+    two(out, y as u32 / 100);
+    two(out, y as u32 % 100);
+    out.push(b'-');
+    two(out, t.month());
+    out.push(b'-');
+    two(out, t.day());
+    out.push(b'T');
+    two(out, t.hour());
+    out.push(b':');
+    two(out, t.minute());
+    out.push(b':');
+    two(out, sec);
+    if nano != 0 {
+        out.push(b'.');
+        if nano % 1_000_000 == 0 {
+            digits(out, nano / 1_000_000, 3);
+        } else if nano % 1_000 == 0 {
+            digits(out, nano / 1_000, 6);
+        } else {
+            digits(out, nano, 9);
+        }
+    }
+    out.extend_from_slice(b"Z\"");
 }
 
 /// The track as one GeoJSON Feature.

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use super::rows;
 use super::summary::{summarize, TrackSummary, PAGE};
-use super::track_format::{self, TrackMeta};
+use super::track_format::{self, Format, TrackMeta};
 use super::{ApiError, AppState};
 use crate::archive::store::Day;
 use crate::model::{DeviceId, VehicleId};
@@ -283,14 +283,6 @@ fn range(q: &TrackQuery) -> Result<(DateTime<Utc>, DateTime<Utc>), ApiError> {
     Ok((from, to))
 }
 
-/// A track's representation.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Format {
-    Json,
-    GeoJson,
-    Csv,
-}
-
 fn format_of(q: &TrackQuery) -> Result<Format, ApiError> {
     match q.format.as_deref() {
         None | Some("json") => Ok(Format::Json),
@@ -401,19 +393,7 @@ pub async fn track(
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let format = format_of(&q)?;
     let (v, positions, retained_from) = track_of(&state, &id, &q).await?;
-    let resp = match format {
-        Format::Json => Json(rows::all::<_, rows::Position>(positions)).into_response(),
-        Format::GeoJson => (
-            [(CONTENT_TYPE, "application/geo+json")],
-            track_format::geojson(&meta(&v, retained_from), &positions),
-        )
-            .into_response(),
-        Format::Csv => (
-            [(CONTENT_TYPE, "text/csv; charset=utf-8; header=present")],
-            track_format::csv(&positions),
-        )
-            .into_response(),
-    };
+    let resp = track_format::render(format, &meta(&v, retained_from), positions);
     Ok(with_retained(resp, retained_from))
 }
 

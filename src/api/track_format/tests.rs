@@ -185,3 +185,102 @@ fn gpx_parses_as_gpx_1_1_with_every_point_and_escaped_names() {
     let doc = roxmltree::Document::parse(&empty).unwrap();
     assert!(doc.descendants().all(|n| !n.has_tag_name("desc")));
 }
+
+/// Rows that exercise every branch of the JSON writer: every `None`, odd floats (non-finite,
+/// negative zero, exponent form, subnormal, the largest), times with no fraction, milliseconds,
+/// microseconds, nanoseconds, a leap second and years at the edges, alarms needing escapes,
+/// nested and empty attributes.
+fn odd_rows() -> Vec<StoredPosition> {
+    let floats = [
+        0.0,
+        -0.0,
+        1.0,
+        150.0,
+        55.7520401,
+        -37.6175,
+        1e-7,
+        -3.2e-9,
+        1e15,
+        1e16,
+        1e21,
+        123.456e-4,
+        f64::MAX,
+        f64::MIN_POSITIVE,
+        5e-324,
+        0.1 + 0.2,
+        f64::NAN,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+    ];
+    let times = [
+        Utc.with_ymd_and_hms(2026, 12, 7, 0, 0, 0).unwrap(),
+        Utc.timestamp_millis_opt(1_765_000_000_007).unwrap(),
+        Utc.timestamp_opt(1_765_000_000, 120_000).unwrap(),
+        Utc.timestamp_opt(1_765_000_000, 1).unwrap(),
+        Utc.timestamp_opt(1_765_000_000, 999_999_999).unwrap(),
+        // A leap second (chrono's nanosecond ≥ 1e9).
+        Utc.timestamp_opt(1_483_228_799, 1_500_000_000).unwrap(),
+        Utc.with_ymd_and_hms(0, 1, 1, 0, 0, 0).unwrap(),
+        Utc.with_ymd_and_hms(9999, 12, 31, 23, 59, 59).unwrap(),
+        Utc.with_ymd_and_hms(-1, 6, 1, 12, 0, 0).unwrap(),
+        Utc.with_ymd_and_hms(10_000, 1, 1, 0, 0, 0).unwrap(),
+        Utc.timestamp_millis_opt(0).unwrap(),
+    ];
+    let attributes = [
+        serde_json::json!({}),
+        serde_json::json!({"io239": 1, "io240": 0, "io66": 12_834, "io21": 4, "io69": 1, "io16": 1_250_097}),
+        serde_json::json!({"b": -1.5, "a": "x\"y\\z\n\u{1}ё", "c": [1, null, true], "d": {"e": 1e300}}),
+        serde_json::Value::Null,
+    ];
+    let mut out = Vec::new();
+    for i in 0..60usize {
+        let f = |k: usize| floats[(i + k) % floats.len()];
+        let t = times[i % times.len()];
+        let mut p = StoredPosition::from_position(
+            &crate::model::Position::new(t, i % 2 == 0, f(0), f(1)),
+            times[(i + 3) % times.len()],
+            f(2),
+        );
+        p.speed_kmh = f(3);
+        p.course = f(4);
+        p.altitude = f(5);
+        p.satellites = [None, Some(0), Some(11), Some(u16::MAX)][i % 4];
+        p.ignition = [None, Some(false), Some(true)][i % 3];
+        p.motion = [Some(true), None, Some(false)][i % 3];
+        p.odometer_m = (i % 4 != 1).then(|| f(6));
+        p.inputs = [None, Some(0), Some(u32::MAX), Some(5)][i % 4];
+        p.outputs = [Some(1), None, Some(0)][i % 3];
+        p.power_v = (i % 5 != 0).then(|| f(7));
+        p.alarm = [None, Some("sos".into()), Some("\"tow\" <&>\t\u{7f}ü".into())][i % 3].clone();
+        p.attributes = attributes[i % attributes.len()].clone();
+        out.push(p);
+    }
+    out
+}
+
+#[test]
+fn json_is_byte_for_byte_what_serde_json_makes_of_the_rows() {
+    let serde = |rows: &[StoredPosition]| {
+        serde_json::to_vec(&crate::api::rows::all::<_, crate::api::rows::Position>(
+            rows.to_vec(),
+        ))
+        .unwrap()
+    };
+    for rows in [odd_rows(), points(200), points(1), Vec::new()] {
+        let want = serde(&rows);
+        let got = json(&rows);
+        assert_eq!(
+            String::from_utf8(got).unwrap(),
+            String::from_utf8(want).unwrap()
+        );
+    }
+    // Row by row, so that a difference names the row.
+    for (i, p) in odd_rows().into_iter().enumerate() {
+        let one = std::slice::from_ref(&p);
+        assert_eq!(
+            String::from_utf8(json(one)).unwrap(),
+            String::from_utf8(serde(one)).unwrap(),
+            "row {i}"
+        );
+    }
+}
