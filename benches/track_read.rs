@@ -150,9 +150,7 @@ fn bench_store(c: &mut Criterion, rt: &tokio::runtime::Runtime, backend: &str, s
         ] {
             let bytes = rt.block_on(serve(stores, days, f));
             eprintln!("{backend} {span} {name}: {bytes} bytes");
-            g.bench_function(name, |b| {
-                b.to_async(rt).iter(|| serve(stores, days, f))
-            });
+            g.bench_function(name, |b| b.to_async(rt).iter(|| serve(stores, days, f)));
         }
         g.bench_function("read", |b| b.to_async(rt).iter(|| read(stores, days)));
         g.finish();

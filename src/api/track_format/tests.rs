@@ -251,7 +251,12 @@ fn odd_rows() -> Vec<StoredPosition> {
         p.inputs = [None, Some(0), Some(u32::MAX), Some(5)][i % 4];
         p.outputs = [Some(1), None, Some(0)][i % 3];
         p.power_v = (i % 5 != 0).then(|| f(7));
-        p.alarm = [None, Some("sos".into()), Some("\"tow\" <&>\t\u{7f}ü".into())][i % 3].clone();
+        p.alarm = [
+            None,
+            Some("sos".into()),
+            Some("\"tow\" <&>\t\u{7f}ü".into()),
+        ][i % 3]
+            .clone();
         p.attributes = attributes[i % attributes.len()].clone();
         out.push(p);
     }
