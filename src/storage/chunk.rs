@@ -624,15 +624,10 @@ impl<'a> Reader<'a> {
             .collect()
     }
 
-    /// The attributes column by column (keys in the sorted order the writer put them), then each
-    /// row's map built from its values in that order in one go (`Map::from_iter` builds a
-    /// `BTreeMap` from sorted entries without a search per insert): inserting key by key, B-tree
-    /// searches, key comparisons and node splits, led the car-day read's profile
-    /// (`benches/track_read.rs`, docs/performance.md).
     fn attributes(&mut self, n: usize) -> Result<Vec<Value>, ChunkError> {
+        let mut rows: Vec<Option<Map<String, Value>>> = vec![Some(Map::new()); n];
         let mut whole: Vec<Option<Value>> = vec![None; n];
         let keys = self.len("attribute keys")?;
-        let mut columns: Vec<(String, Vec<Option<Value>>)> = Vec::with_capacity(keys.min(1024));
         for _ in 0..keys {
             let key = self.string("attribute key")?;
             let tags = self
@@ -650,13 +645,9 @@ impl<'a> Reader<'a> {
             }
             let mut int_values = int_values.into_iter();
             let mut float_values = self.f64s(floats, "attribute float")?.into_iter();
-            let mut column: Vec<Option<Value>> = Vec::with_capacity(n);
             for (i, tag) in tags.iter().enumerate() {
                 let value = match tag {
-                    AttrTag::Absent => {
-                        column.push(None);
-                        continue;
-                    }
+                    AttrTag::Absent => continue,
                     AttrTag::Null => Value::Null,
                     AttrTag::False => Value::Bool(false),
                     AttrTag::True => Value::Bool(true),
@@ -673,24 +664,17 @@ impl<'a> Reader<'a> {
                 };
                 if *tag == AttrTag::Whole {
                     whole[i] = Some(value);
-                    column.push(None);
-                } else {
-                    column.push(Some(value));
+                } else if let Some(map) = rows[i].as_mut() {
+                    map.insert(key.clone(), value);
                 }
             }
-            columns.push((key, column));
         }
-        Ok(whole
+        Ok(rows
             .into_iter()
-            .enumerate()
-            .map(|(i, whole)| match whole {
+            .zip(whole)
+            .map(|(map, whole)| match whole {
                 Some(v) => v,
-                None => Value::Object(
-                    columns
-                        .iter_mut()
-                        .filter_map(|(key, column)| column[i].take().map(|v| (key.clone(), v)))
-                        .collect::<Map<String, Value>>(),
-                ),
+                None => Value::Object(map.unwrap_or_default()),
             })
             .collect())
     }
