@@ -38,7 +38,8 @@ fn car_day() -> Vec<StoredPosition> {
             p.power_v = Some(12.6);
             p.attributes = serde_json::json!({
                 "io239": 1, "io240": 1, "io66": 12_800 + i % 40, "io21": 4, "io69": 1, "io16": 1_250_000 + i * 97,
-            });
+            })
+            .into();
             p
         })
         .collect()

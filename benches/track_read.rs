@@ -6,7 +6,9 @@
 //!
 //! Stores: SQLite in a temp dir, and PostgreSQL in a throwaway schema when reachable
 //! (FLEETGATE_TEST_PG_URL, default postgres://postgres@127.0.0.1:5432/test). Besides the full
-//! path per format, `read` times `Store::track` alone, so the split read/render shows.
+//! path per format (each read as the handler reads it: GeoJSON and CSV without attributes),
+//! `read` times `Store::track` alone and `read_without_attributes` the map formats' read, so
+//! the split read/render shows.
 //!
 //! `cargo bench --bench track_read`; the figures are in docs/performance.md.
 
@@ -18,6 +20,7 @@ use fleetgate::api::track_format::{render, Format, TrackMeta};
 use fleetgate::archive::store::{Day, DeviceDay};
 use fleetgate::config::StorageConfig;
 use fleetgate::model::{AttrKey, AttrValue, DeviceId, Position};
+use fleetgate::pipeline::store::TrackColumns;
 use fleetgate::protocols::Protocol;
 use fleetgate::storage::{self, DeviceState, NewPosition, StoredPosition, Stores, WriteItem};
 
@@ -109,21 +112,27 @@ async fn seed(stores: &Stores) {
     }
 }
 
-async fn read(stores: &Stores, days: usize) -> Vec<StoredPosition> {
+async fn read(stores: &Stores, days: usize, cols: TrackColumns) -> Vec<StoredPosition> {
     let from = t0();
     let to = from + Duration::days(days as i64);
-    let got = stores
-        .core
-        .track(&DeviceId::new(DEVICE), from, to, (days * DAY_FIXES) as u32)
-        .await
-        .expect("track");
+    let (device, limit) = (DeviceId::new(DEVICE), (days * DAY_FIXES) as u32);
+    let got = match cols {
+        TrackColumns::All => stores.core.track(&device, from, to, limit).await,
+        TrackColumns::WithoutAttributes => {
+            let core = &stores.core;
+            core.track_without_attributes(&device, from, to, limit)
+                .await
+        }
+    }
+    .expect("track");
     assert_eq!(got.len(), days * DAY_FIXES);
     got
 }
 
 /// The server path: read, render as the handler does, the body in bytes.
 async fn serve(stores: &Stores, days: usize, format: Format) -> usize {
-    let positions = read(stores, days).await;
+    // The read the handler makes for the format.
+    let positions = read(stores, days, format.columns()).await;
     let meta = TrackMeta {
         vehicle: "car-17",
         device: DEVICE,
@@ -152,7 +161,12 @@ fn bench_store(c: &mut Criterion, rt: &tokio::runtime::Runtime, backend: &str, s
             eprintln!("{backend} {span} {name}: {bytes} bytes");
             g.bench_function(name, |b| b.to_async(rt).iter(|| serve(stores, days, f)));
         }
-        g.bench_function("read", |b| b.to_async(rt).iter(|| read(stores, days)));
+        let all = TrackColumns::All;
+        g.bench_function("read", |b| b.to_async(rt).iter(|| read(stores, days, all)));
+        let bare = TrackColumns::WithoutAttributes;
+        g.bench_function("read_without_attributes", |b| {
+            b.to_async(rt).iter(|| read(stores, days, bare))
+        });
         g.finish();
     }
 }

@@ -180,11 +180,11 @@ async fn batch_round_trips_every_field(c: Ctx) {
     assert_eq!(track.len(), 2);
     // Fix order, not write order.
     let mut expect_bare = StoredPosition::from_position(&bare, server, 5.0);
-    expect_bare.attributes = serde_json::json!({});
+    expect_bare.attributes = serde_json::json!({}).into();
     assert_eq!(track[0], expect_bare);
     let expect_full = StoredPosition::from_position(&full, server, 0.0);
     assert_eq!(track[1], expect_full);
-    assert_eq!(track[1].attributes["driver"], "Иванов");
+    assert_eq!(track[1].attributes.to_value()["driver"], "Иванов");
     assert_eq!(track[1].outputs, Some(u32::MAX));
     assert!(track_all(c.store.core.as_ref(), "dev-b").await.is_empty());
     let b = c
@@ -294,7 +294,7 @@ async fn device_state_keeps_the_latest_and_survives_reopening(c: Ctx) {
     assert_eq!(p.time, minute(5));
     assert_eq!(p.satellites, Some(11));
     assert_eq!(p.power_v, Some(13.8));
-    assert_eq!(p.attributes["io239"], 1);
+    assert_eq!(p.attributes.to_value()["io239"], 1);
     // Several items for one device in one batch: the latest wins.
     c.store
         .core

@@ -55,7 +55,7 @@ impl From<StoredPosition> for Position {
             outputs: p.outputs,
             power_v: p.power_v,
             alarm: p.alarm,
-            attributes: p.attributes,
+            attributes: p.attributes.to_value(),
         }
     }
 }

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Datelike, NaiveDate, Timelike, Utc};
 use serde_json::ser::{CompactFormatter, Formatter};
 
-use crate::pipeline::store::StoredPosition;
+use crate::pipeline::store::{StoredPosition, TrackColumns};
 
 /// A track's representation on `GET /vehicles/{id}/track?format=…`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -24,6 +24,17 @@ pub enum Format {
     Json,
     GeoJson,
     Csv,
+}
+
+impl Format {
+    /// What the format shows of a position: only the JSON rows carry `attributes`, so the map
+    /// formats are read without them (the larger part of a packed chunk; docs/performance.md).
+    pub fn columns(self) -> TrackColumns {
+        match self {
+            Format::Json => TrackColumns::All,
+            Format::GeoJson | Format::Csv => TrackColumns::WithoutAttributes,
+        }
+    }
 }
 
 /// The response body and content type of a track read from storage: what the `/track`
@@ -192,7 +203,7 @@ pub fn json(points: &[StoredPosition]) -> Vec<u8> {
             json_value(&mut out, a);
         }
         out.extend_from_slice(b",\"attributes\":");
-        json_value(&mut out, &p.attributes);
+        out.extend_from_slice(p.attributes.as_str().as_bytes());
         out.push(b'}');
     }
     out.push(b']');

@@ -16,7 +16,9 @@ use super::track_format::{self, Format, TrackMeta};
 use super::{ApiError, AppState};
 use crate::archive::store::Day;
 use crate::model::{DeviceId, VehicleId};
-use crate::pipeline::store::{DeviceState, StoredPosition, Vehicle, VEHICLE_STATUSES};
+use crate::pipeline::store::{
+    DeviceState, StoredPosition, TrackColumns, Vehicle, VEHICLE_STATUSES,
+};
 use crate::protocols::Protocol;
 
 /// Most positions one track request returns.
@@ -358,6 +360,7 @@ async fn track_of(
     state: &AppState,
     id: &str,
     q: &TrackQuery,
+    cols: TrackColumns,
 ) -> Result<(Vehicle, Vec<StoredPosition>, Option<NaiveDate>), ApiError> {
     let (from, to) = range(q)?;
     let limit = q.limit.unwrap_or(10_000).clamp(1, MAX_TRACK_LIMIT);
@@ -370,7 +373,14 @@ async fn track_of(
         None => from,
     };
     let positions = match &v.device_id {
-        Some(device) => state.store.core.track(device, from, to, limit).await?,
+        Some(device) => match cols {
+            TrackColumns::All => state.store.core.track(device, from, to, limit).await?,
+            TrackColumns::WithoutAttributes => {
+                let core = &state.store.core;
+                core.track_without_attributes(device, from, to, limit)
+                    .await?
+            }
+        },
         None => Vec::new(),
     };
     Ok((v, positions, retained_from))
@@ -392,7 +402,7 @@ pub async fn track(
 ) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let format = format_of(&q)?;
-    let (v, positions, retained_from) = track_of(&state, &id, &q).await?;
+    let (v, positions, retained_from) = track_of(&state, &id, &q, format.columns()).await?;
     let resp = track_format::render(format, &meta(&v, retained_from), positions);
     Ok(with_retained(resp, retained_from))
 }
@@ -409,7 +419,9 @@ pub async fn track_gpx(
             "format: track.gpx is GPX; '{f}' is asked of /track?format={f}"
         )));
     }
-    let (v, positions, retained_from) = track_of(&state, &id, &q).await?;
+    // GPX has no place for attributes either.
+    let cols = TrackColumns::WithoutAttributes;
+    let (v, positions, retained_from) = track_of(&state, &id, &q, cols).await?;
     let resp = (
         [(CONTENT_TYPE, "application/gpx+xml")],
         track_format::gpx(&meta(&v, retained_from), &positions),

@@ -105,6 +105,15 @@ pub trait Store: Send + Sync + 'static {
         to: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<StoredPosition>, StorageError>;
+    /// [`Store::track`] with every `attributes` left `null`: what maps, CSV and GPX show. Packed
+    /// chunks are read up to their attribute columns only, most of a chunk's bytes.
+    async fn track_without_attributes(
+        &self,
+        device: &DeviceId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<StoredPosition>, StorageError>;
     /// Fix time and coordinates only of the same positions as [`Store::track`]: what a fold
     /// over a whole track needs (`/track/summary`), without decoding every column.
     async fn track_points(
@@ -129,6 +138,14 @@ pub trait Store: Send + Sync + 'static {
     fn backend(&self) -> &'static str;
 }
 
+/// Which columns a track read fills in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TrackColumns {
+    All,
+    /// `attributes` left `null`.
+    WithoutAttributes,
+}
+
 /// A stored fix (the API serves it as `api::rows::Position`).
 #[derive(Clone, Debug, PartialEq)]
 pub struct StoredPosition {
@@ -149,7 +166,61 @@ pub struct StoredPosition {
     pub outputs: Option<u32>,
     pub power_v: Option<f64>,
     pub alarm: Option<String>,
-    pub attributes: serde_json::Value,
+    pub attributes: AttrsJson,
+}
+
+/// A stored position's `attributes` as JSON text: exactly what serde_json writes for the value
+/// (compact, object keys sorted). Kept as text because a track read only passes it on: building
+/// a `serde_json::Map` per position was most of a packed car-day's read (docs/performance.md).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttrsJson(String);
+
+impl AttrsJson {
+    /// The text of `v`.
+    pub fn new(v: &serde_json::Value) -> Self {
+        AttrsJson(v.to_string())
+    }
+
+    /// Attributes as a database gave them back (SQLite's text as the decoder wrote it,
+    /// PostgreSQL's `jsonb` output with its own spacing and key order), made canonical; `null`
+    /// when absent or not JSON.
+    pub fn from_stored(text: Option<&str>) -> Self {
+        match text.and_then(|t| serde_json::from_str::<serde_json::Value>(t).ok()) {
+            Some(v) => AttrsJson::new(&v),
+            None => AttrsJson::null(),
+        }
+    }
+
+    /// Text the caller has written as serde_json would (the chunk decoder).
+    pub(crate) fn from_canonical(text: String) -> Self {
+        AttrsJson(text)
+    }
+
+    /// No attributes known (a read that left them out).
+    pub fn null() -> Self {
+        AttrsJson("null".to_string())
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The value, for code that looks inside (packing a chunk, tests).
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::from_str(&self.0).unwrap_or(serde_json::Value::Null)
+    }
+}
+
+impl Default for AttrsJson {
+    fn default() -> Self {
+        AttrsJson::null()
+    }
+}
+
+impl From<serde_json::Value> for AttrsJson {
+    fn from(v: serde_json::Value) -> Self {
+        AttrsJson::new(&v)
+    }
 }
 
 impl StoredPosition {
@@ -172,7 +243,7 @@ impl StoredPosition {
             outputs: p.outputs,
             power_v: p.power_v,
             alarm: p.alarm.map(str::to_string),
-            attributes: p.attrs.to_json(),
+            attributes: AttrsJson::new(&p.attrs.to_json()),
         }
     }
 }

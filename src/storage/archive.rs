@@ -15,7 +15,7 @@ use super::{from_millis, millis, StorageError};
 pub use crate::archive::store::DeviceDay;
 use crate::archive::store::{DailySummary, Day, Expiring, PartitionStats, Tier};
 use crate::model::{DeviceId, VehicleId};
-use crate::pipeline::store::{StoredPosition, TrackPoint};
+use crate::pipeline::store::{StoredPosition, TrackColumns, TrackPoint};
 
 /// Hot rows' table (PostgreSQL: its day partitions are `positions_dYYYYMMDD`).
 pub(crate) const HOT: &str = "positions";
@@ -132,8 +132,16 @@ pub(crate) fn track_of<T: Fix>(
 }
 
 /// Decoded chunks, mapping the codec's error into the store's.
-pub(crate) fn decode(data: &[u8], what: &DeviceDay) -> Result<Vec<StoredPosition>, StorageError> {
-    super::chunk::decode(data).map_err(|e| corrupt(what, &e))
+pub(crate) fn decode(
+    data: &[u8],
+    what: &DeviceDay,
+    cols: TrackColumns,
+) -> Result<Vec<StoredPosition>, StorageError> {
+    match cols {
+        TrackColumns::All => super::chunk::decode(data),
+        TrackColumns::WithoutAttributes => super::chunk::decode_without_attributes(data),
+    }
+    .map_err(|e| corrupt(what, &e))
 }
 
 pub(crate) fn decode_points(

@@ -27,9 +27,10 @@
 //! compressed body is prefixed with one format byte ([`FORMAT`]).
 
 use chrono::{DateTime, TimeZone, Utc};
-use serde_json::{Map, Number, Value};
+use serde_json::ser::{CompactFormatter, Formatter};
+use serde_json::Value;
 
-use crate::pipeline::store::{StoredPosition, TrackPoint};
+use crate::pipeline::store::{AttrsJson, StoredPosition, TrackPoint};
 
 /// The format byte of chunks written by this version.
 pub const FORMAT: u8 = 1;
@@ -78,7 +79,8 @@ pub fn encode(points: &[StoredPosition]) -> Vec<u8> {
         w.int(lag.wrapping_sub(prev));
         prev = lag;
     }
-    w.attributes(points.iter().map(|p| &p.attributes));
+    let attributes: Vec<Value> = points.iter().map(|p| p.attributes.to_value()).collect();
+    w.attributes(attributes.iter());
     let mut out = Vec::with_capacity(w.buf.len() / 4 + 16);
     out.push(FORMAT);
     // Compressing an in-memory buffer cannot fail short of allocation failure.
@@ -88,6 +90,16 @@ pub fn encode(points: &[StoredPosition]) -> Vec<u8> {
 
 /// Every position of a chunk, in the order packed.
 pub fn decode(bytes: &[u8]) -> Result<Vec<StoredPosition>, ChunkError> {
+    decode_columns(bytes, true)
+}
+
+/// As [`decode`], with every `attributes` left `null`: the attribute columns, the largest part
+/// of a chunk, are not read (maps, CSV and GPX do not show them).
+pub fn decode_without_attributes(bytes: &[u8]) -> Result<Vec<StoredPosition>, ChunkError> {
+    decode_columns(bytes, false)
+}
+
+fn decode_columns(bytes: &[u8], with_attributes: bool) -> Result<Vec<StoredPosition>, ChunkError> {
     let body = body(bytes)?;
     let mut r = Reader::new(&body);
     let n = r.len("count")?;
@@ -113,7 +125,11 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<StoredPosition>, ChunkError> {
         lag = lag.wrapping_add(r.int("server time")?);
         server.push(ms(t.wrapping_add(lag))?);
     }
-    let attributes = r.attributes(n)?;
+    let attributes = if with_attributes {
+        r.attributes(n)?
+    } else {
+        vec![AttrsJson::null(); n]
+    };
     let small = |v: Option<i64>, what| match v {
         None => Ok(None),
         Some(v) => u32::try_from(v)
@@ -522,9 +538,13 @@ impl<'a> Reader<'a> {
     }
 
     fn string(&mut self, what: &'static str) -> Result<String, ChunkError> {
+        self.str(what).map(str::to_string)
+    }
+
+    fn str(&mut self, what: &'static str) -> Result<&'a str, ChunkError> {
         let n = self.len(what)?;
         let b = self.take(n, what)?;
-        String::from_utf8(b.to_vec()).map_err(|_| ChunkError::Corrupt("string not UTF-8"))
+        std::str::from_utf8(b).map_err(|_| ChunkError::Corrupt("string not UTF-8"))
     }
 
     fn times(&mut self, n: usize) -> Result<Vec<i64>, ChunkError> {
@@ -624,60 +644,144 @@ impl<'a> Reader<'a> {
             .collect()
     }
 
-    fn attributes(&mut self, n: usize) -> Result<Vec<Value>, ChunkError> {
-        let mut rows: Vec<Option<Map<String, Value>>> = vec![Some(Map::new()); n];
-        let mut whole: Vec<Option<Value>> = vec![None; n];
+    /// Each row's attributes as the JSON text serde_json writes for the value (keys in sorted
+    /// order, which is the order they are packed in): one `String` per row, no map.
+    fn attributes(&mut self, n: usize) -> Result<Vec<AttrsJson>, ChunkError> {
         let keys = self.len("attribute keys")?;
+        let mut columns: Vec<AttrColumn<'a>> = Vec::with_capacity(keys);
         for _ in 0..keys {
-            let key = self.string("attribute key")?;
-            let tags = self
-                .take(n, "attribute tags")?
-                .iter()
-                .map(|t| AttrTag::from_u8(*t))
-                .collect::<Result<Vec<_>, _>>()?;
-            let ints = tags.iter().filter(|t| **t == AttrTag::Int).count();
-            let floats = tags.iter().filter(|t| **t == AttrTag::Float).count();
+            let key = self.str("attribute key")?;
+            if columns.last().is_some_and(|c| c.key >= key) {
+                return Err(ChunkError::Corrupt("attribute keys out of order"));
+            }
+            let tags = self.take(n, "attribute tags")?;
+            let mut ints = 0;
+            let mut floats = 0;
+            for t in tags {
+                match AttrTag::from_u8(*t)? {
+                    AttrTag::Int => ints += 1,
+                    AttrTag::Float => floats += 1,
+                    _ => {}
+                }
+            }
             let mut int_values = Vec::with_capacity(ints);
             let mut prev = 0i64;
             for _ in 0..ints {
                 prev = prev.wrapping_add(self.int("attribute int")?);
                 int_values.push(prev);
             }
-            let mut int_values = int_values.into_iter();
-            let mut float_values = self.f64s(floats, "attribute float")?.into_iter();
-            for (i, tag) in tags.iter().enumerate() {
-                let value = match tag {
-                    AttrTag::Absent => continue,
-                    AttrTag::Null => Value::Null,
-                    AttrTag::False => Value::Bool(false),
-                    AttrTag::True => Value::Bool(true),
-                    AttrTag::Int => Value::from(int_values.next().expect("counted")),
-                    AttrTag::Float => Number::from_f64(float_values.next().expect("counted"))
-                        .map(Value::Number)
-                        .ok_or(ChunkError::Corrupt("attribute float not finite"))?,
-                    AttrTag::Str => Value::String(self.string("attribute string")?),
-                    AttrTag::Json | AttrTag::Whole => {
-                        let text = self.string("attribute JSON")?;
-                        serde_json::from_str(&text)
-                            .map_err(|_| ChunkError::Corrupt("attribute JSON"))?
+            let float_values = self.f64s(floats, "attribute float")?;
+            if float_values.iter().any(|f| !f.is_finite()) {
+                return Err(ChunkError::Corrupt("attribute float not finite"));
+            }
+            let mut texts = Vec::new();
+            for t in tags {
+                match AttrTag::from_u8(*t)? {
+                    AttrTag::Str => {
+                        let s = self.str("attribute string")?;
+                        let mut text = Vec::with_capacity(s.len() + 2);
+                        json_text(&mut text, s);
+                        texts.push(text);
                     }
-                };
-                if *tag == AttrTag::Whole {
-                    whole[i] = Some(value);
-                } else if let Some(map) = rows[i].as_mut() {
-                    map.insert(key.clone(), value);
+                    AttrTag::Json | AttrTag::Whole => {
+                        // Rare (nested values): checked and made canonical here.
+                        let v: Value = serde_json::from_str(self.str("attribute JSON")?)
+                            .map_err(|_| ChunkError::Corrupt("attribute JSON"))?;
+                        texts.push(v.to_string().into_bytes());
+                    }
+                    _ => {}
                 }
             }
+            let mut prefix = Vec::with_capacity(key.len() + 3);
+            json_text(&mut prefix, key);
+            prefix.push(b':');
+            columns.push(AttrColumn {
+                key,
+                prefix,
+                tags,
+                ints: int_values.into_iter(),
+                floats: float_values.into_iter(),
+                texts: texts.into_iter(),
+            });
         }
-        Ok(rows
-            .into_iter()
-            .zip(whole)
-            .map(|(map, whole)| match whole {
-                Some(v) => v,
-                None => Value::Object(map.unwrap_or_default()),
-            })
-            .collect())
+        let mut out = Vec::with_capacity(n);
+        let mut row = Vec::new();
+        let mut whole = None;
+        for i in 0..n {
+            row.clear();
+            row.push(b'{');
+            for c in columns.iter_mut() {
+                let tag = AttrTag::from_u8(c.tags[i])?;
+                if tag == AttrTag::Absent {
+                    continue;
+                }
+                if tag != AttrTag::Whole {
+                    if row.len() > 1 {
+                        row.push(b',');
+                    }
+                    row.extend_from_slice(&c.prefix);
+                }
+                match tag {
+                    AttrTag::Absent => {}
+                    AttrTag::Null => row.extend_from_slice(b"null"),
+                    AttrTag::False => row.extend_from_slice(b"false"),
+                    AttrTag::True => row.extend_from_slice(b"true"),
+                    AttrTag::Int => {
+                        let v = c.ints.next().ok_or(ChunkError::Corrupt("attribute int"))?;
+                        // Writing into a `Vec` cannot fail.
+                        let _ = CompactFormatter.write_i64(&mut row, v);
+                    }
+                    AttrTag::Float => {
+                        let v = c
+                            .floats
+                            .next()
+                            .ok_or(ChunkError::Corrupt("attribute float"))?;
+                        // Writing into a `Vec` cannot fail.
+                        let _ = CompactFormatter.write_f64(&mut row, v);
+                    }
+                    AttrTag::Str | AttrTag::Json | AttrTag::Whole => {
+                        let text = c
+                            .texts
+                            .next()
+                            .ok_or(ChunkError::Corrupt("attribute text"))?;
+                        if tag == AttrTag::Whole {
+                            whole = Some(text);
+                        } else {
+                            row.extend_from_slice(&text);
+                        }
+                    }
+                }
+            }
+            row.push(b'}');
+            let text = match whole.take() {
+                // Not an object: the row's whole value (its other keys are absent).
+                Some(w) => w,
+                None => row.clone(),
+            };
+            // Every byte written above is ASCII or came from a `&str`.
+            let text =
+                String::from_utf8(text).map_err(|_| ChunkError::Corrupt("attribute text"))?;
+            out.push(AttrsJson::from_canonical(text));
+        }
+        Ok(out)
     }
+}
+
+/// One attribute key's packed values, read row by row.
+struct AttrColumn<'a> {
+    key: &'a str,
+    /// `"key":` as JSON.
+    prefix: Vec<u8>,
+    tags: &'a [u8],
+    ints: std::vec::IntoIter<i64>,
+    floats: std::vec::IntoIter<f64>,
+    texts: std::vec::IntoIter<Vec<u8>>,
+}
+
+/// `s` as a JSON string, escaped as serde_json escapes it.
+fn json_text(out: &mut Vec<u8>, s: &str) {
+    // Writing a `&str` into a `Vec` cannot fail.
+    let _ = serde_json::to_writer(&mut *out, s);
 }
 
 #[cfg(test)]
@@ -714,7 +818,8 @@ mod tests {
                 "io200": 0,
                 "io69": 1,
                 "io181": 0.8 + (i % 4) as f64 * 0.1,
-            }),
+            })
+            .into(),
         }
     }
 
@@ -746,6 +851,28 @@ mod tests {
         assert_eq!(fast.len(), points.len());
         for (f, p) in fast.iter().zip(&points) {
             assert_eq!((f.time, f.lat, f.lon), (p.time, p.lat, p.lon));
+        }
+    }
+
+    #[test]
+    fn attributes_come_back_as_the_text_serde_json_writes_and_can_be_left_out() {
+        let mut points = day()[..20].to_vec();
+        points[1].attributes = json!({"name": "Иванов \"Т\"\n", "io1": -3, "f": 0.1}).into();
+        points[2].attributes = json!({"nested": {"b": 1, "a": [true, null]}}).into();
+        let back = decode(&encode(&points)).unwrap();
+        for (b, p) in back.iter().zip(&points) {
+            assert_eq!(b.attributes.as_str(), p.attributes.to_value().to_string());
+        }
+        assert_eq!(
+            back[1].attributes.as_str(),
+            r#"{"f":0.1,"io1":-3,"name":"Иванов \"Т\"\n"}"#
+        );
+        let bare = decode_without_attributes(&encode(&points)).unwrap();
+        for (b, p) in bare.iter().zip(&points) {
+            assert_eq!(b.attributes.as_str(), "null");
+            let mut p = p.clone();
+            p.attributes = AttrsJson::null();
+            assert_eq!(*b, p);
         }
     }
 
@@ -792,13 +919,13 @@ mod tests {
     #[test]
     fn odd_attributes_survive() {
         let mut points = day()[..10].to_vec();
-        points[0].attributes = json!({});
+        points[0].attributes = json!({}).into();
         points[1].attributes =
-            json!({"raw": "0a0b", "n": null, "big": u64::MAX, "list": [1, 2], "": 5});
-        points[2].attributes = json!({"io66": 1.5});
-        points[3].attributes = json!("not an object");
-        points[4].attributes = Value::Null;
-        points[5].attributes = json!({"io66": -7});
+            json!({"raw": "0a0b", "n": null, "big": u64::MAX, "list": [1, 2], "": 5}).into();
+        points[2].attributes = json!({"io66": 1.5}).into();
+        points[3].attributes = json!("not an object").into();
+        points[4].attributes = Value::Null.into();
+        points[5].attributes = json!({"io66": -7}).into();
         assert_same(&decode(&encode(&points)).unwrap(), &points);
     }
 
@@ -862,7 +989,7 @@ mod tests {
                     p.power_v = power;
                     p.ignition = ign;
                     p.inputs = inputs;
-                    p.attributes = json!({"io": io, "f": speed});
+                    p.attributes = json!({"io": io, "f": speed}).into();
                     points.push(p);
                 }
                 let back = decode(&encode(&points)).unwrap();

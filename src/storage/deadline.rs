@@ -165,6 +165,17 @@ impl<S: Store> Store for Timed<S> {
         bounded("track", self.d.bulk, f).await
     }
 
+    async fn track_without_attributes(
+        &self,
+        device: &DeviceId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<StoredPosition>, StorageError> {
+        let f = self.inner.track_without_attributes(device, from, to, limit);
+        bounded("track", self.d.bulk, f).await
+    }
+
     async fn track_points(
         &self,
         device: &DeviceId,

@@ -29,6 +29,7 @@ use super::{
     DeviceState, StorageError, Store, StoredPosition, TrackPoint, Vehicle, VehicleUpdate, WriteItem,
 };
 use crate::model::{DeviceId, VehicleId};
+use crate::pipeline::store::TrackColumns;
 use arrays::{PositionArrays, StateArrays};
 
 pub struct PostgresStore {
@@ -160,7 +161,19 @@ impl Store for PostgresStore {
         to: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<StoredPosition>, StorageError> {
-        self.track_tiers(device, from, to, limit).await
+        self.track_tiers(device, from, to, limit, TrackColumns::All)
+            .await
+    }
+
+    async fn track_without_attributes(
+        &self,
+        device: &DeviceId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<StoredPosition>, StorageError> {
+        let cols = TrackColumns::WithoutAttributes;
+        self.track_tiers(device, from, to, limit, cols).await
     }
 
     async fn track_points(

@@ -13,7 +13,7 @@ use crate::crm::event::{OutboxEvent, Status};
 use crate::geofence::store::{StoredMembership, StoredZone};
 use crate::immobiliser::Command;
 use crate::model::{DeviceId, VehicleId};
-use crate::pipeline::store::{DeviceState, StoredPosition, TrackPoint, Vehicle};
+use crate::pipeline::store::{DeviceState, StoredPosition, TrackColumns, TrackPoint, Vehicle};
 
 pub(crate) async fn device_states<'c, DB, E>(
     ex: E,
@@ -53,33 +53,15 @@ where
     Ok(row.as_ref().map(sql::device_state).transpose()?)
 }
 
-pub(crate) async fn track<'c, DB, E>(
-    ex: E,
-    d: Dialect,
-    device: &DeviceId,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-    limit: u32,
-) -> Result<Vec<StoredPosition>, StorageError>
-where
-    DB: Database,
-    DB::Row: Cols,
-    E: Executor<'c, Database = DB>,
-    for<'q> <DB as Database>::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> Query<'q, DB, <DB as Database>::Arguments<'q>>: Bind<'q>,
-{
-    track_in(ex, d, "positions", device, from, to, limit).await
-}
-
-/// [`track`] from one table of rows (`positions`, or PostgreSQL's `positions_legacy`).
+/// A device's positions of `(from, to, limit)` from one table of rows (`positions`, or
+/// PostgreSQL's `positions_legacy`), in fix-time order.
 pub(crate) async fn track_in<'c, DB, E>(
     ex: E,
     d: Dialect,
     table: &str,
     device: &DeviceId,
-    from: DateTime<Utc>,
-    to: DateTime<Utc>,
-    limit: u32,
+    (from, to, limit): (DateTime<Utc>, DateTime<Utc>, u32),
+    cols: TrackColumns,
 ) -> Result<Vec<StoredPosition>, StorageError>
 where
     DB: Database,
@@ -88,7 +70,7 @@ where
     for<'q> <DB as Database>::Arguments<'q>: IntoArguments<'q, DB>,
     for<'q> Query<'q, DB, <DB as Database>::Arguments<'q>>: Bind<'q>,
 {
-    let q = sql::track_in(d, table);
+    let q = sql::track_in(d, table, cols);
     let rows = sql::bind_range(sqlx::query::<DB>(&q), device, from, to, limit)
         .fetch_all(ex)
         .await?;

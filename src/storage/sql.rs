@@ -12,7 +12,9 @@ use sqlx::{Column, Row, TypeInfo};
 
 use super::{from_millis, millis};
 use crate::model::{DeviceId, VehicleId};
-use crate::pipeline::store::{DeviceState, StoredPosition, TrackPoint, Vehicle, VehicleUpdate};
+use crate::pipeline::store::{
+    AttrsJson, DeviceState, StoredPosition, TrackColumns, TrackPoint, Vehicle, VehicleUpdate,
+};
 
 /// Which SQL a statement is rendered for, where the two differ.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -114,22 +116,26 @@ impl Cols for PgRow {
     }
 }
 
-/// The columns [`position`] reads.
-pub(crate) fn position_columns(d: Dialect) -> String {
+/// The columns [`position`] reads (`attributes` as NULL when left out).
+pub(crate) fn position_columns(d: Dialect, cols: TrackColumns) -> String {
+    let attributes = match cols {
+        TrackColumns::All => d.json("attributes"),
+        TrackColumns::WithoutAttributes => "NULL AS attributes".to_string(),
+    };
     format!(
         "fix_time, server_time, valid, lat, lon, speed_kmh, course, altitude, satellites, \
-         ignition, motion, odometer_m, gps_odometer_m, inputs, outputs, power_v, alarm, {}",
-        d.json("attributes")
+         ignition, motion, odometer_m, gps_odometer_m, inputs, outputs, power_v, alarm, \
+         {attributes}"
     )
 }
 
 /// A device's positions in `[$2, $3)` of fix time from `table` (`positions`, or PostgreSQL's
 /// `positions_legacy`), in fix-time order, at most `$4`.
-pub(crate) fn track_in(d: Dialect, table: &str) -> String {
+pub(crate) fn track_in(d: Dialect, table: &str, cols: TrackColumns) -> String {
     format!(
         "SELECT {} FROM {table} WHERE device_id = $1 AND fix_time >= $2 AND fix_time < $3 \
          ORDER BY fix_time LIMIT $4",
-        position_columns(d)
+        position_columns(d, cols)
     )
 }
 
@@ -147,11 +153,6 @@ pub(crate) fn track_point(r: &impl Cols) -> Result<TrackPoint, sqlx::Error> {
         lat: r.real("lat")?,
         lon: r.real("lon")?,
     })
-}
-
-fn json_value(text: Option<String>) -> serde_json::Value {
-    text.and_then(|a| serde_json::from_str(&a).ok())
-        .unwrap_or(serde_json::Value::Null)
 }
 
 pub(crate) fn position(r: &impl Cols) -> Result<StoredPosition, sqlx::Error> {
@@ -173,7 +174,7 @@ pub(crate) fn position(r: &impl Cols) -> Result<StoredPosition, sqlx::Error> {
         outputs: r.opt_int("outputs")?.map(|v| v as u32),
         power_v: r.opt_real("power_v")?,
         alarm: r.opt_text("alarm")?,
-        attributes: json_value(r.opt_text("attributes")?),
+        attributes: AttrsJson::from_stored(r.opt_text("attributes")?.as_deref()),
     })
 }
 
@@ -208,7 +209,7 @@ pub(crate) fn device_state(r: &impl Cols) -> Result<DeviceState, sqlx::Error> {
             outputs: r.opt_int("outputs")?.map(|v| v as u32),
             power_v: r.opt_real("power_v")?,
             alarm: None,
-            attributes: json_value(r.opt_text("attributes")?),
+            attributes: AttrsJson::from_stored(r.opt_text("attributes")?.as_deref()),
         }),
         None => None,
     };

@@ -16,6 +16,7 @@ use super::{
     DeviceState, StorageError, Store, StoredPosition, TrackPoint, Vehicle, VehicleUpdate, WriteItem,
 };
 use crate::model::{DeviceId, VehicleId};
+use crate::pipeline::store::TrackColumns;
 
 mod archive;
 mod batch;
@@ -144,7 +145,18 @@ impl Store for SqliteStore {
         to: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<StoredPosition>, StorageError> {
-        archive::track(self, device, from, to, limit).await
+        archive::track(self, device, from, to, limit, TrackColumns::All).await
+    }
+
+    async fn track_without_attributes(
+        &self,
+        device: &DeviceId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Vec<StoredPosition>, StorageError> {
+        let cols = TrackColumns::WithoutAttributes;
+        archive::track(self, device, from, to, limit, cols).await
     }
 
     async fn track_points(

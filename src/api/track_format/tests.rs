@@ -257,7 +257,7 @@ fn odd_rows() -> Vec<StoredPosition> {
             Some("\"tow\" <&>\t\u{7f}ü".into()),
         ][i % 3]
             .clone();
-        p.attributes = attributes[i % attributes.len()].clone();
+        p.attributes = attributes[i % attributes.len()].clone().into();
         out.push(p);
     }
     out

@@ -17,7 +17,7 @@ use crate::archive::store::{
     ArchiveStore, Compacted, DailySummary, Day, DeviceDay, Expiring, PartitionStats, Tier,
 };
 use crate::model::{DeviceId, VehicleId};
-use crate::pipeline::store::{StoredPosition, TrackPoint};
+use crate::pipeline::store::{StoredPosition, TrackColumns, TrackPoint};
 use crate::storage::archive::{self as shared, merge, sort_dedup, Layout, CHUNK_FORMAT};
 use crate::storage::reads;
 use crate::storage::sql::{self, Bind, Dialect};
@@ -92,19 +92,21 @@ impl PostgresStore {
         from: DateTime<Utc>,
         to: DateTime<Utc>,
         limit: u32,
+        cols: TrackColumns,
     ) -> Result<Vec<StoredPosition>, StorageError> {
         let packed = chunks(&self.pool, device, from, to).await?;
+        let range = (from, to, limit);
         let legacy = self
-            .read_legacy(|| reads::track_in(&self.pool, SQL, LEGACY, device, from, to, limit))
+            .read_legacy(|| reads::track_in(&self.pool, SQL, LEGACY, device, range, cols))
             .await?;
-        let hot = reads::track(&self.pool, SQL, device, from, to, limit).await?;
+        let hot = reads::track_in(&self.pool, SQL, shared::HOT, device, range, cols).await?;
         if packed.is_empty() && legacy.is_empty() {
             return Ok(hot);
         }
         let (rows, _) = merge(legacy, hot);
         let mut points = Vec::new();
         for (dd, data) in &packed {
-            points.extend(shared::decode(data, dd)?);
+            points.extend(shared::decode(data, dd, cols)?);
         }
         Ok(shared::track_of(points, rows, from, to, limit))
     }
@@ -160,7 +162,7 @@ impl PostgresStore {
         .await?;
         let mut packed = Vec::new();
         for b in &blobs {
-            packed.extend(shared::decode(b, dd)?);
+            packed.extend(shared::decode(b, dd, TrackColumns::All)?);
         }
         let mut duplicates = sort_dedup(&mut packed);
         let old = if legacy {
@@ -243,7 +245,7 @@ async fn rows_of(
     let q = format!(
         "SELECT {} FROM {t} WHERE device_id = $1 AND fix_time >= $2 AND fix_time < $3 \
          ORDER BY fix_time",
-        sql::position_columns(SQL)
+        sql::position_columns(SQL, TrackColumns::All)
     );
     let rows = sqlx::query(&q)
         .bind(dd.device.as_str())

@@ -106,7 +106,8 @@ impl StateArrays {
             a.inputs.push(p.and_then(|p| p.inputs).map(i64::from));
             a.outputs.push(p.and_then(|p| p.outputs).map(i64::from));
             a.power.push(p.and_then(|p| p.power_v));
-            a.attributes.push(p.map(|p| p.attributes.to_string()));
+            a.attributes
+                .push(p.map(|p| p.attributes.as_str().to_string()));
         }
         a
     }

@@ -14,7 +14,7 @@ use crate::archive::store::{
     ArchiveStore, Compacted, DailySummary, Day, DeviceDay, Expiring, PartitionStats, Tier,
 };
 use crate::model::{DeviceId, VehicleId};
-use crate::pipeline::store::{StoredPosition, TrackPoint};
+use crate::pipeline::store::{AttrsJson, StoredPosition, TrackColumns, TrackPoint};
 use crate::storage::archive::{
     self as shared, day_of_table, merge, sort_dedup, table, Layout, CHUNKS, CHUNK_FORMAT, HOT,
 };
@@ -100,16 +100,24 @@ pub(super) async fn track(
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     limit: u32,
+    cols: TrackColumns,
 ) -> Result<Vec<StoredPosition>, StorageError> {
     let packed = chunks(&s.reader, device, from, to).await?;
-    let rows =
-        crate::storage::reads::track(&s.reader, Dialect::Sqlite, device, from, to, limit).await?;
+    let rows = crate::storage::reads::track_in(
+        &s.reader,
+        Dialect::Sqlite,
+        shared::HOT,
+        device,
+        (from, to, limit),
+        cols,
+    )
+    .await?;
     if packed.is_empty() {
         return Ok(rows);
     }
     let mut points = Vec::new();
     for (dd, data) in &packed {
-        points.extend(shared::decode(data, dd)?);
+        points.extend(shared::decode(data, dd, cols)?);
     }
     Ok(shared::track_of(points, rows, from, to, limit))
 }
@@ -214,9 +222,7 @@ fn stored_position(r: &Row<'_>) -> rusqlite::Result<StoredPosition> {
         outputs: r.get::<_, Option<i64>>(14)?.map(|v| v as u32),
         power_v: r.get(15)?,
         alarm: r.get(16)?,
-        attributes: attributes
-            .and_then(|a| serde_json::from_str(&a).ok())
-            .unwrap_or(serde_json::Value::Null),
+        attributes: AttrsJson::from_stored(attributes.as_deref()),
     })
 }
 
@@ -244,11 +250,11 @@ fn compact(conn: &Connection, dd: &DeviceDay) -> Result<Compacted, StorageError>
             .query_map([dev], |r| r.get::<_, Vec<u8>>(0))?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         for b in &blobs {
-            packed.extend(shared::decode(b, dd)?);
+            packed.extend(shared::decode(b, dd, TrackColumns::All)?);
         }
     }
     let mut duplicates = sort_dedup(&mut packed);
-    let cols = sql::position_columns(Dialect::Sqlite);
+    let cols = sql::position_columns(Dialect::Sqlite, TrackColumns::All);
     let mut q = conn.prepare(&format!(
         "SELECT {cols} FROM positions WHERE device_id = ?1 AND fix_time >= ?2 AND fix_time < ?3 \
          ORDER BY fix_time"

@@ -150,7 +150,7 @@ fn upsert_state(stmt: &mut Statement<'_>, s: &DeviceState) -> rusqlite::Result<(
         p.and_then(|p| p.inputs),
         p.and_then(|p| p.outputs),
         p.and_then(|p| p.power_v),
-        p.map(|p| p.attributes.to_string()),
+        p.map(|p| p.attributes.as_str()),
     ])?;
     Ok(())
 }
