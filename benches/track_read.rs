@@ -6,9 +6,9 @@
 //!
 //! Stores: SQLite in a temp dir, and PostgreSQL in a throwaway schema when reachable
 //! (FLEETGATE_TEST_PG_URL, default postgres://postgres@127.0.0.1:5432/test). Besides the full
-//! path per format (each read as the handler reads it: GeoJSON and CSV without attributes),
-//! `read` times `Store::track` alone and `read_without_attributes` the map formats' read, so
-//! the split read/render shows.
+//! path per format (each read as the handler reads it, `Format::columns`), `read` times
+//! `Store::track` alone and `read_without_attributes` / `read_map` the projected reads of CSV
+//! and GeoJSON, so the split read/render shows.
 //!
 //! `cargo bench --bench track_read`; the figures are in docs/performance.md.
 
@@ -116,15 +116,11 @@ async fn read(stores: &Stores, days: usize, cols: TrackColumns) -> Vec<StoredPos
     let from = t0();
     let to = from + Duration::days(days as i64);
     let (device, limit) = (DeviceId::new(DEVICE), (days * DAY_FIXES) as u32);
-    let got = match cols {
-        TrackColumns::All => stores.core.track(&device, from, to, limit).await,
-        TrackColumns::WithoutAttributes => {
-            let core = &stores.core;
-            core.track_without_attributes(&device, from, to, limit)
-                .await
-        }
-    }
-    .expect("track");
+    let got = stores
+        .core
+        .track_columns(&device, from, to, limit, cols)
+        .await
+        .expect("track");
     assert_eq!(got.len(), days * DAY_FIXES);
     got
 }
@@ -163,10 +159,12 @@ fn bench_store(c: &mut Criterion, rt: &tokio::runtime::Runtime, backend: &str, s
         }
         let all = TrackColumns::All;
         g.bench_function("read", |b| b.to_async(rt).iter(|| read(stores, days, all)));
-        let bare = TrackColumns::WithoutAttributes;
-        g.bench_function("read_without_attributes", |b| {
-            b.to_async(rt).iter(|| read(stores, days, bare))
-        });
+        for (name, cols) in [
+            ("read_without_attributes", TrackColumns::WithoutAttributes),
+            ("read_map", TrackColumns::Map),
+        ] {
+            g.bench_function(name, |b| b.to_async(rt).iter(|| read(stores, days, cols)));
+        }
         g.finish();
     }
 }

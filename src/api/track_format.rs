@@ -27,12 +27,14 @@ pub enum Format {
 }
 
 impl Format {
-    /// What the format shows of a position: only the JSON rows carry `attributes`, so the map
-    /// formats are read without them (the larger part of a packed chunk; docs/performance.md).
+    /// What the format shows of a position, the columns its track is read with: only the JSON
+    /// rows carry `attributes` (the larger part of a packed chunk; docs/performance.md), and
+    /// GeoJSON shows no more than a map line ([`TrackColumns::Map`]).
     pub fn columns(self) -> TrackColumns {
         match self {
             Format::Json => TrackColumns::All,
-            Format::GeoJson | Format::Csv => TrackColumns::WithoutAttributes,
+            Format::GeoJson => TrackColumns::Map,
+            Format::Csv => TrackColumns::WithoutAttributes,
         }
     }
 }

@@ -373,14 +373,10 @@ async fn track_of(
         None => from,
     };
     let positions = match &v.device_id {
-        Some(device) => match cols {
-            TrackColumns::All => state.store.core.track(device, from, to, limit).await?,
-            TrackColumns::WithoutAttributes => {
-                let core = &state.store.core;
-                core.track_without_attributes(device, from, to, limit)
-                    .await?
-            }
-        },
+        Some(device) => {
+            let core = &state.store.core;
+            core.track_columns(device, from, to, limit, cols).await?
+        }
         None => Vec::new(),
     };
     Ok((v, positions, retained_from))
@@ -419,8 +415,8 @@ pub async fn track_gpx(
             "format: track.gpx is GPX; '{f}' is asked of /track?format={f}"
         )));
     }
-    // GPX has no place for attributes either.
-    let cols = TrackColumns::WithoutAttributes;
+    // A GPX track point: coordinates, altitude, time, satellites.
+    let cols = TrackColumns::Map;
     let (v, positions, retained_from) = track_of(&state, &id, &q, cols).await?;
     let resp = (
         [(CONTENT_TYPE, "application/gpx+xml")],

@@ -105,14 +105,16 @@ pub trait Store: Send + Sync + 'static {
         to: DateTime<Utc>,
         limit: u32,
     ) -> Result<Vec<StoredPosition>, StorageError>;
-    /// [`Store::track`] with every `attributes` left `null`: what maps, CSV and GPX show. Packed
-    /// chunks are read up to their attribute columns only, most of a chunk's bytes.
-    async fn track_without_attributes(
+    /// [`Store::track`] with only `cols` filled in ([`StoredPosition::project`]): GeoJSON, CSV
+    /// and GPX show no attributes, which are most of a packed chunk's bytes, and packed chunks
+    /// are read only up to the last column asked for.
+    async fn track_columns(
         &self,
         device: &DeviceId,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
         limit: u32,
+        cols: TrackColumns,
     ) -> Result<Vec<StoredPosition>, StorageError>;
     /// Fix time and coordinates only of the same positions as [`Store::track`]: what a fold
     /// over a whole track needs (`/track/summary`), without decoding every column.
@@ -138,12 +140,17 @@ pub trait Store: Send + Sync + 'static {
     fn backend(&self) -> &'static str;
 }
 
-/// Which columns a track read fills in.
+/// Which columns a track read fills in (a projection: packed chunks stop reading after the
+/// last column asked for).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TrackColumns {
     All,
-    /// `attributes` left `null`.
+    /// Everything but `attributes` (left `null`): CSV.
     WithoutAttributes,
+    /// What a line on a map shows: fix time, validity, coordinates, speed, course, altitude, GPS
+    /// odometer and satellites; the rest unknown (`None`, `attributes` `null`, server time the fix
+    /// time). GeoJSON and GPX.
+    Map,
 }
 
 /// A stored fix (the API serves it as `api::rows::Position`).
@@ -173,12 +180,12 @@ pub struct StoredPosition {
 /// (compact, object keys sorted). Kept as text because a track read only passes it on: building
 /// a `serde_json::Map` per position was most of a packed car-day's read (docs/performance.md).
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AttrsJson(String);
+pub struct AttrsJson(std::borrow::Cow<'static, str>);
 
 impl AttrsJson {
     /// The text of `v`.
     pub fn new(v: &serde_json::Value) -> Self {
-        AttrsJson(v.to_string())
+        AttrsJson(v.to_string().into())
     }
 
     /// Attributes as a database gave them back (SQLite's text as the decoder wrote it,
@@ -193,12 +200,12 @@ impl AttrsJson {
 
     /// Text the caller has written as serde_json would (the chunk decoder).
     pub(crate) fn from_canonical(text: String) -> Self {
-        AttrsJson(text)
+        AttrsJson(text.into())
     }
 
-    /// No attributes known (a read that left them out).
+    /// No attributes known (a read that left them out): no allocation.
     pub fn null() -> Self {
-        AttrsJson("null".to_string())
+        AttrsJson(std::borrow::Cow::Borrowed("null"))
     }
 
     pub fn as_str(&self) -> &str {
@@ -224,6 +231,25 @@ impl From<serde_json::Value> for AttrsJson {
 }
 
 impl StoredPosition {
+    /// The position with what `cols` leaves out unknown, as a packed chunk's projected read
+    /// returns it (so rows and chunks of one track look alike).
+    pub fn project(mut self, cols: TrackColumns) -> Self {
+        if cols != TrackColumns::All {
+            self.attributes = AttrsJson::null();
+        }
+        if cols == TrackColumns::Map {
+            self.server_time = self.time;
+            self.ignition = None;
+            self.motion = None;
+            self.odometer_m = None;
+            self.inputs = None;
+            self.outputs = None;
+            self.power_v = None;
+            self.alarm = None;
+        }
+        self
+    }
+
     pub fn from_position(p: &Position, server_time: DateTime<Utc>, gps_odometer_m: f64) -> Self {
         StoredPosition {
             time: p.fix_time,

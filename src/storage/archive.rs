@@ -137,11 +137,7 @@ pub(crate) fn decode(
     what: &DeviceDay,
     cols: TrackColumns,
 ) -> Result<Vec<StoredPosition>, StorageError> {
-    match cols {
-        TrackColumns::All => super::chunk::decode(data),
-        TrackColumns::WithoutAttributes => super::chunk::decode_without_attributes(data),
-    }
-    .map_err(|e| corrupt(what, &e))
+    super::chunk::decode_columns(data, cols).map_err(|e| corrupt(what, &e))
 }
 
 pub(crate) fn decode_points(

@@ -28,6 +28,7 @@
 //! conversion of an old database (`fleetgate migrate`), is passed through without a deadline,
 //! like the migrations: scanning a large legacy table may legitimately take long.
 
+use crate::pipeline::store::TrackColumns;
 use std::future::Future;
 use std::time::Duration;
 
@@ -165,14 +166,15 @@ impl<S: Store> Store for Timed<S> {
         bounded("track", self.d.bulk, f).await
     }
 
-    async fn track_without_attributes(
+    async fn track_columns(
         &self,
         device: &DeviceId,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
         limit: u32,
+        cols: TrackColumns,
     ) -> Result<Vec<StoredPosition>, StorageError> {
-        let f = self.inner.track_without_attributes(device, from, to, limit);
+        let f = self.inner.track_columns(device, from, to, limit, cols);
         bounded("track", self.d.bulk, f).await
     }
 

@@ -165,14 +165,14 @@ impl Store for PostgresStore {
             .await
     }
 
-    async fn track_without_attributes(
+    async fn track_columns(
         &self,
         device: &DeviceId,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
         limit: u32,
+        cols: TrackColumns,
     ) -> Result<Vec<StoredPosition>, StorageError> {
-        let cols = TrackColumns::WithoutAttributes;
         self.track_tiers(device, from, to, limit, cols).await
     }
 

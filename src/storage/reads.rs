@@ -74,7 +74,10 @@ where
     let rows = sql::bind_range(sqlx::query::<DB>(&q), device, from, to, limit)
         .fetch_all(ex)
         .await?;
-    Ok(rows.iter().map(sql::position).collect::<Result<_, _>>()?)
+    Ok(rows
+        .iter()
+        .map(|r| sql::position(r).map(|p| p.project(cols)))
+        .collect::<Result<_, _>>()?)
 }
 
 pub(crate) async fn track_points<'c, DB, E>(

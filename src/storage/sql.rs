@@ -120,7 +120,7 @@ impl Cols for PgRow {
 pub(crate) fn position_columns(d: Dialect, cols: TrackColumns) -> String {
     let attributes = match cols {
         TrackColumns::All => d.json("attributes"),
-        TrackColumns::WithoutAttributes => "NULL AS attributes".to_string(),
+        TrackColumns::WithoutAttributes | TrackColumns::Map => "NULL AS attributes".to_string(),
     };
     format!(
         "fix_time, server_time, valid, lat, lon, speed_kmh, course, altitude, satellites, \

@@ -148,14 +148,14 @@ impl Store for SqliteStore {
         archive::track(self, device, from, to, limit, TrackColumns::All).await
     }
 
-    async fn track_without_attributes(
+    async fn track_columns(
         &self,
         device: &DeviceId,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
         limit: u32,
+        cols: TrackColumns,
     ) -> Result<Vec<StoredPosition>, StorageError> {
-        let cols = TrackColumns::WithoutAttributes;
         archive::track(self, device, from, to, limit, cols).await
     }
 

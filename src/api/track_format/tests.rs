@@ -289,3 +289,28 @@ fn json_is_byte_for_byte_what_serde_json_makes_of_the_rows() {
         );
     }
 }
+
+#[test]
+fn each_format_reads_only_columns_it_shows() {
+    // A format rendered from the projected read its handler makes (`Format::columns`, GPX with
+    // `Map`) is byte for byte what it renders from the whole rows.
+    let mut rows = odd_rows();
+    rows.extend(points(40));
+    for p in rows.iter_mut().step_by(3) {
+        p.alarm = Some("sos".into());
+        p.power_v = Some(12.6);
+        p.inputs = Some(3);
+    }
+    let m = meta(None);
+    let projected =
+        |cols| -> Vec<StoredPosition> { rows.iter().cloned().map(|p| p.project(cols)).collect() };
+    let geo = projected(Format::GeoJson.columns());
+    assert_eq!(geojson(&m, &geo), geojson(&m, &rows));
+    let table = projected(Format::Csv.columns());
+    assert_eq!(csv(&table), csv(&rows));
+    assert_eq!(gpx(&m, &projected(TrackColumns::Map)), gpx(&m, &rows));
+    assert_eq!(Format::Json.columns(), TrackColumns::All);
+    // The projection does leave something out, or the test would prove nothing.
+    assert_ne!(json(&geo), json(&rows));
+    assert_ne!(json(&table), json(&rows));
+}
