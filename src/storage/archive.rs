@@ -131,6 +131,24 @@ pub(crate) fn track_of<T: Fix>(
     v
 }
 
+/// Every chunk of `packed` decoded with `decode`, in one vector sized once (a car-month is
+/// 259,200 positions of ~200 bytes: growing the vector chunk by chunk copied them again and
+/// again).
+pub(crate) fn decode_all<T>(
+    packed: &[(DeviceDay, Vec<u8>)],
+    decode: impl Fn(&[u8], &DeviceDay) -> Result<Vec<T>, StorageError>,
+) -> Result<Vec<T>, StorageError> {
+    let parts = packed
+        .iter()
+        .map(|(dd, data)| decode(data, dd))
+        .collect::<Result<Vec<_>, _>>()?;
+    let mut all = Vec::with_capacity(parts.iter().map(Vec::len).sum());
+    for part in parts {
+        all.extend(part);
+    }
+    Ok(all)
+}
+
 /// Decoded chunks, mapping the codec's error into the store's.
 pub(crate) fn decode(
     data: &[u8],

@@ -104,10 +104,7 @@ impl PostgresStore {
             return Ok(hot);
         }
         let (rows, _) = merge(legacy, hot);
-        let mut points = Vec::new();
-        for (dd, data) in &packed {
-            points.extend(shared::decode(data, dd, cols)?);
-        }
+        let points = shared::decode_all(&packed, |data, dd| shared::decode(data, dd, cols))?;
         Ok(shared::track_of(points, rows, from, to, limit))
     }
 
@@ -127,10 +124,7 @@ impl PostgresStore {
             return Ok(hot);
         }
         let (rows, _) = merge(legacy, hot);
-        let mut points = Vec::new();
-        for (dd, data) in &packed {
-            points.extend(shared::decode_points(data, dd)?);
-        }
+        let points = shared::decode_all(&packed, shared::decode_points)?;
         Ok(shared::track_of(points, rows, from, to, limit))
     }
 

@@ -115,10 +115,7 @@ pub(super) async fn track(
     if packed.is_empty() {
         return Ok(rows);
     }
-    let mut points = Vec::new();
-    for (dd, data) in &packed {
-        points.extend(shared::decode(data, dd, cols)?);
-    }
+    let points = shared::decode_all(&packed, |data, dd| shared::decode(data, dd, cols))?;
     Ok(shared::track_of(points, rows, from, to, limit))
 }
 
@@ -134,10 +131,7 @@ pub(super) async fn track_points(
     if packed.is_empty() {
         return Ok(rows);
     }
-    let mut points = Vec::new();
-    for (dd, data) in &packed {
-        points.extend(shared::decode_points(data, dd)?);
-    }
+    let points = shared::decode_all(&packed, shared::decode_points)?;
     Ok(shared::track_of(points, rows, from, to, limit))
 }
 
