@@ -37,18 +37,13 @@ pub struct NewPosition {
     pub position: Position,
     /// Cumulative distance between accepted fixes, metres.
     pub gps_odometer_m: f64,
-    /// `position.attrs` as the JSON stored with it, rendered by the shard that accepted it
-    /// rather than inside the single writer's commit, where every microsecond is serial.
-    pub attributes_json: String,
 }
 
 impl NewPosition {
     pub fn new(position: Position, gps_odometer_m: f64) -> Self {
-        let attributes_json = position.attrs.to_json_string();
         NewPosition {
             position,
             gps_odometer_m,
-            attributes_json,
         }
     }
 }
