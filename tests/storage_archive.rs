@@ -622,6 +622,52 @@ async fn insert_hot_rows(c: &Ctx, d: Day, device: &str, positions: Vec<Position>
     }
 }
 
+/// SQLite: a day table of chunks made before the group commit wrote chunks (primary key
+/// `(device_id, first_ms)`, no `kind`) is rebuilt at open: its chunk reads the same and stays
+/// first, and a re-send starting at the same fix time is stored beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_chunk_tables_of_the_previous_layout_are_upgraded_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fg.db");
+    let cfg = StorageConfig {
+        url: format!("sqlite://{}", file.display()),
+        ..Default::default()
+    };
+    let d = day(0);
+    let t = format!("position_chunks_d{}", d.date().format("%Y%m%d"));
+    {
+        let store = storage::open(&cfg).await.unwrap();
+        let c = Ctx {
+            store,
+            cfg: cfg.clone(),
+        };
+        write(&c, "dev-a", fixes(d, 0, 20, 55.7)).await;
+        c.store.archive.compact_day(&dd("dev-a", d)).await.unwrap();
+    }
+    // The same chunk in a table of the previous layout.
+    {
+        let conn = rusqlite::Connection::open(&file).unwrap();
+        conn.execute_batch(&format!(
+            "CREATE TABLE old AS SELECT device_id, first_ms, last_ms, n, format, data FROM {t}; \
+             DROP TABLE {t}; \
+             CREATE TABLE {t} (device_id TEXT NOT NULL, first_ms INTEGER NOT NULL, \
+             last_ms INTEGER NOT NULL, n INTEGER NOT NULL, format INTEGER NOT NULL, \
+             data BLOB NOT NULL, PRIMARY KEY (device_id, first_ms)); \
+             INSERT INTO {t} SELECT * FROM old; DROP TABLE old;"
+        ))
+        .unwrap();
+    }
+    let store = storage::open(&cfg).await.unwrap();
+    let c = Ctx { store, cfg };
+    let before = track(&c, "dev-a", d, next(d)).await;
+    assert_eq!(before.len(), 20);
+    write(&c, "dev-a", vec![pos(at(d, 0), 1.0), pos(at(d, 500), 1.0)]).await;
+    let after = track(&c, "dev-a", d, next(d)).await;
+    assert_eq!(after.len(), 21);
+    assert_eq!(after[0], before[0], "the old chunk stays first");
+    assert_eq!(tiers_of(&c, d).await, (2, 20));
+}
+
 /// PostgreSQL: a database from before migration 0010 keeps its rows in `positions_legacy`;
 /// reads include them, and the migration packs them per device-day and drops the table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
