@@ -599,6 +599,60 @@ mod tests {
         assert_eq!(v, vec![P(2, "a"), P(5, "a"), P(7, "b")]);
     }
 
+    /// What reading a car-day costs before and after compaction: 8,640 fixes as 346 chunks of
+    /// 25 (the group commit's) against one (compaction's), decoded and merged as a track read
+    /// does. `cargo test --release --lib storage::archive::tests::a_day_of_small_chunks_reads
+    /// -- --ignored --nocapture`; figures in docs/archive.md.
+    #[test]
+    #[ignore = "timing: run in release with --nocapture"]
+    fn a_day_of_small_chunks_reads() {
+        use crate::model::{AttrKey, AttrValue, Position};
+        let t0 = from_millis(1_796_000_000_000);
+        let day: Vec<StoredPosition> = (0..8_640i64)
+            .map(|i| {
+                let mut p = Position::new(
+                    t0 + chrono::Duration::seconds(i * 10),
+                    true,
+                    55.75 + i as f64 * 1e-5,
+                    37.6,
+                );
+                p.speed_kmh = (i % 60) as f64;
+                for (id, v) in [(21, 4), (69, 1), (181, 9), (182, 7), (24, 42), (16, i)] {
+                    p.attrs.push(AttrKey::Io(id), AttrValue::Int(v));
+                }
+                StoredPosition::from_position(&p, t0, i as f64)
+            })
+            .collect();
+        let small: Vec<Vec<u8>> = day
+            .chunks(25)
+            .map(|c| crate::storage::chunk::encode_at(c, crate::storage::chunk::HOT_LEVEL))
+            .collect();
+        let whole = crate::storage::chunk::encode(&day);
+        for (what, chunks) in [("346 small chunks", small), ("one chunk", vec![whole])] {
+            let t = std::time::Instant::now();
+            for _ in 0..5 {
+                let mut fresh = Vec::new();
+                for c in &chunks {
+                    fresh.extend(crate::storage::chunk::decode(c).unwrap());
+                }
+                let (v, _) = merge_tiers(Vec::new(), Vec::new(), fresh);
+                assert_eq!(v.len(), 8_640);
+            }
+            let full = t.elapsed() / 5;
+            let t = std::time::Instant::now();
+            for _ in 0..5 {
+                let mut fresh = Vec::new();
+                for c in &chunks {
+                    fresh.extend(crate::storage::chunk::decode_points(c).unwrap());
+                }
+                let (v, _) = merge_tiers(Vec::new(), Vec::new(), fresh);
+                assert_eq!(v.len(), 8_640);
+            }
+            let points = t.elapsed() / 5;
+            eprintln!("{what}: track {full:?}, track_points {points:?}");
+        }
+    }
+
     #[test]
     fn table_names_are_dates_and_read_back() {
         let d = Day::from_date(NaiveDate::from_ymd_opt(2026, 12, 7).unwrap());
