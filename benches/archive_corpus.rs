@@ -199,6 +199,7 @@ fn items(packets: &[Packet]) -> Vec<WriteItem> {
                 protocol: pk.protocol,
                 server_time,
                 positions,
+                packed: Vec::new(),
                 state: DeviceState {
                     device_id: device.clone(),
                     protocol: pk.protocol.name().into(),

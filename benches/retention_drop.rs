@@ -108,6 +108,7 @@ fn item(dev: DeviceId, positions: Vec<Position>) -> WriteItem {
         device: dev.clone(),
         protocol: Protocol::Teltonika,
         server_time: last,
+        packed: Vec::new(),
         state: DeviceState {
             device_id: dev,
             protocol: "teltonika".into(),

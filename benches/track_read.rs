@@ -68,6 +68,7 @@ fn item(positions: Vec<Position>, first: usize) -> WriteItem {
     let last_seen = last.fix_time;
     let latest = StoredPosition::from_position(last, last_seen, 0.0);
     WriteItem {
+        packed: Vec::new(),
         origin: Default::default(),
         device: DeviceId::new(DEVICE),
         protocol: Protocol::Teltonika,

@@ -454,8 +454,7 @@ async fn daemon_converts_an_old_database_in_the_background() {
 /// moments and run again: every row there once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_postgres_migration_loses_and_duplicates_nothing() {
-    use fleetgate::model::{DeviceId, Position};
-    use fleetgate::storage::{DeviceState, NewPosition, WriteItem};
+    use fleetgate::model::DeviceId;
     let dir = tempfile::tempdir().unwrap();
     let schema = common::pg::PgSchema::create().await;
     let cfg = fleetgate::config::StorageConfig {
@@ -463,52 +462,35 @@ async fn sigkill_during_postgres_migration_loses_and_duplicates_nothing() {
         max_connections: 2,
         ..Default::default()
     };
+    // Migrations applied, then the layout of a database from before migration 0010: rows in
+    // one unpartitioned table (written by SQL: the group commit no longer writes rows).
     let stores = fleetgate::storage::open(&cfg).await.unwrap();
+    drop(stores);
     let mut written = BTreeSet::new();
     for dev in 0..8 {
-        let device = format!("dev-{dev}");
         for day in 0..20i64 {
-            let positions: Vec<NewPosition> = (0..50)
-                .map(|i| {
-                    let t = Utc
-                        .timestamp_millis_opt(base_ms() + day * 86_400_000 + i * 60_000)
-                        .unwrap();
-                    written.insert((device.clone(), t.timestamp_millis()));
-                    NewPosition::new(Position::new(t, true, 55.7 + i as f64 * 1e-4, 37.6), 0.0)
-                })
-                .collect();
-            let now = Utc::now();
-            stores
-                .core
-                .write_batch(&[WriteItem {
-                    origin: Default::default(),
-                    device: DeviceId::new(device.as_str()),
-                    protocol: fleetgate::protocols::Protocol::Teltonika,
-                    server_time: now,
-                    positions,
-                    state: DeviceState {
-                        device_id: DeviceId::new(device.as_str()),
-                        protocol: "teltonika".into(),
-                        last_seen: now,
-                        position: None,
-                        gps_odometer_m: 0.0,
-                    },
-                }])
-                .await
-                .unwrap();
+            for i in 0..50i64 {
+                written.insert((
+                    format!("dev-{dev}"),
+                    base_ms() + day * 86_400_000 + i * 60_000,
+                ));
+            }
         }
     }
-    // The layout of a database from before migration 0010.
     let pool = sqlx::PgPool::connect(&cfg.url).await.unwrap();
-    sqlx::raw_sql(
+    sqlx::raw_sql(&format!(
         "CREATE TABLE positions_legacy (LIKE positions INCLUDING ALL); \
-         INSERT INTO positions_legacy SELECT * FROM positions; DELETE FROM positions;",
-    )
+         INSERT INTO positions_legacy (device_id, fix_time, server_time, valid, lat, lon, \
+         speed_kmh, course, altitude, gps_odometer_m, attributes) \
+         SELECT 'dev-' || dev, {b} + day * 86400000 + i * 60000, {b} + day * 86400000 + i * 60000, \
+         true, 55.7 + i * 1e-4, 37.6, 0, 0, 0, 0, '{{}}'::jsonb \
+         FROM generate_series(0, 7) dev, generate_series(0, 19) day, generate_series(0, 49) i",
+        b = base_ms()
+    ))
     .execute(&pool)
     .await
     .unwrap();
     pool.close().await;
-    drop(stores);
     let config = dir.path().join("fg.toml");
     std::fs::write(&config, format!("[storage]\nurl = \"{}\"\n", schema.url)).unwrap();
     let mut interrupted = 0;

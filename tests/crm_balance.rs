@@ -96,6 +96,7 @@ fn drive(device: &str) -> Arc<Committed> {
     };
     Arc::new(Committed {
         item: WriteItem {
+            packed: Vec::new(),
             origin: Default::default(),
             device: DeviceId::new(device),
             protocol: Protocol::Teltonika,

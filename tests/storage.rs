@@ -118,6 +118,7 @@ fn item(device: &str, positions: Vec<Position>, last_seen: DateTime<Utc>) -> Wri
         .max_by_key(|p| p.fix_time)
         .map(|p| StoredPosition::from_position(p, last_seen, 10.0));
     WriteItem {
+        packed: Vec::new(),
         origin: Default::default(),
         device: DeviceId::new(device),
         protocol: Protocol::Teltonika,

@@ -75,6 +75,8 @@ both!(
     summaries_upsert_and_read_by_day_range,
     expire_rows_deletes_old_zone_events_in_batches,
     a_day_expired_under_the_writer_still_takes_late_data,
+    a_fix_time_resent_in_later_packets_keeps_its_first_copy_across_restarts_and_compaction,
+    rows_of_an_older_version_come_before_the_group_commits_chunks,
 );
 
 /// A closed day, long ago: days 0..3 of the tests are the 10th to the 13th of November 2026.
@@ -115,6 +117,7 @@ fn item(device: &str, positions: Vec<Position>) -> WriteItem {
         .max_by_key(|p| p.fix_time)
         .map(|p| StoredPosition::from_position(p, last_seen, 10.0));
     WriteItem {
+        packed: Vec::new(),
         origin: Default::default(),
         device: DeviceId::new(device),
         protocol: Protocol::Teltonika,
@@ -465,6 +468,206 @@ async fn a_day_expired_under_the_writer_still_takes_late_data(c: Ctx) {
     assert_eq!(track(&c, "dev-a", old, next(old)).await.len(), 3);
 }
 
+/// The group commit writes one small chunk per packet: a fix time re-sent later (in the same
+/// commit, in a later one, after a restart, after compaction) is stored again, and every read
+/// and compaction keeps the first copy; compaction counts the copies it drops.
+async fn a_fix_time_resent_in_later_packets_keeps_its_first_copy_across_restarts_and_compaction(
+    c: Ctx,
+) {
+    let d = day(0);
+    let lat_of = |t: &[StoredPosition], s: i64| t.iter().find(|p| p.time == at(d, s)).unwrap().lat;
+    write(&c, "dev-a", fixes(d, 0, 10, 55.7)).await; // seconds 0..90
+                                                     // One commit, two packets of the device: the second re-sends second 30 and 40.
+    c.store
+        .core
+        .write_batch(&[
+            item("dev-a", fixes(d, 100, 3, 55.8)),
+            item("dev-a", vec![pos(at(d, 30), 1.0), pos(at(d, 200), 1.0)]),
+        ])
+        .await
+        .unwrap();
+    // A packet re-sending the same fix time twice keeps its first copy too.
+    write(
+        &c,
+        "dev-a",
+        vec![pos(at(d, 300), 2.0), pos(at(d, 300), 3.0)],
+    )
+    .await;
+    let t = track(&c, "dev-a", d, next(d)).await;
+    assert_eq!(t.len(), 15);
+    assert!((lat_of(&t, 30) - (55.7 + 3.0 * 1e-4)).abs() < 1e-9, "{t:?}");
+    assert_eq!(lat_of(&t, 200), 1.0);
+    assert_eq!(lat_of(&t, 300), 2.0);
+    // Before compaction `storage stats` counts each chunk's positions: a re-sent one twice.
+    assert_eq!(tiers_of(&c, d).await, (16, 0));
+
+    // Restarted: a device re-sends from its buffer what was stored before.
+    drop(c.store);
+    let store = storage::open(&c.cfg).await.unwrap();
+    let c = Ctx { store, cfg: c.cfg };
+    write(&c, "dev-a", vec![pos(at(d, 50), 4.0), pos(at(d, 110), 4.0)]).await;
+    let again = track(&c, "dev-a", d, next(d)).await;
+    assert_same(&again, &t);
+    let points = c
+        .store
+        .core
+        .track_points(&DeviceId::new("dev-a"), at(d, 0), at(d, 86_400), 1000)
+        .await
+        .unwrap();
+    assert_eq!(points.len(), 15);
+    assert!(points
+        .iter()
+        .all(|p| p.lat > 55.0 || p.time == at(d, 200) || p.time == at(d, 300)));
+
+    assert_eq!(
+        c.store.archive.unpacked_days(next(d), 10).await.unwrap(),
+        vec![dd("dev-a", d)]
+    );
+    let got = c.store.archive.compact_day(&dd("dev-a", d)).await.unwrap();
+    assert_eq!(got.packed, 18, "every position of the commit chunks");
+    assert_eq!(got.duplicates, 3, "seconds 30, 50 and 110 re-sent");
+    assert_same(&got.positions, &t);
+    assert_eq!(tiers_of(&c, d).await, (0, 15));
+    assert!(c
+        .store
+        .archive
+        .unpacked_days(next(d), 10)
+        .await
+        .unwrap()
+        .is_empty());
+
+    // After compaction the packed copy stays first.
+    write(&c, "dev-a", vec![pos(at(d, 30), 5.0)]).await;
+    assert_same(&track(&c, "dev-a", d, next(d)).await, &t);
+    let last = c.store.archive.compact_day(&dd("dev-a", d)).await.unwrap();
+    assert_eq!((last.packed, last.duplicates), (1, 1));
+    assert_same(&track(&c, "dev-a", d, next(d)).await, &t);
+}
+
+/// Rows that a version before the small chunks wrote into the hot table (still there after an
+/// upgrade) were stored before any chunk of the group commit: they win over a later re-send,
+/// and compaction drains them into the day's chunk.
+async fn rows_of_an_older_version_come_before_the_group_commits_chunks(c: Ctx) {
+    let d = day(1);
+    insert_hot_rows(&c, d, "dev-a", fixes(d, 0, 10, 55.7)).await;
+    write(
+        &c,
+        "dev-a",
+        vec![pos(at(d, 20), 1.0), pos(at(d, 1_000), 1.0)],
+    )
+    .await;
+    let t = track(&c, "dev-a", d, next(d)).await;
+    assert_eq!(t.len(), 11);
+    assert!(t[2].lat > 55.0, "the row, stored first, wins: {:?}", t[2]);
+    assert_eq!(
+        c.store.archive.unpacked_days(next(d), 10).await.unwrap(),
+        vec![dd("dev-a", d)]
+    );
+    let got = c.store.archive.compact_day(&dd("dev-a", d)).await.unwrap();
+    assert_eq!((got.packed, got.duplicates), (12, 1));
+    assert_same(&got.positions, &t);
+    assert_same(&track(&c, "dev-a", d, next(d)).await, &t);
+    assert_eq!(tiers_of(&c, d).await, (0, 11));
+}
+
+/// Rows straight into the hot `positions` table, as versions before the small chunks wrote
+/// them (PostgreSQL: into the day's partition, made here as they made it).
+async fn insert_hot_rows(c: &Ctx, d: Day, device: &str, positions: Vec<Position>) {
+    if c.cfg.url.starts_with("sqlite:") {
+        let path = c.cfg.url.trim_start_matches("sqlite://");
+        let conn = rusqlite::Connection::open(path).unwrap();
+        conn.busy_timeout(std::time::Duration::from_secs(10))
+            .unwrap();
+        for (i, p) in positions.iter().enumerate() {
+            let ms = p.fix_time.timestamp_millis();
+            conn.execute(
+                "INSERT INTO positions (device_id, fix_time, server_time, valid, lat, lon, \
+                 speed_kmh, course, altitude, satellites, ignition, motion, odometer_m, \
+                 gps_odometer_m, power_v, attributes) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, ?15, ?16)",
+                rusqlite::params![
+                    device,
+                    ms,
+                    ms + 1_000,
+                    p.valid,
+                    p.lat,
+                    p.lon,
+                    p.speed_kmh,
+                    p.course,
+                    p.altitude,
+                    p.satellites,
+                    p.ignition,
+                    p.motion,
+                    p.odometer_m,
+                    i as f64 * 5.0,
+                    p.power_v,
+                    p.attrs.to_json_string()
+                ],
+            )
+            .unwrap();
+        }
+    } else {
+        let pool = sqlx::PgPool::connect(&c.cfg.url).await.unwrap();
+        sqlx::raw_sql(&format!(
+            "CREATE TABLE positions_d{} PARTITION OF positions FOR VALUES FROM ({}) TO ({})",
+            d.date().format("%Y%m%d"),
+            d.start_ms(),
+            d.end_ms()
+        ))
+        .execute(&pool)
+        .await
+        .unwrap();
+        insert_rows(&pool, "positions", device, positions).await;
+        pool.close().await;
+    }
+}
+
+/// SQLite: a day table of chunks made before the group commit wrote chunks (primary key
+/// `(device_id, first_ms)`, no `kind`) is rebuilt at open: its chunk reads the same and stays
+/// first, and a re-send starting at the same fix time is stored beside it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_chunk_tables_of_the_previous_layout_are_upgraded_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("fg.db");
+    let cfg = StorageConfig {
+        url: format!("sqlite://{}", file.display()),
+        ..Default::default()
+    };
+    let d = day(0);
+    let t = format!("position_chunks_d{}", d.date().format("%Y%m%d"));
+    {
+        let store = storage::open(&cfg).await.unwrap();
+        let c = Ctx {
+            store,
+            cfg: cfg.clone(),
+        };
+        write(&c, "dev-a", fixes(d, 0, 20, 55.7)).await;
+        c.store.archive.compact_day(&dd("dev-a", d)).await.unwrap();
+    }
+    // The same chunk in a table of the previous layout.
+    {
+        let conn = rusqlite::Connection::open(&file).unwrap();
+        conn.execute_batch(&format!(
+            "CREATE TABLE old AS SELECT device_id, first_ms, last_ms, n, format, data FROM {t}; \
+             DROP TABLE {t}; \
+             CREATE TABLE {t} (device_id TEXT NOT NULL, first_ms INTEGER NOT NULL, \
+             last_ms INTEGER NOT NULL, n INTEGER NOT NULL, format INTEGER NOT NULL, \
+             data BLOB NOT NULL, PRIMARY KEY (device_id, first_ms)); \
+             INSERT INTO {t} SELECT * FROM old; DROP TABLE old;"
+        ))
+        .unwrap();
+    }
+    let store = storage::open(&cfg).await.unwrap();
+    let c = Ctx { store, cfg };
+    let before = track(&c, "dev-a", d, next(d)).await;
+    assert_eq!(before.len(), 20);
+    write(&c, "dev-a", vec![pos(at(d, 0), 1.0), pos(at(d, 500), 1.0)]).await;
+    let after = track(&c, "dev-a", d, next(d)).await;
+    assert_eq!(after.len(), 21);
+    assert_eq!(after[0], before[0], "the old chunk stays first");
+    assert_eq!(tiers_of(&c, d).await, (2, 20));
+}
+
 /// PostgreSQL: a database from before migration 0010 keeps its rows in `positions_legacy`;
 /// reads include them, and the migration packs them per device-day and drops the table.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -478,18 +681,15 @@ async fn postgres_legacy_rows_are_read_then_migrated_into_chunks() {
     let store = storage::open(&cfg).await.unwrap();
     let c = Ctx { store, cfg };
     let (d0, d1) = (day(0), day(1));
-    write(&c, "dev-a", fixes(d0, 0, 20, 55.7)).await;
-    write(&c, "dev-a", fixes(d1, 0, 20, 55.7)).await;
-    write(&c, "dev-b", fixes(d1, 0, 20, 55.7)).await;
-    // Turn what was written into the old layout: one unpartitioned table.
+    // The old layout: one unpartitioned table of rows.
     let pool = sqlx::PgPool::connect(&c.cfg.url).await.unwrap();
-    sqlx::raw_sql(
-        "CREATE TABLE positions_legacy (LIKE positions INCLUDING ALL); \
-         INSERT INTO positions_legacy SELECT * FROM positions; DELETE FROM positions;",
-    )
-    .execute(&pool)
-    .await
-    .unwrap();
+    sqlx::raw_sql("CREATE TABLE positions_legacy (LIKE positions INCLUDING ALL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    insert_rows(&pool, "positions_legacy", "dev-a", fixes(d0, 0, 20, 55.7)).await;
+    insert_rows(&pool, "positions_legacy", "dev-a", fixes(d1, 0, 20, 55.7)).await;
+    insert_rows(&pool, "positions_legacy", "dev-b", fixes(d1, 0, 20, 55.7)).await;
     // A fix re-sent after the upgrade lands hot; the legacy copy (stored first) wins.
     write(&c, "dev-a", vec![pos(at(d1, 0), 10.0)]).await;
     let store = storage::open(&c.cfg).await.unwrap();
@@ -530,6 +730,38 @@ async fn postgres_legacy_rows_are_read_then_migrated_into_chunks() {
     assert_eq!(again.device_days, 0);
     pool.close().await;
     drop(schema);
+}
+
+/// Rows as versions before the small chunks wrote them, into `table` of a PostgreSQL database.
+async fn insert_rows(pool: &sqlx::PgPool, table: &str, device: &str, positions: Vec<Position>) {
+    for (i, p) in positions.iter().enumerate() {
+        let ms = p.fix_time.timestamp_millis();
+        sqlx::query(&format!(
+            "INSERT INTO {table} (device_id, fix_time, server_time, valid, lat, lon, speed_kmh, \
+             course, altitude, satellites, ignition, motion, odometer_m, gps_odometer_m, inputs, \
+             outputs, power_v, alarm, attributes) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
+             $10, $11, $12, $13, $14, NULL, NULL, $15, NULL, $16::jsonb)"
+        ))
+        .bind(device)
+        .bind(ms)
+        .bind(ms + 1_000)
+        .bind(p.valid)
+        .bind(p.lat)
+        .bind(p.lon)
+        .bind(p.speed_kmh)
+        .bind(p.course)
+        .bind(p.altitude)
+        .bind(p.satellites.map(i32::from))
+        .bind(p.ignition)
+        .bind(p.motion)
+        .bind(p.odometer_m)
+        .bind(i as f64 * 5.0)
+        .bind(p.power_v)
+        .bind(p.attrs.to_json_string())
+        .execute(pool)
+        .await
+        .unwrap();
+    }
 }
 
 /// SQLite: a database made by main before the archive (tests/fixtures/README.md) is converted

@@ -153,25 +153,24 @@ async fn a_summary_across_many_pages_is_right_on_postgres() {
     assert_eq!(st, 200);
     // Several pages and a partial last one.
     let rows = 45_001;
-    // Positions are partitioned by day: the insert below bypasses the group commit, which
-    // would have created the day's partition itself.
-    let stores = fleetgate::storage::open(&fleetgate::config::StorageConfig {
-        url: schema.url.clone(),
-        ..Default::default()
-    })
-    .await
-    .unwrap();
+    // Rows as versions before the small chunks wrote them (one per position, read and
+    // compacted as they are): the hot table is partitioned by day, and nothing creates its
+    // partitions any more, so the day's is made here as those versions made it.
     let first = fleetgate::archive::store::Day::of_ms(T0_MS);
-    stores
-        .archive
-        .ensure_partitions(first, fleetgate::archive::store::Day(first.0 + 1))
-        .await
-        .unwrap();
     let pool = sqlx::postgres::PgPoolOptions::new()
         .max_connections(1)
         .connect(&schema.url)
         .await
         .unwrap();
+    sqlx::raw_sql(&format!(
+        "CREATE TABLE positions_d{} PARTITION OF positions FOR VALUES FROM ({}) TO ({})",
+        first.date().format("%Y%m%d"),
+        first.start_ms(),
+        first.end_ms()
+    ))
+    .execute(&pool)
+    .await
+    .unwrap();
     sqlx::query(&insert_sql(
         rows,
         "generate_series(0, {n}) AS s(i)",

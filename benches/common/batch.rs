@@ -52,6 +52,7 @@ pub fn batch(devices: usize, per_device: usize, first_device: usize) -> Vec<Writ
                 .last()
                 .map(|p| StoredPosition::from_position(&p.position, now, p.gps_odometer_m));
             WriteItem {
+                packed: Vec::new(),
                 origin: Default::default(),
                 device: device.clone(),
                 protocol: Protocol::Teltonika,

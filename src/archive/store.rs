@@ -1,6 +1,7 @@
 //! The archive's storage port. Positions live in day partitions (UTC days, see [`Day`]): a hot
-//! tier of one row per position, written by the group commit, and a packed tier of one chunk per
-//! device and day (`storage::chunk`), written by compaction. Both tiers of a day are dropped
+//! tier of what the group commit wrote — one small chunk per packet and day (`storage::chunk`;
+//! versions before that wrote one row per position, still read until compacted) — and a packed
+//! tier of one chunk per device and day, written by compaction. Both tiers of a day are dropped
 //! together when the day expires. Implemented by `crate::storage` for SQLite and PostgreSQL.
 
 use async_trait::async_trait;
@@ -54,7 +55,8 @@ pub struct DeviceDay {
 /// Where a partition's positions are.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Tier {
-    /// One row per position, as the group commit writes them.
+    /// As the group commit wrote them, not compacted yet: one small chunk per packet and day
+    /// (or one row per position, from versions before that).
     Hot,
     /// Packed chunks.
     Packed,
@@ -85,9 +87,10 @@ pub struct PartitionStats {
 pub struct Compacted {
     /// Every position of the device-day after the merge, in fix-time order, one per fix time.
     pub positions: Vec<StoredPosition>,
-    /// Hot rows moved into the chunk.
+    /// Positions moved into the chunk from the hot tier (hot rows and the group commit's
+    /// chunks), copies of one fix time included.
     pub packed: u64,
-    /// Positions found in both tiers (kept once: the first stored).
+    /// Copies of a fix time stored before dropped (each fix time kept once: the first stored).
     pub duplicates: u64,
     /// Size of the chunk written.
     pub bytes: u64,
@@ -129,11 +132,12 @@ pub trait ArchiveStore: Send + Sync {
     /// Make sure the partitions of `from..=to` exist (the group commit also creates a late
     /// day's partition on demand).
     async fn ensure_partitions(&self, from: Day, to: Day) -> Result<(), StorageError>;
-    /// Device-days with hot rows on days before `before`, oldest first, at most `limit`.
+    /// Device-days with anything hot (rows, or chunks of the group commit) on days before
+    /// `before`, oldest first, at most `limit`.
     async fn unpacked_days(&self, before: Day, limit: u32) -> Result<Vec<DeviceDay>, StorageError>;
-    /// Pack one device-day in one transaction: its hot rows and any chunks it has are merged
-    /// (one position per fix time) into one chunk and the hot rows removed. Idempotent; a
-    /// device-day with nothing hot returns its positions unchanged.
+    /// Pack one device-day in one transaction: its hot rows and every chunk it has are merged
+    /// (one position per fix time, the first stored) into one chunk, and what was merged is
+    /// removed. Idempotent; a device-day with nothing hot returns its positions unchanged.
     async fn compact_day(&self, dd: &DeviceDay) -> Result<Compacted, StorageError>;
     /// Drop every partition (both tiers) of days before `before`; returns the days dropped.
     async fn expire_days(&self, before: Day) -> Result<Vec<Day>, StorageError>;

@@ -120,7 +120,7 @@ impl Pipeline {
         let storage = Arc::new(storage_health::StorageHealth::default());
         storage.record(Ok(()), std::time::Instant::now());
         let writer = tokio::spawn(writer::run(
-            store,
+            store.clone(),
             writer::WriterConfig {
                 health: storage.clone(),
                 disk: disk::DiskGuard::for_url(&config.storage.url, config.storage.min_free_mb),
@@ -139,8 +139,9 @@ impl Pipeline {
         let mut shards = Vec::with_capacity(n);
         for seed in seeds {
             let (tx, rx) = mpsc::channel(config.pipeline.queue);
-            let shard =
-                Shard::new(config.filters.clone(), seed, wtx.clone()).with_queue(tx.downgrade());
+            let shard = Shard::new(config.filters.clone(), seed, wtx.clone())
+                .with_queue(tx.downgrade())
+                .with_packer(store.clone());
             shards.push(tokio::spawn(shard.run(rx)));
             senders.push(tx);
         }

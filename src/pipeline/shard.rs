@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use super::config::FiltersConfig;
 use super::filter::{self, haversine_m, LastFix, Reject};
 use super::reanchor::{JumpVerdict, Reanchor};
-use super::store::{DeviceState, NewPosition, StoredPosition, WriteItem};
+use super::store::{DeviceState, NewPosition, Store, StoredPosition, WriteItem};
 use super::writer::{WriteReq, WriterMsg};
 use super::{Accepted, ShardMsg};
 use crate::model::{DeviceId, Position};
@@ -113,6 +113,9 @@ pub struct Shard {
     writer: mpsc::Sender<WriterMsg>,
     /// This shard's own queue, to learn how each write ended ([`ShardMsg::Settled`]).
     me: Option<mpsc::WeakSender<ShardMsg>>,
+    /// Packs each accepted packet in the store's format here, in parallel with the other
+    /// shards, rather than inside the single writer's commit ([`Store::pack`]).
+    packer: Option<std::sync::Arc<dyn Store>>,
 }
 
 impl Shard {
@@ -130,7 +133,14 @@ impl Shard {
             devices,
             writer,
             me: None,
+            packer: None,
         }
+    }
+
+    /// Pack accepted packets with `store` before handing them to the writer.
+    pub(crate) fn with_packer(mut self, store: std::sync::Arc<dyn Store>) -> Self {
+        self.packer = Some(store);
+        self
     }
 
     /// Let the shard hear how its writes ended (needed to tell a resend of a fix still being
@@ -173,6 +183,9 @@ impl Shard {
                     let (mut item, accepted) = self.accept(device, protocol, positions, received);
                     if let Some(i) = item.as_mut() {
                         i.origin = origin;
+                        if let Some(p) = &self.packer {
+                            p.pack(i);
+                        }
                     }
                     match item {
                         Some(item) => {
@@ -375,6 +388,7 @@ impl Shard {
             origin: Default::default(),
             positions: out,
             state: d.state.clone(),
+            packed: Vec::new(),
         };
         (Some(item), accepted)
     }

@@ -37,20 +37,29 @@ pub struct NewPosition {
     pub position: Position,
     /// Cumulative distance between accepted fixes, metres.
     pub gps_odometer_m: f64,
-    /// `position.attrs` as the JSON stored with it, rendered by the shard that accepted it
-    /// rather than inside the single writer's commit, where every microsecond is serial.
-    pub attributes_json: String,
 }
 
 impl NewPosition {
     pub fn new(position: Position, gps_odometer_m: f64) -> Self {
-        let attributes_json = position.attrs.to_json_string();
         NewPosition {
             position,
             gps_odometer_m,
-            attributes_json,
         }
     }
+}
+
+/// One packet's positions of one UTC day packed in the store's own format (a position
+/// chunk), made where the packet was accepted ([`Store::pack`], called by its shard) so that
+/// the serial group commit only inserts bytes: one row per packet and day instead of one per
+/// position.
+#[derive(Clone, Debug)]
+pub struct Packed {
+    /// Fix times of the first and last position, Unix ms (same UTC day).
+    pub first_ms: i64,
+    pub last_ms: i64,
+    /// Positions in it (one per fix time).
+    pub n: u32,
+    pub data: Vec<u8>,
 }
 
 /// Where a device was at one fix time (a track read without the rest of the row).
@@ -82,6 +91,9 @@ pub struct WriteItem {
     pub positions: Vec<NewPosition>,
     /// The device's latest state after these positions.
     pub state: DeviceState,
+    /// `positions` as the store writes them, per UTC day ([`Store::pack`]); empty when not
+    /// packed yet (the store then packs them inside the commit).
+    pub packed: Vec<Packed>,
 }
 
 impl WriteItem {
@@ -92,8 +104,12 @@ impl WriteItem {
 
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Write every item in one transaction: positions (ignoring ones already stored) and states.
+    /// Write every item in one transaction: positions and states. A fix time stored before
+    /// keeps its first copy: reads and compaction honour the order of storage.
     async fn write_batch(&self, items: &[WriteItem]) -> Result<(), StorageError>;
+    /// Fill `item.packed` from `item.positions` (pure CPU, no I/O): the shard that accepted
+    /// the packet calls it, off the single writer. A store with nothing to pack leaves it.
+    fn pack(&self, _item: &mut WriteItem) {}
     /// Latest state of every device, for the pipeline to start from after a restart.
     async fn device_states(&self) -> Result<Vec<DeviceState>, StorageError>;
     async fn device_state(&self, device: &DeviceId) -> Result<Option<DeviceState>, StorageError>;
@@ -252,6 +268,19 @@ impl StoredPosition {
 
     pub fn from_position(p: &Position, server_time: DateTime<Utc>, gps_odometer_m: f64) -> Self {
         StoredPosition {
+            attributes: AttrsJson::new(&p.attrs.to_json()),
+            ..StoredPosition::without_attributes(p, server_time, gps_odometer_m)
+        }
+    }
+
+    /// [`StoredPosition::from_position`] with `attributes` left `null` (for a caller that
+    /// handles them itself).
+    pub fn without_attributes(
+        p: &Position,
+        server_time: DateTime<Utc>,
+        gps_odometer_m: f64,
+    ) -> Self {
+        StoredPosition {
             time: p.fix_time,
             server_time,
             valid: p.valid,
@@ -269,7 +298,7 @@ impl StoredPosition {
             outputs: p.outputs,
             power_v: p.power_v,
             alarm: p.alarm.map(str::to_string),
-            attributes: AttrsJson::new(&p.attrs.to_json()),
+            attributes: AttrsJson::null(),
         }
     }
 }

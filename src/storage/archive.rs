@@ -2,9 +2,11 @@
 //! the merge of the two tiers (first stored wins), the daily-summary and row-expiry statements,
 //! and the conversion of a database made before the archive ([`Layout`], [`migrate`]).
 //!
-//! Priority when one fix time is stored twice: a chunk (packed first, or packed from rows
-//! stored first) over a legacy row over a hot row — the hot tier only ever receives a fix time
-//! again after the first copy was stored, so "first stored wins" is "older tier wins".
+//! Priority when one fix time is stored twice, which is the order of storage (first stored
+//! wins): a compacted chunk ([`KIND_PACKED`]: packed first, or packed from what was stored
+//! first) over a legacy row over a hot row (rows were written only by versions before the
+//! group commit wrote chunks, each after the chunk of its day) over the group commit's small
+//! chunks ([`KIND_COMMIT`]) in the order they were inserted (SQLite rowid, PostgreSQL `id`).
 
 use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -24,6 +26,74 @@ pub(crate) const CHUNKS: &str = "position_chunks";
 /// The chunk format byte, also stored in its own column (a later format can be found and
 /// re-packed by SQL).
 pub(crate) const CHUNK_FORMAT: i64 = super::chunk::FORMAT as i64;
+
+/// `kind` of a chunk made by compaction (or before the group commit wrote chunks): it holds
+/// everything stored for its device-day before it, so it comes first.
+pub(crate) const KIND_PACKED: i64 = 0;
+/// `kind` of a chunk written by the group commit: one packet's positions of one day, ordered
+/// among its kind by insertion.
+pub(crate) const KIND_COMMIT: i64 = 1;
+
+/// One packet's positions of each UTC day they fall on, packed at the hot-path zstd level
+/// (`chunk::HOT_LEVEL`); a fix time given twice in the packet keeps its first copy, as a
+/// row insert that ignores a stored key did.
+pub(crate) fn pack(item: &crate::pipeline::store::WriteItem) -> Vec<crate::storage::Packed> {
+    // Attributes go to the codec as values, made once from the model's (not as JSON text
+    // made and parsed again).
+    let mut fixes: Vec<Packing> = item
+        .positions
+        .iter()
+        .map(|np| Packing {
+            p: StoredPosition::without_attributes(
+                &np.position,
+                item.server_time,
+                np.gps_odometer_m,
+            ),
+            attributes: np.position.attrs.to_json(),
+        })
+        .collect();
+    sort_dedup(&mut fixes);
+    let (points, attributes): (Vec<StoredPosition>, Vec<serde_json::Value>) =
+        fixes.into_iter().map(|f| (f.p, f.attributes)).unzip();
+    let mut out = Vec::with_capacity(1);
+    let mut at = 0;
+    while let Some(first) = points.get(at) {
+        let day = Day::of(first.time);
+        let end = at + points[at..].partition_point(|p| Day::of(p.time) == day);
+        let this = &points[at..end];
+        out.push(crate::storage::Packed {
+            first_ms: millis(first.time),
+            last_ms: this.last().map_or(millis(first.time), |p| millis(p.time)),
+            n: this.len() as u32,
+            data: super::chunk::encode_with(this, &attributes[at..end], super::chunk::HOT_LEVEL),
+        });
+        at = end;
+    }
+    out
+}
+
+/// A position on its way into a small chunk, with its attributes as a value.
+struct Packing {
+    p: StoredPosition,
+    attributes: serde_json::Value,
+}
+
+impl Fix for Packing {
+    fn fix_ms(&self) -> i64 {
+        millis(self.p.time)
+    }
+}
+
+/// `item.packed`, or packed here when the caller did not (tests, tools).
+pub(crate) fn packed_of(
+    item: &crate::pipeline::store::WriteItem,
+) -> std::borrow::Cow<'_, [crate::storage::Packed]> {
+    if item.packed.is_empty() && !item.positions.is_empty() {
+        std::borrow::Cow::Owned(pack(item))
+    } else {
+        std::borrow::Cow::Borrowed(&item.packed)
+    }
+}
 
 /// Days representable as `YYYYMMDD` table names (0001-01-01 ..= 9999-12-31).
 const FIRST_DAY: i32 = -719_162;
@@ -113,40 +183,66 @@ pub(crate) fn merge<T: Fix>(first: Vec<T>, second: Vec<T>) -> (Vec<T>, u64) {
     (out, dups)
 }
 
-/// A track read's tiers put together: `packed` (decoded chunks, any order) over `rows` (hot
-/// and legacy rows, fix-time ordered, duplicates already dropped), kept to `[from, to)`, at
-/// most `limit`.
+/// A device's positions in the order of storage, put together one per fix time (the first
+/// stored): `packed` (compacted chunks decoded in their order) over `rows` (hot and legacy
+/// rows, fix-time ordered, duplicates already dropped) over `fresh` (the group commit's chunks
+/// decoded in insertion order). Returns the merge and how many copies went.
+pub(crate) fn merge_tiers<T: Fix>(
+    mut packed: Vec<T>,
+    rows: Vec<T>,
+    mut fresh: Vec<T>,
+) -> (Vec<T>, u64) {
+    let mut dups = sort_dedup(&mut packed);
+    let (v, d) = merge(packed, rows);
+    dups += d + sort_dedup(&mut fresh);
+    let (v, d) = merge(v, fresh);
+    (v, dups + d)
+}
+
+/// A track read's tiers put together as [`merge_tiers`] does, kept to `[from, to)`, at most
+/// `limit`.
 pub(crate) fn track_of<T: Fix>(
     mut packed: Vec<T>,
     rows: Vec<T>,
+    mut fresh: Vec<T>,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
     limit: u32,
 ) -> Vec<T> {
     let (lo, hi) = (millis(from), millis(to));
     packed.retain(|p| (lo..hi).contains(&p.fix_ms()));
-    sort_dedup(&mut packed);
-    let (mut v, _) = merge(packed, rows);
+    fresh.retain(|p| (lo..hi).contains(&p.fix_ms()));
+    let (mut v, _) = merge_tiers(packed, rows, fresh);
     v.truncate(limit as usize);
     v
 }
 
-/// Every chunk of `packed` decoded with `decode`, in one vector sized once (a car-month is
-/// 259,200 positions of ~200 bytes: growing the vector chunk by chunk copied them again and
-/// again).
-pub(crate) fn decode_all<T>(
-    packed: &[(DeviceDay, Vec<u8>)],
+/// A track's chunks decoded with `decode`, split by kind: the compacted ones ([`KIND_PACKED`])
+/// and the group commit's, each kind in one vector sized once (a car-month is 259,200
+/// positions of ~200 bytes: growing a vector chunk by chunk copied them again and again).
+pub(crate) fn decode_kinds<T>(
+    chunks: &[(DeviceDay, i64, Vec<u8>)],
     decode: impl Fn(&[u8], &DeviceDay) -> Result<Vec<T>, StorageError>,
-) -> Result<Vec<T>, StorageError> {
-    let parts = packed
-        .iter()
-        .map(|(dd, data)| decode(data, dd))
-        .collect::<Result<Vec<_>, _>>()?;
-    let mut all = Vec::with_capacity(parts.iter().map(Vec::len).sum());
-    for part in parts {
-        all.extend(part);
+) -> Result<(Vec<T>, Vec<T>), StorageError> {
+    let mut parts = Vec::with_capacity(chunks.len());
+    for (dd, kind, data) in chunks {
+        parts.push((*kind == KIND_PACKED, decode(data, dd)?));
     }
-    Ok(all)
+    let size = |packed: bool| -> usize {
+        parts
+            .iter()
+            .filter(|(k, _)| *k == packed)
+            .map(|(_, v)| v.len())
+            .sum()
+    };
+    let mut out = (
+        Vec::with_capacity(size(true)),
+        Vec::with_capacity(size(false)),
+    );
+    for (packed, part) in parts {
+        if packed { &mut out.0 } else { &mut out.1 }.extend(part);
+    }
+    Ok(out)
 }
 
 /// Decoded chunks, mapping the codec's error into the store's.
@@ -253,6 +349,50 @@ pub(crate) fn expire_rows(t: Expiring) -> &'static str {
              (SELECT id FROM audit_log WHERE time < $1 ORDER BY time LIMIT $2)"
         }
     }
+}
+
+/// A chunk table's stats from `(kind, positions, chunk bytes)` per kind: the group commit's
+/// chunks as the hot tier (not compacted yet: a fix time re-sent in a later packet counts in
+/// each chunk it is in until compaction keeps one), the compacted ones as packed (always
+/// listed, so an empty table still shows). `bytes` (the table's) is shared out by chunk bytes.
+pub(crate) fn kind_stats(
+    day: Day,
+    table: &str,
+    kinds: &[(i64, i64, i64)],
+    bytes: u64,
+) -> Vec<PartitionStats> {
+    let total: i64 = kinds.iter().map(|k| k.2.max(0)).sum();
+    let share = |b: i64| -> u64 {
+        if total <= 0 {
+            0
+        } else {
+            (bytes as f64 * b.max(0) as f64 / total as f64).round() as u64
+        }
+    };
+    let of = |kind: i64| kinds.iter().find(|k| k.0 == kind);
+    let mut out = Vec::with_capacity(2);
+    if let Some(k) = of(KIND_COMMIT) {
+        out.push(PartitionStats {
+            day,
+            tier: Tier::Hot,
+            table: table.into(),
+            positions: k.1.max(0) as u64,
+            bytes: share(k.2),
+        });
+    }
+    let packed = of(KIND_PACKED);
+    out.push(PartitionStats {
+        day,
+        tier: Tier::Packed,
+        table: table.into(),
+        positions: packed.map_or(0, |k| k.1.max(0) as u64),
+        bytes: match packed {
+            Some(k) => share(k.2),
+            None if total <= 0 => bytes,
+            None => 0,
+        },
+    });
+    out
 }
 
 /// Set `fleetgate_storage_positions` and `fleetgate_storage_bytes{tier}` from a stats read.
@@ -506,11 +646,66 @@ mod tests {
             vec![P(9, "a"), P(2, "a"), P(5, "a"), P(2, "x")],
             // Rows come from a range query: already inside [from, to).
             vec![P(5, "b"), P(7, "b"), P(8, "b")],
+            vec![P(7, "c"), P(1, "c")],
             t(2),
             t(9),
             3,
         );
         assert_eq!(v, vec![P(2, "a"), P(5, "a"), P(7, "b")]);
+    }
+
+    /// What reading a car-day costs before and after compaction: 8,640 fixes as 346 chunks of
+    /// 25 (the group commit's) against one (compaction's), decoded and merged as a track read
+    /// does. `cargo test --release --lib storage::archive::tests::a_day_of_small_chunks_reads
+    /// -- --ignored --nocapture`; figures in docs/archive.md.
+    #[test]
+    #[ignore = "timing: run in release with --nocapture"]
+    fn a_day_of_small_chunks_reads() {
+        use crate::model::{AttrKey, AttrValue, Position};
+        let t0 = from_millis(1_796_000_000_000);
+        let day: Vec<StoredPosition> = (0..8_640i64)
+            .map(|i| {
+                let mut p = Position::new(
+                    t0 + chrono::Duration::seconds(i * 10),
+                    true,
+                    55.75 + i as f64 * 1e-5,
+                    37.6,
+                );
+                p.speed_kmh = (i % 60) as f64;
+                for (id, v) in [(21, 4), (69, 1), (181, 9), (182, 7), (24, 42), (16, i)] {
+                    p.attrs.push(AttrKey::Io(id), AttrValue::Int(v));
+                }
+                StoredPosition::from_position(&p, t0, i as f64)
+            })
+            .collect();
+        let small: Vec<Vec<u8>> = day
+            .chunks(25)
+            .map(|c| crate::storage::chunk::encode_at(c, crate::storage::chunk::HOT_LEVEL))
+            .collect();
+        let whole = crate::storage::chunk::encode(&day);
+        for (what, chunks) in [("346 small chunks", small), ("one chunk", vec![whole])] {
+            let t = std::time::Instant::now();
+            for _ in 0..5 {
+                let mut fresh = Vec::new();
+                for c in &chunks {
+                    fresh.extend(crate::storage::chunk::decode(c).unwrap());
+                }
+                let (v, _) = merge_tiers(Vec::new(), Vec::new(), fresh);
+                assert_eq!(v.len(), 8_640);
+            }
+            let full = t.elapsed() / 5;
+            let t = std::time::Instant::now();
+            for _ in 0..5 {
+                let mut fresh = Vec::new();
+                for c in &chunks {
+                    fresh.extend(crate::storage::chunk::decode_points(c).unwrap());
+                }
+                let (v, _) = merge_tiers(Vec::new(), Vec::new(), fresh);
+                assert_eq!(v.len(), 8_640);
+            }
+            let points = t.elapsed() / 5;
+            eprintln!("{what}: track {full:?}, track_points {points:?}");
+        }
     }
 
     #[test]

@@ -215,6 +215,11 @@ impl<S: Store> Store for Timed<S> {
         bounded("ping", self.d.call, self.inner.ping()).await
     }
 
+    fn pack(&self, item: &mut WriteItem) {
+        // Pure CPU in the caller's task: nothing to bound.
+        self.inner.pack(item)
+    }
+
     fn backend(&self) -> &'static str {
         self.inner.backend()
     }

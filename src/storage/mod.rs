@@ -27,7 +27,7 @@ use crate::geofence::store::ZoneStore;
 use crate::immobiliser::store::ImmobiliserStore;
 use crate::model::DeviceId;
 pub use crate::pipeline::store::{
-    DeviceState, NewPosition, StorageError, Store, StoredPosition, TrackPoint, Vehicle,
+    DeviceState, NewPosition, Packed, StorageError, Store, StoredPosition, TrackPoint, Vehicle,
     VehicleUpdate, WriteItem,
 };
 pub use config::{Backend, StorageConfig};

@@ -1,8 +1,9 @@
 //! PostgreSQL backend, for production fleets and for several fleetgate instances sharing one
-//! database. A group commit is one transaction: every position of the batch in ONE
-//! `INSERT … SELECT FROM UNNEST(arrays)` statement (a round trip per batch, not per row;
-//! duplicates skipped by `ON CONFLICT DO NOTHING`), then every device state in one UNNEST
-//! upsert. Migrations live in `migrations/postgres` and are numbered like the SQLite ones.
+//! database. A group commit is one transaction: every packet's positions as one small chunk
+//! per UTC day (packed by its shard, `Store::pack`) in ONE `INSERT … SELECT FROM
+//! UNNEST(arrays)` into the day partitions of `position_chunks` (a round trip per batch, one
+//! tuple per packet), then every device state in one UNNEST upsert. A fix time stored twice is
+//! resolved by reads and compaction: first stored wins (`storage::archive`). Migrations live in `migrations/postgres` and are numbered like the SQLite ones.
 //!
 //! Other stores (commands, CRM outbox, zones) add their own trait implementations for
 //! [`PostgresStore`] in files under `src/storage/postgres/`, using `self.pool`.
@@ -30,7 +31,7 @@ use super::{
 };
 use crate::model::{DeviceId, VehicleId};
 use crate::pipeline::store::TrackColumns;
-use arrays::{PositionArrays, StateArrays};
+use arrays::{ChunkArrays, StateArrays};
 
 pub struct PostgresStore {
     /// Shared by every trait implementation of this backend.
@@ -95,15 +96,12 @@ impl PostgresStore {
 
 const SQL: Dialect = Dialect::Postgres;
 
-const INSERT_POSITIONS: &str = "INSERT INTO positions (device_id, fix_time, server_time, valid, lat, lon, speed_kmh, \
-     course, altitude, satellites, ignition, motion, odometer_m, gps_odometer_m, inputs, outputs, power_v, alarm, \
-     attributes) \
-     SELECT d, f, s, v, la, lo, sp, co, al, sa, ig, mo, od, go, i, o, pw, ar, at::jsonb FROM UNNEST(\
-     $1::text[], $2::int8[], $3::int8[], $4::bool[], $5::float8[], $6::float8[], $7::float8[], $8::float8[], \
-     $9::float8[], $10::int4[], $11::bool[], $12::bool[], $13::float8[], $14::float8[], $15::int8[], $16::int8[], \
-     $17::float8[], $18::text[], $19::text[]) \
-     AS t(d, f, s, v, la, lo, sp, co, al, sa, ig, mo, od, go, i, o, pw, ar, at) \
-     ON CONFLICT DO NOTHING";
+/// The batch's chunks, `id` drawn in array order (the order of storage among a device-day's
+/// chunks: the writer is serial, so it is the order of the commits and, within one, of the
+/// packets).
+const INSERT_CHUNKS: &str = "INSERT INTO position_chunks (device_id, day, first_ms, last_ms, n, format, kind, \
+     data) SELECT d, dy, f, l, n, $6, $7, b FROM UNNEST($1::text[], $2::int4[], $3::int8[], $4::int8[], \
+     $5::int4[], $8::bytea[]) WITH ORDINALITY AS t(d, dy, f, l, n, b, o) ORDER BY o";
 
 const UPSERT_STATES: &str = "INSERT INTO device_state AS ds (device_id, protocol, last_seen, fix_time, valid, lat, lon, \
      speed_kmh, course, altitude, satellites, ignition, motion, odometer_m, gps_odometer_m, inputs, outputs, power_v, \
@@ -124,11 +122,11 @@ const UPSERT_STATES: &str = "INSERT INTO device_state AS ds (device_id, protocol
 #[async_trait]
 impl Store for PostgresStore {
     async fn write_batch(&self, items: &[WriteItem]) -> Result<(), StorageError> {
-        let a = PositionArrays::from_items(items);
+        let a = ChunkArrays::from_items(items);
         let states = super::latest_states(items);
-        let days = batch_days(&a.fix);
+        let days = batch_days(&a.day);
         self.parts
-            .ensure(&self.pool, partitions::Parent::Hot, days.iter().copied())
+            .ensure(&self.pool, partitions::Parent::Chunks, days.iter().copied())
             .await?;
         match self.write_once(&a, &states).await {
             Err(StorageError::Db(sqlx::Error::Database(e)))
@@ -138,12 +136,16 @@ impl Store for PostgresStore {
                 // under the cache (expiry in another process); late data is still stored.
                 self.parts.forget();
                 self.parts
-                    .ensure(&self.pool, partitions::Parent::Hot, days)
+                    .ensure(&self.pool, partitions::Parent::Chunks, days)
                     .await?;
                 self.write_once(&a, &states).await
             }
             r => r,
         }
+    }
+
+    fn pack(&self, item: &mut WriteItem) {
+        item.packed = crate::storage::archive::pack(item);
     }
 
     async fn device_states(&self) -> Result<Vec<DeviceState>, StorageError> {
@@ -248,31 +250,20 @@ impl PostgresStore {
     /// One group commit's transaction.
     async fn write_once(
         &self,
-        a: &PositionArrays,
+        a: &ChunkArrays,
         states: &[&DeviceState],
     ) -> Result<(), StorageError> {
         let mut tx = self.pool.begin().await?;
         if !a.device.is_empty() {
-            sqlx::query(INSERT_POSITIONS)
+            sqlx::query(INSERT_CHUNKS)
                 .bind(&a.device)
-                .bind(&a.fix)
-                .bind(&a.server)
-                .bind(&a.valid)
-                .bind(&a.lat)
-                .bind(&a.lon)
-                .bind(&a.speed)
-                .bind(&a.course)
-                .bind(&a.altitude)
-                .bind(&a.satellites)
-                .bind(&a.ignition)
-                .bind(&a.motion)
-                .bind(&a.odometer)
-                .bind(&a.gps_odometer)
-                .bind(&a.inputs)
-                .bind(&a.outputs)
-                .bind(&a.power)
-                .bind(&a.alarm)
-                .bind(&a.attributes)
+                .bind(&a.day)
+                .bind(&a.first)
+                .bind(&a.last)
+                .bind(&a.n)
+                .bind(super::archive::CHUNK_FORMAT as i16)
+                .bind(super::archive::KIND_COMMIT as i16)
+                .bind(&a.data)
                 .execute(&mut *tx)
                 .await?;
         }
@@ -306,11 +297,11 @@ impl PostgresStore {
     }
 }
 
-/// The distinct UTC days of a batch's fix times (almost always one).
-fn batch_days(fix: &[i64]) -> Vec<crate::archive::store::Day> {
+/// The distinct UTC days of a batch's chunks (almost always one).
+fn batch_days(day: &[i32]) -> Vec<crate::archive::store::Day> {
     let mut days: Vec<crate::archive::store::Day> = Vec::with_capacity(1);
-    for ms in fix {
-        let d = crate::archive::store::Day::of_ms(*ms);
+    for d in day {
+        let d = crate::archive::store::Day(*d);
         if !days.contains(&d) {
             days.push(d);
         }

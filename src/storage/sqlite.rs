@@ -92,6 +92,7 @@ impl SqliteStore {
                 ))
             })?;
         sqlx::migrate!("./migrations/sqlite").run(&writer).await?;
+        archive::upgrade_chunk_tables(&writer).await?;
         let reader = SqlitePoolOptions::new()
             .max_connections(cfg.max_connections.max(2))
             .connect_with(opts.read_only(true))
@@ -128,6 +129,10 @@ impl Store for SqliteStore {
         let db = handle.as_raw_handle().as_ptr();
         // SAFETY: sqlx's lock on the connection is held until `handle` drops, after this.
         blocking(|| unsafe { batch::write(db, items) })
+    }
+
+    fn pack(&self, item: &mut WriteItem) {
+        item.packed = crate::storage::archive::pack(item);
     }
 
     async fn device_states(&self) -> Result<Vec<DeviceState>, StorageError> {

@@ -1,9 +1,11 @@
-//! The archive on PostgreSQL: `positions` (hot) and `position_chunks` (packed) are both
-//! partitioned by UTC day (`partitions.rs`); a database made before migration 0010 keeps its
-//! rows in `positions_legacy` until they are packed ([`Layout`]), and reads include it
-//! meanwhile. Compaction of one device-day is one transaction under an advisory lock on that
-//! device-day (the daemon and `fleetgate storage compact` may meet there); the hot rows it
-//! deletes are the exact fix times it read, so a row the group commit adds meanwhile stays.
+//! The archive on PostgreSQL: `position_chunks` is partitioned by UTC day (`partitions.rs`):
+//! the group commit adds one small chunk per packet and day (`kind` 1), compaction merges a
+//! device-day into one (`kind` 0). `positions` (hot rows, partitioned by day too) holds what
+//! versions before 0011 wrote; a database made before migration 0010 keeps its rows in
+//! `positions_legacy` until they are packed ([`Layout`]). Reads include both meanwhile.
+//! Compaction of one device-day is one transaction under an advisory lock on that device-day
+//! (the daemon and `fleetgate storage compact` may meet there); it deletes exactly the chunks
+//! (by `id`) and rows (by fix time) it read, so whatever a group commit adds meanwhile stays.
 
 use std::sync::atomic::Ordering;
 
@@ -18,7 +20,9 @@ use crate::archive::store::{
 };
 use crate::model::{DeviceId, VehicleId};
 use crate::pipeline::store::{StoredPosition, TrackColumns, TrackPoint};
-use crate::storage::archive::{self as shared, merge, sort_dedup, Layout, CHUNK_FORMAT};
+use crate::storage::archive::{
+    self as shared, merge, Layout, CHUNK_FORMAT, KIND_COMMIT, KIND_PACKED,
+};
 use crate::storage::reads;
 use crate::storage::sql::{self, Bind, Dialect};
 use crate::storage::{millis, StorageError};
@@ -33,17 +37,18 @@ pub(super) fn undefined_table(e: &StorageError) -> bool {
     matches!(e, StorageError::Db(sqlx::Error::Database(d)) if d.code().as_deref() == Some("42P01"))
 }
 
-/// The chunks of `device` overlapping `[from, to)`, in day and time order.
+/// The chunks of `device` overlapping `[from, to)`, in day order and, within a day, in the
+/// order of storage; with their kind.
 async fn chunks(
     pool: &PgPool,
     device: &DeviceId,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
-) -> Result<Vec<(DeviceDay, Vec<u8>)>, StorageError> {
+) -> Result<Vec<(DeviceDay, i64, Vec<u8>)>, StorageError> {
     let (first, last) = shared::days_of(from, to);
-    let rows: Vec<(i32, Vec<u8>)> = sqlx::query_as(
-        "SELECT day, data FROM position_chunks WHERE device_id = $1 AND day >= $2 AND day <= $3 \
-         AND first_ms < $4 AND last_ms >= $5 ORDER BY day, first_ms",
+    let rows: Vec<(i32, i16, Vec<u8>)> = sqlx::query_as(
+        "SELECT day, kind, data FROM position_chunks WHERE device_id = $1 AND day >= $2 \
+         AND day <= $3 AND first_ms < $4 AND last_ms >= $5 ORDER BY day, kind, id",
     )
     .bind(device.as_str())
     .bind(first.0)
@@ -54,12 +59,13 @@ async fn chunks(
     .await?;
     Ok(rows
         .into_iter()
-        .map(|(day, data)| {
+        .map(|(day, kind, data)| {
             (
                 DeviceDay {
                     device: device.clone(),
                     day: Day(day),
                 },
+                i64::from(kind),
                 data,
             )
         })
@@ -104,8 +110,9 @@ impl PostgresStore {
             return Ok(hot);
         }
         let (rows, _) = merge(legacy, hot);
-        let points = shared::decode_all(&packed, |data, dd| shared::decode(data, dd, cols))?;
-        Ok(shared::track_of(points, rows, from, to, limit))
+        let (points, fresh) =
+            shared::decode_kinds(&packed, |data, dd| shared::decode(data, dd, cols))?;
+        Ok(shared::track_of(points, rows, fresh, from, to, limit))
     }
 
     pub(super) async fn track_points_tiers(
@@ -124,8 +131,8 @@ impl PostgresStore {
             return Ok(hot);
         }
         let (rows, _) = merge(legacy, hot);
-        let points = shared::decode_all(&packed, shared::decode_points)?;
-        Ok(shared::track_of(points, rows, from, to, limit))
+        let (points, fresh) = shared::decode_kinds(&packed, shared::decode_points)?;
+        Ok(shared::track_of(points, rows, fresh, from, to, limit))
     }
 
     /// Distinct devices of `t` by a loose index scan of its primary key.
@@ -139,6 +146,19 @@ impl PostgresStore {
         .await?)
     }
 
+    /// Devices of chunk partition `t` with a chunk of the group commit: a loose index scan,
+    /// one probe per device (a packed device-day has one chunk).
+    async fn commit_chunk_devices(&self, t: &str) -> Result<Vec<String>, StorageError> {
+        Ok(sqlx::query_scalar(&format!(
+            "WITH RECURSIVE d(id) AS (SELECT MIN(device_id) FROM {t} UNION ALL \
+             SELECT (SELECT MIN(device_id) FROM {t} WHERE device_id > d.id) FROM d \
+             WHERE d.id IS NOT NULL) SELECT id FROM d WHERE id IS NOT NULL AND EXISTS \
+             (SELECT 1 FROM {t} WHERE device_id = d.id AND kind = {KIND_COMMIT})"
+        ))
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
     async fn compact_once(&self, dd: &DeviceDay) -> Result<Compacted, StorageError> {
         let legacy = self.legacy.load(Ordering::Relaxed);
         let mut tx = self.pool.begin().await?;
@@ -147,25 +167,31 @@ impl PostgresStore {
             .bind(dd.day.0)
             .execute(&mut *tx)
             .await?;
-        let blobs: Vec<Vec<u8>> = sqlx::query_scalar(
-            "SELECT data FROM position_chunks WHERE device_id = $1 AND day = $2 ORDER BY first_ms",
+        let blobs: Vec<(i64, i16, Vec<u8>)> = sqlx::query_as(
+            "SELECT id, kind, data FROM position_chunks WHERE device_id = $1 AND day = $2 \
+             ORDER BY kind, id",
         )
         .bind(dd.device.as_str())
         .bind(dd.day.0)
         .fetch_all(&mut *tx)
         .await?;
-        let mut packed = Vec::new();
-        for b in &blobs {
-            packed.extend(shared::decode(b, dd, TrackColumns::All)?);
+        let (mut packed, mut fresh) = (Vec::new(), Vec::new());
+        let mut packed_chunks = 0;
+        for (_, kind, b) in &blobs {
+            if i64::from(*kind) == KIND_PACKED {
+                packed_chunks += 1;
+                packed.extend(shared::decode(b, dd, TrackColumns::All)?);
+            } else {
+                fresh.extend(shared::decode(b, dd, TrackColumns::All)?);
+            }
         }
-        let mut duplicates = sort_dedup(&mut packed);
         let old = if legacy {
             rows_of(&mut tx, LEGACY, dd).await?
         } else {
             Vec::new()
         };
         let hot = rows_of(&mut tx, "positions", dd).await?;
-        if old.is_empty() && hot.is_empty() && duplicates == 0 {
+        if old.is_empty() && hot.is_empty() && fresh.is_empty() && packed_chunks <= 1 {
             return Ok(Compacted {
                 positions: packed,
                 ..Default::default()
@@ -173,19 +199,23 @@ impl PostgresStore {
         }
         let old_times: Vec<i64> = old.iter().map(|p| millis(p.time)).collect();
         let hot_times: Vec<i64> = hot.iter().map(|p| millis(p.time)).collect();
+        let moved = (old.len() + hot.len() + fresh.len()) as u64;
         let (rows, d1) = merge(old, hot);
-        let (positions, d2) = merge(packed, rows);
-        duplicates += d1 + d2;
+        let (positions, d2) = shared::merge_tiers(packed, rows, fresh);
         let data = crate::storage::chunk::encode(&positions);
-        sqlx::query("DELETE FROM position_chunks WHERE device_id = $1 AND day = $2")
-            .bind(dd.device.as_str())
-            .bind(dd.day.0)
-            .execute(&mut *tx)
-            .await?;
+        let ids: Vec<i64> = blobs.iter().map(|b| b.0).collect();
+        sqlx::query(
+            "DELETE FROM position_chunks WHERE device_id = $1 AND day = $2 AND id = ANY($3)",
+        )
+        .bind(dd.device.as_str())
+        .bind(dd.day.0)
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
         if let (Some(first), Some(last)) = (positions.first(), positions.last()) {
             sqlx::query(
-                "INSERT INTO position_chunks (device_id, day, first_ms, last_ms, n, format, data) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+                "INSERT INTO position_chunks (device_id, day, first_ms, last_ms, n, format, \
+                 kind, data) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
             )
             .bind(dd.device.as_str())
             .bind(dd.day.0)
@@ -193,6 +223,7 @@ impl PostgresStore {
             .bind(millis(last.time))
             .bind(positions.len() as i32)
             .bind(CHUNK_FORMAT as i16)
+            .bind(KIND_PACKED as i16)
             .bind(&data)
             .execute(&mut *tx)
             .await?;
@@ -215,8 +246,8 @@ impl PostgresStore {
         tx.commit().await?;
         Ok(Compacted {
             positions,
-            packed: (old_times.len() + hot_times.len()) as u64,
-            duplicates,
+            packed: moved,
+            duplicates: d1 + d2,
             bytes: data.len() as u64,
         })
     }
@@ -252,27 +283,46 @@ async fn rows_of(
 
 #[async_trait]
 impl ArchiveStore for PostgresStore {
+    /// Chunk partitions only: the group commit no longer writes hot rows (the hot partitions
+    /// of an older version are read and drained as they are).
     async fn ensure_partitions(&self, from: Day, to: Day) -> Result<(), StorageError> {
         let days: Vec<Day> = (from.0..=to.0).map(Day).collect();
-        self.parts
-            .ensure(&self.pool, Parent::Hot, days.iter().copied())
-            .await?;
         self.parts.ensure(&self.pool, Parent::Chunks, days).await
     }
 
+    /// Device-days with hot rows or with chunks of the group commit.
     async fn unpacked_days(&self, before: Day, limit: u32) -> Result<Vec<DeviceDay>, StorageError> {
         let mut out = Vec::new();
-        for (day, t, attached) in partitions::list(&self.pool, Parent::Hot).await? {
-            if day >= before || !attached || out.len() >= limit as usize {
-                continue;
+        let mut parts: Vec<(Day, String, bool)> = partitions::list(&self.pool, Parent::Hot)
+            .await?
+            .into_iter()
+            .map(|(d, t, a)| (d, t, a, false))
+            .chain(
+                partitions::list(&self.pool, Parent::Chunks)
+                    .await?
+                    .into_iter()
+                    .map(|(d, t, a)| (d, t, a, true)),
+            )
+            .filter(|p| p.0 < before && p.2)
+            .map(|(d, t, _, chunks)| (d, t, chunks))
+            .collect();
+        parts.sort_by_key(|p| p.0);
+        for (day, t, chunks) in parts {
+            if out.len() >= limit as usize && out.last().is_some_and(|l: &DeviceDay| l.day < day) {
+                break;
             }
-            for dev in self.devices_in(&t).await? {
-                out.push(DeviceDay {
-                    device: DeviceId(dev),
-                    day,
-                });
-            }
+            let devices = if chunks {
+                self.commit_chunk_devices(&t).await?
+            } else {
+                self.devices_in(&t).await?
+            };
+            out.extend(devices.into_iter().map(|dev| DeviceDay {
+                device: DeviceId(dev),
+                day,
+            }));
         }
+        out.sort_by(|a, b| (a.day, &a.device).cmp(&(b.day, &b.device)));
+        out.dedup();
         out.truncate(limit as usize);
         Ok(out)
     }
@@ -370,27 +420,38 @@ impl ArchiveStore for PostgresStore {
 
     async fn partition_stats(&self) -> Result<Vec<PartitionStats>, StorageError> {
         let mut out = Vec::new();
-        for (parent, tier, count) in [
-            (Parent::Hot, Tier::Hot, "COUNT(*)"),
-            (Parent::Chunks, Tier::Packed, "COALESCE(SUM(n), 0)"),
-        ] {
-            for (day, t, attached) in partitions::list(&self.pool, parent).await? {
-                if !attached {
-                    continue;
-                }
-                let (n, bytes): (i64, i64) = sqlx::query_as(&format!(
-                    "SELECT {count}::int8, pg_total_relation_size('{t}'::regclass) FROM {t}"
-                ))
-                .fetch_one(&self.pool)
-                .await?;
-                out.push(PartitionStats {
-                    day,
-                    tier,
-                    table: t,
-                    positions: n as u64,
-                    bytes: bytes as u64,
-                });
+        for (day, t, attached) in partitions::list(&self.pool, Parent::Hot).await? {
+            if !attached {
+                continue;
             }
+            let (n, bytes): (i64, i64) = sqlx::query_as(&format!(
+                "SELECT COUNT(*)::int8, pg_total_relation_size('{t}'::regclass) FROM {t}"
+            ))
+            .fetch_one(&self.pool)
+            .await?;
+            out.push(PartitionStats {
+                day,
+                tier: Tier::Hot,
+                table: t,
+                positions: n as u64,
+                bytes: bytes as u64,
+            });
+        }
+        for (day, t, attached) in partitions::list(&self.pool, Parent::Chunks).await? {
+            if !attached {
+                continue;
+            }
+            let kinds: Vec<(i64, i64, i64)> = sqlx::query_as(&format!(
+                "SELECT kind::int8, SUM(n)::int8, SUM(pg_column_size(data))::int8 FROM {t} \
+                 GROUP BY kind"
+            ))
+            .fetch_all(&self.pool)
+            .await?;
+            let bytes: i64 =
+                sqlx::query_scalar(&format!("SELECT pg_total_relation_size('{t}'::regclass)"))
+                    .fetch_one(&self.pool)
+                    .await?;
+            out.extend(shared::kind_stats(day, &t, &kinds, bytes.max(0) as u64));
         }
         let legacy = self
             .read_legacy(|| async {

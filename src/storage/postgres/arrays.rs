@@ -1,57 +1,31 @@
 //! Column arrays for UNNEST statements: a batch turned inside out, one `Vec` per column, so
 //! that one statement with one bind per column writes the whole batch.
 
+use crate::archive::store::Day;
 use crate::storage::{millis, DeviceState, WriteItem};
 
-/// A batch of positions as column arrays, for one UNNEST insert.
+/// A batch's chunks (one per packet and day) as column arrays, for one UNNEST insert.
 #[derive(Default)]
-pub(super) struct PositionArrays {
+pub(super) struct ChunkArrays {
     pub(super) device: Vec<String>,
-    pub(super) fix: Vec<i64>,
-    pub(super) server: Vec<i64>,
-    pub(super) valid: Vec<bool>,
-    pub(super) lat: Vec<f64>,
-    pub(super) lon: Vec<f64>,
-    pub(super) speed: Vec<f64>,
-    pub(super) course: Vec<f64>,
-    pub(super) altitude: Vec<f64>,
-    pub(super) satellites: Vec<Option<i32>>,
-    pub(super) ignition: Vec<Option<bool>>,
-    pub(super) motion: Vec<Option<bool>>,
-    pub(super) odometer: Vec<Option<f64>>,
-    pub(super) gps_odometer: Vec<f64>,
-    pub(super) inputs: Vec<Option<i64>>,
-    pub(super) outputs: Vec<Option<i64>>,
-    pub(super) power: Vec<Option<f64>>,
-    pub(super) alarm: Vec<Option<String>>,
-    pub(super) attributes: Vec<String>,
+    pub(super) day: Vec<i32>,
+    pub(super) first: Vec<i64>,
+    pub(super) last: Vec<i64>,
+    pub(super) n: Vec<i32>,
+    pub(super) data: Vec<Vec<u8>>,
 }
 
-impl PositionArrays {
+impl ChunkArrays {
     pub(super) fn from_items(items: &[WriteItem]) -> Self {
-        let mut a = PositionArrays::default();
+        let mut a = ChunkArrays::default();
         for it in items {
-            for np in &it.positions {
-                let p = &np.position;
+            for c in crate::storage::archive::packed_of(it).iter() {
                 a.device.push(it.device.0.clone());
-                a.fix.push(millis(p.fix_time));
-                a.server.push(millis(it.server_time));
-                a.valid.push(p.valid);
-                a.lat.push(p.lat);
-                a.lon.push(p.lon);
-                a.speed.push(p.speed_kmh);
-                a.course.push(p.course);
-                a.altitude.push(p.altitude);
-                a.satellites.push(p.satellites.map(i32::from));
-                a.ignition.push(p.ignition);
-                a.motion.push(p.motion);
-                a.odometer.push(p.odometer_m);
-                a.gps_odometer.push(np.gps_odometer_m);
-                a.inputs.push(p.inputs.map(i64::from));
-                a.outputs.push(p.outputs.map(i64::from));
-                a.power.push(p.power_v);
-                a.alarm.push(p.alarm.map(str::to_string));
-                a.attributes.push(np.attributes_json.clone());
+                a.day.push(Day::of_ms(c.first_ms).0);
+                a.first.push(c.first_ms);
+                a.last.push(c.last_ms);
+                a.n.push(c.n as i32);
+                a.data.push(c.data.clone());
             }
         }
         a
@@ -125,6 +99,7 @@ mod tests {
     fn item(dev: &str, last_seen_s: i64, n: usize) -> WriteItem {
         let t = Utc.timestamp_opt(1_700_000_000 + last_seen_s, 0).unwrap();
         WriteItem {
+            packed: Vec::new(),
             origin: Default::default(),
             device: DeviceId::new(dev),
             protocol: Protocol::Teltonika,
@@ -171,10 +146,11 @@ mod tests {
     }
 
     #[test]
-    fn position_arrays_have_one_entry_per_row() {
-        let a = PositionArrays::from_items(&[item("a", 0, 3), item("b", 0, 0), item("c", 0, 2)]);
-        assert_eq!(a.device, ["a", "a", "a", "c", "c"]);
-        assert_eq!(a.attributes.len(), 5);
-        assert_eq!(a.satellites.len(), 5);
+    fn chunk_arrays_have_one_entry_per_packet_and_day() {
+        let a = ChunkArrays::from_items(&[item("a", 0, 3), item("b", 0, 0), item("c", 0, 2)]);
+        assert_eq!(a.device, ["a", "c"]);
+        assert_eq!(a.n, [3, 2]);
+        assert_eq!(a.data.len(), 2);
+        assert_eq!(a.day[0], Day::of_ms(a.first[0]).0);
     }
 }

@@ -1,6 +1,8 @@
-//! The archive on SQLite: the hot tier is the one `positions` table; packed chunks live in one
-//! table per day (`position_chunks_dYYYYMMDD`, created by the first compaction of that day), so
-//! expiring a day is a `DROP TABLE` of a small table. Writes (compaction, expiry) go through the
+//! The archive on SQLite: chunks live in one table per day (`position_chunks_dYYYYMMDD`,
+//! created by the day's first group commit or compaction), so expiring a day is a
+//! `DROP TABLE`. The group commit adds one small chunk per packet and day (`kind` 1);
+//! compaction merges a device-day into one chunk (`kind` 0). The `positions` table holds the
+//! rows written by versions before that (read, then drained by compaction). Writes (compaction, expiry) go through the
 //! writer connection, each in a short `BEGIN IMMEDIATE` transaction driven through rusqlite as
 //! the group commit is, so they queue with the commits instead of failing beside them.
 
@@ -16,7 +18,8 @@ use crate::archive::store::{
 use crate::model::{DeviceId, VehicleId};
 use crate::pipeline::store::{AttrsJson, StoredPosition, TrackColumns, TrackPoint};
 use crate::storage::archive::{
-    self as shared, day_of_table, merge, sort_dedup, table, Layout, CHUNKS, CHUNK_FORMAT, HOT,
+    self as shared, day_of_table, table, Layout, CHUNKS, CHUNK_FORMAT, HOT, KIND_COMMIT,
+    KIND_PACKED,
 };
 use crate::storage::sql::{self, Bind, Dialect};
 use crate::storage::{from_millis, millis, StorageError};
@@ -24,12 +27,51 @@ use crate::storage::{from_millis, millis, StorageError};
 /// Hot rows deleted per transaction by expiry.
 const EXPIRE_BATCH: i64 = 5_000;
 
-fn create_chunks(t: &str) -> String {
+/// A day's chunk table: `kind` ([`KIND_PACKED`], [`KIND_COMMIT`]) and the rowid are the order
+/// of storage that reads and compaction honour (a new rowid is always above every rowid in
+/// the table); the index finds a device's chunks by time.
+pub(super) fn create_chunks(t: &str) -> String {
     format!(
         "CREATE TABLE IF NOT EXISTS {t} (device_id TEXT NOT NULL, first_ms INTEGER NOT NULL, \
          last_ms INTEGER NOT NULL, n INTEGER NOT NULL, format INTEGER NOT NULL, \
-         data BLOB NOT NULL, PRIMARY KEY (device_id, first_ms))"
+         kind INTEGER NOT NULL, data BLOB NOT NULL); \
+         CREATE INDEX IF NOT EXISTS {t}_device ON {t} (device_id, first_ms)"
     )
+}
+
+/// Rebuild the day tables made before the group commit wrote chunks (primary key
+/// `(device_id, first_ms)`, no `kind`): two small chunks of one device may start at the same
+/// fix time now. Their chunks were all made by compaction, so they become [`KIND_PACKED`]. One
+/// transaction per table; run at open.
+pub(super) async fn upgrade_chunk_tables(writer: &SqlitePool) -> Result<(), StorageError> {
+    let old: Vec<String> = sqlx::query_scalar(
+        "SELECT m.name FROM sqlite_master m WHERE m.type = 'table' \
+         AND m.name LIKE 'position\\_chunks\\_d%' ESCAPE '\\' \
+         AND NOT EXISTS (SELECT 1 FROM pragma_table_info(m.name) WHERE name = 'kind')",
+    )
+    .fetch_all(writer)
+    .await?;
+    for t in old {
+        if day_of_table(CHUNKS, &t).is_none() {
+            continue;
+        }
+        let mut tx = writer.begin().await?;
+        sqlx::raw_sql(&format!(
+            "ALTER TABLE {t} RENAME TO {t}_old; {} ; \
+             INSERT INTO {t} (device_id, first_ms, last_ms, n, format, kind, data) \
+             SELECT device_id, first_ms, last_ms, n, format, {KIND_PACKED}, data FROM {t}_old \
+             ORDER BY device_id, first_ms; DROP TABLE {t}_old",
+            create_chunks(&t)
+        ))
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        tracing::info!(
+            table = t,
+            "storage: chunk table upgraded to the small-chunk layout"
+        );
+    }
+    Ok(())
 }
 
 /// The day tables of chunks, oldest first.
@@ -56,33 +98,35 @@ fn no_such_table(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.message().contains("no such table"))
 }
 
-/// The chunks of `device` overlapping `[from, to)`, in day and time order.
+/// The chunks of `device` overlapping `[from, to)`, in day order and, within a day, in the
+/// order of storage; with their kind.
 async fn chunks(
     pool: &SqlitePool,
     device: &DeviceId,
     from: DateTime<Utc>,
     to: DateTime<Utc>,
-) -> Result<Vec<(DeviceDay, Vec<u8>)>, StorageError> {
+) -> Result<Vec<(DeviceDay, i64, Vec<u8>)>, StorageError> {
     let (first, last) = shared::days_of(from, to);
     let mut out = Vec::new();
     for (day, t) in chunk_tables(pool, first, last).await? {
         let q = format!(
-            "SELECT data FROM {t} WHERE device_id = $1 AND first_ms < $2 AND last_ms >= $3 \
-             ORDER BY first_ms"
+            "SELECT kind, data FROM {t} WHERE device_id = $1 AND first_ms < $2 AND last_ms >= $3 \
+             ORDER BY kind, rowid"
         );
-        let rows: Result<Vec<Vec<u8>>, _> = sqlx::query_scalar(&q)
+        let rows: Result<Vec<(i64, Vec<u8>)>, _> = sqlx::query_as(&q)
             .bind(device.as_str())
             .bind(millis(to))
             .bind(millis(from))
             .fetch_all(pool)
             .await;
         match rows {
-            Ok(rows) => out.extend(rows.into_iter().map(|d| {
+            Ok(rows) => out.extend(rows.into_iter().map(|(kind, d)| {
                 (
                     DeviceDay {
                         device: device.clone(),
                         day,
                     },
+                    kind,
                     d,
                 )
             })),
@@ -115,8 +159,8 @@ pub(super) async fn track(
     if packed.is_empty() {
         return Ok(rows);
     }
-    let points = shared::decode_all(&packed, |data, dd| shared::decode(data, dd, cols))?;
-    Ok(shared::track_of(points, rows, from, to, limit))
+    let (points, fresh) = shared::decode_kinds(&packed, |data, dd| shared::decode(data, dd, cols))?;
+    Ok(shared::track_of(points, rows, fresh, from, to, limit))
 }
 
 pub(super) async fn track_points(
@@ -131,8 +175,8 @@ pub(super) async fn track_points(
     if packed.is_empty() {
         return Ok(rows);
     }
-    let points = shared::decode_all(&packed, shared::decode_points)?;
-    Ok(shared::track_of(points, rows, from, to, limit))
+    let (points, fresh) = shared::decode_kinds(&packed, shared::decode_points)?;
+    Ok(shared::track_of(points, rows, fresh, from, to, limit))
 }
 
 impl SqliteStore {
@@ -231,23 +275,30 @@ fn table_exists(conn: &Connection, t: &str) -> rusqlite::Result<bool> {
 }
 
 /// [`ArchiveStore::compact_day`] inside the writer's transaction: nobody else writes meanwhile,
-/// so the hot rows deleted are exactly the ones read.
+/// so the chunks and hot rows deleted are exactly the ones read.
 fn compact(conn: &Connection, dd: &DeviceDay) -> Result<Compacted, StorageError> {
     let t = table(CHUNKS, dd.day);
     let dev = dd.device.as_str();
-    let mut packed = Vec::new();
+    let (mut packed, mut fresh) = (Vec::new(), Vec::new());
+    let mut packed_chunks = 0;
     if table_exists(conn, &t)? {
         let mut q = conn.prepare(&format!(
-            "SELECT data FROM {t} WHERE device_id = ?1 ORDER BY first_ms"
+            "SELECT kind, data FROM {t} WHERE device_id = ?1 ORDER BY kind, rowid"
         ))?;
         let blobs = q
-            .query_map([dev], |r| r.get::<_, Vec<u8>>(0))?
+            .query_map([dev], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, Vec<u8>>(1)?))
+            })?
             .collect::<rusqlite::Result<Vec<_>>>()?;
-        for b in &blobs {
-            packed.extend(shared::decode(b, dd, TrackColumns::All)?);
+        for (kind, b) in &blobs {
+            if *kind == KIND_PACKED {
+                packed_chunks += 1;
+                packed.extend(shared::decode(b, dd, TrackColumns::All)?);
+            } else {
+                fresh.extend(shared::decode(b, dd, TrackColumns::All)?);
+            }
         }
     }
-    let mut duplicates = sort_dedup(&mut packed);
     let cols = sql::position_columns(Dialect::Sqlite, TrackColumns::All);
     let mut q = conn.prepare(&format!(
         "SELECT {cols} FROM positions WHERE device_id = ?1 AND fix_time >= ?2 AND fix_time < ?3 \
@@ -259,23 +310,22 @@ fn compact(conn: &Connection, dd: &DeviceDay) -> Result<Compacted, StorageError>
             stored_position,
         )?
         .collect::<rusqlite::Result<Vec<_>>>()?;
-    if hot.is_empty() && duplicates == 0 {
+    if hot.is_empty() && fresh.is_empty() && packed_chunks <= 1 {
         return Ok(Compacted {
             positions: packed,
             ..Default::default()
         });
     }
-    let packed_rows = hot.len() as u64;
-    let (positions, dups) = merge(packed, hot);
-    duplicates += dups;
+    let moved = (hot.len() + fresh.len()) as u64;
+    let (positions, duplicates) = shared::merge_tiers(packed, hot, fresh);
     let data = crate::storage::chunk::encode(&positions);
     conn.execute_batch(&create_chunks(&t))?;
     conn.execute(&format!("DELETE FROM {t} WHERE device_id = ?1"), [dev])?;
     if let (Some(first), Some(last)) = (positions.first(), positions.last()) {
         conn.execute(
             &format!(
-                "INSERT INTO {t} (device_id, first_ms, last_ms, n, format, data) \
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)"
+                "INSERT INTO {t} (device_id, first_ms, last_ms, n, format, kind, data) \
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
             ),
             params![
                 dev,
@@ -283,6 +333,7 @@ fn compact(conn: &Connection, dd: &DeviceDay) -> Result<Compacted, StorageError>
                 millis(last.time),
                 positions.len() as i64,
                 CHUNK_FORMAT,
+                KIND_PACKED,
                 data
             ],
         )?;
@@ -293,7 +344,7 @@ fn compact(conn: &Connection, dd: &DeviceDay) -> Result<Compacted, StorageError>
     )?;
     Ok(Compacted {
         positions,
-        packed: packed_rows,
+        packed: moved,
         duplicates,
         bytes: data.len() as u64,
     })
@@ -315,8 +366,37 @@ impl ArchiveStore for SqliteStore {
         Ok(())
     }
 
+    /// Device-days with hot rows or with chunks of the group commit.
     async fn unpacked_days(&self, before: Day, limit: u32) -> Result<Vec<DeviceDay>, StorageError> {
-        self.hot_days(before, limit).await
+        let mut out = self.hot_days(before, limit).await?;
+        for (day, t) in chunk_tables(&self.reader, Day(i32::MIN), Day(before.0 - 1)).await? {
+            if out.len() >= limit as usize && out.last().is_some_and(|l| l.day < day) {
+                break;
+            }
+            // Each device by a loose scan of the index; one probe tells whether it has a
+            // commit chunk (a packed device-day has one chunk).
+            let devices: Result<Vec<String>, _> = sqlx::query_scalar(&format!(
+                "WITH RECURSIVE d(id) AS (SELECT MIN(device_id) FROM {t} UNION ALL \
+                 SELECT (SELECT MIN(device_id) FROM {t} WHERE device_id > d.id) FROM d \
+                 WHERE d.id IS NOT NULL) SELECT id FROM d WHERE id IS NOT NULL AND EXISTS \
+                 (SELECT 1 FROM {t} WHERE device_id = d.id AND kind = {KIND_COMMIT})"
+            ))
+            .fetch_all(&self.reader)
+            .await;
+            let devices = match devices {
+                Ok(v) => v,
+                Err(e) if no_such_table(&e) => continue,
+                Err(e) => return Err(e.into()),
+            };
+            out.extend(devices.into_iter().map(|d| DeviceDay {
+                device: DeviceId(d),
+                day,
+            }));
+        }
+        out.sort_by(|a, b| (a.day, &a.device).cmp(&(b.day, &b.device)));
+        out.dedup();
+        out.truncate(limit as usize);
+        Ok(out)
     }
 
     async fn compact_day(&self, dd: &DeviceDay) -> Result<Compacted, StorageError> {
@@ -393,21 +473,19 @@ impl ArchiveStore for SqliteStore {
             });
         }
         for (day, t) in chunk_tables(&self.reader, Day(i32::MIN), Day(i32::MAX)).await? {
-            let n: Result<Option<i64>, _> = sqlx::query_scalar(&format!("SELECT SUM(n) FROM {t}"))
-                .fetch_one(&self.reader)
-                .await;
-            let n = match n {
-                Ok(n) => n.unwrap_or(0),
+            // Positions and chunk bytes per kind; the table's pages shared out by those bytes.
+            let kinds: Result<Vec<(i64, i64, i64)>, _> = sqlx::query_as(&format!(
+                "SELECT kind, SUM(n), SUM(length(data)) FROM {t} GROUP BY kind"
+            ))
+            .fetch_all(&self.reader)
+            .await;
+            let kinds = match kinds {
+                Ok(k) => k,
                 Err(e) if no_such_table(&e) => continue,
                 Err(e) => return Err(e.into()),
             };
-            out.push(PartitionStats {
-                day,
-                tier: Tier::Packed,
-                bytes: table_bytes(&self.reader, &t).await?,
-                table: t,
-                positions: n as u64,
-            });
+            let bytes = table_bytes(&self.reader, &t).await?;
+            out.extend(shared::kind_stats(day, &t, &kinds, bytes));
         }
         out.sort_by(|a, b| (a.day, a.tier.as_str()).cmp(&(b.day, b.tier.as_str())));
         Ok(out)
@@ -457,7 +535,8 @@ impl ArchiveStore for SqliteStore {
 /// Pages of table `t` and its indexes, in bytes.
 async fn table_bytes(pool: &SqlitePool, t: &str) -> Result<u64, StorageError> {
     let b: Option<i64> = sqlx::query_scalar(
-        "SELECT SUM(pgsize) FROM dbstat WHERE name = $1 OR name LIKE 'sqlite_autoindex_' || $1 || '_%'",
+        "SELECT SUM(pgsize) FROM dbstat WHERE name = $1 OR name = $1 || '_device' \
+         OR name LIKE 'sqlite_autoindex_' || $1 || '_%'",
     )
     .bind(t)
     .fetch_one(pool)
