@@ -539,3 +539,129 @@ async fn sigkill_during_postgres_migration_loses_and_duplicates_nothing() {
     assert_eq!(seen.into_iter().collect::<BTreeSet<_>>(), written);
     drop(schema);
 }
+
+/// `[retention] positions_days` drops old day partitions in the daemon's archive pass (the
+/// first one runs at start-up). Killed with SIGKILL during start-up passes and while trackers
+/// upload recent fixes, then started again: every recent fix acked is stored once, and the
+/// expired days are gone once a start-up finishes its pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_a_partition_drop_loses_and_duplicates_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let t = teltonika_only(
+        dir.path(),
+        &format!("url = \"sqlite://{}/fg.db\"", dir.path().display()),
+    );
+    // Old days first, kept: June, one fix an hour for ~8 days per device, packed by day.
+    let mut daemon = spawn(&t.config);
+    wait_ready(&t.api).await;
+    let old: Acked = Default::default();
+    let tasks: Vec<_> = (0..DEVICES)
+        .map(|i| {
+            tokio::spawn(tracker(
+                t.tracker_port,
+                imei(i),
+                base_ms(),
+                3_600_000,
+                40,
+                old.clone(),
+            ))
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    assert_eq!(old.lock().unwrap().len(), DEVICES * 200);
+    let june = api_track(&t.api, &imei(0)).await;
+    assert!(
+        june.len() > 100,
+        "June is stored before it expires: {}",
+        june.len()
+    );
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    let out = fleetgate(&["storage", "compact"], &t.config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Now positions older than 30 days expire.
+    let mut cfg = std::fs::read_to_string(&t.config).unwrap();
+    cfg.push_str("[retention]\npositions_days = 30\n");
+    std::fs::write(&t.config, cfg).unwrap();
+    let recent: Acked = Default::default();
+    // Recent fixes 3 minutes apart (the fixtures' coordinates wrap every 777,777 ms: closer
+    // fixes would jump kilometres in a second and be filtered out, acked but not stored).
+    let start = Utc::now().timestamp_millis() - 30 * 3_600_000;
+    for round in 0..4usize {
+        let mut child = spawn(&t.config);
+        let ingesting = if round % 2 == 1 {
+            wait_ready(&t.api).await;
+            let (port, a) = (t.tracker_port, recent.clone());
+            let from = start + round as i64 * 6 * 3_600_000;
+            Some(tokio::spawn(async move {
+                tracker(port, imei(round), from, 180_000, 20, a).await
+            }))
+        } else {
+            None
+        };
+        let wait = rand::thread_rng().gen_range(0..400);
+        tokio::time::sleep(Duration::from_millis(wait)).await;
+        let _ = child.kill();
+        child.wait().unwrap();
+        if let Some(i) = ingesting {
+            i.await.unwrap();
+        }
+    }
+
+    let mut daemon = spawn(&t.config);
+    wait_ready(&t.api).await;
+    let recent = recent.lock().unwrap().clone();
+    for i in 0..DEVICES {
+        let mine: BTreeSet<i64> = recent
+            .iter()
+            .filter(|(d, _)| *d == imei(i))
+            .map(|(_, t)| *t)
+            .collect();
+        // The start-up pass runs beside the API: wait until no June fix is served any more.
+        let mut track = api_track(&t.api, &imei(i)).await;
+        for _ in 0..100 {
+            if track.iter().all(|p| p.0 >= start) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            track = api_track(&t.api, &imei(i)).await;
+        }
+        let times: Vec<i64> = track.iter().map(|p| p.0).collect();
+        let unique: BTreeSet<i64> = times.iter().copied().collect();
+        assert_eq!(unique.len(), times.len(), "duplicated fix times");
+        assert!(
+            times.iter().all(|t| *t >= start),
+            "an expired fix is still served"
+        );
+        assert_eq!(
+            unique,
+            mine,
+            "stored = acked for the recent fixes of {}",
+            imei(i)
+        );
+    }
+    let (status, body) = api_get_june(&t.api).await;
+    assert_eq!(status, 410, "{body}");
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+}
+
+/// The first device's track for June, all expired.
+async fn api_get_june(api: &common::Api) -> (u16, serde_json::Value) {
+    let (status, body) = api
+        .get(&format!(
+            "/api/v1/vehicles/{}/track?from=2026-06-01T00:00:00Z&to=2026-06-30T00:00:00Z",
+            imei(0)
+        ))
+        .await;
+    (status, body)
+}
