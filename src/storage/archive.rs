@@ -12,6 +12,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, NaiveDate, Utc};
 use std::sync::Arc;
 
+use sqlx::query::Query;
+
 use super::sql::{Bind, Cols};
 use super::{from_millis, millis, StorageError};
 pub use crate::archive::store::DeviceDay;
@@ -311,6 +313,92 @@ pub(crate) fn bind_summary<'q, Q: Bind<'q>>(q: Q, s: &'q DailySummary) -> Q {
         .opt_real(s.odometer_first_m)
         .opt_real(s.odometer_last_m)
         .int(millis(s.computed_at))
+}
+
+/// [`ArchiveStore::expire_rows`](crate::archive::store::ArchiveStore::expire_rows) on either
+/// backend's writer pool.
+pub(crate) async fn expire_rows_in<DB>(
+    pool: &sqlx::Pool<DB>,
+    t: Expiring,
+    before: DateTime<Utc>,
+    batch: u32,
+) -> Result<u64, StorageError>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    for<'q> Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>: Bind<'q>,
+    DB::QueryResult: RowsAffected,
+{
+    let mut conn = pool.acquire().await?;
+    let r = sqlx::query::<DB>(expire_rows(t))
+        .int(millis(before))
+        .int(i64::from(batch))
+        .execute(&mut *conn)
+        .await?;
+    Ok(r.rows())
+}
+
+/// Store daily summaries in one transaction, on either backend's writer pool.
+pub(crate) async fn put_summaries_in<DB>(
+    pool: &sqlx::Pool<DB>,
+    rows: &[DailySummary],
+) -> Result<(), StorageError>
+where
+    DB: sqlx::Database,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    for<'q> Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>: Bind<'q>,
+{
+    let mut tx = pool.begin().await?;
+    for s in rows {
+        bind_summary(sqlx::query::<DB>(UPSERT_SUMMARY), s)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// A vehicle's summaries with `from <= day <= to`, oldest first, on either backend.
+pub(crate) async fn summaries_in<DB>(
+    pool: &sqlx::Pool<DB>,
+    vehicle: &VehicleId,
+    from: Day,
+    to: Day,
+) -> Result<Vec<DailySummary>, StorageError>
+where
+    DB: sqlx::Database,
+    DB::Row: Cols,
+    for<'c> &'c mut DB::Connection: sqlx::Executor<'c, Database = DB>,
+    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    for<'q> Query<'q, DB, <DB as sqlx::Database>::Arguments<'q>>: Bind<'q>,
+{
+    let mut conn = pool.acquire().await?;
+    let rows = sqlx::query::<DB>(SUMMARIES)
+        .text(&vehicle.0)
+        .int(i64::from(from.0))
+        .int(i64::from(to.0))
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(rows.iter().map(summary).collect::<Result<_, _>>()?)
+}
+
+/// Rows a statement changed, on either backend.
+pub(crate) trait RowsAffected {
+    fn rows(&self) -> u64;
+}
+
+impl RowsAffected for sqlx::sqlite::SqliteQueryResult {
+    fn rows(&self) -> u64 {
+        self.rows_affected()
+    }
+}
+
+impl RowsAffected for sqlx::postgres::PgQueryResult {
+    fn rows(&self) -> u64 {
+        self.rows_affected()
+    }
 }
 
 pub(crate) fn summary(r: &impl Cols) -> Result<DailySummary, sqlx::Error> {

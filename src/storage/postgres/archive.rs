@@ -24,7 +24,7 @@ use crate::storage::archive::{
     self as shared, merge, Layout, CHUNK_FORMAT, KIND_COMMIT, KIND_PACKED,
 };
 use crate::storage::reads;
-use crate::storage::sql::{self, Bind, Dialect};
+use crate::storage::sql::{self, Dialect};
 use crate::storage::{millis, StorageError};
 
 const SQL: Dialect = Dialect::Postgres;
@@ -488,23 +488,11 @@ impl ArchiveStore for PostgresStore {
         before: DateTime<Utc>,
         batch: u32,
     ) -> Result<u64, StorageError> {
-        let r = sqlx::query(shared::expire_rows(t))
-            .int(millis(before))
-            .int(i64::from(batch))
-            .execute(&self.pool)
-            .await?;
-        Ok(r.rows_affected())
+        shared::expire_rows_in(&self.pool, t, before, batch).await
     }
 
     async fn put_summaries(&self, rows: &[DailySummary]) -> Result<(), StorageError> {
-        let mut tx = self.pool.begin().await?;
-        for s in rows {
-            shared::bind_summary(sqlx::query(shared::UPSERT_SUMMARY), s)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        shared::put_summaries_in(&self.pool, rows).await
     }
 
     async fn summaries(
@@ -513,13 +501,7 @@ impl ArchiveStore for PostgresStore {
         from: Day,
         to: Day,
     ) -> Result<Vec<DailySummary>, StorageError> {
-        let rows = sqlx::query(shared::SUMMARIES)
-            .text(&vehicle.0)
-            .int(i64::from(from.0))
-            .int(i64::from(to.0))
-            .fetch_all(&self.pool)
-            .await?;
-        Ok(rows.iter().map(shared::summary).collect::<Result<_, _>>()?)
+        shared::summaries_in(&self.pool, vehicle, from, to).await
     }
 }
 

@@ -21,7 +21,7 @@ use crate::storage::archive::{
     self as shared, day_of_table, table, Layout, CHUNKS, CHUNK_FORMAT, HOT, KIND_COMMIT,
     KIND_PACKED,
 };
-use crate::storage::sql::{self, Bind, Dialect};
+use crate::storage::sql::{self, Dialect};
 use crate::storage::{from_millis, millis, StorageError};
 
 /// Hot rows deleted per transaction by expiry.
@@ -497,23 +497,11 @@ impl ArchiveStore for SqliteStore {
         before: DateTime<Utc>,
         batch: u32,
     ) -> Result<u64, StorageError> {
-        let r = sqlx::query(shared::expire_rows(t))
-            .int(millis(before))
-            .int(i64::from(batch))
-            .execute(&self.writer)
-            .await?;
-        Ok(r.rows_affected())
+        shared::expire_rows_in(&self.writer, t, before, batch).await
     }
 
     async fn put_summaries(&self, rows: &[DailySummary]) -> Result<(), StorageError> {
-        let mut tx = self.writer.begin().await?;
-        for s in rows {
-            shared::bind_summary(sqlx::query(shared::UPSERT_SUMMARY), s)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        shared::put_summaries_in(&self.writer, rows).await
     }
 
     async fn summaries(
@@ -522,13 +510,7 @@ impl ArchiveStore for SqliteStore {
         from: Day,
         to: Day,
     ) -> Result<Vec<DailySummary>, StorageError> {
-        let rows = sqlx::query(shared::SUMMARIES)
-            .text(&vehicle.0)
-            .int(i64::from(from.0))
-            .int(i64::from(to.0))
-            .fetch_all(&self.reader)
-            .await?;
-        Ok(rows.iter().map(shared::summary).collect::<Result<_, _>>()?)
+        shared::summaries_in(&self.reader, vehicle, from, to).await
     }
 }
 
