@@ -113,14 +113,18 @@ pub trait Store: Send + Sync + 'static {
     /// Latest state of every device, for the pipeline to start from after a restart.
     async fn device_states(&self) -> Result<Vec<DeviceState>, StorageError>;
     async fn device_state(&self, device: &DeviceId) -> Result<Option<DeviceState>, StorageError>;
-    /// Positions of `device` with `from <= fix_time < to`, in fix-time order.
+    /// Positions of `device` with `from <= fix_time < to`, in fix-time order: every column
+    /// ([`Store::track_columns`] with [`TrackColumns::All`]).
     async fn track(
         &self,
         device: &DeviceId,
         from: DateTime<Utc>,
         to: DateTime<Utc>,
         limit: u32,
-    ) -> Result<Vec<StoredPosition>, StorageError>;
+    ) -> Result<Vec<StoredPosition>, StorageError> {
+        self.track_columns(device, from, to, limit, TrackColumns::All)
+            .await
+    }
     /// [`Store::track`] with only `cols` filled in ([`StoredPosition::project`]): GeoJSON, CSV
     /// and GPX show no attributes, which are most of a packed chunk's bytes, and packed chunks
     /// are read only up to the last column asked for.

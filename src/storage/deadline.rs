@@ -155,17 +155,6 @@ impl<S: Store> Store for Timed<S> {
         bounded("device_state", self.d.call, self.inner.device_state(device)).await
     }
 
-    async fn track(
-        &self,
-        device: &DeviceId,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<Vec<StoredPosition>, StorageError> {
-        let f = self.inner.track(device, from, to, limit);
-        bounded("track", self.d.bulk, f).await
-    }
-
     async fn track_columns(
         &self,
         device: &DeviceId,

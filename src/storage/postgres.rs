@@ -156,17 +156,6 @@ impl Store for PostgresStore {
         reads::device_state(&self.pool, SQL, device).await
     }
 
-    async fn track(
-        &self,
-        device: &DeviceId,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<Vec<StoredPosition>, StorageError> {
-        self.track_tiers(device, from, to, limit, TrackColumns::All)
-            .await
-    }
-
     async fn track_columns(
         &self,
         device: &DeviceId,

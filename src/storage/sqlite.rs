@@ -143,16 +143,6 @@ impl Store for SqliteStore {
         reads::device_state(&self.reader, SQL, device).await
     }
 
-    async fn track(
-        &self,
-        device: &DeviceId,
-        from: DateTime<Utc>,
-        to: DateTime<Utc>,
-        limit: u32,
-    ) -> Result<Vec<StoredPosition>, StorageError> {
-        archive::track(self, device, from, to, limit, TrackColumns::All).await
-    }
-
     async fn track_columns(
         &self,
         device: &DeviceId,
