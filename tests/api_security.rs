@@ -42,7 +42,7 @@ async fn get_with(api: &Api, path: &str, auth: Option<&str>) -> (u16, String, Op
     (status, r.text().await.unwrap_or_default(), challenge)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+common::both_backends!(bearer_tokens_are_required_and_name_the_actor);
 async fn bearer_tokens_are_required_and_name_the_actor() {
     let dir = tempfile::tempdir().unwrap();
     let d = start(dir.path()).await;
@@ -99,7 +99,7 @@ async fn bearer_tokens_are_required_and_name_the_actor() {
     d.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+common::both_backends!(an_open_loopback_api_names_the_caller_anonymous);
 async fn an_open_loopback_api_names_the_caller_anonymous() {
     let dir = tempfile::tempdir().unwrap();
     let d = common::start(dir.path(), "").await;
@@ -209,7 +209,7 @@ fn routes_in_source() -> BTreeSet<(String, String)> {
     found
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+common::both_backends!(openapi_document_matches_the_router);
 async fn openapi_document_matches_the_router() {
     let dir = tempfile::tempdir().unwrap();
     let d = start(dir.path()).await;

@@ -19,28 +19,9 @@ fn iso(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Secs, true)
 }
 
-/// Where a scenario stores: SQLite in its temp dir, or a private PostgreSQL schema.
-enum Backend {
-    Sqlite(tempfile::TempDir),
-    Postgres(common::pg::PgSchema),
-}
-
-impl Backend {
-    async fn sqlite() -> Backend {
-        Backend::Sqlite(tempfile::tempdir().unwrap())
-    }
-
-    async fn postgres() -> Backend {
-        Backend::Postgres(common::pg::PgSchema::create().await)
-    }
-}
-
 /// A daemon with `car-1` fitted with the Teltonika tracker `IMEI`.
-async fn daemon(backend: &Backend, extra: &str) -> (fleetgate::app::Running, Api) {
-    let d = match backend {
-        Backend::Sqlite(dir) => common::start(dir.path(), extra).await,
-        Backend::Postgres(pg) => common::start_with_storage(&pg.url, extra).await,
-    };
+async fn daemon(dir: &std::path::Path, extra: &str) -> (fleetgate::app::Running, Api) {
+    let d = common::start(dir, extra).await;
     let api = Api::new(d.api_addr);
     let (s, v) = api
         .put(
@@ -63,9 +44,10 @@ async fn send(d: &fleetgate::app::Running, drive: &mut Drive) -> usize {
     recs.len()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+common::both_backends!(a_track_comes_as_geojson_csv_and_gpx_with_every_fix);
 async fn a_track_comes_as_geojson_csv_and_gpx_with_every_fix() {
-    let (d, api) = daemon(&Backend::sqlite().await, "").await;
+    let dir = tempfile::tempdir().unwrap();
+    let (d, api) = daemon(dir.path(), "").await;
     let t0 = Utc::now() - Span::hours(1);
     let mut drive = Drive::new(t0);
     drive
@@ -201,19 +183,15 @@ async fn wait_for(
     panic!("{path}: not reached: {last}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+common::both_backends!(yesterday_gets_a_daily_summary_once_the_archive_packs_it);
 async fn yesterday_gets_a_daily_summary_once_the_archive_packs_it() {
-    daily_summary(Backend::sqlite().await).await;
+    daily_summary().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn yesterday_gets_a_daily_summary_once_the_archive_packs_it_on_postgres() {
-    daily_summary(Backend::postgres().await).await;
-}
-
-async fn daily_summary(backend: Backend) {
+async fn daily_summary() {
+    let dir = tempfile::tempdir().unwrap();
     let retention = "[retention]\ncompact_grace_s = 0\ninterval_s = 10\n";
-    let (d, api) = daemon(&backend, retention).await;
+    let (d, api) = daemon(dir.path(), retention).await;
     let today = Utc::now().date_naive();
     let yesterday = today - Span::days(1);
     let t0 = yesterday.and_hms_opt(9, 0, 0).unwrap().and_utc();
@@ -241,19 +219,15 @@ async fn daily_summary(backend: Backend) {
     d.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+common::both_backends!(a_range_before_retained_from_is_gone_and_a_range_across_it_says_so);
 async fn a_range_before_retained_from_is_gone_and_a_range_across_it_says_so() {
-    expired_ranges(Backend::sqlite().await).await;
+    expired_ranges().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_range_before_retained_from_is_gone_and_a_range_across_it_says_so_on_postgres() {
-    expired_ranges(Backend::postgres().await).await;
-}
-
-async fn expired_ranges(backend: Backend) {
+async fn expired_ranges() {
+    let dir = tempfile::tempdir().unwrap();
     let retention = "[retention]\npositions_days = 2\ninterval_s = 10\n";
-    let (d, api) = daemon(&backend, retention).await;
+    let (d, api) = daemon(dir.path(), retention).await;
     let today = Utc::now().date_naive();
     // A buffered upload: ten days ago (expired on arrival) and yesterday (kept).
     let old = (today - Span::days(10))

@@ -78,7 +78,7 @@ fn stage_patches(fake: &crm_fake::Fake) -> Vec<crm_fake::Call> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+common::both_backends!(replayed_shift_moves_the_deal_on_line_then_wants_to_return);
 async fn replayed_shift_moves_the_deal_on_line_then_wants_to_return() {
     let amo = crm_fake::start("amocrm").await;
     let dir = tempfile::tempdir().unwrap();
@@ -213,7 +213,7 @@ async fn replayed_shift_moves_the_deal_on_line_then_wants_to_return() {
     daemon.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+common::both_backends!(inspection_postponed_three_times_blocks_and_completion_lifts);
 async fn inspection_postponed_three_times_blocks_and_completion_lifts() {
     let amo = crm_fake::start("amocrm").await;
     let dir = tempfile::tempdir().unwrap();

@@ -61,7 +61,7 @@ fn notes(amo: &crm_fake::Server, deal: u64) -> Vec<String> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+common::both_backends!(a_manual_block_and_a_border_exit_reach_the_deal_only_once_the_car_confirms);
 async fn a_manual_block_and_a_border_exit_reach_the_deal_only_once_the_car_confirms() {
     let amo = crm_fake::start("amocrm").await;
     let dir = tempfile::tempdir().unwrap();
@@ -193,7 +193,9 @@ async fn a_manual_block_and_a_border_exit_reach_the_deal_only_once_the_car_confi
     daemon.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+common::both_backends!(
+    bitrix24_shows_a_confirmed_block_and_unblock_with_a_comment_naming_the_reason
+);
 async fn bitrix24_shows_a_confirmed_block_and_unblock_with_a_comment_naming_the_reason() {
     let bx = crm_fake::start("bitrix24").await;
     let dir = tempfile::tempdir().unwrap();

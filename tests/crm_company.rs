@@ -170,7 +170,9 @@ location_field_id = 503
     )
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+common::both_backends!(
+    amocrm_car_facts_land_on_the_company_found_through_the_lead_and_the_stage_on_the_lead
+);
 async fn amocrm_car_facts_land_on_the_company_found_through_the_lead_and_the_stage_on_the_lead() {
     let amo = crm_fake::start("amocrm").await;
     amo.fake.add_company("9001");
@@ -266,7 +268,7 @@ async fn amocrm_car_facts_land_on_the_company_found_through_the_lead_and_the_sta
     daemon.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+common::both_backends!(bitrix24_car_facts_land_on_the_deal_s_company_and_the_stage_on_the_deal);
 async fn bitrix24_car_facts_land_on_the_deal_s_company_and_the_stage_on_the_deal() {
     let bx = crm_fake::start("bitrix24").await;
     bx.fake.add_company("77");
@@ -343,9 +345,9 @@ mileage_field_code = "UF_CRM_MILEAGE"
     daemon.stop().await;
 }
 
+common::both_backends!(a_vehicle_s_own_company_is_used_without_reading_the_lead);
 /// A vehicle whose `crm_company_id` is set is written there without asking the deal; a block
 /// note goes to the company card too (amoCRM company notes).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vehicle_s_own_company_is_used_without_reading_the_lead() {
     let amo = crm_fake::start("amocrm").await;
     amo.fake.add_company("9100");
@@ -474,25 +476,17 @@ async fn outbox_keeps_one_pending_location_per_car(store: fleetgate::storage::St
     assert_eq!(v.crm_company_id.as_deref(), Some("9001"));
 }
 
-#[tokio::test]
-async fn sqlite_outbox_keeps_one_pending_location_per_car() {
+common::both_backends!(the_outbox_keeps_one_pending_location_per_car);
+async fn the_outbox_keeps_one_pending_location_per_car() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = common::config(dir.path(), "");
     let store = fleetgate::storage::open(&cfg.storage).await.unwrap();
     outbox_keeps_one_pending_location_per_car(store).await;
 }
 
-#[tokio::test]
-async fn postgres_outbox_keeps_one_pending_location_per_car() {
-    let schema = common::pg::PgSchema::create().await;
-    let cfg = common::config_with_storage(&schema.url, "");
-    let store = fleetgate::storage::open(&cfg.storage).await.unwrap();
-    outbox_keeps_one_pending_location_per_car(store).await;
-}
-
+common::both_backends!(a_lead_without_a_company_still_moves_and_says_what_is_missing);
 /// A lead with no company: the stage still moves, the car's other facts are dead-lettered
 /// with a reason that says what to fix, and the lead is not asked again for each of them.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lead_without_a_company_still_moves_and_says_what_is_missing() {
     let amo = crm_fake::start("amocrm").await;
     let dir = tempfile::tempdir().unwrap();

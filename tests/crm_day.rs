@@ -55,7 +55,9 @@ fn seams(reasons: Arc<MemoryBlockReasons>) -> Seams {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+common::both_backends!(
+    blocked_parked_overnight_then_topped_up_in_the_crm_is_unblocked_without_a_push
+);
 async fn blocked_parked_overnight_then_topped_up_in_the_crm_is_unblocked_without_a_push() {
     let amo = crm_fake::start("amocrm").await;
     amo.fake.set_field(6100, 504, json!(3000));
@@ -174,7 +176,7 @@ fn lead_calls(fake: &crm_fake::Fake, lead: u64) -> Vec<crm_fake::Call> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+common::both_backends!(a_car_handed_back_and_driven_to_the_depot_never_touches_the_old_deal);
 async fn a_car_handed_back_and_driven_to_the_depot_never_touches_the_old_deal() {
     let amo = crm_fake::start("amocrm").await;
     let dir = tempfile::tempdir().unwrap();
@@ -297,7 +299,7 @@ async fn a_car_handed_back_and_driven_to_the_depot_never_touches_the_old_deal() 
     daemon.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+common::both_backends!(an_odometer_less_tracker_never_lowers_the_crm_mileage);
 async fn an_odometer_less_tracker_never_lowers_the_crm_mileage() {
     let amo = crm_fake::start("amocrm").await;
     let dir = tempfile::tempdir().unwrap();
@@ -376,7 +378,7 @@ async fn an_odometer_less_tracker_never_lowers_the_crm_mileage() {
     daemon.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+common::both_backends!(driver_notes_are_russian_and_one_note_survives_a_timeout_retry);
 async fn driver_notes_are_russian_and_one_note_survives_a_timeout_retry() {
     let amo = crm_fake::start("amocrm").await;
     let dir = tempfile::tempdir().unwrap();
@@ -458,9 +460,9 @@ async fn driver_notes_are_russian_and_one_note_survives_a_timeout_retry() {
     daemon.stop().await;
 }
 
+common::both_backends!(shutdown_starts_no_new_crm_request_and_ends_within_the_bound);
 /// Shutdown (SIGTERM and `Running::stop` cancel the same token): the outbox starts no new
 /// request at once; the one in flight finishes or is left pending within the documented bound.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_starts_no_new_crm_request_and_ends_within_the_bound() {
     let hook = crm_fake::start("webhook").await;
     // Each request is applied at once and answered 3 s later: a slow CRM.
@@ -498,7 +500,7 @@ async fn shutdown_starts_no_new_crm_request_and_ends_within_the_bound() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+common::both_backends!(a_bitrix24_comment_retried_after_a_timeout_is_added_once);
 async fn a_bitrix24_comment_retried_after_a_timeout_is_added_once() {
     let bx = crm_fake::start("bitrix24").await;
     let dir = tempfile::tempdir().unwrap();

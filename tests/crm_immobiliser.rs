@@ -63,7 +63,7 @@ async fn set_balance(api: &Api, driver: &str, rub: f64) -> Value {
     v
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+common::both_backends!(low_balance_and_inspection_block_through_the_immobiliser_and_lift_in_turn);
 async fn low_balance_and_inspection_block_through_the_immobiliser_and_lift_in_turn() {
     let amo = crm_fake::start("amocrm").await;
     let dir = tempfile::tempdir().unwrap();

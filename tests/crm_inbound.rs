@@ -133,12 +133,16 @@ fn metric(text: &str, name: &str, labels: &[&str]) -> f64 {
         .sum()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+common::both_backends!(an_amocrm_manager_blocks_unblocks_and_takes_a_car_back_from_inside_the_crm);
 async fn an_amocrm_manager_blocks_unblocks_and_takes_a_car_back_from_inside_the_crm() {
+    let _metrics = common::metric_lock("fleetgate_crm_inbound_total").await;
     let amo = crm_fake::start("amocrm").await;
     let dir = tempfile::tempdir().unwrap();
     let daemon = common::start(dir.path(), &amo_config(&amo.url)).await;
     let api = Api::new(daemon.api_addr);
+    // Counters are per process: this test's own are what it adds (the lock above keeps
+    // the other backend's variant out meanwhile).
+    let (_, before) = api.text("/metrics").await;
     let imei = "356307042441501";
     let (s, v) = api
         .put(
@@ -283,7 +287,9 @@ async fn an_amocrm_manager_blocks_unblocks_and_takes_a_car_back_from_inside_the_
         let mut l = vec!["crm=\"amocrm\""];
         l.extend_from_slice(labels);
         metric(&m, "fleetgate_crm_inbound_total", &l)
+            - metric(&before, "fleetgate_crm_inbound_total", &l)
     };
+    let unknown_deal = ["crm=\"amocrm\"", "action=\"deal\"", "outcome=\"unknown\""];
     assert_eq!(c(&["outcome=\"refused\""]), 1.0, "{m}");
     assert_eq!(
         c(&["outcome=\"duplicate\""]),
@@ -292,11 +298,12 @@ async fn an_amocrm_manager_blocks_unblocks_and_takes_a_car_back_from_inside_the_
     );
     assert_eq!(c(&["outcome=\"bad_request\""]), 1.0);
     assert_eq!(
-        metric(
-            &m,
-            "fleetgate_crm_inbound_actions_total",
-            &["crm=\"amocrm\"", "action=\"deal\"", "outcome=\"unknown\""]
-        ),
+        metric(&m, "fleetgate_crm_inbound_actions_total", &unknown_deal)
+            - metric(
+                &before,
+                "fleetgate_crm_inbound_actions_total",
+                &unknown_deal
+            ),
         1.0
     );
     // The CRM secret is not a bearer token, and the bearer-protected API is not reachable
@@ -306,7 +313,7 @@ async fn an_amocrm_manager_blocks_unblocks_and_takes_a_car_back_from_inside_the_
     daemon.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+common::both_backends!(a_bitrix24_event_names_only_the_deal_so_it_is_read_back_and_acted_on);
 async fn a_bitrix24_event_names_only_the_deal_so_it_is_read_back_and_acted_on() {
     let bx = crm_fake::start("bitrix24").await;
     let dir = tempfile::tempdir().unwrap();
@@ -470,12 +477,15 @@ async fn fifteen_hundred_drivers_balances_cost_a_handful_of_requests_on_both_crm
     );
 }
 
+common::both_backends!(
+    a_refused_token_pauses_the_whole_connector_and_delivery_resumes_when_it_works
+);
 /// The CRM refuses fleetgate's token (revoked by an admin): not a per-event failure. The whole
 /// connector pauses `auth_pause_s` between tries instead of hammering the CRM at the retry
 /// backoff, `fleetgate_crm_auth_failed` says so, and once the token works again the queued
 /// event goes out by itself.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_token_pauses_the_whole_connector_and_delivery_resumes_when_it_works() {
+    let _metrics = common::metric_lock("fleetgate_crm_auth_failed").await;
     let amo = crm_fake::start("amocrm").await;
     *amo.fake.token.lock().unwrap() = "the-token-was-revoked".into();
     let dir = tempfile::tempdir().unwrap();
@@ -529,9 +539,9 @@ async fn a_refused_token_pauses_the_whole_connector_and_delivery_resumes_when_it
     daemon.stop().await;
 }
 
+common::both_backends!(the_crm_is_warned_before_the_inspection_and_told_why_it_was_postponed);
 /// Before the inspection falls due the managers see it coming: a note and the days/km left in
 /// their field; a postponement carries its reason into the CRM note.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_crm_is_warned_before_the_inspection_and_told_why_it_was_postponed() {
     let amo = crm_fake::start("amocrm").await;
     let dir = tempfile::tempdir().unwrap();
@@ -618,9 +628,9 @@ async fn the_crm_is_warned_before_the_inspection_and_told_why_it_was_postponed()
     daemon.stop().await;
 }
 
+common::both_backends!(a_vehicle_is_found_by_its_deal_or_its_company_card);
 /// A CRM integrator holds a deal or a company card and wants the car: the vehicle list filters
 /// by either; a typo in the filter is a 400, not the whole fleet.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_vehicle_is_found_by_its_deal_or_its_company_card() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = common::start(dir.path(), "").await;

@@ -94,7 +94,7 @@ async fn failed_once(api: &Api, id: i64) {
     panic!("event {id} never failed: {}", outbox_all(api).await);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+common::both_backends!(a_stage_event_held_by_an_outage_does_not_overwrite_the_managers_move);
 async fn a_stage_event_held_by_an_outage_does_not_overwrite_the_managers_move() {
     let amo = crm_fake::start("amocrm").await;
     let dir = tempfile::tempdir().unwrap();
@@ -190,7 +190,9 @@ async fn a_stage_event_held_by_an_outage_does_not_overwrite_the_managers_move() 
     daemon.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+common::both_backends!(
+    stage_events_queued_for_one_deal_are_coalesced_and_a_bitrix24_manager_move_wins
+);
 async fn stage_events_queued_for_one_deal_are_coalesced_and_a_bitrix24_manager_move_wins() {
     let bx = crm_fake::start("bitrix24").await;
     let dir = tempfile::tempdir().unwrap();

@@ -72,8 +72,11 @@ fn token_calls(fake: &crm_fake::Fake) -> Vec<crm_fake::Call> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+common::both_backends!(
+    authorize_stores_tokens_and_the_daemon_refreshes_before_expiry_and_after_a_401
+);
 async fn authorize_stores_tokens_and_the_daemon_refreshes_before_expiry_and_after_a_401() {
+    let _metrics = common::metric_lock("fleetgate_crm_auth_failed").await;
     let amo = crm_fake::start("amocrm").await;
     {
         let mut o = amo.fake.oauth.lock().unwrap();
@@ -90,8 +93,8 @@ async fn authorize_stores_tokens_and_the_daemon_refreshes_before_expiry_and_afte
     std::fs::write(
         &path,
         format!(
-            "[storage]\nurl = \"sqlite://{}/fleetgate.db\"\n{}",
-            dir.path().display(),
+            "[storage]\nurl = \"{}\"\n{}",
+            common::storage_url(dir.path()),
             crm_toml(&amo.url)
         ),
     )
@@ -223,11 +226,12 @@ async fn authorize_stores_tokens_and_the_daemon_refreshes_before_expiry_and_afte
     assert_eq!(r.status(), 400, "amoCRM refuses a rotated refresh token");
 }
 
+common::both_backends!(a_revoked_refresh_token_pauses_until_authorized_again);
 /// A refresh token revoked in amoCRM (the integration was reinstalled): the connector pauses
 /// with `fleetgate_crm_auth_failed` = 1, and resumes by itself after `crm authorize` stores a
 /// new pair.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_revoked_refresh_token_pauses_until_authorized_again() {
+    let _metrics = common::metric_lock("fleetgate_crm_auth_failed").await;
     let amo = crm_fake::start("amocrm").await;
     {
         let mut o = amo.fake.oauth.lock().unwrap();
@@ -242,8 +246,8 @@ async fn a_revoked_refresh_token_pauses_until_authorized_again() {
     std::fs::write(
         &path,
         format!(
-            "[storage]\nurl = \"sqlite://{}/fleetgate.db\"\n{}",
-            dir.path().display(),
+            "[storage]\nurl = \"{}\"\n{}",
+            common::storage_url(dir.path()),
             crm_toml(&amo.url)
         ),
     )

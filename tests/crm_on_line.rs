@@ -46,7 +46,7 @@ fn stage_patches(fake: &crm_fake::Fake) -> Vec<crm_fake::Call> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+common::both_backends!(city_traffic_goes_on_line_once_yard_lot_and_tow_never);
 async fn city_traffic_goes_on_line_once_yard_lot_and_tow_never() {
     let amo = crm_fake::start("amocrm").await;
     let dir = tempfile::tempdir().unwrap();

@@ -87,7 +87,7 @@ fn key(c: &crm_fake::Call) -> String {
     c.headers["idempotency-key"].to_str().unwrap().to_string()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+common::both_backends!(crm_outage_then_every_event_once_per_key_in_order_per_vehicle);
 async fn crm_outage_then_every_event_once_per_key_in_order_per_vehicle() {
     let hook = crm_fake::start("webhook").await;
     // The CRM is down, then rate-limits, then is down again.
@@ -161,7 +161,7 @@ async fn crm_outage_then_every_event_once_per_key_in_order_per_vehicle() {
     daemon.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+common::both_backends!(undelivered_events_are_delivered_after_a_restart);
 async fn undelivered_events_are_delivered_after_a_restart() {
     let hook = crm_fake::start("webhook").await;
     hook.fake.fail_next(&[503; 10_000]);
@@ -213,7 +213,7 @@ async fn undelivered_events_are_delivered_after_a_restart() {
     daemon.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+common::both_backends!(expired_events_are_dead_letters_listed_and_retryable);
 async fn expired_events_are_dead_letters_listed_and_retryable() {
     let hook = crm_fake::start("webhook").await;
     hook.fake.fail_next(&[500; 10_000]);
@@ -257,7 +257,7 @@ async fn expired_events_are_dead_letters_listed_and_retryable() {
     daemon.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+common::both_backends!(bitrix24_deal_update_waits_out_query_limit_exceeded);
 async fn bitrix24_deal_update_waits_out_query_limit_exceeded() {
     let bx = crm_fake::start("bitrix24").await;
     bx.fake.fail_next(&[503, 503]);
@@ -298,7 +298,7 @@ wants_to_return = {{ stage_id = "C2:RETURN" }}
     daemon.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+common::both_backends!(amocrm_bulk_patches_at_most_50_and_stays_under_7_per_second);
 async fn amocrm_bulk_patches_at_most_50_and_stays_under_7_per_second() {
     let amo = crm_fake::start("amocrm").await;
     let dir = tempfile::tempdir().unwrap();

@@ -34,7 +34,7 @@ fn noise(i: u64) -> (f64, f64) {
     (a * 0.00045, b * 0.0007)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+common::both_backends!(noisy_drive_out_of_the_oblast_gives_exactly_one_exit_at_the_right_fix);
 async fn noisy_drive_out_of_the_oblast_gives_exactly_one_exit_at_the_right_fix() {
     let set = ZoneSet::load_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/geofences")).unwrap();
     let inside = |lat: f64, lon: f64| set.containing(lat, lon).any(|z| z.name == AREA);
@@ -175,17 +175,10 @@ async fn noisy_drive_out_of_the_oblast_gives_exactly_one_exit_at_the_right_fix()
     daemon.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+common::both_backends!(zones_are_added_replaced_and_deleted_through_the_api_and_persist);
 async fn zones_are_added_replaced_and_deleted_through_the_api_and_persist() {
     let dir = tempfile::tempdir().unwrap();
     zones_through_the_api(common::start(dir.path(), "").await).await;
-}
-
-/// The same flow with PostgreSQL as the store (zones, membership and events in PostgreSQL).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn zones_through_the_api_on_postgres() {
-    let schema = common::pg::PgSchema::create().await;
-    zones_through_the_api(common::start_with_storage(&schema.url, "").await).await;
 }
 
 async fn zones_through_the_api(daemon: fleetgate::app::Running) {

@@ -38,7 +38,9 @@ async fn wait_command(api: &Api, cmd: i64, status: &str) -> Value {
     panic!("command {cmd} never {status}: {last}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+common::both_backends!(
+    moving_car_is_blocked_only_once_stopped_and_unblocked_when_the_last_reason_lifts
+);
 async fn moving_car_is_blocked_only_once_stopped_and_unblocked_when_the_last_reason_lifts() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = common::start(dir.path(), CFG).await;
@@ -190,10 +192,12 @@ async fn moving_car_is_blocked_only_once_stopped_and_unblocked_when_the_last_rea
     daemon.stop().await;
 }
 
+common::both_backends!(
+    block_for_an_offline_tracker_is_sent_on_reconnect_once_fresh_fixes_show_it_safe
+);
 /// A tracker that was parked and is offline: the block waits for it (evidence dies with the
 /// connection it came on), and on login goes out only once that new connection's own fixes
 /// show the car safe (a car driven off meanwhile waits again).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn block_for_an_offline_tracker_is_sent_on_reconnect_once_fresh_fixes_show_it_safe() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = common::start(dir.path(), CFG).await;
@@ -233,9 +237,9 @@ async fn block_for_an_offline_tracker_is_sent_on_reconnect_once_fresh_fixes_show
     daemon.stop().await;
 }
 
+common::both_backends!(pending_block_survives_a_restart);
 /// The daemon restarts with a block still pending: after the restart it goes out on the new
 /// session's own evidence.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pending_block_survives_a_restart() {
     let dir = tempfile::tempdir().unwrap();
     let imei = "356307042441103";
@@ -270,9 +274,9 @@ async fn pending_block_survives_a_restart() {
     daemon.stop().await;
 }
 
+common::both_backends!(block_then_unblock_while_offline_sends_only_the_unblock);
 /// Block then unblock while the tracker is offline: the block never goes, nor does anything
 /// else (the car was never blocked).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn block_then_unblock_while_offline_sends_only_the_unblock() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = common::start(dir.path(), CFG).await;
@@ -300,7 +304,7 @@ async fn block_then_unblock_while_offline_sends_only_the_unblock() {
     daemon.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+common::both_backends!(force_is_refused_unless_allowed_and_then_skips_the_wait);
 async fn force_is_refused_unless_allowed_and_then_skips_the_wait() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = common::start(dir.path(), CFG).await;
@@ -363,9 +367,9 @@ async fn force_is_refused_unless_allowed_and_then_skips_the_wait() {
     daemon.stop().await;
 }
 
+common::both_backends!(profiles_retries_and_resend_after_a_lost_connection);
 /// A per-model profile picks the text and the confirming output; an unanswered command is
 /// retried after the ack timeout and written again when the connection drops.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn profiles_retries_and_resend_after_a_lost_connection() {
     let dir = tempfile::tempdir().unwrap();
     let imei = "356307042441106";
@@ -447,9 +451,9 @@ async fn read_until(t: &mut Tracker, needle: &[u8]) -> Vec<u8> {
     );
 }
 
+common::both_backends!(gt06_profile_command_and_answer);
 /// A GT06 (Concox) car whose model takes `DYD,000000#`: the profile picks the text, the
 /// answer is matched by the echoed server flag, and the car is blocked.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gt06_profile_command_and_answer() {
     use fleetgate::protocols::gt06::{encode_command_response, encode_gps, encode_login, GpsFix};
     let dir = tempfile::tempdir().unwrap();

@@ -209,7 +209,7 @@ async fn oversized_frames_close_only_the_offending_connection() {
     d.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+common::both_backends!(api_body_over_the_limit_is_refused_and_counted);
 async fn api_body_over_the_limit_is_refused_and_counted() {
     let dir = tempfile::tempdir().unwrap();
     let mut config = common::config(dir.path(), "");

@@ -69,7 +69,7 @@ async fn wait_stored(api: &Api, device: &str, n: usize, secs: u64) -> Vec<serde_
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+common::both_backends!(json_and_codec8e_publishes_land_in_storage_and_the_api);
 async fn json_and_codec8e_publishes_land_in_storage_and_the_api() {
     let dir = tempfile::tempdir().unwrap();
     let prefix = unique("fgt");
@@ -221,13 +221,13 @@ async fn json_and_codec8e_publishes_land_in_storage_and_the_api() {
     forget_sessions(&[format!("{prefix}-gw")]).await;
 }
 
+common::both_backends!(an_mqtt_device_removed_from_its_vehicle_is_refused_at_once);
 /// The real binary is SIGKILLed while a device keeps publishing, then started again with the
 /// same client id: the broker kept the session, queued what came meanwhile and redelivers
 /// what was never acked, so every message the broker accepted ends up stored exactly once.
 /// With `register_unknown = false`, an MQTT device taken out of its vehicle through the API
 /// is refused at its next message: the MQTT source reads the one admission cache the API
 /// clears (as the TCP listeners do, tests/teltonika_e2e.rs).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_mqtt_device_removed_from_its_vehicle_is_refused_at_once() {
     let dir = tempfile::tempdir().unwrap();
     let prefix = unique("fgr");

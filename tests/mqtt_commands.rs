@@ -46,7 +46,7 @@ async fn next_command(dev: &mut Device) -> Value {
     serde_json::from_slice(&p.payload).expect("JSON command")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+common::both_backends!(mqtt_device_is_blocked_when_stopped_acknowledges_and_is_unblocked);
 async fn mqtt_device_is_blocked_when_stopped_acknowledges_and_is_unblocked() {
     let dir = tempfile::tempdir().unwrap();
     let prefix = unique("fgc");

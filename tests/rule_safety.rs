@@ -437,7 +437,7 @@ async fn reasons(api: &Api, imei: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+common::both_backends!(noisy_border_traces_give_no_wrongful_block_and_no_missed_exit);
 async fn noisy_border_traces_give_no_wrongful_block_and_no_missed_exit() {
     let seed: u64 = std::env::var("FLEETGATE_RULE_SEED")
         .ok()

@@ -35,6 +35,13 @@ fn chromium() -> Option<PathBuf> {
     if let Some(p) = find() {
         return Some(p);
     }
+    // One install at a time: the tests beside this one ask too, and a second apt-get beside
+    // the first fails on dpkg's lock.
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _one = INSTALL.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(p) = find() {
+        return Some(p);
+    }
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join(".ci/tools");
     let _ = Command::new("bash").arg(script).arg("chromium").status();
     find()
@@ -81,13 +88,14 @@ fn record(lat: f64, lon: f64, speed: u16) -> AvlRecord {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+common::both_backends!(status_page_draws_every_vehicle_in_headless_chromium);
 async fn status_page_draws_every_vehicle_in_headless_chromium() {
     let Some(chromium) = chromium() else {
         eprintln!(
             "\n\n*** SKIPPED status_page_draws_every_vehicle_in_headless_chromium: no chromium and \
              `.ci/tools chromium` could not install it ***\n\n"
         );
+        common::backend::skipped();
         return;
     };
     let dir = tempfile::tempdir().unwrap();
@@ -291,17 +299,18 @@ fn type_into(id: &str, value: &str) -> String {
     )
 }
 
+common::both_backends!(operator_console_lists_filters_blocks_and_goes_stale_in_a_real_browser);
 /// The console a dispatcher keeps open, in a real headless Chromium driven over the DevTools
 /// protocol: the list and its counts, search and filters, the vehicle panel, a block from the
 /// page that reaches the tracker once the car stands, the audit naming the token, a read-only
 /// token that gets no buttons (and a 403), and a stopped daemon turning the page stale.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_console_lists_filters_blocks_and_goes_stale_in_a_real_browser() {
     let Some(chromium) = chromium() else {
         eprintln!(
             "\n\n*** SKIPPED operator_console_lists_filters_blocks_and_goes_stale_in_a_real_browser: \
              no chromium and `.ci/tools chromium` could not install it ***\n\n"
         );
+        common::backend::skipped();
         return;
     };
     const OPS: &str = "console-ops-token-0001";

@@ -61,20 +61,13 @@ async fn area_of(api: &Api) -> Value {
     f
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+common::both_backends!(
+    swapped_and_mass_exit_uploads_are_refused_never_stored_and_forced_ones_audited
+);
 async fn swapped_and_mass_exit_uploads_are_refused_never_stored_and_forced_ones_audited() {
     let dir = tempfile::tempdir().unwrap();
     let zones = zones_dir(dir.path());
     let config = common::config(dir.path(), &geofences(&zones));
-    guarded_changes(config, &zones).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn zone_changes_are_guarded_on_postgres() {
-    let schema = common::pg::PgSchema::create().await;
-    let dir = tempfile::tempdir().unwrap();
-    let zones = zones_dir(dir.path());
-    let config = common::config_with_storage(&schema.url, &geofences(&zones));
     guarded_changes(config, &zones).await;
 }
 
@@ -287,7 +280,9 @@ async fn guarded_changes(mut config: fleetgate::config::Config, zones: &std::pat
     daemon.stop().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+common::both_backends!(
+    a_broken_zone_file_at_start_keeps_the_other_zones_unless_no_service_area_is_left
+);
 async fn a_broken_zone_file_at_start_keeps_the_other_zones_unless_no_service_area_is_left() {
     let dir = tempfile::tempdir().unwrap();
     let zones = dir.path().join("zones");

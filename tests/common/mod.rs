@@ -1,7 +1,9 @@
-//! Shared test harness: a daemon on ephemeral ports with its own SQLite file, a tracker-side
-//! TCP client, and an API client.
+//! Shared test harness: a daemon on ephemeral ports with its own database (an SQLite file, or
+//! a PostgreSQL schema in a [`both_backends!`] variant), a tracker-side TCP client, and an API
+//! client.
 #![allow(dead_code)]
 
+pub mod backend;
 pub mod mqtt;
 pub mod pg;
 pub mod process;
@@ -18,18 +20,14 @@ use fleetgate::protocols::Protocol;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// A config with every protocol on an ephemeral loopback port and storage in `dir`.
+#[allow(unused_imports)]
+pub(crate) use backend::both_backends;
+pub use backend::storage_url;
+
+/// A config with every protocol on an ephemeral loopback port and storage for `dir` (in the
+/// backend of the running [`both_backends!`] variant; SQLite outside one).
 pub fn config(dir: &std::path::Path, extra: &str) -> Config {
-    let mut text = String::from("[api]\nlisten = \"127.0.0.1:0\"\n[listeners]\n");
-    for p in Protocol::ALL {
-        text.push_str(&format!("{} = \"127.0.0.1:0\"\n", p.name()));
-    }
-    text.push_str(&format!(
-        "[storage]\nurl = \"sqlite://{}/fleetgate.db\"\n",
-        dir.display()
-    ));
-    text.push_str(extra);
-    Config::from_toml_with_env(&text, "test", Vec::new()).expect("test config")
+    config_with_storage(&storage_url(dir), extra)
 }
 
 pub async fn start(dir: &std::path::Path, extra: &str) -> Running {
@@ -172,6 +170,24 @@ pub async fn metric(api: &Api, name: &str, labels: &[(&str, &str)]) -> f64 {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// Hold while asserting exact values of the process-wide metric `name`: the daemons of the
+/// tests beside this one (both backends' variants of the same test among them) count into the
+/// same recorder, so every test that asserts an exact value of `name` takes this first.
+pub async fn metric_lock(name: &'static str) -> tokio::sync::OwnedMutexGuard<()> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex, OnceLock};
+    type Locks = Mutex<HashMap<&'static str, Arc<tokio::sync::Mutex<()>>>>;
+    static LOCKS: OnceLock<Locks> = OnceLock::new();
+    let lock = LOCKS
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .entry(name)
+        .or_default()
+        .clone();
+    lock.lock_owned().await
 }
 
 /// Poll until `f` accepts the vehicle view (20 s at most: CI machines are slow).

@@ -40,6 +40,19 @@ impl PgSchema {
         let url = format!("{}{sep}options=-c%20search_path%3D{name}", base_url());
         PgSchema { name, url }
     }
+
+    /// [`PgSchema::create`] from synchronous code running inside a test's runtime.
+    pub fn create_blocking() -> PgSchema {
+        std::thread::spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("runtime")
+                .block_on(PgSchema::create())
+        })
+        .join()
+        .expect("schema created")
+    }
 }
 
 impl Drop for PgSchema {
