@@ -258,12 +258,12 @@ async fn compact_beside_a_live_daemon(dir: &std::path::Path, url: &str, backend:
     daemon.wait().unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+common::both_backends!(sigkill_during_compaction_loses_and_duplicates_nothing);
 async fn sigkill_during_compaction_loses_and_duplicates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let t = teltonika_only(
         dir.path(),
-        &format!("url = \"sqlite://{}/fg.db\"", dir.path().display()),
+        &format!("url = \"{}\"", common::storage_url(dir.path())),
     );
     let mut daemon = spawn(&t.config);
     wait_ready(&t.api).await;
@@ -540,16 +540,16 @@ async fn sigkill_during_postgres_migration_loses_and_duplicates_nothing() {
     drop(schema);
 }
 
+common::both_backends!(sigkill_during_a_partition_drop_loses_and_duplicates_nothing);
 /// `[retention] positions_days` drops old day partitions in the daemon's archive pass (the
 /// first one runs at start-up). Killed with SIGKILL during start-up passes and while trackers
 /// upload recent fixes, then started again: every recent fix acked is stored once, and the
 /// expired days are gone once a start-up finishes its pass.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_during_a_partition_drop_loses_and_duplicates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let t = teltonika_only(
         dir.path(),
-        &format!("url = \"sqlite://{}/fg.db\"", dir.path().display()),
+        &format!("url = \"{}\"", common::storage_url(dir.path())),
     );
     // Old days first, kept: June, one fix an hour for ~8 days per device, packed by day.
     let mut daemon = spawn(&t.config);
