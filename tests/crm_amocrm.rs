@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use chrono::{TimeZone, Utc};
 use common::{Api, Tracker};
+use crm_fake::config::{amocrm, stage_patches, FIELDS, ON_LINE, WANTS_TO_RETURN};
 use fleetgate::crm::memory::{BoxZones, MemoryBlockReasons};
 use fleetgate::crm::Seams;
 use fleetgate::model::VehicleId;
@@ -18,32 +19,9 @@ use fleetgate::protocols::teltonika::{encode_avl_packet, encode_imei, io, AvlRec
 use fleetgate::protocols::{Protocol, Transport};
 use serde_json::json;
 
-const ON_LINE: (u64, u64) = (7001, 142_001);
-const WANTS_TO_RETURN: (u64, u64) = (7001, 142_002);
-
 fn crm_toml(base_url: &str) -> String {
-    format!(
-        r#"
-[crm]
-kind = "amocrm"
-base_url = "{base_url}"
-token = "amo-long-lived-token"
-backoff_initial_s = 0.05
-backoff_max_s = 0.5
-poll_ms = 50
-[crm.stages]
-on_line = {{ pipeline_id = {}, status_id = {} }}
-wants_to_return = {{ pipeline_id = {}, status_id = {} }}
-[crm.fields]
-mileage_field_id = 501
-blocked_field_id = 502
-location_field_id = 503
-balance_field_id = 504
-[rules.return_signals]
-teltonika = {{ input = 2 }}
-"#,
-        ON_LINE.0, ON_LINE.1, WANTS_TO_RETURN.0, WANTS_TO_RETURN.1
-    )
+    let signals = "[rules.return_signals]\nteltonika = { input = 2 }\n";
+    amocrm(base_url, "", &format!("{FIELDS}{signals}"))
 }
 
 /// One record every 10 s from `t0 + start_s`: parked, then driving, as a shift starts.
@@ -69,13 +47,6 @@ fn record(s: i64, speed: u16, din2: bool) -> AvlRecord {
 async fn register(api: &Api, id: &str, body: serde_json::Value) {
     let (st, v) = api.put(&format!("/api/v1/vehicles/{id}"), body).await;
     assert_eq!(st, 200, "{v}");
-}
-
-fn stage_patches(fake: &crm_fake::Fake) -> Vec<crm_fake::Call> {
-    fake.ok("PATCH")
-        .into_iter()
-        .filter(|c| c.body.get("status_id").is_some() || c.body.as_array().is_some())
-        .collect()
 }
 
 common::both_backends!(replayed_shift_moves_the_deal_on_line_then_wants_to_return);

@@ -10,44 +10,15 @@ mod crm_fake;
 use std::time::Duration;
 
 use common::teltonika::{login, parked, read_command, rec, send_records};
-use common::Api;
+use common::{wait_immobiliser, Api};
+use crm_fake::config::{amocrm, IMMOBILISER};
 use fleetgate::protocols::teltonika::encode_codec12_response;
 use fleetgate::protocols::{Protocol, Transport};
 use serde_json::{json, Value};
 
 fn config(amo_url: &str) -> String {
-    format!(
-        r#"
-[immobiliser]
-safe_for = 10
-max_block_speed_kmh = 5
-[crm]
-kind = "amocrm"
-base_url = "{amo_url}"
-token = "amo-long-lived-token"
-backoff_initial_s = 0.05
-backoff_max_s = 0.5
-poll_ms = 50
-[crm.stages]
-on_line = {{ pipeline_id = 7001, status_id = 142001 }}
-wants_to_return = {{ pipeline_id = 7001, status_id = 142002 }}
-[crm.fields]
-blocked_field_id = 502
-"#
-    )
-}
-
-async fn wait_state(api: &Api, id: &str, state: &str) -> Value {
-    let mut last = Value::Null;
-    for _ in 0..400 {
-        let (_, v) = api.get(&format!("/api/v1/vehicles/{id}")).await;
-        if v["immobiliser"]["state"] == state {
-            return v;
-        }
-        last = v;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("vehicle {id} never {state}: {last}");
+    let fields = "[crm.fields]\nblocked_field_id = 502\n";
+    format!("{IMMOBILISER}{}", amocrm(amo_url, "", fields))
 }
 
 fn notes(amo: &crm_fake::Server, deal: u64) -> Vec<String> {
@@ -114,7 +85,7 @@ async fn a_manual_block_and_a_border_exit_reach_the_deal_only_once_the_car_confi
         b"DOUT1:1 DOUT2:IGNORED DOUT3:IGNORED",
     ))
     .await;
-    wait_state(&api, "car-31", "blocked").await;
+    wait_immobiliser(&api, "car-31", "blocked").await;
     assert!(
         crm_fake::wait_for(20, || amo.fake.field_writes(502) == vec![json!(true)]).await,
         "{:?}",
@@ -171,7 +142,7 @@ async fn a_manual_block_and_a_border_exit_reach_the_deal_only_once_the_car_confi
         b"DOUT1:0 DOUT2:IGNORED DOUT3:IGNORED",
     ))
     .await;
-    wait_state(&api, "car-31", "running").await;
+    wait_immobiliser(&api, "car-31", "running").await;
     assert!(
         crm_fake::wait_for(20, || amo.fake.field_writes(502)
             == vec![json!(true), json!(true), json!(false)])
@@ -248,7 +219,7 @@ blocked_field_code = "UF_CRM_BLOCKED"
         b"DOUT1:1 DOUT2:IGNORED DOUT3:IGNORED",
     ))
     .await;
-    wait_state(&api, "car-32", "blocked").await;
+    wait_immobiliser(&api, "car-32", "blocked").await;
     let comments = |bx: &crm_fake::Server| -> Vec<Value> {
         bx.fake
             .comments
@@ -282,7 +253,7 @@ blocked_field_code = "UF_CRM_BLOCKED"
         b"DOUT1:0 DOUT2:IGNORED DOUT3:IGNORED",
     ))
     .await;
-    wait_state(&api, "car-32", "running").await;
+    wait_immobiliser(&api, "car-32", "running").await;
     assert!(
         crm_fake::wait_for(20, || comments(&bx).len() == 2).await,
         "{:?}",

@@ -8,12 +8,9 @@
 mod common;
 mod crm_fake;
 
-use std::sync::Arc;
-
 use chrono::{TimeZone, Utc};
 use common::{Api, Tracker};
-use fleetgate::crm::memory::{BoxZones, MemoryBlockReasons};
-use fleetgate::crm::Seams;
+use crm_fake::config::{amocrm, seams};
 use fleetgate::protocols::teltonika::{encode_avl_packet, encode_imei, io, AvlRecord, CODEC_8E};
 use fleetgate::protocols::{Protocol, Transport};
 use serde_json::{json, Value};
@@ -50,14 +47,11 @@ fn second_of(v: &Value) -> i64 {
     ((lat - 55.75) / 0.00002).round() as i64
 }
 
-fn seams() -> Seams {
-    Seams {
-        reasons: Some(Arc::new(MemoryBlockReasons::default())),
-        zones: Some(Arc::new(BoxZones {
-            area: (55.5, 37.3, 56.0, 37.9),
-            lots: Vec::new(),
-        })),
-    }
+fn amo_toml(url: &str) -> String {
+    let keys = "car_entity = \"company\"\nlocation_interval_min = 1\n";
+    let fields =
+        "[crm.fields]\nmileage_field_id = 501\nblocked_field_id = 502\nlocation_field_id = 503\n";
+    amocrm(url, keys, fields)
 }
 
 /// 1 min parked, 6 min at 30 km/h, 5 min parked, six records a packet; returns the tracker.
@@ -145,29 +139,6 @@ fn check_periodic(events: &[(i64, String, Value)]) {
         newest.1, "delivered",
         "the newest location is written: {events:?}"
     );
-}
-
-fn amo_toml(url: &str) -> String {
-    format!(
-        r#"
-[crm]
-kind = "amocrm"
-base_url = "{url}"
-token = "amo-long-lived-token"
-car_entity = "company"
-location_interval_min = 1
-backoff_initial_s = 0.05
-backoff_max_s = 0.5
-poll_ms = 50
-[crm.stages]
-on_line = {{ pipeline_id = 7001, status_id = 142001 }}
-wants_to_return = {{ pipeline_id = 7001, status_id = 142002 }}
-[crm.fields]
-mileage_field_id = 501
-blocked_field_id = 502
-location_field_id = 503
-"#
-    )
 }
 
 common::both_backends!(
@@ -516,7 +487,8 @@ async fn a_lead_without_a_company_still_moves_and_says_what_is_missing() {
         amo.fake.calls()
     );
     let mut dead = Vec::new();
-    for _ in 0..100 {
+    // 20 s at most: the second location event waits its turn behind the first's attempt.
+    for _ in 0..400 {
         let (_, v) = api
             .get("/api/v1/crm/outbox?vehicle=car-10&status=dead&limit=100")
             .await;

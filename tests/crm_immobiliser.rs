@@ -7,49 +7,16 @@
 mod common;
 mod crm_fake;
 
-use std::time::Duration;
-
 use common::teltonika::{login, read_command, rec, send_records};
-use common::Api;
+use common::{wait_immobiliser, Api};
+use crm_fake::config::{amocrm, IMMOBILISER};
 use fleetgate::protocols::teltonika::encode_codec12_response;
 use fleetgate::protocols::{Protocol, Transport};
 use serde_json::{json, Value};
 
 fn config(amo_url: &str) -> String {
-    format!(
-        r#"
-[immobiliser]
-safe_for = 10
-max_block_speed_kmh = 5
-[crm]
-kind = "amocrm"
-base_url = "{amo_url}"
-token = "amo-long-lived-token"
-backoff_initial_s = 0.05
-backoff_max_s = 0.5
-poll_ms = 50
-[crm.stages]
-on_line = {{ pipeline_id = 7001, status_id = 142001 }}
-wants_to_return = {{ pipeline_id = 7001, status_id = 142002 }}
-[crm.fields]
-mileage_field_id = 501
-blocked_field_id = 502
-"#
-    )
-}
-
-/// Poll the vehicle view until `state` (20 s at most: CI machines are slow).
-async fn wait_state(api: &Api, id: &str, state: &str) -> Value {
-    let mut last = Value::Null;
-    for _ in 0..400 {
-        let (_, v) = api.get(&format!("/api/v1/vehicles/{id}")).await;
-        if v["immobiliser"]["state"] == state {
-            return v;
-        }
-        last = v;
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("vehicle {id} never {state}: {last}");
+    let fields = "[crm.fields]\nmileage_field_id = 501\nblocked_field_id = 502\n";
+    format!("{IMMOBILISER}{}", amocrm(amo_url, "", fields))
 }
 
 async fn set_balance(api: &Api, driver: &str, rub: f64) -> Value {
@@ -87,7 +54,7 @@ async fn low_balance_and_inspection_block_through_the_immobiliser_and_lift_in_tu
 
     // The balance falls under 5,000 RUB while the car drives: pending, nothing on the wire.
     set_balance(&api, "drv-21", 3_200.0).await;
-    let v = wait_state(&api, "car-21", "block_pending").await;
+    let v = wait_immobiliser(&api, "car-21", "block_pending").await;
     assert_eq!(v["immobiliser"]["reasons"], json!(["low_balance"]), "{v}");
     // The reason is the rule's, not the API caller's; the caller is named in the comment.
     let detail = &v["immobiliser"]["reason_details"][0];
@@ -113,7 +80,7 @@ async fn low_balance_and_inspection_block_through_the_immobiliser_and_lift_in_tu
         b"DOUT1:1 DOUT2:IGNORED DOUT3:IGNORED",
     ))
     .await;
-    wait_state(&api, "car-21", "blocked").await;
+    wait_immobiliser(&api, "car-21", "blocked").await;
     // The driver is told why (a note on the deal), and the deal shows the car blocked.
     assert!(
         crm_fake::wait_for(20, || amo
@@ -200,7 +167,7 @@ async fn low_balance_and_inspection_block_through_the_immobiliser_and_lift_in_tu
         b"DOUT1:0 DOUT2:IGNORED DOUT3:IGNORED",
     ))
     .await;
-    let v = wait_state(&api, "car-21", "running").await;
+    let v = wait_immobiliser(&api, "car-21", "running").await;
     assert_eq!(v["immobiliser"]["reasons"], json!([]), "{v}");
 
     // Exactly two commands, and the audit names the rule behind each reason.

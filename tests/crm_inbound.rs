@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use common::teltonika::{login, parked, read_command, send_records};
 use common::Api;
+use crm_fake::config::{amocrm, bitrix24, IMMOBILISER};
 use fleetgate::protocols::teltonika::encode_codec12_response;
 use fleetgate::protocols::{Protocol, Transport};
 use serde_json::{json, Value};
@@ -22,55 +23,21 @@ const SECRET: &str = "amo-inbound-0123456789";
 const BX_TOKEN: &str = "bx-app-token-abcdef";
 
 fn amo_config(amo_url: &str) -> String {
-    format!(
-        r#"
-[immobiliser]
-safe_for = 10
-max_block_speed_kmh = 5
-[crm]
-kind = "amocrm"
-base_url = "{amo_url}"
-token = "amo-long-lived-token"
-backoff_initial_s = 0.05
-backoff_max_s = 0.5
-poll_ms = 50
-[crm.stages]
-on_line = {{ pipeline_id = 7001, status_id = 142001 }}
-wants_to_return = {{ pipeline_id = 7001, status_id = 142002 }}
-[crm.fields]
-balance_field_id = 504
-[crm.inbound]
-secret = "{SECRET}"
-[crm.inbound.stages]
-block = {{ pipeline_id = 7001, status_id = 142005 }}
-return = {{ pipeline_id = 7001, status_id = 142009 }}
-"#
-    )
+    let sections = format!(
+        "[crm.fields]\nbalance_field_id = 504\n[crm.inbound]\nsecret = \"{SECRET}\"\n\
+         [crm.inbound.stages]\nblock = {{ pipeline_id = 7001, status_id = 142005 }}\n\
+         return = {{ pipeline_id = 7001, status_id = 142009 }}\n"
+    );
+    format!("{IMMOBILISER}{}", amocrm(amo_url, "", &sections))
 }
 
 fn bitrix_config(url: &str) -> String {
-    format!(
-        r#"
-[immobiliser]
-safe_for = 10
-max_block_speed_kmh = 5
-[crm]
-kind = "bitrix24"
-webhook_url = "{url}/rest/1/s3cr3t/"
-backoff_initial_s = 0.05
-backoff_max_s = 0.5
-poll_ms = 50
-[crm.stages]
-on_line = {{ stage_id = "C1:EXECUTING" }}
-wants_to_return = {{ stage_id = "C1:FINAL_INVOICE" }}
-[crm.fields]
-balance_field_code = "UF_CRM_BALANCE"
-[crm.inbound]
-application_token = "{BX_TOKEN}"
-[crm.inbound.stages]
-block = {{ stage_id = "C1:BLOCK" }}
-"#
-    )
+    let sections = format!(
+        "[crm.fields]\nbalance_field_code = \"UF_CRM_BALANCE\"\n\
+         [crm.inbound]\napplication_token = \"{BX_TOKEN}\"\n\
+         [crm.inbound.stages]\nblock = {{ stage_id = \"C1:BLOCK\" }}\n"
+    );
+    format!("{IMMOBILISER}{}", bitrix24(url, "", &sections))
 }
 
 /// POST a form body as the CRM does: `application/x-www-form-urlencoded`, no bearer token.

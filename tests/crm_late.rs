@@ -6,59 +6,14 @@
 mod common;
 mod crm_fake;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use common::teltonika::{self, Drive};
 use common::Api;
-use fleetgate::crm::memory::{BoxZones, MemoryBlockReasons};
-use fleetgate::crm::Seams;
+use crm_fake::config::{amocrm, bitrix24, seams};
 use fleetgate::protocols::{Protocol, Transport};
 use serde_json::{json, Value};
-
-fn amo_toml(base_url: &str) -> String {
-    format!(
-        r#"
-[crm]
-kind = "amocrm"
-base_url = "{base_url}"
-token = "amo-long-lived-token"
-backoff_initial_s = 0.05
-backoff_max_s = 0.5
-poll_ms = 50
-[crm.stages]
-on_line = {{ pipeline_id = 7001, status_id = 142001 }}
-wants_to_return = {{ pipeline_id = 7001, status_id = 142002 }}
-"#
-    )
-}
-
-fn bitrix_toml(url: &str) -> String {
-    format!(
-        r#"
-[crm]
-kind = "bitrix24"
-webhook_url = "{url}/rest/1/s3cr3t/"
-backoff_initial_s = 0.05
-backoff_max_s = 0.5
-poll_ms = 50
-[crm.stages]
-on_line = {{ stage_id = "C1:EXECUTING" }}
-wants_to_return = {{ stage_id = "C1:FINAL_INVOICE" }}
-"#
-    )
-}
-
-fn seams() -> Seams {
-    Seams {
-        reasons: Some(Arc::new(MemoryBlockReasons::default())),
-        zones: Some(Arc::new(BoxZones {
-            area: (55.5, 37.3, 56.0, 37.9),
-            lots: Vec::new(),
-        })),
-    }
-}
 
 async fn outbox_all(api: &Api) -> Value {
     api.get("/api/v1/crm/outbox?status=all").await.1
@@ -98,10 +53,12 @@ common::both_backends!(a_stage_event_held_by_an_outage_does_not_overwrite_the_ma
 async fn a_stage_event_held_by_an_outage_does_not_overwrite_the_managers_move() {
     let amo = crm_fake::start("amocrm").await;
     let dir = tempfile::tempdir().unwrap();
-    let daemon =
-        fleetgate::app::start_with(common::config(dir.path(), &amo_toml(&amo.url)), seams())
-            .await
-            .unwrap();
+    let daemon = fleetgate::app::start_with(
+        common::config(dir.path(), &amocrm(&amo.url, "", "")),
+        seams(),
+    )
+    .await
+    .unwrap();
     let api = Api::new(daemon.api_addr);
     let (st, v) = api
         .put(
@@ -196,10 +153,12 @@ common::both_backends!(
 async fn stage_events_queued_for_one_deal_are_coalesced_and_a_bitrix24_manager_move_wins() {
     let bx = crm_fake::start("bitrix24").await;
     let dir = tempfile::tempdir().unwrap();
-    let daemon =
-        fleetgate::app::start_with(common::config(dir.path(), &bitrix_toml(&bx.url)), seams())
-            .await
-            .unwrap();
+    let daemon = fleetgate::app::start_with(
+        common::config(dir.path(), &bitrix24(&bx.url, "", "")),
+        seams(),
+    )
+    .await
+    .unwrap();
     let api = Api::new(daemon.api_addr);
     let imei = "356307042441401";
     let (st, v) = api

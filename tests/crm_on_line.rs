@@ -8,58 +8,21 @@
 mod common;
 mod crm_fake;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use common::teltonika::{self, Drive as Car};
 use common::Api;
-use fleetgate::crm::memory::{BoxZones, MemoryBlockReasons};
-use fleetgate::crm::Seams;
+use crm_fake::config::{amocrm, seams, stage_patches, ON_LINE};
 use fleetgate::protocols::{Protocol, Transport};
 use serde_json::json;
-
-const ON_LINE: (u64, u64) = (7001, 142_001);
-
-fn crm_toml(base_url: &str) -> String {
-    format!(
-        r#"
-[crm]
-kind = "amocrm"
-base_url = "{base_url}"
-token = "amo-long-lived-token"
-backoff_initial_s = 0.05
-backoff_max_s = 0.5
-poll_ms = 50
-[crm.stages]
-on_line = {{ pipeline_id = {}, status_id = {} }}
-wants_to_return = {{ pipeline_id = 7001, status_id = 142002 }}
-"#,
-        ON_LINE.0, ON_LINE.1
-    )
-}
-
-fn stage_patches(fake: &crm_fake::Fake) -> Vec<crm_fake::Call> {
-    fake.ok("PATCH")
-        .into_iter()
-        .filter(|c| c.body.get("status_id").is_some() || c.body.as_array().is_some())
-        .collect()
-}
 
 common::both_backends!(city_traffic_goes_on_line_once_yard_lot_and_tow_never);
 async fn city_traffic_goes_on_line_once_yard_lot_and_tow_never() {
     let amo = crm_fake::start("amocrm").await;
     let dir = tempfile::tempdir().unwrap();
-    let seams = Seams {
-        reasons: Some(Arc::new(MemoryBlockReasons::default())),
-        zones: Some(Arc::new(BoxZones {
-            area: (55.5, 37.3, 56.0, 37.9),
-            lots: Vec::new(),
-        })),
-    };
-    let daemon = fleetgate::app::start_with(common::config(dir.path(), &crm_toml(&amo.url)), seams)
-        .await
-        .unwrap();
+    let config = common::config(dir.path(), &amocrm(&amo.url, "", ""));
+    let daemon = fleetgate::app::start_with(config, seams()).await.unwrap();
     let api = Api::new(daemon.api_addr);
     let t0 = Utc::now() - chrono::Duration::minutes(40);
 

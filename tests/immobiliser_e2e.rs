@@ -8,16 +8,12 @@ use std::time::Duration;
 
 use chrono::Utc;
 use common::teltonika::{login, parked, read_command, rec, send_records};
-use common::{wait_vehicle, Api, Tracker};
+use common::{wait_immobiliser, wait_vehicle, Api, Tracker};
 use fleetgate::protocols::teltonika::{encode_avl_packet, encode_codec12_response, io, CODEC_8E};
 use fleetgate::protocols::{Protocol, Transport};
 use serde_json::{json, Value};
 
 const CFG: &str = "[immobiliser]\nsafe_for = 10\nmax_block_speed_kmh = 5\n";
-
-async fn wait_state(api: &Api, id: &str, state: &str) -> Value {
-    wait_vehicle(api, id, state, |v| v["immobiliser"]["state"] == state).await
-}
 
 async fn commands(api: &Api, id: &str) -> Vec<Value> {
     let (s, c) = api.get(&format!("/api/v1/vehicles/{id}/commands")).await;
@@ -65,7 +61,7 @@ async fn moving_car_is_blocked_only_once_stopped_and_unblocked_when_the_last_rea
         t.read_for(600).await.is_empty(),
         "no command on the wire while the car drives"
     );
-    let v = wait_state(&api, imei, "block_pending").await;
+    let v = wait_immobiliser(&api, imei, "block_pending").await;
     assert!(v["immobiliser"]["since"].is_string(), "{v}");
 
     // It slows to a stop: one slow fix is not yet 10 s of standstill.
@@ -75,7 +71,7 @@ async fn moving_car_is_blocked_only_once_stopped_and_unblocked_when_the_last_rea
     // Stopped for 12 s by fix time: the block goes out.
     send_records(&mut t, &[rec(18, 0, true, Some(false))]).await;
     assert_eq!(read_command(&mut t).await, "setdigout 1");
-    wait_state(&api, imei, "blocking").await;
+    wait_immobiliser(&api, imei, "blocking").await;
     let cmds = commands(&api, imei).await;
     assert_eq!(cmds.len(), 1);
     let block_id = cmds[0]["id"].as_i64().unwrap();
@@ -88,7 +84,7 @@ async fn moving_car_is_blocked_only_once_stopped_and_unblocked_when_the_last_rea
         b"DOUT1:1 DOUT2:IGNORED DOUT3:IGNORED",
     ))
     .await;
-    wait_state(&api, imei, "blocked").await;
+    wait_immobiliser(&api, imei, "blocked").await;
     let c = wait_command(&api, block_id, "acknowledged").await;
     assert_eq!(c["response"], "DOUT1:1 DOUT2:IGNORED DOUT3:IGNORED");
     send_records(&mut t, &[rec(0, 0, false, Some(true))]).await;
@@ -132,7 +128,7 @@ async fn moving_car_is_blocked_only_once_stopped_and_unblocked_when_the_last_rea
         b"DOUT1:0 DOUT2:IGNORED DOUT3:IGNORED",
     ))
     .await;
-    let v = wait_state(&api, imei, "running").await;
+    let v = wait_immobiliser(&api, imei, "running").await;
     assert_eq!(v["immobiliser"]["reasons"], json!([]));
     let cmds = commands(&api, imei).await;
     assert_eq!(cmds.len(), 2);
@@ -227,13 +223,13 @@ async fn block_for_an_offline_tracker_is_sent_on_reconnect_once_fresh_fixes_show
     assert!(t.read_for(600).await.is_empty(), "not before fresh fixes");
     send_records(&mut t, &[rec(20, 50, true, None), rec(10, 45, true, None)]).await;
     assert!(t.read_for(600).await.is_empty(), "never to a moving car");
-    wait_state(&api, imei, "block_pending").await;
+    wait_immobiliser(&api, imei, "block_pending").await;
 
     // Parked again with the ignition off: now it goes.
     send_records(&mut t, &parked(1, None)).await;
     assert_eq!(read_command(&mut t).await, "setdigout 1");
     t.send(&encode_codec12_response(b"DOUT1:1")).await;
-    wait_state(&api, imei, "blocked").await;
+    wait_immobiliser(&api, imei, "blocked").await;
     daemon.stop().await;
 }
 
@@ -261,7 +257,7 @@ async fn pending_block_survives_a_restart() {
     let daemon = common::start(dir.path(), CFG).await;
     let addr = daemon.addr(Protocol::Teltonika, Transport::Tcp).unwrap();
     let api = Api::new(daemon.api_addr);
-    let v = wait_state(&api, imei, "block_pending").await;
+    let v = wait_immobiliser(&api, imei, "block_pending").await;
     assert_eq!(v["immobiliser"]["reasons"], json!(["inspection"]));
     let mut t = login(addr, imei).await;
     send_records(&mut t, &parked(1, None)).await;
@@ -270,7 +266,7 @@ async fn pending_block_survives_a_restart() {
     let c = wait_command(&api, id, "sent").await;
     assert_eq!(c["attempts"], 1);
     t.send(&encode_codec12_response(b"DOUT1:1")).await;
-    wait_state(&api, imei, "blocked").await;
+    wait_immobiliser(&api, imei, "blocked").await;
     daemon.stop().await;
 }
 
@@ -431,7 +427,7 @@ async fn profiles_retries_and_resend_after_a_lost_connection() {
     r.io.push((io::DOUT2, 1, 1));
     send_records(&mut t, &[r]).await;
     wait_command(&api, id, "confirmed").await;
-    wait_state(&api, imei, "blocked").await;
+    wait_immobiliser(&api, imei, "blocked").await;
     daemon.stop().await;
 }
 
@@ -499,7 +495,7 @@ async fn gt06_profile_command_and_answer() {
     let id = commands(&api, imei).await[0]["id"].as_i64().unwrap();
     t.send(&encode_command_response("DYD=Success!", id as u32, 6))
         .await;
-    wait_state(&api, imei, "blocked").await;
+    wait_immobiliser(&api, imei, "blocked").await;
     let c = wait_command(&api, id, "acknowledged").await;
     assert_eq!(c["text"], "DYD,000000#");
     let (s, _) = api

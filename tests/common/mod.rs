@@ -190,6 +190,11 @@ pub async fn metric_lock(name: &'static str) -> tokio::sync::OwnedMutexGuard<()>
     lock.lock_owned().await
 }
 
+/// Poll until the vehicle's immobiliser is in `state` (20 s at most).
+pub async fn wait_immobiliser(api: &Api, id: &str, state: &str) -> serde_json::Value {
+    wait_vehicle(api, id, state, |v| v["immobiliser"]["state"] == state).await
+}
+
 /// Poll until `f` accepts the vehicle view (20 s at most: CI machines are slow).
 pub async fn wait_vehicle(
     api: &Api,

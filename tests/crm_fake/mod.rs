@@ -7,6 +7,8 @@
 //! headers).
 #![allow(dead_code)]
 
+pub mod config;
+
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
