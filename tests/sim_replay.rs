@@ -118,11 +118,11 @@ fn command_in(list: &serde_json::Value, intent: &str, status: &str) -> bool {
     })
 }
 
+common::both_backends!(a_simulated_car_obeys_its_immobiliser_and_its_commands_are_confirmed);
 /// The demo's engine block, live: a simulated car standing before it sets off gets a manual
 /// block, which goes out once its own connection shows it stopped for `safe_for`; the car
 /// stays put with the ignition off and reports DOUT1 = 1, so the command is confirmed; the
 /// unblock is confirmed by DOUT1 = 0 and the car drives on.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_simulated_car_obeys_its_immobiliser_and_its_commands_are_confirmed() {
     let dir = tempfile::tempdir().unwrap();
     let running = common::start(dir.path(), "[immobiliser]\nsafe_for = 10\n").await;
