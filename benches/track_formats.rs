@@ -13,7 +13,7 @@ use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughpu
 use fleetgate::api::rows;
 use fleetgate::api::track_format::{csv, geojson, gpx, json, TrackMeta};
 use fleetgate::model::Position;
-use fleetgate::pipeline::store::StoredPosition;
+use fleetgate::pipeline::store::{StoredPosition, TrackPoint};
 
 /// 24 h at one fix every 10 s.
 const FIXES: usize = 8_640;
@@ -47,6 +47,8 @@ fn car_day() -> Vec<StoredPosition> {
 
 fn formats(c: &mut Criterion) {
     let day = car_day();
+    // GeoJSON renders what `Store::track_points` reads.
+    let line: Vec<TrackPoint> = day.iter().map(TrackPoint::from).collect();
     let meta = TrackMeta {
         vehicle: "car-17",
         device: "356307042441013",
@@ -59,7 +61,7 @@ fn formats(c: &mut Criterion) {
                 .unwrap()
                 .len(),
         ),
-        ("geojson", geojson(&meta, &day).len()),
+        ("geojson", geojson(&meta, &line).len()),
         ("csv", csv(&day).len()),
         ("gpx", gpx(&meta, &day).len()),
     ];
@@ -82,7 +84,7 @@ fn formats(c: &mut Criterion) {
         )
     });
     g.bench_function("geojson", |b| {
-        b.iter(|| black_box(geojson(&meta, black_box(&day))))
+        b.iter(|| black_box(geojson(&meta, black_box(&line))))
     });
     g.bench_function("csv", |b| b.iter(|| black_box(csv(black_box(&day)))));
     g.bench_function("gpx", |b| b.iter(|| black_box(gpx(&meta, black_box(&day)))));

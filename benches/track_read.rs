@@ -6,9 +6,9 @@
 //!
 //! Stores: SQLite in a temp dir, and PostgreSQL in a throwaway schema when reachable
 //! (FLEETGATE_TEST_PG_URL, default postgres://postgres@127.0.0.1:5432/test). Besides the full
-//! path per format (each read as the handler reads it, `Format::columns`), `read` times
-//! `Store::track` alone and `read_without_attributes` / `read_map` the projected reads of CSV
-//! and GeoJSON, so the split read/render shows.
+//! path per format (each read as the handler reads it, `Format::read`), `read` times
+//! `Store::track` alone, `read_without_attributes` CSV's read, `read_points` GeoJSON's
+//! (`Store::track_points`) and `read_map` GPX's, so the split read/render shows.
 //!
 //! `cargo bench --bench track_read`; the figures are in docs/performance.md.
 
@@ -126,16 +126,36 @@ async fn read(stores: &Stores, days: usize, cols: TrackColumns) -> Vec<StoredPos
     got
 }
 
+/// GeoJSON's read: time, coordinates and speed (`Store::track_points`).
+async fn read_points(stores: &Stores, days: usize) -> usize {
+    let from = t0();
+    let to = from + Duration::days(days as i64);
+    let (device, limit) = (DeviceId::new(DEVICE), (days * DAY_FIXES) as u32);
+    let got = stores
+        .core
+        .track_points(&device, from, to, limit)
+        .await
+        .expect("track_points");
+    assert_eq!(got.len(), days * DAY_FIXES);
+    got.len()
+}
+
 /// The server path: read, render as the handler does, the body in bytes.
 async fn serve(stores: &Stores, days: usize, format: Format) -> usize {
     // The read the handler makes for the format.
-    let positions = read(stores, days, format.columns()).await;
+    let from = t0();
+    let to = from + Duration::days(days as i64);
+    let (device, limit) = (DeviceId::new(DEVICE), (days * DAY_FIXES) as u32);
+    let track = format
+        .read(stores.core.as_ref(), &device, from, to, limit)
+        .await
+        .expect("read");
     let meta = TrackMeta {
         vehicle: "car-17",
         device: DEVICE,
         retained_from: None,
     };
-    let resp = render(format, &meta, positions);
+    let resp = render(&meta, track);
     let body = axum::body::to_bytes(resp.into_body(), usize::MAX)
         .await
         .expect("body");
@@ -166,6 +186,9 @@ fn bench_store(c: &mut Criterion, rt: &tokio::runtime::Runtime, backend: &str, s
         ] {
             g.bench_function(name, |b| b.to_async(rt).iter(|| read(stores, days, cols)));
         }
+        g.bench_function("read_points", |b| {
+            b.to_async(rt).iter(|| read_points(stores, days))
+        });
         g.finish();
     }
 }

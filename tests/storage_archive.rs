@@ -137,11 +137,21 @@ fn item(device: &str, positions: Vec<Position>) -> WriteItem {
     }
 }
 
-/// `n` fixes 10 s apart from second `from` of day `d`, latitudes counting up from `lat`.
+/// `n` fixes 10 s apart from second `from` of day `d`, latitudes counting up from `lat`,
+/// speeds from 30 km/h.
 fn fixes(d: Day, from: i64, n: i64, lat: f64) -> Vec<Position> {
     (0..n)
-        .map(|i| pos(at(d, from + i * 10), lat + i as f64 * 1e-4))
+        .map(|i| {
+            let mut p = pos(at(d, from + i * 10), lat + i as f64 * 1e-4);
+            p.speed_kmh = 30.0 + i as f64 * 0.5;
+            p
+        })
         .collect()
+}
+
+/// What `track_points` must answer for these rows of `track`.
+fn points_of(track: &[StoredPosition]) -> Vec<TrackPoint> {
+    track.iter().map(TrackPoint::from).collect()
 }
 
 async fn write(c: &Ctx, device: &str, p: Vec<Position>) {
@@ -206,8 +216,7 @@ async fn compaction_packs_a_day_into_one_chunk_and_the_track_reads_the_same(c: C
         .track_points(&DeviceId::new("dev-a"), at(d, 0), at(d, 86_400), 1000)
         .await
         .unwrap();
-    let times: Vec<_> = points.iter().map(|p: &TrackPoint| p.time).collect();
-    assert_eq!(times, before.iter().map(|p| p.time).collect::<Vec<_>>());
+    assert_eq!(points, points_of(&before));
     // Reopened: the chunk is on disk.
     drop(c.store);
     let store = storage::open(&c.cfg).await.unwrap();
@@ -295,6 +304,7 @@ async fn reads_merge_the_tiers_in_fix_order_and_limit_after_the_merge(c: Ctx) {
         .track_points(&DeviceId::new("dev-a"), at(d0, 80_100), at(d1, 100), 15)
         .await
         .unwrap();
+    assert_eq!(points, points_of(&some));
     assert_eq!(
         points.iter().map(|p| p.time).collect::<Vec<_>>(),
         some.iter().map(|p| p.time).collect::<Vec<_>>()
@@ -559,6 +569,13 @@ async fn rows_of_an_older_version_come_before_the_group_commits_chunks(c: Ctx) {
     let t = track(&c, "dev-a", d, next(d)).await;
     assert_eq!(t.len(), 11);
     assert!(t[2].lat > 55.0, "the row, stored first, wins: {:?}", t[2]);
+    let points = c
+        .store
+        .core
+        .track_points(&DeviceId::new("dev-a"), at(d, 0), at(next(d), 0), 1000)
+        .await
+        .unwrap();
+    assert_eq!(points, points_of(&t), "rows and chunks read as points");
     assert_eq!(
         c.store.archive.unpacked_days(next(d), 10).await.unwrap(),
         vec![dd("dev-a", d)]

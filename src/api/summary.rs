@@ -97,6 +97,7 @@ mod tests {
             time: DateTime::from_timestamp_millis(1_700_000_000_000 + i).unwrap(),
             lat,
             lon: 37.6,
+            speed_kmh: 0.0,
         }
     }
 

@@ -16,7 +16,8 @@ use axum::response::{IntoResponse, Response};
 use chrono::{DateTime, Datelike, NaiveDate, Timelike, Utc};
 use serde_json::ser::{CompactFormatter, Formatter};
 
-use crate::pipeline::store::{StoredPosition, TrackColumns};
+use crate::model::DeviceId;
+use crate::pipeline::store::{StorageError, Store, StoredPosition, TrackColumns, TrackPoint};
 
 /// A track's representation on `GET /vehicles/{id}/track?format=…`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -26,33 +27,67 @@ pub enum Format {
     Csv,
 }
 
+/// A track as its format reads it: what the format shows and no more. Only the JSON rows
+/// carry `attributes` (the larger part of a packed chunk), CSV shows every other column, and a
+/// GeoJSON line only time, coordinates and speed ([`Store::track_points`]: decoded without a
+/// position per fix; docs/performance.md).
+#[derive(Clone, Debug, PartialEq)]
+pub enum Track {
+    Json(Vec<StoredPosition>),
+    Csv(Vec<StoredPosition>),
+    GeoJson(Vec<TrackPoint>),
+}
+
 impl Format {
-    /// What the format shows of a position, the columns its track is read with: only the JSON
-    /// rows carry `attributes` (the larger part of a packed chunk; docs/performance.md), and
-    /// GeoJSON shows no more than a map line ([`TrackColumns::Map`]).
-    pub fn columns(self) -> TrackColumns {
+    /// `device`'s fixes of `from <= fix time < to` (at most `limit`), read as this format
+    /// shows them.
+    pub async fn read(
+        self,
+        store: &dyn Store,
+        device: &DeviceId,
+        from: DateTime<Utc>,
+        to: DateTime<Utc>,
+        limit: u32,
+    ) -> Result<Track, StorageError> {
+        Ok(match self {
+            Format::Json => Track::Json(
+                store
+                    .track_columns(device, from, to, limit, TrackColumns::All)
+                    .await?,
+            ),
+            Format::Csv => Track::Csv(
+                store
+                    .track_columns(device, from, to, limit, TrackColumns::WithoutAttributes)
+                    .await?,
+            ),
+            Format::GeoJson => Track::GeoJson(store.track_points(device, from, to, limit).await?),
+        })
+    }
+
+    /// A track without fixes (a vehicle with no tracker).
+    pub fn empty(self) -> Track {
         match self {
-            Format::Json => TrackColumns::All,
-            Format::GeoJson => TrackColumns::Map,
-            Format::Csv => TrackColumns::WithoutAttributes,
+            Format::Json => Track::Json(Vec::new()),
+            Format::Csv => Track::Csv(Vec::new()),
+            Format::GeoJson => Track::GeoJson(Vec::new()),
         }
     }
 }
 
 /// The response body and content type of a track read from storage: what the `/track`
 /// handler answers (and `benches/track_read.rs` times).
-pub fn render(format: Format, meta: &TrackMeta, positions: Vec<StoredPosition>) -> Response {
-    match format {
+pub fn render(meta: &TrackMeta, track: Track) -> Response {
+    match track {
         // What `axum::Json` of the rows answered: the same bytes, the same content type.
-        Format::Json => ([(CONTENT_TYPE, "application/json")], json(&positions)).into_response(),
-        Format::GeoJson => (
+        Track::Json(rows) => ([(CONTENT_TYPE, "application/json")], json(&rows)).into_response(),
+        Track::GeoJson(points) => (
             [(CONTENT_TYPE, "application/geo+json")],
-            geojson(meta, &positions),
+            geojson(meta, &points),
         )
             .into_response(),
-        Format::Csv => (
+        Track::Csv(rows) => (
             [(CONTENT_TYPE, "text/csv; charset=utf-8; header=present")],
-            csv(&positions),
+            csv(&rows),
         )
             .into_response(),
     }
@@ -303,7 +338,7 @@ fn json_time(out: &mut Vec<u8>, t: DateTime<Utc>) {
 }
 
 /// The track as one GeoJSON Feature.
-pub fn geojson(meta: &TrackMeta, points: &[StoredPosition]) -> String {
+pub fn geojson(meta: &TrackMeta, points: &[TrackPoint]) -> String {
     let mut out = String::with_capacity(128 + points.len() * 72);
     out.push_str(r#"{"type":"Feature","geometry":"#);
     match points {

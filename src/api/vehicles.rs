@@ -355,13 +355,16 @@ fn with_retained(mut resp: Response, retained_from: Option<NaiveDate>) -> Respon
     resp
 }
 
-/// The track's positions and what the formats say about them.
-async fn track_of(
-    state: &AppState,
-    id: &str,
-    q: &TrackQuery,
-    cols: TrackColumns,
-) -> Result<(Vehicle, Vec<StoredPosition>, Option<NaiveDate>), ApiError> {
+/// What a track request reads: the vehicle, `from <= fix time < to` and the most fixes.
+struct TrackRange {
+    v: Vehicle,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    limit: u32,
+    retained_from: Option<NaiveDate>,
+}
+
+async fn track_range(state: &AppState, id: &str, q: &TrackQuery) -> Result<TrackRange, ApiError> {
     let (from, to) = range(q)?;
     let limit = q.limit.unwrap_or(10_000).clamp(1, MAX_TRACK_LIMIT);
     let v = find(state, id).await?;
@@ -372,14 +375,13 @@ async fn track_of(
         Some(d) => from.max(day_start(Day::from_date(d))),
         None => from,
     };
-    let positions = match &v.device_id {
-        Some(device) => {
-            let core = &state.store.core;
-            core.track_columns(device, from, to, limit, cols).await?
-        }
-        None => Vec::new(),
-    };
-    Ok((v, positions, retained_from))
+    Ok(TrackRange {
+        v,
+        from,
+        to,
+        limit,
+        retained_from,
+    })
 }
 
 fn meta<'a>(v: &'a Vehicle, retained_from: Option<NaiveDate>) -> TrackMeta<'a> {
@@ -398,9 +400,16 @@ pub async fn track(
 ) -> Result<Response, ApiError> {
     let Query(q) = q.map_err(|e| ApiError::BadRequest(e.body_text()))?;
     let format = format_of(&q)?;
-    let (v, positions, retained_from) = track_of(&state, &id, &q, format.columns()).await?;
-    let resp = track_format::render(format, &meta(&v, retained_from), positions);
-    Ok(with_retained(resp, retained_from))
+    let r = track_range(&state, &id, &q).await?;
+    let track = match &r.v.device_id {
+        Some(device) => {
+            let core = state.store.core.as_ref();
+            format.read(core, device, r.from, r.to, r.limit).await?
+        }
+        None => format.empty(),
+    };
+    let resp = track_format::render(&meta(&r.v, r.retained_from), track);
+    Ok(with_retained(resp, r.retained_from))
 }
 
 /// `GET /vehicles/{id}/track.gpx`: the same track as GPX 1.1.
@@ -415,15 +424,23 @@ pub async fn track_gpx(
             "format: track.gpx is GPX; '{f}' is asked of /track?format={f}"
         )));
     }
+    let r = track_range(&state, &id, &q).await?;
     // A GPX track point: coordinates, altitude, time, satellites.
-    let cols = TrackColumns::Map;
-    let (v, positions, retained_from) = track_of(&state, &id, &q, cols).await?;
+    let positions = match &r.v.device_id {
+        Some(device) => {
+            let cols = TrackColumns::Map;
+            let core = &state.store.core;
+            core.track_columns(device, r.from, r.to, r.limit, cols)
+                .await?
+        }
+        None => Vec::new(),
+    };
     let resp = (
         [(CONTENT_TYPE, "application/gpx+xml")],
-        track_format::gpx(&meta(&v, retained_from), &positions),
+        track_format::gpx(&meta(&r.v, r.retained_from), &positions),
     )
         .into_response();
-    Ok(with_retained(resp, retained_from))
+    Ok(with_retained(resp, r.retained_from))
 }
 
 pub async fn summary(

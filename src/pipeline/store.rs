@@ -62,12 +62,25 @@ pub struct Packed {
     pub data: Vec<u8>,
 }
 
-/// Where a device was at one fix time (a track read without the rest of the row).
+/// Where a device was at one fix time and how fast it went: a track read without the rest of
+/// the row (a summary's fold, a GeoJSON line), decoded without building a position per fix.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct TrackPoint {
     pub time: DateTime<Utc>,
     pub lat: f64,
     pub lon: f64,
+    pub speed_kmh: f64,
+}
+
+impl From<&StoredPosition> for TrackPoint {
+    fn from(p: &StoredPosition) -> Self {
+        TrackPoint {
+            time: p.time,
+            lat: p.lat,
+            lon: p.lon,
+            speed_kmh: p.speed_kmh,
+        }
+    }
 }
 
 /// The latest state of one device after a batch.
@@ -125,8 +138,8 @@ pub trait Store: Send + Sync + 'static {
         self.track_columns(device, from, to, limit, TrackColumns::All)
             .await
     }
-    /// [`Store::track`] with only `cols` filled in ([`StoredPosition::project`]): GeoJSON, CSV
-    /// and GPX show no attributes, which are most of a packed chunk's bytes, and packed chunks
+    /// [`Store::track`] with only `cols` filled in ([`StoredPosition::project`]): CSV and GPX
+    /// show no attributes, which are most of a packed chunk's bytes, and packed chunks
     /// are read only up to the last column asked for.
     async fn track_columns(
         &self,
@@ -136,8 +149,9 @@ pub trait Store: Send + Sync + 'static {
         limit: u32,
         cols: TrackColumns,
     ) -> Result<Vec<StoredPosition>, StorageError>;
-    /// Fix time and coordinates only of the same positions as [`Store::track`]: what a fold
-    /// over a whole track needs (`/track/summary`), without decoding every column.
+    /// Fix time, coordinates and speed only of the same positions as [`Store::track`]: what a
+    /// fold over a whole track needs (`/track/summary`) and what a GeoJSON line shows, without
+    /// decoding every column.
     async fn track_points(
         &self,
         device: &DeviceId,
@@ -169,7 +183,7 @@ pub enum TrackColumns {
     WithoutAttributes,
     /// What a line on a map shows: fix time, validity, coordinates, speed, course, altitude, GPS
     /// odometer and satellites; the rest unknown (`None`, `attributes` `null`, server time the fix
-    /// time). GeoJSON and GPX.
+    /// time). GPX (GeoJSON reads less: [`Store::track_points`]).
     Map,
 }
 

@@ -23,7 +23,8 @@
 //! attributes     keys, then per key n tag bytes and its int / float / string / JSON streams
 //! ```
 //!
-//! Time, latitude and longitude come first so that [`decode_points`] stops after them. The
+//! Time, latitude, longitude, validity and speed come first so that [`decode_points`] stops
+//! after them. The
 //! compressed body is prefixed with one format byte ([`FORMAT`]).
 
 use chrono::{DateTime, NaiveDate, NaiveDateTime, NaiveTime, TimeZone, Utc};
@@ -272,17 +273,19 @@ pub fn decode_points(bytes: &[u8]) -> Result<Vec<TrackPoint>, ChunkError> {
     let times = r.times(n)?;
     let lat = r.f64s(n, "lat")?;
     let lon = r.f64s(n, "lon")?;
-    times
-        .iter()
-        .zip(lat.iter().zip(&lon))
-        .map(|(t, (lat, lon))| {
-            Ok(TrackPoint {
-                time: ms(*t)?,
-                lat: *lat,
-                lon: *lon,
-            })
-        })
-        .collect()
+    r.take(n, "valid")?;
+    let speed = r.f64s(n, "speed")?;
+    let mut clock = Clock::default();
+    let mut out = Vec::with_capacity(n);
+    for i in 0..n {
+        out.push(TrackPoint {
+            time: clock.at(times[i])?,
+            lat: lat[i],
+            lon: lon[i],
+            speed_kmh: speed[i],
+        });
+    }
+    Ok(out)
 }
 
 fn body(bytes: &[u8]) -> Result<Vec<u8>, ChunkError> {
@@ -972,7 +975,7 @@ mod tests {
         let fast = decode_points(&packed).unwrap();
         assert_eq!(fast.len(), points.len());
         for (f, p) in fast.iter().zip(&points) {
-            assert_eq!((f.time, f.lat, f.lon), (p.time, p.lat, p.lon));
+            assert_eq!(*f, TrackPoint::from(p));
         }
     }
 

@@ -139,10 +139,10 @@ pub(crate) fn track_in(d: Dialect, table: &str, cols: TrackColumns) -> String {
     )
 }
 
-/// Fix time and coordinates of the same positions as [`track_in`].
+/// Fix time, coordinates and speed of the same positions as [`track_in`].
 pub(crate) fn track_points_in(table: &str) -> String {
     format!(
-        "SELECT fix_time, lat, lon FROM {table} WHERE device_id = $1 AND fix_time >= $2 \
+        "SELECT fix_time, lat, lon, speed_kmh FROM {table} WHERE device_id = $1 AND fix_time >= $2 \
          AND fix_time < $3 ORDER BY fix_time LIMIT $4"
     )
 }
@@ -152,6 +152,7 @@ pub(crate) fn track_point(r: &impl Cols) -> Result<TrackPoint, sqlx::Error> {
         time: r.time("fix_time")?,
         lat: r.real("lat")?,
         lon: r.real("lon")?,
+        speed_kmh: r.real("speed_kmh")?,
     })
 }
 
