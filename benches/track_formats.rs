@@ -25,8 +25,9 @@ fn car_day() -> Vec<StoredPosition> {
     (0..FIXES)
         .map(|i| {
             let t = t0 + Duration::seconds(i as i64 * 10);
-            let lat = 55.70 + i as f64 * 0.000_013_7;
-            let lon = 37.50 + i as f64 * 0.000_021_3;
+            // In 10⁻⁷ degrees, as a Teltonika tracker sends them and the decoder stores them.
+            let lat = ((55.70 + i as f64 * 0.000_013_7) * 1e7).round() / 1e7;
+            let lon = ((37.50 + i as f64 * 0.000_021_3) * 1e7).round() / 1e7;
             let mut p = StoredPosition::from_position(&Position::new(t, true, lat, lon), t, i as f64 * 97.3);
             p.speed_kmh = (i % 90) as f64;
             p.course = (i % 360) as f64;

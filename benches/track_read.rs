@@ -37,12 +37,13 @@ fn t0() -> DateTime<Utc> {
 }
 
 /// Fix `i` of a Teltonika-fitted taxi's month: moving at varying speed, six IO elements per
-/// record (the simulator's stream), odometer and ignition set.
+/// record (the simulator's stream), odometer and ignition set; coordinates in 10⁻⁷ degrees,
+/// as the tracker sends them and the decoder stores them (`raw / 1e7`).
 fn fix(i: usize) -> Position {
     let t = t0() + Duration::seconds(i as i64 * 10);
     let k = i % DAY_FIXES;
-    let lat = 55.70 + k as f64 * 0.000_013_7;
-    let lon = 37.50 + k as f64 * 0.000_021_3;
+    let lat = ((55.70 + k as f64 * 0.000_013_7) * 1e7).round() / 1e7;
+    let lon = ((37.50 + k as f64 * 0.000_021_3) * 1e7).round() / 1e7;
     let mut p = Position::new(t, true, lat, lon);
     p.speed_kmh = (i % 90) as f64;
     p.course = (i % 360) as f64;

@@ -102,10 +102,105 @@ pub struct TrackMeta<'a> {
     pub retained_from: Option<NaiveDate>,
 }
 
+/// Text as the formats write it: UTF-8 bytes, appended without a check per piece (a `String`'s
+/// `push_str` of each digit run checked it again: a fifth of a GeoJSON car-day). Only `str`,
+/// `char` and ASCII digits and punctuation ([`Text::ascii`]) go in, so it stays UTF-8.
+#[derive(Default)]
+pub struct Text(Vec<u8>);
+
+impl Text {
+    fn with_capacity(n: usize) -> Self {
+        Text(Vec::with_capacity(n))
+    }
+
+    fn push_str(&mut self, s: &str) {
+        self.0.extend_from_slice(s.as_bytes());
+    }
+
+    fn push(&mut self, c: char) {
+        if c.is_ascii() {
+            self.0.push(c as u8);
+        } else {
+            let mut b = [0u8; 4];
+            self.0.extend_from_slice(c.encode_utf8(&mut b).as_bytes());
+        }
+    }
+
+    /// Digits and punctuation made here (debug builds check they are ASCII).
+    fn ascii(&mut self, b: &[u8]) {
+        debug_assert!(b.is_ascii());
+        self.0.extend_from_slice(b);
+    }
+
+    /// The text written so far.
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl Write for Text {
+    fn write_str(&mut self, s: &str) -> std::fmt::Result {
+        self.push_str(s);
+        Ok(())
+    }
+}
+
+/// Fix times as [`push_time`] writes them, the date part made once per UTC day (a track's
+/// fixes are of a day or a few) and the time of day from the seconds since midnight: a third
+/// of a GeoJSON car-day's rendering was the date fields taken apart per fix.
+#[derive(Default)]
+pub struct TimeText {
+    /// The day (since the epoch) whose `YYYY-MM-DDT` is in `date`; `date` empty when that day
+    /// is outside years 0–9999 (then [`push_time`] writes it).
+    day: Option<i64>,
+    date: Text,
+}
+
+impl TimeText {
+    pub fn push(&mut self, out: &mut Text, t: DateTime<Utc>) {
+        let secs = t.timestamp();
+        let nanos = t.timestamp_subsec_nanos();
+        let day = secs.div_euclid(86_400);
+        if self.day != Some(day) {
+            self.day = Some(day);
+            self.date.0.clear();
+            if (0..=9999).contains(&t.year()) {
+                push_time(&mut self.date, t);
+                self.date.0.truncate("YYYY-MM-DDT".len());
+            }
+        }
+        // A leap second (nanoseconds past 10⁹) or a year push_time spells differently.
+        if self.date.0.is_empty() || nanos >= 1_000_000_000 {
+            return push_time(out, t);
+        }
+        let of_day = secs.rem_euclid(86_400) as u32;
+        let mut buf = *b"00:00:00.000Z";
+        put_two(&mut buf[0..2], of_day / 3600);
+        put_two(&mut buf[3..5], of_day / 60 % 60);
+        put_two(&mut buf[6..8], of_day % 60);
+        let ms = nanos / 1_000_000;
+        let text = if ms > 0 {
+            buf[9] = b'0' + (ms / 100) as u8;
+            put_two(&mut buf[10..12], ms % 100);
+            &buf[..]
+        } else {
+            buf[8] = b'Z';
+            &buf[..9]
+        };
+        out.0.extend_from_slice(&self.date.0);
+        out.ascii(text);
+    }
+}
+
+fn put_two(at: &mut [u8], v: u32) {
+    at[0] = b'0' + (v / 10 % 10) as u8;
+    at[1] = b'0' + (v % 10) as u8;
+}
+
 /// `2026-12-07T10:15:30Z`, with `.mmm` when the fix has milliseconds: RFC 3339, without
 /// chrono's per-call format parsing.
-pub fn push_time(out: &mut String, t: DateTime<Utc>) {
-    fn two(out: &mut String, v: u32) {
+pub fn push_time(out: &mut Text, t: DateTime<Utc>) {
+    fn two(out: &mut Text, v: u32) {
         out.push((b'0' + (v / 10) as u8) as char);
         out.push((b'0' + (v % 10) as u8) as char);
     }
@@ -140,18 +235,23 @@ pub fn push_time(out: &mut String, t: DateTime<Utc>) {
 /// same `f64` (`ryu`, faster than `Display`; whole numbers as digits), never in exponent form (not an
 /// `xsd:decimal`; then `Display`, which never uses one), without a trailing `.0`. A
 /// non-finite one, which storage never holds, as 0.
-fn push_num(out: &mut String, v: f64) {
+fn push_num(out: &mut Text, v: f64) {
     if !v.is_finite() {
         out.push('0');
         return;
     }
     // Speeds, courses, altitudes and odometers are mostly whole numbers: digits directly
     // (ryu spent 60 % of the CSV's time on them).
-    if v.fract() == 0.0 && v.abs() < 1e15 {
+    // (Casts, not `fract`/`round`: those are libm calls on baseline x86-64, 13 % of a
+    // GeoJSON car-day.)
+    if v.abs() < 1e15 && (v as i64) as f64 == v {
         if v < 0.0 {
             out.push('-');
         }
         push_digits(out, v.abs() as u64);
+        return;
+    }
+    if push_seven_decimals(&mut out.0, v) {
         return;
     }
     let mut buf = ryu::Buffer::new();
@@ -163,12 +263,54 @@ fn push_num(out: &mut String, v: f64) {
     }
 }
 
+/// `v` written with at most seven decimals when that reads back as `v`, which is then also
+/// the shortest such text, the one `ryu` writes (any shorter decimal is ≥ 10⁻⁷ away, far
+/// more than a double's spacing below 10⁸): coordinates stored as 10⁻⁷ degrees, as most
+/// trackers send them. `ryu` was half of a GeoJSON car-day's rendering. False, and nothing
+/// written, otherwise.
+fn push_seven_decimals(out: &mut Vec<u8>, v: f64) -> bool {
+    const SCALE: f64 = 1e7;
+    if v.abs() >= 1e8 {
+        return false;
+    }
+    let x = v * SCALE;
+    let k = (x + if x < 0.0 { -0.5 } else { 0.5 }) as i64;
+    if k as f64 / SCALE != v {
+        return false;
+    }
+    if k < 0 {
+        out.push(b'-');
+    }
+    let (whole, mut frac) = (k.unsigned_abs() / 10_000_000, k.unsigned_abs() % 10_000_000);
+    put_digits(out, whole);
+    if frac > 0 {
+        let mut digits = *b".0000000";
+        let mut end = digits.len();
+        while frac % 10 == 0 {
+            frac /= 10;
+            end -= 1;
+        }
+        let mut i = end;
+        while frac > 0 {
+            i -= 1;
+            digits[i] = b'0' + (frac % 10) as u8;
+            frac /= 10;
+        }
+        out.extend_from_slice(&digits[..end]);
+    }
+    true
+}
+
 /// A satellite count (at most 99 once filtered, up to 65,535 stored).
-fn push_small(out: &mut String, n: u16) {
+fn push_small(out: &mut Text, n: u16) {
     push_digits(out, u64::from(n));
 }
 
-fn push_digits(out: &mut String, mut n: u64) {
+fn push_digits(out: &mut Text, n: u64) {
+    put_digits(&mut out.0, n);
+}
+
+fn put_digits(out: &mut Vec<u8>, mut n: u64) {
     let mut digits = [0u8; 20];
     let mut i = digits.len();
     loop {
@@ -179,12 +321,10 @@ fn push_digits(out: &mut String, mut n: u64) {
             break;
         }
     }
-    for &d in &digits[i..] {
-        out.push(d as char);
-    }
+    out.extend_from_slice(&digits[i..]);
 }
 
-fn push_json_str(out: &mut String, s: &str) {
+fn push_json_str(out: &mut Text, s: &str) {
     // serde_json's escaping, once per document.
     out.push_str(&serde_json::Value::String(s.to_string()).to_string());
 }
@@ -256,6 +396,20 @@ fn json_value<T: serde::Serialize + ?Sized>(out: &mut Vec<u8>, v: &T) {
 /// As serde_json writes an `f64`: its own formatter (the shortest form that reads back, `150.0`,
 /// `1e+16`), `null` when not finite.
 fn json_f64(out: &mut Vec<u8>, v: f64) {
+    // serde_json writes `ryu`'s text. For whole numbers below 10¹⁵ that is the digits and
+    // `.0` (but `-0.0`), for others at least 10⁻⁵ (no exponent) with at most seven decimals
+    // the text `push_seven_decimals` makes: speeds, courses and coordinates as stored.
+    if v.abs() < 1e15 && (v as i64) as f64 == v && !(v == 0.0 && v.is_sign_negative()) {
+        if v < 0.0 {
+            out.push(b'-');
+        }
+        put_digits(out, v.abs() as u64);
+        out.extend_from_slice(b".0");
+        return;
+    }
+    if v.abs() >= 1e-5 && push_seven_decimals(out, v) {
+        return;
+    }
     if v.is_finite() {
         // Writing into a `Vec` cannot fail.
         let _ = CompactFormatter.write_f64(out, v);
@@ -338,8 +492,8 @@ fn json_time(out: &mut Vec<u8>, t: DateTime<Utc>) {
 }
 
 /// The track as one GeoJSON Feature.
-pub fn geojson(meta: &TrackMeta, points: &[TrackPoint]) -> String {
-    let mut out = String::with_capacity(128 + points.len() * 72);
+pub fn geojson(meta: &TrackMeta, points: &[TrackPoint]) -> Vec<u8> {
+    let mut out = Text::with_capacity(128 + points.len() * 72);
     out.push_str(r#"{"type":"Feature","geometry":"#);
     match points {
         [] => out.push_str("null"),
@@ -378,12 +532,13 @@ pub fn geojson(meta: &TrackMeta, points: &[TrackPoint]) -> String {
         None => out.push_str("null"),
     }
     out.push_str(r#","times":["#);
+    let mut times = TimeText::default();
     for (i, p) in points.iter().enumerate() {
         if i > 0 {
             out.push(',');
         }
         out.push('"');
-        push_time(&mut out, p.time);
+        times.push(&mut out, p.time);
         out.push('"');
     }
     out.push_str(r#"],"speeds_kmh":["#);
@@ -394,7 +549,7 @@ pub fn geojson(meta: &TrackMeta, points: &[TrackPoint]) -> String {
         push_num(&mut out, p.speed_kmh);
     }
     out.push_str("]}}");
-    out
+    out.0
 }
 
 /// The CSV header line (its columns are a contract: README, openapi.json).
@@ -402,11 +557,12 @@ pub const CSV_HEADER: &str =
     "time,lat,lon,speed_kmh,course,altitude,satellites,valid,ignition,odometer_m\n";
 
 /// The track as CSV, one fix per line after [`CSV_HEADER`].
-pub fn csv(points: &[StoredPosition]) -> String {
-    let mut out = String::with_capacity(CSV_HEADER.len() + points.len() * 80);
+pub fn csv(points: &[StoredPosition]) -> Vec<u8> {
+    let mut out = Text::with_capacity(CSV_HEADER.len() + points.len() * 80);
     out.push_str(CSV_HEADER);
+    let mut times = TimeText::default();
     for p in points {
-        push_time(&mut out, p.time);
+        times.push(&mut out, p.time);
         out.push(',');
         push_num(&mut out, p.lat);
         out.push(',');
@@ -433,10 +589,10 @@ pub fn csv(points: &[StoredPosition]) -> String {
         }
         out.push('\n');
     }
-    out
+    out.0
 }
 
-fn push_xml(out: &mut String, s: &str) {
+fn push_xml(out: &mut Text, s: &str) {
     for c in s.chars() {
         match c {
             '&' => out.push_str("&amp;"),
@@ -452,8 +608,8 @@ fn push_xml(out: &mut String, s: &str) {
 }
 
 /// The track as a GPX 1.1 document.
-pub fn gpx(meta: &TrackMeta, points: &[StoredPosition]) -> String {
-    let mut out = String::with_capacity(256 + points.len() * 110);
+pub fn gpx(meta: &TrackMeta, points: &[StoredPosition]) -> Vec<u8> {
+    let mut out = Text::with_capacity(256 + points.len() * 110);
     out.push_str(
         "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
          <gpx version=\"1.1\" creator=\"fleetgate\" xmlns=\"http://www.topografix.com/GPX/1/1\">\n\
@@ -470,6 +626,7 @@ pub fn gpx(meta: &TrackMeta, points: &[StoredPosition]) -> String {
     out.push_str("</metadata>\n<trk><name>");
     push_xml(&mut out, meta.vehicle);
     out.push_str("</name><trkseg>\n");
+    let mut times = TimeText::default();
     for p in points {
         out.push_str("<trkpt lat=\"");
         push_num(&mut out, p.lat);
@@ -478,7 +635,7 @@ pub fn gpx(meta: &TrackMeta, points: &[StoredPosition]) -> String {
         out.push_str("\"><ele>");
         push_num(&mut out, p.altitude);
         out.push_str("</ele><time>");
-        push_time(&mut out, p.time);
+        times.push(&mut out, p.time);
         out.push_str("</time>");
         if let Some(n) = p.satellites {
             out.push_str("<sat>");
@@ -488,7 +645,7 @@ pub fn gpx(meta: &TrackMeta, points: &[StoredPosition]) -> String {
         out.push_str("</trkpt>\n");
     }
     out.push_str("</trkseg></trk>\n</gpx>\n");
-    out
+    out.0
 }
 
 #[cfg(test)]

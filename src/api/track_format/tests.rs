@@ -22,6 +22,19 @@ fn points(n: usize) -> Vec<StoredPosition> {
         .collect()
 }
 
+// The formats as text (they answer bytes).
+fn geojson(meta: &TrackMeta, points: &[TrackPoint]) -> String {
+    String::from_utf8(super::geojson(meta, points)).unwrap()
+}
+
+fn csv(points: &[StoredPosition]) -> String {
+    String::from_utf8(super::csv(points)).unwrap()
+}
+
+fn gpx(meta: &TrackMeta, points: &[StoredPosition]) -> String {
+    String::from_utf8(super::gpx(meta, points)).unwrap()
+}
+
 fn meta(retained_from: Option<NaiveDate>) -> TrackMeta<'static> {
     TrackMeta {
         vehicle: "car \"17\" <&>",
@@ -32,13 +45,123 @@ fn meta(retained_from: Option<NaiveDate>) -> TrackMeta<'static> {
 
 #[test]
 fn times_are_rfc_3339_with_milliseconds_only_when_there_are_some() {
-    let mut s = String::new();
+    let mut s = Text::default();
     push_time(&mut s, Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap());
     s.push(' ');
     push_time(&mut s, Utc.timestamp_millis_opt(1_765_000_000_007).unwrap());
+    let s = s.as_str();
     assert_eq!(s, "2026-01-02T03:04:05Z 2025-12-06T05:46:40.007Z");
     for part in s.split(' ') {
         assert!(DateTime::parse_from_rfc3339(part).is_ok(), "{part}");
+    }
+}
+
+#[test]
+fn time_text_writes_what_push_time_writes_across_days_years_and_leap_seconds() {
+    use chrono::NaiveDate;
+    let mut times: Vec<DateTime<Utc>> = (0..3_000i64)
+        .map(|i| {
+            Utc.timestamp_millis_opt(1_765_000_000_000 + i * 37_013)
+                .unwrap()
+        })
+        .collect();
+    let leap = NaiveDate::from_ymd_opt(2016, 12, 31)
+        .unwrap()
+        .and_hms_milli_opt(23, 59, 59, 1_500)
+        .unwrap()
+        .and_utc();
+    times.extend([
+        Utc.with_ymd_and_hms(1969, 12, 31, 23, 59, 59).unwrap(),
+        Utc.with_ymd_and_hms(1970, 1, 1, 0, 0, 0).unwrap(),
+        leap,
+        Utc.with_ymd_and_hms(2016, 12, 31, 23, 59, 59).unwrap(),
+        Utc.with_ymd_and_hms(-5, 3, 1, 12, 0, 0).unwrap(),
+        Utc.with_ymd_and_hms(10_000, 1, 1, 0, 0, 1).unwrap(),
+        Utc.timestamp_millis_opt(1_765_000_000_999).unwrap(),
+        Utc.timestamp_millis_opt(1_765_000_000_010).unwrap(),
+    ]);
+    let mut fast = TimeText::default();
+    for t in times {
+        let (mut a, mut b) = (Text::default(), Text::default());
+        fast.push(&mut a, t);
+        push_time(&mut b, t);
+        assert_eq!(a.as_str(), b.as_str(), "{t:?}");
+    }
+}
+
+#[test]
+fn seven_decimal_numbers_are_written_as_ryu_writes_them() {
+    // Coordinates as trackers send them (10⁻⁷ degrees), and others that are not.
+    let mut rng = 0x2545_f491_4f6c_dd1du64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut values = vec![
+        -0.0000001,
+        0.0000001,
+        0.5,
+        -0.5,
+        55.75,
+        37.6184230,
+        179.9999999,
+    ];
+    for _ in 0..200_000 {
+        let k = (next() % 3_600_000_000) as i64 - 1_800_000_000;
+        values.push(k as f64 / 1e7);
+        values.push((next() % 1_000_000) as f64 / 30_000.0 / 60.0);
+        values.push(f64::from_bits(next() >> 2) % 1e9);
+    }
+    let mut fast_path = 0;
+    for v in values {
+        let mut text = Vec::new();
+        if !push_seven_decimals(&mut text, v) {
+            continue;
+        }
+        let ours = std::str::from_utf8(&text).unwrap();
+        fast_path += 1;
+        let mut buf = ryu::Buffer::new();
+        let theirs = buf.format_finite(v);
+        let theirs = if theirs.contains('e') {
+            format!("{v}")
+        } else {
+            theirs.to_string()
+        };
+        assert_eq!(ours, theirs.strip_suffix(".0").unwrap_or(&theirs), "{v:e}");
+        assert_eq!(ours.parse::<f64>().unwrap(), v, "{ours}");
+    }
+    assert!(fast_path > 200_000, "{fast_path}");
+}
+
+#[test]
+fn json_numbers_are_what_serde_json_writes() {
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let mut values = vec![0.0, -0.0, 1.0, -1.0, 1e-5, 1e-6, -1e-7, 0.00001234, 1e15, 1e15 - 1.0];
+    values.extend([1e16, 123_456_789.5, 42.0, -17.0, 55.75, f64::MAX, f64::MIN_POSITIVE]);
+    for _ in 0..100_000 {
+        let k = (next() % 3_600_000_000) as i64 - 1_800_000_000;
+        values.push(k as f64 / 1e7);
+        values.push((next() % 100_000) as f64 / 1e5);
+        values.push((next() % 1_000_000) as f64);
+        values.push(f64::from_bits(next()));
+    }
+    for v in values.into_iter().filter(|v| v.is_finite()) {
+        let mut ours = Vec::new();
+        json_f64(&mut ours, v);
+        let theirs = serde_json::to_vec(&v).unwrap();
+        assert_eq!(
+            String::from_utf8(ours).unwrap(),
+            String::from_utf8(theirs).unwrap(),
+            "{v:e}"
+        );
     }
 }
 
@@ -56,19 +179,20 @@ fn numbers_read_back_exactly_and_never_in_exponent_form() {
         1e21,
         123.456e-4,
     ] {
-        let mut s = String::new();
-        push_num(&mut s, v);
+        let mut text = Text::default();
+        push_num(&mut text, v);
+        let s = text.as_str();
         assert!(!s.contains('e') && !s.contains('E'), "{v}: {s}");
         assert!(!s.ends_with(".0"), "{v}: {s}");
         assert_eq!(s.parse::<f64>().unwrap(), v, "{s}");
     }
-    let mut s = String::new();
+    let mut s = Text::default();
     push_num(&mut s, f64::NAN);
-    assert_eq!(s, "0");
+    assert_eq!(s.as_str(), "0");
     for n in [0u16, 7, 12, 99, 65_535] {
-        let mut s = String::new();
+        let mut s = Text::default();
         push_small(&mut s, n);
-        assert_eq!(s, n.to_string());
+        assert_eq!(s.as_str(), n.to_string());
     }
 }
 
