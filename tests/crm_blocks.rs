@@ -21,17 +21,6 @@ fn config(amo_url: &str) -> String {
     format!("{IMMOBILISER}{}", amocrm(amo_url, "", fields))
 }
 
-fn notes(amo: &crm_fake::Server, deal: u64) -> Vec<String> {
-    amo.fake
-        .notes
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|n| n["entity_id"] == deal)
-        .filter_map(|n| n["params"]["text"].as_str().map(str::to_string))
-        .collect()
-}
-
 common::both_backends!(a_manual_block_and_a_border_exit_reach_the_deal_only_once_the_car_confirms);
 async fn a_manual_block_and_a_border_exit_reach_the_deal_only_once_the_car_confirms() {
     let amo = crm_fake::start("amocrm").await;
@@ -70,7 +59,7 @@ async fn a_manual_block_and_a_border_exit_reach_the_deal_only_once_the_car_confi
         "{:?}",
         amo.fake.calls()
     );
-    assert!(notes(&amo, 3100).is_empty());
+    assert!(amo.fake.note_texts(3100).is_empty());
 
     // Parked, ignition off: the block goes out; the tracker answers it.
     send_records(&mut t, &parked(20, Some(false))).await;
@@ -92,13 +81,13 @@ async fn a_manual_block_and_a_border_exit_reach_the_deal_only_once_the_car_confi
         amo.fake.calls()
     );
     assert!(
-        crm_fake::wait_for(10, || notes(&amo, 3100)
+        crm_fake::wait_for(10, || amo.fake.note_texts(3100)
             == vec![
                 "Автомобиль заблокирован: ручная блокировка: долг за аренду.".to_string()
             ])
         .await,
         "{:?}",
-        notes(&amo, 3100)
+        amo.fake.note_texts(3100)
     );
 
     // The car is found outside the service area too: the deal names both reasons.
@@ -110,12 +99,12 @@ async fn a_manual_block_and_a_border_exit_reach_the_deal_only_once_the_car_confi
         .await;
     assert_eq!(s, 200);
     assert!(
-        crm_fake::wait_for(20, || notes(&amo, 3100).len() == 2).await,
+        crm_fake::wait_for(20, || amo.fake.note_texts(3100).len() == 2).await,
         "{:?}",
-        notes(&amo, 3100)
+        amo.fake.note_texts(3100)
     );
     assert_eq!(
-        notes(&amo, 3100)[1],
+        amo.fake.note_texts(3100)[1],
         "Автомобиль заблокирован: ручная блокировка: долг за аренду; за пределами зоны \
          обслуживания."
     );
@@ -151,12 +140,12 @@ async fn a_manual_block_and_a_border_exit_reach_the_deal_only_once_the_car_confi
         amo.fake.calls()
     );
     assert!(
-        crm_fake::wait_for(10, || notes(&amo, 3100).len() == 3).await,
+        crm_fake::wait_for(10, || amo.fake.note_texts(3100).len() == 3).await,
         "{:?}",
-        notes(&amo, 3100)
+        amo.fake.note_texts(3100)
     );
     assert_eq!(
-        notes(&amo, 3100)[2],
+        amo.fake.note_texts(3100)[2],
         "Автомобиль разблокирован: причин блокировки больше нет."
     );
     let l = amo.fake.leads.lock().unwrap()[&3100].clone();

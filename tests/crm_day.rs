@@ -389,20 +389,13 @@ async fn driver_notes_are_russian_and_one_note_survives_a_timeout_retry() {
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
     // The deal also hears "blocked: low balance" once the car's block shows (at the next
-    // check, 10 s on): only the balance note is counted here.
-    let about = |what: &'static str| {
-        move |n: &serde_json::Value| n["params"]["text"].as_str().unwrap_or("").contains(what)
+    // check, 10 s on): only the notes about the balance, then the inspection, are counted.
+    let about = |what: &str| -> Vec<String> {
+        let texts = amo.fake.note_texts(9100);
+        texts.into_iter().filter(|t| t.contains(what)).collect()
     };
-    let notes: Vec<_> = amo
-        .fake
-        .notes
-        .lock()
-        .unwrap()
-        .iter()
-        .filter(|n| about("Баланс")(n))
-        .cloned()
-        .collect();
-    assert_eq!(notes.len(), 1, "one note despite the retry: {notes:?}");
+    let balance = about("Баланс");
+    assert_eq!(balance.len(), 1, "one note despite the retry: {balance:?}");
     let posts = amo
         .fake
         .ok("POST")
@@ -423,7 +416,7 @@ async fn driver_notes_are_russian_and_one_note_survives_a_timeout_retry() {
         .unwrap();
     assert!(msg["attempts"].as_u64() >= Some(2), "it was retried: {msg}");
     assert_eq!(
-        notes[0]["params"]["text"],
+        balance[0],
         "Баланс 4 999,99 ₽ ниже минимума 5 000 ₽. Пополните баланс: после остановки \
          автомобиль не заведётся."
     );
@@ -435,21 +428,10 @@ async fn driver_notes_are_russian_and_one_note_survives_a_timeout_retry() {
             .await;
         assert_eq!(st, 200, "{v}");
     }
-    let inspection = about("ТО");
-    assert!(
-        crm_fake::wait_for(10, || amo
-            .fake
-            .notes
-            .lock()
-            .unwrap()
-            .iter()
-            .any(&inspection))
-        .await
-    );
-    let notes = amo.fake.notes.lock().unwrap().clone();
-    let found: Vec<_> = notes.iter().filter(|n| inspection(n)).collect();
-    assert_eq!(found.len(), 1, "{notes:?}");
-    let text = found[0]["params"]["text"].as_str().unwrap().to_string();
+    assert!(crm_fake::wait_for(10, || !about("ТО").is_empty()).await);
+    let found = about("ТО");
+    assert_eq!(found.len(), 1, "{found:?}");
+    let text = &found[0];
     assert_eq!(
         text,
         "Требуется техосмотр: ТО перенесено 3 раза (допускается не более 2). Пройдите ТО: \

@@ -100,12 +100,9 @@ async fn low_balance_and_inspection_block_through_the_immobiliser_and_lift_in_tu
     assert!(
         crm_fake::wait_for(10, || amo
             .fake
-            .notes
-            .lock()
-            .unwrap()
+            .note_texts(2100)
             .iter()
-            .any(|n| n["entity_id"] == 2100
-                && n["params"]["text"] == "Автомобиль заблокирован: низкий баланс."))
+            .any(|t| t == "Автомобиль заблокирован: низкий баланс."))
         .await,
         "{:?}",
         amo.fake.notes.lock().unwrap()

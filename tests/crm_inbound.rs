@@ -525,16 +525,7 @@ async fn the_crm_is_warned_before_the_inspection_and_told_why_it_was_postponed()
         )
         .await;
     assert_eq!(s, 200, "{v}");
-    let notes = || -> Vec<String> {
-        amo.fake
-            .notes
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|n| n["entity_id"] == 8100)
-            .filter_map(|n| n["params"]["text"].as_str().map(str::to_string))
-            .collect()
-    };
+    let notes = || -> Vec<String> { amo.fake.note_texts(8100) };
     // Due in 5 days (the warning comes 7 days before): warned at once, once.
     let due = (chrono::Utc::now() + chrono::Duration::days(5)).date_naive();
     let (s, st) = api

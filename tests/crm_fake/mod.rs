@@ -79,6 +79,17 @@ pub struct Server {
 }
 
 impl Fake {
+    /// The texts of the amoCRM notes on lead `deal`, in the order they were added.
+    pub fn note_texts(&self, deal: u64) -> Vec<String> {
+        self.notes
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|n| n["entity_id"] == deal)
+            .filter_map(|n| n["params"]["text"].as_str().map(str::to_string))
+            .collect()
+    }
+
     pub fn calls(&self) -> Vec<Call> {
         self.calls.lock().unwrap().clone()
     }

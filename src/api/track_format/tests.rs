@@ -89,16 +89,20 @@ fn time_text_writes_what_push_time_writes_across_days_years_and_leap_seconds() {
     }
 }
 
+/// A reproducible stream of pseudo-random numbers (xorshift64).
+fn xorshift(mut state: u64) -> impl FnMut() -> u64 {
+    move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    }
+}
+
 #[test]
 fn seven_decimal_numbers_are_written_as_ryu_writes_them() {
     // Coordinates as trackers send them (10⁻⁷ degrees), and others that are not.
-    let mut rng = 0x2545_f491_4f6c_dd1du64;
-    let mut next = || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
+    let mut next = xorshift(0x2545_f491_4f6c_dd1du64);
     let mut values = vec![
         -0.0000001,
         0.0000001,
@@ -137,15 +141,28 @@ fn seven_decimal_numbers_are_written_as_ryu_writes_them() {
 
 #[test]
 fn json_numbers_are_what_serde_json_writes() {
-    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
-    let mut next = || {
-        rng ^= rng << 13;
-        rng ^= rng >> 7;
-        rng ^= rng << 17;
-        rng
-    };
-    let mut values = vec![0.0, -0.0, 1.0, -1.0, 1e-5, 1e-6, -1e-7, 0.00001234, 1e15, 1e15 - 1.0];
-    values.extend([1e16, 123_456_789.5, 42.0, -17.0, 55.75, f64::MAX, f64::MIN_POSITIVE]);
+    let mut next = xorshift(0x9e37_79b9_7f4a_7c15u64);
+    let mut values = vec![
+        0.0,
+        -0.0,
+        1.0,
+        -1.0,
+        1e-5,
+        1e-6,
+        -1e-7,
+        0.00001234,
+        1e15,
+        1e15 - 1.0,
+    ];
+    values.extend([
+        1e16,
+        123_456_789.5,
+        42.0,
+        -17.0,
+        55.75,
+        f64::MAX,
+        f64::MIN_POSITIVE,
+    ]);
     for _ in 0..100_000 {
         let k = (next() % 3_600_000_000) as i64 - 1_800_000_000;
         values.push(k as f64 / 1e7);
