@@ -475,7 +475,7 @@ async fn a_lead_without_a_company_still_moves_and_says_what_is_missing() {
         )
         .await;
     assert_eq!(st, 200, "{v}");
-    let _t = drive(&daemon, imei).await;
+    let mut t = drive(&daemon, imei).await;
     assert!(
         crm_fake::wait_for(10, || amo
             .fake
@@ -486,18 +486,36 @@ async fn a_lead_without_a_company_still_moves_and_says_what_is_missing() {
         "{:?}",
         amo.fake.calls()
     );
-    let mut dead = Vec::new();
-    // 20 s at most: the second location event waits its turn behind the first's attempt.
-    for _ in 0..400 {
-        let (_, v) = api
-            .get("/api/v1/crm/outbox?vehicle=car-10&status=dead&limit=100")
-            .await;
-        dead = v["events"].as_array().unwrap().clone();
-        if dead.len() >= 2 {
-            break;
+    let dead_letters = |n: usize| {
+        let api = &api;
+        async move {
+            let mut dead = Vec::new();
+            for _ in 0..400 {
+                let (_, v) = api
+                    .get("/api/v1/crm/outbox?vehicle=car-10&status=dead&limit=100")
+                    .await;
+                dead = v["events"].as_array().unwrap().clone();
+                if dead.len() >= n {
+                    break;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            dead
         }
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    // The drive's locations replace each other while one is pending (one pending location
+    // per car), so how many the drive leaves depends on when the first was tried: wait for
+    // one, then drive on two more minutes for another.
+    assert!(
+        !dead_letters(1).await.is_empty(),
+        "a location dead-lettered"
+    );
+    let more: Vec<AvlRecord> = (42..54).map(|i| record(i * 10, 30)).collect();
+    for chunk in more.chunks(6) {
+        t.send(&encode_avl_packet(CODEC_8E, chunk)).await;
+        assert_eq!(t.read(4).await, (chunk.len() as u32).to_be_bytes());
     }
+    let dead = dead_letters(2).await;
     assert!(dead.len() >= 2, "location events dead-lettered: {dead:?}");
     for e in &dead {
         assert_eq!(e["payload"]["type"], "location");
