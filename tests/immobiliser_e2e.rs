@@ -405,15 +405,53 @@ async fn profiles_retries_and_resend_after_a_lost_connection() {
     // car did before it went offline).
     drop(t);
     let mut t = login(addr, imei).await;
-    t.send(&encode_avl_packet(CODEC_8E, &parked(1, None))).await;
     // The command waits for this connection's own evidence: the record is committed (and
-    // acked) first, and only then is the block written again.
-    assert_eq!(t.read(4).await, [0, 0, 0, 3], "the record ack comes first");
+    // acked) first, and only then is the block written again. (A login the server took before
+    // it saw the old connection close is a rival until then, and its evidence counts from its
+    // takeover on: as a parked tracker does, it reports again until the command comes.)
+    let mut rounds = 0;
+    loop {
+        t.send(&encode_avl_packet(CODEC_8E, &parked(1, None))).await;
+        assert_eq!(t.read(4).await, [0, 0, 0, 3], "the record ack comes first");
+        rounds += 1;
+        let mut first = [0u8; 1];
+        let peek = t.stream.peek(&mut first);
+        if tokio::time::timeout(Duration::from_secs(3), peek)
+            .await
+            .is_ok()
+            || rounds == 10
+        {
+            break;
+        }
+    }
     assert_eq!(
         read_command(&mut t).await,
         "setdigout ?1",
         "resent on reconnect"
     );
+    // The block written on this connection: the same command, or — when the drop was seen
+    // before its retry — the block command that superseded it (audited as such).
+    let all = commands(&api, imei).await;
+    let live = all
+        .iter()
+        .filter(|c| c["intent"] == "block" && c["status"] != "superseded")
+        .filter_map(|c| c["id"].as_i64())
+        .max();
+    let id = live.unwrap_or(id);
+    if id
+        != all
+            .iter()
+            .filter_map(|c| c["id"].as_i64())
+            .min()
+            .unwrap_or(id)
+    {
+        let first = all.iter().find(|c| c["id"].as_i64() < Some(id));
+        assert_eq!(
+            first.map(|c| c["status"].clone()),
+            Some(json!("superseded")),
+            "{all:?}"
+        );
+    }
     t.send(&encode_codec12_response(b"DOUT2:1")).await;
     wait_command(&api, id, "acknowledged").await;
     // DOUT1 on says nothing for a relay on output 2; DOUT2 on confirms.
