@@ -158,6 +158,22 @@ async fn write(c: &Ctx, device: &str, p: Vec<Position>) {
     c.store.core.write_batch(&[item(device, p)]).await.unwrap();
 }
 
+/// `Store::track_points` of `device` with `from <= fix time < to`, at most `limit`.
+async fn points(
+    c: &Ctx,
+    device: &str,
+    from: DateTime<Utc>,
+    to: DateTime<Utc>,
+    limit: u32,
+) -> Vec<TrackPoint> {
+    let device = DeviceId::new(device);
+    c.store
+        .core
+        .track_points(&device, from, to, limit)
+        .await
+        .unwrap()
+}
+
 async fn track(c: &Ctx, device: &str, from: Day, to: Day) -> Vec<StoredPosition> {
     c.store
         .core
@@ -210,12 +226,7 @@ async fn compaction_packs_a_day_into_one_chunk_and_the_track_reads_the_same(c: C
 
     assert_same(&track(&c, "dev-a", d, next(d)).await, &before);
     assert_eq!(tiers_of(&c, d).await, (10, 100), "dev-b's day stays hot");
-    let points = c
-        .store
-        .core
-        .track_points(&DeviceId::new("dev-a"), at(d, 0), at(d, 86_400), 1000)
-        .await
-        .unwrap();
+    let points = points(&c, "dev-a", at(d, 0), at(d, 86_400), 1000).await;
     assert_eq!(points, points_of(&before));
     // Reopened: the chunk is on disk.
     drop(c.store);
@@ -298,12 +309,7 @@ async fn reads_merge_the_tiers_in_fix_order_and_limit_after_the_merge(c: Ctx) {
         "to is exclusive"
     );
     assert_eq!(half_open.len(), 30 + 10);
-    let points = c
-        .store
-        .core
-        .track_points(&DeviceId::new("dev-a"), at(d0, 80_100), at(d1, 100), 15)
-        .await
-        .unwrap();
+    let points = points(&c, "dev-a", at(d0, 80_100), at(d1, 100), 15).await;
     assert_eq!(points, points_of(&some));
     assert_eq!(
         points.iter().map(|p| p.time).collect::<Vec<_>>(),
@@ -518,12 +524,7 @@ async fn a_fix_time_resent_in_later_packets_keeps_its_first_copy_across_restarts
     write(&c, "dev-a", vec![pos(at(d, 50), 4.0), pos(at(d, 110), 4.0)]).await;
     let again = track(&c, "dev-a", d, next(d)).await;
     assert_same(&again, &t);
-    let points = c
-        .store
-        .core
-        .track_points(&DeviceId::new("dev-a"), at(d, 0), at(d, 86_400), 1000)
-        .await
-        .unwrap();
+    let points = points(&c, "dev-a", at(d, 0), at(d, 86_400), 1000).await;
     assert_eq!(points.len(), 15);
     assert!(points
         .iter()
@@ -569,12 +570,7 @@ async fn rows_of_an_older_version_come_before_the_group_commits_chunks(c: Ctx) {
     let t = track(&c, "dev-a", d, next(d)).await;
     assert_eq!(t.len(), 11);
     assert!(t[2].lat > 55.0, "the row, stored first, wins: {:?}", t[2]);
-    let points = c
-        .store
-        .core
-        .track_points(&DeviceId::new("dev-a"), at(d, 0), at(next(d), 0), 1000)
-        .await
-        .unwrap();
+    let points = points(&c, "dev-a", at(d, 0), at(next(d), 0), 1000).await;
     assert_eq!(points, points_of(&t), "rows and chunks read as points");
     assert_eq!(
         c.store.archive.unpacked_days(next(d), 10).await.unwrap(),
